@@ -1,0 +1,393 @@
+//! The CPU backend: every op of [`Backend`] as a free function over slices, generic over [`Scalar`]
+//! (f32 = the fast path, f64 = the reference), plus [`CpuBackend`], which forwards the trait to them.
+//!
+//! Files, one op family each: `elementwise` (fill, scale, sum_squares, encoder, gelu, residual), `layernorm`,
+//! `matmul`, `attention`, `crossentropy`, `optim` (adamw_step, sgd_step). Every forward op overwrites its
+//! outputs (`=`); every backward op accumulates (`+=`) into every gradient output.
+//!
+//! Threading: ops run on the current rayon pool (the caller sizes it); `threads` is handed to faer's GEMM.
+//! Determinism: no atomics; every reduction either sums one output sequentially in a fixed order, or sums
+//! fixed-size chunks whose partial results are combined in chunk order, so results do not depend on the
+//! number of threads (GEMMs: bit-identical run to run for a given thread count).
+//!
+//! bf16 (`--precision bf16`) is emulated as llm.c does it: GEMM inputs are rounded to bf16 (in scratch
+//! copies; master weights are never modified), accumulation stays in `T`, and the stored outputs of forward
+//! ops are rounded to bf16. Statistics (LN mean/rstd, losses, attention probabilities), gradients and the
+//! optimizer stay in `T`.
+
+pub mod attention;
+pub mod crossentropy;
+pub mod elementwise;
+pub mod layernorm;
+pub mod matmul;
+pub mod optim;
+
+pub use attention::{attention_backward, attention_forward};
+pub use crossentropy::crossentropy_forward;
+pub use elementwise::{
+    add_inplace, encoder_backward, encoder_forward, fill, gelu_backward, gelu_forward,
+    residual_forward, scale, sum_squares,
+};
+pub use layernorm::{layernorm_backward, layernorm_forward};
+pub use matmul::{matmul_backward, matmul_forward};
+pub use optim::{adam_direction, adamw_step, adamw_update, sgd_step, sgd_update, AdamCoeffs};
+
+use super::{AdamStep, Backend, Scalar};
+use crate::error::{Error, Result};
+use std::marker::PhantomData;
+use std::ops::Range;
+
+/// Elements per task for flat elementwise ops and fixed-size reduction chunks (independent of threads).
+pub(crate) const CHUNK: usize = 1 << 16;
+
+/// Panics with the op and tensor name unless `x` has exactly `expected` elements.
+#[track_caller]
+pub(crate) fn check_len(op: &str, name: &str, len: usize, expected: usize) {
+    assert!(
+        len == expected,
+        "{op}: {name} has {len} elements, expected {expected}"
+    );
+}
+
+/// `x` rounded to bf16 when `bf16`, else `x` unchanged.
+#[inline(always)]
+pub(crate) fn store<T: Scalar>(x: T, bf16: bool) -> T {
+    if bf16 {
+        x.round_bf16()
+    } else {
+        x
+    }
+}
+
+/// Σ x in a fixed order (8 interleaved partial sums, so LLVM can vectorise it).
+#[inline]
+pub(crate) fn sum<T: Scalar>(x: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for ch in chunks {
+        for j in 0..8 {
+            acc[j] += ch[j];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for &t in tail {
+        s += t;
+    }
+    s
+}
+
+/// Σ a·b in a fixed order (8 interleaved partial sums). `a` and `b` have the same length.
+#[inline]
+pub(crate) fn dot<T: Scalar>(a: &[T], b: &[T]) -> T {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [T::zero(); 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let (ta, tb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (&x, &y) in ta.iter().zip(tb) {
+        s += x * y;
+    }
+    s
+}
+
+/// y += a·x
+#[inline]
+pub(crate) fn axpy<T: Scalar>(y: &mut [T], a: T, x: &[T]) {
+    debug_assert_eq!(y.len(), x.len());
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// Several disjoint mutable sub-slices of `buf` at once, returned in the order of `ranges` (which may come in
+/// any order). Empty ranges are allowed anywhere inside the buffer. Panics on a range that is reversed, out
+/// of bounds, or overlaps another.
+pub fn split_ranges_mut<'a, T, const N: usize>(
+    buf: &'a mut [T],
+    ranges: [Range<usize>; N],
+) -> [&'a mut [T]; N] {
+    let len = buf.len();
+    for r in &ranges {
+        assert!(
+            r.start <= r.end && r.end <= len,
+            "views_mut: range {r:?} is reversed or out of bounds for a buffer of {len} elements"
+        );
+    }
+    let mut order: Vec<usize> = (0..N).filter(|&i| !ranges[i].is_empty()).collect();
+    order.sort_by_key(|&i| ranges[i].start);
+    for w in order.windows(2) {
+        let (a, b) = (&ranges[w[0]], &ranges[w[1]]);
+        assert!(
+            a.end <= b.start,
+            "views_mut: ranges {a:?} (#{}) and {b:?} (#{}) overlap",
+            w[0],
+            w[1]
+        );
+    }
+    let mut out: [Option<&'a mut [T]>; N] = std::array::from_fn(|_| None);
+    let mut rest: &'a mut [T] = buf;
+    let mut offset = 0;
+    for &i in &order {
+        let r = &ranges[i];
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(r.start - offset);
+        let (mid, tail) = tail.split_at_mut(r.len());
+        out[i] = Some(mid);
+        rest = tail;
+        offset = r.end;
+    }
+    out.map(|s| s.unwrap_or_default())
+}
+
+/// The CPU backend: buffers are `Vec<T>`, views are slices.
+#[derive(Clone, Debug)]
+pub struct CpuBackend<T> {
+    /// Threads handed to faer's GEMM (the rayon pool itself is set up by the caller).
+    threads: usize,
+    /// Emulate bf16 mixed precision (module docs).
+    bf16: bool,
+    _t: PhantomData<T>,
+}
+
+impl<T: Scalar> CpuBackend<T> {
+    /// A backend whose GEMMs use `threads` threads of the current rayon pool (1 = sequential).
+    pub fn new(threads: usize, bf16: bool) -> Self {
+        CpuBackend {
+            threads: threads.max(1),
+            bf16,
+            _t: PhantomData,
+        }
+    }
+
+    /// Threads handed to the GEMMs.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+}
+
+impl<T: Scalar> Backend for CpuBackend<T> {
+    type T = T;
+    type Buf = Vec<T>;
+    type View<'a>
+        = &'a [T]
+    where
+        Self: 'a;
+    type ViewMut<'a>
+        = &'a mut [T]
+    where
+        Self: 'a;
+
+    fn name(&self) -> String {
+        let prec = if self.bf16 { "+bf16" } else { "" };
+        let plural = if self.threads == 1 { "" } else { "s" };
+        format!("cpu {}{prec} ({} thread{plural})", T::NAME, self.threads)
+    }
+    fn bf16(&self) -> bool {
+        self.bf16
+    }
+
+    fn alloc(&self, n: usize) -> Result<Vec<T>> {
+        Ok(vec![T::zero(); n])
+    }
+    fn buf_len(&self, buf: &Vec<T>) -> usize {
+        buf.len()
+    }
+    fn upload(&self, dst: &mut Vec<T>, src: &[T]) -> Result<()> {
+        if dst.len() != src.len() {
+            return Err(Error::Shape {
+                context: "upload".into(),
+                expected: format!("{} elements", dst.len()),
+                got: format!("{} elements", src.len()),
+            });
+        }
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+    fn download(&self, src: &Vec<T>) -> Result<Vec<T>> {
+        Ok(src.clone())
+    }
+    fn view<'a>(&self, buf: &'a Vec<T>, range: Range<usize>) -> &'a [T] {
+        &buf[range]
+    }
+    fn view_mut<'a>(&self, buf: &'a mut Vec<T>, range: Range<usize>) -> &'a mut [T] {
+        &mut buf[range]
+    }
+    fn views_mut<'a, const N: usize>(
+        &self,
+        buf: &'a mut Vec<T>,
+        ranges: [Range<usize>; N],
+    ) -> [&'a mut [T]; N] {
+        split_ranges_mut(buf.as_mut_slice(), ranges)
+    }
+
+    fn fill(&self, out: &mut [T], value: T) {
+        fill(out, value)
+    }
+    fn scale(&self, out: &mut [T], s: T) {
+        scale(out, s)
+    }
+    fn sum_squares(&self, x: &[T]) -> f64 {
+        sum_squares(x)
+    }
+
+    fn encoder_forward(
+        &self,
+        out: &mut [T],
+        tokens: &[u32],
+        wte: &[T],
+        wpe: &[T],
+        b: usize,
+        t: usize,
+        c: usize,
+    ) {
+        encoder_forward(out, tokens, wte, wpe, b, t, c, self.bf16)
+    }
+    fn encoder_backward(
+        &self,
+        dwte: &mut [T],
+        dwpe: &mut [T],
+        dout: &[T],
+        tokens: &[u32],
+        b: usize,
+        t: usize,
+        c: usize,
+    ) {
+        encoder_backward(dwte, dwpe, dout, tokens, b, t, c)
+    }
+    fn layernorm_forward(
+        &self,
+        out: &mut [T],
+        mean: &mut [T],
+        rstd: &mut [T],
+        inp: &[T],
+        weight: &[T],
+        bias: Option<&[T]>,
+        n: usize,
+        c: usize,
+    ) {
+        layernorm_forward(out, mean, rstd, inp, weight, bias, n, c, self.bf16)
+    }
+    fn layernorm_backward(
+        &self,
+        dinp: &mut [T],
+        dweight: &mut [T],
+        dbias: Option<&mut [T]>,
+        dout: &[T],
+        inp: &[T],
+        weight: &[T],
+        mean: &[T],
+        rstd: &[T],
+        n: usize,
+        c: usize,
+    ) {
+        layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c)
+    }
+    fn matmul_forward(
+        &self,
+        out: &mut [T],
+        inp: &[T],
+        weight: &[T],
+        bias: Option<&[T]>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) {
+        matmul_forward(out, inp, weight, bias, n, c, oc, self.bf16, self.threads)
+    }
+    fn matmul_backward(
+        &self,
+        dinp: Option<&mut [T]>,
+        dweight: &mut [T],
+        dbias: Option<&mut [T]>,
+        dout: &[T],
+        inp: &[T],
+        weight: &[T],
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) {
+        matmul_backward(
+            dinp,
+            dweight,
+            dbias,
+            dout,
+            inp,
+            weight,
+            n,
+            c,
+            oc,
+            self.bf16,
+            self.threads,
+        )
+    }
+    fn attention_forward(
+        &self,
+        out: &mut [T],
+        att: &mut [T],
+        qkv: &[T],
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    ) {
+        attention_forward(out, att, qkv, b, t, c, nh, self.bf16)
+    }
+    fn attention_backward(
+        &self,
+        dqkv: &mut [T],
+        scratch: &mut [T],
+        dout: &[T],
+        qkv: &[T],
+        att: &[T],
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    ) {
+        attention_backward(dqkv, scratch, dout, qkv, att, b, t, c, nh)
+    }
+    fn gelu_forward(&self, out: &mut [T], inp: &[T]) {
+        gelu_forward(out, inp, self.bf16)
+    }
+    fn gelu_backward(&self, dinp: &mut [T], inp: &[T], dout: &[T]) {
+        gelu_backward(dinp, inp, dout)
+    }
+    fn residual_forward(&self, out: &mut [T], a: &[T], b: &[T]) {
+        residual_forward(out, a, b, self.bf16)
+    }
+    fn add_inplace(&self, dx: &mut [T], dout: &[T]) {
+        add_inplace(dx, dout)
+    }
+    fn crossentropy_forward(
+        &self,
+        losses: &mut [T],
+        logits: &mut [T],
+        targets: &[u32],
+        dloss: Option<T>,
+        n: usize,
+        v: usize,
+    ) {
+        crossentropy_forward(losses, logits, targets, dloss, n, v)
+    }
+
+    fn adamw_step(&self, params: &mut [T], m: &mut [T], v: &mut [T], grads: &[T], hp: AdamStep) {
+        adamw_step(params, m, v, grads, hp)
+    }
+    fn sgd_step(
+        &self,
+        params: &mut [T],
+        momentum_buf: &mut [T],
+        grads: &[T],
+        lr: f64,
+        momentum: f64,
+        weight_decay: f64,
+    ) {
+        sgd_step(params, momentum_buf, grads, lr, momentum, weight_decay)
+    }
+}

@@ -1,0 +1,229 @@
+//! The op interface every backend implements, and the scalar types it runs in.
+//!
+//! The model (`model::gpt2`) and the optimizers call only these methods. One name per op everywhere:
+//! `Backend::layernorm_forward`, the CPU function `cpu::layernorm::layernorm_forward`, the CUDA kernel
+//! `kernels/layernorm.cu: layernorm_forward` (issue 6) and the test `layernorm_forward_parity`.
+//!
+//! Conventions (ARCHITECTURE.md, STYLE.md):
+//! - argument order: outputs, then inputs, then dims (`n` rows, `c` channels, `oc` output channels,
+//!   `b, t` batch and time, `nh` heads, `v` vocabulary);
+//! - every tensor is row-major; weights are (out, in) as in `nn.Linear`;
+//! - forward ops overwrite their outputs (`=`); **every backward op accumulates (`+=`) into every gradient
+//!   output**, activation gradients included, so the caller zeroes gradient buffers once per step;
+//! - buffers are flat; ops see sub-ranges of them through `View`/`ViewMut`, so one parameter buffer holds
+//!   every tensor (ARCHITECTURE.md decision 1).
+
+pub mod cpu;
+pub mod scalar;
+
+pub use scalar::Scalar;
+
+use crate::error::Result;
+use std::ops::Range;
+
+/// The Adam hyper-parameters of one step, with the bias corrections precomputed on the host (as llm.c does),
+/// so no kernel recomputes `powf` per element.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Decoupled weight decay λ for this tensor (0 for tensors outside the decay group).
+    pub weight_decay: f64,
+    /// 1 − β₁ᵗ
+    pub bias_correction1: f64,
+    /// 1 − β₂ᵗ
+    pub bias_correction2: f64,
+}
+
+/// A compute backend: memory it owns plus one method per op.
+///
+/// `View<'a>` / `ViewMut<'a>` are borrowed sub-ranges of a `Buf` (on the CPU plain slices; on CUDA, cudarc
+/// views). All ops are synchronous from the caller's point of view on the CPU; a device backend may queue
+/// them on one stream, and `download` synchronises.
+pub trait Backend: Send + Sync {
+    type T: Scalar;
+    type Buf: Send + Sync;
+    type View<'a>: Copy
+    where
+        Self: 'a;
+    type ViewMut<'a>
+    where
+        Self: 'a;
+
+    /// A short human-readable name, e.g. `cpu f32 (2 threads)`.
+    fn name(&self) -> String;
+    /// Round matmul inputs and stored activations to bf16 (the `--precision bf16` emulation).
+    fn bf16(&self) -> bool;
+
+    // ---- memory -------------------------------------------------------------------------------------
+    /// A zeroed buffer of `n` elements.
+    fn alloc(&self, n: usize) -> Result<Self::Buf>;
+    fn buf_len(&self, buf: &Self::Buf) -> usize;
+    fn upload(&self, dst: &mut Self::Buf, src: &[Self::T]) -> Result<()>;
+    fn download(&self, src: &Self::Buf) -> Result<Vec<Self::T>>;
+    fn view<'a>(&self, buf: &'a Self::Buf, range: Range<usize>) -> Self::View<'a>;
+    fn view_mut<'a>(&self, buf: &'a mut Self::Buf, range: Range<usize>) -> Self::ViewMut<'a>;
+    /// Several disjoint mutable sub-ranges of one buffer at once (ranges in any order; panics if they overlap).
+    fn views_mut<'a, const N: usize>(
+        &self,
+        buf: &'a mut Self::Buf,
+        ranges: [Range<usize>; N],
+    ) -> [Self::ViewMut<'a>; N];
+
+    // ---- elementwise and reductions ------------------------------------------------------------------
+    fn fill(&self, out: Self::ViewMut<'_>, value: Self::T);
+    /// out *= s
+    fn scale(&self, out: Self::ViewMut<'_>, s: Self::T);
+    /// Σ x², accumulated in f64 over fixed-size chunks in a fixed order (deterministic for any thread count).
+    fn sum_squares(&self, x: Self::View<'_>) -> f64;
+
+    // ---- transformer forward / backward ----------------------------------------------------------------
+    /// out (B,T,C) = wte[tokens] + wpe[t]; tokens (B·T)
+    fn encoder_forward(
+        &self,
+        out: Self::ViewMut<'_>,
+        tokens: &[u32],
+        wte: Self::View<'_>,
+        wpe: Self::View<'_>,
+        b: usize,
+        t: usize,
+        c: usize,
+    );
+    /// dwte[tokens] += dout, dwpe[t] += Σ_b dout
+    #[allow(clippy::too_many_arguments)]
+    fn encoder_backward(
+        &self,
+        dwte: Self::ViewMut<'_>,
+        dwpe: Self::ViewMut<'_>,
+        dout: Self::View<'_>,
+        tokens: &[u32],
+        b: usize,
+        t: usize,
+        c: usize,
+    );
+    /// out (N,C) = (inp − mean)·rstd·weight + bias; mean, rstd (N) saved for backward. eps = 1e-5.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_forward(
+        &self,
+        out: Self::ViewMut<'_>,
+        mean: Self::ViewMut<'_>,
+        rstd: Self::ViewMut<'_>,
+        inp: Self::View<'_>,
+        weight: Self::View<'_>,
+        bias: Option<Self::View<'_>>,
+        n: usize,
+        c: usize,
+    );
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_backward(
+        &self,
+        dinp: Self::ViewMut<'_>,
+        dweight: Self::ViewMut<'_>,
+        dbias: Option<Self::ViewMut<'_>>,
+        dout: Self::View<'_>,
+        inp: Self::View<'_>,
+        weight: Self::View<'_>,
+        mean: Self::View<'_>,
+        rstd: Self::View<'_>,
+        n: usize,
+        c: usize,
+    );
+    /// out (N,OC) = inp (N,C) · weightᵀ (weight is (OC,C)) + bias (OC)
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_forward(
+        &self,
+        out: Self::ViewMut<'_>,
+        inp: Self::View<'_>,
+        weight: Self::View<'_>,
+        bias: Option<Self::View<'_>>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    );
+    /// dinp += dout·weight, dweight += doutᵀ·inp, dbias += Σ_n dout. `dinp` None skips that product.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_backward(
+        &self,
+        dinp: Option<Self::ViewMut<'_>>,
+        dweight: Self::ViewMut<'_>,
+        dbias: Option<Self::ViewMut<'_>>,
+        dout: Self::View<'_>,
+        inp: Self::View<'_>,
+        weight: Self::View<'_>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    );
+    /// Causal self-attention computed explicitly (no flash fusion): qkv (B,T,3C) holds [q | k | v] along
+    /// the last axis, heads of size C/NH; att (B,NH,T,T) = softmax(q·kᵀ/√hs + causal mask) is saved;
+    /// out (B,T,C) = att·v with heads re-interleaved.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_forward(
+        &self,
+        out: Self::ViewMut<'_>,
+        att: Self::ViewMut<'_>,
+        qkv: Self::View<'_>,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    );
+    /// dqkv += ∂/∂qkv; `scratch` is (B,NH,T,T) workspace (contents on entry irrelevant).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        dqkv: Self::ViewMut<'_>,
+        scratch: Self::ViewMut<'_>,
+        dout: Self::View<'_>,
+        qkv: Self::View<'_>,
+        att: Self::View<'_>,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    );
+    /// GELU, tanh approximation: out = ½x(1 + tanh(√(2/π)(x + 0.044715x³)))
+    fn gelu_forward(&self, out: Self::ViewMut<'_>, inp: Self::View<'_>);
+    fn gelu_backward(&self, dinp: Self::ViewMut<'_>, inp: Self::View<'_>, dout: Self::View<'_>);
+    /// out = a + b
+    fn residual_forward(&self, out: Self::ViewMut<'_>, a: Self::View<'_>, b: Self::View<'_>);
+    /// dx += dout (used for both branches of a residual connection)
+    fn add_inplace(&self, dx: Self::ViewMut<'_>, dout: Self::View<'_>);
+    /// Fused softmax + cross-entropy over logits (N,V): losses[i] = −log softmax(logits[i])[targets[i]].
+    /// When `dloss` is Some(s), logits are overwritten in place by their gradient s·(softmax − onehot)
+    /// (llm.c's fused classifier): the caller passes s = 1/(N·grad_accum) for a mean loss.
+    fn crossentropy_forward(
+        &self,
+        losses: Self::ViewMut<'_>,
+        logits: Self::ViewMut<'_>,
+        targets: &[u32],
+        dloss: Option<Self::T>,
+        n: usize,
+        v: usize,
+    );
+
+    // ---- optimizer steps (elementwise over one tensor; the caller loops over ParamTable entries) -------
+    /// Fused AdamW, torch/nanoGPT numerics, per element:
+    ///   m = β₁m + (1−β₁)g;  v = β₂v + (1−β₂)g²;
+    ///   p = p·(1 − lr·λ) − lr · (m/bc1) / (√(v/bc2) + ε)
+    fn adamw_step(
+        &self,
+        params: Self::ViewMut<'_>,
+        m: Self::ViewMut<'_>,
+        v: Self::ViewMut<'_>,
+        grads: Self::View<'_>,
+        hp: AdamStep,
+    );
+    /// SGD with momentum (torch semantics, dampening 0): buf = μ·buf + g;  p = p·(1 − lr·λ) − lr·buf.
+    fn sgd_step(
+        &self,
+        params: Self::ViewMut<'_>,
+        momentum_buf: Self::ViewMut<'_>,
+        grads: Self::View<'_>,
+        lr: f64,
+        momentum: f64,
+        weight_decay: f64,
+    );
+}

@@ -1,0 +1,309 @@
+//! `rotadam bench`: the machine's GEMM peak and a full training step, measured in the same run, so every
+//! speed figure is a ratio against a baseline taken on the same machine at the same time.
+//!
+//! - `bench gemm`: GFLOP/s of the CPU GEMM (faer) at the model's matmul shapes and at 1024³; the maximum is
+//!   the practical peak used as the MFU denominator.
+//! - `bench step`: forward + backward + AdamW of GPT-2 on random tokens: median ms/step over `--steps`
+//!   steps after `--warmup`, tokens/s, MFU = (6·N·tokens + 12·L·B·T²·C) / time / GEMM peak, peak RSS,
+//!   and the ratio to llm.c's CPU trainer (`train_gpt2.c`, -Ofast, measured on this kind of machine at
+//!   4,963 ms/step for 124M, B=4, T=64: shared/notes/LLMC.md §8).
+//!
+//! The machine may be shared: `/proc/stat` is read around each timed region, and the report says how much
+//! CPU other processes used (`other_load_cores`) and flags `contended` when it exceeded 0.1 core.
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::Scalar;
+use crate::config::{ModelConfig, OptimizerKind, TrainConfig};
+use crate::error::{Error, Result};
+use crate::model::Gpt2;
+use crate::optim::{clip_grads, grad_norm, Optimizer};
+use crate::rng::Rng;
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use std::time::Instant;
+
+/// llm.c `train_gpt2.c` at its default -Ofast, GPT-2 124M, B=4, T=64, 2 threads (LLMC.md §8).
+pub const LLMC_OFAST_MS_124M_B4_T64: f64 = 4963.0;
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchWhat,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum BenchWhat {
+    /// GEMM throughput at the model's shapes (the practical peak).
+    Gemm(BenchOpts),
+    /// One full training step (forward + backward + AdamW).
+    Step(BenchOpts),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchOpts {
+    #[arg(long, default_value = "124m")]
+    pub model: String,
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 64)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = crate::cli::default_threads())]
+    pub threads: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// CPU time counters from /proc/stat (all CPUs) and /proc/self/stat, in clock ticks.
+#[derive(Clone, Copy, Debug, Default)]
+struct CpuTicks {
+    busy: u64,
+    own: u64,
+}
+
+fn cpu_ticks() -> Option<CpuTicks> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy = f.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    let me = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = me.rsplit(')').next()?; // fields after the command name
+    let g: Vec<u64> = after.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    // utime and stime are fields 14 and 15 (1-based); after ')' the state is field 3 → index 11, 12
+    let own = g.get(10)? + g.get(11)?;
+    Some(CpuTicks { busy, own })
+}
+
+/// Average number of cores used by other processes between two readings over `secs` seconds.
+fn other_load(a: Option<CpuTicks>, b: Option<CpuTicks>, secs: f64) -> Option<f64> {
+    let (a, b) = (a?, b?);
+    let hz = 100.0; // USER_HZ is 100 on Linux x86_64
+    let busy = (b.busy.saturating_sub(a.busy)) as f64 / hz;
+    let own = (b.own.saturating_sub(a.own)) as f64 / hz;
+    Some(((busy - own) / secs).max(0.0))
+}
+
+/// Peak resident set size of this process (VmHWM), in bytes.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub struct GemmResult {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub gflops: f64,
+}
+
+/// GFLOP/s of `T::gemm` for C(m×n) = A(m×k)·B(n×k)ᵀ (the forward's layout), best of a few repeats.
+pub fn gemm_gflops<T: Scalar>(m: usize, n: usize, k: usize, threads: usize) -> f64 {
+    let mut rng = Rng::new(7);
+    let a: Vec<T> = (0..m * k).map(|_| <T as Scalar>::from_f64(rng.normal())).collect();
+    let b: Vec<T> = (0..n * k).map(|_| <T as Scalar>::from_f64(rng.normal())).collect();
+    let mut c = vec![<T as num_traits::Zero>::zero(); m * n];
+    let flops = 2.0 * (m * n * k) as f64;
+    let reps = ((2e9 / flops).ceil() as usize).clamp(1, 50);
+    let mut best = f64::INFINITY;
+    for _ in 0..=reps {
+        let t = Instant::now();
+        T::gemm(&mut c, &a, &b, m, n, k, false, true, false, threads);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    flops / best / 1e9
+}
+
+/// The model's matmul shapes (m = B·T rows) plus a square 1024³.
+fn model_shapes(cfg: &ModelConfig, bt: usize) -> Vec<(usize, usize, usize)> {
+    let c = cfg.n_embd;
+    vec![
+        (bt, 3 * c, c),
+        (bt, c, c),
+        (bt, 4 * c, c),
+        (bt, c, 4 * c),
+        (bt, cfg.vocab_size, c),
+        (1024, 1024, 1024),
+    ]
+}
+
+fn bench_gemm(cfg: &ModelConfig, bt: usize, threads: usize) -> Vec<GemmResult> {
+    model_shapes(cfg, bt)
+        .into_iter()
+        .map(|(m, n, k)| GemmResult {
+            m,
+            n,
+            k,
+            gflops: gemm_gflops::<f32>(m, n, k, threads),
+        })
+        .collect()
+}
+
+#[derive(Serialize, Debug)]
+pub struct StepResult {
+    pub model: String,
+    pub params: usize,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub threads: usize,
+    pub steps_timed: usize,
+    pub ms_per_step: f64,
+    pub ms_per_step_min: f64,
+    pub ms_per_step_max: f64,
+    pub tokens_per_s: f64,
+    pub flops_per_step: f64,
+    pub achieved_gflops: f64,
+    pub gemm_peak_gflops: f64,
+    pub mfu: f64,
+    pub peak_rss_bytes: Option<u64>,
+    pub llmc_ofast_ms_per_step: Option<f64>,
+    pub speedup_vs_llmc_ofast: Option<f64>,
+    pub other_load_cores: Option<f64>,
+    pub contended: bool,
+    pub gemm: Vec<GemmResult>,
+}
+
+/// Model FLOPs of one training step: 6·N per token for the matmuls (N without wpe, wte counted once for
+/// the tied LM head) plus attention's 12·L·B·T²·C (QKᵀ and att·V, forward and backward).
+pub fn step_flops(cfg: &ModelConfig, n_params_matmul: usize, b: usize, t: usize) -> f64 {
+    6.0 * n_params_matmul as f64 * (b * t) as f64
+        + 12.0 * (cfg.n_layer * b * t * t * cfg.n_embd) as f64
+}
+
+fn bench_step(o: &BenchOpts) -> Result<StepResult> {
+    let mut cfg = ModelConfig::preset(&o.model)?;
+    if o.seq_len > cfg.seq_len {
+        return Err(Error::config(
+            "--seq-len",
+            format!("{} exceeds the model's context {}", o.seq_len, cfg.seq_len),
+        ));
+    }
+    cfg.seq_len = cfg.seq_len.max(o.seq_len);
+    let (b, t) = (o.batch_size, o.seq_len);
+    let gemm = bench_gemm(&cfg, b * t, o.threads);
+    let peak = gemm.iter().map(|g| g.gflops).fold(0.0, f64::max);
+
+    let be = CpuBackend::<f32>::new(o.threads, false);
+    let mut model = Gpt2::new(&be, &cfg, 1)?;
+    let tc = TrainConfig::default();
+    let mut opt = Optimizer::new(&be, OptimizerKind::Adamw, &Default::default(), model.num_params())?;
+    let mut rng = Rng::new(3);
+    let v = cfg.vocab_size as u64;
+    let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(v) as u32).collect();
+    let targets: Vec<u32> = (0..b * t).map(|_| rng.below(v) as u32).collect();
+    let mut times = Vec::new();
+    let c0 = cpu_ticks();
+    let w0 = Instant::now();
+    for i in 0..o.warmup + o.steps {
+        let s = Instant::now();
+        model.zero_grads(&be);
+        model.forward_backward(&be, &tokens, &targets, b, t, 1.0 / (b * t) as f64)?;
+        let norm = grad_norm(&be, &model.grads);
+        clip_grads(&be, &mut model.grads, norm, tc.clip);
+        opt.step(&be, &model.table, &mut model.params, &model.grads, 1e-4, &tc);
+        if i >= o.warmup {
+            times.push(s.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let load = other_load(c0, cpu_ticks(), w0.elapsed().as_secs_f64());
+    let ms = median(times.clone());
+    let flops = step_flops(&cfg, model.table.num_non_embedding(), b, t);
+    let is_llmc_shape = o.model == "124m" && b == 4 && t == 64;
+    let llmc = is_llmc_shape.then_some(LLMC_OFAST_MS_124M_B4_T64);
+    Ok(StepResult {
+        model: o.model.clone(),
+        params: model.num_params(),
+        batch_size: b,
+        seq_len: t,
+        threads: o.threads,
+        steps_timed: times.len(),
+        ms_per_step: ms,
+        ms_per_step_min: times.iter().cloned().fold(f64::INFINITY, f64::min),
+        ms_per_step_max: times.iter().cloned().fold(0.0, f64::max),
+        tokens_per_s: (b * t) as f64 / (ms / 1e3),
+        flops_per_step: flops,
+        achieved_gflops: flops / (ms / 1e3) / 1e9,
+        gemm_peak_gflops: peak,
+        mfu: flops / (ms / 1e3) / 1e9 / peak,
+        peak_rss_bytes: peak_rss_bytes(),
+        llmc_ofast_ms_per_step: llmc,
+        speedup_vs_llmc_ofast: llmc.map(|l| l / ms),
+        other_load_cores: load,
+        contended: load.is_some_and(|l| l > 0.1),
+        gemm,
+    })
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(match &args.what {
+            BenchWhat::Gemm(o) | BenchWhat::Step(o) => o.threads,
+        })
+        .build()
+        .map_err(|e| Error::config("threads", e.to_string()))?;
+    pool.install(|| match &args.what {
+        BenchWhat::Gemm(o) => {
+            let cfg = ModelConfig::preset(&o.model)?;
+            let r = bench_gemm(&cfg, o.batch_size * o.seq_len, o.threads);
+            if o.json {
+                let peak = r.iter().map(|g| g.gflops).fold(0.0, f64::max);
+                let j = serde_json::json!({ "gemm_peak_gflops": peak, "threads": o.threads, "shapes": r });
+                println!("{j}");
+            } else {
+                for g in &r {
+                    println!("gemm {:>5} x {:>5} x {:>5}: {:7.1} GFLOP/s", g.m, g.n, g.k, g.gflops);
+                }
+            }
+            Ok(())
+        }
+        BenchWhat::Step(o) => {
+            let r = bench_step(o)?;
+            if o.json {
+                println!("{}", serde_json::to_string(&r).expect("serialise"));
+            } else {
+                println!(
+                    "GPT-2 {} ({:.1}M params), B={} T={}, {} threads: {:.0} ms/step (min {:.0}, max {:.0}), {:.0} tokens/s",
+                    r.model, r.params as f64 / 1e6, r.batch_size, r.seq_len, r.threads,
+                    r.ms_per_step, r.ms_per_step_min, r.ms_per_step_max, r.tokens_per_s
+                );
+                println!(
+                    "{:.1} GFLOP/s achieved vs GEMM peak {:.1} GFLOP/s (same run): MFU {:.1}%",
+                    r.achieved_gflops, r.gemm_peak_gflops, 100.0 * r.mfu
+                );
+                if let Some(s) = r.speedup_vs_llmc_ofast {
+                    println!("{s:.2}x faster than llm.c train_gpt2.c -Ofast ({LLMC_OFAST_MS_124M_B4_T64} ms/step on this kind of machine)");
+                }
+                if let Some(rss) = r.peak_rss_bytes {
+                    println!("peak RSS {:.2} GB (llm.c: ~2.5 GB at 124M, B=4, T=64)", rss as f64 / 1e9);
+                }
+                if r.contended {
+                    println!("WARNING: other processes used {:.2} cores during the run: figures taken under contention", r.other_load_cores.unwrap_or(0.0));
+                }
+            }
+            Ok(())
+        }
+    })
+}

@@ -1,0 +1,287 @@
+//! Every setting of a run, as serde structs whose `Default`s are the paper's values (Maes et al. App. D.2,
+//! nanoGPT). A run directory's `config.json` is a serialised [`RunConfig`]; `rotadam gpt2 --config FILE`
+//! rebuilds the same run from it.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The GPT-2 architecture.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+    /// Context length (nanoGPT's `block_size`); also the size of the position embedding.
+    pub seq_len: usize,
+    pub vocab_size: usize,
+    /// Biases in the linear layers and LayerNorms (GPT-2 has them; the paper trains without).
+    pub bias: bool,
+}
+
+/// Names accepted by `--model`.
+pub const MODEL_PRESETS: &[&str] = &["small", "124m", "350m", "774m", "1558m", "tiny"];
+
+impl ModelConfig {
+    /// A named preset: `124m` … `1558m` are the GPT-2 family; `small` is the CPU demo model
+    /// (4 layers, 4 heads, 128 wide, context 128); `tiny` is for tests (2 layers, 2 heads, 16 wide,
+    /// context 16, vocabulary 64).
+    pub fn preset(name: &str) -> Result<Self> {
+        let (n_layer, n_head, n_embd, seq_len, vocab_size) = match name {
+            "small" => (4, 4, 128, 128, 50257),
+            "124m" => (12, 12, 768, 1024, 50257),
+            "350m" => (24, 16, 1024, 1024, 50257),
+            "774m" => (36, 20, 1280, 1024, 50257),
+            "1558m" => (48, 25, 1600, 1024, 50257),
+            "tiny" => (2, 2, 16, 16, 64),
+            other => {
+                return Err(Error::config(
+                    "--model",
+                    format!("unknown model '{other}'; expected one of {}", MODEL_PRESETS.join(", ")),
+                ))
+            }
+        };
+        Ok(ModelConfig {
+            n_layer,
+            n_head,
+            n_embd,
+            seq_len,
+            vocab_size,
+            bias: false,
+        })
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("n_layer", self.n_layer),
+            ("n_head", self.n_head),
+            ("n_embd", self.n_embd),
+            ("seq_len", self.seq_len),
+            ("vocab_size", self.vocab_size),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return Err(Error::config(field, "must be at least 1"));
+            }
+        }
+        if self.n_embd % self.n_head != 0 {
+            return Err(Error::config(
+                "n_embd",
+                format!("{} is not divisible by n_head = {}", self.n_embd, self.n_head),
+            ));
+        }
+        if self.vocab_size > 65536 {
+            return Err(Error::config(
+                "vocab_size",
+                format!("{} exceeds the uint16 token format (at most 65536)", self.vocab_size),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn head_size(&self) -> usize {
+        self.n_embd / self.n_head
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// AdamW (Maes et al. Alg. 1), decoupled weight decay.
+    Adamw,
+    /// SGD with momentum (torch semantics).
+    Sgd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Fp32,
+    Fp64,
+    /// bf16 matmul inputs and activations, fp32 accumulation, fp32 master weights and optimizer state.
+    Bf16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// CUDA when a device is present, the CPU otherwise (and say so).
+    Auto,
+    Cpu,
+}
+
+/// The rotation of the optimizer's basis. Only `none` (the identity) exists until the rotations land;
+/// the field is here so config files and checkpoints already carry it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationConfig {
+    pub kind: String,
+    pub seed: u64,
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        RotationConfig {
+            kind: "none".into(),
+            seed: 0,
+        }
+    }
+}
+
+/// Optimisation and schedule settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    /// Total optimizer steps (a resumed run continues up to this number).
+    pub steps: usize,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup: usize,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Gradient clipping on the global L2 norm (0 = off).
+    pub clip: f64,
+    pub optimizer: OptimizerKind,
+    pub momentum: f64,
+    pub eval_every: usize,
+    pub eval_batches: usize,
+    pub checkpoint_every: usize,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    /// The paper's GPT-2 124M settings (Maes et al. App. D.2, nanoGPT's train_gpt2 config).
+    fn default() -> Self {
+        TrainConfig {
+            batch_size: 12,
+            grad_accum: 40,
+            steps: 100_000,
+            lr: 6e-4,
+            min_lr: 6e-5,
+            warmup: 2000,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            clip: 1.0,
+            optimizer: OptimizerKind::Adamw,
+            momentum: 0.9,
+            eval_every: 1000,
+            eval_batches: 200,
+            checkpoint_every: 5000,
+            seed: 1337,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Defaults for a model preset: the paper's for the GPT-2 family; for `small` a ~3-minute CPU run on the
+    /// demo corpus; for `tiny` a few-second test run.
+    pub fn for_preset(preset: &str) -> Self {
+        let paper = TrainConfig::default();
+        match preset {
+            "small" => TrainConfig {
+                batch_size: 8,
+                grad_accum: 1,
+                steps: 400,
+                lr: 2e-3,
+                min_lr: 2e-4,
+                warmup: 40,
+                eval_every: 50,
+                eval_batches: 8,
+                checkpoint_every: 200,
+                ..paper
+            },
+            "tiny" => TrainConfig {
+                batch_size: 4,
+                grad_accum: 1,
+                steps: 20,
+                lr: 1e-2,
+                min_lr: 1e-3,
+                warmup: 2,
+                eval_every: 10,
+                eval_batches: 2,
+                checkpoint_every: 10,
+                ..paper
+            },
+            _ => paper,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("batch_size", self.batch_size),
+            ("grad_accum", self.grad_accum),
+            ("steps", self.steps),
+            ("eval_every", self.eval_every),
+            ("eval_batches", self.eval_batches),
+            ("checkpoint_every", self.checkpoint_every),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return Err(Error::config(field, "must be at least 1"));
+            }
+        }
+        let finite_nonneg = [
+            ("lr", self.lr),
+            ("min_lr", self.min_lr),
+            ("weight_decay", self.weight_decay),
+            ("eps", self.eps),
+            ("clip", self.clip),
+            ("momentum", self.momentum),
+        ];
+        for (field, v) in finite_nonneg {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::config(field, format!("{v} must be finite and ≥ 0")));
+            }
+        }
+        for (field, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(Error::config(field, format!("{v} must be in [0, 1)")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Everything a `gpt2` run needs; serialised as the run directory's `config.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// The preset the model came from (`small`, `124m`, …), or `custom` when dimensions were overridden.
+    pub model_preset: String,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub rotation: RotationConfig,
+    /// `demo` (the embedded Shakespeare corpus) or a directory of token shards.
+    pub data: String,
+    pub out: PathBuf,
+    pub device: DeviceKind,
+    pub precision: Precision,
+    pub threads: usize,
+    pub init_from: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+impl RunConfig {
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        self.train.validate()?;
+        if self.threads == 0 {
+            return Err(Error::config("threads", "must be at least 1"));
+        }
+        if self.rotation.kind != "none" {
+            return Err(Error::config(
+                "rotation",
+                format!("'{}' is not available yet; only 'none'", self.rotation.kind),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Tokens consumed by one optimizer step.
+    pub fn tokens_per_step(&self) -> usize {
+        self.train.batch_size * self.train.grad_accum * self.model.seq_len
+    }
+}

@@ -1,0 +1,596 @@
+//! Text → GPT-2 tokens in nanoGPT's format (`train.bin`, `val.bin`: flat little-endian uint16), plus the
+//! embedded demo corpus.
+//!
+//! **Documents.** Inputs are files or directories (recursed in sorted order; names starting with `.` and
+//! the output directory are skipped). A `*.jsonl` file holds one document per line, in its `text` field
+//! (blank lines are skipped); any other file is one UTF-8 document, read whole.
+//!
+//! **Tokens.** Each document is encoded with GPT-2's BPE (`tiktoken_rs::r50k_base`, `encode_ordinary`, so
+//! a literal `<|endoftext|>` in the text is ordinary text) and followed by the end-of-text token 50256, as
+//! nanoGPT's `data/openwebtext/prepare.py` does.
+//!
+//! **Val split.** Document `i` (0-based, in input order) goes to val when `u_i < val_fraction`, where `u_i`
+//! is the top 53 bits of the `i`-th output of SplitMix64 seeded with `seed` ([`is_val_document`]), read as a
+//! number in [0, 1). The last document is the exception that keeps both splits non-empty: it goes to val if
+//! no earlier document did, and to train if no earlier document did. With a single document, its last
+//! `val_fraction` of tokens (rounded, at least one, at most all but one) go to val.
+//!
+//! **Streaming.** Documents are read in order and tokenized in chunks (256 documents or 64 MiB of text,
+//! whichever comes first) in parallel with rayon; the tokens are appended to the outputs in document
+//! order, so memory is bounded by a chunk whatever the corpus size. Outputs are written under temporary
+//! names in the output directory and renamed into place at the end (`meta.json` last, after deleting the
+//! old one), so a reader sees complete files or none, and a crash leaves no half-written `train.bin`.
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, BufWriter, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tiktoken_rs::CoreBPE;
+
+use super::shard::{group_digits, write_u16_le};
+use crate::error::{Error, Result};
+use crate::rng::splitmix64;
+
+/// GPT-2's `<|endoftext|>`, appended after every document.
+pub const GPT2_EOT: u32 = 50256;
+/// The tokenizer name recorded in `meta.json`.
+pub const TOKENIZER: &str = "gpt2 (r50k_base)";
+/// Bumped when the output of [`prepare`] changes for the same options; recorded in `meta.json`.
+pub const PREPARE_VERSION: u32 = 1;
+pub const DEFAULT_VAL_FRACTION: f64 = 0.1;
+/// The default split seed (nanoGPT's `train_test_split` seed; the split itself is computed differently).
+pub const DEFAULT_SEED: u64 = 2357;
+
+const CHUNK_DOCS: usize = 256;
+const CHUNK_BYTES: usize = 64 << 20;
+
+/// What to tokenize, where to, and how to split it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrepareOptions {
+    /// Files or directories, in the order their documents are numbered.
+    pub inputs: Vec<PathBuf>,
+    /// Output directory (created if needed): `train.bin`, `val.bin`, `meta.json`.
+    pub out: PathBuf,
+    /// Fraction of documents that go to val, in [0, 1).
+    pub val_fraction: f64,
+    /// Seed of the val split.
+    pub seed: u64,
+    /// No progress output at all.
+    #[serde(skip)]
+    pub quiet: bool,
+}
+
+impl Default for PrepareOptions {
+    fn default() -> Self {
+        PrepareOptions {
+            inputs: Vec::new(),
+            out: PathBuf::new(),
+            val_fraction: DEFAULT_VAL_FRACTION,
+            seed: DEFAULT_SEED,
+            quiet: false,
+        }
+    }
+}
+
+impl PrepareOptions {
+    /// Whether `other` produces the same files: every field but `quiet`.
+    pub fn same_recipe(&self, other: &PrepareOptions) -> bool {
+        self.inputs == other.inputs
+            && self.out == other.out
+            && self.val_fraction == other.val_fraction
+            && self.seed == other.seed
+    }
+}
+
+/// What [`prepare`] did; also saved in `meta.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PrepareSummary {
+    pub files: usize,
+    pub documents: u64,
+    pub train_documents: u64,
+    pub val_documents: u64,
+    pub train_tokens: u64,
+    pub val_tokens: u64,
+    pub bytes_read: u64,
+    pub seconds: f64,
+    /// True when there was one document and its tail went to val (it then counts in both splits).
+    pub single_document_split: bool,
+}
+
+/// The contents of `meta.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrepareMeta {
+    pub prepare_version: u32,
+    pub tokenizer: String,
+    pub eot: u32,
+    pub format: String,
+    pub options: PrepareOptions,
+    pub summary: PrepareSummary,
+}
+
+/// Reads `dir/meta.json`.
+pub fn read_meta(dir: &Path) -> Result<PrepareMeta> {
+    let path = dir.join("meta.json");
+    let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|source| Error::Json { path, source })
+}
+
+/// The val-split rule: document `index` goes to val when the top 53 bits of the `index`-th output of
+/// SplitMix64 seeded with `seed`, as a number in [0, 1), are below `val_fraction`.
+pub fn is_val_document(seed: u64, index: u64, val_fraction: f64) -> bool {
+    // SplitMix64 adds its increment before mixing, so this state yields output number `index` (0-based).
+    let mut state = seed.wrapping_add(index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let u = (splitmix64(&mut state) >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+    u < val_fraction
+}
+
+/// Tokenizes `opts.inputs` into `opts.out` (see the module docs for every rule).
+pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary> {
+    let start = Instant::now();
+    if !(opts.val_fraction.is_finite() && (0.0..1.0).contains(&opts.val_fraction)) {
+        return Err(Error::config("val-fraction", format!("{} is not in [0, 1)", opts.val_fraction)));
+    }
+    fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+    let out_canon = fs::canonicalize(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+    let files = collect_files(&opts.inputs, &out_canon)?;
+    if files.is_empty() {
+        return Err(Error::config("inputs", format!("no files found in {:?}", opts.inputs)));
+    }
+    let mut total_bytes = 0;
+    for f in &files {
+        total_bytes += fs::metadata(f).map_err(|e| Error::io(f, e))?.len();
+    }
+    let bpe = tiktoken_rs::r50k_base().map_err(|e| Error::config("tokenizer", e.to_string()))?;
+    let mut progress = Progress::new(opts.quiet, total_bytes);
+    progress.line(format!(
+        "prepare: tokenizing {} file(s), {:.1} MB, into {}",
+        files.len(),
+        total_bytes as f64 / 1e6,
+        opts.out.display()
+    ));
+
+    let mut splitter = Splitter {
+        bpe,
+        seed: opts.seed,
+        val_fraction: opts.val_fraction,
+        train: SplitOut::create(&opts.out, "train.bin")?,
+        val: SplitOut::create(&opts.out, "val.bin")?,
+        pending: None,
+        documents: 0,
+    };
+    let mut chunk = Chunk::default();
+    let mut bytes_read = 0u64;
+    for file in &files {
+        if file.extension().is_some_and(|e| e == "jsonl") {
+            read_jsonl(file, |text, n| {
+                bytes_read += n;
+                progress.inc(n);
+                if let Some(text) = text {
+                    chunk.push(text);
+                    if chunk.is_full() {
+                        splitter.push_chunk(&mut chunk)?;
+                    }
+                }
+                Ok(())
+            })?;
+        } else {
+            let raw = fs::read(file).map_err(|e| Error::io(file, e))?;
+            let n = raw.len() as u64;
+            let text = String::from_utf8(raw).map_err(|e| {
+                let at = e.utf8_error().valid_up_to();
+                Error::bad_file(file, "text", format!("not valid UTF-8 (first bad byte at offset {at})"))
+            })?;
+            bytes_read += n;
+            progress.inc(n);
+            chunk.push(text);
+            if chunk.is_full() {
+                splitter.push_chunk(&mut chunk)?;
+            }
+        }
+    }
+    splitter.push_chunk(&mut chunk)?;
+    let documents = splitter.documents;
+    let (train, val, single_document_split) = splitter.finish()?;
+
+    let mut summary = PrepareSummary {
+        files: files.len(),
+        documents,
+        train_documents: train.documents,
+        val_documents: val.documents,
+        train_tokens: train.tokens,
+        val_tokens: val.tokens,
+        bytes_read,
+        seconds: 0.0,
+        single_document_split,
+    };
+    // Commit: the old meta.json goes first, so no meta.json ever describes bins it did not produce.
+    let meta_path = opts.out.join("meta.json");
+    match fs::remove_file(&meta_path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&meta_path, e)),
+        _ => {}
+    }
+    train.commit()?;
+    val.commit()?;
+    summary.seconds = start.elapsed().as_secs_f64();
+    let meta = PrepareMeta {
+        prepare_version: PREPARE_VERSION,
+        tokenizer: TOKENIZER.to_string(),
+        eot: GPT2_EOT,
+        format: "nanoGPT flat little-endian uint16".to_string(),
+        options: opts.clone(),
+        summary: summary.clone(),
+    };
+    let json = serde_json::to_vec_pretty(&meta).map_err(|source| Error::Json {
+        path: meta_path.clone(),
+        source,
+    })?;
+    let mut tmp = TempFile::new(&opts.out, "meta.json");
+    fs::write(&tmp.path, json).map_err(|e| Error::io(&tmp.path, e))?;
+    tmp.rename_to(&meta_path)?;
+    progress.finish(format!(
+        "prepare: {} documents -> {} train / {} val tokens ({} / {} documents) in {:.1} s",
+        summary.documents,
+        group_digits(summary.train_tokens),
+        group_digits(summary.val_tokens),
+        summary.train_documents,
+        summary.val_documents,
+        summary.seconds
+    ));
+    Ok(summary)
+}
+
+/// The demo corpus (35 Shakespeare plays and poems, `data/shakespeare/*_gut.txt`), tokenized into
+/// `data/cache/shakespeare/` under the crate root (or under `.` when the compiled-in root is gone).
+/// Prepares it only when `train.bin`, `val.bin` or `meta.json` is missing or `meta.json` records other
+/// options; returns the directory, ready for [`super::Dataset::open`].
+pub fn demo_corpus(quiet: bool) -> Result<PathBuf> {
+    // Threads of one process (parallel tests) take turns; separate processes are safe anyway, since every
+    // output is replaced by an atomic rename of identical content.
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let compiled = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = if compiled.join("data").join("shakespeare").is_dir() {
+        compiled.to_path_buf()
+    } else {
+        PathBuf::from(".")
+    };
+    let src = root.join("data").join("shakespeare");
+    let out = root.join("data").join("cache").join("shakespeare");
+    let mut inputs = Vec::new();
+    for entry in fs::read_dir(&src).map_err(|e| Error::io(&src, e))? {
+        let path = entry.map_err(|e| Error::io(&src, e))?.path();
+        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with("_gut.txt")) {
+            inputs.push(path);
+        }
+    }
+    inputs.sort();
+    if inputs.is_empty() {
+        return Err(Error::bad_file(&src, "demo corpus", "no *_gut.txt files"));
+    }
+    let opts = PrepareOptions {
+        inputs,
+        out: out.clone(),
+        val_fraction: DEFAULT_VAL_FRACTION,
+        seed: DEFAULT_SEED,
+        quiet,
+    };
+    let ready = out.join("train.bin").is_file()
+        && out.join("val.bin").is_file()
+        && read_meta(&out).is_ok_and(|m| m.prepare_version == PREPARE_VERSION && m.options.same_recipe(&opts));
+    if !ready {
+        prepare(&opts)?;
+    }
+    Ok(out)
+}
+
+/// Input files in order: each input as given; directories recursed with entries sorted by name, skipping
+/// hidden names and `skip_dir` (the output directory).
+fn collect_files(inputs: &[PathBuf], skip_dir: &Path) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, skip_dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
+        if fs::canonicalize(dir).is_ok_and(|c| c == skip_dir) {
+            return Ok(());
+        }
+        let mut entries = Vec::new();
+        for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            if !entry.file_name().to_string_lossy().starts_with('.') {
+                entries.push(entry.path());
+            }
+        }
+        entries.sort();
+        for path in entries {
+            if path.is_dir() {
+                walk(&path, skip_dir, files)?;
+            } else if path.is_file() {
+                files.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    for input in inputs {
+        let meta = fs::metadata(input).map_err(|e| Error::io(input, e))?;
+        if meta.is_dir() {
+            walk(input, skip_dir, &mut files)?;
+        } else {
+            files.push(input.clone());
+        }
+    }
+    Ok(files)
+}
+
+/// Calls `each(text, bytes)` for every line of a jsonl file: `text` is the line's `text` field, or `None`
+/// for a blank line.
+fn read_jsonl(path: &Path, mut each: impl FnMut(Option<String>, u64) -> Result<()>) -> Result<()> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut buf = Vec::new();
+    for line_no in 1u64.. {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        let field = || format!("line {line_no}");
+        let line = std::str::from_utf8(&buf).map_err(|e| {
+            let at = e.valid_up_to();
+            Error::bad_file(path, field(), format!("not valid UTF-8 (first bad byte at column {})", at + 1))
+        })?;
+        if line.trim().is_empty() {
+            each(None, n as u64)?;
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::bad_file(path, field(), format!("not JSON: {e}")))?;
+        let text = match value.get("text") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(other) => {
+                let kind = match other {
+                    serde_json::Value::Null => "null",
+                    serde_json::Value::Bool(_) => "a boolean",
+                    serde_json::Value::Number(_) => "a number",
+                    serde_json::Value::Array(_) => "an array",
+                    _ => "an object",
+                };
+                let msg = format!("the \"text\" field is {kind}, expected a string");
+                return Err(Error::bad_file(path, field(), msg));
+            }
+            None => {
+                let msg = "no \"text\" field (expected an object like {\"text\": \"...\"})";
+                return Err(Error::bad_file(path, field(), msg));
+            }
+        };
+        each(Some(text), n as u64)?;
+    }
+    Ok(())
+}
+
+/// Documents waiting to be tokenized together.
+#[derive(Default)]
+struct Chunk {
+    docs: Vec<String>,
+    bytes: usize,
+}
+
+impl Chunk {
+    fn push(&mut self, text: String) {
+        self.bytes += text.len();
+        self.docs.push(text);
+    }
+    fn is_full(&self) -> bool {
+        self.docs.len() >= CHUNK_DOCS || self.bytes >= CHUNK_BYTES
+    }
+}
+
+/// Assigns tokenized documents to train or val, holding back the latest one so the last-document rules
+/// can be applied at the end.
+struct Splitter {
+    bpe: CoreBPE,
+    seed: u64,
+    val_fraction: f64,
+    train: SplitOut,
+    val: SplitOut,
+    /// The latest document's tokens; it is document number `documents - 1`.
+    pending: Option<Vec<u32>>,
+    documents: u64,
+}
+
+impl Splitter {
+    fn push_chunk(&mut self, chunk: &mut Chunk) -> Result<()> {
+        let bpe = &self.bpe;
+        let encoded: Vec<Vec<u32>> = chunk
+            .docs
+            .par_iter()
+            .map(|text| {
+                let mut tokens = bpe.encode_ordinary(text);
+                tokens.push(GPT2_EOT);
+                tokens
+            })
+            .collect();
+        *chunk = Chunk::default();
+        for tokens in encoded {
+            if let Some(prev) = self.pending.take() {
+                let to_val = is_val_document(self.seed, self.documents - 1, self.val_fraction);
+                self.out(to_val).write_document(&prev)?;
+            }
+            self.pending = Some(tokens);
+            self.documents += 1;
+        }
+        Ok(())
+    }
+
+    fn out(&mut self, to_val: bool) -> &mut SplitOut {
+        if to_val {
+            &mut self.val
+        } else {
+            &mut self.train
+        }
+    }
+
+    /// Places the last document; returns (train, val, whether a single document was split).
+    fn finish(mut self) -> Result<(SplitOut, SplitOut, bool)> {
+        let Some(last) = self.pending.take() else {
+            return Err(Error::config("inputs", "no documents (every jsonl line was blank?)"));
+        };
+        if self.documents == 1 {
+            if last.len() < 2 {
+                let msg = "a single empty document cannot be split into train and val";
+                return Err(Error::config("inputs", msg));
+            }
+            let n_val = ((last.len() as f64 * self.val_fraction).round() as usize).clamp(1, last.len() - 1);
+            let cut = last.len() - n_val;
+            self.train.write_document(&last[..cut])?;
+            self.val.write_document(&last[cut..])?;
+            return Ok((self.train, self.val, true));
+        }
+        let to_val = if self.val.documents == 0 {
+            true
+        } else if self.train.documents == 0 {
+            false
+        } else {
+            is_val_document(self.seed, self.documents - 1, self.val_fraction)
+        };
+        self.out(to_val).write_document(&last)?;
+        Ok((self.train, self.val, false))
+    }
+}
+
+/// One output file being written under a temporary name.
+struct SplitOut {
+    tmp: TempFile,
+    dest: PathBuf,
+    writer: BufWriter<File>,
+    documents: u64,
+    tokens: u64,
+}
+
+impl SplitOut {
+    fn create(dir: &Path, name: &str) -> Result<SplitOut> {
+        let tmp = TempFile::new(dir, name);
+        let file = File::create(&tmp.path).map_err(|e| Error::io(&tmp.path, e))?;
+        Ok(SplitOut {
+            writer: BufWriter::with_capacity(1 << 20, file),
+            tmp,
+            dest: dir.join(name),
+            documents: 0,
+            tokens: 0,
+        })
+    }
+
+    fn write_document(&mut self, tokens: &[u32]) -> Result<()> {
+        // GPT-2 ids are < 50257, so they fit uint16.
+        write_u16_le(&mut self.writer, tokens.iter().map(|&t| t as u16)).map_err(|e| Error::io(&self.tmp.path, e))?;
+        self.documents += 1;
+        self.tokens += tokens.len() as u64;
+        Ok(())
+    }
+
+    fn commit(self) -> Result<()> {
+        let SplitOut {
+            mut tmp, dest, writer, ..
+        } = self;
+        let file = writer.into_inner().map_err(|e| Error::io(&tmp.path, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&tmp.path, e))?;
+        tmp.rename_to(&dest)
+    }
+}
+
+/// A file under a unique temporary name, deleted on drop unless renamed into place.
+struct TempFile {
+    path: PathBuf,
+    renamed: bool,
+}
+
+impl TempFile {
+    fn new(dir: &Path, name: &str) -> TempFile {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        TempFile {
+            path: dir.join(format!(".{name}.tmp-{}-{n}", std::process::id())),
+            renamed: false,
+        }
+    }
+
+    fn rename_to(&mut self, dest: &Path) -> Result<()> {
+        fs::rename(&self.path, dest).map_err(|e| Error::io(dest, e))?;
+        self.renamed = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.renamed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A byte-count progress bar on a terminal; on a non-terminal stderr a few plain lines instead; nothing
+/// when quiet.
+struct Progress {
+    bar: ProgressBar,
+    plain: bool,
+    quiet: bool,
+    total: u64,
+    done: u64,
+    next_quarter: u64,
+}
+
+impl Progress {
+    fn new(quiet: bool, total: u64) -> Progress {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = if quiet || !terminal {
+            ProgressBar::hidden()
+        } else {
+            let bar = ProgressBar::new(total);
+            let template = "{msg} [{bar:40}] {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, eta {eta})";
+            if let Ok(style) = ProgressStyle::with_template(template) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message("tokenizing");
+            bar
+        };
+        Progress {
+            bar,
+            plain: !quiet && !terminal,
+            quiet,
+            total,
+            done: 0,
+            next_quarter: 1,
+        }
+    }
+
+    fn line(&self, msg: String) {
+        if self.quiet {
+            return;
+        }
+        if self.plain {
+            eprintln!("{msg}");
+        } else {
+            self.bar.println(msg);
+        }
+    }
+
+    fn inc(&mut self, n: u64) {
+        self.bar.inc(n);
+        self.done += n;
+        if self.plain && self.next_quarter < 4 && self.done * 4 >= self.next_quarter * self.total {
+            eprintln!("prepare: {}% of the text read", 25 * self.next_quarter);
+            while self.next_quarter < 4 && self.done * 4 >= self.next_quarter * self.total {
+                self.next_quarter += 1;
+            }
+        }
+    }
+
+    fn finish(&self, msg: String) {
+        self.bar.finish_and_clear();
+        self.line(msg);
+    }
+}

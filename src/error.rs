@@ -1,0 +1,73 @@
+//! The library's error type. `anyhow` lives in the binary only; here every failure names what went wrong.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O failure on a named file.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file whose contents are not what was expected: names the file, the field and the expectation.
+    #[error("{path}: {field}: {msg}")]
+    BadFile {
+        path: PathBuf,
+        field: String,
+        msg: String,
+    },
+    /// A configuration or command-line value that cannot be used.
+    #[error("invalid {field}: {msg}")]
+    Config { field: String, msg: String },
+    /// Training produced a non-finite loss or gradient norm.
+    #[error("training diverged at step {step}: {what} is {value}; {kept}")]
+    Diverged {
+        step: usize,
+        what: String,
+        value: f64,
+        kept: String,
+    },
+    /// A shape mismatch inside an op or between a checkpoint and the model.
+    #[error("shape mismatch in {context}: expected {expected}, got {got}")]
+    Shape {
+        context: String,
+        expected: String,
+        got: String,
+    },
+    #[error("json in {path}: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("safetensors in {path}: {msg}")]
+    SafeTensors { path: PathBuf, msg: String },
+    #[error("device: {0}")]
+    Device(String),
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    pub fn bad_file(path: impl Into<PathBuf>, field: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::BadFile {
+            path: path.into(),
+            field: field.into(),
+            msg: msg.into(),
+        }
+    }
+    pub fn config(field: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Config {
+            field: field.into(),
+            msg: msg.into(),
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! rotadam: train GPT-2 and measure how Adam behaves when the parameter space is rotated.
+//!
+//! See `docs/architecture.md` for the layout. The binary (`src/main.rs`) is a thin shell over [`cli`].
+
+pub mod backend;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod model;
+pub mod optim;
+pub mod progress;
+pub mod rng;
+pub mod run;
+
+pub use error::{Error, Result};

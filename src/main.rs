@@ -1,0 +1,39 @@
+//! The `rotadam` binary: parse, run, print the error chain once, exit with a status.
+
+use clap::Parser;
+use rotadam::cli::{Cli, Command};
+use std::process::ExitCode;
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Gpt2(args) => {
+            let (cfg, resume) = args.to_config()?;
+            if !cfg.quiet {
+                eprintln!("{}", rotadam::device::describe_choice(cfg.device));
+            }
+            rotadam::run::train::train(&cfg, resume)?;
+        }
+        Command::Prepare(a) => {
+            let summary = rotadam::data::prepare::prepare(&rotadam::data::prepare::PrepareOptions {
+                inputs: a.input,
+                out: a.out,
+                val_fraction: a.val_fraction,
+                seed: a.seed,
+                quiet: a.quiet,
+            })?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        Command::Bench(a) => rotadam::bench::run(&a)?,
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
