@@ -66,6 +66,9 @@ pub struct Gpt2Args {
     pub min_lr: Option<f64>,
     #[arg(long)]
     pub warmup: Option<usize>,
+    /// Step at which the cosine decay reaches --min-lr (default: --steps).
+    #[arg(long)]
+    pub lr_decay_steps: Option<usize>,
     /// Decoupled weight decay (2-D weights only).
     #[arg(long)]
     pub wd: Option<f64>,
@@ -120,9 +123,10 @@ pub struct PrepareArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Fraction of documents held out for validation.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = crate::data::prepare::DEFAULT_VAL_FRACTION)]
     pub val_fraction: f64,
-    #[arg(long, default_value_t = 1337)]
+    /// Seed of the document-level val split.
+    #[arg(long, default_value_t = crate::data::prepare::DEFAULT_SEED)]
     pub seed: u64,
     #[arg(long)]
     pub quiet: bool,
@@ -180,6 +184,7 @@ impl Gpt2Args {
         chk(self.lr.is_some(), "--lr");
         chk(self.min_lr.is_some(), "--min-lr");
         chk(self.warmup.is_some(), "--warmup");
+        chk(self.lr_decay_steps.is_some(), "--lr-decay-steps");
         chk(self.wd.is_some(), "--wd");
         chk(self.beta1.is_some(), "--beta1");
         chk(self.beta2.is_some(), "--beta2");
@@ -272,6 +277,9 @@ impl Gpt2Args {
             t.min_lr = self.min_lr.unwrap_or(lr / 10.0);
         } else if let Some(min_lr) = self.min_lr {
             t.min_lr = min_lr;
+        }
+        if self.lr_decay_steps.is_some() {
+            t.lr_decay_steps = self.lr_decay_steps;
         }
         if let Some(d) = &self.data {
             cfg.data = d.clone();

@@ -137,6 +137,9 @@ pub struct TrainConfig {
     pub lr: f64,
     pub min_lr: f64,
     pub warmup: usize,
+    /// Step at which the cosine schedule reaches `min_lr` (nanoGPT's `lr_decay_iters`); None = `steps`.
+    #[serde(default)]
+    pub lr_decay_steps: Option<usize>,
     pub weight_decay: f64,
     pub beta1: f64,
     pub beta2: f64,
@@ -161,6 +164,7 @@ impl Default for TrainConfig {
             lr: 6e-4,
             min_lr: 6e-5,
             warmup: 2000,
+            lr_decay_steps: None,
             weight_decay: 0.1,
             beta1: 0.9,
             beta2: 0.95,
@@ -208,6 +212,11 @@ impl TrainConfig {
             },
             _ => paper,
         }
+    }
+
+    /// The step at which the cosine schedule ends.
+    pub fn decay_steps(&self) -> usize {
+        self.lr_decay_steps.unwrap_or(self.steps)
     }
 
     pub fn validate(&self) -> Result<()> {

@@ -1,0 +1,615 @@
+//! The data path: token files (both formats) round-trip, every bad input is named, the sampler is
+//! reproducible and never crosses a shard, and `prepare` matches tiktoken and the documented val split.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rotadam::data::shard::LLMC_HEADER_BYTES;
+use rotadam::data::{
+    demo_corpus, fixed_batches, prepare, read_meta, write_flat, write_llmc_shard, BatchSampler,
+    DataFormat, Dataset, PrepareOptions, TokenShard, TokenSplit, GPT2_EOT,
+};
+use rotadam::rng::splitmix64;
+
+const VOCAB: usize = 50257;
+const GPT2_TEST_TEXT: &str = "Hello world, this is GPT-2.";
+const GPT2_TEST_IDS: [u16; 10] = [15496, 995, 11, 428, 318, 402, 11571, 12, 17, 13];
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("rotadam-data-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Tokens `0, 1, 2, …` offset by `base` (all below the vocab).
+fn ramp(base: u16, n: usize) -> Vec<u16> {
+    (0..n).map(|i| base + (i % 1000) as u16).collect()
+}
+
+/// The error's message must contain every one of the `|`-separated `needles`.
+fn assert_err<T: std::fmt::Debug>(r: rotadam::Result<T>, needles: &str) {
+    let msg = r.expect_err("expected an error").to_string();
+    for n in needles.split('|') {
+        assert!(msg.contains(n), "error {msg:?} does not mention {n:?}");
+    }
+}
+
+/// The sorted file names in `dir`.
+fn listing(dir: &Path) -> Vec<String> {
+    let names = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name());
+    let mut names: Vec<String> = names.map(|n| n.to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+fn read_u16(path: &Path) -> Vec<u16> {
+    fs::read(path)
+        .unwrap()
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect()
+}
+
+// ---- round trips -------------------------------------------------------------------------------------
+
+#[test]
+fn flat_round_trip() {
+    let d = TempDir::new("flat");
+    let (train, val) = (ramp(0, 5000), ramp(40000, 300));
+    write_flat(&d.path("train.bin"), &train).unwrap();
+    write_flat(&d.path("val.bin"), &val).unwrap();
+    let ds = Dataset::open(&d.0, VOCAB, 64).unwrap();
+    assert_eq!(ds.format(), DataFormat::NanoGpt);
+    assert_eq!(ds.train.shards().len(), 1);
+    assert_eq!(ds.train.shards()[0].tokens(), &train[..]);
+    assert_eq!(ds.val.shards()[0].tokens(), &val[..]);
+    assert_eq!((ds.train.len(), ds.val.len()), (5000, 300));
+    let desc = ds.describe();
+    assert!(desc.starts_with("nanoGPT flat uint16 at "), "{desc}");
+    assert!(desc.ends_with(": 5,000 train / 300 val tokens"), "{desc}");
+}
+
+#[test]
+fn llmc_round_trip_sorted_shards() {
+    let d = TempDir::new("llmc");
+    // Written out of order; a decoy that only looks like a shard and a nanoGPT-less directory.
+    let parts: Vec<Vec<u16>> = (0..3)
+        .map(|k| ramp(1000 * k as u16, 100 + 37 * k))
+        .collect();
+    for k in [2, 0, 1] {
+        write_llmc_shard(&d.path(&format!("corpus_train_{k:06}.bin")), &parts[k]).unwrap();
+    }
+    write_llmc_shard(&d.path("corpus_val_000000.bin"), &ramp(9, 50)).unwrap();
+    fs::write(d.path("corpus_train_000009.bin.tmp"), b"junk").unwrap();
+    fs::write(d.path("README"), b"not a shard").unwrap();
+    let ds = Dataset::open(&d.0, VOCAB, 16).unwrap();
+    assert_eq!(ds.format(), DataFormat::LlmC);
+    // Sorted by name: shard 0's tokens, then 1's, then 2's.
+    let all: Vec<u16> = ds
+        .train
+        .shards()
+        .iter()
+        .flat_map(|s| s.tokens().to_vec())
+        .collect();
+    assert_eq!(all, parts.concat());
+    assert_eq!(ds.train.len(), 100 + 137 + 174);
+    assert_eq!(ds.val.shards()[0].tokens(), &ramp(9, 50)[..]);
+    assert!(ds
+        .describe()
+        .contains("411 train tokens in 3 shard(s) / 50 val tokens in 1 shard(s)"));
+    // The header is exactly 256 int32 and the file exactly 1024 + 2·N bytes.
+    let bytes = fs::read(d.path("corpus_val_000000.bin")).unwrap();
+    assert_eq!(bytes.len(), LLMC_HEADER_BYTES + 100);
+    assert_eq!(
+        &bytes[..12],
+        [20240520i32, 1, 50].map(i32::to_le_bytes).concat()
+    );
+}
+
+#[test]
+fn llmc_single_file_names() {
+    // llm.c's tinyshakespeare prep writes `tiny_shakespeare_train.bin` / `tiny_shakespeare_val.bin`.
+    let d = TempDir::new("llmc-names");
+    write_llmc_shard(&d.path("tiny_shakespeare_train.bin"), &ramp(0, 40)).unwrap();
+    write_llmc_shard(&d.path("tiny_shakespeare_val.bin"), &ramp(0, 20)).unwrap();
+    let ds = Dataset::open(&d.0, VOCAB, 8).unwrap();
+    assert_eq!((ds.train.len(), ds.val.len()), (40, 20));
+}
+
+// ---- bad inputs: each names the file and the field ---------------------------------------------------
+
+#[test]
+fn missing_dir_and_missing_files() {
+    let d = TempDir::new("missing");
+    assert_err(
+        Dataset::open(&d.path("nope"), VOCAB, 8),
+        "nope|data directory|does not exist",
+    );
+    assert_err(
+        Dataset::open(&d.0, VOCAB, 8),
+        "rotadam-data-missing|data files|train.bin|*_train_*.bin",
+    );
+    write_flat(&d.path("train.bin"), &ramp(0, 100)).unwrap();
+    assert_err(
+        Dataset::open(&d.0, VOCAB, 8),
+        "data files|train.bin without val.bin",
+    );
+}
+
+#[test]
+fn short_long_and_bad_header_shards() {
+    let d = TempDir::new("header");
+    let good = d.path("x_train_000000.bin");
+    write_llmc_shard(&good, &ramp(0, 10)).unwrap();
+    let bytes = fs::read(&good).unwrap();
+    let open = |p: &Path| TokenShard::open(p, DataFormat::LlmC, VOCAB);
+    assert_eq!(open(&good).unwrap().tokens(), &ramp(0, 10)[..]);
+
+    let short = d.path("short.bin");
+    fs::write(&short, &bytes[..bytes.len() - 4]).unwrap();
+    assert_err(
+        open(&short),
+        "short.bin|length|header says 10 tokens (1044 bytes) but the file has 1040 bytes",
+    );
+    let long = d.path("long.bin");
+    fs::write(&long, [&bytes[..], &[0, 0]].concat()).unwrap();
+    assert_err(open(&long), "long.bin|length|1046 bytes");
+    let tiny = d.path("tiny.bin");
+    fs::write(&tiny, &bytes[..100]).unwrap();
+    assert_err(open(&tiny), "tiny.bin|header|1024-byte");
+
+    let mut magic = bytes.clone();
+    magic[..4].copy_from_slice(&20240326i32.to_le_bytes());
+    fs::write(d.path("magic.bin"), &magic).unwrap();
+    assert_err(
+        open(&d.path("magic.bin")),
+        "magic.bin|header[0] magic|expected 20240520|20240326",
+    );
+
+    let mut version = bytes.clone();
+    version[4..8].copy_from_slice(&7i32.to_le_bytes());
+    fs::write(d.path("version.bin"), &version).unwrap();
+    assert_err(
+        open(&d.path("version.bin")),
+        "version.bin|header[1] version|expected 1, found 7",
+    );
+
+    // Through Dataset::open too: the bad shard is named.
+    fs::write(d.path("x_val_000000.bin"), &version).unwrap();
+    assert_err(
+        Dataset::open(&d.0, VOCAB, 4),
+        "x_val_000000.bin|header[1] version",
+    );
+}
+
+#[test]
+fn odd_empty_and_out_of_vocab_flat_files() {
+    let d = TempDir::new("flatbad");
+    write_flat(&d.path("train.bin"), &ramp(0, 100)).unwrap();
+    fs::write(d.path("val.bin"), [1u8, 0, 2]).unwrap();
+    assert_err(
+        Dataset::open(&d.0, VOCAB, 4),
+        "val.bin|length|3 bytes is odd",
+    );
+    fs::write(d.path("val.bin"), []).unwrap();
+    assert_err(Dataset::open(&d.0, VOCAB, 4), "val.bin|length|empty");
+    let mut val = ramp(0, 100);
+    val[7] = 50257;
+    val[60] = 65535;
+    write_flat(&d.path("val.bin"), &val).unwrap();
+    assert_err(
+        Dataset::open(&d.0, VOCAB, 4),
+        "val.bin|token id|token 7 (byte offset 14) is 50257, not below the vocab size 50257",
+    );
+    // A larger vocab (GPT-2's padded 50304) accepts 50257 but not 65535.
+    assert_err(Dataset::open(&d.0, 50304, 4), "val.bin|token 60|65535");
+    // In an llm.c shard the byte offset counts the header; the bound is exact (EOT 50256 is fine).
+    let p = d.path("s.bin");
+    write_llmc_shard(&p, &[1, 50256]).unwrap();
+    assert!(TokenShard::open(&p, DataFormat::LlmC, VOCAB).is_ok());
+    write_llmc_shard(&p, &[1, 2, 50257]).unwrap();
+    let r = TokenShard::open(&p, DataFormat::LlmC, VOCAB);
+    assert_err(r, "s.bin|token 2 (byte offset 1028) is 50257");
+}
+
+#[test]
+fn seq_len_too_large() {
+    let d = TempDir::new("seqlen");
+    write_flat(&d.path("train.bin"), &ramp(0, 5000)).unwrap();
+    write_flat(&d.path("val.bin"), &ramp(0, 800)).unwrap();
+    assert!(Dataset::open(&d.0, VOCAB, 799).is_ok());
+    assert_err(
+        Dataset::open(&d.0, VOCAB, 1024),
+        "val.bin|seq-len|seq-len 1024 needs at least 1025 tokens in one shard; val has 800",
+    );
+}
+
+#[test]
+fn bad_jsonl_and_invalid_utf8() {
+    let d = TempDir::new("badtext");
+    let run = |input: &str| {
+        let opts = PrepareOptions {
+            inputs: vec![d.path(input)],
+            out: d.path("out"),
+            quiet: true,
+            ..PrepareOptions::default()
+        };
+        prepare(&opts)
+    };
+    fs::write(d.path("a.jsonl"), "{\"text\": \"ok\"}\n{\"text\": \"ok\"\n").unwrap();
+    assert_err(run("a.jsonl"), "a.jsonl|line 2|not JSON");
+    fs::write(
+        d.path("b.jsonl"),
+        "{\"text\": \"ok\"}\n\n{\"body\": \"x\"}\n",
+    )
+    .unwrap();
+    assert_err(run("b.jsonl"), "b.jsonl|line 3|no \"text\" field");
+    fs::write(d.path("c.jsonl"), "{\"text\": 3}\n").unwrap();
+    assert_err(
+        run("c.jsonl"),
+        "c.jsonl|line 1|\"text\" field is not a string: 3",
+    );
+    fs::write(
+        d.path("d.jsonl"),
+        b"{\"text\": \"ok\"}\n{\"text\": \"\xff\"}\n",
+    )
+    .unwrap();
+    assert_err(run("d.jsonl"), "d.jsonl|line 2|UTF-8");
+    fs::write(d.path("e.txt"), b"fine text, then \xc3\x28 bad").unwrap();
+    assert_err(
+        run("e.txt"),
+        "e.txt|text|not valid UTF-8 (first bad byte at offset 16)",
+    );
+    assert_err(run("missing.txt"), "missing.txt");
+    // A failed prepare leaves nothing behind in the output directory.
+    assert_eq!(listing(&d.path("out")), Vec::<String>::new());
+}
+
+// ---- sampler ---------------------------------------------------------------------------------------------
+
+/// Shards whose tokens encode (shard id, position): token = 10000·(k+1) + position.
+fn labelled_split(d: &TempDir, lens: &[usize]) -> TokenSplit {
+    let shards = lens
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| {
+            let p = d.path(&format!("l_train_{k:03}.bin"));
+            let tokens: Vec<u16> = (0..n).map(|i| (10000 * (k + 1) + i) as u16).collect();
+            write_llmc_shard(&p, &tokens).unwrap();
+            TokenShard::open(&p, DataFormat::LlmC, 65536).unwrap()
+        })
+        .collect();
+    TokenSplit::new("train", shards)
+}
+
+#[test]
+fn sampler_is_reproducible_and_resumable() {
+    let d = TempDir::new("sampler");
+    let split = labelled_split(&d, &[300, 50, 1000]);
+    let draw = |s: &mut BatchSampler, n: usize| {
+        (0..n)
+            .map(|_| s.next_batch(&split, 4, 16))
+            .collect::<Vec<_>>()
+    };
+    let (mut a, mut b) = (BatchSampler::new(7), BatchSampler::new(7));
+    assert_eq!(draw(&mut a, 5), draw(&mut b, 5));
+    assert_ne!(
+        draw(&mut BatchSampler::new(8), 5),
+        draw(&mut BatchSampler::new(7), 5)
+    );
+
+    // Save mid-way (as a checkpoint would), keep going, restore, and the continuation is identical.
+    let mut live = BatchSampler::new(42);
+    draw(&mut live, 3);
+    let saved = serde_json::to_string(&live).unwrap();
+    let ahead = draw(&mut live, 6);
+    let mut restored: BatchSampler = serde_json::from_str(&saved).unwrap();
+    assert_eq!(restored.batches_drawn(), 3);
+    assert_eq!(draw(&mut restored, 6), ahead);
+    assert_eq!((restored.batches_drawn(), live.batches_drawn()), (9, 9));
+}
+
+#[test]
+fn batches_are_shifted_windows_inside_one_shard() {
+    let d = TempDir::new("windows");
+    let (t, lens) = (3, [5usize, 7, 3]);
+    let split = labelled_split(&d, &lens);
+    let mut sampler = BatchSampler::new(1);
+    let mut counts: BTreeMap<(u32, u32), usize> = BTreeMap::new();
+    for _ in 0..1000 {
+        let batch = sampler.next_batch(&split, 6, t);
+        assert_eq!(
+            (batch.b, batch.t, batch.inputs.len(), batch.targets.len()),
+            (6, t, 6 * t, 6 * t)
+        );
+        for i in 0..batch.b {
+            let (x, y) = batch.row(i);
+            assert_eq!(x[1..], y[..t - 1], "targets are the inputs shifted by one");
+            let window: Vec<u32> = x.iter().chain(&y[t - 1..]).copied().collect();
+            let (shard, start) = (window[0] / 10000, window[0] % 10000);
+            for (j, &tok) in window.iter().enumerate() {
+                assert_eq!(
+                    tok,
+                    10000 * shard + start + j as u32,
+                    "row crosses a shard or skips a token"
+                );
+            }
+            assert!(
+                (start as usize) + t < lens[shard as usize - 1],
+                "window runs past its shard"
+            );
+            *counts.entry((shard, start)).or_default() += 1;
+        }
+    }
+    // Valid starts: shard 1 → 0..=1, shard 2 → 0..=3, shard 3 (3 tokens < t+1) → none; all uniform.
+    let expected: Vec<(u32, u32)> = vec![(1, 0), (1, 1), (2, 0), (2, 1), (2, 2), (2, 3)];
+    assert_eq!(counts.keys().copied().collect::<Vec<_>>(), expected);
+    for (&k, &c) in &counts {
+        assert!(
+            (850..1150).contains(&c),
+            "start {k:?} drawn {c} times of 6000, expected ~1000"
+        );
+    }
+}
+
+#[test]
+fn fixed_batches_repeat() {
+    let d = TempDir::new("fixed");
+    let split = labelled_split(&d, &[500, 500]);
+    let a = fixed_batches(&split, 3, 32, 4, 0);
+    assert_eq!(a.len(), 4);
+    assert_eq!(a, fixed_batches(&split, 3, 32, 4, 0));
+    assert_ne!(a, fixed_batches(&split, 3, 32, 4, 1));
+    assert_ne!(a[0], a[1]);
+}
+
+// ---- prepare -----------------------------------------------------------------------------------------
+
+/// The documented split rule, recomputed from the sequential SplitMix64 stream.
+fn split_rule(seed: u64, n: usize, vf: f64) -> Vec<bool> {
+    let mut state = seed;
+    let mut to_val: Vec<bool> = (0..n)
+        .map(|_| ((splitmix64(&mut state) >> 11) as f64 / (1u64 << 53) as f64) < vf)
+        .collect();
+    let earlier_val = to_val[..n - 1].iter().any(|&v| v);
+    let earlier_train = to_val[..n - 1].iter().any(|&v| !v);
+    if !earlier_val {
+        to_val[n - 1] = true;
+    } else if !earlier_train {
+        to_val[n - 1] = false;
+    }
+    to_val
+}
+
+/// `train.bin` and `val.bin` hold the documents' tokens in order, split by `rule` (true = val).
+fn assert_outputs(out: &Path, encoded: &[Vec<u16>], rule: &[bool]) {
+    for (name, val) in [("train.bin", false), ("val.bin", true)] {
+        let docs = encoded.iter().zip(rule).filter(|(_, &v)| v == val);
+        let want: Vec<u16> = docs.flat_map(|(e, _)| e.clone()).collect();
+        assert_eq!(read_u16(&out.join(name)), want, "{name}");
+    }
+}
+
+fn encode(text: &str) -> Vec<u16> {
+    let mut ids = tiktoken_rs::r50k_base_singleton().encode_ordinary(text);
+    ids.push(GPT2_EOT);
+    ids.into_iter().map(|t| t as u16).collect()
+}
+
+#[test]
+fn prepare_matches_tiktoken_and_the_split_rule() {
+    let d = TempDir::new("prepare");
+    let src = d.path("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("a.txt"), GPT2_TEST_TEXT).unwrap();
+    let lines = [
+        "Ünïcödé — “quotes” and 日本語",
+        "a literal <|endoftext|> stays ordinary text",
+        "",
+    ];
+    let jsonl: String = lines
+        .iter()
+        .map(|t| serde_json::json!({ "text": t, "id": 1 }).to_string() + "\n")
+        .collect();
+    let jsonl = jsonl + "\n   \n";
+    fs::write(src.join("b.jsonl"), &jsonl).unwrap();
+    let sub_docs: Vec<String> = (0..9)
+        .map(|i| format!("Document {i}: {}", "word ".repeat(i * 7)))
+        .collect();
+    for (i, text) in sub_docs.iter().enumerate() {
+        fs::write(src.join("sub").join(format!("{i:02}.txt")), text).unwrap();
+    }
+    fs::write(src.join(".hidden.txt"), "skipped").unwrap();
+    let text_bytes =
+        GPT2_TEST_TEXT.len() + jsonl.len() + sub_docs.iter().map(String::len).sum::<usize>();
+    let docs: Vec<&str> = [GPT2_TEST_TEXT]
+        .into_iter()
+        .chain(lines)
+        .chain(sub_docs.iter().map(String::as_str))
+        .collect();
+
+    let (seed, vf) = (11, 0.3);
+    let opts = PrepareOptions {
+        inputs: vec![src.clone()],
+        out: d.path("out"),
+        val_fraction: vf,
+        seed,
+        quiet: true,
+    };
+    let summary = prepare(&opts).unwrap();
+    let encoded: Vec<Vec<u16>> = docs.iter().map(|t| encode(t)).collect();
+    assert_eq!(encoded[0], [&GPT2_TEST_IDS[..], &[50256]].concat()); // the GPT-2 test vector
+                                                                     // `<|endoftext|>` in a text is 7 ordinary tokens, not EOT; an empty document is just EOT.
+    assert_eq!(encode("<|endoftext|>").len(), 7 + 1);
+    assert_eq!(encoded[2].iter().filter(|&&t| t == 50256).count(), 1);
+    assert_eq!(encoded[3], [50256]);
+
+    let rule = split_rule(seed, docs.len(), vf);
+    assert!(rule.iter().any(|&v| v) && rule.iter().any(|&v| !v));
+    assert_outputs(&d.path("out"), &encoded, &rule);
+    let n_val = rule.iter().filter(|&&v| v).count() as u64;
+    assert_eq!((summary.files, summary.documents), (11, 13));
+    assert_eq!(
+        (summary.train_documents, summary.val_documents),
+        (13 - n_val, n_val)
+    );
+    let out = d.path("out");
+    assert_eq!(
+        summary.train_tokens as usize,
+        read_u16(&out.join("train.bin")).len()
+    );
+    assert_eq!(
+        summary.bytes_read, text_bytes as u64,
+        "every byte but .hidden.txt's"
+    );
+
+    // meta.json records the summary and the options; no temporary files are left.
+    let meta = read_meta(&out).unwrap();
+    assert_eq!(meta.tokenizer, "gpt2 (r50k_base)");
+    assert_eq!(meta.summary, summary);
+    assert!(meta.options.same_recipe(&opts));
+    assert_eq!(listing(&out), ["meta.json", "train.bin", "val.bin"]);
+
+    // The output opens as a dataset.
+    let ds = Dataset::open(&out, VOCAB, 4).unwrap();
+    assert_eq!(ds.val.len() as u64, summary.val_tokens);
+
+    // A failing prepare into the same directory leaves the previous outputs untouched.
+    let contents = || {
+        listing(&out)
+            .iter()
+            .map(|n| fs::read(out.join(n)).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let before = contents();
+    fs::write(src.join("sub").join("zz.jsonl"), "not json\n").unwrap();
+    assert_err(prepare(&opts), "zz.jsonl|line 1");
+    assert_eq!(listing(&out), ["meta.json", "train.bin", "val.bin"]);
+    assert_eq!(contents(), before);
+}
+
+#[test]
+fn prepare_streams_many_documents_in_order() {
+    // 700 jsonl lines: three chunks of at most 256 documents, each tokenized in parallel.
+    let d = TempDir::new("many");
+    let texts: Vec<String> = (0..700)
+        .map(|i| format!("line {i}: {}", "la ".repeat(i % 13)))
+        .collect();
+    let jsonl: String = texts
+        .iter()
+        .map(|t| serde_json::json!({ "text": t }).to_string() + "\n")
+        .collect();
+    fs::write(d.path("many.jsonl"), jsonl).unwrap();
+    let opts = PrepareOptions {
+        inputs: vec![d.path("many.jsonl")],
+        out: d.path("out"),
+        val_fraction: 0.1,
+        seed: 3,
+        quiet: true,
+    };
+    let summary = prepare(&opts).unwrap();
+    let rule = split_rule(3, 700, 0.1);
+    let n_val = rule.iter().filter(|&&v| v).count();
+    assert_eq!(summary.val_documents as usize, n_val);
+    assert!((45..95).contains(&summary.val_documents), "{summary:?}");
+    let encoded: Vec<Vec<u16>> = texts.iter().map(|t| encode(t)).collect();
+    assert_outputs(&d.path("out"), &encoded, &rule);
+}
+
+#[test]
+fn split_fallbacks() {
+    let d = TempDir::new("fallback");
+    for i in 0..3 {
+        fs::write(d.path(&format!("{i}.txt")), format!("document number {i}")).unwrap();
+    }
+    let opts = |vf: f64, inputs: Vec<PathBuf>| PrepareOptions {
+        inputs,
+        out: d.path("out"),
+        val_fraction: vf,
+        seed: 5,
+        quiet: true,
+    };
+    let three: Vec<PathBuf> = (0..3).map(|i| d.path(&format!("{i}.txt"))).collect();
+    // val_fraction 0: nothing hashes to val, so the last document goes there.
+    let (val_bin, train_bin) = (
+        || read_u16(&d.path("out/val.bin")),
+        || read_u16(&d.path("out/train.bin")),
+    );
+    let s = prepare(&opts(0.0, three.clone())).unwrap();
+    assert_eq!((s.train_documents, s.val_documents), (2, 1));
+    assert_eq!(val_bin(), encode("document number 2"));
+    // val_fraction just below 1: everything hashes to val, so the last document goes to train.
+    let s = prepare(&opts(0.999_999, three.clone())).unwrap();
+    assert_eq!((s.train_documents, s.val_documents), (1, 2));
+    assert_eq!(train_bin(), encode("document number 2"));
+    // One document: its last val_fraction of tokens (rounded) go to val.
+    let text = "one single document with a handful of words in it, long enough to split.";
+    fs::write(d.path("one.txt"), text).unwrap();
+    let s = prepare(&opts(0.25, vec![d.path("one.txt")])).unwrap();
+    let all = encode(text);
+    let n_val = (all.len() as f64 * 0.25).round() as usize;
+    assert!(s.single_document_split && n_val >= 1);
+    assert_eq!(val_bin(), all[all.len() - n_val..]);
+    assert_eq!(train_bin(), all[..all.len() - n_val]);
+    assert_err(prepare(&opts(1.0, three)), "val-fraction|[0, 1)");
+}
+
+#[test]
+fn demo_corpus_builds() {
+    let dir = demo_corpus(true).unwrap();
+    let ds = Dataset::open(&dir, VOCAB, 1024).unwrap();
+    let meta = read_meta(&dir).unwrap();
+    assert_eq!(meta.summary.documents, 35, "35 *_gut.txt plays and poems");
+    let inputs = &meta.options.inputs;
+    assert!(inputs
+        .iter()
+        .all(|p| p.to_string_lossy().ends_with("_gut.txt")));
+    let (train, val) = (ds.train.len(), ds.val.len());
+    assert_eq!(
+        (train as u64, val as u64),
+        (meta.summary.train_tokens, meta.summary.val_tokens)
+    );
+    // data/README.md: 1,182,372 train / 109,186 val tokens, 3 of 35 documents in val (seed 0, fraction 0.1).
+    assert_eq!(
+        (meta.summary.train_documents, meta.summary.val_documents),
+        (32, 3)
+    );
+    assert!(train > 1_100_000, "train has {train} tokens");
+    assert!(val > 100_000, "val has {val} tokens");
+    assert!(
+        (1_250_000..1_350_000).contains(&(train + val)),
+        "{train} + {val} tokens"
+    );
+    // 35 EOTs, one per document, and nothing out of vocabulary.
+    let eots = ds.train.shards()[0]
+        .tokens()
+        .iter()
+        .chain(ds.val.shards()[0].tokens())
+        .filter(|&&t| t == 50256);
+    assert_eq!(eots.count(), 35);
+    // A second call finds it prepared and leaves it alone.
+    let mtime = || {
+        fs::metadata(dir.join("train.bin"))
+            .and_then(|m| m.modified())
+            .unwrap()
+    };
+    let before = mtime();
+    assert_eq!(demo_corpus(true).unwrap(), dir);
+    assert_eq!(mtime(), before);
+}

@@ -1,4 +1,6 @@
 //! The one integration-test binary: one module per topic.
 
 mod data;
+mod model;
 mod ops;
+mod train;

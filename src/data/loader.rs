@@ -12,12 +12,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::shard::TokenSplit;
-use crate::rng::Rng;
+use crate::rng::{Rng, STREAM_DATA, STREAM_EVAL};
 
-/// The [`Rng::derive`] stream for training batches: independent of a model initialised from the same seed.
-pub const TRAIN_STREAM: u64 = 1;
-/// The [`Rng::derive`] stream for [`fixed_batches`].
-pub const EVAL_STREAM: u64 = 2;
 /// The seed to give [`fixed_batches`] so that every run, whatever its training seed, is evaluated on the
 /// same val windows.
 pub const EVAL_SEED: u64 = 0;
@@ -48,10 +44,11 @@ pub struct BatchSampler {
 }
 
 impl BatchSampler {
-    /// A sampler on the training stream of `seed` (`Rng::derive(seed, TRAIN_STREAM)`).
+    /// A sampler on the data stream of `seed` (`Rng::derive(seed, STREAM_DATA)`), independent of a model
+    /// initialised from the same seed.
     pub fn new(seed: u64) -> BatchSampler {
         BatchSampler {
-            rng: Rng::derive(seed, TRAIN_STREAM),
+            rng: Rng::derive(seed, STREAM_DATA),
             batches_drawn: 0,
         }
     }
@@ -67,7 +64,10 @@ impl BatchSampler {
     /// If `b` or `t` is 0, or no shard of `split` holds `t + 1` tokens ([`super::Dataset::open`] checks the
     /// latter for its `seq_len`, with a message naming the file).
     pub fn next_batch(&mut self, split: &TokenSplit, b: usize, t: usize) -> Batch {
-        assert!(b > 0 && t > 0, "next_batch: b = {b} and t = {t} must both be positive");
+        assert!(
+            b > 0 && t > 0,
+            "next_batch: b = {b} and t = {t} must both be positive"
+        );
         // cumulative[k] = valid starts in shards 0..=k.
         let cumulative: Vec<u64> = split
             .shards()
@@ -98,7 +98,12 @@ impl BatchSampler {
             targets.extend(window[1..].iter().map(|&x| u32::from(x)));
         }
         self.batches_drawn += 1;
-        Batch { inputs, targets, b, t }
+        Batch {
+            inputs,
+            targets,
+            b,
+            t,
+        }
     }
 }
 
@@ -108,10 +113,18 @@ impl BatchSampler {
 /// sampling noise out of the val curve: differences between two evals of one run, or between runs with
 /// different rotations or training seeds evaluated with the same `seed` (use [`EVAL_SEED`]), come from the
 /// model alone, so the curves are smooth and comparable.
-pub fn fixed_batches(split: &TokenSplit, b: usize, t: usize, count: usize, seed: u64) -> Vec<Batch> {
+pub fn fixed_batches(
+    split: &TokenSplit,
+    b: usize,
+    t: usize,
+    count: usize,
+    seed: u64,
+) -> Vec<Batch> {
     let mut sampler = BatchSampler {
-        rng: Rng::derive(seed, EVAL_STREAM),
+        rng: Rng::derive(seed, STREAM_EVAL),
         batches_drawn: 0,
     };
-    (0..count).map(|_| sampler.next_batch(split, b, t)).collect()
+    (0..count)
+        .map(|_| sampler.next_batch(split, b, t))
+        .collect()
 }

@@ -5,7 +5,7 @@
 //!   directory.
 //! - [`loader`]: [`BatchSampler`], nanoGPT-style uniformly random windows that never cross a shard boundary,
 //!   serialisable so a resumed run draws the same batches; [`fixed_batches`] for evaluation.
-//! - [`prepare`]: text and jsonl → `train.bin`/`val.bin`/`meta.json` with GPT-2's BPE, streaming and
+//! - [`mod@prepare`]: text and jsonl → `train.bin`/`val.bin`/`meta.json` with GPT-2's BPE, streaming and
 //!   parallel; [`demo_corpus`] builds the bundled Shakespeare corpus on first use.
 //!
 //! Formats, the demo corpus and the val split are described for users in `data/README.md`.
@@ -16,6 +16,7 @@ pub mod shard;
 
 pub use loader::{fixed_batches, Batch, BatchSampler, EVAL_SEED};
 pub use prepare::{
-    demo_corpus, is_val_document, prepare, read_meta, PrepareMeta, PrepareOptions, PrepareSummary, GPT2_EOT,
+    demo_corpus, is_val_document, prepare, read_meta, PrepareMeta, PrepareOptions, PrepareSummary,
+    GPT2_EOT,
 };
 pub use shard::{write_flat, write_llmc_shard, DataFormat, Dataset, TokenShard, TokenSplit};

@@ -12,7 +12,7 @@
 //! **Val split.** Document `i` (0-based, in input order) goes to val when `u_i < val_fraction`, where `u_i`
 //! is the top 53 bits of the `i`-th output of SplitMix64 seeded with `seed` ([`is_val_document`]), read as a
 //! number in [0, 1). The last document is the exception that keeps both splits non-empty: it goes to val if
-//! no earlier document did, and to train if no earlier document did. With a single document, its last
+//! no earlier document went to val, and to train if none went to train. With a single document, its last
 //! `val_fraction` of tokens (rounded, at least one, at most all but one) go to val.
 //!
 //! **Streaming.** Documents are read in order and tokenized in chunks (256 documents or 64 MiB of text,
@@ -44,8 +44,8 @@ pub const TOKENIZER: &str = "gpt2 (r50k_base)";
 /// Bumped when the output of [`prepare`] changes for the same options; recorded in `meta.json`.
 pub const PREPARE_VERSION: u32 = 1;
 pub const DEFAULT_VAL_FRACTION: f64 = 0.1;
-/// The default split seed (nanoGPT's `train_test_split` seed; the split itself is computed differently).
-pub const DEFAULT_SEED: u64 = 2357;
+/// The default split seed (also the demo corpus's: it puts 3 of the 35 plays and poems in val).
+pub const DEFAULT_SEED: u64 = 0;
 
 const CHUNK_DOCS: usize = 256;
 const CHUNK_BYTES: usize = 64 << 20;
@@ -134,13 +134,19 @@ pub fn is_val_document(seed: u64, index: u64, val_fraction: f64) -> bool {
 pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary> {
     let start = Instant::now();
     if !(opts.val_fraction.is_finite() && (0.0..1.0).contains(&opts.val_fraction)) {
-        return Err(Error::config("val-fraction", format!("{} is not in [0, 1)", opts.val_fraction)));
+        return Err(Error::config(
+            "val-fraction",
+            format!("{} is not in [0, 1)", opts.val_fraction),
+        ));
     }
     fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let out_canon = fs::canonicalize(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let files = collect_files(&opts.inputs, &out_canon)?;
     if files.is_empty() {
-        return Err(Error::config("inputs", format!("no files found in {:?}", opts.inputs)));
+        return Err(Error::config(
+            "inputs",
+            format!("no files found in {:?}", opts.inputs),
+        ));
     }
     let mut total_bytes = 0;
     for f in &files {
@@ -166,32 +172,29 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary> {
     };
     let mut chunk = Chunk::default();
     let mut bytes_read = 0u64;
+    let mut take = |text: Option<String>, n: u64| -> Result<()> {
+        bytes_read += n;
+        progress.inc(n);
+        if let Some(text) = text {
+            chunk.push(text);
+            if chunk.is_full() {
+                splitter.push_chunk(&mut chunk)?;
+            }
+        }
+        Ok(())
+    };
     for file in &files {
         if file.extension().is_some_and(|e| e == "jsonl") {
-            read_jsonl(file, |text, n| {
-                bytes_read += n;
-                progress.inc(n);
-                if let Some(text) = text {
-                    chunk.push(text);
-                    if chunk.is_full() {
-                        splitter.push_chunk(&mut chunk)?;
-                    }
-                }
-                Ok(())
-            })?;
+            read_jsonl(file, &mut take)?;
         } else {
             let raw = fs::read(file).map_err(|e| Error::io(file, e))?;
             let n = raw.len() as u64;
             let text = String::from_utf8(raw).map_err(|e| {
                 let at = e.utf8_error().valid_up_to();
-                Error::bad_file(file, "text", format!("not valid UTF-8 (first bad byte at offset {at})"))
+                let msg = format!("not valid UTF-8 (first bad byte at offset {at})");
+                Error::bad_file(file, "text", msg)
             })?;
-            bytes_read += n;
-            progress.inc(n);
-            chunk.push(text);
-            if chunk.is_full() {
-                splitter.push_chunk(&mut chunk)?;
-            }
+            take(Some(text), n)?;
         }
     }
     splitter.push_chunk(&mut chunk)?;
@@ -265,7 +268,7 @@ pub fn demo_corpus(quiet: bool) -> Result<PathBuf> {
     let mut inputs = Vec::new();
     for entry in fs::read_dir(&src).map_err(|e| Error::io(&src, e))? {
         let path = entry.map_err(|e| Error::io(&src, e))?.path();
-        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with("_gut.txt")) {
+        if path.to_string_lossy().ends_with("_gut.txt") {
             inputs.push(path);
         }
     }
@@ -282,7 +285,8 @@ pub fn demo_corpus(quiet: bool) -> Result<PathBuf> {
     };
     let ready = out.join("train.bin").is_file()
         && out.join("val.bin").is_file()
-        && read_meta(&out).is_ok_and(|m| m.prepare_version == PREPARE_VERSION && m.options.same_recipe(&opts));
+        && read_meta(&out)
+            .is_ok_and(|m| m.prepare_version == PREPARE_VERSION && m.options.same_recipe(&opts));
     if !ready {
         prepare(&opts)?;
     }
@@ -333,42 +337,46 @@ fn read_jsonl(path: &Path, mut each: impl FnMut(Option<String>, u64) -> Result<(
     let mut buf = Vec::new();
     for line_no in 1u64.. {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|e| Error::io(path, e))?;
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| Error::io(path, e))?;
         if n == 0 {
             break;
         }
         let field = || format!("line {line_no}");
         let line = std::str::from_utf8(&buf).map_err(|e| {
             let at = e.valid_up_to();
-            Error::bad_file(path, field(), format!("not valid UTF-8 (first bad byte at column {})", at + 1))
+            Error::bad_file(
+                path,
+                field(),
+                format!("not valid UTF-8 (first bad byte at column {})", at + 1),
+            )
         })?;
         if line.trim().is_empty() {
             each(None, n as u64)?;
             continue;
         }
-        let value: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| Error::bad_file(path, field(), format!("not JSON: {e}")))?;
-        let text = match value.get("text") {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(other) => {
-                let kind = match other {
-                    serde_json::Value::Null => "null",
-                    serde_json::Value::Bool(_) => "a boolean",
-                    serde_json::Value::Number(_) => "a number",
-                    serde_json::Value::Array(_) => "an array",
-                    _ => "an object",
-                };
-                let msg = format!("the \"text\" field is {kind}, expected a string");
-                return Err(Error::bad_file(path, field(), msg));
-            }
-            None => {
-                let msg = "no \"text\" field (expected an object like {\"text\": \"...\"})";
-                return Err(Error::bad_file(path, field(), msg));
-            }
-        };
+        let text = jsonl_text(line).map_err(|msg| Error::bad_file(path, field(), msg))?;
         each(Some(text), n as u64)?;
     }
     Ok(())
+}
+
+/// The `text` field of one jsonl line, taken out of the parsed object without a copy.
+fn jsonl_text(line: &str) -> std::result::Result<String, String> {
+    use serde_json::Value;
+    let value: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let Value::Object(mut object) = value else {
+        return Err("not a JSON object (expected {\"text\": \"...\"})".to_string());
+    };
+    match object.remove("text") {
+        Some(Value::String(text)) => Ok(text),
+        Some(other) => {
+            let shown: String = other.to_string().chars().take(40).collect();
+            Err(format!("the \"text\" field is not a string: {shown}"))
+        }
+        None => Err("no \"text\" field (expected {\"text\": \"...\"})".to_string()),
+    }
 }
 
 /// Documents waiting to be tokenized together.
@@ -436,14 +444,18 @@ impl Splitter {
     /// Places the last document; returns (train, val, whether a single document was split).
     fn finish(mut self) -> Result<(SplitOut, SplitOut, bool)> {
         let Some(last) = self.pending.take() else {
-            return Err(Error::config("inputs", "no documents (every jsonl line was blank?)"));
+            return Err(Error::config(
+                "inputs",
+                "no documents (every jsonl line was blank?)",
+            ));
         };
         if self.documents == 1 {
             if last.len() < 2 {
                 let msg = "a single empty document cannot be split into train and val";
                 return Err(Error::config("inputs", msg));
             }
-            let n_val = ((last.len() as f64 * self.val_fraction).round() as usize).clamp(1, last.len() - 1);
+            let n_val =
+                ((last.len() as f64 * self.val_fraction).round() as usize).clamp(1, last.len() - 1);
             let cut = last.len() - n_val;
             self.train.write_document(&last[..cut])?;
             self.val.write_document(&last[cut..])?;
@@ -485,19 +497,18 @@ impl SplitOut {
 
     fn write_document(&mut self, tokens: &[u32]) -> Result<()> {
         // GPT-2 ids are < 50257, so they fit uint16.
-        write_u16_le(&mut self.writer, tokens.iter().map(|&t| t as u16)).map_err(|e| Error::io(&self.tmp.path, e))?;
+        write_u16_le(&mut self.writer, tokens.iter().map(|&t| t as u16))
+            .map_err(|e| Error::io(&self.tmp.path, e))?;
         self.documents += 1;
         self.tokens += tokens.len() as u64;
         Ok(())
     }
 
-    fn commit(self) -> Result<()> {
-        let SplitOut {
-            mut tmp, dest, writer, ..
-        } = self;
-        let file = writer.into_inner().map_err(|e| Error::io(&tmp.path, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&tmp.path, e))?;
-        tmp.rename_to(&dest)
+    fn commit(mut self) -> Result<()> {
+        let file = self.writer.into_inner();
+        let file = file.map_err(|e| Error::io(&self.tmp.path, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&self.tmp.path, e))?;
+        self.tmp.rename_to(&self.dest)
     }
 }
 
@@ -537,7 +548,6 @@ impl Drop for TempFile {
 struct Progress {
     bar: ProgressBar,
     plain: bool,
-    quiet: bool,
     total: u64,
     done: u64,
     next_quarter: u64,
@@ -560,17 +570,14 @@ impl Progress {
         Progress {
             bar,
             plain: !quiet && !terminal,
-            quiet,
             total,
             done: 0,
             next_quarter: 1,
         }
     }
 
+    /// A plain line on a non-terminal; above the bar on a terminal (a hidden bar prints nothing).
     fn line(&self, msg: String) {
-        if self.quiet {
-            return;
-        }
         if self.plain {
             eprintln!("{msg}");
         } else {
@@ -581,11 +588,10 @@ impl Progress {
     fn inc(&mut self, n: u64) {
         self.bar.inc(n);
         self.done += n;
-        if self.plain && self.next_quarter < 4 && self.done * 4 >= self.next_quarter * self.total {
-            eprintln!("prepare: {}% of the text read", 25 * self.next_quarter);
-            while self.next_quarter < 4 && self.done * 4 >= self.next_quarter * self.total {
-                self.next_quarter += 1;
-            }
+        let quarter = (self.done * 4 / self.total.max(1)).min(3);
+        if self.plain && quarter >= self.next_quarter {
+            eprintln!("prepare: {}% of the text read", 25 * quarter);
+            self.next_quarter = quarter + 1;
         }
     }
 

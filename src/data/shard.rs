@@ -62,7 +62,7 @@ impl fmt::Display for DataFormat {
 /// that **no one truncates or modifies the file while it is mapped**: truncation makes reads of the lost
 /// pages fault (SIGBUS), and a write changes the contents of a `&[u16]` that Rust treats as immutable
 /// (tokens checked against the vocabulary at open time could then be out of range). Replacing the file by
-/// an atomic rename (as [`crate::data::prepare`] does) is safe: the mapping keeps the old inode alive.
+/// an atomic rename (as [`crate::data::prepare()`] does) is safe: the mapping keeps the old inode alive.
 #[derive(Debug)]
 pub struct TokenShard {
     path: PathBuf,
@@ -100,15 +100,22 @@ impl TokenShard {
                     return Err(Error::bad_file(
                         path,
                         "length",
-                        format!("{bytes} bytes is odd; a flat uint16 token file has an even length"),
+                        format!(
+                            "{bytes} bytes is odd; a flat uint16 token file has an even length"
+                        ),
                     ));
                 }
                 (0, bytes / 2)
             }
             DataFormat::LlmC => (LLMC_HEADER_BYTES, read_llmc_header(path, &mut file, bytes)?),
         };
-        let len = usize::try_from(len)
-            .map_err(|_| Error::bad_file(path, "length", "too large for this platform's address space"))?;
+        let len = usize::try_from(len).map_err(|_| {
+            Error::bad_file(
+                path,
+                "length",
+                "too large for this platform's address space",
+            )
+        })?;
         // SAFETY: the mapping is read-only and lives as long as `TokenShard`. Memory safety needs the file
         // not to be truncated or modified while mapped; that contract is documented on `TokenShard`
         // (# Safety) and kept by every writer in this crate, which replaces files by atomic rename.
@@ -117,7 +124,10 @@ impl TokenShard {
             return Err(Error::bad_file(
                 path,
                 "length",
-                format!("{bytes} bytes at open but {} bytes when mapped: the file changed", map.len()),
+                format!(
+                    "{bytes} bytes at open but {} bytes when mapped: the file changed",
+                    map.len()
+                ),
             ));
         }
         let shard = TokenShard {
@@ -192,7 +202,9 @@ fn read_llmc_header(path: &Path, file: &mut File, bytes: u64) -> Result<u64> {
         return Err(Error::bad_file(
             path,
             "header",
-            format!("the file has {bytes} bytes, fewer than the {LLMC_HEADER_BYTES}-byte llm.c header"),
+            format!(
+                "the file has {bytes} bytes, fewer than the {LLMC_HEADER_BYTES}-byte llm.c header"
+            ),
         ));
     }
     let mut raw = [0u8; LLMC_HEADER_BYTES];
@@ -324,8 +336,12 @@ impl Dataset {
                 let found = match (train_bin.is_file(), val_bin.is_file()) {
                     (true, false) => "train.bin without val.bin".to_string(),
                     (false, true) => "val.bin without train.bin".to_string(),
-                    _ if !train_paths.is_empty() => format!("{} llm.c train shard(s), no val shard", train_paths.len()),
-                    _ if !val_paths.is_empty() => format!("{} llm.c val shard(s), no train shard", val_paths.len()),
+                    _ if !train_paths.is_empty() => {
+                        format!("{} llm.c train shard(s), no val shard", train_paths.len())
+                    }
+                    _ if !val_paths.is_empty() => {
+                        format!("{} llm.c val shard(s), no train shard", val_paths.len())
+                    }
                     _ => "none of these".to_string(),
                 };
                 return Err(Error::bad_file(
@@ -354,7 +370,10 @@ impl Dataset {
             if seq_len + 1 > longest {
                 let (path, of) = match split.shards() {
                     [one] => (one.path().to_path_buf(), String::new()),
-                    many => (dir.to_path_buf(), format!(" (longest of {} shards)", many.len())),
+                    many => (
+                        dir.to_path_buf(),
+                        format!(" (longest of {} shards)", many.len()),
+                    ),
                 };
                 return Err(Error::bad_file(
                     path,
@@ -387,7 +406,10 @@ impl Dataset {
     /// tokens`.
     pub fn describe(&self) -> String {
         let dir = self.dir.display();
-        let (train, val) = (group_digits(self.train.len() as u64), group_digits(self.val.len() as u64));
+        let (train, val) = (
+            group_digits(self.train.len() as u64),
+            group_digits(self.val.len() as u64),
+        );
         match self.format {
             DataFormat::NanoGpt => format!("{} at {dir}: {train} train / {val} val tokens", self.format),
             DataFormat::LlmC => format!(
@@ -447,7 +469,7 @@ pub(crate) fn group_digits(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -456,7 +478,10 @@ pub(crate) fn group_digits(n: u64) -> String {
 }
 
 /// Appends tokens as little-endian uint16.
-pub(crate) fn write_u16_le(w: &mut impl Write, tokens: impl IntoIterator<Item = u16>) -> std::io::Result<()> {
+pub(crate) fn write_u16_le(
+    w: &mut impl Write,
+    tokens: impl IntoIterator<Item = u16>,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1 << 16);
     for t in tokens {
         buf.extend_from_slice(&t.to_le_bytes());
@@ -468,17 +493,24 @@ pub(crate) fn write_u16_le(w: &mut impl Write, tokens: impl IntoIterator<Item = 
     w.write_all(&buf)
 }
 
-/// Writes a nanoGPT flat token file (little-endian uint16, no header).
+/// Writes a nanoGPT flat token file (little-endian uint16, no header). It truncates and rewrites `path`
+/// in place, so it must not target a file that is mapped ([`TokenShard`] # Safety); [`super::prepare()`]
+/// writes to a temporary name and renames instead.
 pub fn write_flat(path: &Path, tokens: &[u16]) -> Result<()> {
     let mut w = BufWriter::new(File::create(path).map_err(|e| Error::io(path, e))?);
     write_u16_le(&mut w, tokens.iter().copied()).map_err(|e| Error::io(path, e))?;
     w.flush().map_err(|e| Error::io(path, e))
 }
 
-/// Writes an llm.c token shard: header (magic 20240520, version 1, token count) then uint16 tokens.
+/// Writes an llm.c token shard: header (magic 20240520, version 1, token count) then uint16 tokens. Like
+/// [`write_flat`], it rewrites `path` in place.
 pub fn write_llmc_shard(path: &Path, tokens: &[u16]) -> Result<()> {
     let ntok = i32::try_from(tokens.len()).map_err(|_| {
-        Error::bad_file(path, "header[2] token count", format!("{} tokens do not fit an int32", tokens.len()))
+        Error::bad_file(
+            path,
+            "header[2] token count",
+            format!("{} tokens do not fit an int32", tokens.len()),
+        )
     })?;
     let mut header = [0u8; LLMC_HEADER_BYTES];
     for (i, v) in [LLMC_MAGIC, LLMC_VERSION, ntok].into_iter().enumerate() {
@@ -498,7 +530,10 @@ mod tests {
     fn wildcard() {
         assert!(wildcard_match("*_train_*.bin", "fineweb_train_000001.bin"));
         assert!(wildcard_match("*_train.bin", "tiny_shakespeare_train.bin"));
-        assert!(!wildcard_match("*_train_*.bin", "tiny_shakespeare_train.bin"));
+        assert!(!wildcard_match(
+            "*_train_*.bin",
+            "tiny_shakespeare_train.bin"
+        ));
         assert!(!wildcard_match("*_val_*.bin", "fineweb_train_000001.bin"));
         assert!(!wildcard_match("*_val_*.bin", "fineweb_val_000000.bin.tmp"));
         assert!(wildcard_match("a*b*c", "aXbYbZc"));

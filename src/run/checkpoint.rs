@@ -316,12 +316,10 @@ pub fn save<BK: Backend>(
             )
         })
         .collect();
+    // ONE metadata key per file: safetensors serialises the metadata map in hash order, so a second key
+    // would make the file bytes differ from run to run (the model config is in state.json instead).
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    meta.insert(
-        "rotadam_model".to_string(),
-        serde_json::to_string(&model.cfg).expect("model config serialises"),
-    );
     write_safetensors::<BK::T>(&tmp.join("model.safetensors"), &tensors, meta)?;
 
     let mut opt_tensors = Vec::new();

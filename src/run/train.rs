@@ -4,12 +4,11 @@
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::config::{Precision, RunConfig};
-use crate::data::loader::{fixed_batches, Batch, BatchSampler};
+use crate::data::loader::{fixed_batches, Batch, BatchSampler, EVAL_SEED};
 use crate::data::shard::Dataset;
 use crate::error::{Error, Result};
 use crate::model::Gpt2;
 use crate::optim::{clip_grads, grad_norm, schedule, Optimizer};
-use crate::rng::{Rng, STREAM_DATA, STREAM_EVAL};
 use crate::run::checkpoint::{self, TrainState};
 use crate::run::metrics::{MetricsWriter, StepMetrics};
 use std::path::{Path, PathBuf};
@@ -103,10 +102,9 @@ fn train_on<BK: Backend>(be: &BK, cfg: &RunConfig, resume: bool) -> Result<RunOu
         load_init(be, &mut model, path, cfg)?;
     }
     let mut opt = Optimizer::new(be, tr.optimizer, &cfg.rotation, model.num_params())?;
-    let data_seed = Rng::derive(tr.seed, STREAM_DATA).next_u64();
-    let mut sampler = BatchSampler::new(data_seed);
-    let eval_seed = Rng::derive(tr.seed, STREAM_EVAL).next_u64();
-    let eval = fixed_batches(&data.val, tr.batch_size, m.seq_len, tr.eval_batches, eval_seed);
+    let mut sampler = BatchSampler::new(tr.seed);
+    // The same val windows for every run, whatever its seed, so val curves are comparable across runs.
+    let eval = fixed_batches(&data.val, tr.batch_size, m.seq_len, tr.eval_batches, EVAL_SEED);
 
     let mut start = 0;
     let mut last_ckpt: Option<PathBuf> = None;
@@ -168,7 +166,7 @@ fn train_on<BK: Backend>(be: &BK, cfg: &RunConfig, resume: bool) -> Result<RunOu
     for it in start..tr.steps {
         let step = it + 1;
         let ts = Instant::now();
-        let lr = schedule::lr_at(it, tr.lr, tr.min_lr, tr.warmup, tr.steps);
+        let lr = schedule::lr_at(it, tr.lr, tr.min_lr, tr.warmup, tr.decay_steps());
         model.zero_grads(be);
         let mut loss = 0.0;
         for _ in 0..tr.grad_accum {
