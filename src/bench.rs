@@ -76,10 +76,18 @@ fn cpu_ticks() -> Option<CpuTicks> {
         .filter_map(|x| x.parse().ok())
         .collect();
     // user nice system idle iowait irq softirq steal ...
-    let busy = f.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    let busy = f
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
     let me = std::fs::read_to_string("/proc/self/stat").ok()?;
     let after = me.rsplit(')').next()?; // fields after the command name
-    let g: Vec<u64> = after.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let g: Vec<u64> = after
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
     // utime and stime are fields 14 and 15 (1-based); after ')' the state is field 3 → index 11, 12
     let own = g.get(10)? + g.get(11)?;
     Some(CpuTicks { busy, own })
@@ -123,8 +131,12 @@ pub struct GemmResult {
 /// GFLOP/s of `T::gemm` for C(m×n) = A(m×k)·B(n×k)ᵀ (the forward's layout), best of a few repeats.
 pub fn gemm_gflops<T: Scalar>(m: usize, n: usize, k: usize, threads: usize) -> f64 {
     let mut rng = Rng::new(7);
-    let a: Vec<T> = (0..m * k).map(|_| <T as Scalar>::from_f64(rng.normal())).collect();
-    let b: Vec<T> = (0..n * k).map(|_| <T as Scalar>::from_f64(rng.normal())).collect();
+    let a: Vec<T> = (0..m * k)
+        .map(|_| <T as Scalar>::from_f64(rng.normal()))
+        .collect();
+    let b: Vec<T> = (0..n * k)
+        .map(|_| <T as Scalar>::from_f64(rng.normal()))
+        .collect();
     let mut c = vec![<T as num_traits::Zero>::zero(); m * n];
     let flops = 2.0 * (m * n * k) as f64;
     let reps = ((2e9 / flops).ceil() as usize).clamp(1, 50);
@@ -209,7 +221,12 @@ fn bench_step(o: &BenchOpts) -> Result<StepResult> {
     let be = CpuBackend::<f32>::new(o.threads, false);
     let mut model = Gpt2::new(&be, &cfg, 1)?;
     let tc = TrainConfig::default();
-    let mut opt = Optimizer::new(&be, OptimizerKind::Adamw, &Default::default(), model.num_params())?;
+    let mut opt = Optimizer::new(
+        &be,
+        OptimizerKind::Adamw,
+        &Default::default(),
+        model.num_params(),
+    )?;
     let mut rng = Rng::new(3);
     let v = cfg.vocab_size as u64;
     let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(v) as u32).collect();
@@ -223,7 +240,14 @@ fn bench_step(o: &BenchOpts) -> Result<StepResult> {
         model.forward_backward(&be, &tokens, &targets, b, t, 1.0 / (b * t) as f64)?;
         let norm = grad_norm(&be, &model.grads);
         clip_grads(&be, &mut model.grads, norm, tc.clip);
-        opt.step(&be, &model.table, &mut model.params, &model.grads, 1e-4, &tc);
+        opt.step(
+            &be,
+            &model.table,
+            &mut model.params,
+            &model.grads,
+            1e-4,
+            &tc,
+        );
         if i >= o.warmup {
             times.push(s.elapsed().as_secs_f64() * 1e3);
         }

@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "rotadam", version, about = "Train GPT-2 and measure how Adam behaves under rotations of the parameter space")]
+#[command(
+    name = "rotadam",
+    version,
+    about = "Train GPT-2 and measure how Adam behaves under rotations of the parameter space"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -18,7 +22,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train GPT-2 (default: the small CPU model on the embedded Shakespeare corpus).
-    Gpt2(Gpt2Args),
+    Gpt2(Box<Gpt2Args>),
     /// Tokenize text (files, directories, JSON Lines with a `text` field) into train.bin / val.bin.
     Prepare(PrepareArgs),
     /// Benchmarks: GEMM peak and a full training step (prints JSON with --json).
@@ -133,7 +137,9 @@ pub struct PrepareArgs {
 }
 
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Seconds since the Unix epoch as `YYYYmmdd-HHMMSS` (UTC), for default run directory names.

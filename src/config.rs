@@ -37,7 +37,10 @@ impl ModelConfig {
             other => {
                 return Err(Error::config(
                     "--model",
-                    format!("unknown model '{other}'; expected one of {}", MODEL_PRESETS.join(", ")),
+                    format!(
+                        "unknown model '{other}'; expected one of {}",
+                        MODEL_PRESETS.join(", ")
+                    ),
                 ))
             }
         };
@@ -64,16 +67,22 @@ impl ModelConfig {
                 return Err(Error::config(field, "must be at least 1"));
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(Error::config(
                 "n_embd",
-                format!("{} is not divisible by n_head = {}", self.n_embd, self.n_head),
+                format!(
+                    "{} is not divisible by n_head = {}",
+                    self.n_embd, self.n_head
+                ),
             ));
         }
         if self.vocab_size > 65536 {
             return Err(Error::config(
                 "vocab_size",
-                format!("{} exceeds the uint16 token format (at most 65536)", self.vocab_size),
+                format!(
+                    "{} exceeds the uint16 token format (at most 65536)",
+                    self.vocab_size
+                ),
             ));
         }
         Ok(())

@@ -57,7 +57,11 @@ impl Error {
             source,
         }
     }
-    pub fn bad_file(path: impl Into<PathBuf>, field: impl Into<String>, msg: impl Into<String>) -> Self {
+    pub fn bad_file(
+        path: impl Into<PathBuf>,
+        field: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> Self {
         Error::BadFile {
             path: path.into(),
             field: field.into(),

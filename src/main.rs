@@ -14,13 +14,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rotadam::run::train::train(&cfg, resume)?;
         }
         Command::Prepare(a) => {
-            let summary = rotadam::data::prepare::prepare(&rotadam::data::prepare::PrepareOptions {
-                inputs: a.input,
-                out: a.out,
-                val_fraction: a.val_fraction,
-                seed: a.seed,
-                quiet: a.quiet,
-            })?;
+            let summary =
+                rotadam::data::prepare::prepare(&rotadam::data::prepare::PrepareOptions {
+                    inputs: a.input,
+                    out: a.out,
+                    val_fraction: a.val_fraction,
+                    seed: a.seed,
+                    quiet: a.quiet,
+                })?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
         }
         Command::Bench(a) => rotadam::bench::run(&a)?,

@@ -37,7 +37,10 @@ impl Progress {
     }
 
     pub fn step(&self, m: &StepMetrics) {
-        let val = m.val_loss.map(|v| format!(" | val {v:.4}")).unwrap_or_default();
+        let val = m
+            .val_loss
+            .map(|v| format!(" | val {v:.4}"))
+            .unwrap_or_default();
         let msg = format!(
             "loss {:.4}{val} | lr {:.2e} | {:.0} tok/s | {:.0} ms/step",
             m.train_loss, m.lr, m.tokens_per_s, m.ms_per_step
@@ -50,10 +53,12 @@ impl Progress {
                 bar.set_message(msg);
                 bar.set_position(m.step as u64);
             }
-            None if !self.quiet => {
-                if m.step % self.log_every == 0 || m.val_loss.is_some() || m.step == self.total {
-                    eprintln!("step {:>6}/{}: {msg}", m.step, self.total);
-                }
+            None if !self.quiet
+                && (m.step.is_multiple_of(self.log_every)
+                    || m.val_loss.is_some()
+                    || m.step == self.total) =>
+            {
+                eprintln!("step {:>6}/{}: {msg}", m.step, self.total);
             }
             None => {}
         }

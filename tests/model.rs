@@ -53,7 +53,9 @@ fn gpt2_gradient_matches_finite_differences_f64() {
         let w = perturbed(&cfg, 5);
         let (be, mut m) = f64_model(&cfg, &w);
         m.zero_grads(&be);
-        let loss = m.forward_backward(&be, &x, &y, b, t, 1.0 / (b * t) as f64).unwrap();
+        let loss = m
+            .forward_backward(&be, &x, &y, b, t, 1.0 / (b * t) as f64)
+            .unwrap();
         let grads = m.grads_f64(&be).unwrap();
         assert!(loss.is_finite());
         let h = 1e-5;
@@ -80,7 +82,10 @@ fn gpt2_gradient_matches_finite_differences_f64() {
                 grads[i]
             );
         }
-        eprintln!("bias={bias}: worst relative error {:e} at {}", worst.0, worst.1);
+        eprintln!(
+            "bias={bias}: worst relative error {:e} at {}",
+            worst.0, worst.1
+        );
     }
 }
 
@@ -96,7 +101,9 @@ fn gpt2_f32_and_bf16_match_f64() {
     let w = perturbed(&cfg, 9);
     let (be64, mut m64) = f64_model(&cfg, &w);
     m64.zero_grads(&be64);
-    let l64 = m64.forward_backward(&be64, &x, &y, b, t, 1.0 / (b * t) as f64).unwrap();
+    let l64 = m64
+        .forward_backward(&be64, &x, &y, b, t, 1.0 / (b * t) as f64)
+        .unwrap();
     let g64 = m64.grads_f64(&be64).unwrap();
 
     for (bf16, loss_rtol, g_rtol, g_atol) in [(false, 1e-5, 1e-4, 1e-6), (true, 2e-2, 0.25, 2e-3)] {
@@ -104,7 +111,9 @@ fn gpt2_f32_and_bf16_match_f64() {
         let mut m = Gpt2::new(&be, &cfg, 0).unwrap();
         m.set_params_f64(&be, &w).unwrap();
         m.zero_grads(&be);
-        let l = m.forward_backward(&be, &x, &y, b, t, 1.0 / (b * t) as f64).unwrap();
+        let l = m
+            .forward_backward(&be, &x, &y, b, t, 1.0 / (b * t) as f64)
+            .unwrap();
         let g = m.grads_f64(&be).unwrap();
         assert!(
             (l - l64).abs() <= loss_rtol * l64.abs(),
@@ -131,7 +140,10 @@ fn gpt2_f32_and_bf16_match_f64() {
         let na: f64 = g.iter().map(|a| a * a).sum::<f64>().sqrt();
         let nb: f64 = g64.iter().map(|a| a * a).sum::<f64>().sqrt();
         let cos = dot / (na * nb);
-        assert!(cos > if bf16 { 0.999 } else { 0.999_999_9 }, "bf16={bf16}: cosine {cos}");
+        assert!(
+            cos > if bf16 { 0.999 } else { 0.999_999_9 },
+            "bf16={bf16}: cosine {cos}"
+        );
     }
 }
 
@@ -183,9 +195,17 @@ fn init_statistics_follow_gpt2() {
     };
     let fc = &t.entries[t.layers[0].fc];
     let proj = &t.entries[t.layers[0].fc_proj];
-    assert!((std(fc.range()) - 0.02).abs() < 0.002, "fc std {}", std(fc.range()));
+    assert!(
+        (std(fc.range()) - 0.02).abs() < 0.002,
+        "fc std {}",
+        std(fc.range())
+    );
     let want = 0.02 / (8.0f64).sqrt();
-    assert!((std(proj.range()) - want).abs() < 0.1 * want, "c_proj std {}", std(proj.range()));
+    assert!(
+        (std(proj.range()) - want).abs() < 0.1 * want,
+        "c_proj std {}",
+        std(proj.range())
+    );
     assert!(w[t.r(t.layers[1].ln1_w)].iter().all(|&x| x == 1.0));
     assert!(w[t.r(t.layers[1].ln1_b.unwrap())].iter().all(|&x| x == 0.0));
 }
@@ -196,7 +216,11 @@ fn hf_safetensors_names_shapes_and_round_trip() {
     let w = perturbed(&cfg, 3);
     let table = ParamTable::new(&cfg);
     let hf = checkpoint::to_hf(&cfg, &table, &w);
-    let find = |n: &str| hf.iter().find(|t| t.name == n).unwrap_or_else(|| panic!("{n} missing"));
+    let find = |n: &str| {
+        hf.iter()
+            .find(|t| t.name == n)
+            .unwrap_or_else(|| panic!("{n} missing"))
+    };
     let c = cfg.n_embd;
     assert_eq!(find("wte.weight").shape, vec![cfg.vocab_size, c]);
     assert_eq!(find("h.1.attn.c_attn.weight").shape, vec![c, 3 * c]);
@@ -240,7 +264,10 @@ fn hf_safetensors_names_shapes_and_round_trip() {
     let path = ck.join("model.safetensors");
     let tensors = checkpoint::read_safetensors(&path).unwrap();
     assert!(tensors.contains_key("transformer.h.0.attn.c_attn.weight"));
-    assert!(!tensors.keys().any(|k| k.contains("attn.q.")), "q/k/v must be fused on export");
+    assert!(
+        !tensors.keys().any(|k| k.contains("attn.q.")),
+        "q/k/v must be fused on export"
+    );
     let (flat, ignored) = checkpoint::from_hf(&path, &cfg, &table, &tensors).unwrap();
     assert_eq!(ignored, 0);
     let mut m2 = Gpt2::new(&be, &cfg, 99).unwrap();
@@ -253,7 +280,10 @@ fn hf_safetensors_names_shapes_and_round_trip() {
     let err = checkpoint::from_hf(&path, &other, &ParamTable::new(&other), &tensors)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("model.safetensors") && err.contains("wte.weight"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("wte.weight"),
+        "{err}"
+    );
     assert!(err.contains("[11, 8]") && err.contains("[11, 12]"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

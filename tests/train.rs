@@ -78,19 +78,38 @@ fn run_directory_has_config_metrics_and_checkpoints() {
     let out = root.join("run");
     let cfg = tiny_config(&root, &out, 8);
     let o = train::train(&cfg, false).unwrap();
-    assert!(o.final_train_loss < o.first_train_loss.unwrap() - 0.25, "{o:?}");
+    assert!(
+        o.final_train_loss < o.first_train_loss.unwrap() - 0.25,
+        "{o:?}"
+    );
     let saved: RunConfig =
         serde_json::from_slice(&read(&out.join("config.json"))).expect("config.json parses");
     assert_eq!(saved, cfg);
     let rows = metrics::read(&out.join("metrics.jsonl")).unwrap();
-    assert_eq!(rows.iter().map(|r| r.step).collect::<Vec<_>>(), (1..=8).collect::<Vec<_>>());
-    assert!(rows.iter().all(|r| r.tokens_per_s > 0.0 && r.ms_per_step > 0.0 && r.lr > 0.0));
     assert_eq!(
-        rows.iter().filter(|r| r.val_loss.is_some()).map(|r| r.step).collect::<Vec<_>>(),
+        rows.iter().map(|r| r.step).collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>()
+    );
+    assert!(rows
+        .iter()
+        .all(|r| r.tokens_per_s > 0.0 && r.ms_per_step > 0.0 && r.lr > 0.0));
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.val_loss.is_some())
+            .map(|r| r.step)
+            .collect::<Vec<_>>(),
         vec![2, 4, 6, 8]
     );
     let text = String::from_utf8(read(&out.join("metrics.jsonl"))).unwrap();
-    for key in ["\"step\"", "\"train_loss\"", "\"lr\"", "\"grad_norm\"", "\"tokens_per_s\"", "\"ms_per_step\"", "\"val_loss\""] {
+    for key in [
+        "\"step\"",
+        "\"train_loss\"",
+        "\"lr\"",
+        "\"grad_norm\"",
+        "\"tokens_per_s\"",
+        "\"ms_per_step\"",
+        "\"val_loss\"",
+    ] {
         assert!(text.contains(key), "metrics.jsonl lacks {key}");
     }
     for step in [4, 8] {
@@ -108,7 +127,10 @@ fn run_directory_has_config_metrics_and_checkpoints() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // an existing run directory is not overwritten
     let err = train::train(&cfg, false).unwrap_err().to_string();
-    assert!(err.contains("already a run directory") && err.contains("--resume"), "{err}");
+    assert!(
+        err.contains("already a run directory") && err.contains("--resume"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }
 
@@ -139,7 +161,10 @@ fn resume_is_bit_identical() {
         for f in ["model.safetensors", "optim.safetensors"] {
             let a = read(&checkpoint::step_dir(&straight.out, 8).join(f));
             let b = read(&checkpoint::step_dir(&first.out, 8).join(f));
-            assert!(a == b, "{precision:?}: {f} differs between straight and resumed runs");
+            assert!(
+                a == b,
+                "{precision:?}: {f} differs between straight and resumed runs"
+            );
         }
         let la: Vec<f64> = metrics::read(&straight.out.join("metrics.jsonl"))
             .unwrap()
@@ -223,7 +248,9 @@ fn divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
     };
     assert!(step >= 2, "{msg}");
     assert!(msg.contains(&format!("step {step}")), "{msg}");
-    let (last, dir) = checkpoint::latest(&cfg.out).unwrap().expect("a checkpoint survives");
+    let (last, dir) = checkpoint::latest(&cfg.out)
+        .unwrap()
+        .expect("a checkpoint survives");
     assert_eq!(last, step - 1);
     assert!(msg.contains(&dir.display().to_string()), "{msg}");
     std::fs::remove_dir_all(&root).unwrap();
@@ -240,13 +267,23 @@ fn bad_resume_and_bad_checkpoints_are_clear_errors() {
         ..Default::default()
     };
     let err = args.to_config().unwrap_err().to_string();
-    assert!(err.contains("nothing") && err.contains("config.json"), "{err}");
+    assert!(
+        err.contains("nothing") && err.contains("config.json"),
+        "{err}"
+    );
     // a run directory without checkpoints
     let cfg = tiny_config(&root, &root.join("run"), 2);
     std::fs::create_dir_all(&cfg.out).unwrap();
-    std::fs::write(cfg.out.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    std::fs::write(
+        cfg.out.join("config.json"),
+        serde_json::to_vec(&cfg).unwrap(),
+    )
+    .unwrap();
     let err = train::train(&cfg, true).unwrap_err().to_string();
-    assert!(err.contains("checkpoints") && err.contains("no checkpoint"), "{err}");
+    assert!(
+        err.contains("checkpoints") && err.contains("no checkpoint"),
+        "{err}"
+    );
     // run-changing flags are refused on resume
     let args = Gpt2Args {
         resume: Some(cfg.out.clone()),
@@ -263,7 +300,10 @@ fn bad_resume_and_bad_checkpoints_are_clear_errors() {
     b.model.n_embd = 8;
     b.init_from = Some(checkpoint::step_dir(&a.out, 1).join("model.safetensors"));
     let err = train::train(&b, false).unwrap_err().to_string();
-    assert!(err.contains("model.safetensors") && err.contains("wte.weight"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("wte.weight"),
+        "{err}"
+    );
     // a token id beyond the vocabulary
     let mut c = tiny_config(&root, &root.join("c"), 1);
     c.model.vocab_size = 5;
@@ -297,7 +337,10 @@ fn short_run_on_demo_corpus_lowers_the_loss() {
     cfg.train.checkpoint_every = 40;
     let o = train::train(&cfg, false).unwrap();
     let first = o.first_train_loss.unwrap();
-    assert!((first - (50257f64).ln()).abs() < 0.3, "initial loss {first}");
+    assert!(
+        (first - (50257f64).ln()).abs() < 0.3,
+        "initial loss {first}"
+    );
     assert!(
         o.final_val_loss.unwrap() < first - 2.0,
         "loss did not fall enough: first {first}, final train {}, val {:?}",

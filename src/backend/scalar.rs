@@ -64,9 +64,24 @@ fn faer_gemm<T: faer::traits::ComplexField + Copy + num_traits::Zero>(
     threads: usize,
     one: T,
 ) {
-    assert_eq!(c.len(), m * n, "gemm: c has {} elements, expected m·n = {m}·{n}", c.len());
-    assert_eq!(a.len(), m * k, "gemm: a has {} elements, expected m·k = {m}·{k}", a.len());
-    assert_eq!(b.len(), k * n, "gemm: b has {} elements, expected k·n = {k}·{n}", b.len());
+    assert_eq!(
+        c.len(),
+        m * n,
+        "gemm: c has {} elements, expected m·n = {m}·{n}",
+        c.len()
+    );
+    assert_eq!(
+        a.len(),
+        m * k,
+        "gemm: a has {} elements, expected m·k = {m}·{k}",
+        a.len()
+    );
+    assert_eq!(
+        b.len(),
+        k * n,
+        "gemm: b has {} elements, expected k·n = {k}·{n}",
+        b.len()
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -88,8 +103,16 @@ fn faer_gemm<T: faer::traits::ComplexField + Copy + num_traits::Zero>(
         MatRef::from_row_major_slice(b, k, n)
     };
     let dst = MatMut::from_row_major_slice_mut(c, m, n);
-    let beta = if accumulate { Accum::Add } else { Accum::Replace };
-    let par = if threads <= 1 { Par::Seq } else { Par::rayon(threads) };
+    let beta = if accumulate {
+        Accum::Add
+    } else {
+        Accum::Replace
+    };
+    let par = if threads <= 1 {
+        Par::Seq
+    } else {
+        Par::rayon(threads)
+    };
     matmul(dst, beta, lhs, rhs, one, par);
     // faer's AVX-512 kernels return with the upper vector state dirty; legacy-SSE code that runs next on the
     // same threads (our elementwise loops, libm's expf/tanhf) then becomes up to ~40x slower (measured:

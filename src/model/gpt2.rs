@@ -37,14 +37,14 @@ pub struct Activations<BK: Backend> {
     logits: BK::Buf,    // (BT, V); overwritten by dlogits in a training pass
     losses: BK::Buf,    // (BT)
     // scratch shared by forward (projection outputs) and backward (activation gradients)
-    proj: BK::Buf,     // (BT, C)
-    dres: BK::Buf,     // (BT, C)
-    dln: BK::Buf,      // (BT, C)
-    datty: BK::Buf,    // (BT, C)
-    dqkv: BK::Buf,     // (BT, 3C)
-    dfch: BK::Buf,     // (BT, 4C)
+    proj: BK::Buf,      // (BT, C)
+    dres: BK::Buf,      // (BT, C)
+    dln: BK::Buf,       // (BT, C)
+    datty: BK::Buf,     // (BT, C)
+    dqkv: BK::Buf,      // (BT, 3C)
+    dfch: BK::Buf,      // (BT, 4C)
     dfch_gelu: BK::Buf, // (BT, 4C)
-    datt: BK::Buf,     // (B, NH, T, T)
+    datt: BK::Buf,      // (B, NH, T, T)
 }
 
 impl<BK: Backend> Activations<BK> {
@@ -135,7 +135,10 @@ impl<BK: Backend> Gpt2<BK> {
                 got: values.len().to_string(),
             });
         }
-        let v: Vec<BK::T> = values.iter().map(|&x| num_traits::cast(x).unwrap()).collect();
+        let v: Vec<BK::T> = values
+            .iter()
+            .map(|&x| num_traits::cast(x).unwrap())
+            .collect();
         be.upload(&mut self.params, &v)
     }
 
@@ -164,7 +167,10 @@ impl<BK: Backend> Gpt2<BK> {
         if t > self.cfg.seq_len {
             return Err(Error::config(
                 "seq_len",
-                format!("batch has T = {t} but the model's context is {}", self.cfg.seq_len),
+                format!(
+                    "batch has T = {t} but the model's context is {}",
+                    self.cfg.seq_len
+                ),
             ));
         }
         if !matches!(&self.acts, Some(a) if a.b == b && a.t == t) {
@@ -193,7 +199,14 @@ impl<BK: Backend> Gpt2<BK> {
     }
 
     /// Mean cross-entropy of a batch, no gradients.
-    pub fn loss(&mut self, be: &BK, tokens: &[u32], targets: &[u32], b: usize, t: usize) -> Result<f64> {
+    pub fn loss(
+        &mut self,
+        be: &BK,
+        tokens: &[u32],
+        targets: &[u32],
+        b: usize,
+        t: usize,
+    ) -> Result<f64> {
         self.check_tokens(tokens, targets, b, t)?;
         self.ensure_acts(be, b, t)?;
         self.forward(be, tokens, targets, b, t, None);

@@ -117,27 +117,30 @@ impl ParamTable {
         let c = cfg.n_embd;
         let mut entries: Vec<ParamEntry> = Vec::new();
         let mut offset = 0;
-        let mut push = |name: String, rows: usize, cols: usize, layer: Option<usize>, role: Role| {
-            let decay = cols > 1;
-            entries.push(ParamEntry {
-                name,
-                offset,
-                rows,
-                cols,
-                layer,
-                role,
-                decay,
-            });
-            offset += rows * cols;
-            entries.len() - 1
-        };
+        let mut push =
+            |name: String, rows: usize, cols: usize, layer: Option<usize>, role: Role| {
+                let decay = cols > 1;
+                entries.push(ParamEntry {
+                    name,
+                    offset,
+                    rows,
+                    cols,
+                    layer,
+                    role,
+                    decay,
+                });
+                offset += rows * cols;
+                entries.len() - 1
+            };
         let wte = push("wte.weight".into(), cfg.vocab_size, c, None, Role::Wte);
         let wpe = push("wpe.weight".into(), cfg.seq_len, c, None, Role::Wpe);
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for l in 0..cfg.n_layer {
             let p = |s: &str| format!("h.{l}.{s}");
             let ln1_w = push(p("ln_1.weight"), c, 1, Some(l), Role::Ln1Weight);
-            let ln1_b = cfg.bias.then(|| push(p("ln_1.bias"), c, 1, Some(l), Role::Ln1Bias));
+            let ln1_b = cfg
+                .bias
+                .then(|| push(p("ln_1.bias"), c, 1, Some(l), Role::Ln1Bias));
             let q = push(p("attn.q.weight"), c, c, Some(l), Role::Q);
             let k = push(p("attn.k.weight"), c, c, Some(l), Role::K);
             let v = push(p("attn.v.weight"), c, c, Some(l), Role::V);
@@ -148,15 +151,21 @@ impl ParamTable {
                 qb
             });
             let attn_proj = push(p("attn.c_proj.weight"), c, c, Some(l), Role::AttnProj);
-            let attn_proj_b =
-                cfg.bias.then(|| push(p("attn.c_proj.bias"), c, 1, Some(l), Role::AttnProjBias));
+            let attn_proj_b = cfg
+                .bias
+                .then(|| push(p("attn.c_proj.bias"), c, 1, Some(l), Role::AttnProjBias));
             let ln2_w = push(p("ln_2.weight"), c, 1, Some(l), Role::Ln2Weight);
-            let ln2_b = cfg.bias.then(|| push(p("ln_2.bias"), c, 1, Some(l), Role::Ln2Bias));
+            let ln2_b = cfg
+                .bias
+                .then(|| push(p("ln_2.bias"), c, 1, Some(l), Role::Ln2Bias));
             let fc = push(p("mlp.c_fc.weight"), 4 * c, c, Some(l), Role::Fc);
-            let fc_b = cfg.bias.then(|| push(p("mlp.c_fc.bias"), 4 * c, 1, Some(l), Role::FcBias));
+            let fc_b = cfg
+                .bias
+                .then(|| push(p("mlp.c_fc.bias"), 4 * c, 1, Some(l), Role::FcBias));
             let fc_proj = push(p("mlp.c_proj.weight"), c, 4 * c, Some(l), Role::FcProj);
-            let fc_proj_b =
-                cfg.bias.then(|| push(p("mlp.c_proj.bias"), c, 1, Some(l), Role::FcProjBias));
+            let fc_proj_b = cfg
+                .bias
+                .then(|| push(p("mlp.c_proj.bias"), c, 1, Some(l), Role::FcProjBias));
             layers.push(LayerParams {
                 ln1_w,
                 ln1_b,
@@ -175,7 +184,9 @@ impl ParamTable {
             });
         }
         let lnf_w = push("ln_f.weight".into(), c, 1, None, Role::LnfWeight);
-        let lnf_b = cfg.bias.then(|| push("ln_f.bias".into(), c, 1, None, Role::LnfBias));
+        let lnf_b = cfg
+            .bias
+            .then(|| push("ln_f.bias".into(), c, 1, None, Role::LnfBias));
         ParamTable {
             entries,
             layers,

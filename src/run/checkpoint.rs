@@ -38,6 +38,9 @@ pub struct TrainState {
 
 const HF_PREFIX: &str = "transformer.";
 
+/// Tensors read from a safetensors file: name → (shape, values as f64).
+pub type TensorMap = BTreeMap<String, (Vec<usize>, Vec<f64>)>;
+
 /// One tensor in Hugging Face layout.
 pub struct HfTensor {
     pub name: String,
@@ -74,13 +77,14 @@ fn hf_layout(cfg: &ModelConfig, tb: &ParamTable) -> Vec<HfMap> {
         cols: 1,
         conv1d: false,
     };
-    let mat = |name: String, range: std::ops::Range<usize>, rows: usize, cols: usize, conv1d| HfMap {
-        name,
-        range: Some(range),
-        rows,
-        cols,
-        conv1d,
-    };
+    let mat =
+        |name: String, range: std::ops::Range<usize>, rows: usize, cols: usize, conv1d| HfMap {
+            name,
+            range: Some(range),
+            rows,
+            cols,
+            conv1d,
+        };
     let mut out = vec![
         mat("wte.weight".into(), tb.r(tb.wte), cfg.vocab_size, c, false),
         mat("wpe.weight".into(), tb.r(tb.wpe), cfg.seq_len, c, false),
@@ -97,7 +101,13 @@ fn hf_layout(cfg: &ModelConfig, tb: &ParamTable) -> Vec<HfMap> {
         out.push(vec(p("ln_2.bias"), tb.opt(lp.ln2_b), c));
         out.push(mat(p("mlp.c_fc.weight"), tb.r(lp.fc), 4 * c, c, true));
         out.push(vec(p("mlp.c_fc.bias"), tb.opt(lp.fc_b), 4 * c));
-        out.push(mat(p("mlp.c_proj.weight"), tb.r(lp.fc_proj), c, 4 * c, true));
+        out.push(mat(
+            p("mlp.c_proj.weight"),
+            tb.r(lp.fc_proj),
+            c,
+            4 * c,
+            true,
+        ));
         out.push(vec(p("mlp.c_proj.bias"), tb.opt(lp.fc_proj_b), c));
     }
     out.push(vec("ln_f.weight".into(), Some(tb.r(tb.lnf_w)), c));
@@ -161,7 +171,7 @@ fn write_safetensors<T: Scalar>(
 }
 
 /// Read every tensor of a safetensors file as f64 (F32, F64, BF16 and F16 accepted), keyed by name.
-pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, (Vec<usize>, Vec<f64>)>> {
+pub fn read_safetensors(path: &Path) -> Result<TensorMap> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: the file is opened read-only and only read during this function; a concurrent writer
     // truncating it is outside our contract (checkpoints are written to a temp dir and renamed).
@@ -210,7 +220,7 @@ pub fn from_hf(
     path: &Path,
     cfg: &ModelConfig,
     tb: &ParamTable,
-    tensors: &BTreeMap<String, (Vec<usize>, Vec<f64>)>,
+    tensors: &TensorMap,
 ) -> Result<(Vec<f64>, usize)> {
     let mut flat = vec![0.0; tb.total];
     let mut ignored_nonzero = 0;
@@ -248,7 +258,9 @@ pub fn from_hf(
                     ignored_nonzero += 1;
                 }
             }
-            Some(r) if m.conv1d => flat[r.clone()].copy_from_slice(&transpose(values, m.cols, m.rows)),
+            Some(r) if m.conv1d => {
+                flat[r.clone()].copy_from_slice(&transpose(values, m.cols, m.rows))
+            }
             Some(r) => flat[r.clone()].copy_from_slice(values),
         }
     }
@@ -270,7 +282,10 @@ pub fn latest(run_dir: &Path) -> Result<Option<(usize, PathBuf)>> {
     for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
         let entry = entry.map_err(|e| Error::io(&dir, e))?;
         let name = entry.file_name().to_string_lossy().to_string();
-        let Some(n) = name.strip_prefix("step_").and_then(|s| s.parse::<usize>().ok()) else {
+        let Some(n) = name
+            .strip_prefix("step_")
+            .and_then(|s| s.parse::<usize>().ok())
+        else {
             continue;
         };
         if entry.path().join("state.json").is_file() && best.as_ref().is_none_or(|(b, _)| n > *b) {
@@ -351,20 +366,29 @@ pub fn load<BK: Backend>(
 ) -> Result<TrainState> {
     let sp = dir.join("state.json");
     let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
-    let state: TrainState =
-        serde_json::from_str(&text).map_err(|e| Error::Json { path: sp.clone(), source: e })?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| Error::Json {
+        path: sp.clone(),
+        source: e,
+    })?;
     if state.model != model.cfg {
         return Err(Error::bad_file(
             &sp,
             "model",
-            format!("checkpoint is for {:?}, but the run's model is {:?}", state.model, model.cfg),
+            format!(
+                "checkpoint is for {:?}, but the run's model is {:?}",
+                state.model, model.cfg
+            ),
         ));
     }
     if state.dtype != BK::T::NAME {
         return Err(Error::bad_file(
             &sp,
             "dtype",
-            format!("checkpoint stores {}, the run computes in {}", state.dtype, BK::T::NAME),
+            format!(
+                "checkpoint stores {}, the run computes in {}",
+                state.dtype,
+                BK::T::NAME
+            ),
         ));
     }
     let mp = dir.join("model.safetensors");
@@ -386,7 +410,10 @@ pub fn load<BK: Backend>(
                 format!("shape {shape:?}, but the model has {n} parameters"),
             ));
         }
-        let v: Vec<BK::T> = values.iter().map(|&x| <BK::T as Scalar>::from_f64(x)).collect();
+        let v: Vec<BK::T> = values
+            .iter()
+            .map(|&x| <BK::T as Scalar>::from_f64(x))
+            .collect();
         be.upload(buf, &v)?;
     }
     opt.step = state.step;

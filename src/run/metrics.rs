@@ -68,7 +68,11 @@ pub fn read(path: &Path) -> Result<Vec<StepMetrics>> {
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
             serde_json::from_str(l).map_err(|e| {
-                Error::bad_file(path, format!("line {}", i + 1), format!("not a metrics row: {e}"))
+                Error::bad_file(
+                    path,
+                    format!("line {}", i + 1),
+                    format!("not a metrics row: {e}"),
+                )
             })
         })
         .collect()

@@ -104,7 +104,13 @@ fn train_on<BK: Backend>(be: &BK, cfg: &RunConfig, resume: bool) -> Result<RunOu
     let mut opt = Optimizer::new(be, tr.optimizer, &cfg.rotation, model.num_params())?;
     let mut sampler = BatchSampler::new(tr.seed);
     // The same val windows for every run, whatever its seed, so val curves are comparable across runs.
-    let eval = fixed_batches(&data.val, tr.batch_size, m.seq_len, tr.eval_batches, EVAL_SEED);
+    let eval = fixed_batches(
+        &data.val,
+        tr.batch_size,
+        m.seq_len,
+        tr.eval_batches,
+        EVAL_SEED,
+    );
 
     let mut start = 0;
     let mut last_ckpt: Option<PathBuf> = None;
@@ -155,7 +161,10 @@ fn train_on<BK: Backend>(be: &BK, cfg: &RunConfig, resume: bool) -> Result<RunOu
         ),
     );
     if start >= tr.steps {
-        say(cfg, format!("nothing to do: the run is at step {start} of {}", tr.steps));
+        say(
+            cfg,
+            format!("nothing to do: the run is at step {start} of {}", tr.steps),
+        );
     }
 
     let progress = crate::progress::Progress::new(start, tr.steps, cfg.quiet);
@@ -253,7 +262,9 @@ fn train_on<BK: Backend>(be: &BK, cfg: &RunConfig, resume: bool) -> Result<RunOu
                 "done: step {} train loss {:.4}{} in {:.1} s; run dir {}",
                 tr.steps,
                 final_train,
-                final_val.map(|v| format!(", val loss {v:.4}")).unwrap_or_default(),
+                final_val
+                    .map(|v| format!(", val loss {v:.4}"))
+                    .unwrap_or_default(),
                 outcome.seconds,
                 cfg.out.display()
             ),
@@ -262,7 +273,12 @@ fn train_on<BK: Backend>(be: &BK, cfg: &RunConfig, resume: bool) -> Result<RunOu
     Ok(outcome)
 }
 
-fn load_init<BK: Backend>(be: &BK, model: &mut Gpt2<BK>, path: &Path, cfg: &RunConfig) -> Result<()> {
+fn load_init<BK: Backend>(
+    be: &BK,
+    model: &mut Gpt2<BK>,
+    path: &Path,
+    cfg: &RunConfig,
+) -> Result<()> {
     let tensors = checkpoint::read_safetensors(path)?;
     let (flat, ignored) = checkpoint::from_hf(path, &model.cfg, &model.table, &tensors)?;
     model.set_params_f64(be, &flat)?;

@@ -17,8 +17,20 @@ use crate::backend::Scalar;
 use rayon::prelude::*;
 
 #[allow(clippy::too_many_arguments)]
-fn check_shapes(op: &str, out: (&str, usize), att: usize, qkv: usize, b: usize, t: usize, c: usize, nh: usize) {
-    assert!(nh > 0 && c % nh == 0, "{op}: C = {c} is not a multiple of NH = {nh}");
+fn check_shapes(
+    op: &str,
+    out: (&str, usize),
+    att: usize,
+    qkv: usize,
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+) {
+    assert!(
+        nh > 0 && c.is_multiple_of(nh),
+        "{op}: C = {c} is not a multiple of NH = {nh}"
+    );
     check_len(op, out.0, out.1, b * t * c);
     check_len(op, "att", att, b * nh * t * t);
     check_len(op, "qkv", qkv, b * t * 3 * c);
@@ -36,7 +48,16 @@ pub fn attention_forward<T: Scalar>(
     nh: usize,
     bf16: bool,
 ) {
-    check_shapes("attention_forward", ("out", out.len()), att.len(), qkv.len(), b, t, c, nh);
+    check_shapes(
+        "attention_forward",
+        ("out", out.len()),
+        att.len(),
+        qkv.len(),
+        b,
+        t,
+        c,
+        nh,
+    );
     if b == 0 || t == 0 || c == 0 {
         return;
     }
@@ -115,25 +136,28 @@ pub fn attention_backward<T: Scalar>(
     let c3 = 3 * c;
     let scale = T::one() / T::from_usize(hs).unwrap().sqrt();
     // Phase A: scratch = d(preatt)·(1/√hs)-scaled gradient of q·kᵀ, per (b,h).
-    scratch.par_chunks_mut(t * t).enumerate().for_each(|(bh, s)| {
-        let (bi, h) = (bh / nh, bh % nh);
-        for (tq, row) in s.chunks_mut(t).enumerate() {
-            let go = (bi * t + tq) * c + h * hs;
-            let g = &dout[go..go + hs];
-            let arow = &att[(bh * t + tq) * t..][..=tq];
-            let mut acc = T::zero();
-            for (t2, (r, &p)) in row[..=tq].iter_mut().zip(arow).enumerate() {
-                let vo = bi * t * c3 + t2 * c3 + 2 * c + h * hs;
-                let da = dot(g, &qkv[vo..vo + hs]);
-                *r = da;
-                acc += p * da;
+    scratch
+        .par_chunks_mut(t * t)
+        .enumerate()
+        .for_each(|(bh, s)| {
+            let (bi, h) = (bh / nh, bh % nh);
+            for (tq, row) in s.chunks_mut(t).enumerate() {
+                let go = (bi * t + tq) * c + h * hs;
+                let g = &dout[go..go + hs];
+                let arow = &att[(bh * t + tq) * t..][..=tq];
+                let mut acc = T::zero();
+                for (t2, (r, &p)) in row[..=tq].iter_mut().zip(arow).enumerate() {
+                    let vo = bi * t * c3 + t2 * c3 + 2 * c + h * hs;
+                    let da = dot(g, &qkv[vo..vo + hs]);
+                    *r = da;
+                    acc += p * da;
+                }
+                for (r, &p) in row[..=tq].iter_mut().zip(arow) {
+                    *r = p * (*r - acc) * scale;
+                }
+                row[tq + 1..].fill(T::zero());
             }
-            for (r, &p) in row[..=tq].iter_mut().zip(arow) {
-                *r = p * (*r - acc) * scale;
-            }
-            row[tq + 1..].fill(T::zero());
-        }
-    });
+        });
     // Phase B: dq, dk, dv per (b,t) row.
     let s = &*scratch;
     dqkv.par_chunks_mut(c3).enumerate().for_each(|(bt, d)| {

@@ -35,7 +35,9 @@ pub fn crossentropy_forward<T: Scalar>(
         .for_each(|(i, ((loss, row), &target))| {
             let tgt = target as usize;
             assert!(tgt < v, "{op}: target {tgt} of row {i} is ≥ V = {v}");
-            let max = row.iter().fold(T::neg_infinity(), |m, &x| if x > m { x } else { m });
+            let max = row
+                .iter()
+                .fold(T::neg_infinity(), |m, &x| if x > m { x } else { m });
             let logit_t = row[tgt];
             let mut sum = 0.0f64;
             match dloss {

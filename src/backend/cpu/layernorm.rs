@@ -126,8 +126,12 @@ pub fn layernorm_backward<T: Scalar>(
                 let x = &inp[row * c..(row + 1) * c];
                 let g = &dout[row * c..(row + 1) * c];
                 let (m, rs) = (mean[row], rstd[row]);
-                for ((((nm, dn), &xi), &gi), &w) in
-                    norm.iter_mut().zip(dnorm.iter_mut()).zip(x).zip(g).zip(weight)
+                for ((((nm, dn), &xi), &gi), &w) in norm
+                    .iter_mut()
+                    .zip(dnorm.iter_mut())
+                    .zip(x)
+                    .zip(g)
+                    .zip(weight)
                 {
                     *nm = (xi - m) * rs;
                     *dn = w * gi;

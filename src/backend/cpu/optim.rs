@@ -64,7 +64,13 @@ pub fn adamw_update<T: Scalar>(p: &mut T, m: &mut T, v: &mut T, g: T, k: &AdamCo
 }
 
 /// Fused AdamW over one tensor (module docs).
-pub fn adamw_step<T: Scalar>(params: &mut [T], m: &mut [T], v: &mut [T], grads: &[T], hp: AdamStep) {
+pub fn adamw_step<T: Scalar>(
+    params: &mut [T],
+    m: &mut [T],
+    v: &mut [T],
+    grads: &[T],
+    hp: AdamStep,
+) {
     let n = params.len();
     check_len("adamw_step", "m", m.len(), n);
     check_len("adamw_step", "v", v.len(), n);
@@ -101,7 +107,10 @@ pub fn sgd_step<T: Scalar>(
     let n = params.len();
     check_len("sgd_step", "momentum_buf", momentum_buf.len(), n);
     check_len("sgd_step", "grads", grads.len(), n);
-    let (lr_t, mu) = (<T as Scalar>::from_f64(lr), <T as Scalar>::from_f64(momentum));
+    let (lr_t, mu) = (
+        <T as Scalar>::from_f64(lr),
+        <T as Scalar>::from_f64(momentum),
+    );
     let decay = <T as Scalar>::from_f64(1.0 - lr * weight_decay);
     params
         .par_chunks_mut(CHUNK)
