@@ -75,21 +75,19 @@ fn cpu_ticks() -> Option<CpuTicks> {
         .skip(1)
         .filter_map(|x| x.parse().ok())
         .collect();
-    // user nice system idle iowait irq softirq steal ...
+    // user nice system idle iowait irq softirq steal (guest and guest_nice are already inside user/nice)
     let busy = f
         .iter()
+        .take(8)
         .enumerate()
         .filter(|(i, _)| *i != 3 && *i != 4)
         .map(|(_, v)| v)
         .sum();
     let me = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let after = me.rsplit(')').next()?; // fields after the command name
-    let g: Vec<u64> = after
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // utime and stime are fields 14 and 15 (1-based); after ')' the state is field 3 → index 11, 12
-    let own = g.get(10)? + g.get(11)?;
+    // Fields after the command name, starting with the state (field 3 in proc(5)'s 1-based numbering);
+    // utime and stime are fields 14 and 15, so indices 11 and 12 here. Some fields can be negative.
+    let after: Vec<&str> = me.rsplit(')').next()?.split_whitespace().collect();
+    let own = after.get(11)?.parse::<u64>().ok()? + after.get(12)?.parse::<u64>().ok()?;
     Some(CpuTicks { busy, own })
 }
 

@@ -130,7 +130,7 @@ fn train_on<BK: Backend>(be: &BK, cfg: &RunConfig, resume: bool) -> Result<RunOu
     prepare_run_dir(cfg, resume)?;
     let mut metrics = MetricsWriter::open(&cfg.out.join("metrics.jsonl"), resume.then_some(start))?;
 
-    say(cfg, format!("device: {}", be.name()));
+    say(cfg, format!("backend: {}", be.name()));
     say(
         cfg,
         format!(
