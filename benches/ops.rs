@@ -91,13 +91,7 @@ fn ops(c: &mut Criterion) {
     g.sample_size(10);
     let mut model = Gpt2::new(&be, &cfg, 1).unwrap();
     let tc = TrainConfig::for_preset("small");
-    let mut opt = Optimizer::new(
-        &be,
-        OptimizerKind::Adamw,
-        &Default::default(),
-        model.num_params(),
-    )
-    .unwrap();
+    let mut opt = Optimizer::unrotated(&be, OptimizerKind::Adamw, &model.table).unwrap();
     let tokens: Vec<u32> = (0..n as u32).map(|i| i * 31 % v as u32).collect();
     g.throughput(Throughput::Elements(n as u64));
     g.bench_function("small_B8_T128", |bch| {
@@ -113,7 +107,8 @@ fn ops(c: &mut Criterion) {
                 &model.grads,
                 1e-3,
                 &tc,
-            );
+            )
+            .unwrap();
         })
     });
     g.finish();

@@ -3,6 +3,8 @@
 //!
 //! - `bench gemm`: GFLOP/s of the CPU GEMM (faer) at the model's matmul shapes and at 1024³; the maximum is
 //!   the practical peak used as the MFU denominator.
+//! - `bench rotation`: the cost of a rotation of the whole model against the same run's GEMM peak and
+//!   training step (`rotation::bench`).
 //! - `bench step`: forward + backward + AdamW of GPT-2 on random tokens: median ms/step over `--steps`
 //!   steps after `--warmup`, tokens/s, MFU = (6·N·tokens + 12·L·B·T²·C) / time / GEMM peak, peak RSS,
 //!   and the ratio to llm.c's CPU trainer (`train_gpt2.c`, -Ofast, measured on this kind of machine at
@@ -37,6 +39,8 @@ pub enum BenchWhat {
     Gemm(BenchOpts),
     /// One full training step (forward + backward + AdamW).
     Step(BenchOpts),
+    /// Rotation cost: build, rotate + unrotate of the whole model, vs GEMM peak and a step.
+    Rotation(crate::rotation::bench::RotationBenchOpts),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -62,12 +66,12 @@ pub struct BenchOpts {
 
 /// CPU time counters from /proc/stat (all CPUs) and /proc/self/stat, in clock ticks.
 #[derive(Clone, Copy, Debug, Default)]
-struct CpuTicks {
+pub(crate) struct CpuTicks {
     busy: u64,
     own: u64,
 }
 
-fn cpu_ticks() -> Option<CpuTicks> {
+pub(crate) fn cpu_ticks() -> Option<CpuTicks> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?;
     let f: Vec<u64> = line
@@ -92,7 +96,7 @@ fn cpu_ticks() -> Option<CpuTicks> {
 }
 
 /// Average number of cores used by other processes between two readings over `secs` seconds.
-fn other_load(a: Option<CpuTicks>, b: Option<CpuTicks>, secs: f64) -> Option<f64> {
+pub(crate) fn other_load(a: Option<CpuTicks>, b: Option<CpuTicks>, secs: f64) -> Option<f64> {
     let (a, b) = (a?, b?);
     let hz = 100.0; // USER_HZ is 100 on Linux x86_64
     let busy = (b.busy.saturating_sub(a.busy)) as f64 / hz;
@@ -108,7 +112,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
     if n % 2 == 1 {
@@ -203,7 +207,7 @@ pub fn step_flops(cfg: &ModelConfig, n_params_matmul: usize, b: usize, t: usize)
         + 12.0 * (cfg.n_layer * b * t * t * cfg.n_embd) as f64
 }
 
-fn bench_step(o: &BenchOpts) -> Result<StepResult> {
+pub(crate) fn bench_step(o: &BenchOpts) -> Result<StepResult> {
     let mut cfg = ModelConfig::preset(&o.model)?;
     if o.seq_len > cfg.seq_len {
         return Err(Error::config(
@@ -219,12 +223,7 @@ fn bench_step(o: &BenchOpts) -> Result<StepResult> {
     let be = CpuBackend::<f32>::new(o.threads, false);
     let mut model = Gpt2::new(&be, &cfg, 1)?;
     let tc = TrainConfig::default();
-    let mut opt = Optimizer::new(
-        &be,
-        OptimizerKind::Adamw,
-        &Default::default(),
-        model.num_params(),
-    )?;
+    let mut opt = Optimizer::unrotated(&be, OptimizerKind::Adamw, &model.table)?;
     let mut rng = Rng::new(3);
     let v = cfg.vocab_size as u64;
     let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(v) as u32).collect();
@@ -245,7 +244,7 @@ fn bench_step(o: &BenchOpts) -> Result<StepResult> {
             &model.grads,
             1e-4,
             &tc,
-        );
+        )?;
         if i >= o.warmup {
             times.push(s.elapsed().as_secs_f64() * 1e3);
         }
@@ -283,10 +282,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(match &args.what {
             BenchWhat::Gemm(o) | BenchWhat::Step(o) => o.threads,
+            BenchWhat::Rotation(o) => o.threads,
         })
         .build()
         .map_err(|e| Error::config("threads", e.to_string()))?;
     pool.install(|| match &args.what {
+        BenchWhat::Rotation(o) => crate::rotation::bench::run(o),
         BenchWhat::Gemm(o) => {
             let cfg = ModelConfig::preset(&o.model)?;
             let r = bench_gemm(&cfg, o.batch_size * o.seq_len, o.threads);

@@ -3,7 +3,9 @@
 //! Every `gpt2` flag is optional so that a flag the user did not give never overrides a preset or a
 //! `--config` file: the config is built from (preset | config file | resumed run), then each given flag.
 
-use crate::config::{DeviceKind, ModelConfig, OptimizerKind, Precision, RunConfig, TrainConfig};
+use crate::config::{
+    BlockPartition, DeviceKind, ModelConfig, OptimizerKind, Precision, RunConfig, TrainConfig,
+};
 use crate::error::{Error, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -87,6 +89,9 @@ pub struct Gpt2Args {
     pub clip: Option<f64>,
     #[arg(long, value_enum)]
     pub optimizer: Option<OptimizerKind>,
+    /// Blocks of blockwise Adam: one second moment per tensor or per output neuron (row).
+    #[arg(long, value_enum)]
+    pub blocks: Option<BlockPartition>,
     #[arg(long)]
     pub momentum: Option<f64>,
     #[arg(long)]
@@ -97,9 +102,21 @@ pub struct Gpt2Args {
     pub checkpoint_every: Option<usize>,
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Rotation of the optimizer's basis (only `none` so far).
+    /// Rotation of the optimizer's basis: none, global, layer, output, input, svd, kron.
     #[arg(long)]
     pub rotation: Option<String>,
+    /// Size n of the repeated Haar block of the rotation.
+    #[arg(long)]
+    pub rotation_block: Option<usize>,
+    /// Seed of the rotation (default: --seed).
+    #[arg(long)]
+    pub rotation_seed: Option<u64>,
+    /// `--rotation svd`: recompute the gradient's singular vectors every F steps.
+    #[arg(long)]
+    pub svd_every: Option<usize>,
+    /// `--rotation kron`: number of chained stages.
+    #[arg(long)]
+    pub kron_stages: Option<usize>,
     /// Run directory (default: runs/gpt2-<model>-<rotation>-s<seed>-<UTC time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -200,6 +217,11 @@ impl Gpt2Args {
         chk(self.momentum.is_some(), "--momentum");
         chk(self.seed.is_some(), "--seed");
         chk(self.rotation.is_some(), "--rotation");
+        chk(self.rotation_block.is_some(), "--rotation-block");
+        chk(self.rotation_seed.is_some(), "--rotation-seed");
+        chk(self.svd_every.is_some(), "--svd-every");
+        chk(self.kron_stages.is_some(), "--kron-stages");
+        chk(self.blocks.is_some(), "--blocks");
         chk(self.out.is_some(), "--out");
         chk(self.precision.is_some(), "--precision");
         chk(self.init_from.is_some(), "--init-from");
@@ -277,7 +299,7 @@ impl Gpt2Args {
         }
         set!(batch_size <- batch_size, grad_accum <- grad_accum, warmup <- warmup,
              weight_decay <- wd, beta1 <- beta1, beta2 <- beta2, eps <- eps, clip <- clip,
-             optimizer <- optimizer, momentum <- momentum, seed <- seed);
+             optimizer <- optimizer, blocks <- blocks, momentum <- momentum, seed <- seed);
         if let Some(lr) = self.lr {
             t.lr = lr;
             t.min_lr = self.min_lr.unwrap_or(lr / 10.0);
@@ -292,6 +314,21 @@ impl Gpt2Args {
         }
         if let Some(r) = &self.rotation {
             cfg.rotation.kind = r.clone();
+        }
+        if let Some(n) = self.rotation_block {
+            cfg.rotation.block = n;
+        }
+        if let Some(f) = self.svd_every {
+            cfg.rotation.svd_every = f;
+        }
+        if let Some(k) = self.kron_stages {
+            cfg.rotation.kron_stages = k;
+        }
+        // the rotation seed follows --seed unless given (or fixed by a --config file)
+        match self.rotation_seed {
+            Some(s) => cfg.rotation.seed = s,
+            None if self.config.is_none() => cfg.rotation.seed = cfg.train.seed,
+            None => {}
         }
         if let Some(p) = self.precision {
             cfg.precision = p;

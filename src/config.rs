@@ -94,12 +94,41 @@ impl ModelConfig {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum OptimizerKind {
     /// AdamW (Maes et al. Alg. 1), decoupled weight decay.
     Adamw,
     /// SGD with momentum (torch semantics).
     Sgd,
+    /// Momentum with one scalar second moment: the mean of g² over all coordinates (Xie et al.).
+    Adasgd,
+    /// One second moment per block (Xie et al. Alg. 3); blocks from `--blocks`.
+    BlockwiseAdam,
+}
+
+impl OptimizerKind {
+    /// The name used on the command line and in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::Adamw => "adamw",
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Adasgd => "adasgd",
+            OptimizerKind::BlockwiseAdam => "blockwise-adam",
+        }
+    }
+}
+
+/// The blocks of blockwise Adam.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockPartition {
+    /// One block per tensor (ParamTable entry).
+    #[default]
+    Tensor,
+    /// One block per row of each tensor (an output neuron of an (out,in) weight).
+    Neuron,
+    /// One block per coordinate: blockwise Adam is then Adam (a check, not an experiment).
+    Coordinate,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -119,19 +148,41 @@ pub enum DeviceKind {
     Cpu,
 }
 
-/// The rotation of the optimizer's basis. Only `none` (the identity) exists until the rotations land;
-/// the field is here so config files and checkpoints already carry it.
+/// The rotation of the optimizer's basis (MISSION.md "Rotations"): scope, block size n, seed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RotationConfig {
+    /// `none`, `global`, `layer`, `output`, `input`, `svd` or `kron`.
     pub kind: String,
+    /// Size n of the repeated Haar block R_n (the paper's 768).
+    #[serde(default = "default_rotation_block")]
+    pub block: usize,
     pub seed: u64,
+    /// `svd`: refresh the singular vectors every F steps (the poster's F).
+    #[serde(default = "default_svd_every")]
+    pub svd_every: usize,
+    /// `kron`: number of chained permutation + Kronecker stages (Xie et al. App. D.1).
+    #[serde(default = "default_kron_stages")]
+    pub kron_stages: usize,
+}
+
+fn default_rotation_block() -> usize {
+    768
+}
+fn default_svd_every() -> usize {
+    250
+}
+fn default_kron_stages() -> usize {
+    2
 }
 
 impl Default for RotationConfig {
     fn default() -> Self {
         RotationConfig {
             kind: "none".into(),
+            block: default_rotation_block(),
             seed: 0,
+            svd_every: default_svd_every(),
+            kron_stages: default_kron_stages(),
         }
     }
 }
@@ -156,6 +207,9 @@ pub struct TrainConfig {
     /// Gradient clipping on the global L2 norm (0 = off).
     pub clip: f64,
     pub optimizer: OptimizerKind,
+    /// Blocks of blockwise Adam.
+    #[serde(default)]
+    pub blocks: BlockPartition,
     pub momentum: f64,
     pub eval_every: usize,
     pub eval_batches: usize,
@@ -180,6 +234,7 @@ impl Default for TrainConfig {
             eps: 1e-8,
             clip: 1.0,
             optimizer: OptimizerKind::Adamw,
+            blocks: BlockPartition::Tensor,
             momentum: 0.9,
             eval_every: 1000,
             eval_batches: 200,
@@ -289,11 +344,15 @@ impl RunConfig {
         if self.threads == 0 {
             return Err(Error::config("threads", "must be at least 1"));
         }
-        if self.rotation.kind != "none" {
-            return Err(Error::config(
-                "rotation",
-                format!("'{}' is not available yet; only 'none'", self.rotation.kind),
-            ));
+        crate::rotation::basis::validate_kind(&self.rotation.kind)?;
+        for (field, v) in [
+            ("rotation-block", self.rotation.block),
+            ("svd-every", self.rotation.svd_every),
+            ("kron-stages", self.rotation.kron_stages),
+        ] {
+            if v == 0 {
+                return Err(Error::config(field, "must be at least 1"));
+            }
         }
         Ok(())
     }

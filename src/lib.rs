@@ -13,6 +13,7 @@ pub mod model;
 pub mod optim;
 pub mod progress;
 pub mod rng;
+pub mod rotation;
 pub mod run;
 
 pub use error::{Error, Result};

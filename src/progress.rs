@@ -11,10 +11,12 @@ pub struct Progress {
     log_every: usize,
     total: usize,
     quiet: bool,
+    /// `optimizer/rotation`, at the start of every line.
+    label: String,
 }
 
 impl Progress {
-    pub fn new(start: usize, total: usize, quiet: bool) -> Self {
+    pub fn new(start: usize, total: usize, quiet: bool, label: String) -> Self {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(total as u64);
             bar.set_style(
@@ -33,6 +35,7 @@ impl Progress {
             log_every: (total / 20).max(1),
             total,
             quiet,
+            label,
         }
     }
 
@@ -42,8 +45,8 @@ impl Progress {
             .map(|v| format!(" | val {v:.4}"))
             .unwrap_or_default();
         let msg = format!(
-            "loss {:.4}{val} | lr {:.2e} | {:.0} tok/s | {:.0} ms/step",
-            m.train_loss, m.lr, m.tokens_per_s, m.ms_per_step
+            "{} | loss {:.4}{val} | lr {:.2e} | {:.0} tok/s | {:.0} ms/step",
+            self.label, m.train_loss, m.lr, m.tokens_per_s, m.ms_per_step
         );
         match &self.bar {
             Some(bar) => {

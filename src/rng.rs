@@ -82,3 +82,4 @@ impl Rng {
 pub const STREAM_INIT: u64 = 1;
 pub const STREAM_DATA: u64 = 2;
 pub const STREAM_EVAL: u64 = 3;
+pub const STREAM_ROTATION: u64 = 4;

@@ -1,6 +1,10 @@
 //! The one integration-test binary: one module per topic.
 
 mod data;
+mod kron;
 mod model;
 mod ops;
+mod optim;
+mod rotation;
+mod svd;
 mod train;

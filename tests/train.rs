@@ -7,7 +7,7 @@ use rotadam::data::shard::write_flat;
 use rotadam::run::{checkpoint, metrics, train};
 use std::path::{Path, PathBuf};
 
-fn tmp(name: &str) -> PathBuf {
+pub fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("rotadam-train-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
@@ -15,7 +15,7 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 /// A learnable token stream over a vocabulary of 11: a noisy repeating pattern.
-fn synthetic_data(dir: &Path) {
+pub fn synthetic_data(dir: &Path) {
     let mut rng = rotadam::rng::Rng::new(4);
     let stream = |n: usize, rng: &mut rotadam::rng::Rng| -> Vec<u16> {
         (0..n)
@@ -32,7 +32,7 @@ fn synthetic_data(dir: &Path) {
     write_flat(&dir.join("val.bin"), &stream(500, &mut rng)).unwrap();
 }
 
-fn tiny_config(data: &Path, out: &Path, steps: usize) -> RunConfig {
+pub fn tiny_config(data: &Path, out: &Path, steps: usize) -> RunConfig {
     RunConfig {
         model_preset: "test".into(),
         model: ModelConfig {

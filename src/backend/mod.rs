@@ -76,6 +76,22 @@ pub trait Backend: Send + Sync {
     fn fill(&self, out: Self::ViewMut<'_>, value: Self::T);
     /// out *= s
     fn scale(&self, out: Self::ViewMut<'_>, s: Self::T);
+    /// Row-major GEMM on views: C (m×n) = op(A)·op(B), or C += op(A)·op(B) when `accumulate`; op(A) is
+    /// m×k (A stored k×m when `trans_a`), op(B) is k×n (B stored n×k when `trans_b`). For the structured
+    /// rotations (svd, kron), whose factors are small dense matrices.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        c: Self::ViewMut<'_>,
+        a: Self::View<'_>,
+        b: Self::View<'_>,
+        m: usize,
+        n: usize,
+        k: usize,
+        trans_a: bool,
+        trans_b: bool,
+        accumulate: bool,
+    );
     /// Σ x², accumulated in f64 over fixed-size chunks in a fixed order (deterministic for any thread count).
     fn sum_squares(&self, x: Self::View<'_>) -> f64;
 
@@ -205,6 +221,36 @@ pub trait Backend: Send + Sync {
         v: usize,
     );
 
+    // ---- rotations (ARCHITECTURE.md decision 3; `rotation::Rotation` owns the index lists and R) -------
+    /// Batched block rotation with a gather: for each block b < NB,
+    ///   out[b·N .. (b+1)·N] = R · inp[index[b·N .. (b+1)·N]],
+    /// R (N,N) row-major. `out` has NB·N elements (`=`, all overwritten); `index` has NB·N entries, each
+    /// < inp.len(). One GEMM (NB×N)·(N×N)ᵀ after the gather (chunked on the CPU to bound scratch memory).
+    #[allow(clippy::too_many_arguments)]
+    fn rotate(
+        &self,
+        out: Self::ViewMut<'_>,
+        inp: Self::View<'_>,
+        index: &[u32],
+        r: Self::View<'_>,
+        nb: usize,
+        n: usize,
+    );
+    /// The transpose of [`Backend::rotate`], with a scatter: for each block b < NB,
+    ///   out[index[b·N + i]] = (Rᵀ · inp[b·N .. (b+1)·N])ᵢ.
+    /// `inp` has NB·N elements; `index` NB·N distinct entries, each < out.len(). Writes (`=`, not `+=`)
+    /// exactly the entries named by `index` and leaves the rest of `out` untouched.
+    #[allow(clippy::too_many_arguments)]
+    fn unrotate(
+        &self,
+        out: Self::ViewMut<'_>,
+        inp: Self::View<'_>,
+        index: &[u32],
+        r: Self::View<'_>,
+        nb: usize,
+        n: usize,
+    );
+
     // ---- optimizer steps (elementwise over one tensor; the caller loops over ParamTable entries) -------
     /// Fused AdamW, torch/nanoGPT numerics, per element:
     ///   m = β₁m + (1−β₁)g;  v = β₂v + (1−β₂)g²;
@@ -225,6 +271,50 @@ pub trait Backend: Send + Sync {
         grads: Self::View<'_>,
         lr: f64,
         momentum: f64,
+        weight_decay: f64,
+    );
+
+    // ---- the split path of rotated optimizers (`optim`): a direction in the optimizer's basis, then the
+    // update in the standard basis. Same per-element arithmetic as the fused steps above. ---------------
+    /// Adam moments and direction: m, v updated as in `adamw_step`; u = (m/bc1)/(√(v/bc2) + ε).
+    /// (`hp.weight_decay` and `hp.lr` are not used here.)
+    fn adam_direction_step(
+        &self,
+        u: Self::ViewMut<'_>,
+        m: Self::ViewMut<'_>,
+        v: Self::ViewMut<'_>,
+        grads: Self::View<'_>,
+        hp: AdamStep,
+    );
+    /// SGD momentum: buf = μ·buf + g; u = buf.
+    fn sgd_direction_step(
+        &self,
+        u: Self::ViewMut<'_>,
+        momentum_buf: Self::ViewMut<'_>,
+        grads: Self::View<'_>,
+        momentum: f64,
+    );
+    /// out[i] = mean of x² over block i (consecutive blocks of `block` elements), accumulated in f64.
+    fn block_mean_squares(&self, out: Self::ViewMut<'_>, x: Self::View<'_>, block: usize);
+    /// v = β₂·v + (1−β₂)·s elementwise.
+    fn ema_inplace(&self, v: Self::ViewMut<'_>, s: Self::View<'_>, beta2: f64);
+    /// Momentum with one second moment per block: m = β₁m + (1−β₁)g; u = (m/bc1)/(√(v[i/block]/bc2) + ε).
+    #[allow(clippy::too_many_arguments)]
+    fn block_adam_direction_step(
+        &self,
+        u: Self::ViewMut<'_>,
+        m: Self::ViewMut<'_>,
+        v: Self::View<'_>,
+        grads: Self::View<'_>,
+        block: usize,
+        hp: AdamStep,
+    );
+    /// p = p·(1 − lr·λ) − lr·u
+    fn apply_update(
+        &self,
+        params: Self::ViewMut<'_>,
+        u: Self::View<'_>,
+        lr: f64,
         weight_decay: f64,
     );
 }

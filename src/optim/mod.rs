@@ -1,62 +1,154 @@
-//! Optimizers as explicit state + a step over the flat parameter buffer, one call per ParamTable entry
-//! (so weight decay follows nanoGPT's groups: 2-D tensors decay, vectors do not).
+//! Optimizers as explicit state + a step over the flat parameter buffer, each usable under every rotation.
 //!
-//! The rotation seam (Maes et al. Alg. 2): an optimizer sees the gradient through `rotate` and its
-//! update through `unrotate`. Only the identity rotation exists so far; for it the step is one fused pass
-//! (the backend's `adamw_step` / `sgd_step`), and the rotations issue adds the rotated path beside it.
+//! A step (Maes et al. Alg. 2, generalised to every optimizer here):
+//!   g̃ = R·g (rotate) → the optimizer's direction ũ from g̃ and its state (which lives in the rotated
+//!   layout) → u = Rᵀ·ũ (unrotate) → θ ← θ·(1 − lr·λ) − lr·u per ParamTable entry (decoupled weight decay
+//!   in the standard basis; λ = 0 outside nanoGPT's decay group of 2-D tensors).
+//! With the identity rotation (`--rotation none`) AdamW and SGD run their fused one-pass kernels, and the
+//! split path computes the same expression per element, so both give the same bits.
+//!
+//! - AdamW: per-coordinate moments (Alg. 1).
+//! - SGD with momentum (torch semantics, dampening 0): rotation-equivariant.
+//! - AdaSGD (Xie et al.): momentum with ONE second moment, the mean of g̃² over all coordinates:
+//!   rotation-equivariant as well.
+//! - Blockwise Adam (Xie et al. Alg. 3): one second moment per block — per tensor (`--blocks tensor`) or
+//!   per row of each tensor (`--blocks neuron`: a row of an (out,in) weight is an output neuron; for the
+//!   embeddings, stored (in,out), a row is one token's / position's vector; a 1-D tensor is one block).
+//!   Blocks are position ranges of the optimizer's (rotated) layout; under `none` they are the tensors.
 
 pub mod schedule;
 
 use crate::backend::{AdamStep, Backend};
-use crate::config::{OptimizerKind, RotationConfig, TrainConfig};
-use crate::error::{Error, Result};
+use crate::config::{BlockPartition, OptimizerKind, TrainConfig};
+use crate::error::Result;
 use crate::model::ParamTable;
+use crate::rotation::basis::Basis;
+use std::ops::Range;
 
-/// Optimizer state: the moment buffers live in the rotated layout (for `none`, the standard one).
+/// A block partition of the optimizer layout for the one-second-moment-per-block optimizers:
+/// (range of coordinates, block size, range of second moments).
+#[derive(Clone, Debug)]
+struct Blocks {
+    parts: Vec<(Range<usize>, usize, Range<usize>)>,
+    count: usize,
+}
+
+impl Blocks {
+    fn new(kind: OptimizerKind, partition: BlockPartition, table: &ParamTable) -> Self {
+        let mut parts = Vec::new();
+        let mut count = 0;
+        let mut push = |r: Range<usize>, block: usize| {
+            let nb = r.len() / block;
+            parts.push((r, block, count..count + nb));
+            count += nb;
+        };
+        match kind {
+            OptimizerKind::Adasgd => push(0..table.total, table.total),
+            OptimizerKind::BlockwiseAdam => {
+                for e in &table.entries {
+                    let block = match partition {
+                        BlockPartition::Tensor => e.len(),
+                        BlockPartition::Neuron if e.is_matrix() => e.cols,
+                        BlockPartition::Neuron => e.len(),
+                        BlockPartition::Coordinate => 1,
+                    };
+                    push(e.range(), block);
+                }
+            }
+            OptimizerKind::Adamw | OptimizerKind::Sgd => {}
+        }
+        Blocks { parts, count }
+    }
+}
+
+/// Work buffers of the split path, allocated on first use.
+struct Scratch<BK: Backend> {
+    /// g̃ = R·g
+    rotated_grad: BK::Buf,
+    /// ũ, the direction in the optimizer's basis
+    rotated_dir: BK::Buf,
+    /// u = Rᵀ·ũ
+    dir: BK::Buf,
+    /// per-block mean squares (AdaSGD, blockwise Adam)
+    block_ms: BK::Buf,
+}
+
+/// Optimizer state: moment buffers in the rotated layout (for `none`, the standard one).
 pub struct Optimizer<BK: Backend> {
     pub kind: OptimizerKind,
     /// Number of steps taken (Adam's t).
     pub step: usize,
-    /// AdamW: first moment; SGD: momentum buffer.
+    /// AdamW, AdaSGD, blockwise Adam: first moment; SGD: momentum buffer.
     pub m: BK::Buf,
-    /// AdamW: second moment; unused (empty) for SGD.
+    /// AdamW: per-coordinate second moment; AdaSGD / blockwise Adam: one per block; SGD: empty.
     pub v: BK::Buf,
-    pub rotation: RotationConfig,
+    pub rotation: Basis<BK>,
+    blocks: Blocks,
+    scratch: Option<Scratch<BK>>,
 }
 
 impl<BK: Backend> Optimizer<BK> {
-    pub fn new(be: &BK, kind: OptimizerKind, rotation: &RotationConfig, n: usize) -> Result<Self> {
-        if rotation.kind != "none" {
-            return Err(Error::config(
-                "rotation",
-                format!("'{}' is not implemented", rotation.kind),
-            ));
-        }
+    pub fn new(
+        be: &BK,
+        kind: OptimizerKind,
+        partition: BlockPartition,
+        rotation: Basis<BK>,
+        table: &ParamTable,
+    ) -> Result<Self> {
+        let n = table.total;
+        let blocks = Blocks::new(kind, partition, table);
         let v_len = match kind {
             OptimizerKind::Adamw => n,
             OptimizerKind::Sgd => 0,
+            OptimizerKind::Adasgd | OptimizerKind::BlockwiseAdam => blocks.count,
         };
         Ok(Optimizer {
             kind,
             step: 0,
             m: be.alloc(n)?,
             v: be.alloc(v_len)?,
-            rotation: rotation.clone(),
+            rotation,
+            blocks,
+            scratch: None,
         })
+    }
+
+    /// The optimizer without a rotation (`--rotation none`).
+    pub fn unrotated(be: &BK, kind: OptimizerKind, table: &ParamTable) -> Result<Self> {
+        Self::new(
+            be,
+            kind,
+            BlockPartition::Tensor,
+            Basis::identity(be, table)?,
+            table,
+        )
     }
 
     /// Named state tensors for checkpoints: (name, buffer).
     pub fn state_tensors(&self) -> Vec<(&'static str, &BK::Buf)> {
         match self.kind {
-            OptimizerKind::Adamw => vec![("adamw.m", &self.m), ("adamw.v", &self.v)],
             OptimizerKind::Sgd => vec![("sgd.momentum", &self.m)],
+            _ => vec![("m", &self.m), ("v", &self.v)],
         }
     }
 
     pub fn state_tensors_mut(&mut self) -> Vec<(&'static str, &mut BK::Buf)> {
         match self.kind {
-            OptimizerKind::Adamw => vec![("adamw.m", &mut self.m), ("adamw.v", &mut self.v)],
             OptimizerKind::Sgd => vec![("sgd.momentum", &mut self.m)],
+            _ => vec![("m", &mut self.m), ("v", &mut self.v)],
+        }
+    }
+
+    fn adam_step(&self, lr: f64, cfg: &TrainConfig, weight_decay: f64) -> AdamStep {
+        let t = self.step as i32;
+        AdamStep {
+            lr,
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            eps: cfg.eps,
+            weight_decay,
+            bias_correction1: 1.0 - cfg.beta1.powi(t),
+            bias_correction2: 1.0 - cfg.beta2.powi(t),
         }
     }
 
@@ -69,23 +161,108 @@ impl<BK: Backend> Optimizer<BK> {
         grads: &BK::Buf,
         lr: f64,
         cfg: &TrainConfig,
-    ) {
+    ) -> Result<()> {
         self.step += 1;
-        let t = self.step as i32;
+        let fused = self.rotation.is_identity()
+            && matches!(self.kind, OptimizerKind::Adamw | OptimizerKind::Sgd);
+        if fused {
+            self.fused_step(be, table, params, grads, lr, cfg);
+            return Ok(());
+        }
+        let n = table.total;
+        // the direction does not use λ: decay is applied in the standard basis below
+        let hp = self.adam_step(lr, cfg, 0.0);
+        if self.scratch.is_none() {
+            self.scratch = Some(Scratch {
+                rotated_grad: be.alloc(n)?,
+                rotated_dir: be.alloc(n)?,
+                dir: be.alloc(n)?,
+                block_ms: be.alloc(self.blocks.count)?,
+            });
+        }
+        let Scratch {
+            rotated_grad: gr,
+            rotated_dir: ur,
+            dir: u,
+            block_ms: ms,
+        } = self.scratch.as_mut().expect("scratch");
+        let identity = self.rotation.is_identity();
+        if !identity {
+            self.rotation.prepare(be, self.step, grads)?;
+            self.rotation.rotate(be, gr, grads);
+        }
+        let g = if identity { grads } else { &*gr };
+        match self.kind {
+            OptimizerKind::Adamw => be.adam_direction_step(
+                be.view_mut(ur, 0..n),
+                be.view_mut(&mut self.m, 0..n),
+                be.view_mut(&mut self.v, 0..n),
+                be.view(g, 0..n),
+                hp,
+            ),
+            OptimizerKind::Sgd => be.sgd_direction_step(
+                be.view_mut(ur, 0..n),
+                be.view_mut(&mut self.m, 0..n),
+                be.view(g, 0..n),
+                cfg.momentum,
+            ),
+            OptimizerKind::Adasgd | OptimizerKind::BlockwiseAdam => {
+                for (r, block, vr) in &self.blocks.parts {
+                    be.block_mean_squares(
+                        be.view_mut(ms, vr.clone()),
+                        be.view(g, r.clone()),
+                        *block,
+                    );
+                    be.ema_inplace(
+                        be.view_mut(&mut self.v, vr.clone()),
+                        be.view(ms, vr.clone()),
+                        cfg.beta2,
+                    );
+                    be.block_adam_direction_step(
+                        be.view_mut(ur, r.clone()),
+                        be.view_mut(&mut self.m, r.clone()),
+                        be.view(&self.v, vr.clone()),
+                        be.view(g, r.clone()),
+                        *block,
+                        hp,
+                    );
+                }
+            }
+        }
+        let dir: &BK::Buf = if identity {
+            ur
+        } else {
+            self.rotation.unrotate(be, u, ur);
+            u
+        };
+        for e in &table.entries {
+            let wd = if e.decay { cfg.weight_decay } else { 0.0 };
+            be.apply_update(
+                be.view_mut(params, e.range()),
+                be.view(dir, e.range()),
+                lr,
+                wd,
+            );
+        }
+        Ok(())
+    }
+
+    /// The one-pass AdamW / SGD kernels (identity rotation only).
+    fn fused_step(
+        &mut self,
+        be: &BK,
+        table: &ParamTable,
+        params: &mut BK::Buf,
+        grads: &BK::Buf,
+        lr: f64,
+        cfg: &TrainConfig,
+    ) {
         for e in &table.entries {
             let wd = if e.decay { cfg.weight_decay } else { 0.0 };
             let r = e.range();
             match self.kind {
                 OptimizerKind::Adamw => {
-                    let hp = AdamStep {
-                        lr,
-                        beta1: cfg.beta1,
-                        beta2: cfg.beta2,
-                        eps: cfg.eps,
-                        weight_decay: wd,
-                        bias_correction1: 1.0 - cfg.beta1.powi(t),
-                        bias_correction2: 1.0 - cfg.beta2.powi(t),
-                    };
+                    let hp = self.adam_step(lr, cfg, wd);
                     be.adamw_step(
                         be.view_mut(params, r.clone()),
                         be.view_mut(&mut self.m, r.clone()),
@@ -102,6 +279,7 @@ impl<BK: Backend> Optimizer<BK> {
                     cfg.momentum,
                     wd,
                 ),
+                _ => unreachable!("only AdamW and SGD have fused steps"),
             }
         }
     }

@@ -346,6 +346,19 @@ pub fn save<BK: Backend>(
     meta.insert("optimizer_step".to_string(), opt.step.to_string());
     write_safetensors::<BK::T>(&tmp.join("optim.safetensors"), &opt_tensors, meta)?;
 
+    // A basis that changes during training (svd: U, V and the last refresh) is saved in f64.
+    if opt.rotation.has_state() {
+        let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = opt
+            .rotation
+            .state(be)?
+            .into_iter()
+            .map(|(name, shape, values)| (name, shape, to_bytes::<f64>(&values)))
+            .collect();
+        let mut meta = HashMap::new();
+        meta.insert("rotation".to_string(), state.rotation.kind.clone());
+        write_safetensors::<f64>(&tmp.join("rotation.safetensors"), &tensors, meta)?;
+    }
+
     let json = serde_json::to_vec_pretty(state).expect("state serialises");
     let p = tmp.join("state.json");
     std::fs::write(&p, json).map_err(|e| Error::io(&p, e))?;
@@ -398,16 +411,21 @@ pub fn load<BK: Backend>(
 
     let op = dir.join("optim.safetensors");
     let tensors = read_safetensors(&op)?;
-    let n = model.table.total;
+    let kind = opt.kind.name();
     for (name, buf) in opt.state_tensors_mut() {
         let Some((shape, values)) = tensors.get(name) else {
-            return Err(Error::bad_file(&op, name, "missing optimizer tensor"));
+            return Err(Error::bad_file(
+                &op,
+                name,
+                format!("missing: the {kind} optimizer needs it"),
+            ));
         };
+        let n = be.buf_len(buf);
         if shape.as_slice() != [n] {
             return Err(Error::bad_file(
                 &op,
                 name,
-                format!("shape {shape:?}, but the model has {n} parameters"),
+                format!("shape {shape:?}, but the {kind} optimizer of this model keeps [{n}]"),
             ));
         }
         let v: Vec<BK::T> = values
@@ -415,6 +433,11 @@ pub fn load<BK: Backend>(
             .map(|&x| <BK::T as Scalar>::from_f64(x))
             .collect();
         be.upload(buf, &v)?;
+    }
+    if opt.rotation.has_state() {
+        let rp = dir.join("rotation.safetensors");
+        let tensors = read_safetensors(&rp)?;
+        opt.rotation.load_state(be, &rp, &tensors)?;
     }
     opt.step = state.step;
     Ok(state)

@@ -9,6 +9,7 @@ use crate::data::shard::Dataset;
 use crate::error::{Error, Result};
 use crate::model::Gpt2;
 use crate::optim::{clip_grads, grad_norm, schedule, Optimizer};
+use crate::rotation::basis::Basis;
 use crate::run::checkpoint::{self, TrainState};
 use crate::run::metrics::{MetricsWriter, StepMetrics};
 use std::path::{Path, PathBuf};
@@ -101,7 +102,9 @@ fn train_on<BK: Backend>(be: &BK, cfg: &RunConfig, resume: bool) -> Result<RunOu
     if let Some(path) = &cfg.init_from {
         load_init(be, &mut model, path, cfg)?;
     }
-    let mut opt = Optimizer::new(be, tr.optimizer, &cfg.rotation, model.num_params())?;
+    let rotation = Basis::new(be, &cfg.rotation, &model.table)?;
+    let rotation_desc = rotation.describe();
+    let mut opt = Optimizer::new(be, tr.optimizer, tr.blocks, rotation, &model.table)?;
     let mut sampler = BatchSampler::new(tr.seed);
     // The same val windows for every run, whatever its seed, so val curves are comparable across runs.
     let eval = fixed_batches(
@@ -123,6 +126,16 @@ fn train_on<BK: Backend>(be: &BK, cfg: &RunConfig, resume: bool) -> Result<RunOu
             ));
         };
         let state = checkpoint::load(be, &dir, &mut model, &mut opt)?;
+        if state.rotation != cfg.rotation {
+            return Err(Error::bad_file(
+                dir.join("state.json"),
+                "rotation",
+                format!(
+                    "checkpoint was trained under {:?}, the run's config says {:?}",
+                    state.rotation, cfg.rotation
+                ),
+            ));
+        }
         sampler = state.sampler;
         start = step;
         last_ckpt = Some(dir);
@@ -149,9 +162,10 @@ fn train_on<BK: Backend>(be: &BK, cfg: &RunConfig, resume: bool) -> Result<RunOu
     say(
         cfg,
         format!(
-            "optimizer: {:?} under rotation '{}', {} steps of {} tokens (batch {} x accum {} x T {}); run dir {}",
-            tr.optimizer,
-            cfg.rotation.kind,
+            "optimizer: {} under rotation {} (seed {}), {} steps of {} tokens (batch {} x accum {} x T {}); run dir {}",
+            tr.optimizer.name(),
+            rotation_desc,
+            cfg.rotation.seed,
             tr.steps,
             cfg.tokens_per_step(),
             tr.batch_size,
@@ -167,7 +181,8 @@ fn train_on<BK: Backend>(be: &BK, cfg: &RunConfig, resume: bool) -> Result<RunOu
         );
     }
 
-    let progress = crate::progress::Progress::new(start, tr.steps, cfg.quiet);
+    let label = format!("{}/{}", tr.optimizer.name(), cfg.rotation.kind);
+    let progress = crate::progress::Progress::new(start, tr.steps, cfg.quiet, label);
     let dloss = 1.0 / (tr.batch_size * m.seq_len * tr.grad_accum) as f64;
     let mut first_loss = None;
     let mut final_train = f64::NAN;
@@ -204,7 +219,7 @@ fn train_on<BK: Backend>(be: &BK, cfg: &RunConfig, resume: bool) -> Result<RunOu
             });
         }
         clip_grads(be, &mut model.grads, norm, tr.clip);
-        opt.step(be, &model.table, &mut model.params, &model.grads, lr, tr);
+        opt.step(be, &model.table, &mut model.params, &model.grads, lr, tr)?;
         let secs = ts.elapsed().as_secs_f64();
 
         let val = if step % tr.eval_every == 0 || step == tr.steps {
@@ -225,7 +240,7 @@ fn train_on<BK: Backend>(be: &BK, cfg: &RunConfig, resume: bool) -> Result<RunOu
             tokens_per_s: cfg.tokens_per_step() as f64 / secs,
             ms_per_step: secs * 1e3,
             val_loss: val,
-            optimizer: format!("{:?}", tr.optimizer).to_lowercase(),
+            optimizer: tr.optimizer.name().into(),
             rotation: cfg.rotation.kind.clone(),
         };
         metrics.write(&row)?;

@@ -2,8 +2,9 @@
 //! (f32 = the fast path, f64 = the reference), plus [`CpuBackend`], which forwards the trait to them.
 //!
 //! Files, one op family each: `elementwise` (fill, scale, sum_squares, encoder, gelu, residual), `layernorm`,
-//! `matmul`, `attention`, `crossentropy`, `optim` (adamw_step, sgd_step). Every forward op overwrites its
-//! outputs (`=`); every backward op accumulates (`+=`) into every gradient output.
+//! `matmul`, `attention`, `crossentropy`, `optim` (adamw_step, sgd_step), `rotation` (rotate, unrotate).
+//! Every forward op overwrites its outputs (`=`); every backward op accumulates (`+=`) into every gradient
+//! output.
 //!
 //! Threading: ops run on the current rayon pool (the caller sizes it); `threads` is handed to faer's GEMM.
 //! Determinism: no atomics; every reduction either sums one output sequentially in a fixed order, or sums
@@ -21,6 +22,7 @@ pub mod elementwise;
 pub mod layernorm;
 pub mod matmul;
 pub mod optim;
+pub mod rotation;
 
 pub use attention::{attention_backward, attention_forward};
 pub use crossentropy::crossentropy_forward;
@@ -31,6 +33,7 @@ pub use elementwise::{
 pub use layernorm::{layernorm_backward, layernorm_forward};
 pub use matmul::{matmul_backward, matmul_forward};
 pub use optim::{adam_direction, adamw_step, adamw_update, sgd_step, sgd_update, AdamCoeffs};
+pub use rotation::{rotate, unrotate};
 
 use super::{AdamStep, Backend, Scalar};
 use crate::error::{Error, Result};
@@ -376,6 +379,27 @@ impl<T: Scalar> Backend for CpuBackend<T> {
         crossentropy_forward(losses, logits, targets, dloss, n, v)
     }
 
+    fn rotate(&self, out: &mut [T], inp: &[T], index: &[u32], r: &[T], nb: usize, n: usize) {
+        rotate(out, inp, index, r, nb, n, self.threads)
+    }
+    fn unrotate(&self, out: &mut [T], inp: &[T], index: &[u32], r: &[T], nb: usize, n: usize) {
+        unrotate(out, inp, index, r, nb, n, self.threads)
+    }
+
+    fn gemm(
+        &self,
+        c: &mut [T],
+        a: &[T],
+        b: &[T],
+        m: usize,
+        n: usize,
+        k: usize,
+        trans_a: bool,
+        trans_b: bool,
+        accumulate: bool,
+    ) {
+        T::gemm(c, a, b, m, n, k, trans_a, trans_b, accumulate, self.threads)
+    }
     fn adamw_step(&self, params: &mut [T], m: &mut [T], v: &mut [T], grads: &[T], hp: AdamStep) {
         adamw_step(params, m, v, grads, hp)
     }
@@ -389,5 +413,38 @@ impl<T: Scalar> Backend for CpuBackend<T> {
         weight_decay: f64,
     ) {
         sgd_step(params, momentum_buf, grads, lr, momentum, weight_decay)
+    }
+    fn adam_direction_step(
+        &self,
+        u: &mut [T],
+        m: &mut [T],
+        v: &mut [T],
+        grads: &[T],
+        hp: AdamStep,
+    ) {
+        optim::adam_direction_step(u, m, v, grads, hp)
+    }
+    fn sgd_direction_step(&self, u: &mut [T], momentum_buf: &mut [T], grads: &[T], momentum: f64) {
+        optim::sgd_direction_step(u, momentum_buf, grads, momentum)
+    }
+    fn block_mean_squares(&self, out: &mut [T], x: &[T], block: usize) {
+        optim::block_mean_squares(out, x, block)
+    }
+    fn ema_inplace(&self, v: &mut [T], s: &[T], beta2: f64) {
+        optim::ema_inplace(v, s, beta2)
+    }
+    fn block_adam_direction_step(
+        &self,
+        u: &mut [T],
+        m: &mut [T],
+        v: &[T],
+        grads: &[T],
+        block: usize,
+        hp: AdamStep,
+    ) {
+        optim::block_adam_direction_step(u, m, v, grads, block, hp)
+    }
+    fn apply_update(&self, params: &mut [T], u: &[T], lr: f64, weight_decay: f64) {
+        optim::apply_update(params, u, lr, weight_decay)
     }
 }

@@ -1,0 +1,366 @@
+//! Rotations of the parameter space (MISSION.md "Rotations"; Maes et al. §2.3, App. C, D.1).
+//!
+//! A rotation is data, not code (ARCHITECTURE.md decision 3): index lists over the flat parameter buffer plus
+//! small Haar-random blocks, applied by two backend ops ([`Backend::rotate`], [`Backend::unrotate`]). Every
+//! scope is just a different way to build the index lists ([`scope::groups`]), so one kernel serves all.
+//!
+//! Construction, as the paper does it (App. C.1, C.3, D.1), for block size n:
+//! 1. the scope splits the d coordinates into groups (a tensor, a row, a column, or everything; see
+//!    [`scope`] for what each scope does with embeddings and with 1-D parameters);
+//! 2. each group's indices are shuffled by a uniformly random permutation π (Fisher–Yates);
+//! 3. the permuted group is cut into consecutive chunks of n, each rotated by the SAME Haar block R_n
+//!    (shared by every group); the last p = len mod n entries form a residual chunk rotated by a p×p Haar
+//!    block, shared by every residual chunk of that size (a group shorter than n is all residual).
+//!
+//! Memory is O(n² + d) — one u32 index per coordinate plus the blocks — and compute O(n·d); no d×d matrix
+//! ever exists. Random draws, all from `Rng::derive(seed, STREAM_ROTATION)`, in this order: the n×n
+//! Gaussian of R_n, the permutations group by group (in [`scope::groups`] order), then one p×p Gaussian per
+//! residual size p in ascending p. The matrices are computed in f64 and cast to the backend's type.
+//!
+//! **The rotated layout.** `rotate` returns a vector of length d laid out for speed, not in the standard
+//! order: first every full n-block of every group (in group order; a block holds the n rotated coordinates
+//! R_n·g[π-chunk]), then the residual blocks grouped by size, ascending p. So rotate is one gather plus
+//! ONE large GEMM (nb×n)·(n×n)ᵀ, plus one per residual size. The permutation is never undone in the
+//! rotated space (App. C.2: Adam is permutation-equivariant, so it does not matter); optimizer state (the
+//! moments) lives in this layout, and `unrotate` maps an update back to the standard layout.
+//!
+//! `Scope::None` is the identity: no groups, `is_identity()` is true, and rotate/unrotate are plain copies
+//! (optimizers skip them altogether). n = 1 makes R_1 = ±1: a pure permutation with random sign flips, under
+//! which Adam must reproduce unrotated Adam exactly.
+
+pub mod basis;
+pub mod bench;
+pub mod haar;
+pub mod kron;
+pub mod scope;
+pub mod svd;
+
+pub use haar::{haar, qr_q_unsigned};
+pub use kron::KronRotation;
+pub use scope::{groups, Group};
+pub use svd::SvdRotation;
+
+use crate::backend::{Backend, Scalar};
+use crate::error::{Error, Result};
+use crate::model::ParamTable;
+use crate::rng::{Rng, STREAM_ROTATION};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// The paper's block size n (Maes et al. App. D.1); `--rotation-block` changes it.
+pub const DEFAULT_BLOCK: usize = 768;
+
+/// Which coordinates a rotation may mix (`--rotation`). See [`scope`] for the groups of each.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The identity: Adam in the standard basis.
+    #[default]
+    None,
+    /// All parameters as one vector.
+    Global,
+    /// Within each tensor (q, k and v separately; each LayerNorm gain/bias on its own).
+    Layer,
+    /// Within the weights leading to one output neuron (a row; a column of an embedding).
+    Output,
+    /// Within the weights leaving one input neuron (a column; a row of an embedding).
+    Input,
+    // `svd` (poster) and `kron` (Xie et al. App. D.1) come later: they are not block-permutation
+    // rotations, so they get their own types beside `Rotation`.
+}
+
+impl Scope {
+    /// The lowercase name used on the command line and in config files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::None => "none",
+            Scope::Global => "global",
+            Scope::Layer => "layer",
+            Scope::Output => "output",
+            Scope::Input => "input",
+        }
+    }
+
+    /// Every scope, in declaration order.
+    pub fn all() -> &'static [Scope] {
+        <Scope as clap::ValueEnum>::value_variants()
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Scope {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Scope::all()
+            .iter()
+            .copied()
+            .find(|sc| sc.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Scope::all().iter().map(|s| s.name()).collect();
+                Error::config(
+                    "rotation",
+                    format!(
+                        "unknown rotation '{s}'; expected one of {}",
+                        names.join(", ")
+                    ),
+                )
+            })
+    }
+}
+
+/// `count` blocks of size `size` at `offset` in the rotated layout, gathered by `index`, rotated by `r`.
+struct BlockClass<BK: Backend> {
+    size: usize,
+    count: usize,
+    offset: usize,
+    /// count·size indices into the standard layout (the permuted chunks, one after another).
+    index: Vec<u32>,
+    /// The size×size Haar block, row-major, in the backend's type.
+    r: BK::Buf,
+}
+
+/// A span of the rotated layout: `count` consecutive blocks of `size` coordinates starting at `offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Segment {
+    pub offset: usize,
+    pub count: usize,
+    pub size: usize,
+}
+
+/// A random rotation R of the d-dimensional parameter space: per-group permutations, the shared block R_n
+/// and residual blocks (module docs). `rotate` computes R·g into the rotated layout, `unrotate` Rᵀ·u back.
+pub struct Rotation<BK: Backend> {
+    scope: Scope,
+    n: usize,
+    seed: u64,
+    d: usize,
+    /// Full n-blocks first (class 0, size n, possibly 0 blocks), then residual classes by ascending size.
+    /// Empty for the identity.
+    classes: Vec<BlockClass<BK>>,
+}
+
+/// Fisher–Yates shuffle of `x` with `rng` (uniform over all permutations).
+fn shuffle(x: &mut [u32], rng: &mut Rng) {
+    for i in (1..x.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        x.swap(i, j);
+    }
+}
+
+/// `x` with thousands separators: 161894 → "161,894".
+fn thousands(x: usize) -> String {
+    let s = x.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// Upload an f64 row-major matrix to a backend buffer of its type.
+fn upload_f64<BK: Backend>(be: &BK, m: &[f64]) -> Result<BK::Buf> {
+    let host: Vec<BK::T> = m.iter().map(|&x| <BK::T as Scalar>::from_f64(x)).collect();
+    let mut buf = be.alloc(host.len())?;
+    be.upload(&mut buf, &host)?;
+    Ok(buf)
+}
+
+impl<BK: Backend> Rotation<BK> {
+    /// Builds the rotation of `scope` with block size `n` over the parameters of `table`, drawn from
+    /// `Rng::derive(seed, STREAM_ROTATION)` (module docs for the order of the draws).
+    pub fn new(be: &BK, scope: Scope, n: usize, seed: u64, table: &ParamTable) -> Result<Self> {
+        if n == 0 {
+            return Err(Error::config("rotation block", "must be at least 1"));
+        }
+        let d = table.total;
+        if d as u64 > u32::MAX as u64 + 1 {
+            return Err(Error::config(
+                "rotation",
+                format!("{d} parameters exceed the u32 index lists (at most 2^32)"),
+            ));
+        }
+        let mut rot = Rotation {
+            scope,
+            n,
+            seed,
+            d,
+            classes: Vec::new(),
+        };
+        if scope == Scope::None {
+            return Ok(rot);
+        }
+        let mut rng = Rng::derive(seed, STREAM_ROTATION);
+        let r_n = haar(n, &mut rng);
+
+        let groups = scope::groups(scope, table);
+        let full_len: usize = groups.iter().map(|g| g.len - g.len % n).sum();
+        // A group is shuffled in place at the end of `full`, then its residual tail moves out.
+        let mut full: Vec<u32> = Vec::with_capacity(full_len + n);
+        let mut residual: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+        for g in &groups {
+            let start = full.len();
+            full.extend(g.indices().map(|i| i as u32));
+            shuffle(&mut full[start..], &mut rng);
+            let p = g.len % n;
+            if p > 0 {
+                let tail = full.len() - p;
+                residual
+                    .entry(p)
+                    .or_default()
+                    .extend_from_slice(&full[tail..]);
+                full.truncate(tail);
+            }
+        }
+        debug_assert_eq!(full.len(), full_len);
+
+        rot.classes.push(BlockClass {
+            size: n,
+            count: full.len() / n,
+            offset: 0,
+            index: full,
+            r: upload_f64(be, &r_n)?,
+        });
+        let mut offset = full_len;
+        for (p, index) in residual {
+            let r_p = haar(p, &mut rng);
+            let count = index.len() / p;
+            rot.classes.push(BlockClass {
+                size: p,
+                count,
+                offset,
+                index,
+                r: upload_f64(be, &r_p)?,
+            });
+            offset += count * p;
+        }
+        debug_assert_eq!(offset, d);
+        Ok(rot)
+    }
+
+    /// True for `Scope::None`: rotate and unrotate are copies.
+    pub fn is_identity(&self) -> bool {
+        self.scope == Scope::None
+    }
+    /// d, the number of coordinates (parameters).
+    pub fn dim(&self) -> usize {
+        self.d
+    }
+    /// The block size n.
+    pub fn block(&self) -> usize {
+        self.n
+    }
+    pub fn scope(&self) -> Scope {
+        self.scope
+    }
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The rotated layout as segments of equal-size blocks: full n-blocks first (present even when empty),
+    /// then residual blocks by ascending size. Empty for the identity (whose layout is the standard one).
+    pub fn segments(&self) -> Vec<Segment> {
+        self.classes
+            .iter()
+            .map(|c| Segment {
+                offset: c.offset,
+                count: c.count,
+                size: c.size,
+            })
+            .collect()
+    }
+
+    /// e.g. "global, n=768: 161,894 blocks of 768 + 1 residual block of 512".
+    pub fn describe(&self) -> String {
+        if self.is_identity() {
+            return format!("none (identity), {} coordinates", thousands(self.d));
+        }
+        let plural = |c: usize| if c == 1 { "" } else { "s" };
+        let mut s = format!("{}, n={}", self.scope, self.n);
+        for (i, c) in self.classes.iter().enumerate() {
+            s += if i == 0 { ": " } else { " + " };
+            let kind = if i == 0 { "" } else { "residual " };
+            s += &format!(
+                "{} {kind}block{} of {}",
+                thousands(c.count),
+                plural(c.count),
+                c.size
+            );
+        }
+        s
+    }
+
+    #[track_caller]
+    fn check(&self, be: &BK, op: &str, out: &BK::Buf, inp: &BK::Buf) {
+        for (name, buf) in [("out", out), ("input", inp)] {
+            let len = be.buf_len(buf);
+            assert!(
+                len == self.d,
+                "Rotation::{op}: {name} has {len} elements, expected d = {}",
+                self.d
+            );
+        }
+    }
+
+    /// out = g (identity only): a zero fill and an add, so it stays a backend op (−0.0 becomes +0.0).
+    fn copy(&self, be: &BK, out: &mut BK::Buf, g: &BK::Buf) {
+        let d = self.d;
+        be.fill(be.view_mut(out, 0..d), <BK::T as Scalar>::from_f64(0.0));
+        be.add_inplace(be.view_mut(out, 0..d), be.view(g, 0..d));
+    }
+
+    /// out = R·g, in the rotated layout (module docs). `g` is in the standard layout; both have d elements.
+    pub fn rotate(&self, be: &BK, out: &mut BK::Buf, g: &BK::Buf) {
+        self.check(be, "rotate", out, g);
+        if self.is_identity() {
+            return self.copy(be, out, g);
+        }
+        for c in &self.classes {
+            let len = c.count * c.size;
+            be.rotate(
+                be.view_mut(out, c.offset..c.offset + len),
+                be.view(g, 0..self.d),
+                &c.index,
+                be.view(&c.r, 0..c.size * c.size),
+                c.count,
+                c.size,
+            );
+        }
+    }
+
+    /// out = Rᵀ·u, in the standard layout; `u` is in the rotated layout. Every index of `out` is written.
+    pub fn unrotate(&self, be: &BK, out: &mut BK::Buf, u: &BK::Buf) {
+        self.check(be, "unrotate", out, u);
+        if self.is_identity() {
+            return self.copy(be, out, u);
+        }
+        for c in &self.classes {
+            let len = c.count * c.size;
+            be.unrotate(
+                be.view_mut(out, 0..self.d),
+                be.view(u, c.offset..c.offset + len),
+                &c.index,
+                be.view(&c.r, 0..c.size * c.size),
+                c.count,
+                c.size,
+            );
+        }
+    }
+}
+
+impl<BK: Backend> fmt::Debug for Rotation<BK> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Rotation({}, seed {})", self.describe(), self.seed)
+    }
+}

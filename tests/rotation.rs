@@ -1,0 +1,625 @@
+//! Rotations: the Haar sampler (orthogonality, determinants, moments, and distribution tests that the
+//! sampler without Mezzadri's sign fix must fail), the scope groups, `Rotation` for every scope and block
+//! size (inverse, isometry, linearity, locality, seeding), and the backend ops against a naive f64 loop.
+//!
+//! Tolerances: f64 results are checked at 1e-12 relative (unit roundoff 1.1e-16 times the O(n) terms of a
+//! dot product, with margin); f32 at 1e-5 relative (unit roundoff 6e-8 times ~√n·few for n ≤ 1000).
+
+use faer::Mat;
+use rotadam::backend::cpu::{self, CpuBackend};
+use rotadam::backend::{Backend, Scalar};
+use rotadam::config::ModelConfig;
+use rotadam::model::{ParamTable, Role};
+use rotadam::rng::Rng;
+use rotadam::rotation::{groups, haar, qr_q_unsigned, Rotation, Scope};
+
+// ---- helpers -------------------------------------------------------------------------------------------
+
+fn randn(rng: &mut Rng, n: usize) -> Vec<f64> {
+    (0..n).map(|_| rng.normal()).collect()
+}
+fn cast<S: Scalar>(x: &[f64]) -> Vec<S> {
+    x.iter().map(|&v| <S as Scalar>::from_f64(v)).collect()
+}
+fn back<S: Scalar>(x: &[S]) -> Vec<f64> {
+    x.iter().map(|&v| Scalar::to_f64(v)).collect()
+}
+fn max_abs(x: &[f64]) -> f64 {
+    x.iter().fold(0.0, |m, v| m.max(v.abs()))
+}
+fn norm(x: &[f64]) -> f64 {
+    x.iter().map(|v| v * v).sum::<f64>().sqrt()
+}
+
+/// Asserts ‖got − want‖∞ ≤ tol·max(‖want‖∞, 1e-300), printing the first mismatches and the max difference.
+#[track_caller]
+fn assert_close(label: &str, got: &[f64], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{label}: lengths differ");
+    let scale = max_abs(want).max(1e-300);
+    let diffs: Vec<(usize, f64)> = got
+        .iter()
+        .zip(want)
+        .enumerate()
+        .map(|(i, (g, w))| (i, (g - w).abs()))
+        .collect();
+    let worst = diffs.iter().fold(0.0f64, |m, d| m.max(d.1));
+    if worst > tol * scale {
+        let first: Vec<String> = diffs
+            .iter()
+            .filter(|d| d.1 > tol * scale)
+            .take(5)
+            .map(|&(i, _)| format!("[{i}] got {} want {}", got[i], want[i]))
+            .collect();
+        panic!(
+            "{label}: max |diff| {worst:.3e} > {tol:.1e}·{scale:.3e}; first: {}",
+            first.join(", ")
+        );
+    }
+}
+
+/// C = A·B for row-major n×n f64 matrices; `trans_b` uses Bᵀ.
+fn matmul(a: &[f64], b: &[f64], n: usize, trans_b: bool) -> Vec<f64> {
+    let mut c = vec![0.0; n * n];
+    for i in 0..n {
+        for j in 0..n {
+            let mut s = 0.0;
+            for k in 0..n {
+                s += a[i * n + k] * if trans_b { b[j * n + k] } else { b[k * n + j] };
+            }
+            c[i * n + j] = s;
+        }
+    }
+    c
+}
+fn identity(n: usize) -> Vec<f64> {
+    (0..n * n)
+        .map(|i| if i / n == i % n { 1.0 } else { 0.0 })
+        .collect()
+}
+
+/// Kolmogorov–Smirnov statistic of `x` against the continuous CDF `cdf`.
+fn ks(mut x: Vec<f64>, cdf: impl Fn(f64) -> f64) -> f64 {
+    x.sort_by(f64::total_cmp);
+    let k = x.len() as f64;
+    x.iter().enumerate().fold(0.0, |d, (i, &v)| {
+        let f = cdf(v);
+        d.max((i as f64 + 1.0) / k - f).max(f - i as f64 / k)
+    })
+}
+/// The KS critical value at level 0.001 for `k` samples (asymptotic: √(−ln(α/2)/2)/√k = 1.949/√k).
+fn ks_critical(k: usize) -> f64 {
+    1.949 / (k as f64).sqrt()
+}
+/// erfc with fractional error < 1.2e-7 (Numerical Recipes' Chebyshev fit), ample for a KS test.
+fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let p = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let r = t * p.exp();
+    if x >= 0.0 {
+        r
+    } else {
+        2.0 - r
+    }
+}
+fn normal_cdf(x: f64) -> f64 {
+    0.5 * erfc(-x / std::f64::consts::SQRT_2)
+}
+/// CDF of one coordinate of a uniform point on the sphere S^{n−1} (= of any entry of a Haar O(n) matrix):
+/// density ∝ (1 − t²)^{(n−3)/2} on [−1, 1], integrated by the trapezoid rule on a fine grid.
+fn sphere_coordinate_cdf(n: usize) -> impl Fn(f64) -> f64 {
+    let m = 200_000;
+    let h = 2.0 / m as f64;
+    let dens = |t: f64| (1.0 - t * t).max(0.0).powf((n as f64 - 3.0) / 2.0);
+    let mut cum = vec![0.0; m + 1];
+    for i in 1..=m {
+        let (a, b) = (-1.0 + (i - 1) as f64 * h, -1.0 + i as f64 * h);
+        cum[i] = cum[i - 1] + 0.5 * h * (dens(a) + dens(b));
+    }
+    let total = cum[m];
+    move |x: f64| {
+        let u = ((x + 1.0) / h).clamp(0.0, m as f64);
+        let i = (u.floor() as usize).min(m - 1);
+        let f = u - i as f64;
+        ((1.0 - f) * cum[i] + f * cum[i + 1]) / total
+    }
+}
+
+// ---- Haar sampler --------------------------------------------------------------------------------------
+
+#[test]
+fn haar_is_orthogonal() {
+    let mut rng = Rng::new(1);
+    for n in [1, 2, 3, 7, 16, 64, 257] {
+        let r = haar(n, &mut rng);
+        let eye = identity(n);
+        assert_close(
+            &format!("R·Rᵀ (n={n})"),
+            &matmul(&r, &r, n, true),
+            &eye,
+            1e-12,
+        );
+        let rt: Vec<f64> = (0..n * n).map(|i| r[(i % n) * n + i / n]).collect();
+        assert_close(
+            &format!("Rᵀ·R (n={n})"),
+            &matmul(&rt, &rt, n, true),
+            &eye,
+            1e-12,
+        );
+        // Cast to f32 and multiplied in f32 (as the fp32 path uses it).
+        let r32: Vec<f32> = cast(&r);
+        let mut p = vec![0.0f32; n * n];
+        f32::gemm(&mut p, &r32, &r32, n, n, n, false, true, false, 1);
+        assert_close(&format!("R·Rᵀ in f32 (n={n})"), &back(&p), &eye, 1e-5);
+    }
+}
+
+#[test]
+fn haar_determinant_is_plus_or_minus_one_and_both_occur() {
+    let (mut pos, mut neg) = (0, 0);
+    for seed in 0..40 {
+        let n = 5;
+        let r = haar(n, &mut Rng::new(seed));
+        let det = Mat::<f64>::from_fn(n, n, |i, j| r[i * n + j]).determinant();
+        assert!((det.abs() - 1.0).abs() < 1e-12, "seed {seed}: det {det}");
+        if det > 0.0 {
+            pos += 1
+        } else {
+            neg += 1
+        }
+    }
+    assert!(
+        pos > 5 && neg > 5,
+        "det signs over 40 seeds: {pos} × +1, {neg} × −1"
+    );
+    // n = 1: R_1 = ±1, both signs.
+    let signs: Vec<f64> = (0..20).map(|s| haar(1, &mut Rng::new(s))[0]).collect();
+    assert!(signs.iter().all(|s| s.abs() == 1.0), "{signs:?}");
+    assert!(signs.contains(&1.0) && signs.contains(&-1.0), "{signs:?}");
+}
+
+#[test]
+fn haar_first_entry_has_mean_square_one_over_n() {
+    // R₁₁² of a Haar O(n) matrix is Beta(1/2, (n−1)/2): mean 1/n, variance 2(n−1)/(n²(n+2)).
+    // The mean of K draws is within 5 standard errors with probability 1 − 6e-7.
+    let (n, k) = (8usize, 20_000usize);
+    let mut rng = Rng::new(2);
+    let mean = (0..k).map(|_| haar(n, &mut rng)[0].powi(2)).sum::<f64>() / k as f64;
+    let nf = n as f64;
+    let se = (2.0 * (nf - 1.0) / (nf * nf * (nf + 2.0)) / k as f64).sqrt();
+    assert!(
+        (mean - 1.0 / nf).abs() < 5.0 * se,
+        "E[R11²] = {mean:.5}, expected {:.5} ± {:.5}",
+        1.0 / nf,
+        5.0 * se
+    );
+}
+
+/// Distribution tests at n = 16 over K = 4000 draws (KS at level 0.001):
+/// (a) every entry of a Haar O(n) matrix is distributed as a coordinate of a uniform point on S^{n−1}; draw
+///     k tests the diagonal entry (k mod n, k mod n), so all diagonal positions are covered by iid samples;
+/// (b) tr(R) of Haar O(n) is N(0, 1) up to an error that vanishes faster than any power of n (Diaconis &
+///     Shahshahani 1994; Johansson 1997) — far below the KS resolution at n = 16.
+///
+/// Why not the eigenvalue phases: Mezzadri's uniform-phase picture is for U(n). For real O(n) the phases
+/// are NOT uniform (eigenvalues come in conjugate pairs, det = −1 forces eigenvalues +1 and −1 exactly, and
+/// the pairs repel from ±1), so a uniformity test of the phases would reject a correct sampler.
+fn haar_statistics(sample: fn(usize, &mut Rng) -> Vec<f64>, seed: u64) -> (f64, f64) {
+    let (n, k) = (16usize, 4000usize);
+    let mut rng = Rng::new(seed);
+    let (mut diag, mut trace) = (Vec::with_capacity(k), Vec::with_capacity(k));
+    for draw in 0..k {
+        let r = sample(n, &mut rng);
+        let j = draw % n;
+        diag.push(r[j * n + j]);
+        trace.push((0..n).map(|i| r[i * n + i]).sum());
+    }
+    (ks(diag, sphere_coordinate_cdf(n)), ks(trace, normal_cdf))
+}
+
+#[test]
+fn haar_passes_distribution_tests() {
+    let crit = ks_critical(4000);
+    let (d_diag, d_trace) = haar_statistics(haar, 3);
+    println!("haar: KS diagonal {d_diag:.4}, KS trace {d_trace:.4} (critical {crit:.4})");
+    assert!(
+        d_diag < crit,
+        "diagonal entries: KS {d_diag:.4} ≥ {crit:.4}"
+    );
+    assert!(
+        d_trace < crit,
+        "trace vs N(0,1): KS {d_trace:.4} ≥ {crit:.4}"
+    );
+}
+
+#[test]
+fn qr_without_sign_fix_fails_distribution_tests() {
+    let crit = ks_critical(4000);
+    let (d_diag, d_trace) = haar_statistics(qr_q_unsigned, 3);
+    println!("unsigned QR: KS diagonal {d_diag:.4}, KS trace {d_trace:.4} (critical {crit:.4})");
+    assert!(
+        d_diag > crit,
+        "diagonal entries should reject: KS {d_diag:.4} ≤ {crit:.4}"
+    );
+    assert!(
+        d_trace > crit,
+        "trace should reject: KS {d_trace:.4} ≤ {crit:.4}"
+    );
+}
+
+// ---- scopes --------------------------------------------------------------------------------------------
+
+/// A very small GPT-2 with biases (d = 618): dense checks are cheap and every group is short.
+fn micro() -> ModelConfig {
+    ModelConfig {
+        n_layer: 1,
+        n_head: 2,
+        n_embd: 6,
+        seq_len: 5,
+        vocab_size: 11,
+        bias: true,
+    }
+}
+/// The `tiny` preset with biases (d ≈ 7.9k; groups of 16 … 1024).
+fn tiny() -> ModelConfig {
+    ModelConfig {
+        bias: true,
+        ..ModelConfig::preset("tiny").unwrap()
+    }
+}
+const SCOPES: [Scope; 5] = [
+    Scope::None,
+    Scope::Global,
+    Scope::Layer,
+    Scope::Output,
+    Scope::Input,
+];
+
+#[test]
+fn scope_groups_cover_every_index_once() {
+    for cfg in [micro(), tiny()] {
+        let table = ParamTable::new(&cfg);
+        for scope in &SCOPES[1..] {
+            let mut seen = vec![0u32; table.total];
+            for g in groups(*scope, &table) {
+                for i in g.indices() {
+                    seen[i] += 1;
+                }
+            }
+            let bad: Vec<usize> = (0..table.total).filter(|&i| seen[i] != 1).take(5).collect();
+            assert!(
+                bad.is_empty(),
+                "{scope}: indices not covered exactly once: {bad:?}"
+            );
+        }
+        assert!(groups(Scope::None, &table).is_empty());
+    }
+}
+
+#[test]
+fn scope_groups_follow_the_paper() {
+    let table = ParamTable::new(&tiny());
+    let q = table.entries[table.layers[0].q].clone();
+    let wte = table.entries[table.wte].clone();
+    let ln = table.entries[table.layers[1].ln2_w].clone();
+    let find = |scope: Scope, i: usize| -> Vec<usize> {
+        let g = groups(scope, &table);
+        let g = g.iter().find(|g| g.indices().any(|j| j == i)).unwrap();
+        g.indices().collect()
+    };
+    // q is (out, in) = (C, C): output group = row 3, input group = column 5.
+    let row3: Vec<usize> = (0..q.cols).map(|j| q.offset + 3 * q.cols + j).collect();
+    assert_eq!(find(Scope::Output, row3[2]), row3);
+    let col5: Vec<usize> = (0..q.rows).map(|i| q.offset + i * q.cols + 5).collect();
+    assert_eq!(find(Scope::Input, col5[4]), col5);
+    // wte is (V, C) = (in, out): output group = column (channel) 2, input group = row (token) 7.
+    let wcol2: Vec<usize> = (0..wte.rows)
+        .map(|i| wte.offset + i * wte.cols + 2)
+        .collect();
+    assert_eq!(find(Scope::Output, wcol2[9]), wcol2);
+    let wrow7: Vec<usize> = (0..wte.cols)
+        .map(|j| wte.offset + 7 * wte.cols + j)
+        .collect();
+    assert_eq!(find(Scope::Input, wrow7[0]), wrow7);
+    // A 1-D tensor is one group under layer, output and input; q's layer group is q.
+    for scope in [Scope::Layer, Scope::Output, Scope::Input] {
+        assert_eq!(
+            find(scope, ln.offset + 1),
+            ln.range().collect::<Vec<_>>(),
+            "{scope}"
+        );
+    }
+    assert_eq!(
+        find(Scope::Layer, q.offset + 7),
+        q.range().collect::<Vec<_>>()
+    );
+    assert_eq!(find(Scope::Global, 0).len(), table.total);
+    assert_eq!(groups(Scope::Layer, &table).len(), table.entries.len());
+    assert!(table.entries.iter().any(|e| e.role == Role::QBias));
+}
+
+#[test]
+fn scope_parses_and_lists_valid_names() {
+    for s in SCOPES {
+        assert_eq!(s.to_string().parse::<Scope>().unwrap(), s);
+        assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
+    }
+    let err = "svd2".parse::<Scope>().unwrap_err().to_string();
+    assert!(err.contains("none, global, layer, output, input"), "{err}");
+}
+
+// ---- Rotation ------------------------------------------------------------------------------------------
+
+fn build<S: Scalar>(
+    cfg: &ModelConfig,
+    scope: Scope,
+    n: usize,
+    seed: u64,
+) -> (CpuBackend<S>, Rotation<CpuBackend<S>>) {
+    let be = CpuBackend::<S>::new(2, false);
+    let table = ParamTable::new(cfg);
+    let rot = Rotation::new(&be, scope, n, seed, &table).unwrap();
+    (be, rot)
+}
+fn apply<S: Scalar>(
+    be: &CpuBackend<S>,
+    rot: &Rotation<CpuBackend<S>>,
+    x: &[f64],
+    forward: bool,
+) -> Vec<f64> {
+    let inp: Vec<S> = cast(x);
+    let mut out = vec![S::zero(); x.len()];
+    if forward {
+        rot.rotate(be, &mut out, &inp);
+    } else {
+        rot.unrotate(be, &mut out, &inp);
+    }
+    back(&out)
+}
+
+/// Inverse both ways, isometry and linearity, in one precision.
+fn check_rotation<S: Scalar>(cfg: &ModelConfig, scope: Scope, n: usize, tol: f64) {
+    let (be, rot) = build::<S>(cfg, scope, n, 11);
+    let d = rot.dim();
+    let label = format!("{} {}", S::NAME, rot.describe());
+    let mut rng = Rng::new(5);
+    let (a, b) = (randn(&mut rng, d), randn(&mut rng, d));
+    let ra = apply(&be, &rot, &a, true);
+    assert_close(
+        &format!("{label}: unrotate∘rotate"),
+        &apply(&be, &rot, &ra, false),
+        &a,
+        tol,
+    );
+    let ub = apply(&be, &rot, &b, false);
+    assert_close(
+        &format!("{label}: rotate∘unrotate"),
+        &apply(&be, &rot, &ub, true),
+        &b,
+        tol,
+    );
+    let (na, nra) = (norm(&a), norm(&ra));
+    assert!(
+        (na - nra).abs() <= tol * na,
+        "{label}: ‖Ra‖ = {nra}, ‖a‖ = {na}"
+    );
+    let ab: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+    let rb = apply(&be, &rot, &b, true);
+    let sum: Vec<f64> = ra.iter().zip(&rb).map(|(x, y)| x + y).collect();
+    assert_close(
+        &format!("{label}: R(a+b) = Ra + Rb"),
+        &apply(&be, &rot, &ab, true),
+        &sum,
+        tol,
+    );
+    if scope == Scope::None {
+        assert!(rot.is_identity());
+        assert_eq!(ra, back::<S>(&cast(&a)), "{label}: identity must copy");
+    } else {
+        assert!(!rot.is_identity());
+        assert!(max_abs(&ra.iter().zip(&a).map(|(x, y)| x - y).collect::<Vec<_>>()) > 1e-3);
+    }
+}
+
+#[test]
+fn rotation_inverse_isometry_linearity_every_scope() {
+    // n = 7 divides no group size of either model; 1 is a signed permutation; 1000 exceeds every group
+    // of `micro` (d = 618), so everything is residual; 40 exceeds every 1-D tensor and row of `tiny`.
+    for scope in SCOPES {
+        for (cfg, n) in [
+            (micro(), 7),
+            (micro(), 1),
+            (micro(), 1000),
+            (tiny(), 7),
+            (tiny(), 40),
+        ] {
+            check_rotation::<f64>(&cfg, scope, n, 1e-12);
+            check_rotation::<f32>(&cfg, scope, n, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn rotation_is_orthogonal_as_a_dense_matrix() {
+    // Column j of the d×d matrix = rotate(e_j). MᵀM = I checks every block, permutation and residual.
+    let cfg = micro();
+    for scope in &SCOPES[1..] {
+        let (be, rot) = build::<f64>(&cfg, *scope, 7, 4);
+        let d = rot.dim();
+        let mut m = vec![0.0; d * d]; // row j = rotate(e_j) = column j of M
+        let mut e = vec![0.0; d];
+        for j in 0..d {
+            e[j] = 1.0;
+            let col = apply(&be, &rot, &e, true);
+            m[j * d..(j + 1) * d].copy_from_slice(&col);
+            e[j] = 0.0;
+        }
+        let mtm = matmul(&m, &m, d, true); // rows of the stored matrix are columns of M: (MᵀM)
+        assert_close(&format!("{scope}: MᵀM"), &mtm, &identity(d), 1e-12);
+    }
+}
+
+#[test]
+fn rotation_mixes_only_within_groups() {
+    // Rᵀ·D·R with a positive diagonal D (what Adam's division does) maps a vector supported on one group
+    // into that group: the rotation never mixes two groups.
+    let cfg = tiny();
+    let table = ParamTable::new(&cfg);
+    for scope in [Scope::Layer, Scope::Output, Scope::Input] {
+        let (be, rot) = build::<f64>(&cfg, scope, 7, 9);
+        let gs = groups(scope, &table);
+        let mut rng = Rng::new(8);
+        let dscale: Vec<f64> = (0..rot.dim()).map(|_| 0.5 + rng.uniform()).collect();
+        // wte's first group, q's fifth group (row or column), and a 1-D tensor
+        let q = &table.entries[table.layers[1].q];
+        let pick = [
+            0,
+            gs.iter().position(|g| g.offset >= q.offset).unwrap() + 4,
+            gs.iter()
+                .position(|g| g.offset == table.entries[table.lnf_w].offset)
+                .unwrap(),
+        ];
+        for gi in pick {
+            let mut x = vec![0.0; rot.dim()];
+            for i in gs[gi].indices() {
+                x[i] = rng.normal();
+            }
+            let mut y = apply(&be, &rot, &x, true);
+            y.iter_mut().zip(&dscale).for_each(|(y, s)| *y *= s);
+            let z = apply(&be, &rot, &y, false);
+            let inside: Vec<usize> = gs[gi].indices().collect();
+            let leak = (0..z.len())
+                .filter(|i| !inside.contains(i))
+                .fold(0.0f64, |m, i| m.max(z[i].abs()));
+            assert!(
+                leak < 1e-12,
+                "{scope}, group {gi}: leaked {leak:.3e} outside the group"
+            );
+            assert!(max_abs(&z) > 0.1, "{scope}: nothing left inside the group");
+        }
+    }
+}
+
+#[test]
+fn rotation_is_seeded() {
+    let cfg = tiny();
+    let x = randn(&mut Rng::new(1), ParamTable::new(&cfg).total);
+    for scope in &SCOPES[1..] {
+        let (be, r1) = build::<f32>(&cfg, *scope, 7, 42);
+        let (_, r2) = build::<f32>(&cfg, *scope, 7, 42);
+        let (_, r3) = build::<f32>(&cfg, *scope, 7, 43);
+        let (y1, y2, y3) = (
+            apply(&be, &r1, &x, true),
+            apply(&be, &r2, &x, true),
+            apply(&be, &r3, &x, true),
+        );
+        assert!(y1 == y2, "{scope}: same seed, different rotation");
+        assert!(y1 != y3, "{scope}: different seeds, same rotation");
+        assert_eq!((r1.seed(), r1.block(), r1.scope()), (42, 7, *scope));
+    }
+}
+
+#[test]
+fn block_one_is_a_signed_permutation() {
+    // n = 1: every block is ±1, so the rotated vector holds exactly the input values up to sign.
+    let cfg = tiny();
+    let x = randn(&mut Rng::new(2), ParamTable::new(&cfg).total);
+    for scope in &SCOPES[1..] {
+        let (be, rot) = build::<f32>(&cfg, *scope, 1, 3);
+        let y = apply(&be, &rot, &x, true);
+        let mut a: Vec<f64> = back::<f32>(&cast(&x)).iter().map(|v| v.abs()).collect();
+        let mut b: Vec<f64> = y.iter().map(|v| v.abs()).collect();
+        a.sort_by(f64::total_cmp);
+        b.sort_by(f64::total_cmp);
+        assert!(a == b, "{scope}: n = 1 is not a signed permutation");
+        let flips = y
+            .iter()
+            .zip(&x)
+            .filter(|(a, b)| a.signum() != b.signum())
+            .count();
+        assert!(flips > 0, "{scope}: no sign flips at all");
+    }
+}
+
+#[test]
+fn describe_counts_blocks() {
+    let (_, rot) = build::<f32>(&micro(), Scope::Global, 100, 0);
+    assert_eq!(
+        rot.describe(),
+        "global, n=100: 6 blocks of 100 + 1 residual block of 18"
+    );
+    let (_, rot) = build::<f32>(&ModelConfig::preset("124m").unwrap(), Scope::None, 768, 0);
+    assert_eq!(rot.describe(), "none (identity), 124,337,664 coordinates");
+    let seg = build::<f32>(&tiny(), Scope::Output, 7, 0).1.segments();
+    assert_eq!(seg[0].offset, 0);
+    for w in seg.windows(2) {
+        assert_eq!(w[0].offset + w[0].count * w[0].size, w[1].offset);
+    }
+    let last = seg.last().unwrap();
+    assert_eq!(
+        last.offset + last.count * last.size,
+        ParamTable::new(&tiny()).total
+    );
+}
+
+// ---- backend ops ---------------------------------------------------------------------------------------
+
+/// The ops on random (non-orthogonal) R against a naive f64 loop, for both precisions and thread counts.
+fn check_ops<S: Scalar>(nb: usize, n: usize, len: usize, threads: usize, tol: f64) {
+    let mut rng = Rng::new((nb * 31 + n) as u64);
+    let inp = randn(&mut rng, len);
+    let r = randn(&mut rng, n * n);
+    let mut perm: Vec<u32> = (0..len as u32).collect();
+    for i in (1..len).rev() {
+        perm.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let index = &perm[..nb * n];
+    let be = CpuBackend::<S>::new(threads, false);
+    let label = format!("{} nb={nb} n={n} threads={threads}", S::NAME);
+    // rotate
+    let mut want = vec![0.0; nb * n];
+    for b in 0..nb {
+        for i in 0..n {
+            want[b * n + i] = (0..n)
+                .map(|k| r[i * n + k] * inp[index[b * n + k] as usize])
+                .sum();
+        }
+    }
+    let (inp_s, r_s): (Vec<S>, Vec<S>) = (cast(&inp), cast(&r));
+    let mut out = vec![S::zero(); nb * n];
+    be.rotate(&mut out, &inp_s, index, &r_s, nb, n);
+    assert_close(&format!("rotate {label}"), &back(&out), &want, tol);
+    // unrotate: out[index[b·n+i]] = Σ_k R[k][i] u[b·n+k]; other entries untouched
+    let u = randn(&mut rng, nb * n);
+    let sentinel = 7.5;
+    let mut want = vec![sentinel; len];
+    for b in 0..nb {
+        for i in 0..n {
+            want[index[b * n + i] as usize] = (0..n).map(|k| r[k * n + i] * u[b * n + k]).sum();
+        }
+    }
+    let mut out = vec![<S as Scalar>::from_f64(sentinel); len];
+    be.unrotate(&mut out, &cast::<S>(&u), index, &r_s, nb, n);
+    assert_close(&format!("unrotate {label}"), &back(&out), &want, tol);
+}
+
+#[test]
+fn rotate_unrotate_ops_match_naive_loop() {
+    for threads in [1, 2] {
+        for (nb, n, len) in [(5, 7, 53), (1, 1, 1), (13, 1, 20), (3, 11, 33), (0, 4, 9)] {
+            check_ops::<f64>(nb, n, len, threads, 1e-12);
+            check_ops::<f32>(nb, n, len, threads, 1e-5);
+        }
+    }
+    // Several GEMM chunks and the parallel scatter: more than CHUNK_ELEMS elements.
+    let n = 3;
+    let nb = cpu::rotation::CHUNK_ELEMS / n + 5;
+    check_ops::<f64>(nb, n, nb * n + 100, 2, 1e-12);
+}
