@@ -32,8 +32,9 @@
 //! sequential inside faer (`Par::Seq`), so the factors do not depend on the thread count; each task casts
 //! and uploads its own factors. Factors are kept TRANSPOSED on the backend (row-major Uᵀ and Vᵀ, i.e.
 //! faer's column-major U and V copied column by column); the GEMM transpose flags absorb it. GPT-2 124M, f32
-//! backend, 2 threads: one refresh of all 74 matrices takes ≈ 22 s (0.09 s per step amortised at F = 250);
-//! see the ignored test `svd_refresh_time_124m`.
+//! backend, 2 threads, quiet machine: one refresh of all 74 matrices takes 18 s (0.07 s per step amortised
+//! at F = 250; 32 s with faer's parallel SVD one tensor at a time), and each rotate or unrotate 2.5–2.8 s
+//! (~600 GFLOP at the machine's GEMM peak); see the ignored test `svd_refresh_time_124m`.
 //!
 //! **Cost.** rotate is two GEMMs per matrix, (Uᵀ·G)·V through a scratch buffer of the largest m·n (one GEMM
 //! G·V straight into the output for embeddings); unrotate likewise (U·Ũ)·Vᵀ: m²n + mn² multiply-adds per
