@@ -158,15 +158,19 @@ fn blockwise_adam_with_coordinate_blocks_is_adam() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
-/// A resumed run under a rotation continues bit-identically (the basis is rebuilt from scope, n and seed).
+/// A resumed run under every rotation continues bit-identically (the basis is rebuilt from scope, n and
+/// seed; `svd` has its own test below).
 #[test]
 fn resume_under_rotations_is_bit_identical() {
     let root = tmp("rot-resume");
     synthetic_data(&root);
     for (scope, opt) in [
+        ("none", OptimizerKind::Adamw),
         ("global", OptimizerKind::Adamw),
         ("output", OptimizerKind::BlockwiseAdam),
         ("layer", OptimizerKind::Adasgd),
+        ("input", OptimizerKind::Sgd),
+        ("kron", OptimizerKind::Adamw),
     ] {
         let mut a = base(&root, opt, Precision::Fp32, 8);
         a.rotation.kind = scope.into();
