@@ -70,28 +70,43 @@ fn gather<T: Scalar>(x: &mut [T], inp: &[T], index: &[u32]) {
         });
 }
 
-/// out[index[i]] = y[i]. Parallel over disjoint ranges of `out`: task k owns [lo, hi) and scans the whole
-/// index list, writing the entries that fall in its range (an index past the end panics in the last task).
+/// out[index[i]] = y[i]. Parallel over disjoint ranges of `out`: the span [min, max] of the indices is cut
+/// into one range per thread (so local index lists — rows, columns — split evenly too); task k scans the
+/// whole index list and writes the entries that fall in its range.
 fn scatter<T: Scalar>(out: &mut [T], y: &[T], index: &[u32]) {
     let parts = rayon::current_num_threads();
-    if parts <= 1 || y.len() < SCATTER_PAR_MIN || out.is_empty() {
+    if parts <= 1 || y.len() < SCATTER_PAR_MIN {
         for (&i, &v) in index.iter().zip(y) {
             out[i as usize] = v;
         }
         return;
     }
-    let part_len = out.len().div_ceil(parts);
-    let last = out.len().div_ceil(part_len) - 1;
-    out.par_chunks_mut(part_len).enumerate().for_each(|(k, o)| {
-        let lo = k * part_len;
-        let hi = lo + o.len();
-        for (&i, &v) in index.iter().zip(y) {
-            let i = i as usize;
-            if i >= lo && (i < hi || k == last) {
-                o[i - lo] = v;
+    let (min, max) = index
+        .par_chunks(CHUNK)
+        .map(|c| {
+            c.iter()
+                .fold((u32::MAX, 0), |(a, b), &i| (a.min(i), b.max(i)))
+        })
+        .reduce(|| (u32::MAX, 0), |(a, b), (c, d)| (a.min(c), b.max(d)));
+    let (lo, hi) = (min as usize, max as usize + 1);
+    assert!(
+        hi <= out.len(),
+        "unrotate: index {max} is out of bounds for an output of {} elements",
+        out.len()
+    );
+    let part_len = (hi - lo).div_ceil(parts);
+    out[lo..hi]
+        .par_chunks_mut(part_len)
+        .enumerate()
+        .for_each(|(k, o)| {
+            let start = lo + k * part_len;
+            for (&i, &v) in index.iter().zip(y) {
+                let j = (i as usize).wrapping_sub(start);
+                if j < o.len() {
+                    o[j] = v;
+                }
             }
-        }
-    });
+        });
 }
 
 /// out (NB·N) = for each block b: R · inp[index[b·N .. (b+1)·N]]; R (N,N) row-major. `=`.
