@@ -125,7 +125,7 @@ fn faer_gemm<T: faer::traits::ComplexField + Copy + num_traits::Zero>(
 
 /// `vzeroupper` on the current thread when the CPU has AVX (a no-op elsewhere).
 #[inline]
-fn clear_upper_vector_state() {
+pub(crate) fn clear_upper_vector_state() {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
         #[target_feature(enable = "avx")]

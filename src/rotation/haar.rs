@@ -12,6 +12,7 @@
 //! Both determinants occur (O(n), not SO(n)): Adam is reflection-equivariant, so, as Maes et al. App. C.2
 //! argue, the projection onto SO(n) is unnecessary.
 
+use crate::backend::scalar::clear_upper_vector_state;
 use crate::rng::Rng;
 use faer::Mat;
 
@@ -58,19 +59,4 @@ fn qr_of_gaussian(n: usize, rng: &mut Rng, sign_fix: bool) -> Vec<f64> {
         }
     }
     out
-}
-
-/// `vzeroupper` on the current thread when the CPU has AVX (a no-op elsewhere).
-#[inline]
-fn clear_upper_vector_state() {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx") {
-        #[target_feature(enable = "avx")]
-        fn vzeroupper() {
-            std::arch::x86_64::_mm256_zeroupper();
-        }
-        // SAFETY: the CPU supports AVX (checked just above), which is all `vzeroupper` requires; it only
-        // zeroes the upper halves of the vector registers, which the compiler treats as clobbered.
-        unsafe { vzeroupper() }
-    }
 }

@@ -47,6 +47,7 @@
 
 use super::haar::haar;
 use super::DEFAULT_BLOCK;
+use super::{shuffle, thousands};
 use crate::backend::{Backend, Scalar};
 use crate::error::{Error, Result};
 use crate::rng::{Rng, STREAM_ROTATION};
@@ -124,27 +125,6 @@ pub struct KronRotation<BK: Backend> {
     stages: Vec<Stage<BK>>,
     /// d elements of workspace (that is why rotate and unrotate take `&mut self`).
     scratch: BK::Buf,
-}
-
-/// Fisher–Yates shuffle of `x` with `rng` (uniform over all permutations), as in the block rotation.
-fn shuffle(x: &mut [u32], rng: &mut Rng) {
-    for i in (1..x.len()).rev() {
-        let j = rng.below(i as u64 + 1) as usize;
-        x.swap(i, j);
-    }
-}
-
-/// `x` with thousands separators: 124337664 → "124,337,664".
-fn thousands(x: usize) -> String {
-    let s = x.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
 }
 
 /// A Haar-random n×n orthogonal matrix drawn from `rng`, uploaded in the backend's type.

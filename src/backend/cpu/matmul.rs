@@ -8,34 +8,12 @@
 //! to bf16 after the bias add. Gradients stay in `T`.
 //! Invariants: forward overwrites `out` (`=`); backward accumulates (`+=`).
 
-use super::{check_len, CHUNK};
+use super::{check_len, with_scratch, CHUNK};
 use crate::backend::Scalar;
 use rayon::prelude::*;
-use std::cell::RefCell;
 
 /// Columns of dbias per task.
 const BIAS_COLS: usize = 256;
-
-thread_local! {
-    /// Reused scratch for the bf16-rounded GEMM operands (u64 words, so both f32 and f64 fit aligned).
-    static SCRATCH: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` on a scratch slice of `len` elements (contents unspecified), reusing a per-thread buffer.
-fn with_scratch<T: Scalar, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
-    let words = (len * std::mem::size_of::<T>()).div_ceil(8);
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < words {
-                buf.resize(words, 0);
-            }
-            let s: &mut [T] = bytemuck::cast_slice_mut(&mut buf[..words]);
-            f(&mut s[..len])
-        }
-        // Re-entered (not expected): fall back to a fresh allocation.
-        Err(_) => f(&mut vec![T::zero(); len]),
-    })
-}
 
 /// dst = bf16(src), in parallel.
 fn round_into<T: Scalar>(dst: &mut [T], src: &[T]) {

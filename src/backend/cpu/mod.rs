@@ -43,6 +43,28 @@ use std::ops::Range;
 /// Elements per task for flat elementwise ops and fixed-size reduction chunks (independent of threads).
 pub(crate) const CHUNK: usize = 1 << 16;
 
+thread_local! {
+    /// Reused per-thread scratch (u64 words, so f32 and f64 both fit aligned): the bf16-rounded GEMM
+    /// operands of `matmul`, the gathered / rotated chunks of `rotation`.
+    static SCRATCH: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a scratch slice of `len` elements (contents unspecified), reusing a per-thread buffer.
+pub(crate) fn with_scratch<T: Scalar, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    let words = (len * std::mem::size_of::<T>()).div_ceil(8);
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < words {
+                buf.resize(words, 0);
+            }
+            let s: &mut [T] = bytemuck::cast_slice_mut(&mut buf[..words]);
+            f(&mut s[..len])
+        }
+        // Re-entered (a rayon task stolen by this thread while it holds the buffer): a fresh allocation.
+        Err(_) => f(&mut vec![T::zero(); len]),
+    })
+}
+
 /// Panics with the op and tensor name unless `x` has exactly `expected` elements.
 #[track_caller]
 pub(crate) fn check_len(op: &str, name: &str, len: usize, expected: usize) {

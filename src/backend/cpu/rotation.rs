@@ -14,37 +14,15 @@
 //! Invariants: `rotate` overwrites all of `out`; `unrotate` overwrites exactly the entries named by `index`
 //! and leaves the others untouched.
 
-use super::{check_len, CHUNK};
+use super::{check_len, with_scratch, CHUNK};
 use crate::backend::Scalar;
 use rayon::prelude::*;
-use std::cell::RefCell;
 
 /// Target number of elements per GEMM chunk (whole blocks; at least one block per chunk).
 pub const CHUNK_ELEMS: usize = 1 << 22;
 
 /// Below this many elements the scatter runs on the calling thread only.
 const SCATTER_PAR_MIN: usize = 1 << 15;
-
-thread_local! {
-    /// Reused scratch for the gathered (rotate) or rotated (unrotate) chunk (u64 words: f32 and f64 fit).
-    static SCRATCH: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` on a scratch slice of `len` elements (contents unspecified), reusing a per-thread buffer.
-fn with_scratch<T: Scalar, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
-    let words = (len * std::mem::size_of::<T>()).div_ceil(8);
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < words {
-                buf.resize(words, 0);
-            }
-            let s: &mut [T] = bytemuck::cast_slice_mut(&mut buf[..words]);
-            f(&mut s[..len])
-        }
-        // Re-entered (a rayon task of another rotation stolen by this thread): a fresh allocation.
-        Err(_) => f(&mut vec![T::zero(); len]),
-    })
-}
 
 /// Blocks of `n` per chunk.
 fn chunk_blocks(n: usize) -> usize {
