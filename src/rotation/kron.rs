@@ -273,14 +273,7 @@ impl<BK: Backend> KronRotation<BK> {
 
     #[track_caller]
     fn check(&self, be: &BK, op: &str, out: &BK::Buf, inp: &BK::Buf) {
-        for (name, buf) in [("out", out), ("input", inp)] {
-            let len = be.buf_len(buf);
-            assert!(
-                len == self.d,
-                "KronRotation::{op}: {name} has {len} elements, expected d = {}",
-                self.d
-            );
-        }
+        super::check_lens(be, "KronRotation", op, self.d, out, inp);
     }
 
     /// out = R·g (both of length d).

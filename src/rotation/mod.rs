@@ -169,6 +169,18 @@ fn thousands(x: usize) -> String {
     out
 }
 
+/// Panics unless both buffers of a rotation op have the rotation's dimension d.
+#[track_caller]
+fn check_lens<BK: Backend>(be: &BK, what: &str, op: &str, d: usize, out: &BK::Buf, inp: &BK::Buf) {
+    for (name, buf) in [("out", out), ("input", inp)] {
+        let len = be.buf_len(buf);
+        assert!(
+            len == d,
+            "{what}::{op}: {name} has {len} elements, expected d = {d}"
+        );
+    }
+}
+
 /// Upload an f64 row-major matrix to a backend buffer of its type.
 fn upload_f64<BK: Backend>(be: &BK, m: &[f64]) -> Result<BK::Buf> {
     let host: Vec<BK::T> = m.iter().map(|&x| <BK::T as Scalar>::from_f64(x)).collect();
@@ -303,14 +315,7 @@ impl<BK: Backend> Rotation<BK> {
 
     #[track_caller]
     fn check(&self, be: &BK, op: &str, out: &BK::Buf, inp: &BK::Buf) {
-        for (name, buf) in [("out", out), ("input", inp)] {
-            let len = be.buf_len(buf);
-            assert!(
-                len == self.d,
-                "Rotation::{op}: {name} has {len} elements, expected d = {}",
-                self.d
-            );
-        }
+        check_lens(be, "Rotation", op, self.d, out, inp);
     }
 
     /// out = g (identity only): a zero fill and an add, so it stays a backend op (−0.0 becomes +0.0).

@@ -253,14 +253,7 @@ impl<BK: Backend> SvdRotation<BK> {
 
     #[track_caller]
     fn check(&self, be: &BK, op: &str, out: &BK::Buf, inp: &BK::Buf) {
-        for (name, buf) in [("out", out), ("input", inp)] {
-            let len = be.buf_len(buf);
-            assert!(
-                len == self.d,
-                "SvdRotation::{op}: {name} has {len} elements, expected d = {}",
-                self.d
-            );
-        }
+        super::check_lens(be, "SvdRotation", op, self.d, out, inp);
     }
 
     /// out[r] = x[r] for each range (a zero fill and an add, so it stays a backend op; −0.0 becomes +0.0).
