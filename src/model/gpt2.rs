@@ -100,6 +100,22 @@ fn layer(l: usize, per: usize) -> std::ops::Range<usize> {
     l * per..(l + 1) * per
 }
 
+/// The input of block `l` (`per` = B·T·C elements): the embeddings for block 0, else the previous block's
+/// output. Takes the two fields, not the whole `Activations`, so other fields stay mutably borrowable.
+fn block_input<'a, BK: Backend>(
+    be: &BK,
+    encoded: &'a BK::Buf,
+    residual3: &'a BK::Buf,
+    l: usize,
+    per: usize,
+) -> BK::View<'a> {
+    if l == 0 {
+        be.view(encoded, 0..per)
+    } else {
+        be.view(residual3, layer(l - 1, per))
+    }
+}
+
 impl<BK: Backend> Gpt2<BK> {
     /// A model with GPT-2 initialisation drawn from `seed`.
     pub fn new(be: &BK, cfg: &ModelConfig, seed: u64) -> Result<Self> {
@@ -270,11 +286,7 @@ impl<BK: Backend> Gpt2<BK> {
         );
         for l in 0..cfg.n_layer {
             let lp = &tb.layers[l];
-            let res_in = if l == 0 {
-                be.view(&a.encoded, 0..bt * c)
-            } else {
-                be.view(&a.residual3, layer(l - 1, bt * c))
-            };
+            let res_in = block_input(be, &a.encoded, &a.residual3, l, bt * c);
             be.layernorm_forward(
                 be.view_mut(&mut a.ln1, layer(l, bt * c)),
                 be.view_mut(&mut a.ln1_mean, layer(l, bt)),
@@ -312,11 +324,7 @@ impl<BK: Backend> Gpt2<BK> {
                 c,
                 c,
             );
-            let res_in = if l == 0 {
-                be.view(&a.encoded, 0..bt * c)
-            } else {
-                be.view(&a.residual3, layer(l - 1, bt * c))
-            };
+            let res_in = block_input(be, &a.encoded, &a.residual3, l, bt * c);
             be.residual_forward(
                 be.view_mut(&mut a.residual2, layer(l, bt * c)),
                 res_in,
@@ -527,11 +535,7 @@ impl<BK: Backend> Gpt2<BK> {
                 c,
                 3 * c,
             );
-            let res_in = if l == 0 {
-                be.view(&a.encoded, 0..bt * c)
-            } else {
-                be.view(&a.residual3, layer(l - 1, bt * c))
-            };
+            let res_in = block_input(be, &a.encoded, &a.residual3, l, bt * c);
             // dres += LN1 backward: dres becomes d(res_in)
             layernorm_bwd(
                 be,
