@@ -29,6 +29,10 @@ pub enum Command {
     Prepare(PrepareArgs),
     /// Benchmarks: GEMM peak and a full training step (prints JSON with --json).
     Bench(crate::bench::BenchArgs),
+    /// Train every rotation (or an ablation's variants) over several seeds and write a report with figures.
+    Sweep(Box<crate::sweep::SweepArgs>),
+    /// Draw the loss curves of any runs into one PNG and SVG.
+    Plot(crate::sweep::plot_runs::PlotArgs),
 }
 
 #[derive(Args, Debug, Default, Clone)]
@@ -160,7 +164,7 @@ pub fn default_threads() -> usize {
 }
 
 /// Seconds since the Unix epoch as `YYYYmmdd-HHMMSS` (UTC), for default run directory names.
-fn utc_stamp() -> String {
+pub(crate) fn utc_stamp() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

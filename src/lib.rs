@@ -16,5 +16,6 @@ pub mod progress;
 pub mod rng;
 pub mod rotation;
 pub mod run;
+pub mod sweep;
 
 pub use error::{Error, Result};

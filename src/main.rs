@@ -25,6 +25,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&summary)?);
         }
         Command::Bench(a) => rotadam::bench::run(&a)?,
+        Command::Sweep(a) => {
+            let dir = rotadam::sweep::run(&a)?;
+            println!("{}", dir.join("report.md").display());
+        }
+        Command::Plot(a) => {
+            let (png, svg) = rotadam::sweep::plot_runs::run(&a)?;
+            println!("{}\n{}", png.display(), svg.display());
+        }
     }
     Ok(())
 }

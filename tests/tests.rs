@@ -8,4 +8,5 @@ mod optim;
 mod plot;
 mod rotation;
 mod svd;
+mod sweep;
 mod train;

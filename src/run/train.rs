@@ -31,15 +31,39 @@ pub struct RunOutcome {
 /// Train as `cfg` says. With `resume`, `cfg.out` is an existing run directory whose latest checkpoint is
 /// restored (weights, moments, step, RNG/data cursor); training continues to `cfg.train.steps`.
 pub fn train(cfg: &RunConfig, resume: bool) -> Result<RunOutcome> {
+    train_observed(cfg, resume, &mut |_| {})
+}
+
+/// [`train`], calling `on_step` with every step's metrics row after it is written (a sweep's progress bar).
+pub fn train_observed(
+    cfg: &RunConfig,
+    resume: bool,
+    on_step: &mut (dyn FnMut(&StepMetrics) + Send),
+) -> Result<RunOutcome> {
     cfg.validate()?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.threads)
         .build()
         .map_err(|e| Error::config("threads", e.to_string()))?;
     pool.install(|| match cfg.precision {
-        Precision::Fp32 => train_on(&CpuBackend::<f32>::new(cfg.threads, false), cfg, resume),
-        Precision::Bf16 => train_on(&CpuBackend::<f32>::new(cfg.threads, true), cfg, resume),
-        Precision::Fp64 => train_on(&CpuBackend::<f64>::new(cfg.threads, false), cfg, resume),
+        Precision::Fp32 => train_on(
+            &CpuBackend::<f32>::new(cfg.threads, false),
+            cfg,
+            resume,
+            on_step,
+        ),
+        Precision::Bf16 => train_on(
+            &CpuBackend::<f32>::new(cfg.threads, true),
+            cfg,
+            resume,
+            on_step,
+        ),
+        Precision::Fp64 => train_on(
+            &CpuBackend::<f64>::new(cfg.threads, false),
+            cfg,
+            resume,
+            on_step,
+        ),
     })
 }
 
@@ -93,7 +117,12 @@ fn prepare_run_dir(cfg: &RunConfig, resume: bool) -> Result<()> {
     super::write_atomic(&config_path, &json)
 }
 
-fn train_on<BK: Backend>(be: &BK, cfg: &RunConfig, resume: bool) -> Result<RunOutcome> {
+fn train_on<BK: Backend>(
+    be: &BK,
+    cfg: &RunConfig,
+    resume: bool,
+    on_step: &mut (dyn FnMut(&StepMetrics) + Send),
+) -> Result<RunOutcome> {
     let t0 = Instant::now();
     let (m, tr) = (&cfg.model, &cfg.train);
     let data_dir = resolve_data(&cfg.data, cfg.quiet)?;
@@ -245,6 +274,7 @@ fn train_on<BK: Backend>(be: &BK, cfg: &RunConfig, resume: bool) -> Result<RunOu
         };
         metrics.write(&row)?;
         progress.step(&row);
+        on_step(&row);
         if step % tr.checkpoint_every == 0 || step == tr.steps {
             let state = TrainState {
                 step,

@@ -1,0 +1,709 @@
+//! `rotadam sweep`: the same GPT-2 run under several rotations (or an ablation's variants) and seeds, then a
+//! report (`report.md`, loss figures, a table of final losses and slowdowns, the exact command lines).
+//!
+//! Layout of a sweep directory: `DIR/runs/<variant>-s<seed>/` (ordinary run directories), `DIR/sweep.json`
+//! (the variants, seeds and the base config), `DIR/report.md`, `DIR/loss_val.{png,svg}`,
+//! `DIR/loss_train.{png,svg}`, `DIR/summary.json`. Every run of one seed shares the initialisation and the
+//! data order (both follow `--seed`); the rotation's seed follows the run's seed too.
+//!
+//! Reuse: a run directory whose config matches (ignoring `out`, `threads`, `device`, `quiet`, `steps`,
+//! `eval_every`, `checkpoint_every`) is reused: finished runs are not retrained, interrupted ones resume
+//! from their latest checkpoint (bit-identically), runs that wrote no checkpoint yet start over. A run
+//! directory with a different config is an error naming the field, never overwritten.
+
+pub mod plot_runs;
+pub mod report;
+
+use crate::cli::Gpt2Args;
+use crate::config::{OptimizerKind, Precision, RunConfig};
+use crate::error::{Error, Result};
+use crate::run::{checkpoint, metrics};
+use indicatif::{ProgressBar, ProgressStyle};
+use report::{Band, RunCurves, Slowdown};
+use serde::Serialize;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+/// The rotations of a plain sweep (Maes et al. Fig. 3), in the order of the paper's legend.
+pub const DEFAULT_ROTATIONS: &str = "none,output,input,layer,global,svd";
+
+/// Block sizes of `--ablation block-size` (Maes et al. Fig. 8).
+pub const ABLATION_BLOCKS: [usize; 4] = [64, 256, 768, 2048];
+
+/// Preset sweeps reproducing the papers' ablations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ablation {
+    /// Global rotation with block sizes n ∈ {64, 256, 768, 2048}, plus the unrotated baseline (Maes Fig. 8).
+    BlockSize,
+    /// SGD with momentum, none vs global, in fp32 and bf16: the curves must coincide (Maes Fig. 9).
+    SgdValidation,
+    /// AdamW in fp32 vs bf16, under none and global (the fp32-vs-mixed-precision ablation).
+    Precision,
+    /// AdamW, SGD, AdaSGD and blockwise Adam, under none and global (Xie et al. Fig. 1).
+    Optimizers,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SweepArgs {
+    /// Rotations to compare (ignored with --ablation).
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_ROTATIONS)]
+    pub rotations: Vec<String>,
+    /// Seeds per variant: --seed, --seed+1, …
+    #[arg(long, default_value_t = 3)]
+    pub seeds: usize,
+    /// A preset sweep instead of --rotations.
+    #[arg(long, value_enum)]
+    pub ablation: Option<Ablation>,
+    /// Learning rate of the SGD variants of the `optimizers` and `sgd-validation` ablations (SGD needs a
+    /// far larger step than Adam's --lr; 0.1 was the best of 0.1, 0.5, 1.5 for 60 steps of the `small` model).
+    #[arg(long, default_value_t = 0.1)]
+    pub sgd_lr: f64,
+    /// Options of every run (`rotadam gpt2 --help`); --out is the sweep directory, --seed the first seed.
+    #[command(flatten)]
+    pub gpt2: Gpt2Args,
+}
+
+/// One line of a sweep: what differs from the base run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Variant {
+    /// Row label and directory stem, e.g. `global`, `global-n64`, `sgd-global-bf16`.
+    pub label: String,
+    pub rotation: String,
+    pub rotation_block: Option<usize>,
+    pub optimizer: Option<OptimizerKind>,
+    pub precision: Option<Precision>,
+    pub lr: Option<f64>,
+}
+
+impl Variant {
+    fn rotation(kind: &str) -> Variant {
+        Variant {
+            label: kind.into(),
+            rotation: kind.into(),
+            rotation_block: None,
+            optimizer: None,
+            precision: None,
+            lr: None,
+        }
+    }
+}
+
+/// The variants a sweep runs, first the baseline (the slowdowns are measured against it).
+pub fn variants(args: &SweepArgs) -> Result<Vec<Variant>> {
+    let v = match args.ablation {
+        None => {
+            if args.rotations.is_empty() {
+                return Err(Error::config("--rotations", "names no rotation"));
+            }
+            for r in &args.rotations {
+                crate::rotation::basis::validate_kind(r)?;
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(dup) = args.rotations.iter().find(|r| !seen.insert(r.as_str())) {
+                return Err(Error::config(
+                    "--rotations",
+                    format!("{dup} is listed twice"),
+                ));
+            }
+            args.rotations
+                .iter()
+                .map(|r| Variant::rotation(r))
+                .collect()
+        }
+        Some(Ablation::BlockSize) => std::iter::once(Variant::rotation("none"))
+            .chain(ABLATION_BLOCKS.iter().map(|&n| Variant {
+                label: format!("global-n{n}"),
+                rotation_block: Some(n),
+                ..Variant::rotation("global")
+            }))
+            .collect(),
+        Some(Ablation::SgdValidation) => {
+            let mut v = Vec::new();
+            for p in [Precision::Fp32, Precision::Bf16] {
+                for r in ["none", "global"] {
+                    v.push(Variant {
+                        label: format!("sgd-{r}-{}", precision_name(p)),
+                        optimizer: Some(OptimizerKind::Sgd),
+                        precision: Some(p),
+                        lr: Some(args.sgd_lr),
+                        ..Variant::rotation(r)
+                    });
+                }
+            }
+            v
+        }
+        Some(Ablation::Precision) => {
+            let mut v = Vec::new();
+            for p in [Precision::Fp32, Precision::Bf16] {
+                for r in ["none", "global"] {
+                    v.push(Variant {
+                        label: format!("{r}-{}", precision_name(p)),
+                        precision: Some(p),
+                        ..Variant::rotation(r)
+                    });
+                }
+            }
+            v
+        }
+        Some(Ablation::Optimizers) => {
+            let mut v = Vec::new();
+            for o in [
+                OptimizerKind::Adamw,
+                OptimizerKind::Sgd,
+                OptimizerKind::Adasgd,
+                OptimizerKind::BlockwiseAdam,
+            ] {
+                for r in ["none", "global"] {
+                    v.push(Variant {
+                        label: format!("{}-{r}", o.name()),
+                        optimizer: Some(o),
+                        lr: (o == OptimizerKind::Sgd).then_some(args.sgd_lr),
+                        ..Variant::rotation(r)
+                    });
+                }
+            }
+            v
+        }
+    };
+    Ok(v)
+}
+
+fn precision_name(p: Precision) -> &'static str {
+    match p {
+        Precision::Fp32 => "fp32",
+        Precision::Fp64 => "fp64",
+        Precision::Bf16 => "bf16",
+    }
+}
+
+/// One run of the sweep: its variant, seed, directory and config.
+#[derive(Clone, Debug)]
+pub struct PlannedRun {
+    pub variant: usize,
+    pub seed: u64,
+    pub dir: PathBuf,
+    pub cfg: RunConfig,
+}
+
+/// The sweep directory and every run's config, built from the base flags (the same validation as `gpt2`).
+pub fn plan(args: &SweepArgs) -> Result<(PathBuf, Vec<Variant>, Vec<PlannedRun>)> {
+    let g = &args.gpt2;
+    for (given, flag, instead) in [
+        (g.rotation.is_some(), "--rotation", "--rotations"),
+        (
+            g.resume.is_some(),
+            "--resume",
+            "the same sweep command again",
+        ),
+    ] {
+        if given {
+            return Err(Error::config(
+                flag,
+                format!("is not a sweep option; use {instead}"),
+            ));
+        }
+    }
+    if args.seeds == 0 {
+        return Err(Error::config("--seeds", "must be at least 1"));
+    }
+    let variants = variants(args)?;
+    let dir = g.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!("sweep-{}", crate::cli::utc_stamp()))
+    });
+    // The first seed: --seed, or the preset's (or config file's) default.
+    let base_seed = match g.seed {
+        Some(s) => s,
+        None => {
+            let mut probe = g.clone();
+            probe.out = Some(dir.join("probe"));
+            probe.to_config()?.0.train.seed
+        }
+    };
+    let mut runs = Vec::new();
+    for (vi, v) in variants.iter().enumerate() {
+        for k in 0..args.seeds {
+            let seed = base_seed + k as u64;
+            let run_dir = dir.join("runs").join(format!("{}-s{seed}", v.label));
+            let mut a = g.clone();
+            a.rotation = Some(v.rotation.clone());
+            a.rotation_block = v.rotation_block.or(a.rotation_block);
+            a.optimizer = v.optimizer.or(a.optimizer);
+            a.precision = v.precision.or(a.precision);
+            if v.lr.is_some() {
+                a.lr = v.lr;
+                a.min_lr = None;
+            }
+            a.seed = Some(seed);
+            a.out = Some(run_dir.clone());
+            a.quiet = true;
+            let (cfg, _) = a.to_config()?;
+            runs.push(PlannedRun {
+                variant: vi,
+                seed,
+                dir: run_dir,
+                cfg,
+            });
+        }
+    }
+    Ok((dir, variants, runs))
+}
+
+/// Fields that may differ between a run directory's config.json and the sweep's plan of it.
+const RUNTIME_FIELDS: [&str; 4] = ["out", "threads", "device", "quiet"];
+const RUNTIME_TRAIN_FIELDS: [&str; 3] = ["steps", "eval_every", "checkpoint_every"];
+
+/// The first field (dotted path) in which two configs differ, ignoring the runtime fields.
+pub fn config_difference(a: &RunConfig, b: &RunConfig) -> Option<String> {
+    let strip = |c: &RunConfig| {
+        let mut v = serde_json::to_value(c).expect("config serialises");
+        let o = v.as_object_mut().expect("config is an object");
+        for f in RUNTIME_FIELDS {
+            o.remove(f);
+        }
+        if let Some(t) = o.get_mut("train").and_then(|t| t.as_object_mut()) {
+            for f in RUNTIME_TRAIN_FIELDS {
+                t.remove(f);
+            }
+        }
+        v
+    };
+    fn first_diff(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> Option<String> {
+        match (a.as_object(), b.as_object()) {
+            (Some(x), Some(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                keys.into_iter().find_map(|k| {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    match (x.get(k), y.get(k)) {
+                        (Some(u), Some(v)) => first_diff(u, v, &p),
+                        _ => Some(p),
+                    }
+                })
+            }
+            _ => (a != b).then(|| path.to_string()),
+        }
+    }
+    first_diff(&strip(a), &strip(b), "")
+}
+
+/// What happened to one run of the sweep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    Trained,
+    Resumed,
+    Reused,
+}
+
+/// Whether `run.dir` holds a finished, resumable or no usable run; errors if it holds a different one.
+fn existing_state(run: &PlannedRun) -> Result<Option<usize>> {
+    let config_path = run.dir.join("config.json");
+    if !config_path.exists() {
+        return Ok(None);
+    }
+    let old = crate::cli::read_config(&config_path)?;
+    if let Some(field) = config_difference(&old, &run.cfg) {
+        return Err(Error::bad_file(
+            &config_path,
+            field,
+            format!(
+                "this sweep would run {} with a different setting; choose another --out or remove the directory",
+                run.dir.display()
+            ),
+        ));
+    }
+    Ok(checkpoint::latest(&run.dir)?.map(|(step, _)| step))
+}
+
+/// Train (or resume, or reuse) one planned run. `on_step` sees every step trained.
+pub fn run_one(
+    run: &PlannedRun,
+    on_step: &mut (dyn FnMut(&metrics::StepMetrics) + Send),
+) -> Result<RunStatus> {
+    let steps = run.cfg.train.steps;
+    match existing_state(run)? {
+        Some(step) if step >= steps => Ok(RunStatus::Reused),
+        Some(_) => {
+            // the directory's own config.json with this sweep's runtime settings, as `gpt2 --resume` does
+            let mut cfg = crate::cli::read_config(&run.dir.join("config.json"))?;
+            cfg.out = run.dir.clone();
+            cfg.train.steps = steps;
+            cfg.train.eval_every = run.cfg.train.eval_every;
+            cfg.train.checkpoint_every = run.cfg.train.checkpoint_every;
+            cfg.threads = run.cfg.threads;
+            cfg.device = run.cfg.device;
+            cfg.quiet = true;
+            crate::run::train::train_observed(&cfg, true, on_step)?;
+            Ok(RunStatus::Resumed)
+        }
+        None => {
+            // no checkpoint: what is there (config.json, a partial metrics.jsonl) is rewritten from step 0
+            for f in ["config.json", "metrics.jsonl"] {
+                let p = run.dir.join(f);
+                if p.exists() {
+                    std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+                }
+            }
+            crate::run::train::train_observed(&run.cfg, false, on_step)?;
+            Ok(RunStatus::Trained)
+        }
+    }
+}
+
+/// The sweep's progress: one bar over all steps of all runs on a terminal, log lines otherwise.
+struct SweepProgress {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+}
+
+impl SweepProgress {
+    fn new(total_steps: u64, quiet: bool) -> Self {
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new(total_steps);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30.cyan/blue} {pos}/{len} steps | {msg} | {elapsed_precise} < ETA {eta_precise}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        SweepProgress { bar, quiet }
+    }
+    fn line(&self, msg: String) {
+        match &self.bar {
+            Some(b) => b.println(msg),
+            None if !self.quiet => eprintln!("{msg}"),
+            None => {}
+        }
+    }
+}
+
+/// Settings of a sweep, saved as `sweep.json`.
+#[derive(Serialize)]
+struct SweepRecord<'a> {
+    command: Vec<String>,
+    ablation: Option<Ablation>,
+    seeds: Vec<u64>,
+    variants: &'a [Variant],
+    runs: Vec<PathBuf>,
+}
+
+/// Run the sweep and write its report. Returns the sweep directory.
+pub fn run(args: &SweepArgs) -> Result<PathBuf> {
+    let (dir, variants, runs) = plan(args)?;
+    std::fs::create_dir_all(dir.join("runs")).map_err(|e| Error::io(&dir, e))?;
+    let mut seeds: Vec<u64> = runs.iter().map(|r| r.seed).collect();
+    seeds.sort_unstable();
+    seeds.dedup();
+    let record = SweepRecord {
+        command: std::env::args().collect(),
+        ablation: args.ablation,
+        seeds,
+        variants: &variants,
+        runs: runs.iter().map(|r| r.dir.clone()).collect(),
+    };
+    crate::run::write_atomic(
+        &dir.join("sweep.json"),
+        &serde_json::to_vec_pretty(&record).expect("sweep record serialises"),
+    )?;
+
+    let total: u64 = runs.iter().map(|r| r.cfg.train.steps as u64).sum();
+    let progress = SweepProgress::new(total, args.gpt2.quiet);
+    progress.line(format!(
+        "sweep: {} variants x {} seeds = {} runs of {} steps into {}",
+        variants.len(),
+        args.seeds,
+        runs.len(),
+        runs.first().map_or(0, |r| r.cfg.train.steps),
+        dir.display()
+    ));
+    let mut done_steps = 0u64;
+    for (i, run) in runs.iter().enumerate() {
+        let label = format!(
+            "run {}/{} {} seed {}",
+            i + 1,
+            runs.len(),
+            variants[run.variant].label,
+            run.seed
+        );
+        let bar = progress.bar.clone();
+        if let Some(b) = &bar {
+            b.set_message(label.clone());
+        }
+        let base = done_steps;
+        let every = (run.cfg.train.steps / 4).max(1);
+        let quiet = args.gpt2.quiet;
+        let status = run_one(run, &mut |m| match &bar {
+            Some(b) => b.set_position(base + m.step as u64),
+            None if !quiet && (m.step % every == 0) => eprintln!(
+                "{label}: step {}/{} loss {:.4}{}",
+                m.step,
+                run.cfg.train.steps,
+                m.train_loss,
+                m.val_loss
+                    .map(|v| format!(" val {v:.4}"))
+                    .unwrap_or_default()
+            ),
+            None => {}
+        })?;
+        done_steps += run.cfg.train.steps as u64;
+        if let Some(b) = &progress.bar {
+            b.set_position(done_steps);
+        }
+        progress.line(format!("{label}: {status:?} ({})", run.dir.display()));
+    }
+    if let Some(b) = &progress.bar {
+        b.finish_and_clear();
+    }
+    let summary = write_report(&dir, &variants, &runs, args)?;
+    progress.line(format!(
+        "report: {} ({} rows)",
+        dir.join("report.md").display(),
+        summary.rows.len()
+    ));
+    Ok(dir)
+}
+
+/// One row of the report's table.
+#[derive(Clone, Debug, Serialize)]
+pub struct SummaryRow {
+    pub label: String,
+    pub runs: usize,
+    pub final_train_mean: f64,
+    pub final_train_std: f64,
+    pub final_val_mean: Option<f64>,
+    pub final_val_std: Option<f64>,
+    /// Percent extra steps to reach the baseline's final loss (see [`report`]); None for the baseline itself
+    /// when the sweep has one variant.
+    pub slowdown_pct: Option<f64>,
+    /// True when the variant never reached the baseline's final loss (slowdown_pct is then a lower bound).
+    pub slowdown_lower_bound: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// `val` or `train (EMA 0.9)`: the curve the slowdowns were measured on.
+    pub slowdown_curve: String,
+    pub baseline: String,
+    pub rows: Vec<SummaryRow>,
+}
+
+/// Per variant: its runs' curves.
+fn load_curves(variants: &[Variant], runs: &[PlannedRun]) -> Result<Vec<Vec<RunCurves>>> {
+    let mut per = vec![Vec::new(); variants.len()];
+    for r in runs {
+        let rows = metrics::read(&r.dir.join("metrics.jsonl"))?;
+        per[r.variant].push(RunCurves::from_metrics(&rows));
+    }
+    Ok(per)
+}
+
+/// Summary table from the curves (pure: tested on synthetic curves).
+pub fn summarize(labels: &[String], curves: &[Vec<RunCurves>]) -> Summary {
+    let use_val = curves
+        .iter()
+        .all(|runs| runs.iter().all(|c| c.val.len() >= 2));
+    let slowdown_curve = if use_val {
+        "val".to_string()
+    } else {
+        format!("train (EMA {})", report::TRAIN_EMA)
+    };
+    let mean_curve = |runs: &[RunCurves]| {
+        let cs: Vec<report::Curve> = runs
+            .iter()
+            .map(|c| {
+                if use_val {
+                    c.val.clone()
+                } else {
+                    report::ema(&c.train, report::TRAIN_EMA)
+                }
+            })
+            .collect();
+        Band::over(&cs).mean_curve()
+    };
+    let base = curves.first().map(|r| mean_curve(r)).unwrap_or_default();
+    let rows = labels
+        .iter()
+        .zip(curves)
+        .map(|(label, runs)| {
+            let train: Vec<f64> = runs
+                .iter()
+                .map(|c| report::final_train_loss(&c.train))
+                .collect();
+            let val: Vec<f64> = runs
+                .iter()
+                .filter_map(|c| c.val.last().map(|p| p.1))
+                .collect();
+            let (tm, ts) = report::mean_std(&train);
+            let (vm, vs) = report::mean_std(&val);
+            let has_val = !val.is_empty() && val.len() == runs.len();
+            let sd = report::slowdown(&base, &mean_curve(runs));
+            SummaryRow {
+                label: label.clone(),
+                runs: runs.len(),
+                final_train_mean: tm,
+                final_train_std: ts,
+                final_val_mean: has_val.then_some(vm),
+                final_val_std: has_val.then_some(vs),
+                slowdown_pct: sd.map(|s| match s {
+                    Slowdown::Reached(p) | Slowdown::NotReached(p) => p,
+                }),
+                slowdown_lower_bound: matches!(sd, Some(Slowdown::NotReached(_))),
+            }
+        })
+        .collect();
+    Summary {
+        slowdown_curve,
+        baseline: labels.first().cloned().unwrap_or_default(),
+        rows,
+    }
+}
+
+/// The markdown table of a summary.
+pub fn summary_table(s: &Summary) -> String {
+    let mut t = String::from(
+        "| variant | runs | final train loss | final val loss | slowdown vs baseline |\n|---|---:|---:|---:|---:|\n",
+    );
+    for r in &s.rows {
+        let val = match (r.final_val_mean, r.final_val_std) {
+            (Some(m), Some(sd)) => format!("{m:.4} ± {sd:.4}"),
+            _ => "–".into(),
+        };
+        let slow = match r.slowdown_pct {
+            Some(p) if r.slowdown_lower_bound => Slowdown::NotReached(p).to_string(),
+            Some(p) => Slowdown::Reached(p).to_string(),
+            None => "–".into(),
+        };
+        t += &format!(
+            "| {} | {} | {:.4} ± {:.4} | {val} | {slow} |\n",
+            r.label, r.runs, r.final_train_mean, r.final_train_std
+        );
+    }
+    t
+}
+
+fn write_report(
+    dir: &Path,
+    variants: &[Variant],
+    runs: &[PlannedRun],
+    args: &SweepArgs,
+) -> Result<Summary> {
+    let curves = load_curves(variants, runs)?;
+    let labels: Vec<String> = variants.iter().map(|v| v.label.clone()).collect();
+    let summary = summarize(&labels, &curves);
+    let figures = figures(dir, &labels, &curves)?;
+    let steps = runs.first().map_or(0, |r| r.cfg.train.steps);
+    let mut md = String::new();
+    let title = match args.ablation {
+        Some(a) => format!(
+            "Ablation `{}`",
+            serde_json::to_value(a)
+                .expect("ablation serialises")
+                .as_str()
+                .unwrap_or("?")
+        ),
+        None => "Rotation sweep".into(),
+    };
+    md += &format!("# {title}\n\n");
+    if let Some(first) = runs.first() {
+        let c = &first.cfg;
+        md += &format!(
+            "GPT-2 `{}` ({} layers, {} wide), {} steps of {} tokens, data `{}`, {} seed(s) per variant ({}), \
+             precision {}, optimizer {} unless the variant says otherwise.\n\n",
+            c.model_preset,
+            c.model.n_layer,
+            c.model.n_embd,
+            steps,
+            c.tokens_per_step(),
+            c.data,
+            args.seeds,
+            runs.iter()
+                .filter(|r| r.variant == 0)
+                .map(|r| r.seed.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            precision_name(c.precision),
+            c.train.optimizer.name()
+        );
+    }
+    for f in &figures {
+        md += &format!("![{}]({})\n\n", f.0, f.1);
+    }
+    md += &format!(
+        "Curves: mean over seeds, shaded min–max. Final train loss: mean of the last 5% of steps per run; both \
+         finals are mean ± std over seeds.\n\n{}\n",
+        summary_table(&summary)
+    );
+    md += &format!(
+        "**Slowdown** is measured on the {} curve (mean over seeds) against the baseline `{}`: L* is the \
+         baseline's final loss, T_base the first step at which the baseline reaches L*, T the first step at \
+         which the variant does (linear interpolation between logged points); slowdown = 100·(T − T_base)/T_base. \
+         Negative is faster; \"> X% (not reached)\" means the variant never reached L* and X is a lower bound.\n\n",
+        summary.slowdown_curve, summary.baseline
+    );
+    md += "## Commands\n\nThe sweep:\n\n```\n";
+    md += &std::env::args().collect::<Vec<_>>().join(" ");
+    md += "\n```\n\nEach run is reproducible from its config (exactly the same numbers):\n\n```\n";
+    for r in runs {
+        md += &format!(
+            "cargo run --release -- gpt2 --config {} --out <new dir>\n",
+            r.dir.join("config.json").display()
+        );
+    }
+    md += "```\n";
+    crate::run::write_atomic(&dir.join("report.md"), md.as_bytes())?;
+    crate::run::write_atomic(
+        &dir.join("summary.json"),
+        &serde_json::to_vec_pretty(&summary).expect("summary serialises"),
+    )?;
+    Ok(summary)
+}
+
+/// Draws the loss figures (`loss_val`, `loss_train`: mean over seeds, shaded min–max); returns
+/// (caption, relative path) of each PNG.
+fn figures(
+    dir: &Path,
+    labels: &[String],
+    curves: &[Vec<RunCurves>],
+) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let has_val = curves.iter().all(|r| r.iter().all(|c| !c.val.is_empty()));
+    let kinds: &[(&str, &str)] = if has_val {
+        &[
+            ("val", "validation loss"),
+            ("train", "training loss (EMA 0.9)"),
+        ]
+    } else {
+        &[("train", "training loss (EMA 0.9)")]
+    };
+    for &(kind, caption) in kinds {
+        let series = labels
+            .iter()
+            .zip(curves)
+            .map(|(label, runs)| {
+                let cs: Vec<report::Curve> = runs
+                    .iter()
+                    .map(|c| match kind {
+                        "val" => c.val.clone(),
+                        _ => report::ema(&c.train, report::TRAIN_EMA),
+                    })
+                    .collect();
+                crate::plot::Series::mean_min_max(label, &crate::plot::aggregate(&cs))
+            })
+            .collect();
+        let chart = crate::plot::LineChart {
+            axes: crate::plot::Axes::new(caption, "step", "loss"),
+            series,
+        };
+        let stem = format!("loss_{kind}");
+        chart.save_png_svg(&dir.join(&stem))?;
+        out.push((caption.to_string(), format!("{stem}.png")));
+    }
+    Ok(out)
+}

@@ -1,0 +1,82 @@
+//! `rotadam plot RUN_DIR...`: the loss curves of any runs in one figure (PNG and SVG).
+
+use super::report::{self, RunCurves};
+use crate::error::{Error, Result};
+use crate::run::metrics;
+use std::path::{Path, PathBuf};
+
+/// Which curve to draw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Metric {
+    /// Validation loss at each evaluation.
+    Val,
+    /// Training loss, smoothed by a bias-corrected EMA (decay --ema).
+    Train,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct PlotArgs {
+    /// Run directories (each with a metrics.jsonl).
+    #[arg(required = true, num_args = 1..)]
+    pub runs: Vec<PathBuf>,
+    /// Output path without extension: writes OUT.png and OUT.svg.
+    #[arg(long, default_value = "loss")]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value = "val")]
+    pub metric: Metric,
+    /// EMA decay of the training loss (0 = raw).
+    #[arg(long, default_value_t = report::TRAIN_EMA)]
+    pub ema: f64,
+    /// Logarithmic loss axis.
+    #[arg(long)]
+    pub log_y: bool,
+    #[arg(long, default_value = "loss curves")]
+    pub title: String,
+}
+
+/// A run's legend label: the directory name, or the parent's when it is `.`-like.
+fn label(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string())
+}
+
+/// Draws the figure; returns the PNG and SVG paths.
+pub fn run(a: &PlotArgs) -> Result<(PathBuf, PathBuf)> {
+    if !(0.0..1.0).contains(&a.ema) {
+        return Err(Error::config("--ema", "must be in [0, 1)"));
+    }
+    let mut series = Vec::new();
+    for dir in &a.runs {
+        let path = dir.join("metrics.jsonl");
+        if !path.is_file() {
+            return Err(Error::bad_file(
+                &path,
+                "metrics.jsonl",
+                "missing: expected a run directory written by `rotadam gpt2`",
+            ));
+        }
+        let c = RunCurves::from_metrics(&metrics::read(&path)?);
+        let points = match a.metric {
+            Metric::Val => c.val,
+            Metric::Train => report::ema(&c.train, a.ema),
+        };
+        if points.is_empty() {
+            return Err(Error::bad_file(
+                &path,
+                "val_loss",
+                "no evaluation logged; use --metric train",
+            ));
+        }
+        series.push(crate::plot::Series::new(&label(dir), points));
+    }
+    let y = match a.metric {
+        Metric::Val => "validation loss",
+        Metric::Train => "training loss",
+    };
+    let mut axes = crate::plot::Axes::new(&a.title, "step", y);
+    if a.log_y {
+        axes = axes.log_y();
+    }
+    crate::plot::LineChart { axes, series }.save_png_svg(&a.out)
+}

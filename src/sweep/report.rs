@@ -1,0 +1,158 @@
+//! What a sweep reports: loss curves aggregated over seeds, final losses, and the slowdown of each variant
+//! against the baseline (the unrotated run).
+//!
+//! **Slowdown** (the definition printed in every report): let L* be the loss the baseline reaches at the end
+//! of its run (mean over seeds) and T_base the first step at which the baseline's mean curve reaches L*
+//! (linear interpolation between logged points; T_base is the final step unless the curve dipped below L*
+//! earlier). For a variant, T is the first step at which its mean curve reaches L*, and the slowdown is
+//! 100·(T − T_base)/T_base %: the extra steps, in percent, the variant needs to match the baseline. A negative
+//! value is a speed-up. A variant that never reaches L* within its run gets a lower bound
+//! 100·(T_end − T_base)/T_base %, written "> X%". The curve is the validation loss (fixed batches, the same
+//! for every run) when at least two evaluations were logged, else the training loss smoothed by a
+//! bias-corrected EMA ([`TRAIN_EMA`]), which the report names.
+
+use crate::run::metrics::StepMetrics;
+
+/// Smoothing of the training loss where it stands in for the validation loss (and in the train figure):
+/// bias-corrected exponential moving average with this decay.
+pub const TRAIN_EMA: f64 = 0.9;
+
+/// A loss curve: (step, loss) points in increasing step order.
+pub type Curve = Vec<(f64, f64)>;
+
+/// Curves of one run, read from its metrics rows.
+#[derive(Clone, Debug, Default)]
+pub struct RunCurves {
+    pub train: Curve,
+    pub val: Curve,
+}
+
+impl RunCurves {
+    pub fn from_metrics(rows: &[StepMetrics]) -> Self {
+        RunCurves {
+            train: rows.iter().map(|r| (r.step as f64, r.train_loss)).collect(),
+            val: rows
+                .iter()
+                .filter_map(|r| r.val_loss.map(|v| (r.step as f64, v)))
+                .collect(),
+        }
+    }
+}
+
+/// Bias-corrected EMA of the values of a curve: s_t = β s_{t−1} + (1−β) x_t, reported as s_t / (1 − β^t).
+pub fn ema(curve: &[(f64, f64)], beta: f64) -> Curve {
+    let mut s = 0.0;
+    let mut w = 1.0;
+    curve
+        .iter()
+        .map(|&(x, y)| {
+            s = beta * s + (1.0 - beta) * y;
+            w *= beta;
+            (x, s / (1.0 - w))
+        })
+        .collect()
+}
+
+/// Mean, min and max over seeds at each point. The curves must share their steps (runs of one sweep do);
+/// points beyond the shortest curve are dropped.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Band {
+    pub steps: Vec<f64>,
+    pub mean: Vec<f64>,
+    pub min: Vec<f64>,
+    pub max: Vec<f64>,
+}
+
+impl Band {
+    pub fn over(curves: &[Curve]) -> Band {
+        let len = curves.iter().map(|c| c.len()).min().unwrap_or(0);
+        let mut b = Band::default();
+        for i in 0..len {
+            let ys: Vec<f64> = curves.iter().map(|c| c[i].1).collect();
+            b.steps.push(curves[0][i].0);
+            b.mean.push(ys.iter().sum::<f64>() / ys.len() as f64);
+            b.min.push(ys.iter().copied().fold(f64::INFINITY, f64::min));
+            b.max
+                .push(ys.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+        }
+        b
+    }
+
+    pub fn mean_curve(&self) -> Curve {
+        self.steps
+            .iter()
+            .copied()
+            .zip(self.mean.iter().copied())
+            .collect()
+    }
+}
+
+/// The first step at which `curve` reaches `target` (loss ≤ target), interpolating linearly between
+/// points; None if it never does.
+pub fn steps_to_reach(curve: &[(f64, f64)], target: f64) -> Option<f64> {
+    let first = curve.first()?;
+    if first.1 <= target {
+        return Some(first.0);
+    }
+    curve.windows(2).find_map(|w| {
+        let ((x0, y0), (x1, y1)) = (w[0], w[1]);
+        (y1 <= target).then(|| x0 + (x1 - x0) * (y0 - target) / (y0 - y1))
+    })
+}
+
+/// A variant's slowdown against the baseline (module docs for the definition).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Slowdown {
+    /// Extra steps in percent (negative: faster).
+    Reached(f64),
+    /// Never reached the baseline's final loss: the slowdown is more than this many percent.
+    NotReached(f64),
+}
+
+impl std::fmt::Display for Slowdown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Slowdown::Reached(p) => write!(f, "{p:+.1}%"),
+            Slowdown::NotReached(p) => write!(f, "> {p:+.1}% (not reached)"),
+        }
+    }
+}
+
+/// Slowdown of `curve` against `base` (both mean curves). None when the baseline is empty.
+pub fn slowdown(base: &[(f64, f64)], curve: &[(f64, f64)]) -> Option<Slowdown> {
+    let target = base.last()?.1;
+    let t_base = steps_to_reach(base, target)?;
+    if t_base <= 0.0 {
+        return None;
+    }
+    Some(match steps_to_reach(curve, target) {
+        Some(t) => Slowdown::Reached(100.0 * (t - t_base) / t_base),
+        None => {
+            let end = curve.last().map_or(0.0, |p| p.0);
+            Slowdown::NotReached(100.0 * (end - t_base) / t_base)
+        }
+    })
+}
+
+/// Mean and sample standard deviation (0 for one value).
+pub fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    if xs.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+/// The final training loss of a run: the mean over its last max(1, steps/20) logged steps (one step's loss
+/// is one minibatch, too noisy to compare runs by).
+pub fn final_train_loss(train: &[(f64, f64)]) -> f64 {
+    let k = (train.len() / 20).max(1).min(train.len());
+    let tail = &train[train.len() - k..];
+    tail.iter().map(|p| p.1).sum::<f64>() / k as f64
+}
