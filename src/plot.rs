@@ -77,6 +77,9 @@ pub struct Axes {
     pub y_scale: Scale,
     /// (width, height) in pixels; both must be in 100..=10000.
     pub size: (u32, u32),
+    /// Line charts only: when non-empty, x values are indices 0, 1, … into these names and the x ticks
+    /// show the names (e.g. θ values that include 0 and span decades).
+    pub x_categories: Vec<String>,
 }
 
 impl Default for Axes {
@@ -87,6 +90,7 @@ impl Default for Axes {
             y_label: String::new(),
             y_scale: Scale::Linear,
             size: DEFAULT_SIZE,
+            x_categories: Vec::new(),
         }
     }
 }
@@ -644,7 +648,12 @@ fn draw_lines<DB: DrawingBackend>(
             None => Vec::new(),
         })
     });
-    let (x0, x1) = x_range(xs);
+    let cats = &c.axes.x_categories;
+    let (x0, x1) = if cats.is_empty() {
+        x_range(xs)
+    } else {
+        (-0.3, cats.len() as f64 - 0.7)
+    };
     let ys = c.series.iter().flat_map(|s| {
         let mut v: Vec<f64> = s.points.iter().map(|p| p.1).collect();
         if let Some(Spread::Band(b)) | Some(Spread::ErrorBars(b)) = &s.spread {
@@ -662,9 +671,17 @@ fn draw_lines<DB: DrawingBackend>(
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(err)?;
     let yfmt = move |v: &f64| ym.label(*v);
-    let xfmt = |v: &f64| fmt_num(*v);
+    let xfmt = |v: &f64| {
+        if cats.is_empty() {
+            fmt_num(*v)
+        } else {
+            category_label(cats, *v)
+        }
+    };
+    let n_x_labels = if cats.is_empty() { 10 } else { cats.len() + 2 };
     chart
         .configure_mesh()
+        .x_labels(n_x_labels)
         .x_desc(&c.axes.x_label)
         .y_desc(&c.axes.y_label)
         .x_label_formatter(&xfmt)
@@ -754,6 +771,16 @@ fn draw_lines<DB: DrawingBackend>(
     Ok(())
 }
 
+/// The name of category `v` when v is (within 1e-6) an index of `cats`, else "" (no tick label).
+fn category_label(cats: &[String], v: f64) -> String {
+    let i = v.round();
+    if (v - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < cats.len() {
+        cats[i as usize].clone()
+    } else {
+        String::new()
+    }
+}
+
 fn draw_bars<DB: DrawingBackend>(
     c: &BarChart,
     root: &DrawingArea<DB, Shift>,
@@ -786,14 +813,7 @@ fn draw_bars<DB: DrawingBackend>(
         .build_cartesian_2d(-0.5..(n as f64 - 0.5), y0..y1)
         .map_err(err)?;
     let cats = c.categories.clone();
-    let xfmt = move |v: &f64| {
-        let i = v.round();
-        if (v - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < cats.len() {
-            cats[i as usize].clone()
-        } else {
-            String::new()
-        }
-    };
+    let xfmt = move |v: &f64| category_label(&cats, *v);
     let yfmt = move |v: &f64| ym.label(*v);
     chart
         .configure_mesh()

@@ -327,3 +327,27 @@ fn aggregate_statistics() {
     assert_eq!(aggregate(&[vec![(0.0, 5.0)]])[0].std, 0.0);
     assert!(aggregate(&[]).is_empty());
 }
+
+#[test]
+fn categorical_x_axis_shows_the_names() {
+    let mut axes = Axes::new("by theta", "θ", "loss").log_y();
+    axes.x_categories = ["0", "0.01", "0.3", "10"].map(String::from).to_vec();
+    let c = LineChart {
+        axes,
+        series: vec![
+            Series::new("adam", (0..4).map(|i| (i as f64, 10f64.powi(-i))).collect()).markers(),
+        ],
+    };
+    let d = tmp("cats");
+    let (png, svg) = c.save_png_svg(&d.join("c")).unwrap();
+    assert!(count_near(&decode(&png), pal(0), 0) > 50);
+    let texts = svg_texts(&std::fs::read_to_string(svg).unwrap());
+    for name in ["0", "0.01", "0.3", "10"] {
+        assert!(
+            texts.iter().any(|t| t == name),
+            "tick {name:?} missing: {texts:?}"
+        );
+    }
+    // Only the category names label the x axis: no fractional positions such as "0.5".
+    assert!(!texts.iter().any(|t| t == "0.5" || t == "1.5"), "{texts:?}");
+}
