@@ -29,6 +29,8 @@ pub enum Command {
     Prepare(PrepareArgs),
     /// Benchmarks: GEMM peak and a full training step (prints JSON with --json).
     Bench(crate::bench::BenchArgs),
+    /// Xie et al. §4.1: Adam, AdaSGD and SGD on a quadratic rotated by R(θ) = exp(θA); table and figure.
+    Quadratic(crate::quadratic::QuadraticArgs),
 }
 
 #[derive(Args, Debug, Default, Clone)]

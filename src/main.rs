@@ -25,6 +25,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&summary)?);
         }
         Command::Bench(a) => rotadam::bench::run(&a)?,
+        Command::Quadratic(a) => rotadam::quadratic::run_cli(&a)?,
     }
     Ok(())
 }
