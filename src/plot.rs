@@ -718,7 +718,16 @@ fn draw_lines<DB: DrawingBackend>(
                 chart
                     .draw_series(b.iter().filter(|p| p.0.is_finite()).map(|&(x, lo, hi)| {
                         let (lo, hi) = (ym.clamp(lo, y0), ym.clamp(hi, y0));
-                        ErrorBar::new_vertical(x, lo, 0.5 * (lo + hi), hi, color.stroke_width(2), 8)
+                        // The bar's dot sits on the series' own point at this x (the mean), not at
+                        // the middle of lo..hi, which differs on a log axis.
+                        let mid = s
+                            .points
+                            .iter()
+                            .find(|p| p.0 == x)
+                            .and_then(|p| ym.to_axis(p.1))
+                            .unwrap_or(0.5 * (lo + hi))
+                            .clamp(lo.min(hi), hi.max(lo));
+                        ErrorBar::new_vertical(x, lo, mid, hi, color.stroke_width(2), 8)
                     }))
                     .map_err(err)?;
             }
@@ -764,11 +773,49 @@ fn draw_lines<DB: DrawingBackend>(
             .label_font(("sans-serif", 14))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
+            .position(legend_corner(c, ym, (x0, x1), (y0, y1)))
             .draw()
             .map_err(err)?;
     }
     Ok(())
+}
+
+/// The legend's corner for a line chart: the first of upper right, upper left, lower right, lower left
+/// whose corner region (the outer 35% of the width × 30% of the height) holds the fewest drawn values
+/// (points and the ends of bands / error bars), so the legend covers as little data as it can.
+fn legend_corner(c: &LineChart, ym: YMap, x: (f64, f64), y: (f64, f64)) -> SeriesLabelPosition {
+    let mut counts = [0usize; 4];
+    let mut add = |px: f64, py: f64| {
+        let Some(py) = ym.to_axis(py) else { return };
+        let u = (px - x.0) / (x.1 - x.0);
+        let v = (py - y.0) / (y.1 - y.0);
+        let (right, left, top, bottom) = (u > 0.65, u < 0.35, v > 0.7, v < 0.3);
+        for (k, inside) in [right && top, left && top, right && bottom, left && bottom]
+            .into_iter()
+            .enumerate()
+        {
+            counts[k] += inside as usize;
+        }
+    };
+    for s in &c.series {
+        for &(px, py) in &s.points {
+            add(px, py);
+        }
+        if let Some(Spread::Band(b)) | Some(Spread::ErrorBars(b)) = &s.spread {
+            for &(px, lo, hi) in b {
+                add(px, lo);
+                add(px, hi);
+            }
+        }
+    }
+    let best = (0..4).min_by_key(|&k| (counts[k], k)).unwrap_or(0);
+    [
+        SeriesLabelPosition::UpperRight,
+        SeriesLabelPosition::UpperLeft,
+        SeriesLabelPosition::LowerRight,
+        SeriesLabelPosition::LowerLeft,
+    ][best]
+        .clone()
 }
 
 /// The name of category `v` when v is (within 1e-6) an index of `cats`, else "" (no tick label).
