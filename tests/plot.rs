@@ -351,3 +351,29 @@ fn categorical_x_axis_shows_the_names() {
     // Only the category names label the x axis: no fractional positions such as "0.5".
     assert!(!texts.iter().any(|t| t == "0.5" || t == "1.5"), "{texts:?}");
 }
+
+#[test]
+fn empty_and_degenerate_inputs_still_render() {
+    let d = tmp("empty");
+    LineChart::default().save(&d.join("lines.png")).unwrap();
+    let flat = LineChart {
+        axes: Axes::new("flat", "x", "y").log_y(),
+        series: vec![
+            Series::new("const", vec![(1.0, 5.0), (1.0, 5.0)]),
+            Series::new("nan", vec![(0.0, f64::NAN)]),
+        ],
+    };
+    flat.save(&d.join("flat.svg")).unwrap();
+    BarChart::default().save(&d.join("bars.png")).unwrap();
+    let empty: [f64; 0] = [];
+    RowPlot {
+        axes: Axes::default(),
+        values: RowValues::F64(&empty),
+        markers: vec![],
+    }
+    .save(&d.join("row.png"))
+    .unwrap();
+    for f in ["lines.png", "bars.png", "row.png"] {
+        assert_eq!(decode(&d.join(f)).dimensions(), (1000, 600), "{f}");
+    }
+}
