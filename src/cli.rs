@@ -33,6 +33,8 @@ pub enum Command {
     Sweep(Box<crate::sweep::SweepArgs>),
     /// Draw the loss curves of any runs into one PNG and SVG.
     Plot(crate::sweep::plot_runs::PlotArgs),
+    /// Xie et al. §4.1: Adam, AdaSGD and SGD on a quadratic rotated by R(θ) = exp(θA); table and figure.
+    Quadratic(crate::quadratic::QuadraticArgs),
 }
 
 #[derive(Args, Debug, Default, Clone)]

@@ -13,6 +13,7 @@ pub mod model;
 pub mod optim;
 pub mod plot;
 pub mod progress;
+pub mod quadratic;
 pub mod rng;
 pub mod rotation;
 pub mod run;

@@ -33,6 +33,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (png, svg) = rotadam::sweep::plot_runs::run(&a)?;
             println!("{}\n{}", png.display(), svg.display());
         }
+        Command::Quadratic(a) => rotadam::quadratic::run_cli(&a)?,
     }
     Ok(())
 }

@@ -77,6 +77,9 @@ pub struct Axes {
     pub y_scale: Scale,
     /// (width, height) in pixels; both must be in 100..=10000.
     pub size: (u32, u32),
+    /// Line charts only: when non-empty, x values are indices 0, 1, … into these names and the x ticks
+    /// show the names (e.g. θ values that include 0 and span decades).
+    pub x_categories: Vec<String>,
 }
 
 impl Default for Axes {
@@ -87,6 +90,7 @@ impl Default for Axes {
             y_label: String::new(),
             y_scale: Scale::Linear,
             size: DEFAULT_SIZE,
+            x_categories: Vec::new(),
         }
     }
 }
@@ -644,7 +648,12 @@ fn draw_lines<DB: DrawingBackend>(
             None => Vec::new(),
         })
     });
-    let (x0, x1) = x_range(xs);
+    let cats = &c.axes.x_categories;
+    let (x0, x1) = if cats.is_empty() {
+        x_range(xs)
+    } else {
+        (-0.3, cats.len() as f64 - 0.7)
+    };
     let ys = c.series.iter().flat_map(|s| {
         let mut v: Vec<f64> = s.points.iter().map(|p| p.1).collect();
         if let Some(Spread::Band(b)) | Some(Spread::ErrorBars(b)) = &s.spread {
@@ -662,9 +671,17 @@ fn draw_lines<DB: DrawingBackend>(
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(err)?;
     let yfmt = move |v: &f64| ym.label(*v);
-    let xfmt = |v: &f64| fmt_num(*v);
+    let xfmt = |v: &f64| {
+        if cats.is_empty() {
+            fmt_num(*v)
+        } else {
+            category_label(cats, *v)
+        }
+    };
+    let n_x_labels = if cats.is_empty() { 10 } else { cats.len() + 2 };
     chart
         .configure_mesh()
+        .x_labels(n_x_labels)
         .x_desc(&c.axes.x_label)
         .y_desc(&c.axes.y_label)
         .x_label_formatter(&xfmt)
@@ -701,7 +718,16 @@ fn draw_lines<DB: DrawingBackend>(
                 chart
                     .draw_series(b.iter().filter(|p| p.0.is_finite()).map(|&(x, lo, hi)| {
                         let (lo, hi) = (ym.clamp(lo, y0), ym.clamp(hi, y0));
-                        ErrorBar::new_vertical(x, lo, 0.5 * (lo + hi), hi, color.stroke_width(2), 8)
+                        // The bar's dot sits on the series' own point at this x (the mean), not at
+                        // the middle of lo..hi, which differs on a log axis.
+                        let mid = s
+                            .points
+                            .iter()
+                            .find(|p| p.0 == x)
+                            .and_then(|p| ym.to_axis(p.1))
+                            .unwrap_or(0.5 * (lo + hi))
+                            .clamp(lo.min(hi), hi.max(lo));
+                        ErrorBar::new_vertical(x, lo, mid, hi, color.stroke_width(2), 8)
                     }))
                     .map_err(err)?;
             }
@@ -747,11 +773,59 @@ fn draw_lines<DB: DrawingBackend>(
             .label_font(("sans-serif", 14))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
+            .position(legend_corner(c, ym, (x0, x1), (y0, y1)))
             .draw()
             .map_err(err)?;
     }
     Ok(())
+}
+
+/// The legend's corner for a line chart: the first of upper right, upper left, lower right, lower left
+/// whose corner region (the outer 35% of the width × 30% of the height) holds the fewest drawn values
+/// (points and the ends of bands / error bars), so the legend covers as little data as it can.
+fn legend_corner(c: &LineChart, ym: YMap, x: (f64, f64), y: (f64, f64)) -> SeriesLabelPosition {
+    let mut counts = [0usize; 4];
+    let mut add = |px: f64, py: f64| {
+        let Some(py) = ym.to_axis(py) else { return };
+        let u = (px - x.0) / (x.1 - x.0);
+        let v = (py - y.0) / (y.1 - y.0);
+        let (right, left, top, bottom) = (u > 0.65, u < 0.35, v > 0.7, v < 0.3);
+        for (k, inside) in [right && top, left && top, right && bottom, left && bottom]
+            .into_iter()
+            .enumerate()
+        {
+            counts[k] += inside as usize;
+        }
+    };
+    for s in &c.series {
+        for &(px, py) in &s.points {
+            add(px, py);
+        }
+        if let Some(Spread::Band(b)) | Some(Spread::ErrorBars(b)) = &s.spread {
+            for &(px, lo, hi) in b {
+                add(px, lo);
+                add(px, hi);
+            }
+        }
+    }
+    let best = (0..4).min_by_key(|&k| (counts[k], k)).unwrap_or(0);
+    [
+        SeriesLabelPosition::UpperRight,
+        SeriesLabelPosition::UpperLeft,
+        SeriesLabelPosition::LowerRight,
+        SeriesLabelPosition::LowerLeft,
+    ][best]
+        .clone()
+}
+
+/// The name of category `v` when v is (within 1e-6) an index of `cats`, else "" (no tick label).
+fn category_label(cats: &[String], v: f64) -> String {
+    let i = v.round();
+    if (v - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < cats.len() {
+        cats[i as usize].clone()
+    } else {
+        String::new()
+    }
 }
 
 fn draw_bars<DB: DrawingBackend>(
@@ -786,14 +860,7 @@ fn draw_bars<DB: DrawingBackend>(
         .build_cartesian_2d(-0.5..(n as f64 - 0.5), y0..y1)
         .map_err(err)?;
     let cats = c.categories.clone();
-    let xfmt = move |v: &f64| {
-        let i = v.round();
-        if (v - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < cats.len() {
-            cats[i as usize].clone()
-        } else {
-            String::new()
-        }
-    };
+    let xfmt = move |v: &f64| category_label(&cats, *v);
     let yfmt = move |v: &f64| ym.label(*v);
     chart
         .configure_mesh()

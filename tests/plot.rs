@@ -327,3 +327,53 @@ fn aggregate_statistics() {
     assert_eq!(aggregate(&[vec![(0.0, 5.0)]])[0].std, 0.0);
     assert!(aggregate(&[]).is_empty());
 }
+
+#[test]
+fn categorical_x_axis_shows_the_names() {
+    let mut axes = Axes::new("by theta", "θ", "loss").log_y();
+    axes.x_categories = ["0", "0.01", "0.3", "10"].map(String::from).to_vec();
+    let c = LineChart {
+        axes,
+        series: vec![
+            Series::new("adam", (0..4).map(|i| (i as f64, 10f64.powi(-i))).collect()).markers(),
+        ],
+    };
+    let d = tmp("cats");
+    let (png, svg) = c.save_png_svg(&d.join("c")).unwrap();
+    assert!(count_near(&decode(&png), pal(0), 0) > 50);
+    let texts = svg_texts(&std::fs::read_to_string(svg).unwrap());
+    for name in ["0", "0.01", "0.3", "10"] {
+        assert!(
+            texts.iter().any(|t| t == name),
+            "tick {name:?} missing: {texts:?}"
+        );
+    }
+    // Only the category names label the x axis: no fractional positions such as "0.5".
+    assert!(!texts.iter().any(|t| t == "0.5" || t == "1.5"), "{texts:?}");
+}
+
+#[test]
+fn empty_and_degenerate_inputs_still_render() {
+    let d = tmp("empty");
+    LineChart::default().save(&d.join("lines.png")).unwrap();
+    let flat = LineChart {
+        axes: Axes::new("flat", "x", "y").log_y(),
+        series: vec![
+            Series::new("const", vec![(1.0, 5.0), (1.0, 5.0)]),
+            Series::new("nan", vec![(0.0, f64::NAN)]),
+        ],
+    };
+    flat.save(&d.join("flat.svg")).unwrap();
+    BarChart::default().save(&d.join("bars.png")).unwrap();
+    let empty: [f64; 0] = [];
+    RowPlot {
+        axes: Axes::default(),
+        values: RowValues::F64(&empty),
+        markers: vec![],
+    }
+    .save(&d.join("row.png"))
+    .unwrap();
+    for f in ["lines.png", "bars.png", "row.png"] {
+        assert_eq!(decode(&d.join(f)).dimensions(), (1000, 600), "{f}");
+    }
+}

@@ -6,6 +6,7 @@ mod model;
 mod ops;
 mod optim;
 mod plot;
+mod quadratic;
 mod rotation;
 mod svd;
 mod sweep;
