@@ -151,6 +151,11 @@ fn a_run_directory_with_another_config_is_an_error_not_overwritten() {
         "error names the file and the field: {err}"
     );
     assert_eq!(before, std::fs::read(&metrics).unwrap());
+    // the cosine schedule ends at --steps (no --lr-decay-steps): more steps would be another run
+    a.gpt2.lr = None;
+    a.gpt2.steps = Some(3);
+    let err = sw::run(&a).unwrap_err().to_string();
+    assert!(err.contains("train.steps"), "{err}");
 
     let mut bad = args(&root, &["none", "sideways"], 1, 2);
     assert!(sw::run(&bad).unwrap_err().to_string().contains("sideways"));

@@ -6,8 +6,8 @@
 //! `DIR/loss_train.{png,svg}`, `DIR/summary.json`. Every run of one seed shares the initialisation and the
 //! data order (both follow `--seed`); the rotation's seed follows the run's seed too.
 //!
-//! Reuse: a run directory whose config matches (ignoring `out`, `threads`, `device`, `quiet`, `steps`,
-//! `eval_every`, `checkpoint_every`) is reused: finished runs are not retrained, interrupted ones resume
+//! Reuse: a run directory whose config matches (ignoring `out`, `threads`, `device`, `quiet`,
+//! `eval_every`, `checkpoint_every`, and `steps` when `--lr-decay-steps` fixes the schedule) is reused: finished runs are not retrained, interrupted ones resume
 //! from their latest checkpoint (bit-identically), runs that wrote no checkpoint yet start over. A run
 //! directory with a different config is an error naming the field, never overwritten.
 
@@ -262,8 +262,12 @@ pub fn config_difference(a: &RunConfig, b: &RunConfig) -> Option<String> {
             o.remove(f);
         }
         if let Some(t) = o.get_mut("train").and_then(|t| t.as_object_mut()) {
+            // without an explicit lr_decay_steps the cosine schedule ends at `steps`: then steps matter
+            let schedule_follows_steps = t.get("lr_decay_steps").is_none_or(|v| v.is_null());
             for f in RUNTIME_TRAIN_FIELDS {
-                t.remove(f);
+                if !(f == "steps" && schedule_follows_steps) {
+                    t.remove(f);
+                }
             }
         }
         v
