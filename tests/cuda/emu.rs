@@ -1,0 +1,797 @@
+//! Every kernel through the CPU emulator against the f64 CPU reference (`CpuBackend<f64>`), on small and
+//! odd shapes: sizes that are not multiples of the block (256), the warp (32) or the GEMM tile (64), and a
+//! rotation block n that divides nothing. Every launch runs under ascending and descending thread order
+//! and must give bit-identical outputs (`EmuBackend` checks it on every call).
+//!
+//! Tolerances come from the f32 arithmetic (Higham, Accuracy and Stability, §3.1): a length-K sum of
+//! products errs by at most γ_K = K·u/(1 − K·u) relative to Σ|terms|, u = 2⁻²⁴. Each test states its K and
+//! the magnitude the error is relative to; the bound used is atol = rtol = 2·γ_K (a factor 2 for the
+//! conversion of the result and libm's exp/log/tan, which are within 1 ulp). The optimizer kernels compute
+//! the CPU backend's exact expression in f32 and must equal `CpuBackend<f32>` bit for bit.
+
+use super::{assert_close, f32s, f64s, randn, U32};
+use rotadam::backend::cpu::CpuBackend;
+use rotadam::backend::emu::launch::{launch_both_orders, Geometry, OutBuf};
+use rotadam::backend::emu::{AdamParams, EmuBackend, BLOCK, GEMM_TILE};
+use rotadam::backend::{AdamStep, Backend};
+use rotadam::kernels::{self, EmuArg, Kernel, Module};
+use rotadam::rng::{splitmix64, Rng};
+
+/// 2·γ_K for a length-K reduction (module docs).
+fn gamma(k: usize) -> f64 {
+    let ku = k as f64 * U32;
+    2.0 * ku / (1.0 - ku)
+}
+
+fn emu() -> EmuBackend {
+    EmuBackend::new(1, false)
+}
+fn cpu64() -> CpuBackend<f64> {
+    CpuBackend::new(1, false)
+}
+
+// Odd shapes: B·T = 74 rows, C = 36 (> one warp, not a multiple), NH = 3 (hs = 12), T = 37 (> 32 keys per
+// row), V = 300 (> one 256-thread block per row).
+const B: usize = 2;
+const T: usize = 37;
+const C: usize = 36;
+const NH: usize = 3;
+const V: usize = 300;
+
+#[test]
+fn kernel_index_lists_every_module_and_kernel() {
+    // The typed index is generated from the sources: every module has kernels, names are unique, and each
+    // kernel's name appears as an extern "C" __global__ in its module's flattened source.
+    let mut names = std::collections::HashSet::new();
+    for &m in Module::ALL {
+        assert!(!m.kernels().is_empty(), "{}: no kernels", m.name());
+        for &k in m.kernels() {
+            assert_eq!(k.module(), m);
+            assert!(names.insert(k.name()), "duplicate kernel {}", k.name());
+            assert!(
+                m.source().contains(&format!("{}(", k.name())),
+                "{} not in the source of {}",
+                k.name(),
+                m.name()
+            );
+        }
+        assert!(
+            !m.source().contains("#include \""),
+            "{}: a local include was not flattened",
+            m.name()
+        );
+    }
+    for family in [
+        "rotation",
+        "adamw",
+        "reduce",
+        "layernorm",
+        "encoder",
+        "gelu",
+        "residual",
+        "attention",
+        "crossentropy",
+        "cauchy",
+    ] {
+        assert!(
+            Module::ALL.iter().any(|m| m.name() == family),
+            "module {family} missing"
+        );
+    }
+}
+
+#[test]
+fn encoder_forward_backward_parity() {
+    let mut rng = Rng::new(1);
+    let vocab = 23;
+    let tokens: Vec<u32> = (0..B * T).map(|_| rng.below(vocab as u64) as u32).collect();
+    let wte = randn(&mut rng, vocab * C, 1.0);
+    let wpe = randn(&mut rng, T * C, 1.0);
+    let dout = randn(&mut rng, B * T * C, 1.0);
+    let mut o32 = vec![0f32; B * T * C];
+    emu().encoder_forward(&mut o32, &tokens, &f32s(&wte), &f32s(&wpe), B, T, C);
+    let mut o64 = vec![0f64; B * T * C];
+    cpu64().encoder_forward(&mut o64, &tokens, &wte, &wpe, B, T, C);
+    assert_close("encoder_forward", &f64s(&o32), &o64, 0.0, gamma(1));
+
+    let (init_te, init_pe) = (randn(&mut rng, vocab * C, 1.0), randn(&mut rng, T * C, 1.0));
+    let (mut te32, mut pe32) = (f32s(&init_te), f32s(&init_pe));
+    emu().encoder_backward(&mut te32, &mut pe32, &f32s(&dout), &tokens, B, T, C);
+    let (mut te64, mut pe64) = (init_te.clone(), init_pe.clone());
+    cpu64().encoder_backward(&mut te64, &mut pe64, &dout, &tokens, B, T, C);
+    // K ≤ B·T + 1 terms of magnitude ≤ ~4
+    let k = B * T + 1;
+    assert_close(
+        "encoder_backward dwte",
+        &f64s(&te32),
+        &te64,
+        4.0 * gamma(k),
+        gamma(k),
+    );
+    assert_close(
+        "encoder_backward dwpe",
+        &f64s(&pe32),
+        &pe64,
+        4.0 * gamma(B + 1),
+        gamma(B + 1),
+    );
+}
+
+#[test]
+fn layernorm_forward_backward_parity() {
+    let n = B * T;
+    let mut rng = Rng::new(2);
+    let x: Vec<f64> = randn(&mut rng, n * C, 1.0)
+        .iter()
+        .map(|v| v + 0.5)
+        .collect();
+    let w = randn(&mut rng, C, 1.0);
+    let bias = randn(&mut rng, C, 1.0);
+    let dout = randn(&mut rng, n * C, 1.0);
+    for with_bias in [true, false] {
+        let b32 = f32s(&bias);
+        let (mut o32, mut m32, mut r32) = (vec![0f32; n * C], vec![0f32; n], vec![0f32; n]);
+        emu().layernorm_forward(
+            &mut o32,
+            &mut m32,
+            &mut r32,
+            &f32s(&x),
+            &f32s(&w),
+            with_bias.then_some(&b32[..]),
+            n,
+            C,
+        );
+        let (mut o64, mut m64, mut r64) = (vec![0f64; n * C], vec![0f64; n], vec![0f64; n]);
+        cpu64().layernorm_forward(
+            &mut o64,
+            &mut m64,
+            &mut r64,
+            &x,
+            &w,
+            with_bias.then_some(&bias[..]),
+            n,
+            C,
+        );
+        // K = C terms; outputs are O(|w|·|norm|) ≤ ~10
+        let g = gamma(4 * C);
+        assert_close("layernorm_forward mean", &f64s(&m32), &m64, 4.0 * g, g);
+        assert_close("layernorm_forward rstd", &f64s(&r32), &r64, 0.0, g);
+        assert_close("layernorm_forward out", &f64s(&o32), &o64, 10.0 * g, g);
+
+        let init_dx = randn(&mut rng, n * C, 1.0);
+        let (init_dw, init_db) = (randn(&mut rng, C, 1.0), randn(&mut rng, C, 1.0));
+        let (mut dx32, mut dw32, mut db32) = (f32s(&init_dx), f32s(&init_dw), f32s(&init_db));
+        emu().layernorm_backward(
+            &mut dx32,
+            &mut dw32,
+            with_bias.then_some(&mut db32[..]),
+            &f32s(&dout),
+            &f32s(&x),
+            &f32s(&w),
+            &m32,
+            &r32,
+            n,
+            C,
+        );
+        let (mut dx64, mut dw64, mut db64) = (init_dx.clone(), init_dw.clone(), init_db.clone());
+        cpu64().layernorm_backward(
+            &mut dx64,
+            &mut dw64,
+            with_bias.then_some(&mut db64[..]),
+            &dout,
+            &x,
+            &w,
+            &m64,
+            &r64,
+            n,
+            C,
+        );
+        let g = gamma(4 * C);
+        assert_close("layernorm_backward dinp", &f64s(&dx32), &dx64, 50.0 * g, g);
+        let g = gamma(2 * n);
+        assert_close(
+            "layernorm_backward dweight",
+            &f64s(&dw32),
+            &dw64,
+            50.0 * g,
+            g,
+        );
+        if with_bias {
+            assert_close("layernorm_backward dbias", &f64s(&db32), &db64, 10.0 * g, g);
+        } else {
+            assert_eq!(f64s(&db32), init_db, "dbias must be untouched without bias");
+        }
+    }
+}
+
+#[test]
+fn attention_forward_backward_parity() {
+    let mut rng = Rng::new(3);
+    let qkv = randn(&mut rng, B * T * 3 * C, 1.0);
+    let dout = randn(&mut rng, B * T * C, 1.0);
+    let (mut o32, mut a32) = (vec![0f32; B * T * C], vec![7f32; B * NH * T * T]);
+    emu().attention_forward(&mut o32, &mut a32, &f32s(&qkv), B, T, C, NH);
+    let (mut o64, mut a64) = (vec![0f64; B * T * C], vec![0f64; B * NH * T * T]);
+    cpu64().attention_forward(&mut o64, &mut a64, &qkv, B, T, C, NH);
+    // scores: K = hs = 12 terms of magnitude ~1 each → ~hs·γ absolute in the exponent; probabilities and
+    // outputs then carry that relative error (plus the length-T sums).
+    let g = gamma(C / NH + T) * 8.0;
+    assert_close("attention_forward att", &f64s(&a32), &a64, g, g);
+    assert_close("attention_forward out", &f64s(&o32), &o64, 4.0 * g, g);
+
+    let init = randn(&mut rng, B * T * 3 * C, 1.0);
+    let mut d32 = f32s(&init);
+    let mut s32 = vec![3f32; B * NH * T * T];
+    emu().attention_backward(
+        &mut d32,
+        &mut s32,
+        &f32s(&dout),
+        &f32s(&qkv),
+        &a32,
+        B,
+        T,
+        C,
+        NH,
+    );
+    let mut d64 = init.clone();
+    let mut s64 = vec![0f64; B * NH * T * T];
+    cpu64().attention_backward(&mut d64, &mut s64, &dout, &qkv, &a64, B, T, C, NH);
+    let g = gamma(C / NH + T) * 32.0;
+    assert_close("attention_backward scratch", &f64s(&s32), &s64, g, g);
+    assert_close("attention_backward dqkv", &f64s(&d32), &d64, 8.0 * g, g);
+}
+
+#[test]
+fn gelu_residual_and_flat_ops_parity() {
+    let n = 1000; // 3.9 blocks of 256
+    let mut rng = Rng::new(4);
+    let x: Vec<f64> = randn(&mut rng, n, 3.0);
+    let y = randn(&mut rng, n, 1.0);
+    let (mut o32, mut o64) = (vec![0f32; n], vec![0f64; n]);
+    emu().gelu_forward(&mut o32, &f32s(&x));
+    cpu64().gelu_forward(&mut o64, &x);
+    // exp's argument carries ~|u|·γ₄ absolute error, |u| ≤ ~25 here
+    let g = gamma(4) * 32.0;
+    assert_close("gelu_forward", &f64s(&o32), &o64, g, g);
+    let (mut d32, mut d64) = (f32s(&y), y.clone());
+    emu().gelu_backward(&mut d32, &f32s(&x), &f32s(&y));
+    cpu64().gelu_backward(&mut d64, &x, &y);
+    assert_close("gelu_backward", &f64s(&d32), &d64, g, g);
+
+    let (mut r32, mut r64) = (vec![0f32; n], vec![0f64; n]);
+    emu().residual_forward(&mut r32, &f32s(&x), &f32s(&y));
+    cpu64().residual_forward(&mut r64, &x, &y);
+    assert_close("residual_forward", &f64s(&r32), &r64, 0.0, gamma(1));
+    let (mut a32, mut a64) = (f32s(&x), x.clone());
+    emu().add_inplace(&mut a32, &f32s(&y));
+    cpu64().add_inplace(&mut a64, &y);
+    assert_close("add_inplace", &f64s(&a32), &a64, 0.0, gamma(1));
+    emu().scale(&mut a32, 0.375);
+    cpu64().scale(&mut a64, 0.375);
+    assert_close("scale", &f64s(&a32), &a64, 0.0, gamma(2));
+    emu().fill(&mut a32, -2.5);
+    assert!(a32.iter().all(|&v| v == -2.5), "fill");
+}
+
+#[test]
+fn bf16_mode_rounds_stored_activations_like_the_cpu_backend() {
+    // In bf16 mode the kernels store activations rounded to bf16 (round-to-nearest-even), as the CPU
+    // backend's emulation does: the elementwise results agree with CpuBackend<f32, bf16> bit for bit.
+    let n = 777;
+    let mut rng = Rng::new(5);
+    let x = f32s(&randn(&mut rng, n, 2.0));
+    let y = f32s(&randn(&mut rng, n, 2.0));
+    let (e, c) = (EmuBackend::new(1, true), CpuBackend::<f32>::new(1, true));
+    let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+    e.residual_forward(&mut a, &x, &y);
+    c.residual_forward(&mut b, &x, &y);
+    assert_eq!(a, b, "residual_forward bf16");
+    assert!(
+        a.iter().all(|v| v.to_bits() & 0xffff == 0),
+        "not bf16 values"
+    );
+    e.gelu_forward(&mut a, &x);
+    c.gelu_forward(&mut b, &x);
+    let diff = a.iter().zip(&b).filter(|(p, q)| p != q).count();
+    // The exp inside GELU may differ by an ulp between glibc (C++) and Rust's libm, which can flip a
+    // bf16 rounding: allow a handful, each by one bf16 ulp at most.
+    assert!(diff <= n / 50, "gelu_forward bf16: {diff} of {n} differ");
+    for (p, q) in a.iter().zip(&b) {
+        assert!(
+            (p - q).abs() <= q.abs() / 128.0 + 1e-30,
+            "gelu bf16 {p} vs {q}"
+        );
+    }
+}
+
+#[test]
+fn crossentropy_forward_parity() {
+    let n = 6;
+    let mut rng = Rng::new(6);
+    let logits = randn(&mut rng, n * V, 2.0);
+    let targets: Vec<u32> = (0..n).map(|_| rng.below(V as u64) as u32).collect();
+    for dloss in [None, Some(1.0 / 12.0)] {
+        let (mut l32, mut x32) = (vec![0f32; n], f32s(&logits));
+        emu().crossentropy_forward(&mut l32, &mut x32, &targets, dloss.map(|s| s as f32), n, V);
+        let (mut l64, mut x64) = (vec![0f64; n], logits.clone());
+        cpu64().crossentropy_forward(&mut l64, &mut x64, &targets, dloss, n, V);
+        let g = gamma(V) * 16.0;
+        assert_close("crossentropy_forward losses", &f64s(&l32), &l64, g, g);
+        assert_close(
+            "crossentropy_forward dlogits",
+            &f64s(&x32),
+            &x64,
+            g / 12.0,
+            g,
+        );
+        if dloss.is_none() {
+            assert_eq!(x32, f32s(&logits), "logits must be untouched without dloss");
+        }
+    }
+}
+
+#[test]
+fn reductions_and_clipping_parity() {
+    let mut rng = Rng::new(7);
+    let n = 150_001; // 3 partial blocks of 65,536
+    let x = randn(&mut rng, n, 1.0);
+    let s32 = emu().sum_squares(&f32s(&x));
+    let s64 = cpu64().sum_squares(&x);
+    // both sum the same f32-exact squares in f64: equal up to f64 reassociation
+    assert!(
+        (s32 - s64).abs() <= 1e-12 * s64,
+        "sum_squares {s32} vs {s64}"
+    );
+
+    // clip_by_norm reads ‖g‖² from device memory; compare with the host formula (optim::clip_grads).
+    for max_norm in [1.0f32, 1e6] {
+        let mut g = f32s(&x[..1000]);
+        let sumsq = [emu().sum_squares(&g)];
+        let want: Vec<f32> = {
+            let coef = max_norm as f64 / (sumsq[0].sqrt() + 1e-6);
+            g.iter()
+                .map(|&v| if coef < 1.0 { v * coef as f32 } else { v })
+                .collect()
+        };
+        let (gp, sp, len) = (g.as_mut_ptr(), sumsq.as_ptr(), g.len() as i64);
+        // SAFETY: gp covers g (1000 elements, the kernel's n); sp points to one f64.
+        unsafe {
+            launch_both_orders(
+                Kernel::ClipByNorm,
+                Geometry::linear(g.len(), BLOCK),
+                &[OutBuf::new("x", gp, g.len())],
+                &[
+                    EmuArg::of(&gp),
+                    EmuArg::of(&sp),
+                    EmuArg::of(&max_norm),
+                    EmuArg::of(&len),
+                ],
+            )
+            .unwrap();
+        }
+        assert_eq!(g, want, "clip_by_norm at max_norm {max_norm}");
+    }
+
+    let (blocks, block) = (5, 333);
+    let y = randn(&mut rng, blocks * block, 1.0);
+    let (mut b32, mut b64) = (vec![0f32; blocks], vec![0f64; blocks]);
+    emu().block_mean_squares(&mut b32, &f32s(&y), block);
+    cpu64().block_mean_squares(&mut b64, &y, block);
+    assert_close("block_mean_squares", &f64s(&b32), &b64, 0.0, gamma(1));
+    let (mut v32, mut v64) = (f32s(&b64), b64.clone());
+    emu().ema_inplace(&mut v32, &b32, 0.95);
+    cpu64().ema_inplace(&mut v64, &b64, 0.95);
+    assert_close("ema_inplace", &f64s(&v32), &v64, 0.0, gamma(4));
+}
+
+fn hp(t: i32, wd: f64) -> AdamStep {
+    let (b1, b2) = (0.9f64, 0.95f64);
+    AdamStep {
+        lr: 6e-4,
+        beta1: b1,
+        beta2: b2,
+        eps: 1e-8,
+        weight_decay: wd,
+        bias_correction1: 1.0 - b1.powi(t),
+        bias_correction2: 1.0 - b2.powi(t),
+    }
+}
+
+#[test]
+fn optimizer_kernels_equal_the_cpu_f32_backend_bit_for_bit() {
+    let n = 1001;
+    let mut rng = Rng::new(8);
+    let g = f32s(&randn(&mut rng, n, 1e-2));
+    let p0 = f32s(&randn(&mut rng, n, 1.0));
+    let m0 = f32s(&randn(&mut rng, n, 1e-3));
+    let v0: Vec<f32> = f32s(&randn(&mut rng, n, 1e-3))
+        .iter()
+        .map(|x| x * x)
+        .collect();
+    let (e, c) = (emu(), CpuBackend::<f32>::new(1, false));
+    let h = hp(3, 0.1);
+
+    // adamw_step
+    let (mut p1, mut m1, mut v1) = (p0.clone(), m0.clone(), v0.clone());
+    e.adamw_step(&mut p1, &mut m1, &mut v1, &g, h);
+    let (mut p2, mut m2, mut v2) = (p0.clone(), m0.clone(), v0.clone());
+    c.adamw_step(&mut p2, &mut m2, &mut v2, &g, h);
+    assert_eq!((&p1, &m1, &v1), (&p2, &m2, &v2), "adamw_step");
+    assert_ne!(p1, p0, "adamw_step changed nothing");
+    // adam_direction_step
+    let (mut u1, mut m1, mut v1) = (vec![0f32; n], m0.clone(), v0.clone());
+    e.adam_direction_step(&mut u1, &mut m1, &mut v1, &g, h);
+    let (mut u2, mut m2, mut v2) = (vec![0f32; n], m0.clone(), v0.clone());
+    c.adam_direction_step(&mut u2, &mut m2, &mut v2, &g, h);
+    assert_eq!((&u1, &m1, &v1), (&u2, &m2, &v2), "adam_direction_step");
+    // sgd_step, sgd_direction_step
+    let (mut p1, mut b1) = (p0.clone(), m0.clone());
+    e.sgd_step(&mut p1, &mut b1, &g, 0.1, 0.9, 0.1);
+    let (mut p2, mut b2) = (p0.clone(), m0.clone());
+    c.sgd_step(&mut p2, &mut b2, &g, 0.1, 0.9, 0.1);
+    assert_eq!((&p1, &b1), (&p2, &b2), "sgd_step");
+    let (mut u1, mut b1) = (vec![0f32; n], m0.clone());
+    e.sgd_direction_step(&mut u1, &mut b1, &g, 0.9);
+    let (mut u2, mut b2) = (vec![0f32; n], m0.clone());
+    c.sgd_direction_step(&mut u2, &mut b2, &g, 0.9);
+    assert_eq!((&u1, &b1), (&u2, &b2), "sgd_direction_step");
+    // AdaSGD / blockwise Adam: one second moment per block of 143 (7 blocks)
+    let block = 143;
+    let vb = &v0[..n / block];
+    let (mut u1, mut m1) = (vec![0f32; n], m0.clone());
+    e.block_adam_direction_step(&mut u1, &mut m1, vb, &g, block, h);
+    let (mut u2, mut m2) = (vec![0f32; n], m0.clone());
+    c.block_adam_direction_step(&mut u2, &mut m2, vb, &g, block, h);
+    assert_eq!((&u1, &m1), (&u2, &m2), "block_adam_direction_step");
+    // apply_update
+    let (mut p1, mut p2) = (p0.clone(), p0.clone());
+    e.apply_update(&mut p1, &u1, 6e-4, 0.1);
+    c.apply_update(&mut p2, &u2, 6e-4, 0.1);
+    assert_eq!(p1, p2, "apply_update");
+}
+
+/// A random permutation of 0..len (Fisher–Yates).
+fn permutation(rng: &mut Rng, len: usize) -> Vec<u32> {
+    let mut p: Vec<u32> = (0..len as u32).collect();
+    for i in (1..len).rev() {
+        p.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    p
+}
+
+/// Row-major n×n orthogonal matrix (Haar, the project's sampler) in f64.
+fn orthogonal(n: usize, seed: u64) -> Vec<f64> {
+    let mut rng = Rng::new(seed);
+    rotadam::rotation::haar::haar(n, &mut rng)
+}
+
+#[test]
+fn rotate_and_unrotate_parity_on_odd_shapes() {
+    // NB = 70 blocks (> one 64-row tile), n = 37 (not a multiple of 16 or 64); the index list is a
+    // permutation of a longer vector, so 11 coordinates (the residual, not divisible by n) are left out.
+    let (nb, n) = (70, 37);
+    let len = nb * n + 11;
+    let mut rng = Rng::new(9);
+    let perm = permutation(&mut rng, len);
+    let index = &perm[..nb * n];
+    let r = orthogonal(n, 10);
+    let x = randn(&mut rng, len, 1.0);
+    let mut o32 = vec![0f32; nb * n];
+    emu().rotate(&mut o32, &f32s(&x), index, &f32s(&r), nb, n);
+    let mut o64 = vec![0f64; nb * n];
+    cpu64().rotate(&mut o64, &x, index, &r, nb, n);
+    // K = n terms, |terms| summing to ≤ ~√n·‖x‖∞
+    let g = gamma(n) * 8.0;
+    assert_close("rotate", &f64s(&o32), &o64, g, g);
+
+    let init = randn(&mut rng, len, 1.0);
+    let mut u32_ = f32s(&init);
+    emu().unrotate(&mut u32_, &o32, index, &f32s(&r), nb, n);
+    let mut u64_ = init.clone();
+    cpu64().unrotate(&mut u64_, &o64, index, &r, nb, n);
+    assert_close("unrotate", &f64s(&u32_), &u64_, g, g);
+    // unrotate∘rotate = identity on the indexed coordinates, the rest untouched
+    assert_close(
+        "unrotate(rotate(x))",
+        &f64s(&u32_),
+        &{
+            let mut want = init.clone();
+            for &i in index {
+                want[i as usize] = x[i as usize];
+            }
+            want
+        },
+        2.0 * g,
+        g,
+    );
+    assert_eq!(&u32_[..0], &[] as &[f32]);
+    for &i in &perm[nb * n..] {
+        assert_eq!(
+            u32_[i as usize], init[i as usize] as f32,
+            "unindexed coordinate {i} changed"
+        );
+    }
+}
+
+fn gemm_geo(nb: usize, n: usize) -> Geometry {
+    Geometry {
+        grid: [
+            n.div_ceil(GEMM_TILE) as u32,
+            nb.div_ceil(GEMM_TILE) as u32,
+            1,
+        ],
+        block: [BLOCK, 1, 1],
+        smem: 0,
+    }
+}
+
+#[test]
+fn fused_rotated_adamw_matches_the_split_reference() {
+    // rotate_adam_direction (gather + GEMM + Adam in the epilogue) then unrotate_apply_update (GEMM + decay
+    // and lr in the epilogue, scattered) vs the f64 composition rotate → adam_direction_step → unrotate →
+    // apply_update (Maes et al. Alg. 2).
+    let (nb, n) = (67, 29);
+    let len = nb * n + 5;
+    let mut rng = Rng::new(11);
+    let perm = permutation(&mut rng, len);
+    let index = &perm[..nb * n];
+    let r = orthogonal(n, 12);
+    let g = randn(&mut rng, len, 1e-2);
+    let p0 = randn(&mut rng, len, 1.0);
+    let m0 = randn(&mut rng, nb * n, 1e-3);
+    let v0: Vec<f64> = randn(&mut rng, nb * n, 1e-2)
+        .iter()
+        .map(|x| x * x)
+        .collect();
+    let h = hp(5, 0.1);
+
+    // f64 reference, split path
+    let be = cpu64();
+    let mut gt = vec![0f64; nb * n];
+    be.rotate(&mut gt, &g, index, &r, nb, n);
+    let (mut u, mut m64, mut v64) = (vec![0f64; nb * n], m0.clone(), v0.clone());
+    be.adam_direction_step(&mut u, &mut m64, &mut v64, &gt, h);
+    let mut dir = vec![0f64; len];
+    be.unrotate(&mut dir, &u, index, &r, nb, n);
+    let mut p64 = p0.clone();
+    {
+        // apply only on the indexed coordinates, as the fused kernel does
+        let mut sub: Vec<f64> = index.iter().map(|&i| p64[i as usize]).collect();
+        let d: Vec<f64> = index.iter().map(|&i| dir[i as usize]).collect();
+        be.apply_update(&mut sub, &d, h.lr, h.weight_decay);
+        for (k, &i) in index.iter().enumerate() {
+            p64[i as usize] = sub[k];
+        }
+    }
+
+    // emulated fused kernels
+    let (r32, g32) = (f32s(&r), f32s(&g));
+    let (mut u32_, mut m32, mut v32, mut p32) =
+        (vec![0f32; nb * n], f32s(&m0), f32s(&v0), f32s(&p0));
+    let k = AdamParams::new(&h);
+    let (up, mp, vp, gp, ip, rp) = (
+        u32_.as_mut_ptr(),
+        m32.as_mut_ptr(),
+        v32.as_mut_ptr(),
+        g32.as_ptr(),
+        index.as_ptr(),
+        r32.as_ptr(),
+    );
+    let (nbl, ni) = (nb as i64, n as i32);
+    // SAFETY: u, m, v have NB·N elements; index entries < len = g.len(); r is n×n.
+    unsafe {
+        launch_both_orders(
+            Kernel::RotateAdamDirection,
+            gemm_geo(nb, n),
+            &[
+                OutBuf::new("u", up, nb * n),
+                OutBuf::new("m", mp, nb * n),
+                OutBuf::new("v", vp, nb * n),
+            ],
+            &[
+                EmuArg::of(&up),
+                EmuArg::of(&mp),
+                EmuArg::of(&vp),
+                EmuArg::of(&gp),
+                EmuArg::of(&ip),
+                EmuArg::of(&rp),
+                EmuArg::of(&k),
+                EmuArg::of(&nbl),
+                EmuArg::of(&ni),
+            ],
+        )
+        .unwrap();
+    }
+    let tol = gamma(n) * 8.0;
+    assert_close(
+        "rotate_adam_direction m",
+        &f64s(&m32),
+        &m64,
+        1e-2 * tol,
+        tol,
+    );
+    assert_close(
+        "rotate_adam_direction v",
+        &f64s(&v32),
+        &v64,
+        1e-4 * tol,
+        2.0 * tol,
+    );
+    // u = m̂/(√v̂+ε) amplifies the relative error of small v: compare relative to |u| ≤ ~1/(1−β₁ᵗ)·…
+    assert_close(
+        "rotate_adam_direction u",
+        &f64s(&u32_),
+        &u,
+        8.0 * tol,
+        8.0 * tol,
+    );
+
+    let (pp, cu) = (p32.as_mut_ptr(), u32_.as_ptr());
+    let (lr, decay) = (h.lr as f32, (1.0 - h.lr * h.weight_decay) as f32);
+    // SAFETY: index entries < len = p.len(); u has NB·N elements.
+    unsafe {
+        launch_both_orders(
+            Kernel::UnrotateApplyUpdate,
+            gemm_geo(nb, n),
+            &[OutBuf::new("params", pp, len)],
+            &[
+                EmuArg::of(&pp),
+                EmuArg::of(&cu),
+                EmuArg::of(&ip),
+                EmuArg::of(&rp),
+                EmuArg::of(&lr),
+                EmuArg::of(&decay),
+                EmuArg::of(&nbl),
+                EmuArg::of(&ni),
+            ],
+        )
+        .unwrap();
+    }
+    assert_close(
+        "unrotate_apply_update params",
+        &f64s(&p32),
+        &p64,
+        1e-6,
+        2.0 * gamma(2),
+    );
+    for &i in &perm[nb * n..] {
+        assert_eq!(
+            p32[i as usize], p0[i as usize] as f32,
+            "unindexed parameter {i} changed"
+        );
+    }
+}
+
+#[test]
+fn cauchy_stream_is_splitmix64_and_identical_on_cpu_and_emulator() {
+    // The counter stream is SplitMix64's sequence (src/rng.rs) read at any index.
+    let seed = 0x1234_5678_9abc_def0u64;
+    let mut x = seed;
+    for i in 0..1000u64 {
+        assert_eq!(
+            kernels::counter_u64(seed, i),
+            splitmix64(&mut x),
+            "element {i}"
+        );
+    }
+    // u in (0,1) and the probes from the device kernel equal the host function bit for bit (after f32).
+    let (n, offset) = (1000usize, 5_000_000_000u64);
+    let mut out = vec![0f32; n];
+    let (op, nl) = (out.as_mut_ptr(), n as i64);
+    // SAFETY: op covers n elements.
+    unsafe {
+        launch_both_orders(
+            Kernel::CauchyFill,
+            Geometry::linear(n, BLOCK),
+            &[OutBuf::new("out", op, n)],
+            &[
+                EmuArg::of(&op),
+                EmuArg::of(&seed),
+                EmuArg::of(&offset),
+                EmuArg::of(&nl),
+            ],
+        )
+        .unwrap();
+    }
+    for (i, &o) in out.iter().enumerate() {
+        let want = kernels::cauchy_probe(seed, offset + i as u64);
+        assert_eq!(o.to_bits(), (want as f32).to_bits(), "probe {i}");
+        let u = kernels::counter_uniform(seed, offset + i as u64);
+        assert!(u > 0.0 && u < 1.0);
+        // tan(π(u − ½)) is the inverse CDF of the standard Cauchy: F(c) = ½ + atan(c)/π = u
+        assert!((0.5 + want.atan() / std::f64::consts::PI - u).abs() < 1e-12);
+    }
+    // a standard Cauchy has median |C| = 1: over 100,000 draws the sample median of |C| is within 2%
+    let mut a: Vec<f64> = (0..100_000u64)
+        .map(|i| kernels::cauchy_probe(7, i).abs())
+        .collect();
+    a.sort_by(|p, q| p.partial_cmp(q).unwrap());
+    let med = 0.5 * (a[49_999] + a[50_000]);
+    assert!((med - 1.0).abs() < 0.02, "median |C| = {med}");
+}
+
+#[test]
+fn median_selection_and_streaming_log_accumulation() {
+    let chunk = 300; // > one 256-thread block
+    for k in [1usize, 7, 10] {
+        let mut rng = Rng::new(13 + k as u64);
+        // with ties: values on a coarse grid
+        let samples: Vec<f32> = (0..k * chunk)
+            .map(|_| ((rng.normal() * 4.0).round() / 2.0) as f32)
+            .collect();
+        let mut s = samples.clone();
+        let mut out = vec![0f32; chunk];
+        let (op, sp, ki, cl) = (out.as_mut_ptr(), s.as_mut_ptr(), k as i32, chunk as i64);
+        // SAFETY: out has chunk elements, samples K·chunk.
+        unsafe {
+            launch_both_orders(
+                Kernel::MedianAbsSelect,
+                Geometry::linear(chunk, BLOCK),
+                &[
+                    OutBuf::new("out", op, chunk),
+                    OutBuf::new("samples", sp, k * chunk),
+                ],
+                &[
+                    EmuArg::of(&op),
+                    EmuArg::of(&sp),
+                    EmuArg::of(&ki),
+                    EmuArg::of(&cl),
+                ],
+            )
+            .unwrap();
+        }
+        for j in 0..chunk {
+            let mut col: Vec<f64> = (0..k)
+                .map(|q| samples[q * chunk + j].abs() as f64)
+                .collect();
+            col.sort_by(|p, q| p.partial_cmp(q).unwrap());
+            let want = if k % 2 == 1 {
+                col[k / 2]
+            } else {
+                0.5 * (col[k / 2 - 1] + col[k / 2])
+            };
+            assert_eq!(out[j] as f64, want, "K = {k}, coordinate {j}");
+        }
+    }
+    // streaming: acc += log|x| over K probes, then exp(acc/K)
+    let (k, n) = (9, 333);
+    let mut rng = Rng::new(20);
+    let xs: Vec<Vec<f32>> = (0..k).map(|_| f32s(&randn(&mut rng, n, 3.0))).collect();
+    let mut acc = vec![0f32; n];
+    let (ap, nl) = (acc.as_mut_ptr(), n as i64);
+    for x in &xs {
+        let xp = x.as_ptr();
+        // SAFETY: acc and x have n elements.
+        unsafe {
+            launch_both_orders(
+                Kernel::LogAbsAccumulate,
+                Geometry::linear(n, BLOCK),
+                &[OutBuf::new("acc", ap, n)],
+                &[EmuArg::of(&ap), EmuArg::of(&xp), EmuArg::of(&nl)],
+            )
+            .unwrap();
+        }
+    }
+    let mut out = vec![0f32; n];
+    let (op, cap, ki) = (out.as_mut_ptr(), acc.as_ptr(), k as i32);
+    // SAFETY: out and acc have n elements.
+    unsafe {
+        launch_both_orders(
+            Kernel::LogAbsFinalize,
+            Geometry::linear(n, BLOCK),
+            &[OutBuf::new("out", op, n)],
+            &[
+                EmuArg::of(&op),
+                EmuArg::of(&cap),
+                EmuArg::of(&ki),
+                EmuArg::of(&nl),
+            ],
+        )
+        .unwrap();
+    }
+    let want: Vec<f64> = (0..n)
+        .map(|j| ((0..k).map(|q| (xs[q][j] as f64).abs().ln()).sum::<f64>() / k as f64).exp())
+        .collect();
+    let g = gamma(4 * k) * 16.0;
+    assert_close("log_abs_accumulate/finalize", &f64s(&out), &want, 0.0, g);
+}
