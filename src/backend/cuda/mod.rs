@@ -1,14 +1,16 @@
 //! The CUDA side of the backend interface (ARCHITECTURE.md decision 2), as far as it is built:
 //! - [`nvrtc`]: compiling the kernel modules with NVRTC (from a CUDA toolkit or the PyPI wheels) to PTX
 //!   or to sm_XX cubins with ptxas's register/spill report — runs without a GPU and is tested;
+//! - [`runtime`]: a context, a stream and the kernel modules loaded on it (nvcc PTX or NVRTC at start-up);
 //! - [`probe`]: whether a CUDA device is usable, without ever panicking (cudarc panics when libcuda is
 //!   missing unless guarded, STACK.md §1).
 //!
-//! Not built: the `Backend` implementation on a device (module load, launches, cuBLAS GEMMs). The kernels
-//! it would launch are verified by NVRTC and the CPU emulator (`backend::emu`); nothing has been run on a
-//! GPU.
+//! Not built: the `Backend` implementation on a device (buffers as cudarc slices, one launch per op with
+//! the geometry of `backend::emu`, cuBLAS GEMMs). The kernels it would launch are verified by NVRTC and
+//! the CPU emulator (`backend::emu`); nothing here has been run on a GPU.
 
 pub mod nvrtc;
+pub mod runtime;
 
 /// Probe for a CUDA device: Ok(description of device 0) or Err(why there is none).
 pub fn probe() -> Result<String, String> {
