@@ -795,3 +795,51 @@ fn median_selection_and_streaming_log_accumulation() {
     let g = gamma(4 * k) * 16.0;
     assert_close("log_abs_accumulate/finalize", &f64s(&out), &want, 0.0, g);
 }
+
+#[test]
+fn gemm_epilogue_kernels_bias_and_bf16_rounding() {
+    use rotadam::backend::cuda::ops::{self, Dev};
+    use rotadam::backend::emu::EmuExec;
+    // The pieces the CUDA backend puts around cuBLAS: out += bias per row, dbias += column sums, and the
+    // bf16 rounding of GEMM operands (equal to the CPU's Scalar::round_bf16, bit for bit).
+    let (n, oc) = (37, 300);
+    let mut rng = Rng::new(21);
+    let x = randn(&mut rng, n * oc, 1.0);
+    let bias = randn(&mut rng, oc, 1.0);
+    let mut out = f32s(&x);
+    ops::bias_forward(
+        &EmuExec,
+        Dev::host_mut(&mut out),
+        Dev::host(&f32s(&bias)),
+        n,
+        oc,
+    );
+    let want: Vec<f64> = (0..n * oc).map(|i| x[i] + bias[i % oc]).collect();
+    assert_close("bias_forward", &f64s(&out), &want, 0.0, gamma(1));
+    let mut db = f32s(&bias);
+    ops::bias_backward(
+        &EmuExec,
+        Dev::host_mut(&mut db),
+        Dev::host(&f32s(&x)),
+        n,
+        oc,
+    );
+    let want: Vec<f64> = (0..oc)
+        .map(|j| bias[j] + (0..n).map(|r| x[r * oc + j]).sum::<f64>())
+        .collect();
+    assert_close(
+        "bias_backward",
+        &f64s(&db),
+        &want,
+        4.0 * gamma(n + 1),
+        gamma(n + 1),
+    );
+    let src = f32s(&randn(&mut rng, 1001, 100.0));
+    let mut r = vec![0f32; src.len()];
+    ops::round_bf16_copy(&EmuExec, Dev::host_mut(&mut r), Dev::host(&src));
+    let want: Vec<f32> = src
+        .iter()
+        .map(|&v| half::bf16::from_f32(v).to_f32())
+        .collect();
+    assert_eq!(r, want, "round_bf16_copy");
+}

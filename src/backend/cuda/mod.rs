@@ -10,6 +10,7 @@
 //! the CPU emulator (`backend::emu`); nothing here has been run on a GPU.
 
 pub mod nvrtc;
+pub mod ops;
 pub mod runtime;
 
 /// Probe for a CUDA device: Ok(description of device 0) or Err(why there is none).

@@ -102,6 +102,14 @@ pub struct OutBuf {
 }
 
 impl OutBuf {
+    /// The output buffer at address `addr` (a host address under the emulator) of `bytes` bytes.
+    pub fn at(name: &'static str, addr: u64, bytes: usize) -> Self {
+        OutBuf {
+            name,
+            ptr: addr as *mut u8,
+            bytes,
+        }
+    }
     /// The output buffer behind a raw f32/f64/u32 pointer of `len` elements.
     pub fn new<T>(name: &'static str, ptr: *mut T, len: usize) -> Self {
         OutBuf {
