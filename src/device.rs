@@ -1,7 +1,8 @@
 //! Device selection. `--device auto` probes for a GPU without ever panicking (cudarc panics when libcuda is
-//! missing unless guarded, STACK.md §1) and trains on the CPU, saying why; `--device cuda` is an error
-//! unless it can be honoured — and it cannot yet: the CUDA kernels exist and are verified by NVRTC and the
-//! CPU emulator (`backend::emu`), but the device `Backend` that would train with them is not built.
+//! missing unless guarded, STACK.md §1) and trains on the CPU, saying why: the CUDA backend
+//! (`backend::cuda::device`) has never run on a GPU, so it is used only when asked for by name.
+//! `--device cuda` uses it when a device is present (saying that it is unverified) and is a clear error
+//! otherwise.
 
 use crate::config::DeviceKind;
 use crate::error::{Error, Result};
@@ -17,24 +18,24 @@ pub fn choose(kind: DeviceKind) -> Result<String> {
         DeviceKind::Cpu => Ok("device: cpu (requested)".into()),
         DeviceKind::Auto => Ok(match probe_cuda() {
             Ok(found) => format!(
-                "device: auto -> cpu ({found}, but this build cannot train on CUDA yet: its kernels are \
-                 verified by NVRTC and the CPU emulator only; training on the CPU)"
+                "device: auto -> cpu ({found}, but the CUDA backend has not been verified on a GPU; \
+                 pass --device cuda to use it)"
             ),
             Err(why) => format!("device: auto -> cpu ({why})"),
         }),
-        DeviceKind::Cuda => Err(Error::Device(match probe_cuda() {
-            Ok(found) => format!(
-                "--device cuda: {found}, but the CUDA training backend is not built yet (the kernels are \
-                 verified by NVRTC and the CPU emulator only); use --device auto or --device cpu"
-            ),
-            Err(why) => {
-                format!("--device cuda: no usable CUDA device ({why}); use --device auto or --device cpu")
-            }
-        })),
+        DeviceKind::Cuda => match probe_cuda() {
+            Ok(found) => Ok(format!(
+                "device: cuda ({found}; this backend's kernels are verified by NVRTC and the CPU emulator, \
+                 but it has not been run on a GPU before)"
+            )),
+            Err(why) => Err(Error::Device(format!(
+                "--device cuda: no usable CUDA device ({why}); use --device auto or --device cpu"
+            ))),
+        },
     }
 }
 
-/// The line printed for the device choice (for `cuda`, the reason it cannot be used).
+/// The line printed for the device choice (for `cuda` without a device, the reason).
 pub fn describe_choice(kind: DeviceKind) -> String {
     choose(kind).unwrap_or_else(|e| e.to_string())
 }

@@ -3,6 +3,7 @@
 //! machine without one (like the development machine: none of them has run on a GPU).
 
 use rotadam::backend::cpu::CpuBackend;
+use rotadam::backend::cuda::device::CudaBackend;
 use rotadam::backend::cuda::runtime::CudaRuntime;
 use rotadam::backend::cuda::{nvrtc::Toolkit, probe};
 use rotadam::backend::Backend;
@@ -16,28 +17,77 @@ fn no_gpu() -> Option<String> {
 }
 
 #[test]
-fn device_choice_never_panics_and_cuda_is_a_clear_error() {
+fn device_choice_never_panics_and_cuda_without_a_device_is_a_clear_error() {
     assert_eq!(choose(DeviceKind::Cpu).unwrap(), "device: cpu (requested)");
     let auto = choose(DeviceKind::Auto).unwrap();
     assert!(auto.starts_with("device: auto -> cpu ("), "{auto}");
-    let err = choose(DeviceKind::Cuda).unwrap_err().to_string();
-    assert!(
-        err.contains("--device cuda") && err.contains("--device auto or --device cpu"),
-        "{err}"
-    );
-    if let Some(why) = no_gpu() {
-        assert!(auto.contains(&why), "auto should say why: {auto}");
-        assert!(
-            err.contains("no usable CUDA device") && err.contains(&why),
-            "{err}"
-        );
-        // opening a runtime without a device is an error, not a panic
-        let e = CudaRuntime::new(0, None)
-            .err()
-            .expect("no device, yet a runtime opened")
-            .to_string();
-        assert!(e.contains("no usable CUDA device"), "{e}");
+    match no_gpu() {
+        Some(why) => {
+            assert!(auto.contains(&why), "auto should say why: {auto}");
+            let err = choose(DeviceKind::Cuda).unwrap_err().to_string();
+            assert!(
+                err.contains("--device cuda: no usable CUDA device")
+                    && err.contains(&why)
+                    && err.contains("--device auto or --device cpu"),
+                "{err}"
+            );
+            // opening a runtime or the backend without a device is an error, not a panic
+            let e = CudaRuntime::new(0, None)
+                .err()
+                .expect("no device, yet a runtime opened")
+                .to_string();
+            assert!(e.contains("no usable CUDA device"), "{e}");
+            let e = CudaBackend::new(0, None, false)
+                .err()
+                .expect("no device, yet a backend opened")
+                .to_string();
+            assert!(e.contains("no usable CUDA device"), "{e}");
+        }
+        None => {
+            let line = choose(DeviceKind::Cuda).unwrap();
+            assert!(line.starts_with("device: cuda ("), "{line}");
+        }
     }
+}
+
+#[test]
+fn gpu_only_training_steps_on_the_cuda_backend_match_the_cpu() {
+    if let Some(why) = no_gpu() {
+        eprintln!("SKIPPED gpu_only_training_steps_on_the_cuda_backend_match_the_cpu: {why}");
+        return;
+    }
+    // The same comparison as tests/cuda/step.rs, on the device (fp32 tolerances of that file).
+    use rotadam::config::ModelConfig;
+    use rotadam::model::Gpt2;
+    use rotadam::rng::Rng;
+    let cfg = ModelConfig {
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 16,
+        seq_len: 8,
+        vocab_size: 37,
+        bias: true,
+    };
+    let tk = Toolkit::locate(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cuda"));
+    let gpu = CudaBackend::new(0, tk, false).unwrap();
+    let cpu = CpuBackend::<f32>::new(1, false);
+    let (b, t) = (3, 8);
+    let mut rng = Rng::new(11);
+    let x: Vec<u32> = (0..b * t).map(|_| rng.below(37) as u32).collect();
+    let y: Vec<u32> = (0..b * t).map(|_| rng.below(37) as u32).collect();
+    let mut mg = Gpt2::new(&gpu, &cfg, 3).unwrap();
+    let mut mc = Gpt2::new(&cpu, &cfg, 3).unwrap();
+    mg.zero_grads(&gpu);
+    mc.zero_grads(&cpu);
+    let lg = mg
+        .forward_backward(&gpu, &x, &y, b, t, 1.0 / (b * t) as f64)
+        .unwrap();
+    let lc = mc
+        .forward_backward(&cpu, &x, &y, b, t, 1.0 / (b * t) as f64)
+        .unwrap();
+    assert!((lg - lc).abs() <= 1e-5 * lc.abs(), "loss gpu {lg} cpu {lc}");
+    let (gg, gc) = (mg.grads_f64(&gpu).unwrap(), mc.grads_f64(&cpu).unwrap());
+    super::assert_close("gradients gpu vs cpu", &gg, &gc, 1e-6, 1e-4);
 }
 
 #[test]
