@@ -164,3 +164,42 @@ fn gpu_only_every_kernel_loads_and_fill_and_layernorm_match_the_cpu() {
         );
     }
 }
+
+#[test]
+fn kernel_bench_runs_on_the_cpu_and_reports_every_family() {
+    use rotadam::backend::cuda::bench::{bench_ops, KernelBenchOpts};
+    let o = KernelBenchOpts {
+        model: "tiny".into(),
+        batch_size: 2,
+        seq_len: 8,
+        rotation_block: 7,
+        threads: 1,
+        reps: 1,
+        device: DeviceKind::Cpu,
+        json: true,
+    };
+    let r = bench_ops(&CpuBackend::<f32>::new(1, false), &o, 10.0).unwrap();
+    assert!(r.gemm_peak_gflops > 0.0);
+    for family in [
+        "layernorm",
+        "attention",
+        "gelu",
+        "crossentropy",
+        "adamw",
+        "sum_squares",
+        "rotate",
+    ] {
+        let op = r
+            .ops
+            .iter()
+            .find(|op| op.op.starts_with(family))
+            .unwrap_or_else(|| panic!("no {family} row"));
+        assert!(
+            op.ms > 0.0 && op.rate.is_finite() && op.fraction_of_peak > 0.0,
+            "{op:?}"
+        );
+    }
+    // and the emulated kernels run through the same benchmark (GEMM on the CPU)
+    let r = bench_ops(&rotadam::backend::emu::EmuBackend::new(1, false), &o, 10.0).unwrap();
+    assert!(r.device.starts_with("cuda-emulator"));
+}

@@ -74,6 +74,19 @@ impl CudaBackend {
         })
     }
 
+    /// The device's peak memory bandwidth in GB/s: 2 (DDR) × memory clock × bus width.
+    pub fn memory_bandwidth_gbs(&self) -> Result<f64> {
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let ctx = self.rt.context();
+        let clock_khz = ctx
+            .attribute(A::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)
+            .map_err(|e| dev_err("memory clock", e))?;
+        let bus_bits = ctx
+            .attribute(A::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)
+            .map_err(|e| dev_err("bus width", e))?;
+        Ok(2.0 * clock_khz as f64 * 1e3 * (bus_bits as f64 / 8.0) / 1e9)
+    }
+
     fn function(&self, k: Kernel) -> CudaFunction {
         let mut f = self.functions.lock().expect("function cache poisoned");
         if let Some(func) = f.get(&k) {

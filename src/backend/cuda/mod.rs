@@ -9,6 +9,7 @@
 //! the geometry of `backend::emu`, cuBLAS GEMMs). The kernels it would launch are verified by NVRTC and
 //! the CPU emulator (`backend::emu`); nothing here has been run on a GPU.
 
+pub mod bench;
 pub mod device;
 pub mod nvrtc;
 pub mod ops;
