@@ -806,24 +806,14 @@ fn gemm_epilogue_kernels_bias_and_bf16_rounding() {
     let mut rng = Rng::new(21);
     let x = randn(&mut rng, n * oc, 1.0);
     let bias = randn(&mut rng, oc, 1.0);
-    let mut out = f32s(&x);
-    ops::bias_forward(
-        &EmuExec,
-        Dev::host_mut(&mut out),
-        Dev::host(&f32s(&bias)),
-        n,
-        oc,
-    );
+    let (mut out, b32) = (f32s(&x), f32s(&bias));
+    // SAFETY: both slices outlive the call, which is the only use of the Devs.
+    unsafe { ops::bias_forward(&EmuExec, Dev::host_mut(&mut out), Dev::host(&b32), n, oc) };
     let want: Vec<f64> = (0..n * oc).map(|i| x[i] + bias[i % oc]).collect();
     assert_close("bias_forward", &f64s(&out), &want, 0.0, gamma(1));
-    let mut db = f32s(&bias);
-    ops::bias_backward(
-        &EmuExec,
-        Dev::host_mut(&mut db),
-        Dev::host(&f32s(&x)),
-        n,
-        oc,
-    );
+    let (mut db, x32) = (f32s(&bias), f32s(&x));
+    // SAFETY: both slices outlive the call, which is the only use of the Devs.
+    unsafe { ops::bias_backward(&EmuExec, Dev::host_mut(&mut db), Dev::host(&x32), n, oc) };
     let want: Vec<f64> = (0..oc)
         .map(|j| bias[j] + (0..n).map(|r| x[r * oc + j]).sum::<f64>())
         .collect();
@@ -836,7 +826,8 @@ fn gemm_epilogue_kernels_bias_and_bf16_rounding() {
     );
     let src = f32s(&randn(&mut rng, 1001, 100.0));
     let mut r = vec![0f32; src.len()];
-    ops::round_bf16_copy(&EmuExec, Dev::host_mut(&mut r), Dev::host(&src));
+    // SAFETY: both slices outlive the call, which is the only use of the Devs.
+    unsafe { ops::round_bf16_copy(&EmuExec, Dev::host_mut(&mut r), Dev::host(&src)) };
     let want: Vec<f32> = src
         .iter()
         .map(|&v| half::bf16::from_f32(v).to_f32())

@@ -28,14 +28,14 @@ use std::sync::Mutex;
 /// A read-only view of a device buffer.
 #[derive(Clone, Copy, Debug)]
 pub struct DevView<'a> {
-    pub dev: Dev,
+    pub(crate) dev: Dev,
     _m: PhantomData<&'a CudaSlice<f32>>,
 }
 
 /// A writable view of a device buffer.
 #[derive(Debug)]
 pub struct DevViewMut<'a> {
-    pub dev: Dev,
+    pub(crate) dev: Dev,
     _m: PhantomData<&'a mut CudaSlice<f32>>,
 }
 

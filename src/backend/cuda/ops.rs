@@ -16,27 +16,44 @@ pub const REDUCE_CHUNK: usize = 65536;
 /// Output tile of `block_gemm.cuh` (rows × columns).
 pub const GEMM_TILE: usize = 64;
 
-/// A tensor for a kernel: its address (host or device) and its length in elements.
+/// A tensor for a kernel: its address (host or device) and its length in elements. Only the crate's
+/// backends build one from a buffer they borrow; outside the crate [`Dev::host`] / [`Dev::host_mut`] are
+/// `unsafe` (a `Dev` does not carry the buffer's lifetime).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dev {
-    pub addr: u64,
-    pub len: usize,
+    pub(crate) addr: u64,
+    pub(crate) len: usize,
 }
 
 impl Dev {
     /// The tensor at a host slice (the emulator's addresses).
-    pub fn host<T>(x: &[T]) -> Dev {
+    ///
+    /// # Safety
+    /// `x` must outlive every use of the returned `Dev`, and no `&mut` to it may be used meanwhile.
+    pub unsafe fn host<T>(x: &[T]) -> Dev {
         Dev {
             addr: x.as_ptr() as u64,
             len: x.len(),
         }
     }
     /// The tensor at a mutable host slice.
-    pub fn host_mut<T>(x: &mut [T]) -> Dev {
+    ///
+    /// # Safety
+    /// `x` must outlive every use of the returned `Dev`, and no other reference to it may be used
+    /// meanwhile.
+    pub unsafe fn host_mut<T>(x: &mut [T]) -> Dev {
         Dev {
             addr: x.as_mut_ptr() as u64,
             len: x.len(),
         }
+    }
+    /// Length in elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// True when the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
     /// The output-buffer record of an f32 tensor (what the emulator snapshots and compares).
     fn out(self, name: &'static str) -> OutBuf {

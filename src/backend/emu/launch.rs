@@ -141,6 +141,7 @@ pub unsafe fn launch_both_orders<K: Launchable>(
         .collect();
     // SAFETY: forwarded contract.
     unsafe { launch(kernel, geo, Order::Ascending, args)? };
+    // SAFETY: as for the snapshot above.
     let ascending: Vec<Vec<u8>> = outs
         .iter()
         .map(|o| unsafe { std::slice::from_raw_parts(o.ptr, o.bytes) }.to_vec())

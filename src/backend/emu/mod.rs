@@ -63,11 +63,16 @@ impl EmuBackend {
     }
 }
 
+/// The `Dev` of a borrowed slice. Used only as an argument of one `ops::` call, during which the slice
+/// stays borrowed by the calling trait method.
 fn d(x: &[f32]) -> Dev {
-    Dev::host(x)
+    // SAFETY: the Dev is consumed by the single ops:: call it is an argument of, while `x` is borrowed.
+    unsafe { Dev::host(x) }
 }
+/// As [`d`] for a mutable slice.
 fn dm(x: &mut [f32]) -> Dev {
-    Dev::host_mut(x)
+    // SAFETY: as in `d`; the trait method holds the only `&mut` to `x` for the duration of the call.
+    unsafe { Dev::host_mut(x) }
 }
 
 impl Backend for EmuBackend {
