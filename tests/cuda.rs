@@ -1,6 +1,7 @@
 //! The CUDA kernel stack, verified without a GPU (issue 6):
 //! - `emu`: every kernel of `kernels/*.cu` run by the CPU emulator (both thread orders, bit-identical) vs
-//!   the f64 CPU reference (`CpuBackend<f64>`), on small and odd shapes;
+//!   the f64 CPU reference (`CpuBackend<f64>`), on small and odd shapes (`emu_optim`: the optimizer,
+//!   rotation and Cauchy kernels);
 //! - `race`: a reduction kernel with one `__syncthreads` removed is reported by the emulator, every time;
 //! - `step`: whole tiny-GPT-2 training steps through the emulated kernels vs the CPU backend (f32, bf16);
 //! - `nvrtc`: every module compiled by NVRTC (PyPI wheels fetched into `.cuda/` on first use) for
@@ -12,6 +13,7 @@ use rotadam::rng::Rng;
 
 mod device;
 mod emu;
+mod emu_optim;
 mod nvrtc;
 mod race;
 mod step;
