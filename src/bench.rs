@@ -5,6 +5,7 @@
 //!   the practical peak used as the MFU denominator.
 //! - `bench rotation`: the cost of a rotation of the whole model against the same run's GEMM peak and
 //!   training step (`rotation::bench`).
+//! - `bench kernels`: each kernel family on the best device (`backend::cuda::bench`).
 //! - `bench step`: forward + backward + AdamW of GPT-2 on random tokens: median ms/step over `--steps`
 //!   steps after `--warmup`, tokens/s, MFU = (6·N·tokens + 12·L·B·T²·C) / time / GEMM peak, peak RSS,
 //!   and the ratio to llm.c's CPU trainer (`train_gpt2.c`, -Ofast, measured on this kind of machine at
@@ -41,6 +42,8 @@ pub enum BenchWhat {
     Step(BenchOpts),
     /// Rotation cost: build, rotate + unrotate of the whole model, vs GEMM peak and a step.
     Rotation(crate::rotation::bench::RotationBenchOpts),
+    /// Each CUDA kernel family (or the CPU ops without a GPU): time, GB/s or GFLOP/s, fraction of peak.
+    Kernels(crate::backend::cuda::bench::KernelBenchOpts),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -283,11 +286,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .num_threads(match &args.what {
             BenchWhat::Gemm(o) | BenchWhat::Step(o) => o.threads,
             BenchWhat::Rotation(o) => o.threads,
+            BenchWhat::Kernels(o) => o.threads,
         })
         .build()
         .map_err(|e| Error::config("threads", e.to_string()))?;
     pool.install(|| match &args.what {
         BenchWhat::Rotation(o) => crate::rotation::bench::run(o),
+        BenchWhat::Kernels(o) => crate::backend::cuda::bench::run(o),
         BenchWhat::Gemm(o) => {
             let cfg = ModelConfig::preset(&o.model)?;
             let r = bench_gemm(&cfg, o.batch_size * o.seq_len, o.threads);

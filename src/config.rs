@@ -146,6 +146,8 @@ pub enum DeviceKind {
     /// CUDA when a device is present, the CPU otherwise (and say so).
     Auto,
     Cpu,
+    /// CUDA, required: an error when no device is usable (issue 6).
+    Cuda,
 }
 
 /// The rotation of the optimizer's basis (MISSION.md "Rotations"): scope, block size n, seed.

@@ -8,8 +8,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Gpt2(args) => {
             let (cfg, resume) = args.to_config()?;
+            let device = rotadam::device::choose(cfg.device)?;
             if !cfg.quiet {
-                eprintln!("{}", rotadam::device::describe_choice(cfg.device));
+                eprintln!("{device}");
             }
             rotadam::run::train::train(&cfg, resume)?;
         }

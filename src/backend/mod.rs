@@ -14,6 +14,8 @@
 //!   every tensor (ARCHITECTURE.md decision 1).
 
 pub mod cpu;
+pub mod cuda;
+pub mod emu;
 pub mod scalar;
 
 pub use scalar::Scalar;

@@ -45,6 +45,22 @@ pub fn train_observed(
         .num_threads(cfg.threads)
         .build()
         .map_err(|e| Error::config("threads", e.to_string()))?;
+    if cfg.device == crate::config::DeviceKind::Cuda {
+        // Not verified on a GPU (backend::cuda::device docs); `device::choose` says so at start-up.
+        if cfg.precision == Precision::Fp64 {
+            return Err(Error::config(
+                "precision",
+                "fp64 runs on the CPU only; use --device cpu",
+            ));
+        }
+        let tk = crate::backend::cuda::nvrtc::Toolkit::locate(std::path::Path::new(".cuda"));
+        let be = crate::backend::cuda::device::CudaBackend::new(
+            0,
+            tk,
+            cfg.precision == Precision::Bf16,
+        )?;
+        return pool.install(|| train_on(&be, cfg, resume, on_step));
+    }
     pool.install(|| match cfg.precision {
         Precision::Fp32 => train_on(
             &CpuBackend::<f32>::new(cfg.threads, false),

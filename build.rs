@@ -1,0 +1,456 @@
+//! Build script: the CUDA kernels in `kernels/*.cu`, compiled three ways from one source (ARCHITECTURE.md
+//! decision 6). Everything generated goes to `OUT_DIR`; nothing generated is committed.
+//!
+//! 1. Every `kernels/*.cu` is flattened (local `#include "..."` inlined, each header once, `#pragma once`
+//!    dropped) into `OUT_DIR/kernels/<module>.cu`: NVRTC gets no headers from us at run time.
+//! 2. If `nvcc` is on PATH (or `ROTADAM_NVCC` names one), every flattened module is compiled to PTX for
+//!    compute_80 (`OUT_DIR/ptx/<module>.ptx`); a compile error fails the build with nvcc's message. Without
+//!    nvcc the CUDA backend compiles the flattened sources with NVRTC at start-up.
+//! 3. The same sources are compiled by the host C++ compiler (the `cc` crate) with
+//!    `kernels/emu/cuda_emu.h` forced in front, into the static library of the CPU emulator; one extern "C"
+//!    launcher per kernel (`ROTADAM_EMU_LAUNCHER(name)`) is written next to each module.
+//! 4. `OUT_DIR/kernels_gen.rs` (included by `src/kernels.rs`): the typed `Module` and `Kernel` enums (a
+//!    misspelled kernel is a compile error), the flattened sources, the PTX when nvcc ran, and the emulator's
+//!    launcher table.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    let kdir = root.join("kernels");
+    println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=ROTADAM_NVCC");
+
+    let mut cus: Vec<PathBuf> = fs::read_dir(&kdir)
+        .expect("kernels/ directory")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+        .collect();
+    cus.sort();
+
+    let flat_dir = out.join("kernels");
+    let emu_dir = out.join("emu");
+    fs::create_dir_all(&flat_dir).unwrap();
+    fs::create_dir_all(&emu_dir).unwrap();
+
+    // (module stem, flattened path, kernels)
+    let mut modules: Vec<(String, PathBuf, Vec<String>)> = Vec::new();
+    let mut seen_kernels = HashSet::new();
+    for cu in &cus {
+        let stem = cu.file_stem().unwrap().to_str().unwrap().to_string();
+        let mut once = HashSet::new();
+        let flat = flatten(cu, &mut once);
+        let kernels = kernel_names(&flat);
+        assert!(
+            !kernels.is_empty(),
+            "{}: no `extern \"C\" __global__` kernel found",
+            cu.display()
+        );
+        for k in &kernels {
+            assert!(
+                seen_kernels.insert(k.clone()),
+                "{}: kernel `{k}` is defined in two modules (extern \"C\" names must be unique)",
+                cu.display()
+            );
+        }
+        let flat_path = flat_dir.join(format!("{stem}.cu"));
+        write_if_changed(&flat_path, &flat);
+        modules.push((stem, flat_path, kernels));
+    }
+
+    // nvcc, when present: PTX ahead of time.
+    let nvcc = std::env::var("ROTADAM_NVCC")
+        .ok()
+        .map(PathBuf::from)
+        .or_else(|| find_on_path("nvcc"));
+    let mut ptx: Vec<(String, PathBuf)> = Vec::new();
+    if let Some(nvcc) = &nvcc {
+        let ptx_dir = out.join("ptx");
+        fs::create_dir_all(&ptx_dir).unwrap();
+        for (stem, flat, _) in &modules {
+            let dst = ptx_dir.join(format!("{stem}.ptx"));
+            let res = Command::new(nvcc)
+                .args(["-ptx", "-arch=compute_80", "-std=c++17", "-o"])
+                .arg(&dst)
+                .arg(flat)
+                .output()
+                .unwrap_or_else(|e| panic!("running {}: {e}", nvcc.display()));
+            if !res.status.success() {
+                panic!(
+                    "nvcc failed on kernels/{stem}.cu (flattened: {}):\n{}{}",
+                    flat.display(),
+                    String::from_utf8_lossy(&res.stdout),
+                    String::from_utf8_lossy(&res.stderr)
+                );
+            }
+            ptx.push((stem.clone(), dst));
+        }
+    }
+
+    // The emulator: one wrapper per module (the .cu itself + its launchers), the runtime, the host RNG.
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .std("c++17")
+        .opt_level(2)
+        .define("ROTADAM_EMU", "1")
+        .flag("-include")
+        .flag(kdir.join("emu/cuda_emu.h").to_str().unwrap())
+        .flag_if_supported("-Wno-unused-parameter")
+        .flag_if_supported("-Wno-unused-variable")
+        // getcontext/swapcontext return twice; the scheduler's frame is never modified while suspended.
+        .flag_if_supported("-Wno-clobbered")
+        .warnings(true);
+    for (stem, _, kernels) in &modules {
+        let mut w = String::new();
+        writeln!(
+            w,
+            "// generated by build.rs: the emulator launchers of kernels/{stem}.cu"
+        )
+        .unwrap();
+        writeln!(
+            w,
+            "#include \"{}\"",
+            kdir.join(format!("{stem}.cu")).display()
+        )
+        .unwrap();
+        for k in kernels {
+            writeln!(w, "ROTADAM_EMU_LAUNCHER({k})").unwrap();
+        }
+        let p = emu_dir.join(format!("emu_{stem}.cpp"));
+        write_if_changed(&p, &w);
+        build.file(p);
+    }
+    // The race fixture: a copy of reduce.cu whose block reduction lacks one __syncthreads (tests/cuda/race.rs).
+    let (fixture_src, fixtures) = race_fixture(&modules);
+    let p = emu_dir.join("emu_race_fixture.cpp");
+    write_if_changed(&p, &fixture_src);
+    build.file(p);
+    build.file(kdir.join("emu/emu_runtime.cpp"));
+    build.file(kdir.join("emu/host_rng.cpp"));
+    build.compile("rotadam_emu");
+
+    let mut gen = generate_rust(&modules, &ptx);
+    gen.push_str(&generate_fixtures(&fixtures));
+    write_if_changed(&out.join("kernels_gen.rs"), &gen);
+}
+
+/// The flattened `reduce.cu` with the barrier between the per-warp partial writes and their reads removed
+/// from its block reduction (`block_sum`, renamed so it does not clash with the correct one) and every kernel
+/// renamed `<name>_missing_sync`; plus its launchers. Returns (C++ source, kernel names).
+fn race_fixture(modules: &[(String, PathBuf, Vec<String>)]) -> (String, Vec<String>) {
+    let (_, flat, kernels) = modules
+        .iter()
+        .find(|(stem, _, _)| stem == "reduce")
+        .expect("kernels/reduce.cu");
+    let src = fs::read_to_string(flat).unwrap();
+    let barrier = "  if (lane == 0) sh[w] = v;\n  __syncthreads();\n";
+    let start = src
+        .find("T block_sum(")
+        .expect("block_sum in the flattened reduce.cu");
+    let at = start
+        + src[start..]
+            .find(barrier)
+            .expect("block_sum's barrier after the per-warp writes (race fixture)");
+    let mut racy = String::new();
+    racy.push_str(&src[..at]);
+    racy.push_str("  if (lane == 0) sh[w] = v;\n  // (race fixture: the __syncthreads that was here is removed)\n");
+    racy.push_str(&src[at + barrier.len()..]);
+    let mut racy = racy.replace("block_sum", "block_sum_missing_sync");
+    let mut names = Vec::new();
+    for k in kernels {
+        let renamed = format!("{k}_missing_sync");
+        racy = racy.replace(&format!("{k}("), &format!("{renamed}("));
+        names.push(renamed);
+    }
+    let mut out = String::from(
+        "// generated by build.rs: reduce.cu with one __syncthreads removed (race fixture)\n",
+    );
+    out.push_str(&racy);
+    for k in &names {
+        writeln!(out, "ROTADAM_EMU_LAUNCHER({k})").unwrap();
+    }
+    (out, names)
+}
+
+fn generate_fixtures(names: &[String]) -> String {
+    let mut s = String::new();
+    let w = &mut s;
+    writeln!(
+        w,
+        "/// Emulator-only test fixtures: `reduce.cu` with one `__syncthreads` removed (build.rs)."
+    )
+    .unwrap();
+    writeln!(w, "#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]").unwrap();
+    writeln!(w, "pub enum Fixture {{").unwrap();
+    for k in names {
+        writeln!(w, "    /// `{k}`").unwrap();
+        writeln!(w, "    {},", camel(k)).unwrap();
+    }
+    writeln!(w, "}}").unwrap();
+    writeln!(w, "impl Fixture {{").unwrap();
+    writeln!(w, "    /// The kernel's name.").unwrap();
+    writeln!(w, "    pub fn name(self) -> &'static str {{ match self {{").unwrap();
+    for k in names {
+        writeln!(w, "        Fixture::{} => \"{k}\",", camel(k)).unwrap();
+    }
+    writeln!(w, "    }} }}").unwrap();
+    writeln!(
+        w,
+        "    pub(crate) fn emu_launcher(self) -> EmuLauncher {{ match self {{"
+    )
+    .unwrap();
+    for k in names {
+        writeln!(w, "        Fixture::{} => rotadam_emu_{k},", camel(k)).unwrap();
+    }
+    writeln!(w, "    }} }}").unwrap();
+    writeln!(w, "}}").unwrap();
+    writeln!(w, "unsafe extern \"C\" {{").unwrap();
+    for k in names {
+        writeln!(w, "    fn rotadam_emu_{k}(cfg: *const EmuLaunchCfg, args: *const EmuArg, nargs: u64, err: *mut std::ffi::c_char, err_len: u64) -> i32;").unwrap();
+    }
+    writeln!(w, "}}").unwrap();
+    s
+}
+
+/// `path` with its local `#include "..."` lines replaced by the included files (recursively, each once).
+fn flatten(path: &Path, once: &mut HashSet<PathBuf>) -> String {
+    let canon = path
+        .canonicalize()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    if !once.insert(canon.clone()) {
+        return String::new();
+    }
+    let text =
+        fs::read_to_string(&canon).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let dir = canon.parent().unwrap();
+    let mut out = String::new();
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.starts_with("#pragma once") {
+            continue;
+        }
+        if let Some(rest) = t.strip_prefix("#include \"") {
+            let name = rest
+                .split('"')
+                .next()
+                .unwrap_or_else(|| panic!("{}: malformed include: {line}", path.display()));
+            let inc = dir.join(name);
+            writeln!(out, "// ---- {name} (flattened by build.rs) ----").unwrap();
+            out.push_str(&flatten(&inc, once));
+            writeln!(out, "// ---- end of {name} ----").unwrap();
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The names of the `extern "C" __global__` functions in `src`, in order.
+fn kernel_names(src: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for (pos, _) in src.match_indices("__global__") {
+        let before = &src[..pos];
+        if !before.trim_end().ends_with("extern \"C\"") {
+            continue;
+        }
+        let name = src[pos + "__global__".len()..]
+            .split_whitespace()
+            .find(|tok| *tok != "void" && !tok.starts_with("__launch_bounds__"))
+            .and_then(|tok| tok.split('(').next())
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "cannot read the kernel name after `__global__` near: {}",
+            &src[pos..(pos + 80).min(src.len())]
+        );
+        names.push(name);
+    }
+    names
+}
+
+fn camel(s: &str) -> String {
+    s.split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            match c.next() {
+                Some(f) => f.to_ascii_uppercase().to_string() + c.as_str(),
+                None => String::new(),
+            }
+        })
+        .collect()
+}
+
+fn generate_rust(modules: &[(String, PathBuf, Vec<String>)], ptx: &[(String, PathBuf)]) -> String {
+    let mut s = String::new();
+    let w = &mut s;
+    writeln!(w, "// generated by build.rs from kernels/*.cu; do not edit").unwrap();
+    writeln!(
+        w,
+        "/// A kernel file (`kernels/<name>.cu`): one op family, one CUDA module."
+    )
+    .unwrap();
+    writeln!(w, "#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]").unwrap();
+    writeln!(w, "pub enum Module {{").unwrap();
+    for (stem, _, _) in modules {
+        writeln!(w, "    /// `kernels/{stem}.cu`").unwrap();
+        writeln!(w, "    {},", camel(stem)).unwrap();
+    }
+    writeln!(w, "}}").unwrap();
+    writeln!(
+        w,
+        "/// Every `extern \"C\" __global__` kernel, by its CUDA name in CamelCase."
+    )
+    .unwrap();
+    writeln!(w, "#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]").unwrap();
+    writeln!(w, "pub enum Kernel {{").unwrap();
+    for (stem, _, ks) in modules {
+        for k in ks {
+            writeln!(w, "    /// `kernels/{stem}.cu: {k}`").unwrap();
+            writeln!(w, "    {},", camel(k)).unwrap();
+        }
+    }
+    writeln!(w, "}}").unwrap();
+    writeln!(w, "impl Module {{").unwrap();
+    writeln!(w, "    /// Every module, in file-name order.").unwrap();
+    write!(w, "    pub const ALL: &'static [Module] = &[").unwrap();
+    for (stem, _, _) in modules {
+        write!(w, "Module::{}, ", camel(stem)).unwrap();
+    }
+    writeln!(w, "];").unwrap();
+    writeln!(w, "    /// The file stem, e.g. `\"rotation\"`.").unwrap();
+    writeln!(w, "    pub fn name(self) -> &'static str {{ match self {{").unwrap();
+    for (stem, _, _) in modules {
+        writeln!(w, "        Module::{} => \"{stem}\",", camel(stem)).unwrap();
+    }
+    writeln!(w, "    }} }}").unwrap();
+    writeln!(
+        w,
+        "    /// The flattened CUDA source (local includes inlined), as NVRTC compiles it."
+    )
+    .unwrap();
+    writeln!(
+        w,
+        "    pub fn source(self) -> &'static str {{ match self {{"
+    )
+    .unwrap();
+    for (stem, flat, _) in modules {
+        writeln!(
+            w,
+            "        Module::{} => include_str!({:?}),",
+            camel(stem),
+            flat.display().to_string()
+        )
+        .unwrap();
+    }
+    writeln!(w, "    }} }}").unwrap();
+    writeln!(
+        w,
+        "    /// PTX compiled by nvcc at build time (compute_80), when nvcc was present."
+    )
+    .unwrap();
+    writeln!(
+        w,
+        "    pub fn prebuilt_ptx(self) -> Option<&'static str> {{ match self {{"
+    )
+    .unwrap();
+    for (stem, _, _) in modules {
+        match ptx.iter().find(|(s, _)| s == stem) {
+            Some((_, p)) => writeln!(
+                w,
+                "        Module::{} => Some(include_str!({:?})),",
+                camel(stem),
+                p.display().to_string()
+            )
+            .unwrap(),
+            None => writeln!(w, "        Module::{} => None,", camel(stem)).unwrap(),
+        }
+    }
+    writeln!(w, "    }} }}").unwrap();
+    writeln!(w, "    /// The kernels this module defines.").unwrap();
+    writeln!(
+        w,
+        "    pub fn kernels(self) -> &'static [Kernel] {{ match self {{"
+    )
+    .unwrap();
+    for (stem, _, ks) in modules {
+        write!(w, "        Module::{} => &[", camel(stem)).unwrap();
+        for k in ks {
+            write!(w, "Kernel::{}, ", camel(k)).unwrap();
+        }
+        writeln!(w, "],").unwrap();
+    }
+    writeln!(w, "    }} }}").unwrap();
+    writeln!(w, "}}").unwrap();
+
+    writeln!(w, "impl Kernel {{").unwrap();
+    writeln!(w, "    /// The CUDA function name.").unwrap();
+    writeln!(w, "    pub fn name(self) -> &'static str {{ match self {{").unwrap();
+    for (_, _, ks) in modules {
+        for k in ks {
+            writeln!(w, "        Kernel::{} => \"{k}\",", camel(k)).unwrap();
+        }
+    }
+    writeln!(w, "    }} }}").unwrap();
+    writeln!(w, "    /// The module (file) that defines it.").unwrap();
+    writeln!(w, "    pub fn module(self) -> Module {{ match self {{").unwrap();
+    for (stem, _, ks) in modules {
+        for k in ks {
+            writeln!(
+                w,
+                "        Kernel::{} => Module::{},",
+                camel(k),
+                camel(stem)
+            )
+            .unwrap();
+        }
+    }
+    writeln!(w, "    }} }}").unwrap();
+    writeln!(
+        w,
+        "    /// The emulator's extern \"C\" launcher of this kernel."
+    )
+    .unwrap();
+    writeln!(
+        w,
+        "    pub(crate) fn emu_launcher(self) -> EmuLauncher {{ match self {{"
+    )
+    .unwrap();
+    for (_, _, ks) in modules {
+        for k in ks {
+            writeln!(w, "        Kernel::{} => rotadam_emu_{k},", camel(k)).unwrap();
+        }
+    }
+    writeln!(w, "    }} }}").unwrap();
+    writeln!(w, "}}").unwrap();
+    writeln!(w, "unsafe extern \"C\" {{").unwrap();
+    for (_, _, ks) in modules {
+        for k in ks {
+            writeln!(w, "    fn rotadam_emu_{k}(cfg: *const EmuLaunchCfg, args: *const EmuArg, nargs: u64, err: *mut std::ffi::c_char, err_len: u64) -> i32;").unwrap();
+        }
+    }
+    writeln!(w, "}}").unwrap();
+    s
+}
+
+fn find_on_path(exe: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(exe))
+        .find(|p| p.is_file())
+}
+
+/// Writes only when the contents change, so an unchanged kernel does not rebuild dependants.
+fn write_if_changed(path: &Path, contents: &str) {
+    if fs::read_to_string(path).ok().as_deref() != Some(contents) {
+        fs::write(path, contents).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+}

@@ -1,0 +1,446 @@
+//! `rotadam bench kernels`: each kernel family at a model's shapes on the best device present — the CUDA
+//! backend when `--device cuda` finds a GPU, else the CPU backend's ops — with time, GB/s or GFLOP/s, and
+//! the fraction of a peak measured in the same run: the device's GEMM (`Backend::gemm` at 1024³) for
+//! compute-bound ops, a streaming copy of 256 MB for memory-bound ones (on a GPU: the device's memory
+//! bandwidth from its clock and bus width).
+//!
+//! Bytes are the minimum traffic of each op (every input read once, every output written once); FLOPs
+//! count multiply-adds as 2. The median of `--reps` timed runs after one warm-up; a device is synchronised
+//! (a one-element download) before each timer stops. Nothing here has been run on a GPU.
+
+use crate::backend::{AdamStep, Backend};
+use crate::config::{DeviceKind, ModelConfig};
+use crate::error::{Error, Result};
+use crate::model::ParamTable;
+use crate::rng::Rng;
+use clap::Args;
+use serde::Serialize;
+use std::time::Instant;
+
+/// Options of `rotadam bench kernels`.
+#[derive(Args, Debug, Clone)]
+pub struct KernelBenchOpts {
+    #[arg(long, default_value = "124m")]
+    pub model: String,
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 64)]
+    pub seq_len: usize,
+    /// The rotation block n of the rotate + unrotate measurement (the paper's 768).
+    #[arg(long, default_value_t = 768)]
+    pub rotation_block: usize,
+    #[arg(long, default_value_t = crate::cli::default_threads())]
+    pub threads: usize,
+    /// Timed repetitions per op (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// `cuda` to measure on the GPU (an error without one); anything else runs the CPU ops.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Auto)]
+    pub device: DeviceKind,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One op's measurement.
+#[derive(Serialize, Debug, Clone)]
+pub struct OpTiming {
+    pub op: String,
+    pub ms: f64,
+    /// GB/s for memory-bound ops, GFLOP/s for compute-bound ones (`unit` says which).
+    pub rate: f64,
+    pub unit: &'static str,
+    /// rate / the same run's peak of that unit.
+    pub fraction_of_peak: f64,
+}
+
+/// The whole report.
+#[derive(Serialize, Debug, Clone)]
+pub struct KernelBench {
+    pub device: String,
+    pub model: String,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub gemm_peak_gflops: f64,
+    pub bandwidth_peak_gbs: f64,
+    pub ops: Vec<OpTiming>,
+}
+
+fn randn(rng: &mut Rng, n: usize, scale: f64) -> Vec<f32> {
+    (0..n).map(|_| (rng.normal() * scale) as f32).collect()
+}
+
+/// Median wall time in ms of `f` over `reps` runs after one warm-up, synchronising with `sync`.
+fn time(reps: usize, mut f: impl FnMut(), sync: &dyn Fn()) -> f64 {
+    f();
+    sync();
+    let mut v: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            sync();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// GB/s of a 256 MB host copy (the CPU's streaming bandwidth, read + write counted).
+pub fn host_copy_bandwidth() -> f64 {
+    let n = 1 << 26;
+    let src = vec![1.0f32; n];
+    let mut dst = vec![0.0f32; n];
+    let ms = time(3, || dst.copy_from_slice(&src), &|| ());
+    std::hint::black_box(&dst);
+    (2 * 4 * n) as f64 / (ms / 1e3) / 1e9
+}
+
+/// Measures every kernel family on `be` (module docs). `bandwidth_peak` in GB/s.
+pub fn bench_ops<BK: Backend<T = f32>>(
+    be: &BK,
+    o: &KernelBenchOpts,
+    bandwidth_peak: f64,
+) -> Result<KernelBench> {
+    let cfg = ModelConfig::preset(&o.model)?;
+    let (b, t, c, nh, v) = (
+        o.batch_size,
+        o.seq_len,
+        cfg.n_embd,
+        cfg.n_head,
+        cfg.vocab_size,
+    );
+    if t > cfg.seq_len {
+        return Err(Error::config(
+            "--seq-len",
+            format!("{t} exceeds the context {}", cfg.seq_len),
+        ));
+    }
+    let n = b * t;
+    let table = ParamTable::new(&cfg);
+    let d = table.total;
+    let mut rng = Rng::new(5);
+    let buf = |x: &[f32]| -> Result<BK::Buf> {
+        let mut b = be.alloc(x.len())?;
+        be.upload(&mut b, x)?;
+        Ok(b)
+    };
+    let tiny = be.alloc(1)?;
+    let sync = || {
+        let _ = be.download(&tiny);
+    };
+    let reps = o.reps;
+    let mut ops = Vec::new();
+
+    // GEMM peak of this backend (1024³), same run
+    let g = 1024;
+    let (ga, gb) = (
+        buf(&randn(&mut rng, g * g, 1.0))?,
+        buf(&randn(&mut rng, g * g, 1.0))?,
+    );
+    let mut gc = be.alloc(g * g)?;
+    let ms = time(
+        reps,
+        || {
+            be.gemm(
+                be.view_mut(&mut gc, 0..g * g),
+                be.view(&ga, 0..g * g),
+                be.view(&gb, 0..g * g),
+                g,
+                g,
+                g,
+                false,
+                true,
+                false,
+            )
+        },
+        &sync,
+    );
+    let peak = 2.0 * (g * g * g) as f64 / (ms / 1e3) / 1e9;
+    let mut push = |op: String, ms: f64, amount: f64, flops: bool| {
+        let rate = amount / (ms / 1e3) / 1e9;
+        let (unit, p) = if flops {
+            ("GFLOP/s", peak)
+        } else {
+            ("GB/s", bandwidth_peak)
+        };
+        ops.push(OpTiming {
+            op,
+            ms,
+            rate,
+            unit,
+            fraction_of_peak: rate / p,
+        });
+    };
+
+    // layernorm forward / backward over (B·T, C)
+    let x = buf(&randn(&mut rng, n * c, 1.0))?;
+    let w = buf(&randn(&mut rng, c, 1.0))?;
+    let (mut out, mut mean, mut rstd) = (be.alloc(n * c)?, be.alloc(n)?, be.alloc(n)?);
+    let ms = time(
+        reps,
+        || {
+            let [o_, m_, r_] = [
+                be.view_mut(&mut out, 0..n * c),
+                be.view_mut(&mut mean, 0..n),
+                be.view_mut(&mut rstd, 0..n),
+            ];
+            be.layernorm_forward(
+                o_,
+                m_,
+                r_,
+                be.view(&x, 0..n * c),
+                be.view(&w, 0..c),
+                None,
+                n,
+                c,
+            )
+        },
+        &sync,
+    );
+    push(
+        "layernorm_forward".into(),
+        ms,
+        (2 * n * c * 4) as f64,
+        false,
+    );
+    let (mut dx, mut dw) = (be.alloc(n * c)?, be.alloc(c)?);
+    let ms = time(
+        reps,
+        || {
+            be.layernorm_backward(
+                be.view_mut(&mut dx, 0..n * c),
+                be.view_mut(&mut dw, 0..c),
+                None,
+                be.view(&out, 0..n * c),
+                be.view(&x, 0..n * c),
+                be.view(&w, 0..c),
+                be.view(&mean, 0..n),
+                be.view(&rstd, 0..n),
+                n,
+                c,
+            )
+        },
+        &sync,
+    );
+    push(
+        "layernorm_backward".into(),
+        ms,
+        (4 * n * c * 4) as f64,
+        false,
+    );
+
+    // attention forward / backward (B, T, C, NH): QKᵀ and att·V are 2·B·NH·T²·hs FLOPs each (causal: half)
+    let qkv = buf(&randn(&mut rng, n * 3 * c, 1.0))?;
+    let (mut att, mut atty, mut scratch, mut dqkv) = (
+        be.alloc(b * nh * t * t)?,
+        be.alloc(n * c)?,
+        be.alloc(b * nh * t * t)?,
+        be.alloc(n * 3 * c)?,
+    );
+    let attn_flops = 2.0 * (b * t * t * c) as f64; // 2 products × 2 FLOPs × ½ (causal)
+    let ms = time(
+        reps,
+        || {
+            be.attention_forward(
+                be.view_mut(&mut atty, 0..n * c),
+                be.view_mut(&mut att, 0..b * nh * t * t),
+                be.view(&qkv, 0..n * 3 * c),
+                b,
+                t,
+                c,
+                nh,
+            )
+        },
+        &sync,
+    );
+    push("attention_forward".into(), ms, attn_flops, true);
+    let ms = time(
+        reps,
+        || {
+            be.attention_backward(
+                be.view_mut(&mut dqkv, 0..n * 3 * c),
+                be.view_mut(&mut scratch, 0..b * nh * t * t),
+                be.view(&atty, 0..n * c),
+                be.view(&qkv, 0..n * 3 * c),
+                be.view(&att, 0..b * nh * t * t),
+                b,
+                t,
+                c,
+                nh,
+            )
+        },
+        &sync,
+    );
+    push("attention_backward".into(), ms, 2.0 * attn_flops, true);
+
+    // gelu over (B·T, 4C)
+    let h = buf(&randn(&mut rng, n * 4 * c, 1.0))?;
+    let mut hg = be.alloc(n * 4 * c)?;
+    let ms = time(
+        reps,
+        || {
+            be.gelu_forward(
+                be.view_mut(&mut hg, 0..n * 4 * c),
+                be.view(&h, 0..n * 4 * c),
+            )
+        },
+        &sync,
+    );
+    push("gelu_forward".into(), ms, (2 * n * 4 * c * 4) as f64, false);
+
+    // fused softmax cross-entropy with gradient over (B·T, V)
+    let logits0 = randn(&mut rng, n * v, 1.0);
+    let mut logits = buf(&logits0)?;
+    let mut losses = be.alloc(n)?;
+    let targets: Vec<u32> = (0..n).map(|_| rng.below(v as u64) as u32).collect();
+    let ms = time(
+        reps,
+        || {
+            be.crossentropy_forward(
+                be.view_mut(&mut losses, 0..n),
+                be.view_mut(&mut logits, 0..n * v),
+                &targets,
+                Some(1.0 / n as f32),
+                n,
+                v,
+            )
+        },
+        &sync,
+    );
+    push(
+        "crossentropy_forward".into(),
+        ms,
+        (2 * n * v * 4) as f64,
+        false,
+    );
+
+    // optimizer and reductions over all d parameters
+    let grads = buf(&randn(&mut rng, d, 1e-3))?;
+    let (mut p, mut m, mut vv) = (buf(&randn(&mut rng, d, 0.02))?, be.alloc(d)?, be.alloc(d)?);
+    let hp = AdamStep {
+        lr: 6e-4,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        bias_correction1: 0.1,
+        bias_correction2: 0.05,
+    };
+    let ms = time(
+        reps,
+        || {
+            let [p_, m_, v_] = [
+                be.view_mut(&mut p, 0..d),
+                be.view_mut(&mut m, 0..d),
+                be.view_mut(&mut vv, 0..d),
+            ];
+            be.adamw_step(p_, m_, v_, be.view(&grads, 0..d), hp)
+        },
+        &sync,
+    );
+    push(
+        format!("adamw_step ({:.1}M params)", d as f64 / 1e6),
+        ms,
+        (7 * d * 4) as f64,
+        false,
+    );
+    let ms = time(
+        reps,
+        || {
+            std::hint::black_box(be.sum_squares(be.view(&grads, 0..d)));
+        },
+        &sync,
+    );
+    push(
+        "sum_squares (global grad norm)".into(),
+        ms,
+        (d * 4) as f64,
+        false,
+    );
+
+    // rotate + unrotate of all parameters (global scope: one permutation, chunks of n)
+    let rn = o.rotation_block.min(d);
+    let nb = d / rn;
+    let mut perm: Vec<u32> = (0..d as u32).collect();
+    for i in (1..d).rev() {
+        perm.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let index = &perm[..nb * rn];
+    let r = buf(&crate::rotation::haar(rn, &mut rng)
+        .iter()
+        .map(|&x| x as f32)
+        .collect::<Vec<_>>())?;
+    let mut rot = be.alloc(nb * rn)?;
+    let mut back = be.alloc(d)?;
+    let ms = time(
+        reps,
+        || {
+            be.rotate(
+                be.view_mut(&mut rot, 0..nb * rn),
+                be.view(&grads, 0..d),
+                index,
+                be.view(&r, 0..rn * rn),
+                nb,
+                rn,
+            );
+            be.unrotate(
+                be.view_mut(&mut back, 0..d),
+                be.view(&rot, 0..nb * rn),
+                index,
+                be.view(&r, 0..rn * rn),
+                nb,
+                rn,
+            );
+        },
+        &sync,
+    );
+    push(
+        format!("rotate + unrotate (global, n = {rn})"),
+        ms,
+        4.0 * (nb * rn * rn) as f64,
+        true,
+    );
+
+    Ok(KernelBench {
+        device: be.name(),
+        model: o.model.clone(),
+        batch_size: b,
+        seq_len: t,
+        gemm_peak_gflops: peak,
+        bandwidth_peak_gbs: bandwidth_peak,
+        ops,
+    })
+}
+
+/// Runs the benchmark on the best device present (module docs) and prints it.
+pub fn run(o: &KernelBenchOpts) -> Result<()> {
+    let report = if o.device == DeviceKind::Cuda {
+        let tk = super::nvrtc::Toolkit::locate(std::path::Path::new(".cuda"));
+        let be = super::device::CudaBackend::new(0, tk, false)?;
+        let bw = be.memory_bandwidth_gbs().unwrap_or(f64::NAN);
+        bench_ops(&be, o, bw)?
+    } else {
+        let be = crate::backend::cpu::CpuBackend::<f32>::new(o.threads, false);
+        bench_ops(&be, o, host_copy_bandwidth())?
+    };
+    if o.json {
+        println!("{}", serde_json::to_string(&report).expect("serialise"));
+    } else {
+        println!(
+            "{} — GPT-2 {}, B={} T={}; peaks measured in this run: GEMM {:.1} GFLOP/s, memory {:.1} GB/s",
+            report.device, report.model, report.batch_size, report.seq_len, report.gemm_peak_gflops, report.bandwidth_peak_gbs
+        );
+        for op in &report.ops {
+            println!(
+                "{:<40} {:>10.3} ms {:>9.1} {:<8} {:>5.1}% of peak",
+                op.op,
+                op.ms,
+                op.rate,
+                op.unit,
+                100.0 * op.fraction_of_peak
+            );
+        }
+    }
+    Ok(())
+}

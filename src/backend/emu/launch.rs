@@ -1,0 +1,170 @@
+//! Launching a kernel on the CPU emulator (`kernels/emu/cuda_emu.h`, `kernels/emu/emu_runtime.cpp`), the
+//! way cudarc launches it on a GPU: a [`Kernel`], a grid, a block, dynamic shared memory and a list of
+//! arguments, each a pointer to its value ([`EmuArg`]).
+//!
+//! [`launch`] runs one schedule (ascending or descending baton order). [`launch_both_orders`] is what the
+//! emulated backend and the tests use: it snapshots the launch's output buffers, runs the ascending
+//! schedule, keeps the result, restores the snapshot, runs the descending schedule and requires the two
+//! results to be bit-identical — a race (a missing `__syncthreads`, an order-dependent atomic) becomes a
+//! deterministic error naming the kernel, the buffer and the first differing element.
+
+use crate::error::{Error, Result};
+use crate::kernels::{EmuArg, EmuLaunchCfg, Launchable};
+
+/// The order in which the threads of a block take the baton.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    Ascending,
+    Descending,
+}
+
+/// Grid and block sizes (x, y, z) and dynamic shared memory of one launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub smem: u64,
+}
+
+impl Geometry {
+    /// A 1-D grid of `ceil(n / block)` blocks of `block` threads (at least one block).
+    pub fn linear(n: usize, block: u32) -> Self {
+        Geometry {
+            grid: [grid_dim(n.div_ceil(block as usize).max(1)), 1, 1],
+            block: [block, 1, 1],
+            smem: 0,
+        }
+    }
+    /// `blocks` blocks of `block` threads.
+    pub fn blocks(blocks: usize, block: u32) -> Self {
+        Geometry {
+            grid: [grid_dim(blocks.max(1)), 1, 1],
+            block: [block, 1, 1],
+            smem: 0,
+        }
+    }
+}
+
+/// A grid dimension as u32 (CUDA's limit for x is 2³¹ − 1).
+fn grid_dim(n: usize) -> u32 {
+    assert!(n < (1 << 31), "grid of {n} blocks exceeds CUDA's 2^31 - 1");
+    n as u32
+}
+
+/// Runs `kernel` once under `order`.
+///
+/// # Safety
+/// `args` must match the kernel's parameters in number and size (checked), and every pointer argument must
+/// point to memory valid for everything the kernel reads or writes at this geometry (not checkable).
+pub unsafe fn launch<K: Launchable>(
+    kernel: K,
+    geo: Geometry,
+    order: Order,
+    args: &[EmuArg],
+) -> Result<()> {
+    let cfg = EmuLaunchCfg {
+        grid: geo.grid,
+        block: geo.block,
+        smem: geo.smem,
+        order: match order {
+            Order::Ascending => 0,
+            Order::Descending => 1,
+        },
+    };
+    let mut err = vec![0 as std::ffi::c_char; 512];
+    // SAFETY: cfg and args outlive the call; the launcher checks the argument count and sizes; the caller
+    // guarantees the pointers' validity (this function's contract); err is a writable buffer of err.len().
+    let rc = unsafe {
+        (kernel.launcher())(
+            &cfg,
+            args.as_ptr(),
+            args.len() as u64,
+            err.as_mut_ptr(),
+            err.len() as u64,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    // SAFETY: the launcher NUL-terminates err within its length on failure.
+    let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    Err(Error::Device(format!("emulator: {msg}")))
+}
+
+/// One output buffer of a launch: its address and size in bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct OutBuf {
+    pub name: &'static str,
+    pub ptr: *mut u8,
+    pub bytes: usize,
+}
+
+impl OutBuf {
+    /// The output buffer at address `addr` (a host address under the emulator) of `bytes` bytes.
+    pub fn at(name: &'static str, addr: u64, bytes: usize) -> Self {
+        OutBuf {
+            name,
+            ptr: addr as *mut u8,
+            bytes,
+        }
+    }
+    /// The output buffer behind a raw f32/f64/u32 pointer of `len` elements.
+    pub fn new<T>(name: &'static str, ptr: *mut T, len: usize) -> Self {
+        OutBuf {
+            name,
+            ptr: ptr as *mut u8,
+            bytes: len * std::mem::size_of::<T>(),
+        }
+    }
+}
+
+/// Runs `kernel` under both schedules and requires bit-identical outputs (module docs). On success the
+/// outputs hold the result (of the descending run, equal to the ascending one).
+///
+/// # Safety
+/// As [`launch`]; in addition `outs` must cover every byte the kernel writes, each `OutBuf` must be valid
+/// for reads and writes of `bytes` bytes, and the kernel's pointer arguments must be derived from the same
+/// pointers as `outs` (no other live reference to that memory during the call).
+pub unsafe fn launch_both_orders<K: Launchable>(
+    kernel: K,
+    geo: Geometry,
+    outs: &[OutBuf],
+    args: &[EmuArg],
+) -> Result<()> {
+    // SAFETY (for every from_raw_parts below): each OutBuf is valid for `bytes` bytes (this function's
+    // contract) and no reference to it is alive outside this function during the call.
+    let snapshot: Vec<Vec<u8>> = outs
+        .iter()
+        .map(|o| unsafe { std::slice::from_raw_parts(o.ptr, o.bytes) }.to_vec())
+        .collect();
+    // SAFETY: forwarded contract.
+    unsafe { launch(kernel, geo, Order::Ascending, args)? };
+    // SAFETY: as for the snapshot above.
+    let ascending: Vec<Vec<u8>> = outs
+        .iter()
+        .map(|o| unsafe { std::slice::from_raw_parts(o.ptr, o.bytes) }.to_vec())
+        .collect();
+    for (o, s) in outs.iter().zip(&snapshot) {
+        // SAFETY: see above.
+        unsafe { std::slice::from_raw_parts_mut(o.ptr, o.bytes) }.copy_from_slice(s);
+    }
+    // SAFETY: forwarded contract.
+    unsafe { launch(kernel, geo, Order::Descending, args)? };
+    for (o, a) in outs.iter().zip(&ascending) {
+        // SAFETY: see above.
+        let d = unsafe { std::slice::from_raw_parts(o.ptr, o.bytes) };
+        if let Some(pos) = d.iter().zip(a).position(|(x, y)| x != y) {
+            let word = pos / 4;
+            return Err(Error::Device(format!(
+                "emulator: {}: output `{}` differs between ascending and descending thread order \
+                 (first at byte {pos}, 4-byte word {word}): a race between threads of a block \
+                 (missing __syncthreads?) or an order-dependent reduction",
+                kernel.kernel_name(),
+                o.name
+            )));
+        }
+    }
+    Ok(())
+}

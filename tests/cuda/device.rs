@@ -1,0 +1,205 @@
+//! `--device` choices, and the paths that need a real GPU. Those are marked by name (`gpu_only_…`) and
+//! return early with a "SKIPPED" message when no CUDA device is usable, so `cargo test` passes on a
+//! machine without one (like the development machine: none of them has run on a GPU).
+
+use rotadam::backend::cpu::CpuBackend;
+use rotadam::backend::cuda::device::CudaBackend;
+use rotadam::backend::cuda::runtime::CudaRuntime;
+use rotadam::backend::cuda::{nvrtc::Toolkit, probe};
+use rotadam::backend::Backend;
+use rotadam::config::DeviceKind;
+use rotadam::device::choose;
+use rotadam::kernels::{Kernel, Module};
+
+/// None when a GPU is usable, else the reason (printed as the skip message).
+fn no_gpu() -> Option<String> {
+    probe().err()
+}
+
+#[test]
+fn device_choice_never_panics_and_cuda_without_a_device_is_a_clear_error() {
+    assert_eq!(choose(DeviceKind::Cpu).unwrap(), "device: cpu (requested)");
+    let auto = choose(DeviceKind::Auto).unwrap();
+    assert!(auto.starts_with("device: auto -> cpu ("), "{auto}");
+    match no_gpu() {
+        Some(why) => {
+            assert!(auto.contains(&why), "auto should say why: {auto}");
+            let err = choose(DeviceKind::Cuda).unwrap_err().to_string();
+            assert!(
+                err.contains("--device cuda: no usable CUDA device")
+                    && err.contains(&why)
+                    && err.contains("--device auto or --device cpu"),
+                "{err}"
+            );
+            // opening a runtime or the backend without a device is an error, not a panic
+            let e = CudaRuntime::new(0, None)
+                .err()
+                .expect("no device, yet a runtime opened")
+                .to_string();
+            assert!(e.contains("no usable CUDA device"), "{e}");
+            let e = CudaBackend::new(0, None, false)
+                .err()
+                .expect("no device, yet a backend opened")
+                .to_string();
+            assert!(e.contains("no usable CUDA device"), "{e}");
+        }
+        None => {
+            let line = choose(DeviceKind::Cuda).unwrap();
+            assert!(line.starts_with("device: cuda ("), "{line}");
+        }
+    }
+}
+
+#[test]
+fn gpu_only_training_steps_on_the_cuda_backend_match_the_cpu() {
+    if let Some(why) = no_gpu() {
+        eprintln!("SKIPPED gpu_only_training_steps_on_the_cuda_backend_match_the_cpu: {why}");
+        return;
+    }
+    // The same comparison as tests/cuda/step.rs, on the device (fp32 tolerances of that file).
+    use rotadam::config::ModelConfig;
+    use rotadam::model::Gpt2;
+    use rotadam::rng::Rng;
+    let cfg = ModelConfig {
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 16,
+        seq_len: 8,
+        vocab_size: 37,
+        bias: true,
+    };
+    let tk = Toolkit::locate(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cuda"));
+    let gpu = CudaBackend::new(0, tk, false).unwrap();
+    let cpu = CpuBackend::<f32>::new(1, false);
+    let (b, t) = (3, 8);
+    let mut rng = Rng::new(11);
+    let x: Vec<u32> = (0..b * t).map(|_| rng.below(37) as u32).collect();
+    let y: Vec<u32> = (0..b * t).map(|_| rng.below(37) as u32).collect();
+    let mut mg = Gpt2::new(&gpu, &cfg, 3).unwrap();
+    let mut mc = Gpt2::new(&cpu, &cfg, 3).unwrap();
+    mg.zero_grads(&gpu);
+    mc.zero_grads(&cpu);
+    let lg = mg
+        .forward_backward(&gpu, &x, &y, b, t, 1.0 / (b * t) as f64)
+        .unwrap();
+    let lc = mc
+        .forward_backward(&cpu, &x, &y, b, t, 1.0 / (b * t) as f64)
+        .unwrap();
+    assert!((lg - lc).abs() <= 1e-5 * lc.abs(), "loss gpu {lg} cpu {lc}");
+    let (gg, gc) = (mg.grads_f64(&gpu).unwrap(), mc.grads_f64(&cpu).unwrap());
+    super::assert_close("gradients gpu vs cpu", &gg, &gc, 1e-6, 1e-4);
+}
+
+#[test]
+fn gpu_only_every_kernel_loads_and_fill_and_layernorm_match_the_cpu() {
+    if let Some(why) = no_gpu() {
+        eprintln!(
+            "SKIPPED gpu_only_every_kernel_loads_and_fill_and_layernorm_match_the_cpu: {why}"
+        );
+        return;
+    }
+    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    let tk = Toolkit::locate(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cuda"));
+    let rt = CudaRuntime::new(0, tk).unwrap();
+    for &m in Module::ALL {
+        for &k in m.kernels() {
+            rt.function(k).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    let s = rt.stream();
+    // fill
+    let n = 1000usize;
+    let mut x = s.alloc_zeros::<f32>(n).unwrap();
+    let f = rt.function(Kernel::Fill).unwrap();
+    let (v, nl) = (2.5f32, n as i64);
+    let cfg = LaunchConfig {
+        grid_dim: (n.div_ceil(256) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut b = s.launch_builder(&f);
+    b.arg(&mut x).arg(&v).arg(&nl);
+    // SAFETY: fill(float*, float, long long) with n elements allocated.
+    unsafe { b.launch(cfg) }.unwrap();
+    assert!(s.clone_dtoh(&x).unwrap().iter().all(|&y| y == 2.5));
+    // layernorm_forward vs the CPU backend
+    let (rows, c) = (37usize, 100usize);
+    let inp: Vec<f32> = (0..rows * c)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+        .collect();
+    let w: Vec<f32> = (0..c).map(|i| 1.0 + i as f32 / 100.0).collect();
+    let (di, dw) = (s.clone_htod(&inp).unwrap(), s.clone_htod(&w).unwrap());
+    let (mut dout, mut dmean, mut drstd) = (
+        s.alloc_zeros::<f32>(rows * c).unwrap(),
+        s.alloc_zeros::<f32>(rows).unwrap(),
+        s.alloc_zeros::<f32>(rows).unwrap(),
+    );
+    let f = rt.function(Kernel::LayernormForward).unwrap();
+    let (ni, ci, bf, nullp) = (rows as i32, c as i32, 0i32, 0u64);
+    let cfg = LaunchConfig {
+        grid_dim: (rows.div_ceil(8) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut b = s.launch_builder(&f);
+    b.arg(&mut dout)
+        .arg(&mut dmean)
+        .arg(&mut drstd)
+        .arg(&di)
+        .arg(&dw)
+        .arg(&nullp)
+        .arg(&ni)
+        .arg(&ci)
+        .arg(&bf);
+    // SAFETY: layernorm_forward's parameters in order; a null bias (u64 0 for the pointer).
+    unsafe { b.launch(cfg) }.unwrap();
+    let got = s.clone_dtoh(&dout).unwrap();
+    let (mut want, mut m, mut r) = (vec![0f32; rows * c], vec![0f32; rows], vec![0f32; rows]);
+    CpuBackend::<f32>::new(1, false)
+        .layernorm_forward(&mut want, &mut m, &mut r, &inp, &w, None, rows, c);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+            "layernorm_forward[{i}]: gpu {g} cpu {w}"
+        );
+    }
+}
+
+#[test]
+fn kernel_bench_runs_on_the_cpu_and_reports_every_family() {
+    use rotadam::backend::cuda::bench::{bench_ops, KernelBenchOpts};
+    let o = KernelBenchOpts {
+        model: "tiny".into(),
+        batch_size: 2,
+        seq_len: 8,
+        rotation_block: 7,
+        threads: 1,
+        reps: 1,
+        device: DeviceKind::Cpu,
+        json: true,
+    };
+    let r = bench_ops(&CpuBackend::<f32>::new(1, false), &o, 10.0).unwrap();
+    assert!(r.gemm_peak_gflops > 0.0);
+    for family in [
+        "layernorm",
+        "attention",
+        "gelu",
+        "crossentropy",
+        "adamw",
+        "sum_squares",
+        "rotate",
+    ] {
+        let op = r
+            .ops
+            .iter()
+            .find(|op| op.op.starts_with(family))
+            .unwrap_or_else(|| panic!("no {family} row"));
+        assert!(
+            op.ms > 0.0 && op.rate.is_finite() && op.fraction_of_peak > 0.0,
+            "{op:?}"
+        );
+    }
+    // and the emulated kernels run through the same benchmark (GEMM on the CPU)
+    let r = bench_ops(&rotadam::backend::emu::EmuBackend::new(1, false), &o, 10.0).unwrap();
+    assert!(r.device.starts_with("cuda-emulator"));
+}

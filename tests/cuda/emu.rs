@@ -1,0 +1,424 @@
+//! Every kernel through the CPU emulator against the f64 CPU reference (`CpuBackend<f64>`), on small and
+//! odd shapes: sizes that are not multiples of the block (256), the warp (32) or the GEMM tile (64), and a
+//! rotation block n that divides nothing. Every launch runs under ascending and descending thread order
+//! and must give bit-identical outputs (`EmuBackend` checks it on every call).
+//!
+//! Tolerances come from the f32 arithmetic (Higham, Accuracy and Stability, §3.1): a length-K sum of
+//! products errs by at most γ_K = K·u/(1 − K·u) relative to Σ|terms|, u = 2⁻²⁴. Each test states its K and
+//! the magnitude the error is relative to; the bound used is atol = rtol = 2·γ_K (a factor 2 for the
+//! conversion of the result and libm's exp/log/tan, which are within 1 ulp). The optimizer kernels compute
+//! the CPU backend's exact expression in f32 and must equal `CpuBackend<f32>` bit for bit.
+
+use super::{assert_close, f32s, f64s, randn, U32};
+use rotadam::backend::cpu::CpuBackend;
+use rotadam::backend::emu::launch::{launch_both_orders, Geometry, OutBuf};
+use rotadam::backend::emu::{EmuBackend, BLOCK};
+use rotadam::backend::Backend;
+use rotadam::kernels::{EmuArg, Kernel, Module};
+use rotadam::rng::Rng;
+
+/// 2·γ_K for a length-K reduction (module docs).
+pub fn gamma(k: usize) -> f64 {
+    let ku = k as f64 * U32;
+    2.0 * ku / (1.0 - ku)
+}
+
+fn emu() -> EmuBackend {
+    EmuBackend::new(1, false)
+}
+fn cpu64() -> CpuBackend<f64> {
+    CpuBackend::new(1, false)
+}
+
+// Odd shapes: B·T = 74 rows, C = 36 (> one warp, not a multiple), NH = 3 (hs = 12), T = 37 (> 32 keys per
+// row), V = 300 (> one 256-thread block per row).
+const B: usize = 2;
+const T: usize = 37;
+const C: usize = 36;
+const NH: usize = 3;
+const V: usize = 300;
+
+#[test]
+fn kernel_index_lists_every_module_and_kernel() {
+    // The typed index is generated from the sources: every module has kernels, names are unique, and each
+    // kernel's name appears as an extern "C" __global__ in its module's flattened source.
+    let mut names = std::collections::HashSet::new();
+    for &m in Module::ALL {
+        assert!(!m.kernels().is_empty(), "{}: no kernels", m.name());
+        for &k in m.kernels() {
+            assert_eq!(k.module(), m);
+            assert!(names.insert(k.name()), "duplicate kernel {}", k.name());
+            assert!(
+                m.source().contains(&format!("{}(", k.name())),
+                "{} not in the source of {}",
+                k.name(),
+                m.name()
+            );
+        }
+        assert!(
+            !m.source().contains("#include \""),
+            "{}: a local include was not flattened",
+            m.name()
+        );
+    }
+    for family in [
+        "rotation",
+        "adamw",
+        "reduce",
+        "layernorm",
+        "encoder",
+        "gelu",
+        "residual",
+        "attention",
+        "crossentropy",
+        "cauchy",
+    ] {
+        assert!(
+            Module::ALL.iter().any(|m| m.name() == family),
+            "module {family} missing"
+        );
+    }
+}
+
+#[test]
+fn encoder_forward_backward_parity() {
+    let mut rng = Rng::new(1);
+    let vocab = 23;
+    let tokens: Vec<u32> = (0..B * T).map(|_| rng.below(vocab as u64) as u32).collect();
+    let wte = randn(&mut rng, vocab * C, 1.0);
+    let wpe = randn(&mut rng, T * C, 1.0);
+    let dout = randn(&mut rng, B * T * C, 1.0);
+    let mut o32 = vec![0f32; B * T * C];
+    emu().encoder_forward(&mut o32, &tokens, &f32s(&wte), &f32s(&wpe), B, T, C);
+    let mut o64 = vec![0f64; B * T * C];
+    cpu64().encoder_forward(&mut o64, &tokens, &wte, &wpe, B, T, C);
+    assert_close("encoder_forward", &f64s(&o32), &o64, 0.0, gamma(1));
+
+    let (init_te, init_pe) = (randn(&mut rng, vocab * C, 1.0), randn(&mut rng, T * C, 1.0));
+    let (mut te32, mut pe32) = (f32s(&init_te), f32s(&init_pe));
+    emu().encoder_backward(&mut te32, &mut pe32, &f32s(&dout), &tokens, B, T, C);
+    let (mut te64, mut pe64) = (init_te.clone(), init_pe.clone());
+    cpu64().encoder_backward(&mut te64, &mut pe64, &dout, &tokens, B, T, C);
+    // K ≤ B·T + 1 terms of magnitude ≤ ~4
+    let k = B * T + 1;
+    assert_close(
+        "encoder_backward dwte",
+        &f64s(&te32),
+        &te64,
+        4.0 * gamma(k),
+        gamma(k),
+    );
+    assert_close(
+        "encoder_backward dwpe",
+        &f64s(&pe32),
+        &pe64,
+        4.0 * gamma(B + 1),
+        gamma(B + 1),
+    );
+}
+
+#[test]
+fn layernorm_forward_backward_parity() {
+    let n = B * T;
+    let mut rng = Rng::new(2);
+    let x: Vec<f64> = randn(&mut rng, n * C, 1.0)
+        .iter()
+        .map(|v| v + 0.5)
+        .collect();
+    let w = randn(&mut rng, C, 1.0);
+    let bias = randn(&mut rng, C, 1.0);
+    let dout = randn(&mut rng, n * C, 1.0);
+    for with_bias in [true, false] {
+        let b32 = f32s(&bias);
+        let (mut o32, mut m32, mut r32) = (vec![0f32; n * C], vec![0f32; n], vec![0f32; n]);
+        emu().layernorm_forward(
+            &mut o32,
+            &mut m32,
+            &mut r32,
+            &f32s(&x),
+            &f32s(&w),
+            with_bias.then_some(&b32[..]),
+            n,
+            C,
+        );
+        let (mut o64, mut m64, mut r64) = (vec![0f64; n * C], vec![0f64; n], vec![0f64; n]);
+        cpu64().layernorm_forward(
+            &mut o64,
+            &mut m64,
+            &mut r64,
+            &x,
+            &w,
+            with_bias.then_some(&bias[..]),
+            n,
+            C,
+        );
+        // K = C terms; outputs are O(|w|·|norm|) ≤ ~10
+        let g = gamma(4 * C);
+        assert_close("layernorm_forward mean", &f64s(&m32), &m64, 4.0 * g, g);
+        assert_close("layernorm_forward rstd", &f64s(&r32), &r64, 0.0, g);
+        assert_close("layernorm_forward out", &f64s(&o32), &o64, 10.0 * g, g);
+
+        let init_dx = randn(&mut rng, n * C, 1.0);
+        let (init_dw, init_db) = (randn(&mut rng, C, 1.0), randn(&mut rng, C, 1.0));
+        let (mut dx32, mut dw32, mut db32) = (f32s(&init_dx), f32s(&init_dw), f32s(&init_db));
+        emu().layernorm_backward(
+            &mut dx32,
+            &mut dw32,
+            with_bias.then_some(&mut db32[..]),
+            &f32s(&dout),
+            &f32s(&x),
+            &f32s(&w),
+            &m32,
+            &r32,
+            n,
+            C,
+        );
+        let (mut dx64, mut dw64, mut db64) = (init_dx.clone(), init_dw.clone(), init_db.clone());
+        cpu64().layernorm_backward(
+            &mut dx64,
+            &mut dw64,
+            with_bias.then_some(&mut db64[..]),
+            &dout,
+            &x,
+            &w,
+            &m64,
+            &r64,
+            n,
+            C,
+        );
+        let g = gamma(4 * C);
+        assert_close("layernorm_backward dinp", &f64s(&dx32), &dx64, 50.0 * g, g);
+        let g = gamma(2 * n);
+        assert_close(
+            "layernorm_backward dweight",
+            &f64s(&dw32),
+            &dw64,
+            50.0 * g,
+            g,
+        );
+        if with_bias {
+            assert_close("layernorm_backward dbias", &f64s(&db32), &db64, 10.0 * g, g);
+        } else {
+            assert_eq!(f64s(&db32), init_db, "dbias must be untouched without bias");
+        }
+    }
+}
+
+#[test]
+fn attention_forward_backward_parity() {
+    let mut rng = Rng::new(3);
+    let qkv = randn(&mut rng, B * T * 3 * C, 1.0);
+    let dout = randn(&mut rng, B * T * C, 1.0);
+    let (mut o32, mut a32) = (vec![0f32; B * T * C], vec![7f32; B * NH * T * T]);
+    emu().attention_forward(&mut o32, &mut a32, &f32s(&qkv), B, T, C, NH);
+    let (mut o64, mut a64) = (vec![0f64; B * T * C], vec![0f64; B * NH * T * T]);
+    cpu64().attention_forward(&mut o64, &mut a64, &qkv, B, T, C, NH);
+    // scores: K = hs = 12 terms of magnitude ~1 each → ~hs·γ absolute in the exponent; probabilities and
+    // outputs then carry that relative error (plus the length-T sums).
+    let g = gamma(C / NH + T) * 8.0;
+    assert_close("attention_forward att", &f64s(&a32), &a64, g, g);
+    assert_close("attention_forward out", &f64s(&o32), &o64, 4.0 * g, g);
+
+    let init = randn(&mut rng, B * T * 3 * C, 1.0);
+    let mut d32 = f32s(&init);
+    let mut s32 = vec![3f32; B * NH * T * T];
+    emu().attention_backward(
+        &mut d32,
+        &mut s32,
+        &f32s(&dout),
+        &f32s(&qkv),
+        &a32,
+        B,
+        T,
+        C,
+        NH,
+    );
+    let mut d64 = init.clone();
+    let mut s64 = vec![0f64; B * NH * T * T];
+    cpu64().attention_backward(&mut d64, &mut s64, &dout, &qkv, &a64, B, T, C, NH);
+    let g = gamma(C / NH + T) * 32.0;
+    assert_close("attention_backward scratch", &f64s(&s32), &s64, g, g);
+    assert_close("attention_backward dqkv", &f64s(&d32), &d64, 8.0 * g, g);
+}
+
+#[test]
+fn gelu_residual_and_flat_ops_parity() {
+    let n = 1000; // 3.9 blocks of 256
+    let mut rng = Rng::new(4);
+    let x: Vec<f64> = randn(&mut rng, n, 3.0);
+    let y = randn(&mut rng, n, 1.0);
+    let (mut o32, mut o64) = (vec![0f32; n], vec![0f64; n]);
+    emu().gelu_forward(&mut o32, &f32s(&x));
+    cpu64().gelu_forward(&mut o64, &x);
+    // exp's argument carries ~|u|·γ₄ absolute error, |u| ≤ ~25 here
+    let g = gamma(4) * 32.0;
+    assert_close("gelu_forward", &f64s(&o32), &o64, g, g);
+    let (mut d32, mut d64) = (f32s(&y), y.clone());
+    emu().gelu_backward(&mut d32, &f32s(&x), &f32s(&y));
+    cpu64().gelu_backward(&mut d64, &x, &y);
+    assert_close("gelu_backward", &f64s(&d32), &d64, g, g);
+
+    let (mut r32, mut r64) = (vec![0f32; n], vec![0f64; n]);
+    emu().residual_forward(&mut r32, &f32s(&x), &f32s(&y));
+    cpu64().residual_forward(&mut r64, &x, &y);
+    assert_close("residual_forward", &f64s(&r32), &r64, 0.0, gamma(1));
+    let (mut a32, mut a64) = (f32s(&x), x.clone());
+    emu().add_inplace(&mut a32, &f32s(&y));
+    cpu64().add_inplace(&mut a64, &y);
+    assert_close("add_inplace", &f64s(&a32), &a64, 0.0, gamma(1));
+    emu().scale(&mut a32, 0.375);
+    cpu64().scale(&mut a64, 0.375);
+    assert_close("scale", &f64s(&a32), &a64, 0.0, gamma(2));
+    emu().fill(&mut a32, -2.5);
+    assert!(a32.iter().all(|&v| v == -2.5), "fill");
+}
+
+#[test]
+fn bf16_mode_rounds_stored_activations_like_the_cpu_backend() {
+    // In bf16 mode the kernels store activations rounded to bf16 (round-to-nearest-even), as the CPU
+    // backend's emulation does: the elementwise results agree with CpuBackend<f32, bf16> bit for bit.
+    let n = 777;
+    let mut rng = Rng::new(5);
+    let x = f32s(&randn(&mut rng, n, 2.0));
+    let y = f32s(&randn(&mut rng, n, 2.0));
+    let (e, c) = (EmuBackend::new(1, true), CpuBackend::<f32>::new(1, true));
+    let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+    e.residual_forward(&mut a, &x, &y);
+    c.residual_forward(&mut b, &x, &y);
+    assert_eq!(a, b, "residual_forward bf16");
+    assert!(
+        a.iter().all(|v| v.to_bits() & 0xffff == 0),
+        "not bf16 values"
+    );
+    e.gelu_forward(&mut a, &x);
+    c.gelu_forward(&mut b, &x);
+    let diff = a.iter().zip(&b).filter(|(p, q)| p != q).count();
+    // The exp inside GELU may differ by an ulp between glibc (C++) and Rust's libm, which can flip a
+    // bf16 rounding: allow a handful, each by one bf16 ulp at most.
+    assert!(diff <= n / 50, "gelu_forward bf16: {diff} of {n} differ");
+    for (p, q) in a.iter().zip(&b) {
+        assert!(
+            (p - q).abs() <= q.abs() / 128.0 + 1e-30,
+            "gelu bf16 {p} vs {q}"
+        );
+    }
+}
+
+#[test]
+fn crossentropy_forward_parity() {
+    let n = 6;
+    let mut rng = Rng::new(6);
+    let logits = randn(&mut rng, n * V, 2.0);
+    let targets: Vec<u32> = (0..n).map(|_| rng.below(V as u64) as u32).collect();
+    for dloss in [None, Some(1.0 / 12.0)] {
+        let (mut l32, mut x32) = (vec![0f32; n], f32s(&logits));
+        emu().crossentropy_forward(&mut l32, &mut x32, &targets, dloss.map(|s| s as f32), n, V);
+        let (mut l64, mut x64) = (vec![0f64; n], logits.clone());
+        cpu64().crossentropy_forward(&mut l64, &mut x64, &targets, dloss, n, V);
+        let g = gamma(V) * 16.0;
+        assert_close("crossentropy_forward losses", &f64s(&l32), &l64, g, g);
+        assert_close(
+            "crossentropy_forward dlogits",
+            &f64s(&x32),
+            &x64,
+            g / 12.0,
+            g,
+        );
+        if dloss.is_none() {
+            assert_eq!(x32, f32s(&logits), "logits must be untouched without dloss");
+        }
+    }
+}
+
+#[test]
+fn reductions_and_clipping_parity() {
+    let mut rng = Rng::new(7);
+    let n = 150_001; // 3 partial blocks of 65,536
+    let x = randn(&mut rng, n, 1.0);
+    let s32 = emu().sum_squares(&f32s(&x));
+    let s64 = cpu64().sum_squares(&x);
+    // both sum the same f32-exact squares in f64: equal up to f64 reassociation
+    assert!(
+        (s32 - s64).abs() <= 1e-12 * s64,
+        "sum_squares {s32} vs {s64}"
+    );
+
+    // clip_by_norm reads ‖g‖² from device memory; compare with the host formula (optim::clip_grads).
+    for max_norm in [1.0f32, 1e6] {
+        let mut g = f32s(&x[..1000]);
+        let sumsq = [emu().sum_squares(&g)];
+        let want: Vec<f32> = {
+            let coef = max_norm as f64 / (sumsq[0].sqrt() + 1e-6);
+            g.iter()
+                .map(|&v| if coef < 1.0 { v * coef as f32 } else { v })
+                .collect()
+        };
+        let (gp, sp, len) = (g.as_mut_ptr(), sumsq.as_ptr(), g.len() as i64);
+        // SAFETY: gp covers g (1000 elements, the kernel's n); sp points to one f64.
+        unsafe {
+            launch_both_orders(
+                Kernel::ClipByNorm,
+                Geometry::linear(g.len(), BLOCK),
+                &[OutBuf::new("x", gp, g.len())],
+                &[
+                    EmuArg::of(&gp),
+                    EmuArg::of(&sp),
+                    EmuArg::of(&max_norm),
+                    EmuArg::of(&len),
+                ],
+            )
+            .unwrap();
+        }
+        assert_eq!(g, want, "clip_by_norm at max_norm {max_norm}");
+    }
+
+    let (blocks, block) = (5, 333);
+    let y = randn(&mut rng, blocks * block, 1.0);
+    let (mut b32, mut b64) = (vec![0f32; blocks], vec![0f64; blocks]);
+    emu().block_mean_squares(&mut b32, &f32s(&y), block);
+    cpu64().block_mean_squares(&mut b64, &y, block);
+    assert_close("block_mean_squares", &f64s(&b32), &b64, 0.0, gamma(1));
+    let (mut v32, mut v64) = (f32s(&b64), b64.clone());
+    emu().ema_inplace(&mut v32, &b32, 0.95);
+    cpu64().ema_inplace(&mut v64, &b64, 0.95);
+    assert_close("ema_inplace", &f64s(&v32), &v64, 0.0, gamma(4));
+}
+
+#[test]
+fn gemm_epilogue_kernels_bias_and_bf16_rounding() {
+    use rotadam::backend::cuda::ops::{self, Dev};
+    use rotadam::backend::emu::EmuExec;
+    // The pieces the CUDA backend puts around cuBLAS: out += bias per row, dbias += column sums, and the
+    // bf16 rounding of GEMM operands (equal to the CPU's Scalar::round_bf16, bit for bit).
+    let (n, oc) = (37, 300);
+    let mut rng = Rng::new(21);
+    let x = randn(&mut rng, n * oc, 1.0);
+    let bias = randn(&mut rng, oc, 1.0);
+    let (mut out, b32) = (f32s(&x), f32s(&bias));
+    // SAFETY: both slices outlive the call, which is the only use of the Devs.
+    unsafe { ops::bias_forward(&EmuExec, Dev::host_mut(&mut out), Dev::host(&b32), n, oc) };
+    let want: Vec<f64> = (0..n * oc).map(|i| x[i] + bias[i % oc]).collect();
+    assert_close("bias_forward", &f64s(&out), &want, 0.0, gamma(1));
+    let (mut db, x32) = (f32s(&bias), f32s(&x));
+    // SAFETY: both slices outlive the call, which is the only use of the Devs.
+    unsafe { ops::bias_backward(&EmuExec, Dev::host_mut(&mut db), Dev::host(&x32), n, oc) };
+    let want: Vec<f64> = (0..oc)
+        .map(|j| bias[j] + (0..n).map(|r| x[r * oc + j]).sum::<f64>())
+        .collect();
+    assert_close(
+        "bias_backward",
+        &f64s(&db),
+        &want,
+        4.0 * gamma(n + 1),
+        gamma(n + 1),
+    );
+    let src = f32s(&randn(&mut rng, 1001, 100.0));
+    let mut r = vec![0f32; src.len()];
+    // SAFETY: both slices outlive the call, which is the only use of the Devs.
+    unsafe { ops::round_bf16_copy(&EmuExec, Dev::host_mut(&mut r), Dev::host(&src)) };
+    let want: Vec<f32> = src
+        .iter()
+        .map(|&v| half::bf16::from_f32(v).to_f32())
+        .collect();
+    assert_eq!(r, want, "round_bf16_copy");
+}

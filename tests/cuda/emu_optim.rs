@@ -1,0 +1,432 @@
+//! The optimizer, rotation and Cauchy kernels under the emulator (tolerances as in `emu`): the
+//! optimizer kernels equal `CpuBackend<f32>` bit for bit, the rotations and the fused rotated AdamW match
+//! the f64 reference on odd shapes, the probe stream is identical on the CPU and the emulator, and the
+//! median selection / streaming log accumulation match exact references.
+
+use super::emu::gamma;
+use super::{assert_close, f32s, f64s, randn};
+use rotadam::backend::cpu::CpuBackend;
+use rotadam::backend::emu::launch::{launch_both_orders, Geometry, OutBuf};
+use rotadam::backend::emu::{AdamParams, EmuBackend, BLOCK, GEMM_TILE};
+use rotadam::backend::{AdamStep, Backend};
+use rotadam::kernels::{self, EmuArg, Kernel};
+use rotadam::rng::{splitmix64, Rng};
+
+fn emu() -> EmuBackend {
+    EmuBackend::new(1, false)
+}
+fn cpu64() -> CpuBackend<f64> {
+    CpuBackend::new(1, false)
+}
+
+fn hp(t: i32, wd: f64) -> AdamStep {
+    let (b1, b2) = (0.9f64, 0.95f64);
+    AdamStep {
+        lr: 6e-4,
+        beta1: b1,
+        beta2: b2,
+        eps: 1e-8,
+        weight_decay: wd,
+        bias_correction1: 1.0 - b1.powi(t),
+        bias_correction2: 1.0 - b2.powi(t),
+    }
+}
+
+#[test]
+fn optimizer_kernels_equal_the_cpu_f32_backend_bit_for_bit() {
+    let n = 1001;
+    let mut rng = Rng::new(8);
+    let g = f32s(&randn(&mut rng, n, 1e-2));
+    let p0 = f32s(&randn(&mut rng, n, 1.0));
+    let m0 = f32s(&randn(&mut rng, n, 1e-3));
+    let v0: Vec<f32> = f32s(&randn(&mut rng, n, 1e-3))
+        .iter()
+        .map(|x| x * x)
+        .collect();
+    let (e, c) = (emu(), CpuBackend::<f32>::new(1, false));
+    let h = hp(3, 0.1);
+
+    // adamw_step
+    let (mut p1, mut m1, mut v1) = (p0.clone(), m0.clone(), v0.clone());
+    e.adamw_step(&mut p1, &mut m1, &mut v1, &g, h);
+    let (mut p2, mut m2, mut v2) = (p0.clone(), m0.clone(), v0.clone());
+    c.adamw_step(&mut p2, &mut m2, &mut v2, &g, h);
+    assert_eq!((&p1, &m1, &v1), (&p2, &m2, &v2), "adamw_step");
+    assert_ne!(p1, p0, "adamw_step changed nothing");
+    // adam_direction_step
+    let (mut u1, mut m1, mut v1) = (vec![0f32; n], m0.clone(), v0.clone());
+    e.adam_direction_step(&mut u1, &mut m1, &mut v1, &g, h);
+    let (mut u2, mut m2, mut v2) = (vec![0f32; n], m0.clone(), v0.clone());
+    c.adam_direction_step(&mut u2, &mut m2, &mut v2, &g, h);
+    assert_eq!((&u1, &m1, &v1), (&u2, &m2, &v2), "adam_direction_step");
+    // sgd_step, sgd_direction_step
+    let (mut p1, mut b1) = (p0.clone(), m0.clone());
+    e.sgd_step(&mut p1, &mut b1, &g, 0.1, 0.9, 0.1);
+    let (mut p2, mut b2) = (p0.clone(), m0.clone());
+    c.sgd_step(&mut p2, &mut b2, &g, 0.1, 0.9, 0.1);
+    assert_eq!((&p1, &b1), (&p2, &b2), "sgd_step");
+    let (mut u1, mut b1) = (vec![0f32; n], m0.clone());
+    e.sgd_direction_step(&mut u1, &mut b1, &g, 0.9);
+    let (mut u2, mut b2) = (vec![0f32; n], m0.clone());
+    c.sgd_direction_step(&mut u2, &mut b2, &g, 0.9);
+    assert_eq!((&u1, &b1), (&u2, &b2), "sgd_direction_step");
+    // AdaSGD / blockwise Adam: one second moment per block of 143 (7 blocks)
+    let block = 143;
+    let vb = &v0[..n / block];
+    let (mut u1, mut m1) = (vec![0f32; n], m0.clone());
+    e.block_adam_direction_step(&mut u1, &mut m1, vb, &g, block, h);
+    let (mut u2, mut m2) = (vec![0f32; n], m0.clone());
+    c.block_adam_direction_step(&mut u2, &mut m2, vb, &g, block, h);
+    assert_eq!((&u1, &m1), (&u2, &m2), "block_adam_direction_step");
+    // apply_update
+    let (mut p1, mut p2) = (p0.clone(), p0.clone());
+    e.apply_update(&mut p1, &u1, 6e-4, 0.1);
+    c.apply_update(&mut p2, &u2, 6e-4, 0.1);
+    assert_eq!(p1, p2, "apply_update");
+}
+
+/// A random permutation of 0..len (Fisher–Yates).
+fn permutation(rng: &mut Rng, len: usize) -> Vec<u32> {
+    let mut p: Vec<u32> = (0..len as u32).collect();
+    for i in (1..len).rev() {
+        p.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    p
+}
+
+/// Row-major n×n orthogonal matrix (Haar, the project's sampler) in f64.
+fn orthogonal(n: usize, seed: u64) -> Vec<f64> {
+    let mut rng = Rng::new(seed);
+    rotadam::rotation::haar::haar(n, &mut rng)
+}
+
+#[test]
+fn rotate_and_unrotate_parity_on_odd_shapes() {
+    // NB = 70 blocks (> one 64-row tile), n = 37 (not a multiple of 16 or 64); the index list is a
+    // permutation of a longer vector, so 11 coordinates (the residual, not divisible by n) are left out.
+    let (nb, n) = (70, 37);
+    let len = nb * n + 11;
+    let mut rng = Rng::new(9);
+    let perm = permutation(&mut rng, len);
+    let index = &perm[..nb * n];
+    let r = orthogonal(n, 10);
+    let x = randn(&mut rng, len, 1.0);
+    let mut o32 = vec![0f32; nb * n];
+    emu().rotate(&mut o32, &f32s(&x), index, &f32s(&r), nb, n);
+    let mut o64 = vec![0f64; nb * n];
+    cpu64().rotate(&mut o64, &x, index, &r, nb, n);
+    // K = n terms, |terms| summing to ≤ ~√n·‖x‖∞
+    let g = gamma(n) * 8.0;
+    assert_close("rotate", &f64s(&o32), &o64, g, g);
+
+    let init = randn(&mut rng, len, 1.0);
+    let mut u32_ = f32s(&init);
+    emu().unrotate(&mut u32_, &o32, index, &f32s(&r), nb, n);
+    let mut u64_ = init.clone();
+    cpu64().unrotate(&mut u64_, &o64, index, &r, nb, n);
+    assert_close("unrotate", &f64s(&u32_), &u64_, g, g);
+    // unrotate∘rotate = identity on the indexed coordinates, the rest untouched
+    assert_close(
+        "unrotate(rotate(x))",
+        &f64s(&u32_),
+        &{
+            let mut want = init.clone();
+            for &i in index {
+                want[i as usize] = x[i as usize];
+            }
+            want
+        },
+        2.0 * g,
+        g,
+    );
+    assert_eq!(&u32_[..0], &[] as &[f32]);
+    for &i in &perm[nb * n..] {
+        assert_eq!(
+            u32_[i as usize], init[i as usize] as f32,
+            "unindexed coordinate {i} changed"
+        );
+    }
+}
+
+fn gemm_geo(nb: usize, n: usize) -> Geometry {
+    Geometry {
+        grid: [
+            n.div_ceil(GEMM_TILE) as u32,
+            nb.div_ceil(GEMM_TILE) as u32,
+            1,
+        ],
+        block: [BLOCK, 1, 1],
+        smem: 0,
+    }
+}
+
+#[test]
+fn fused_rotated_adamw_matches_the_split_reference() {
+    // rotate_adam_direction (gather + GEMM + Adam in the epilogue) then unrotate_apply_update (GEMM + decay
+    // and lr in the epilogue, scattered) vs the f64 composition rotate → adam_direction_step → unrotate →
+    // apply_update (Maes et al. Alg. 2).
+    let (nb, n) = (67, 29);
+    let len = nb * n + 5;
+    let mut rng = Rng::new(11);
+    let perm = permutation(&mut rng, len);
+    let index = &perm[..nb * n];
+    let r = orthogonal(n, 12);
+    let g = randn(&mut rng, len, 1e-2);
+    let p0 = randn(&mut rng, len, 1.0);
+    let m0 = randn(&mut rng, nb * n, 1e-3);
+    let v0: Vec<f64> = randn(&mut rng, nb * n, 1e-2)
+        .iter()
+        .map(|x| x * x)
+        .collect();
+    let h = hp(5, 0.1);
+
+    // f64 reference, split path
+    let be = cpu64();
+    let mut gt = vec![0f64; nb * n];
+    be.rotate(&mut gt, &g, index, &r, nb, n);
+    let (mut u, mut m64, mut v64) = (vec![0f64; nb * n], m0.clone(), v0.clone());
+    be.adam_direction_step(&mut u, &mut m64, &mut v64, &gt, h);
+    let mut dir = vec![0f64; len];
+    be.unrotate(&mut dir, &u, index, &r, nb, n);
+    let mut p64 = p0.clone();
+    {
+        // apply only on the indexed coordinates, as the fused kernel does
+        let mut sub: Vec<f64> = index.iter().map(|&i| p64[i as usize]).collect();
+        let d: Vec<f64> = index.iter().map(|&i| dir[i as usize]).collect();
+        be.apply_update(&mut sub, &d, h.lr, h.weight_decay);
+        for (k, &i) in index.iter().enumerate() {
+            p64[i as usize] = sub[k];
+        }
+    }
+
+    // emulated fused kernels
+    let (r32, g32) = (f32s(&r), f32s(&g));
+    let (mut u32_, mut m32, mut v32, mut p32) =
+        (vec![0f32; nb * n], f32s(&m0), f32s(&v0), f32s(&p0));
+    let k = AdamParams::new(&h);
+    let (up, mp, vp, gp, ip, rp) = (
+        u32_.as_mut_ptr(),
+        m32.as_mut_ptr(),
+        v32.as_mut_ptr(),
+        g32.as_ptr(),
+        index.as_ptr(),
+        r32.as_ptr(),
+    );
+    let (nbl, ni) = (nb as i64, n as i32);
+    // SAFETY: u, m, v have NB·N elements; index entries < len = g.len(); r is n×n.
+    unsafe {
+        launch_both_orders(
+            Kernel::RotateAdamDirection,
+            gemm_geo(nb, n),
+            &[
+                OutBuf::new("u", up, nb * n),
+                OutBuf::new("m", mp, nb * n),
+                OutBuf::new("v", vp, nb * n),
+            ],
+            &[
+                EmuArg::of(&up),
+                EmuArg::of(&mp),
+                EmuArg::of(&vp),
+                EmuArg::of(&gp),
+                EmuArg::of(&ip),
+                EmuArg::of(&rp),
+                EmuArg::of(&k),
+                EmuArg::of(&nbl),
+                EmuArg::of(&ni),
+            ],
+        )
+        .unwrap();
+    }
+    let tol = gamma(n) * 8.0;
+    assert_close(
+        "rotate_adam_direction m",
+        &f64s(&m32),
+        &m64,
+        1e-2 * tol,
+        tol,
+    );
+    assert_close(
+        "rotate_adam_direction v",
+        &f64s(&v32),
+        &v64,
+        1e-4 * tol,
+        2.0 * tol,
+    );
+    // u = m̂/(√v̂+ε) amplifies the relative error of small v: compare relative to |u| ≤ ~1/(1−β₁ᵗ)·…
+    assert_close(
+        "rotate_adam_direction u",
+        &f64s(&u32_),
+        &u,
+        8.0 * tol,
+        8.0 * tol,
+    );
+
+    let (pp, cu) = (p32.as_mut_ptr(), u32_.as_ptr());
+    let (lr, decay) = (h.lr as f32, (1.0 - h.lr * h.weight_decay) as f32);
+    // SAFETY: index entries < len = p.len(); u has NB·N elements.
+    unsafe {
+        launch_both_orders(
+            Kernel::UnrotateApplyUpdate,
+            gemm_geo(nb, n),
+            &[OutBuf::new("params", pp, len)],
+            &[
+                EmuArg::of(&pp),
+                EmuArg::of(&cu),
+                EmuArg::of(&ip),
+                EmuArg::of(&rp),
+                EmuArg::of(&lr),
+                EmuArg::of(&decay),
+                EmuArg::of(&nbl),
+                EmuArg::of(&ni),
+            ],
+        )
+        .unwrap();
+    }
+    assert_close(
+        "unrotate_apply_update params",
+        &f64s(&p32),
+        &p64,
+        1e-6,
+        2.0 * gamma(2),
+    );
+    for &i in &perm[nb * n..] {
+        assert_eq!(
+            p32[i as usize], p0[i as usize] as f32,
+            "unindexed parameter {i} changed"
+        );
+    }
+}
+
+#[test]
+fn cauchy_stream_is_splitmix64_and_identical_on_cpu_and_emulator() {
+    // The counter stream is SplitMix64's sequence (src/rng.rs) read at any index.
+    let seed = 0x1234_5678_9abc_def0u64;
+    let mut x = seed;
+    for i in 0..1000u64 {
+        assert_eq!(
+            kernels::counter_u64(seed, i),
+            splitmix64(&mut x),
+            "element {i}"
+        );
+    }
+    // u in (0,1) and the probes from the device kernel equal the host function bit for bit (after f32).
+    let (n, offset) = (1000usize, 5_000_000_000u64);
+    let mut out = vec![0f32; n];
+    let (op, nl) = (out.as_mut_ptr(), n as i64);
+    // SAFETY: op covers n elements.
+    unsafe {
+        launch_both_orders(
+            Kernel::CauchyFill,
+            Geometry::linear(n, BLOCK),
+            &[OutBuf::new("out", op, n)],
+            &[
+                EmuArg::of(&op),
+                EmuArg::of(&seed),
+                EmuArg::of(&offset),
+                EmuArg::of(&nl),
+            ],
+        )
+        .unwrap();
+    }
+    for (i, &o) in out.iter().enumerate() {
+        let want = kernels::cauchy_probe(seed, offset + i as u64);
+        assert_eq!(o.to_bits(), (want as f32).to_bits(), "probe {i}");
+        let u = kernels::counter_uniform(seed, offset + i as u64);
+        assert!(u > 0.0 && u < 1.0);
+        // tan(π(u − ½)) is the inverse CDF of the standard Cauchy: F(c) = ½ + atan(c)/π = u
+        assert!((0.5 + want.atan() / std::f64::consts::PI - u).abs() < 1e-12);
+    }
+    // a standard Cauchy has median |C| = 1: over 100,000 draws the sample median of |C| is within 2%
+    let mut a: Vec<f64> = (0..100_000u64)
+        .map(|i| kernels::cauchy_probe(7, i).abs())
+        .collect();
+    a.sort_by(|p, q| p.partial_cmp(q).unwrap());
+    let med = 0.5 * (a[49_999] + a[50_000]);
+    assert!((med - 1.0).abs() < 0.02, "median |C| = {med}");
+}
+
+#[test]
+fn median_selection_and_streaming_log_accumulation() {
+    let chunk = 300; // > one 256-thread block
+    for k in [1usize, 7, 10] {
+        let mut rng = Rng::new(13 + k as u64);
+        // with ties: values on a coarse grid
+        let samples: Vec<f32> = (0..k * chunk)
+            .map(|_| ((rng.normal() * 4.0).round() / 2.0) as f32)
+            .collect();
+        let mut s = samples.clone();
+        let mut out = vec![0f32; chunk];
+        let (op, sp, ki, cl) = (out.as_mut_ptr(), s.as_mut_ptr(), k as i32, chunk as i64);
+        // SAFETY: out has chunk elements, samples K·chunk.
+        unsafe {
+            launch_both_orders(
+                Kernel::MedianAbsSelect,
+                Geometry::linear(chunk, BLOCK),
+                &[
+                    OutBuf::new("out", op, chunk),
+                    OutBuf::new("samples", sp, k * chunk),
+                ],
+                &[
+                    EmuArg::of(&op),
+                    EmuArg::of(&sp),
+                    EmuArg::of(&ki),
+                    EmuArg::of(&cl),
+                ],
+            )
+            .unwrap();
+        }
+        for j in 0..chunk {
+            let mut col: Vec<f64> = (0..k)
+                .map(|q| samples[q * chunk + j].abs() as f64)
+                .collect();
+            col.sort_by(|p, q| p.partial_cmp(q).unwrap());
+            let want = if k % 2 == 1 {
+                col[k / 2]
+            } else {
+                0.5 * (col[k / 2 - 1] + col[k / 2])
+            };
+            assert_eq!(out[j] as f64, want, "K = {k}, coordinate {j}");
+        }
+    }
+    // streaming: acc += log|x| over K probes, then exp(acc/K)
+    let (k, n) = (9, 333);
+    let mut rng = Rng::new(20);
+    let xs: Vec<Vec<f32>> = (0..k).map(|_| f32s(&randn(&mut rng, n, 3.0))).collect();
+    let mut acc = vec![0f32; n];
+    let (ap, nl) = (acc.as_mut_ptr(), n as i64);
+    for x in &xs {
+        let xp = x.as_ptr();
+        // SAFETY: acc and x have n elements.
+        unsafe {
+            launch_both_orders(
+                Kernel::LogAbsAccumulate,
+                Geometry::linear(n, BLOCK),
+                &[OutBuf::new("acc", ap, n)],
+                &[EmuArg::of(&ap), EmuArg::of(&xp), EmuArg::of(&nl)],
+            )
+            .unwrap();
+        }
+    }
+    let mut out = vec![0f32; n];
+    let (op, cap, ki) = (out.as_mut_ptr(), acc.as_ptr(), k as i32);
+    // SAFETY: out and acc have n elements.
+    unsafe {
+        launch_both_orders(
+            Kernel::LogAbsFinalize,
+            Geometry::linear(n, BLOCK),
+            &[OutBuf::new("out", op, n)],
+            &[
+                EmuArg::of(&op),
+                EmuArg::of(&cap),
+                EmuArg::of(&ki),
+                EmuArg::of(&nl),
+            ],
+        )
+        .unwrap();
+    }
+    let want: Vec<f64> = (0..n)
+        .map(|j| ((0..k).map(|q| (xs[q][j] as f64).abs().ln()).sum::<f64>() / k as f64).exp())
+        .collect();
+    let g = gamma(4 * k) * 16.0;
+    assert_close("log_abs_accumulate/finalize", &f64s(&out), &want, 0.0, g);
+}
