@@ -29,6 +29,8 @@ pub enum Command {
     Prepare(PrepareArgs),
     /// Benchmarks: GEMM peak and a full training step (prints JSON with --json).
     Bench(crate::bench::BenchArgs),
+    /// Diagnostics of a checkpoint in its rotated basis: linf, l11, spectral, hessian-rows, update-cv.
+    Diagnose(crate::diagnose::DiagnoseArgs),
 }
 
 #[derive(Args, Debug, Default, Clone)]

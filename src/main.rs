@@ -25,6 +25,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&summary)?);
         }
         Command::Bench(a) => rotadam::bench::run(&a)?,
+        Command::Diagnose(a) => {
+            let report = rotadam::diagnose::run(&a)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+        }
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The one integration-test binary: one module per topic.
 
 mod data;
+mod diagnose;
 mod kron;
 mod model;
 mod ops;
