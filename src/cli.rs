@@ -135,6 +135,10 @@ pub struct Gpt2Args {
     /// Print nothing but errors.
     #[arg(long)]
     pub quiet: bool,
+    /// Every N steps, log the update CV (per 2-D weight, std/mean of the singular values of Adam's
+    /// update) into metrics.jsonl (AdamW only; 0 = off).
+    #[arg(long)]
+    pub log_update_cv: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -238,7 +242,7 @@ impl Gpt2Args {
                 return Err(Error::config(
                     "--resume",
                     format!(
-                        "{} cannot be changed on resume (the run's config.json fixes it); only --steps, --eval-every, --eval-batches, --checkpoint-every, --threads, --device and --quiet may be given",
+                        "{} cannot be changed on resume (the run's config.json fixes it); only --steps, --eval-every, --eval-batches, --checkpoint-every, --log-update-cv, --threads, --device and --quiet may be given",
                         changing.join(", ")
                     ),
                 ));
@@ -367,6 +371,9 @@ impl Gpt2Args {
         }
         if let Some(v) = self.checkpoint_every {
             t.checkpoint_every = v;
+        }
+        if let Some(v) = self.log_update_cv {
+            t.log_update_cv = v;
         }
         if let Some(v) = self.threads {
             cfg.threads = v;

@@ -694,3 +694,37 @@ fn diagnose_everything_on_a_tiny_run() {
     let e = diagnose::run(&DiagnoseArgs::new(run.join("nope"), vec![What::Linf])).unwrap_err();
     assert!(e.to_string().contains("run directory"), "{e}");
 }
+
+#[test]
+fn logged_update_cv_matches_diagnose_on_the_checkpoint() {
+    let root = tmp("diag-logcv");
+    synthetic_data(&root);
+    let out = root.join("run");
+    let mut cfg = tiny_config(&root, &out, 4);
+    cfg.train.log_update_cv = 2;
+    cfg.rotation.kind = "input".into();
+    cfg.rotation.block = 8;
+    train::train(&cfg, false).unwrap();
+    let rows = rotadam::run::metrics::read(&out.join("metrics.jsonl")).unwrap();
+    assert!(rows[0].update_cv.is_none() && rows[2].update_cv.is_none());
+    let logged = rows[3]
+        .update_cv
+        .clone()
+        .expect("step 4 logs the update CV");
+    assert!(rows[1].update_cv.is_some());
+    // diagnose recomputes it from the checkpoint of step 4 (f64 unrotate of the f32 moments)
+    let mut args = DiagnoseArgs::new(&out, vec![What::UpdateCv]);
+    args.threads = Some(1);
+    let r = diagnose::run(&args).unwrap();
+    let cv = r.update_cv.unwrap();
+    assert_eq!(cv.summary.per_weight.len(), logged.per_weight.len());
+    for (a, b) in cv.summary.per_weight.iter().zip(&logged.per_weight) {
+        assert!((a - b).abs() < 1e-4 * b.abs().max(1e-3), "{a} vs {b}");
+    }
+    // only AdamW has an update CV
+    let mut bad = tiny_config(&root, &root.join("sgd"), 2);
+    bad.train.optimizer = rotadam::config::OptimizerKind::Sgd;
+    bad.train.log_update_cv = 1;
+    let e = train::train(&bad, false).unwrap_err().to_string();
+    assert!(e.contains("log-update-cv"), "{e}");
+}
