@@ -12,6 +12,7 @@ pub mod diagnose;
 pub mod error;
 pub mod model;
 pub mod optim;
+pub mod plot;
 pub mod progress;
 pub mod rng;
 pub mod rotation;

@@ -6,6 +6,7 @@ mod kron;
 mod model;
 mod ops;
 mod optim;
+mod plot;
 mod rotation;
 mod svd;
 mod train;

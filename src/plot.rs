@@ -1,0 +1,977 @@
+//! Figures as PNG and SVG: line charts with shaded bands or error bars, bar charts with error bars, and
+//! long rows of magnitudes over a parameter index with marked positions.
+//!
+//! One small API serves every figure of the project:
+//! - [`LineChart`]: several [`Series`], each a line with an optional [`Spread`] (a shaded band, e.g.
+//!   min–max over seeds as in Maes et al. Fig. 3, or error bars, e.g. mean ± std), optional point
+//!   markers, dashed or solid, a legend; linear or log y ([`Scale`]). Loss curves of runs, sweeps, and the
+//!   quadratic experiment's final loss against θ.
+//! - [`BarChart`]: categories on x, one or more groups of bars side by side, optional ± error bars
+//!   (per-rotation diagnostics, Maes et al. Figs. 7, 8, 10).
+//! - [`RowPlot`]: a row of up to ~10⁸ values drawn as magnitudes |v| over the index, downsampled to the
+//!   plot's pixel width by the maximum |v| of each pixel column ([`downsample_max_abs`]), with vertical
+//!   markers and labels at given positions (layer boundaries; Maes et al. Fig. 7).
+//!
+//! Every figure has `save(path)`: the format is chosen by the extension (`.png` or `.svg`; anything else
+//! is an error naming the path), the image is rendered in memory and written through a temporary file
+//! that is renamed into place ([`crate::run::write_atomic`]). `save_png_svg(stem)` writes both.
+//!
+//! Text is rendered with the vendored DejaVu Sans (`assets/fonts/`, Bitstream Vera licence), registered
+//! once as plotters' "sans-serif" through `ab_glyph`, so PNGs need no system fonts. A log axis is drawn as
+//! a linear axis over log₁₀(y) whose tick labels show 10^tick; values ≤ 0 (and the lower ends of bands or
+//! error bars that reach ≤ 0) are clamped to the bottom of the axis. Non-finite values are skipped.
+
+use crate::error::{Error, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// The default figure size in pixels (width, height).
+pub const DEFAULT_SIZE: (u32, u32) = (1000, 600);
+
+/// The vendored font (DejaVu Sans 2.37; licence in `assets/fonts/DejaVuSans-LICENSE.txt`).
+static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+
+/// The colours of series/groups, in order (matplotlib's "tab10"); index i uses `PALETTE[i % 10]`.
+pub const PALETTE: [(u8, u8, u8); 10] = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+];
+
+fn palette(i: usize) -> RGBColor {
+    let (r, g, b) = PALETTE[i % PALETTE.len()];
+    RGBColor(r, g, b)
+}
+
+/// Register the vendored font with plotters once per process.
+fn ensure_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
+            .unwrap_or_else(|_| panic!("the vendored DejaVuSans.ttf is a valid font"));
+    });
+}
+
+/// Linear or logarithmic (base 10) y axis.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scale {
+    #[default]
+    Linear,
+    Log,
+}
+
+/// What every figure has: title, axis labels, y scale and size in pixels.
+#[derive(Clone, Debug)]
+pub struct Axes {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub y_scale: Scale,
+    /// (width, height) in pixels; both must be in 100..=10000.
+    pub size: (u32, u32),
+}
+
+impl Default for Axes {
+    fn default() -> Self {
+        Axes {
+            title: String::new(),
+            x_label: String::new(),
+            y_label: String::new(),
+            y_scale: Scale::Linear,
+            size: DEFAULT_SIZE,
+        }
+    }
+}
+
+impl Axes {
+    /// Axes with a title and axis labels, linear y, [`DEFAULT_SIZE`].
+    pub fn new(title: &str, x_label: &str, y_label: &str) -> Self {
+        Axes {
+            title: title.into(),
+            x_label: x_label.into(),
+            y_label: y_label.into(),
+            ..Default::default()
+        }
+    }
+    /// The same axes with a log y scale.
+    pub fn log_y(mut self) -> Self {
+        self.y_scale = Scale::Log;
+        self
+    }
+    /// The same axes with another size in pixels.
+    pub fn size(mut self, width: u32, height: u32) -> Self {
+        self.size = (width, height);
+        self
+    }
+}
+
+/// The spread drawn around a series: points (x, lo, hi).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Spread {
+    /// A shaded band between lo and hi (the series colour at 20% opacity).
+    Band(Vec<(f64, f64, f64)>),
+    /// A vertical error bar from lo to hi at each x.
+    ErrorBars(Vec<(f64, f64, f64)>),
+}
+
+/// One line of a [`LineChart`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    /// Legend text; an empty label puts no legend entry.
+    pub label: String,
+    /// (x, y) points, drawn in the given order.
+    pub points: Vec<(f64, f64)>,
+    pub spread: Option<Spread>,
+    /// Palette index; `None` = the series' position in the chart.
+    pub color: Option<usize>,
+    pub dashed: bool,
+    /// Draw a filled circle at each point.
+    pub markers: bool,
+}
+
+impl Series {
+    /// A solid line without spread or markers.
+    pub fn new(label: &str, points: Vec<(f64, f64)>) -> Self {
+        Series {
+            label: label.into(),
+            points,
+            spread: None,
+            color: None,
+            dashed: false,
+            markers: false,
+        }
+    }
+    /// The mean over runs with a band from the minimum to the maximum (see [`aggregate`]).
+    pub fn mean_min_max(label: &str, stats: &[Stat]) -> Self {
+        let mut s = Series::new(label, stats.iter().map(|s| (s.x, s.mean)).collect());
+        s.spread = Some(Spread::Band(
+            stats.iter().map(|s| (s.x, s.min, s.max)).collect(),
+        ));
+        s
+    }
+    /// The mean over runs with error bars at mean ± std, and markers (see [`aggregate`]).
+    pub fn mean_std_bars(label: &str, stats: &[Stat]) -> Self {
+        let mut s = Series::new(label, stats.iter().map(|s| (s.x, s.mean)).collect());
+        s.spread = Some(Spread::ErrorBars(
+            stats
+                .iter()
+                .map(|s| (s.x, s.mean - s.std, s.mean + s.std))
+                .collect(),
+        ));
+        s.markers = true;
+        s
+    }
+    /// Use palette colour `i`.
+    pub fn color(mut self, i: usize) -> Self {
+        self.color = Some(i);
+        self
+    }
+    /// Draw dashed.
+    pub fn dashed(mut self) -> Self {
+        self.dashed = true;
+        self
+    }
+    /// Draw a marker at each point.
+    pub fn markers(mut self) -> Self {
+        self.markers = true;
+        self
+    }
+}
+
+/// Statistics of several runs at one x: mean, sample standard deviation (n − 1 in the denominator; 0 for
+/// one run), minimum and maximum over runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stat {
+    pub x: f64,
+    pub n: usize,
+    pub mean: f64,
+    pub std: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// Aggregate several runs' curves (e.g. one per seed) at the x values that every run has (exact
+/// equality, as steps are), in the order of the first run. Returns an empty vector for no runs.
+pub fn aggregate(runs: &[Vec<(f64, f64)>]) -> Vec<Stat> {
+    let Some(first) = runs.first() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for &(x, _) in first {
+        let ys: Option<Vec<f64>> = runs
+            .iter()
+            .map(|r| r.iter().find(|p| p.0 == x).map(|p| p.1))
+            .collect();
+        let Some(ys) = ys else { continue };
+        let n = ys.len();
+        let mean = ys.iter().sum::<f64>() / n as f64;
+        let var = if n > 1 {
+            ys.iter().map(|y| (y - mean) * (y - mean)).sum::<f64>() / (n - 1) as f64
+        } else {
+            0.0
+        };
+        out.push(Stat {
+            x,
+            n,
+            mean,
+            std: var.sqrt(),
+            min: ys.iter().cloned().fold(f64::INFINITY, f64::min),
+            max: ys.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+        });
+    }
+    out
+}
+
+/// Lines over a common x axis, each with an optional band or error bars, and a legend.
+#[derive(Clone, Debug, Default)]
+pub struct LineChart {
+    pub axes: Axes,
+    pub series: Vec<Series>,
+}
+
+/// One group of bars (one bar per category), drawn side by side with the other groups.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BarGroup {
+    /// Legend text (no legend when the chart has one group with an empty label).
+    pub label: String,
+    /// One value per category.
+    pub values: Vec<f64>,
+    /// Optional ± half-widths of error bars, one per category.
+    pub errors: Option<Vec<f64>>,
+}
+
+/// Bars over named categories (x), optionally grouped and with error bars.
+#[derive(Clone, Debug, Default)]
+pub struct BarChart {
+    pub axes: Axes,
+    pub categories: Vec<String>,
+    pub groups: Vec<BarGroup>,
+}
+
+/// The values of a [`RowPlot`], borrowed (a row may have 10⁸ entries).
+#[derive(Clone, Copy, Debug)]
+pub enum RowValues<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+impl RowValues<'_> {
+    /// The number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            RowValues::F32(v) => v.len(),
+            RowValues::F64(v) => v.len(),
+        }
+    }
+    /// Whether the row is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn downsample(&self, columns: usize) -> Vec<f64> {
+        match self {
+            RowValues::F32(v) => downsample_max_abs(v, columns),
+            RowValues::F64(v) => downsample_max_abs(v, columns),
+        }
+    }
+}
+
+/// A vertical marker at index `x` with a label (e.g. the first index of a layer).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Marker {
+    pub x: f64,
+    pub label: String,
+}
+
+/// A long row of values drawn as magnitudes |v_i| over the index i (filled envelope), with markers.
+#[derive(Clone, Debug)]
+pub struct RowPlot<'a> {
+    pub axes: Axes,
+    pub values: RowValues<'a>,
+    pub markers: Vec<Marker>,
+}
+
+/// The first index of pixel column `c` when `n` values are spread over `columns` columns:
+/// ⌊c·n / columns⌋. Column c covers [start(c), start(c + 1)).
+pub fn column_start(c: usize, n: usize, columns: usize) -> usize {
+    ((c as u128 * n as u128) / columns as u128) as usize
+}
+
+/// Downsample a row to at most `columns` values by the maximum magnitude per column: with n values and
+/// m = min(n, columns) columns, column c holds max{|v_i| : ⌊c·n/m⌋ ≤ i < ⌊(c+1)·n/m⌋}, so no peak is lost
+/// however many values share a pixel (a mean or a stride would hide isolated spikes). NaN entries are
+/// skipped (a column of NaNs only gives 0). Returns m values; `columns = 0` gives none.
+pub fn downsample_max_abs<T: Copy + Into<f64>>(values: &[T], columns: usize) -> Vec<f64> {
+    let n = values.len();
+    let m = columns.min(n);
+    (0..m)
+        .map(|c| {
+            values[column_start(c, n, m)..column_start(c + 1, n, m)]
+                .iter()
+                .map(|&v| v.into().abs())
+                .fold(0.0, |a: f64, b| if b > a { b } else { a })
+        })
+        .collect()
+}
+
+impl LineChart {
+    /// Render to `path` (`.png` or `.svg`), written atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        save_fig(Fig::Lines(self), &self.axes, path)
+    }
+    /// Write `stem.png` and `stem.svg`; returns their paths.
+    pub fn save_png_svg(&self, stem: &Path) -> Result<(PathBuf, PathBuf)> {
+        save_both(Fig::Lines(self), &self.axes, stem)
+    }
+}
+
+impl BarChart {
+    /// Render to `path` (`.png` or `.svg`), written atomically. Every group must have one value (and one
+    /// error, if any) per category.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.check()?;
+        save_fig(Fig::Bars(self), &self.axes, path)
+    }
+    /// Write `stem.png` and `stem.svg`; returns their paths.
+    pub fn save_png_svg(&self, stem: &Path) -> Result<(PathBuf, PathBuf)> {
+        self.check()?;
+        save_both(Fig::Bars(self), &self.axes, stem)
+    }
+    fn check(&self) -> Result<()> {
+        let n = self.categories.len();
+        for g in &self.groups {
+            if g.values.len() != n {
+                return Err(Error::config(
+                    "bar chart",
+                    format!(
+                        "group {:?} has {} values for {n} categories",
+                        g.label,
+                        g.values.len()
+                    ),
+                ));
+            }
+            if let Some(e) = &g.errors {
+                if e.len() != n {
+                    return Err(Error::config(
+                        "bar chart",
+                        format!(
+                            "group {:?} has {} errors for {n} categories",
+                            g.label,
+                            e.len()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RowPlot<'_> {
+    /// Render to `path` (`.png` or `.svg`), written atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        save_fig(Fig::Row(self), &self.axes, path)
+    }
+    /// Write `stem.png` and `stem.svg`; returns their paths.
+    pub fn save_png_svg(&self, stem: &Path) -> Result<(PathBuf, PathBuf)> {
+        save_both(Fig::Row(self), &self.axes, stem)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Fig<'a> {
+    Lines(&'a LineChart),
+    Bars(&'a BarChart),
+    Row(&'a RowPlot<'a>),
+}
+
+fn save_both(fig: Fig, axes: &Axes, stem: &Path) -> Result<(PathBuf, PathBuf)> {
+    let png = append_ext(stem, "png");
+    let svg = append_ext(stem, "svg");
+    save_fig(fig, axes, &png)?;
+    save_fig(fig, axes, &svg)?;
+    Ok((png, svg))
+}
+
+fn append_ext(stem: &Path, ext: &str) -> PathBuf {
+    let mut s = stem.as_os_str().to_owned();
+    s.push(".");
+    s.push(ext);
+    PathBuf::from(s)
+}
+
+fn save_fig(fig: Fig, axes: &Axes, path: &Path) -> Result<()> {
+    let (w, h) = axes.size;
+    if !(100..=10_000).contains(&w) || !(100..=10_000).contains(&h) {
+        return Err(Error::bad_file(
+            path,
+            "size",
+            format!("{w}x{h} pixels; expected width and height in 100..=10000"),
+        ));
+    }
+    ensure_font();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase());
+    let bytes = match ext.as_deref() {
+        Some("png") => render_png(&fig, axes),
+        Some("svg") => render_svg(&fig, axes),
+        _ => {
+            return Err(Error::bad_file(
+                path,
+                "extension",
+                "expected a .png or .svg file name",
+            ))
+        }
+    }
+    .map_err(|msg| Error::bad_file(path, "figure", msg))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("directory {} does not exist", dir.display()),
+                ),
+            ));
+        }
+    }
+    if path.is_dir() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"),
+        ));
+    }
+    // write_atomic names its temporary file on failure; name the figure's own path instead.
+    crate::run::write_atomic(path, &bytes).map_err(|e| match e {
+        Error::Io { source, .. } => Error::io(path, source),
+        other => other,
+    })
+}
+
+fn render_png(fig: &Fig, axes: &Axes) -> std::result::Result<Vec<u8>, String> {
+    use plotters::prelude::BitMapBackend;
+    let (w, h) = axes.size;
+    let mut rgb = vec![0u8; w as usize * h as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+        draw(fig, &root)?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    let mut png = Vec::new();
+    image::ImageEncoder::write_image(
+        image::codecs::png::PngEncoder::new(&mut png),
+        &rgb,
+        w,
+        h,
+        image::ColorType::Rgb8,
+    )
+    .map_err(|e| format!("PNG encoding: {e}"))?;
+    Ok(png)
+}
+
+fn render_svg(fig: &Fig, axes: &Axes) -> std::result::Result<Vec<u8>, String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, axes.size).into_drawing_area();
+        draw(fig, &root)?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg.into_bytes())
+}
+
+fn draw<DB: DrawingBackend>(
+    fig: &Fig,
+    root: &DrawingArea<DB, Shift>,
+) -> std::result::Result<(), String> {
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    match fig {
+        Fig::Lines(c) => draw_lines(c, root),
+        Fig::Bars(c) => draw_bars(c, root),
+        Fig::Row(c) => draw_row(c, root),
+    }
+}
+
+/// Maps data y to axis y (log₁₀ for a log axis) and formats tick labels back in data units.
+#[derive(Clone, Copy)]
+struct YMap {
+    log: bool,
+}
+
+impl YMap {
+    /// Axis coordinate of a data value; `None` if it cannot be shown (non-finite, or ≤ 0 on a log axis).
+    fn to_axis(self, y: f64) -> Option<f64> {
+        if !y.is_finite() || (self.log && y <= 0.0) {
+            None
+        } else if self.log {
+            Some(y.log10())
+        } else {
+            Some(y)
+        }
+    }
+    /// Like `to_axis`, but values that cannot be shown are clamped to `floor` (the axis bottom).
+    fn clamp(self, y: f64, floor: f64) -> f64 {
+        self.to_axis(y).unwrap_or(floor).max(floor)
+    }
+    /// How many y tick labels to ask for: on a log axis over whole decades, one per decade (at most 11),
+    /// so that the ticks fall on powers of ten; else 10.
+    fn n_labels(self, y0: f64, y1: f64) -> usize {
+        let decades = y1 - y0;
+        if self.log && y0.fract() == 0.0 && y1.fract() == 0.0 && decades >= 1.0 {
+            (decades as usize + 1).min(11)
+        } else {
+            10
+        }
+    }
+    fn label(self, v: f64) -> String {
+        if self.log {
+            fmt_num(10f64.powf(v))
+        } else {
+            fmt_num(v)
+        }
+    }
+}
+
+/// A short tick label: 4 significant digits in plain notation for 1e-3 ≤ |v| < 1e5, else scientific.
+fn fmt_num(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return if v == 0.0 { "0".into() } else { v.to_string() };
+    }
+    let a = v.abs();
+    if (1e-3..1e5).contains(&a) {
+        let digits = (3 - a.log10().floor() as i32).max(0) as usize;
+        let s = format!("{v:.digits$}");
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
+    } else {
+        let s = format!("{v:.2e}");
+        // 1.00e-3 → 1e-3
+        match s.split_once('e') {
+            Some((m, e)) => {
+                let m = if m.contains('.') {
+                    m.trim_end_matches('0').trim_end_matches('.')
+                } else {
+                    m
+                };
+                format!("{m}e{e}")
+            }
+            None => s,
+        }
+    }
+}
+
+/// The axis range covering `vals` (axis coordinates): padded by 5% on a linear axis, widened to whole
+/// decades on a log axis; a degenerate range is widened to ±1 (linear) or ±½ decade (log).
+fn axis_range(vals: impl Iterator<Item = f64>, log: bool, include_zero: bool) -> (f64, f64) {
+    let (mut lo, mut hi) = vals
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+    if include_zero && !log {
+        lo = lo.min(0.0);
+        hi = hi.max(0.0);
+    }
+    if lo > hi {
+        return if log { (-1.0, 1.0) } else { (0.0, 1.0) };
+    }
+    if log {
+        if hi - lo < 1e-12 {
+            return (lo - 0.5, hi + 0.5);
+        }
+        let (flo, chi) = (lo.floor(), hi.ceil());
+        // Whole decades unless that more than doubles a narrow span.
+        if chi - flo <= 2.0 * (hi - lo) + 1.0 {
+            (flo, chi)
+        } else {
+            let pad = 0.05 * (hi - lo);
+            (lo - pad, hi + pad)
+        }
+    } else {
+        if hi - lo < 1e-300 {
+            return (lo - 1.0, hi + 1.0);
+        }
+        let pad = 0.05 * (hi - lo);
+        let lo = if include_zero && lo == 0.0 {
+            0.0
+        } else {
+            lo - pad
+        };
+        (lo, hi + pad)
+    }
+}
+
+fn x_range(xs: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = xs
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+    if lo > hi {
+        (0.0, 1.0)
+    } else if hi - lo < 1e-300 {
+        (lo - 1.0, hi + 1.0)
+    } else {
+        (lo, hi)
+    }
+}
+
+fn err<E: std::fmt::Display>(e: E) -> String {
+    e.to_string()
+}
+
+fn draw_lines<DB: DrawingBackend>(
+    c: &LineChart,
+    root: &DrawingArea<DB, Shift>,
+) -> std::result::Result<(), String> {
+    let ym = YMap {
+        log: c.axes.y_scale == Scale::Log,
+    };
+    let xs = c.series.iter().flat_map(|s| {
+        s.points.iter().map(|p| p.0).chain(match &s.spread {
+            Some(Spread::Band(b)) | Some(Spread::ErrorBars(b)) => b.iter().map(|p| p.0).collect(),
+            None => Vec::new(),
+        })
+    });
+    let (x0, x1) = x_range(xs);
+    let ys = c.series.iter().flat_map(|s| {
+        let mut v: Vec<f64> = s.points.iter().map(|p| p.1).collect();
+        if let Some(Spread::Band(b)) | Some(Spread::ErrorBars(b)) = &s.spread {
+            v.extend(b.iter().flat_map(|p| [p.1, p.2]));
+        }
+        v.into_iter().filter_map(|y| ym.to_axis(y))
+    });
+    let (y0, y1) = axis_range(ys, ym.log, false);
+
+    let mut chart = ChartBuilder::on(root)
+        .caption(&c.axes.title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(err)?;
+    let yfmt = move |v: &f64| ym.label(*v);
+    let xfmt = |v: &f64| fmt_num(*v);
+    chart
+        .configure_mesh()
+        .x_desc(&c.axes.x_label)
+        .y_desc(&c.axes.y_label)
+        .x_label_formatter(&xfmt)
+        .y_label_formatter(&yfmt)
+        .y_labels(ym.n_labels(y0, y1))
+        .label_style(("sans-serif", 14))
+        .light_line_style(RGBColor(235, 235, 235))
+        .max_light_lines(2)
+        .draw()
+        .map_err(err)?;
+
+    let mut any_label = false;
+    for (i, s) in c.series.iter().enumerate() {
+        let color = palette(s.color.unwrap_or(i));
+        match &s.spread {
+            Some(Spread::Band(b)) => {
+                let pts: Vec<(f64, f64, f64)> = b
+                    .iter()
+                    .filter(|p| p.0.is_finite())
+                    .map(|&(x, lo, hi)| (x, ym.clamp(lo, y0), ym.clamp(hi, y0)))
+                    .collect();
+                let poly: Vec<(f64, f64)> = pts
+                    .iter()
+                    .map(|p| (p.0, p.2))
+                    .chain(pts.iter().rev().map(|p| (p.0, p.1)))
+                    .collect();
+                if poly.len() >= 3 {
+                    chart
+                        .draw_series(std::iter::once(Polygon::new(poly, color.mix(0.2).filled())))
+                        .map_err(err)?;
+                }
+            }
+            Some(Spread::ErrorBars(b)) => {
+                chart
+                    .draw_series(b.iter().filter(|p| p.0.is_finite()).map(|&(x, lo, hi)| {
+                        let (lo, hi) = (ym.clamp(lo, y0), ym.clamp(hi, y0));
+                        ErrorBar::new_vertical(x, lo, 0.5 * (lo + hi), hi, color.stroke_width(2), 8)
+                    }))
+                    .map_err(err)?;
+            }
+            None => {}
+        }
+        let pts: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .filter(|p| p.0.is_finite())
+            .filter_map(|&(x, y)| ym.to_axis(y).map(|y| (x, y)))
+            .collect();
+        let style = color.stroke_width(2);
+        let ann = if s.dashed {
+            chart
+                .draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style))
+                .map_err(err)?
+        } else {
+            chart
+                .draw_series(LineSeries::new(pts.clone(), style))
+                .map_err(err)?
+        };
+        if !s.label.is_empty() {
+            any_label = true;
+            let dashed = s.dashed;
+            ann.label(&s.label).legend(move |(x, y)| {
+                let seg = if dashed {
+                    vec![(x, y), (x + 8, y)]
+                } else {
+                    vec![(x, y), (x + 20, y)]
+                };
+                PathElement::new(seg, color.stroke_width(2))
+            });
+        }
+        if s.markers {
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
+                .map_err(err)?;
+        }
+    }
+    if any_label {
+        chart
+            .configure_series_labels()
+            .label_font(("sans-serif", 14))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+fn draw_bars<DB: DrawingBackend>(
+    c: &BarChart,
+    root: &DrawingArea<DB, Shift>,
+) -> std::result::Result<(), String> {
+    let ym = YMap {
+        log: c.axes.y_scale == Scale::Log,
+    };
+    let n = c.categories.len().max(1);
+    let ys = c.groups.iter().flat_map(|g| {
+        g.values
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &v)| {
+                let e = g.errors.as_ref().map_or(0.0, |e| e[i]);
+                [v, v - e, v + e]
+            })
+            .filter_map(|y| ym.to_axis(y))
+            .collect::<Vec<_>>()
+    });
+    let (y0, mut y1) = axis_range(ys, ym.log, true);
+    if c.groups.iter().any(|g| !g.label.is_empty()) {
+        // Headroom for the legend above the tallest bar.
+        y1 += 0.12 * c.groups.len() as f64 * (y1 - y0);
+    }
+    let mut chart = ChartBuilder::on(root)
+        .caption(&c.axes.title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(-0.5..(n as f64 - 0.5), y0..y1)
+        .map_err(err)?;
+    let cats = c.categories.clone();
+    let xfmt = move |v: &f64| {
+        let i = v.round();
+        if (v - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < cats.len() {
+            cats[i as usize].clone()
+        } else {
+            String::new()
+        }
+    };
+    let yfmt = move |v: &f64| ym.label(*v);
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n + 2)
+        .x_desc(&c.axes.x_label)
+        .y_desc(&c.axes.y_label)
+        .x_label_formatter(&xfmt)
+        .y_label_formatter(&yfmt)
+        .y_labels(ym.n_labels(y0, y1))
+        .label_style(("sans-serif", 14))
+        .light_line_style(RGBColor(235, 235, 235))
+        .max_light_lines(2)
+        .draw()
+        .map_err(err)?;
+    let g_n = c.groups.len().max(1) as f64;
+    let width = 0.8 / g_n;
+    let base = if ym.log { y0 } else { 0.0f64.clamp(y0, y1) };
+    let mut any_label = false;
+    for (gi, g) in c.groups.iter().enumerate() {
+        let color = palette(gi);
+        let left = |i: usize| i as f64 - 0.4 + gi as f64 * width;
+        let bars: Vec<_> = g
+            .values
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &v)| {
+                let v = ym.to_axis(v)?;
+                Some(Rectangle::new(
+                    [(left(i), base), (left(i) + width * 0.95, v)],
+                    color.filled(),
+                ))
+            })
+            .collect();
+        let ann = chart.draw_series(bars).map_err(err)?;
+        if !g.label.is_empty() {
+            any_label = true;
+            ann.label(&g.label).legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
+            });
+        }
+        if let Some(errs) = &g.errors {
+            chart
+                .draw_series(
+                    g.values
+                        .iter()
+                        .zip(errs)
+                        .enumerate()
+                        .filter_map(|(i, (&v, &e))| {
+                            if !v.is_finite() || !e.is_finite() {
+                                return None;
+                            }
+                            let x = left(i) + width * 0.475;
+                            let (lo, mid, hi) =
+                                (ym.clamp(v - e, y0), ym.clamp(v, y0), ym.clamp(v + e, y0));
+                            Some(ErrorBar::new_vertical(
+                                x,
+                                lo,
+                                mid,
+                                hi,
+                                BLACK.stroke_width(2),
+                                8,
+                            ))
+                        }),
+                )
+                .map_err(err)?;
+        }
+    }
+    if any_label {
+        chart
+            .configure_series_labels()
+            .label_font(("sans-serif", 14))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+fn draw_row<DB: DrawingBackend>(
+    c: &RowPlot,
+    root: &DrawingArea<DB, Shift>,
+) -> std::result::Result<(), String> {
+    let ym = YMap {
+        log: c.axes.y_scale == Scale::Log,
+    };
+    let n = c.values.len();
+    let x1 = (n as f64).max(1.0);
+    // The y range needs the column maxima, which need the plot width: the labels and margins are fixed,
+    // so lay out once with a provisional range to learn the width.
+    let chart_builder = |y0: f64, y1: f64| {
+        ChartBuilder::on(root)
+            .caption(&c.axes.title, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..x1, y0..y1)
+            .map_err(err)
+    };
+    let width = {
+        let probe = chart_builder(0.0, 1.0)?;
+        probe.plotting_area().dim_in_pixel().0.max(1) as usize
+    };
+    let cols = c.values.downsample(width);
+    let (y0, y1) = axis_range(cols.iter().filter_map(|&v| ym.to_axis(v)), ym.log, true);
+    // Nothing drawn yet except the probe's (empty) layout: clear it.
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = chart_builder(y0, y1)?;
+    let yfmt = move |v: &f64| ym.label(*v);
+    let xfmt = |v: &f64| fmt_num(*v);
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_desc(&c.axes.x_label)
+        .y_desc(&c.axes.y_label)
+        .x_label_formatter(&xfmt)
+        .y_label_formatter(&yfmt)
+        .y_labels(ym.n_labels(y0, y1))
+        .label_style(("sans-serif", 14))
+        .light_line_style(RGBColor(235, 235, 235))
+        .max_light_lines(2)
+        .draw()
+        .map_err(err)?;
+    let color = palette(0);
+    let m = cols.len();
+    let mut poly = vec![(0.0, y0)];
+    for (ci, &v) in cols.iter().enumerate() {
+        let (a, b) = (
+            column_start(ci, n, m) as f64,
+            column_start(ci + 1, n, m) as f64,
+        );
+        let y = ym.clamp(v, y0);
+        poly.push((a, y));
+        poly.push((b, y));
+    }
+    poly.push((x1, y0));
+    chart
+        .draw_series(std::iter::once(Polygon::new(poly.clone(), color.filled())))
+        .map_err(err)?;
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            poly,
+            color.stroke_width(1),
+        )))
+        .map_err(err)?;
+    // Markers: dashed grey lines; a label is drawn only where it does not overlap the previous one
+    // (width estimated as 0.6 em per character).
+    let font_px = 12.0;
+    let px_per_x = width as f64 / x1;
+    let mut next_free = f64::NEG_INFINITY;
+    for mk in &c.markers {
+        if !mk.x.is_finite() {
+            continue;
+        }
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(mk.x, y0), (mk.x, y1)],
+                6,
+                4,
+                RGBColor(90, 90, 90).stroke_width(1),
+            ))
+            .map_err(err)?;
+        let px = mk.x * px_per_x;
+        if !mk.label.is_empty() && px >= next_free {
+            chart
+                .draw_series(std::iter::once(
+                    EmptyElement::at((mk.x, y1))
+                        + Text::new(
+                            mk.label.clone(),
+                            (3, 2),
+                            ("sans-serif", font_px).into_font().color(&BLACK),
+                        ),
+                ))
+                .map_err(err)?;
+            next_free = px + 0.6 * font_px * mk.label.chars().count() as f64 + 4.0;
+        }
+    }
+    Ok(())
+}
