@@ -678,6 +678,9 @@ fn diagnose_everything_on_a_tiny_run() {
         );
         let m = row.mass;
         assert!((m.neuron + m.layer + m.non_layer - 1.0).abs() < 1e-9);
+        let png = row.plot.as_ref().expect("a plot per row");
+        let bytes = std::fs::read(png).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG", "{}", png.display());
     }
     let cv = r.update_cv.as_ref().unwrap();
     assert_eq!(cv.weights.len(), 2 * 6 + 2);

@@ -132,10 +132,12 @@ fn estimate(method: &'static str, probes: usize, row_sums: Vec<f64>) -> L11Estim
 ///   estimator) above `max_bytes` unless `method` is `Auto`, which then runs streaming only;
 /// - streaming: ŝᵢ = exp((1/K) Σ_k log|(H c_k)ᵢ|), d sums of logs and d zero flags.
 ///
-/// **Exact zeros.** (Hc)ᵢ = 0 has probability 0 for a Cauchy with scale sᵢ > 0, so an exact 0 means row i
-/// of H is 0 (e.g. the position embeddings beyond the batch's T, or a token never seen). The median
-/// handles it by itself; the streaming estimator sets ŝᵢ = 0 for a coordinate with at least one exactly-0
-/// sample (instead of log 0 = −∞ spoiling the mean, which would give the same 0 for an all-zero row).
+/// **Exact zeros.** (Hc)ᵢ = 0 has probability 0 for a Cauchy with scale sᵢ > 0, so an exact 0 comes from a
+/// zero row of H (e.g. the position embeddings beyond the batch's T) or from the HVP's rounding (a
+/// central difference of a gradient entry that did not change in its last bit). The streaming estimator
+/// counts zeros per coordinate (O(d) u32s) and follows the median: ŝᵢ = 0 when at least half the samples
+/// are exactly 0 (the median of |Hc|ᵢ is then 0 too), else the geometric mean over the non-zero samples
+/// (log 0 = −∞ would otherwise force 0 for one stray zero).
 /// `zero_rows` counts such coordinates.
 pub fn l11<F>(
     mut hvp: F,
@@ -178,8 +180,8 @@ where
     } else {
         Vec::new()
     };
-    let (mut sum_log, mut has_zero) = if want_streaming {
-        (vec![0.0f64; d], vec![false; d])
+    let (mut sum_log, mut zeros) = if want_streaming {
+        (vec![0.0f64; d], vec![0u32; d])
     } else {
         (Vec::new(), Vec::new())
     };
@@ -192,9 +194,9 @@ where
             samples.extend(hc.iter().map(|x| x.abs()));
         }
         if want_streaming {
-            for ((s, z), &x) in sum_log.iter_mut().zip(has_zero.iter_mut()).zip(&hc) {
+            for ((s, z), &x) in sum_log.iter_mut().zip(zeros.iter_mut()).zip(&hc) {
                 if x == 0.0 {
-                    *z = true;
+                    *z += 1;
                 } else {
                     *s += x.abs().ln();
                 }
@@ -216,8 +218,15 @@ where
     let streaming = want_streaming.then(|| {
         let sums = sum_log
             .iter()
-            .zip(&has_zero)
-            .map(|(&s, &z)| if z { 0.0 } else { (s / probes as f64).exp() })
+            .zip(&zeros)
+            .map(|(&s, &z)| {
+                let z = z as usize;
+                if 2 * z >= probes {
+                    0.0
+                } else {
+                    (s / (probes - z) as f64).exp()
+                }
+            })
             .collect();
         estimate("geometric-mean", probes, sums)
     });

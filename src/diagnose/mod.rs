@@ -33,7 +33,8 @@
 //!
 //! Output: a table on stdout (or the JSON with `--json`); the JSON is also written, atomically, to
 //! `<out>/diagnose_step<N>_<basis>.json`, and row plots to `<out>/row<i>_step<N>_<basis>.png`
-//! (`--out`, default `<run>/diagnostics`).
+//! (`--out`, default `<run>/diagnostics`); `<basis>` is `none`, `svd`, `<scope>-n<block>-s<seed>` or
+//! `kron-k<stages>-s<seed>`.
 
 pub mod estimators;
 pub mod hvp;
@@ -524,7 +525,11 @@ fn run_on(args: &DiagnoseArgs, t: &Target, threads: usize) -> Result<Report> {
         .clone()
         .unwrap_or_else(|| t.run_dir.join("diagnostics"));
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
-    let tag = format!("step{}_{}", t.state.step, rc.kind);
+    let tag = match rc.kind.as_str() {
+        "none" | "svd" => format!("step{}_{}", t.state.step, rc.kind),
+        "kron" => format!("step{}_kron-k{}-s{}", t.state.step, rc.kron_stages, rc.seed),
+        k => format!("step{}_{k}-n{}-s{}", t.state.step, rc.block, rc.seed),
+    };
     let batch_size = args.batch_size.unwrap_or(t.config.train.batch_size);
     let data_name = args.data.clone().unwrap_or_else(|| t.config.data.clone());
     say(
@@ -746,10 +751,21 @@ fn hessian_rows(
             .iter()
             .map(|r| rows::contribution(table, p.index, &row, r))
             .collect();
+        let title = format!(
+            "Hessian row {} ({} [{}, {}]), basis {}, step {}",
+            p.index,
+            p.tensor,
+            p.row,
+            p.col,
+            tag_basis(tag),
+            t.state.step
+        );
         let plot = plot_row(
+            args,
             table,
             &row,
             &p,
+            &title,
             &out_dir.join(format!("row{}_{tag}.png", p.index)),
         );
         out.push(RowReport {
@@ -777,14 +793,63 @@ fn hessian_rows(
     })
 }
 
-/// The row's plot (Fig. 7 style); None until the plotting module is available.
+/// The row's plot (Maes et al. Fig. 7 style): |H_ij| over the parameter index j on a log axis (downsampled
+/// by the max per pixel column, so no spike is lost), with markers at wte, wpe, every transformer block,
+/// ln_f and the sampled index itself. A failure to draw is reported on stderr and leaves `plot` empty:
+/// the numbers matter more than the figure.
 fn plot_row(
-    _table: &ParamTable,
-    _row: &[f64],
-    _p: &rows::RowPosition,
-    _path: &Path,
+    args: &DiagnoseArgs,
+    table: &ParamTable,
+    row: &[f64],
+    p: &rows::RowPosition,
+    title: &str,
+    path: &Path,
 ) -> Option<PathBuf> {
-    None
+    use crate::plot::{Axes, Marker, RowPlot, RowValues};
+    let mut markers = vec![
+        Marker {
+            x: table.entries[table.wte].offset as f64,
+            label: "wte".into(),
+        },
+        Marker {
+            x: table.entries[table.wpe].offset as f64,
+            label: "wpe".into(),
+        },
+    ];
+    for (l, lp) in table.layers.iter().enumerate() {
+        markers.push(Marker {
+            x: table.entries[lp.ln1_w].offset as f64,
+            label: format!("h.{l}"),
+        });
+    }
+    markers.push(Marker {
+        x: table.entries[table.lnf_w].offset as f64,
+        label: "ln_f".into(),
+    });
+    markers.push(Marker {
+        x: p.index as f64,
+        label: format!("row {}", p.index),
+    });
+    let plot = RowPlot {
+        axes: Axes::new(title, "parameter index j", "|H_ij|").log_y(),
+        values: RowValues::F64(row),
+        markers,
+    };
+    match plot.save(path) {
+        Ok(()) => Some(path.to_path_buf()),
+        Err(e) => {
+            say(
+                args,
+                format!("hessian-rows: no plot for row {}: {e}", p.index),
+            );
+            None
+        }
+    }
+}
+
+/// The basis part of a file tag `step<N>_<basis>`.
+fn tag_basis(tag: &str) -> &str {
+    tag.split_once('_').map_or(tag, |(_, b)| b)
 }
 
 fn sci(x: f64) -> String {
