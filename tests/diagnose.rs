@@ -731,3 +731,31 @@ fn logged_update_cv_matches_diagnose_on_the_checkpoint() {
     let e = train::train(&bad, false).unwrap_err().to_string();
     assert!(e.contains("log-update-cv"), "{e}");
 }
+
+#[test]
+fn diagnose_all_on_an_sgd_run_skips_what_needs_adam() {
+    let root = tmp("diag-sgd");
+    synthetic_data(&root);
+    let out = root.join("run");
+    let mut cfg = tiny_config(&root, &out, 2);
+    cfg.train.optimizer = rotadam::config::OptimizerKind::Sgd;
+    train::train(&cfg, false).unwrap();
+    let mut args = DiagnoseArgs::new(&out, vec![What::All]);
+    args.batches = 1;
+    args.probes = 4;
+    args.lanczos_iters = 3;
+    args.rows = vec![5];
+    args.threads = Some(1);
+    let r = diagnose::run(&args).unwrap();
+    assert!(r.update_cv.is_none());
+    let rows = r.hessian_rows.unwrap();
+    assert!(
+        rows.update_direction.starts_with("none"),
+        "{}",
+        rows.update_direction
+    );
+    assert!(rows.rows[0].update.is_none() && rows.rows[0].position.index == 5);
+    // asked for explicitly, it is an error that says why
+    let e = diagnose::run(&DiagnoseArgs::new(&out, vec![What::UpdateCv])).unwrap_err();
+    assert!(e.to_string().contains("AdamW"), "{e}");
+}

@@ -675,7 +675,16 @@ fn run_on(args: &DiagnoseArgs, t: &Target, threads: usize) -> Result<Report> {
             }
         }
     }
-    if args.wants(What::UpdateCv) {
+    let explicit_cv = args.what.contains(&What::UpdateCv);
+    if args.wants(What::UpdateCv) && !explicit_cv && t.state.optimizer != OptimizerKind::Adamw {
+        say(
+            args,
+            format!(
+                "update-cv: skipped (needs AdamW; the run's optimizer is {})",
+                t.state.optimizer.name()
+            ),
+        );
+    } else if args.wants(What::UpdateCv) {
         let t0 = Instant::now();
         let u = checkpoint_update(t, &table)?;
         let weights = update_cv::per_weight(&table, &u)?;
