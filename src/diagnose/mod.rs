@@ -358,6 +358,8 @@ pub struct UpdateCvReport {
 /// Every setting of a diagnose run.
 #[derive(Clone, Debug, Serialize)]
 pub struct Settings {
+    /// The diagnostics asked for.
+    pub what: Vec<What>,
     pub checkpoint: PathBuf,
     pub step: usize,
     pub model: ModelConfig,
@@ -548,6 +550,7 @@ fn run_on(args: &DiagnoseArgs, t: &Target, threads: usize) -> Result<Report> {
         || args.wants(What::Spectral)
         || args.wants(What::HessianRows);
     let mut settings = Settings {
+        what: args.what.clone(),
         checkpoint: t.dir.clone(),
         step: t.state.step,
         model: model.clone(),
