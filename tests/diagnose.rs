@@ -665,8 +665,10 @@ fn diagnose_everything_on_a_tiny_run() {
     let l11 = &r.l11.as_ref().unwrap().estimate;
     assert!(l11.median.is_some() && l11.streaming.is_some());
     let sp = r.spectral.as_ref().unwrap();
-    // ‖H‖₍₁,₁₎ ≤ d‖H‖₂ holds exactly; the estimate may exceed it only by its noise
-    assert!(sp.l11_over_d_spectral.unwrap() < 1.2);
+    // ‖H‖₍₁,₁₎ ≤ Σᵢ √d‖Hᵢ‖₂ ≤ d^{3/2}‖H‖₂, so the ratio is at most √d (plus the estimate's noise at K = 20)
+    let d = r.settings.num_params as f64;
+    let ratio = sp.l11_over_d_spectral.unwrap();
+    assert!(ratio > 0.0 && ratio < 1.5 * d.sqrt(), "{ratio}");
     let rows = r.hessian_rows.as_ref().unwrap();
     assert_eq!(rows.rows.len(), 8);
     assert!(rows.update_norm > 0.0, "{}", rows.update_direction);

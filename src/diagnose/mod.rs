@@ -5,7 +5,9 @@
 //! - `linf`: C̃ = max over K minibatches of ‖R∇f_B(w)‖∞ (Maes et al. Alg. 2; `--batches K`, default 1000).
 //! - `l11`: ‖H‖₍₁,₁₎ by Cauchy probes, median and/or streaming ([`estimators::l11`]); also ‖H‖₍₁,₁₎/d.
 //! - `spectral`: λ_max, λ_min and ‖H‖₂ by Lanczos ([`estimators::lanczos`]) and d·‖H‖₂, which Xie et al.
-//!   compare with ‖H‖₍₁,₁₎ (‖H‖₍₁,₁₎ ≤ d·‖H‖₂ always; a small ratio means ℓ∞ geometry helps Adam).
+//!   compare with ‖H‖₍₁,₁₎: they observe Adam optimizing faster than AdaSGD when ‖H‖₍₁,₁₎/d < ‖H‖₂, as
+//!   their bounds suggest (§3–4, their Table 4). It is a comparison, not a bound: ‖Hᵢ‖₁ ≤ √d·‖Hᵢ‖₂ only gives ‖H‖₍₁,₁₎ ≤ d^{3/2}·‖H‖₂
+//!   (a ±1 Hadamard matrix reaches it), while a diagonal H gives ‖H‖₍₁,₁₎ = tr|H| ≤ d·‖H‖₂.
 //! - `hessian-rows`: rows Hᵢ by one-hot HVPs at the positions of Maes et al. Table 4 ([`rows`]) or
 //!   `--rows`, the neuron / layer / non-layer decomposition of ⟨d, Hᵢ⟩ for the last update and for random
 //!   directions (Tables 2 and 5), and a plot per row (Fig. 7 style).
@@ -300,7 +302,7 @@ pub struct L11Section {
 pub struct SpectralReport {
     #[serde(flatten)]
     pub lanczos: LanczosResult,
-    /// d·‖H‖₂, an upper bound of ‖H‖₍₁,₁₎.
+    /// d·‖H‖₂, Xie et al.'s point of comparison for ‖H‖₍₁,₁₎ (not a bound of it; module docs).
     pub d_times_spectral: f64,
     /// ‖H‖₍₁,₁₎ / (d·‖H‖₂) when `l11` ran too.
     #[serde(skip_serializing_if = "Option::is_none")]
