@@ -35,6 +35,8 @@ pub enum Command {
     Plot(crate::sweep::plot_runs::PlotArgs),
     /// Xie et al. §4.1: Adam, AdaSGD and SGD on a quadratic rotated by R(θ) = exp(θA); table and figure.
     Quadratic(crate::quadratic::QuadraticArgs),
+    /// Diagnostics of a checkpoint in its rotated basis: linf, l11, spectral, hessian-rows, update-cv.
+    Diagnose(crate::diagnose::DiagnoseArgs),
 }
 
 #[derive(Args, Debug, Default, Clone)]
@@ -139,6 +141,10 @@ pub struct Gpt2Args {
     /// Print nothing but errors.
     #[arg(long)]
     pub quiet: bool,
+    /// Every N steps, log the update CV (per 2-D weight, std/mean of the singular values of Adam's
+    /// update) into metrics.jsonl (AdamW only; 0 = off).
+    #[arg(long)]
+    pub log_update_cv: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -242,7 +248,7 @@ impl Gpt2Args {
                 return Err(Error::config(
                     "--resume",
                     format!(
-                        "{} cannot be changed on resume (the run's config.json fixes it); only --steps, --eval-every, --eval-batches, --checkpoint-every, --threads, --device and --quiet may be given",
+                        "{} cannot be changed on resume (the run's config.json fixes it); only --steps, --eval-every, --eval-batches, --checkpoint-every, --log-update-cv, --threads, --device and --quiet may be given",
                         changing.join(", ")
                     ),
                 ));
@@ -371,6 +377,9 @@ impl Gpt2Args {
         }
         if let Some(v) = self.checkpoint_every {
             t.checkpoint_every = v;
+        }
+        if let Some(v) = self.log_update_cv {
+            t.log_update_cv = v;
         }
         if let Some(v) = self.threads {
             cfg.threads = v;

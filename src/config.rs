@@ -217,6 +217,10 @@ pub struct TrainConfig {
     pub eval_batches: usize,
     pub checkpoint_every: usize,
     pub seed: u64,
+    /// Every N steps, log the update CV (std/mean of the singular values of Adam's update per 2-D weight;
+    /// `diagnose::update_cv`) into metrics.jsonl; 0 = off. AdamW only.
+    #[serde(default)]
+    pub log_update_cv: usize,
 }
 
 impl Default for TrainConfig {
@@ -242,6 +246,7 @@ impl Default for TrainConfig {
             eval_batches: 200,
             checkpoint_every: 5000,
             seed: 1337,
+            log_update_cv: 0,
         }
     }
 }
@@ -311,6 +316,15 @@ impl TrainConfig {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(Error::config(field, format!("{v} must be finite and ≥ 0")));
             }
+        }
+        if self.log_update_cv > 0 && self.optimizer != OptimizerKind::Adamw {
+            return Err(Error::config(
+                "log-update-cv",
+                format!(
+                    "needs AdamW's per-coordinate second moment; the optimizer is {}",
+                    self.optimizer.name()
+                ),
+            ));
         }
         for (field, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
             if !(0.0..1.0).contains(&v) {

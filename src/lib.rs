@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod diagnose;
 pub mod error;
 pub mod kernels;
 pub mod model;

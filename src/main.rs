@@ -35,6 +35,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}\n{}", png.display(), svg.display());
         }
         Command::Quadratic(a) => rotadam::quadratic::run_cli(&a)?,
+        Command::Diagnose(a) => {
+            let report = rotadam::diagnose::run(&a)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+        }
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod cuda;
 mod data;
+mod diagnose;
 mod kron;
 mod model;
 mod ops;

@@ -280,6 +280,20 @@ impl<BK: Backend> Rotation<BK> {
         self.seed
     }
 
+    /// For each position of the rotated layout, the standard index gathered there: position `offset + k`
+    /// of a class holds R·(gathered chunk) at the place of gathered index `index[k]`. Writing a rotated
+    /// vector back to these indices keeps every rotated coordinate inside its group (its tensor, row or
+    /// column), an "in-place" view of the rotated basis that the diagnostics use. The identity: 0..d.
+    pub fn layout_index(&self) -> Vec<usize> {
+        if self.is_identity() {
+            return (0..self.d).collect();
+        }
+        self.classes
+            .iter()
+            .flat_map(|c| c.index.iter().map(|&i| i as usize))
+            .collect()
+    }
+
     /// The rotated layout as segments of equal-size blocks: full n-blocks first (present even when empty),
     /// then residual blocks by ascending size. Empty for the identity (whose layout is the standard one).
     pub fn segments(&self) -> Vec<Segment> {

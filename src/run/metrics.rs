@@ -17,6 +17,9 @@ pub struct StepMetrics {
     pub val_loss: Option<f64>,
     pub optimizer: String,
     pub rotation: String,
+    /// `--log-update-cv N`: the update CV summary at this step (every N steps).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub update_cv: Option<crate::diagnose::update_cv::UpdateCvSummary>,
 }
 
 pub struct MetricsWriter {

@@ -287,6 +287,13 @@ fn train_on<BK: Backend>(
             val_loss: val,
             optimizer: tr.optimizer.name().into(),
             rotation: cfg.rotation.kind.clone(),
+            update_cv: if tr.log_update_cv > 0 && step % tr.log_update_cv == 0 {
+                let u = crate::diagnose::update_cv::optimizer_update(be, &mut opt, tr)?;
+                let cvs = crate::diagnose::update_cv::per_weight(&model.table, &u)?;
+                Some(crate::diagnose::update_cv::summarize(&cvs))
+            } else {
+                None
+            },
         };
         metrics.write(&row)?;
         progress.step(&row);

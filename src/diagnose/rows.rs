@@ -1,0 +1,229 @@
+//! Hessian rows (Maes et al. §4.2, App. D.5.2–D.5.3, Fig. 7, Tables 2, 4, 5): which parameter indices to
+//! sample, the neuron / layer / non-layer groups of an index, and the decomposition of ⟨d, Hᵢ⟩.
+//!
+//! **Default rows.** Maes et al. Table 4 sample 8 rows of GPT-2 124M: layers 2 and 8 (0-based, of 12), in
+//! each the attention computation (c_attn), the attention projection, the MLP fc and the MLP projection.
+//! Their row ids are flat indices into nanoGPT's parameter order with the padded vocabulary 50,304 and no
+//! biases (wte, wpe, then per layer ln_1, c_attn, c_proj, ln_2, c_fc, c_proj); only that layout puts every id
+//! in the tensor the table names (with 50,257 the layer-8 projection id falls into c_fc). Decoded, they are
+//! (tensor, row, column) of the (out, in) weight — all four c_attn ids fall in its first third, q:
+//!
+//! | paper id | layer | tensor | (row, col) of 124M shape |
+//! |---|---|---|---|
+//! | 53,970,691 | 2 | q (c_attn rows 0..768) | (509, 259) of 768×768 |
+//! | 55,680,281 | 2 | attn.c_proj | (431, 281) of 768×768 |
+//! | 57,847,212 | 2 | mlp.c_fc | (2483, 684) of 3072×768 |
+//! | 58,790,300 | 2 | mlp.c_proj | (159, 2972) of 768×3072 |
+//! | 96,585,666 | 8 | q | (689, 450) of 768×768 |
+//! | 97,929,821 | 8 | attn.c_proj | (135, 605) of 768×768 |
+//! | 99,845,651 | 8 | mlp.c_fc | (1861, 275) of 3072×768 |
+//! | 102,950,588 | 8 | mlp.c_proj | (708, 188) of 768×3072 |
+//!
+//! On a model of depth L the layers map to round(2L/12) and round(8L/12) (clamped to L−1) and the (row, col)
+//! to ⌊row·rows/rows₁₂₄ₘ⌋, ⌊col·cols/cols₁₂₄ₘ⌋ of this model's tensor, so on GPT-2 124M these are exactly the
+//! paper's weights (at indices of this project's flat layout: vocabulary 50,257, q/k/v split).
+//!
+//! **Groups of index i** (in the diagnostics' in-place basis, see `hvp`): *layer* = the ParamTable entry
+//! (tensor) holding i (q, k and v are separate layers, as the rotation scopes treat them); *neuron* = the
+//! weights leading to the same output neuron: row r of an (out, in) weight, column c of an embedding
+//! (stored (in, out), so its output neuron is a column, as the `output` rotation scope treats it), the
+//! coordinate itself for a 1-D tensor; *non-layer* = everything else. The "layer" part excludes the neuron.
+
+use super::estimators::{decompose, Contribution};
+use crate::model::{ParamEntry, ParamTable, Role};
+use serde::Serialize;
+use std::ops::Range;
+
+/// One default row: (layer of 12, role, row and column in the 124M tensor, the 124M tensor's shape,
+/// Maes et al.'s row id).
+struct PaperRow {
+    layer12: usize,
+    role: Role,
+    row: usize,
+    col: usize,
+    rows: usize,
+    cols: usize,
+    paper_id: u64,
+}
+
+const PAPER_ROWS: [PaperRow; 8] = [
+    PaperRow {
+        layer12: 2,
+        role: Role::Q,
+        row: 509,
+        col: 259,
+        rows: 768,
+        cols: 768,
+        paper_id: 53_970_691,
+    },
+    PaperRow {
+        layer12: 2,
+        role: Role::AttnProj,
+        row: 431,
+        col: 281,
+        rows: 768,
+        cols: 768,
+        paper_id: 55_680_281,
+    },
+    PaperRow {
+        layer12: 2,
+        role: Role::Fc,
+        row: 2483,
+        col: 684,
+        rows: 3072,
+        cols: 768,
+        paper_id: 57_847_212,
+    },
+    PaperRow {
+        layer12: 2,
+        role: Role::FcProj,
+        row: 159,
+        col: 2972,
+        rows: 768,
+        cols: 3072,
+        paper_id: 58_790_300,
+    },
+    PaperRow {
+        layer12: 8,
+        role: Role::Q,
+        row: 689,
+        col: 450,
+        rows: 768,
+        cols: 768,
+        paper_id: 96_585_666,
+    },
+    PaperRow {
+        layer12: 8,
+        role: Role::AttnProj,
+        row: 135,
+        col: 605,
+        rows: 768,
+        cols: 768,
+        paper_id: 97_929_821,
+    },
+    PaperRow {
+        layer12: 8,
+        role: Role::Fc,
+        row: 1861,
+        col: 275,
+        rows: 3072,
+        cols: 768,
+        paper_id: 99_845_651,
+    },
+    PaperRow {
+        layer12: 8,
+        role: Role::FcProj,
+        row: 708,
+        col: 188,
+        rows: 768,
+        cols: 3072,
+        paper_id: 102_950_588,
+    },
+];
+
+/// A parameter index to sample, with where it comes from.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RowPosition {
+    /// Flat index (this project's layout).
+    pub index: usize,
+    /// The tensor holding it.
+    pub tensor: String,
+    /// (row, col) inside that tensor (col 0 for 1-D tensors).
+    pub row: usize,
+    pub col: usize,
+    /// Maes et al.'s row id this position stands for (default positions only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paper_id: Option<u64>,
+}
+
+/// The entry holding flat index `i` (None when out of range).
+pub fn entry_of(table: &ParamTable, i: usize) -> Option<&ParamEntry> {
+    table.entries.iter().find(|e| e.range().contains(&i))
+}
+
+/// The 8 default positions mapped onto `table`'s depth and shapes (module docs).
+pub fn default_positions(table: &ParamTable) -> Vec<RowPosition> {
+    let nl = table.layers.len();
+    PAPER_ROWS
+        .iter()
+        .map(|p| {
+            let l = ((p.layer12 * nl) as f64 / 12.0).round() as usize;
+            let lp = &table.layers[l.min(nl - 1)];
+            let idx = match p.role {
+                Role::Q => lp.q,
+                Role::AttnProj => lp.attn_proj,
+                Role::Fc => lp.fc,
+                Role::FcProj => lp.fc_proj,
+                _ => unreachable!("default rows are q, attn.c_proj, fc, fc_proj"),
+            };
+            let e = &table.entries[idx];
+            let row = p.row * e.rows / p.rows;
+            let col = p.col * e.cols / p.cols;
+            RowPosition {
+                index: e.offset + row * e.cols + col,
+                tensor: e.name.clone(),
+                row,
+                col,
+                paper_id: Some(p.paper_id),
+            }
+        })
+        .collect()
+}
+
+/// The position of a user-given flat index.
+pub fn position(table: &ParamTable, i: usize) -> Option<RowPosition> {
+    let e = entry_of(table, i)?;
+    let off = i - e.offset;
+    Some(RowPosition {
+        index: i,
+        tensor: e.name.clone(),
+        row: off / e.cols,
+        col: off % e.cols,
+        paper_id: None,
+    })
+}
+
+/// (neuron indices, layer range) of flat index `i` (module docs).
+pub fn groups(table: &ParamTable, i: usize) -> Option<(Vec<usize>, Range<usize>)> {
+    let e = entry_of(table, i)?;
+    let off = i - e.offset;
+    let neuron: Vec<usize> = if !e.is_matrix() {
+        vec![i]
+    } else if matches!(e.role, Role::Wte | Role::Wpe) {
+        let c = off % e.cols;
+        (0..e.rows).map(|r| e.offset + r * e.cols + c).collect()
+    } else {
+        let r = off / e.cols;
+        (e.offset + r * e.cols..e.offset + (r + 1) * e.cols).collect()
+    };
+    Some((neuron, e.range()))
+}
+
+/// ⟨dir, row⟩ decomposed over the groups of index i of `table`.
+pub fn contribution(table: &ParamTable, i: usize, row: &[f64], dir: &[f64]) -> Contribution {
+    let (neuron, layer) = groups(table, i).expect("index inside the table");
+    decompose(row, dir, &neuron, layer)
+}
+
+/// Element-wise mean of contributions (and of their absolute values when `abs`).
+pub fn mean_contribution(cs: &[Contribution], abs: bool) -> Contribution {
+    let n = cs.len().max(1) as f64;
+    let f = |x: f64| if abs { x.abs() } else { x };
+    Contribution {
+        neuron: cs.iter().map(|c| f(c.neuron)).sum::<f64>() / n,
+        layer: cs.iter().map(|c| f(c.layer)).sum::<f64>() / n,
+        non_layer: cs.iter().map(|c| f(c.non_layer)).sum::<f64>() / n,
+        total: cs.iter().map(|c| f(c.total)).sum::<f64>() / n,
+    }
+}
+
+/// Layer (tensor) boundaries as (start index, name) for plots: every ParamTable entry with at least
+/// `min_len` coordinates.
+pub fn boundaries(table: &ParamTable, min_len: usize) -> Vec<(usize, String)> {
+    table
+        .entries
+        .iter()
+        .filter(|e| e.len() >= min_len)
+        .map(|e| (e.offset, e.name.clone()))
+        .collect()
+}
