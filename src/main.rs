@@ -35,6 +35,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}\n{}", png.display(), svg.display());
         }
         Command::Quadratic(a) => rotadam::quadratic::run_cli(&a)?,
+        Command::Diagnose(a) if a.sweep => {
+            let rows = rotadam::sweep::diagnostics::run(&a)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{}", a.path.join("report.md").display());
+            }
+        }
         Command::Diagnose(a) => {
             let report = rotadam::diagnose::run(&a)?;
             if a.json {

@@ -3,6 +3,7 @@
 
 use crate::train::{synthetic_data, tiny_config, tmp};
 use rotadam::cli::Gpt2Args;
+use rotadam::diagnose::{self, DiagnoseArgs, What};
 use rotadam::sweep::report::{self, Slowdown};
 use rotadam::sweep::{self as sw, Ablation, SweepArgs};
 use std::path::{Path, PathBuf};
@@ -81,12 +82,45 @@ fn sweep_writes_a_report_and_reuses_its_runs() {
     assert_eq!(first(&runs[0]), first(&runs[2]));
     assert_ne!(first(&runs[2]), first(&runs[3]), "seeds differ");
 
-    // a second invocation trains nothing
+    // diagnose --sweep: a table and bar charts in the report, numbers equal to per-run diagnose
+    let mut d = DiagnoseArgs::new(&dir, vec![What::Linf, What::UpdateCv]);
+    d.batches = 2;
+    d.threads = Some(2);
+    d.sweep = true;
+    let rows = sw::diagnostics::run(&d).unwrap();
+    assert_eq!(rows.len(), 2);
+    let direct: Vec<f64> = ["none-s1337", "none-s1338"]
+        .iter()
+        .map(|r| {
+            let mut one = DiagnoseArgs::new(dir.join("runs").join(r), vec![What::Linf]);
+            one.batches = 2;
+            one.threads = Some(2);
+            diagnose::run(&one).unwrap().linf.unwrap().bound
+        })
+        .collect();
+    let (mean, _) = report::mean_std(&direct);
+    assert_eq!(rows[0].variant, "none");
+    assert_eq!(rows[0].values["linf"].0, mean);
+    assert!(rows[1].values["update_cv"].0 > 0.0);
+    let img = image::open(dir.join("diag_linf.png")).unwrap();
+    assert!(img.width() > 100);
+    sw::diagnostics::run(&d).unwrap();
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert_eq!(
+        report.matches("## Diagnostics").count(),
+        1,
+        "a rerun replaces the section"
+    );
+    assert!(report.contains("| none | 2 |") && report.contains("diag_update_cv.png"));
+
+    // a second invocation trains nothing, and keeps the diagnostics section
     let metrics: Vec<PathBuf> = runs.iter().map(|r| r.join("metrics.jsonl")).collect();
     let before: Vec<_> = metrics.iter().map(|m| mtime(m)).collect();
     sw::run(&a).unwrap();
     let after: Vec<_> = metrics.iter().map(|m| mtime(m)).collect();
     assert_eq!(before, after, "finished runs are reused, not retrained");
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert_eq!(report.matches("## Diagnostics").count(), 1);
     std::fs::remove_dir_all(&root).unwrap();
 }
 

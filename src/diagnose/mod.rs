@@ -139,6 +139,10 @@ pub struct DiagnoseArgs {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// PATH is a sweep directory: diagnose every run and add a table and bar charts to its report.md
+    /// (linf, l11, spectral, update-cv).
+    #[arg(long)]
+    pub sweep: bool,
 }
 
 impl DiagnoseArgs {
@@ -165,6 +169,7 @@ impl DiagnoseArgs {
             json: false,
             threads: None,
             quiet: true,
+            sweep: false,
         }
     }
 

@@ -11,6 +11,7 @@
 //! from their latest checkpoint (bit-identically), runs that wrote no checkpoint yet start over. A run
 //! directory with a different config is an error naming the field, never overwritten.
 
+pub mod diagnostics;
 pub mod plot_runs;
 pub mod report;
 
@@ -20,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::run::{checkpoint, metrics};
 use indicatif::{ProgressBar, ProgressStyle};
 use report::{Band, RunCurves, Slowdown};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
@@ -31,7 +32,7 @@ pub const DEFAULT_ROTATIONS: &str = "none,output,input,layer,global,svd";
 pub const ABLATION_BLOCKS: [usize; 4] = [64, 256, 768, 2048];
 
 /// Preset sweeps reproducing the papers' ablations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Ablation {
     /// Global rotation with block sizes n ∈ {64, 256, 768, 2048}, plus the unrotated baseline (Maes Fig. 8).
@@ -65,7 +66,7 @@ pub struct SweepArgs {
 }
 
 /// One line of a sweep: what differs from the base run.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Variant {
     /// Row label and directory stem, e.g. `global`, `global-n64`, `sgd-global-bf16`.
     pub label: String,
@@ -388,14 +389,22 @@ impl SweepProgress {
     }
 }
 
-/// Settings of a sweep, saved as `sweep.json`.
-#[derive(Serialize)]
-struct SweepRecord<'a> {
-    command: Vec<String>,
-    ablation: Option<Ablation>,
-    seeds: Vec<u64>,
-    variants: &'a [Variant],
-    runs: Vec<PathBuf>,
+/// One run in `sweep.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunEntry {
+    pub variant: String,
+    pub seed: u64,
+    pub dir: PathBuf,
+}
+
+/// Settings of a sweep, saved as `sweep.json` (read back by `diagnose --sweep`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SweepRecord {
+    pub command: Vec<String>,
+    pub ablation: Option<Ablation>,
+    pub seeds: Vec<u64>,
+    pub variants: Vec<Variant>,
+    pub runs: Vec<RunEntry>,
 }
 
 /// Run the sweep and write its report. Returns the sweep directory.
@@ -409,8 +418,15 @@ pub fn run(args: &SweepArgs) -> Result<PathBuf> {
         command: std::env::args().collect(),
         ablation: args.ablation,
         seeds,
-        variants: &variants,
-        runs: runs.iter().map(|r| r.dir.clone()).collect(),
+        variants: variants.clone(),
+        runs: runs
+            .iter()
+            .map(|r| RunEntry {
+                variant: variants[r.variant].label.clone(),
+                seed: r.seed,
+                dir: r.dir.clone(),
+            })
+            .collect(),
     };
     crate::run::write_atomic(
         &dir.join("sweep.json"),
@@ -661,6 +677,9 @@ fn write_report(
         );
     }
     md += "```\n";
+    if let Some(section) = diagnostics::existing_section(&dir.join("report.md")) {
+        md = diagnostics::with_section(&md, &section);
+    }
     crate::run::write_atomic(&dir.join("report.md"), md.as_bytes())?;
     crate::run::write_atomic(
         &dir.join("summary.json"),
