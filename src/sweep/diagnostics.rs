@@ -136,7 +136,7 @@ pub fn run(args: &DiagnoseArgs) -> Result<Vec<VariantDiagnostics>> {
     // the bar charts and the report section
     let mut md = format!(
         "{BEGIN}\n## Diagnostics\n\nEach run at its final checkpoint, in its own rotated basis \
-         (`rotadam diagnose --sweep`; settings in `diagnostics.json`). Mean ± std over seeds.\n\n"
+         (`rotadam diagnose --sweep`; settings in `diagnostics.json`). Mean ± std over seeds (the value alone for one seed).\n\n"
     );
     md += "| variant | runs |";
     for m in &metrics {
@@ -149,7 +149,11 @@ pub fn run(args: &DiagnoseArgs) -> Result<Vec<VariantDiagnostics>> {
         md += &format!("| {} | {} |", row.variant, row.runs);
         for m in &metrics {
             let (mean, std) = row.values[m.key];
-            md += &format!(" {mean:.4e} ± {std:.1e} |");
+            if row.runs > 1 {
+                md += &format!(" {mean:.4e} ± {std:.1e} |");
+            } else {
+                md += &format!(" {mean:.4e} |");
+            }
         }
         md += "\n";
     }
@@ -161,7 +165,11 @@ pub fn run(args: &DiagnoseArgs) -> Result<Vec<VariantDiagnostics>> {
             groups: vec![BarGroup {
                 label: String::new(),
                 values: rows.iter().map(|r| r.values[m.key].0).collect(),
-                errors: Some(rows.iter().map(|r| r.values[m.key].1).collect()),
+                // no error bars when every variant has a single run
+                errors: rows
+                    .iter()
+                    .any(|r| r.runs > 1)
+                    .then(|| rows.iter().map(|r| r.values[m.key].1).collect()),
             }],
         };
         let stem = format!("diag_{}", m.key);

@@ -591,8 +591,16 @@ pub fn summary_table(s: &Summary) -> String {
         "| variant | runs | final train loss | final val loss | slowdown vs baseline |\n|---|---:|---:|---:|---:|\n",
     );
     for r in &s.rows {
+        // one run has no spread: print the value alone
+        let pm = |m: f64, sd: f64| {
+            if r.runs > 1 {
+                format!("{m:.4} ± {sd:.4}")
+            } else {
+                format!("{m:.4}")
+            }
+        };
         let val = match (r.final_val_mean, r.final_val_std) {
-            (Some(m), Some(sd)) => format!("{m:.4} ± {sd:.4}"),
+            (Some(m), Some(sd)) => pm(m, sd),
             _ => "–".into(),
         };
         let slow = match r.slowdown_pct {
@@ -601,8 +609,10 @@ pub fn summary_table(s: &Summary) -> String {
             None => "–".into(),
         };
         t += &format!(
-            "| {} | {} | {:.4} ± {:.4} | {val} | {slow} |\n",
-            r.label, r.runs, r.final_train_mean, r.final_train_std
+            "| {} | {} | {} | {val} | {slow} |\n",
+            r.label,
+            r.runs,
+            pm(r.final_train_mean, r.final_train_std)
         );
     }
     t
