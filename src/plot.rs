@@ -202,6 +202,21 @@ pub struct Stat {
     pub max: f64,
 }
 
+/// Mean and sample standard deviation (n − 1; 0 for one value; NaN for none).
+pub fn mean_std(xs: &[f64]) -> (f64, f64) {
+    if xs.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
 /// Aggregate several runs' curves (e.g. one per seed) at the x values that every run has (exact
 /// equality, as steps are), in the order of the first run. Returns an empty vector for no runs.
 pub fn aggregate(runs: &[Vec<(f64, f64)>]) -> Vec<Stat> {
@@ -215,18 +230,12 @@ pub fn aggregate(runs: &[Vec<(f64, f64)>]) -> Vec<Stat> {
             .map(|r| r.iter().find(|p| p.0 == x).map(|p| p.1))
             .collect();
         let Some(ys) = ys else { continue };
-        let n = ys.len();
-        let mean = ys.iter().sum::<f64>() / n as f64;
-        let var = if n > 1 {
-            ys.iter().map(|y| (y - mean) * (y - mean)).sum::<f64>() / (n - 1) as f64
-        } else {
-            0.0
-        };
+        let (mean, std) = mean_std(&ys);
         out.push(Stat {
             x,
-            n,
+            n: ys.len(),
             mean,
-            std: var.sqrt(),
+            std,
             min: ys.iter().cloned().fold(f64::INFINITY, f64::min),
             max: ys.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
         });

@@ -40,7 +40,7 @@ use crate::backend::cpu::optim::{
 };
 use crate::backend::{AdamStep, Scalar};
 use crate::error::{Error, Result};
-use crate::plot::{Axes, LineChart, Series, Stat};
+use crate::plot::{mean_std, Axes, LineChart, Series, Stat};
 use crate::rng::Rng;
 use clap::Args;
 use rayon::prelude::*;
@@ -557,18 +557,6 @@ pub struct QuadResults {
     pub config: QuadConfig,
     pub thetas: Vec<ThetaResult>,
     pub seconds: f64,
-}
-
-/// Mean and sample standard deviation (n − 1; 0 for n = 1).
-fn mean_std(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 {
-        v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (mean, var.sqrt())
 }
 
 /// max_ij |(R Rᵀ − I)_ij|.

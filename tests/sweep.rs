@@ -239,10 +239,11 @@ fn slowdown_on_synthetic_curves() {
     // the baseline first reaches its final 2.0 at step 7.5; the variant at step 30: +300%
     close(report::slowdown(&dip, &[(0.0, 5.0), (30.0, 2.0)]), 300.0);
 
-    let band = report::Band::over(&[vec![(1.0, 1.0), (2.0, 4.0)], vec![(1.0, 3.0), (2.0, 2.0)]]);
-    assert_eq!(band.mean, [2.0, 3.0]);
-    assert_eq!(band.min, [1.0, 2.0]);
-    assert_eq!(band.max, [3.0, 4.0]);
+    let band =
+        rotadam::plot::aggregate(&[vec![(1.0, 1.0), (2.0, 4.0)], vec![(1.0, 3.0), (2.0, 2.0)]]);
+    assert_eq!(band.iter().map(|s| s.mean).collect::<Vec<_>>(), [2.0, 3.0]);
+    assert_eq!(band.iter().map(|s| s.min).collect::<Vec<_>>(), [1.0, 2.0]);
+    assert_eq!(band.iter().map(|s| s.max).collect::<Vec<_>>(), [3.0, 4.0]);
     let e = report::ema(&[(1.0, 2.0), (2.0, 2.0), (3.0, 2.0)], 0.9);
     assert!(
         e.iter().all(|p| (p.1 - 2.0).abs() < 1e-12),

@@ -20,7 +20,7 @@ use crate::config::{OptimizerKind, Precision, RunConfig};
 use crate::error::{Error, Result};
 use crate::run::{checkpoint, metrics};
 use indicatif::{ProgressBar, ProgressStyle};
-use report::{Band, RunCurves, Slowdown};
+use report::{RunCurves, Slowdown};
 use serde::{Deserialize, Serialize};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -534,20 +534,10 @@ pub fn summarize(labels: &[String], curves: &[Vec<RunCurves>]) -> Summary {
     } else {
         format!("train (EMA {})", report::TRAIN_EMA)
     };
-    let mean_curve = |runs: &[RunCurves]| {
-        let cs: Vec<report::Curve> = runs
-            .iter()
-            .map(|c| {
-                if use_val {
-                    c.val.clone()
-                } else {
-                    report::ema(&c.train, report::TRAIN_EMA)
-                }
-            })
-            .collect();
-        Band::over(&cs).mean_curve()
-    };
-    let base = curves.first().map(|r| mean_curve(r)).unwrap_or_default();
+    let base = curves
+        .first()
+        .map(|r| report::mean_curve(r, use_val))
+        .unwrap_or_default();
     let rows = labels
         .iter()
         .zip(curves)
@@ -563,7 +553,7 @@ pub fn summarize(labels: &[String], curves: &[Vec<RunCurves>]) -> Summary {
             let (tm, ts) = report::mean_std(&train);
             let (vm, vs) = report::mean_std(&val);
             let has_val = !val.is_empty() && val.len() == runs.len();
-            let sd = report::slowdown(&base, &mean_curve(runs));
+            let sd = report::slowdown(&base, &report::mean_curve(runs, use_val));
             SummaryRow {
                 label: label.clone(),
                 runs: runs.len(),
@@ -707,26 +697,20 @@ fn figures(
 ) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     let has_val = curves.iter().all(|r| r.iter().all(|c| !c.val.is_empty()));
-    let kinds: &[(&str, &str)] = if has_val {
+    let kinds: &[(bool, &str, &str)] = if has_val {
         &[
-            ("val", "validation loss"),
-            ("train", "training loss (EMA 0.9)"),
+            (true, "val", "validation loss"),
+            (false, "train", "training loss (EMA 0.9)"),
         ]
     } else {
-        &[("train", "training loss (EMA 0.9)")]
+        &[(false, "train", "training loss (EMA 0.9)")]
     };
-    for &(kind, caption) in kinds {
+    for &(val, kind, caption) in kinds {
         let series = labels
             .iter()
             .zip(curves)
             .map(|(label, runs)| {
-                let cs: Vec<report::Curve> = runs
-                    .iter()
-                    .map(|c| match kind {
-                        "val" => c.val.clone(),
-                        _ => report::ema(&c.train, report::TRAIN_EMA),
-                    })
-                    .collect();
+                let cs: Vec<report::Curve> = runs.iter().map(|c| c.curve(val)).collect();
                 crate::plot::Series::mean_min_max(label, &crate::plot::aggregate(&cs))
             })
             .collect();

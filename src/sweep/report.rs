@@ -11,6 +11,7 @@
 //! for every run) when at least two evaluations were logged, else the training loss smoothed by a
 //! bias-corrected EMA ([`TRAIN_EMA`]), which the report names.
 
+pub use crate::plot::mean_std;
 use crate::run::metrics::StepMetrics;
 
 /// Smoothing of the training loss where it stands in for the validation loss (and in the train figure):
@@ -37,6 +38,24 @@ impl RunCurves {
                 .collect(),
         }
     }
+
+    /// The curve a report draws and measures: the val curve, or the EMA-smoothed train curve.
+    pub fn curve(&self, val: bool) -> Curve {
+        if val {
+            self.val.clone()
+        } else {
+            ema(&self.train, TRAIN_EMA)
+        }
+    }
+}
+
+/// The mean over runs at each step of their curves ([`RunCurves::curve`]).
+pub fn mean_curve(runs: &[RunCurves], val: bool) -> Curve {
+    let cs: Vec<Curve> = runs.iter().map(|c| c.curve(val)).collect();
+    crate::plot::aggregate(&cs)
+        .iter()
+        .map(|s| (s.x, s.mean))
+        .collect()
 }
 
 /// Bias-corrected EMA of the values of a curve: s_t = β s_{t−1} + (1−β) x_t, reported as s_t / (1 − β^t).
@@ -51,40 +70,6 @@ pub fn ema(curve: &[(f64, f64)], beta: f64) -> Curve {
             (x, s / (1.0 - w))
         })
         .collect()
-}
-
-/// Mean, min and max over seeds at each point. The curves must share their steps (runs of one sweep do);
-/// points beyond the shortest curve are dropped.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Band {
-    pub steps: Vec<f64>,
-    pub mean: Vec<f64>,
-    pub min: Vec<f64>,
-    pub max: Vec<f64>,
-}
-
-impl Band {
-    pub fn over(curves: &[Curve]) -> Band {
-        let len = curves.iter().map(|c| c.len()).min().unwrap_or(0);
-        let mut b = Band::default();
-        for i in 0..len {
-            let ys: Vec<f64> = curves.iter().map(|c| c[i].1).collect();
-            b.steps.push(curves[0][i].0);
-            b.mean.push(ys.iter().sum::<f64>() / ys.len() as f64);
-            b.min.push(ys.iter().copied().fold(f64::INFINITY, f64::min));
-            b.max
-                .push(ys.iter().copied().fold(f64::NEG_INFINITY, f64::max));
-        }
-        b
-    }
-
-    pub fn mean_curve(&self) -> Curve {
-        self.steps
-            .iter()
-            .copied()
-            .zip(self.mean.iter().copied())
-            .collect()
-    }
 }
 
 /// The first step at which `curve` reaches `target` (loss ≤ target), interpolating linearly between
@@ -132,21 +117,6 @@ pub fn slowdown(base: &[(f64, f64)], curve: &[(f64, f64)]) -> Option<Slowdown> {
             Slowdown::NotReached(100.0 * (end - t_base) / t_base)
         }
     })
-}
-
-/// Mean and sample standard deviation (0 for one value).
-pub fn mean_std(xs: &[f64]) -> (f64, f64) {
-    let n = xs.len() as f64;
-    if xs.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    let mean = xs.iter().sum::<f64>() / n;
-    let var = if xs.len() > 1 {
-        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (mean, var.sqrt())
 }
 
 /// The final training loss of a run: the mean over its last max(1, steps/20) logged steps (one step's loss
