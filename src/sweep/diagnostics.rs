@@ -73,6 +73,12 @@ pub fn run(args: &DiagnoseArgs) -> Result<Vec<VariantDiagnostics>> {
             ),
         ));
     }
+    if args.out.is_some() {
+        return Err(Error::config(
+            "--out",
+            "not used with --sweep (each run writes to its own diagnostics/)",
+        ));
+    }
     let record_path = dir.join("sweep.json");
     let text = std::fs::read_to_string(&record_path).map_err(|e| Error::io(&record_path, e))?;
     let record: SweepRecord = serde_json::from_str(&text).map_err(|e| Error::Json {
@@ -95,12 +101,6 @@ pub fn run(args: &DiagnoseArgs) -> Result<Vec<VariantDiagnostics>> {
         a.path = r.dir.clone();
         a.quiet = true;
         a.json = true;
-        if args.out.is_some() {
-            return Err(Error::config(
-                "--out",
-                "not used with --sweep (each run writes to its own diagnostics/)",
-            ));
-        }
         reports.push(diagnose::run(&a)?);
     }
     let labels: Vec<String> = record.variants.iter().map(|v| v.label.clone()).collect();

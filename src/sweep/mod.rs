@@ -333,15 +333,18 @@ pub fn run_one(
     match existing_state(run)? {
         Some(step) if step >= steps => Ok(RunStatus::Reused),
         Some(_) => {
-            // the directory's own config.json with this sweep's runtime settings, as `gpt2 --resume` does
-            let mut cfg = crate::cli::read_config(&run.dir.join("config.json"))?;
-            cfg.out = run.dir.clone();
-            cfg.train.steps = steps;
-            cfg.train.eval_every = run.cfg.train.eval_every;
-            cfg.train.checkpoint_every = run.cfg.train.checkpoint_every;
-            cfg.threads = run.cfg.threads;
-            cfg.device = run.cfg.device;
-            cfg.quiet = true;
+            // exactly `gpt2 --resume DIR` with this sweep's runtime settings
+            let (cfg, _) = Gpt2Args {
+                resume: Some(run.dir.clone()),
+                steps: Some(steps),
+                eval_every: Some(run.cfg.train.eval_every),
+                checkpoint_every: Some(run.cfg.train.checkpoint_every),
+                threads: Some(run.cfg.threads),
+                device: Some(run.cfg.device),
+                quiet: true,
+                ..Default::default()
+            }
+            .to_config()?;
             crate::run::train::train_observed(&cfg, true, on_step)?;
             Ok(RunStatus::Resumed)
         }

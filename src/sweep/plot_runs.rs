@@ -34,7 +34,7 @@ pub struct PlotArgs {
     pub title: String,
 }
 
-/// A run's legend label: the directory name, or the parent's when it is `.`-like.
+/// A run's legend label: the directory name (the whole path when it has none, e.g. `..`).
 fn label(dir: &Path) -> String {
     dir.file_name()
         .map(|n| n.to_string_lossy().into_owned())
