@@ -6,7 +6,7 @@
 //! dot product, with margin); f32 at 1e-5 relative (unit roundoff 6e-8 times ~√n·few for n ≤ 1000).
 
 use faer::Mat;
-use rotadam::backend::cpu::{self, CpuBackend};
+use rotadam::backend::cpu::{self, CpuBackend, GatherMode};
 use rotadam::backend::{Backend, Scalar};
 use rotadam::config::ModelConfig;
 use rotadam::model::{ParamTable, Role};
@@ -571,8 +571,22 @@ fn describe_counts_blocks() {
 
 // ---- backend ops ---------------------------------------------------------------------------------------
 
-/// The ops on random (non-orthogonal) R against a naive f64 loop, for both precisions and thread counts.
+/// The ops on random (non-orthogonal) R against a naive f64 loop, for both precisions, thread counts and
+/// both ways of moving the coordinates.
 fn check_ops<S: Scalar>(nb: usize, n: usize, len: usize, threads: usize, tol: f64) {
+    for mode in [GatherMode::Direct, GatherMode::Bucketed] {
+        check_ops_with::<S>(nb, n, len, threads, tol, mode);
+    }
+}
+
+fn check_ops_with<S: Scalar>(
+    nb: usize,
+    n: usize,
+    len: usize,
+    threads: usize,
+    tol: f64,
+    mode: GatherMode,
+) {
     let mut rng = Rng::new((nb * 31 + n) as u64);
     let inp = randn(&mut rng, len);
     let r = randn(&mut rng, n * n);
@@ -581,8 +595,19 @@ fn check_ops<S: Scalar>(nb: usize, n: usize, len: usize, threads: usize, tol: f6
         perm.swap(i, rng.below(i as u64 + 1) as usize);
     }
     let index = &perm[..nb * n];
-    let be = CpuBackend::<S>::new(threads, false);
-    let label = format!("{} nb={nb} n={n} threads={threads}", S::NAME);
+    let be = CpuBackend::<S>::new(threads, false).with_gather(mode);
+    let ix = be.rotation_index(index.to_vec(), n, len).unwrap();
+    assert_eq!(
+        ix.is_bucketed(),
+        mode == GatherMode::Bucketed && n > 0,
+        "{mode:?}"
+    );
+    assert_eq!(
+        be.rotation_index_list(&ix),
+        index,
+        "{mode:?}: the list back"
+    );
+    let label = format!("{} nb={nb} n={n} threads={threads} {mode:?}", S::NAME);
     // rotate
     let mut want = vec![0.0; nb * n];
     for b in 0..nb {
@@ -594,7 +619,7 @@ fn check_ops<S: Scalar>(nb: usize, n: usize, len: usize, threads: usize, tol: f6
     }
     let (inp_s, r_s): (Vec<S>, Vec<S>) = (cast(&inp), cast(&r));
     let mut out = vec![S::zero(); nb * n];
-    be.rotate(&mut out, &inp_s, index, &r_s, nb, n);
+    be.rotate(&mut out, &inp_s, &ix, &r_s, nb, n);
     assert_close(&format!("rotate {label}"), &back(&out), &want, tol);
     // unrotate: out[index[b·n+i]] = Σ_k R[k][i] u[b·n+k]; other entries untouched
     let u = randn(&mut rng, nb * n);
@@ -606,7 +631,7 @@ fn check_ops<S: Scalar>(nb: usize, n: usize, len: usize, threads: usize, tol: f6
         }
     }
     let mut out = vec![<S as Scalar>::from_f64(sentinel); len];
-    be.unrotate(&mut out, &cast::<S>(&u), index, &r_s, nb, n);
+    be.unrotate(&mut out, &cast::<S>(&u), &ix, &r_s, nb, n);
     assert_close(&format!("unrotate {label}"), &back(&out), &want, tol);
 }
 
@@ -622,4 +647,116 @@ fn rotate_unrotate_ops_match_naive_loop() {
     let n = 3;
     let nb = cpu::rotation::CHUNK_ELEMS / n + 5;
     check_ops::<f64>(nb, n, nb * n + 100, 2, 1e-12);
+}
+
+/// A random permutation of 0..len.
+fn random_perm(rng: &mut Rng, len: usize) -> Vec<u32> {
+    let mut perm: Vec<u32> = (0..len as u32).collect();
+    for i in (1..len).rev() {
+        perm.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    perm
+}
+
+#[test]
+fn bucketed_and_direct_rotations_are_bit_identical() {
+    // Several windows and GEMM chunks (n = 3: 21,845 blocks per window, 1,398,080 per chunk; 65 windows, so
+    // two bucketing levels), a list that leaves 1,000 coordinates out, and a last window and chunk that are
+    // partial. The small cases of `rotate_unrotate_ops_match_naive_loop` cover one level.
+    let n = 3;
+    let nb = cpu::rotation::CHUNK_ELEMS / n + 7_001;
+    let len = nb * n + 1_000;
+    let mut rng = Rng::new(77);
+    let mut index = random_perm(&mut rng, len);
+    index.truncate(nb * n);
+    let inp: Vec<f32> = (0..len).map(|_| rng.normal() as f32).collect();
+    let u: Vec<f32> = (0..nb * n).map(|_| rng.normal() as f32).collect();
+    let r: Vec<f32> = (0..n * n).map(|_| rng.normal() as f32).collect();
+    for threads in [1, 2] {
+        let run = |mode: GatherMode| {
+            let be = CpuBackend::<f32>::new(threads, false).with_gather(mode);
+            let ix = be.rotation_index(index.clone(), n, len).unwrap();
+            let levels = if mode == GatherMode::Bucketed { 2 } else { 0 };
+            assert_eq!(ix.levels(), levels);
+            assert!(
+                be.rotation_index_list(&ix) == index,
+                "{mode:?}: the list back"
+            );
+            let mut out = vec![0f32; nb * n];
+            be.rotate(&mut out, &inp, &ix, &r, nb, n);
+            let mut back = vec![9.0f32; len];
+            be.unrotate(&mut back, &u, &ix, &r, nb, n);
+            (out, back)
+        };
+        let (direct, bucketed) = (run(GatherMode::Direct), run(GatherMode::Bucketed));
+        assert!(direct.0 == bucketed.0, "rotate differs, threads={threads}");
+        assert!(
+            direct.1 == bucketed.1,
+            "unrotate differs, threads={threads}"
+        );
+        // the coordinates left out are untouched by unrotate
+        let listed = index.iter().fold(vec![false; len], |mut s, &i| {
+            s[i as usize] = true;
+            s
+        });
+        let untouched = (0..len)
+            .filter(|&i| !listed[i])
+            .all(|i| bucketed.1[i] == 9.0);
+        assert!(untouched, "unrotate wrote an unlisted coordinate");
+    }
+}
+
+#[test]
+fn gather_auto_buckets_only_scattered_long_lists() {
+    let be = CpuBackend::<f32>::new(1, false);
+    let n = 768;
+    let nb = (1 << 20) / n + 1;
+    let len = nb * n;
+    // global-like: a random permutation of everything
+    let scattered = random_perm(&mut Rng::new(5), len);
+    assert!(be
+        .rotation_index(scattered.clone(), n, len)
+        .unwrap()
+        .is_bucketed());
+    // output-like: each row of n shuffled in place (reads stay within one window)
+    let mut rows: Vec<u32> = (0..len as u32).collect();
+    let mut rng = Rng::new(6);
+    for row in rows.chunks_mut(n) {
+        for i in (1..row.len()).rev() {
+            row.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+    }
+    assert!(!be.rotation_index(rows, n, len).unwrap().is_bucketed());
+    // short lists stay direct however scattered
+    let short = random_perm(&mut Rng::new(7), 10 * n);
+    assert!(!be.rotation_index(short, n, 10 * n).unwrap().is_bucketed());
+    // n above the u16 window: direct even when asked for buckets
+    let wide = CpuBackend::<f32>::new(1, false).with_gather(GatherMode::Bucketed);
+    let big_n = cpu::rotation::WINDOW_ELEMS + 1;
+    let ix = wide.rotation_index(scattered[..big_n].to_vec(), big_n, len);
+    assert!(!ix.unwrap().is_bucketed());
+}
+
+#[test]
+fn rotation_index_rejects_bad_lists_on_every_backend() {
+    let cases: [(&str, Vec<u32>); 2] = [("< 6", vec![0, 1, 6]), ("listed twice", vec![2, 0, 2])];
+    for (want, list) in cases {
+        for mode in [GatherMode::Direct, GatherMode::Bucketed] {
+            let be = CpuBackend::<f64>::new(1, false).with_gather(mode);
+            let err = be
+                .rotation_index(list.clone(), 3, 6)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("rotation index") && err.contains(want),
+                "{mode:?}: {err}"
+            );
+        }
+        let emu = rotadam::backend::emu::EmuBackend::new(1, false);
+        let err = emu
+            .rotation_index(list.clone(), 3, 6)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "emu: {err}");
+    }
 }

@@ -20,7 +20,7 @@ pub mod scalar;
 
 pub use scalar::Scalar;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use std::ops::Range;
 
 /// The Adam hyper-parameters of one step, with the bias corrections precomputed on the host (as llm.c does),
@@ -47,6 +47,9 @@ pub struct AdamStep {
 pub trait Backend: Send + Sync {
     type T: Scalar;
     type Buf: Send + Sync;
+    /// A rotation's index list, prepared by [`Backend::rotation_index`] (the CPU: a direct list or a
+    /// bucketed permutation plan; the emulator: the list; CUDA: the list, resident on the device).
+    type RotIndex: Send + Sync;
     type View<'a>: Copy
     where
         Self: 'a;
@@ -224,6 +227,12 @@ pub trait Backend: Send + Sync {
     );
 
     // ---- rotations (ARCHITECTURE.md decision 3; `rotation::Rotation` owns the index lists and R) -------
+    /// Prepares an index list for [`Backend::rotate`] / [`Backend::unrotate`] with blocks of `n`: `index`
+    /// holds NB·N distinct entries, each < `src_len` (the length of the vector it gathers from / scatters
+    /// to). Built once per rotation; an entry out of range or repeated is an error.
+    fn rotation_index(&self, index: Vec<u32>, n: usize, src_len: usize) -> Result<Self::RotIndex>;
+    /// The list a [`Backend::RotIndex`] was prepared from.
+    fn rotation_index_list(&self, index: &Self::RotIndex) -> Vec<u32>;
     /// Batched block rotation with a gather: for each block b < NB,
     ///   out[b·N .. (b+1)·N] = R · inp[index[b·N .. (b+1)·N]],
     /// R (N,N) row-major. `out` has NB·N elements (`=`, all overwritten); `index` has NB·N entries, each
@@ -233,7 +242,7 @@ pub trait Backend: Send + Sync {
         &self,
         out: Self::ViewMut<'_>,
         inp: Self::View<'_>,
-        index: &[u32],
+        index: &Self::RotIndex,
         r: Self::View<'_>,
         nb: usize,
         n: usize,
@@ -247,7 +256,7 @@ pub trait Backend: Send + Sync {
         &self,
         out: Self::ViewMut<'_>,
         inp: Self::View<'_>,
-        index: &[u32],
+        index: &Self::RotIndex,
         r: Self::View<'_>,
         nb: usize,
         n: usize,
@@ -319,4 +328,29 @@ pub trait Backend: Send + Sync {
         lr: f64,
         weight_decay: f64,
     );
+}
+
+/// Checks a rotation index list for [`Backend::rotation_index`]: every entry < `src_len`, none repeated.
+pub fn check_rotation_index(index: &[u32], src_len: usize) -> Result<()> {
+    let bad = |expected: String, got: String| Error::Shape {
+        context: "rotation index".into(),
+        expected,
+        got,
+    };
+    let mut seen = vec![0u64; src_len.div_ceil(64)];
+    for &i in index {
+        let i = i as usize;
+        if i >= src_len {
+            return Err(bad(
+                format!("entries < {src_len} (the length of the rotated vector)"),
+                i.to_string(),
+            ));
+        }
+        let (word, bit) = (i / 64, 1u64 << (i % 64));
+        if seen[word] & bit != 0 {
+            return Err(bad("distinct entries".into(), format!("{i} listed twice")));
+        }
+        seen[word] |= bit;
+    }
+    Ok(())
 }

@@ -12,7 +12,7 @@
 //! The top-level fields are those of the first `--n`; `results` holds every n.
 
 use super::{haar, Rotation, Scope};
-use crate::backend::cpu::{rotation::CHUNK_ELEMS, CpuBackend};
+use crate::backend::cpu::{rotation::chunk_rows, CpuBackend, GatherMode};
 use crate::backend::Backend;
 use crate::bench::{
     bench_step, cpu_ticks, gemm_gflops, median, other_load, peak_rss_bytes, BenchOpts,
@@ -50,6 +50,9 @@ pub struct RotationBenchOpts {
     /// Timed training steps for the baseline (the median is used).
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
+    /// How the CPU backend moves the rotated coordinates (backend::cpu::rotation module docs).
+    #[arg(long, value_enum, default_value_t = GatherMode::Auto)]
+    pub gather: GatherMode,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -80,6 +83,7 @@ pub struct RotationBenchResult {
     pub params: usize,
     pub scope: Scope,
     pub threads: usize,
+    pub gather: GatherMode,
     #[serde(flatten)]
     pub first: RotationTiming,
     pub gemm_peak_gflops: f64,
@@ -136,7 +140,7 @@ fn time_one(
         .iter()
         .zip(g)
         .fold(0.0f32, |m, (a, b)| m.max((a - b).abs())) as f64;
-    let rows = (CHUNK_ELEMS / n).max(1).min(d / n).max(1);
+    let rows = chunk_rows(n).min(d / n).max(1);
     let gemm_chunk = gemm_gflops::<f32>(rows, n, n, o.threads);
     let gflops = 4.0 * d as f64 * n as f64 / (ms / 1e3) / 1e9;
     Ok(RotationTiming {
@@ -171,7 +175,7 @@ pub fn measure(o: &RotationBenchOpts) -> Result<RotationBenchResult> {
         warmup: 1,
         json: false,
     })?;
-    let be = CpuBackend::<f32>::new(o.threads, false);
+    let be = CpuBackend::<f32>::new(o.threads, false).with_gather(o.gather);
     let mut rng = Rng::new(5);
     let g: Vec<f32> = (0..table.total).map(|_| rng.normal() as f32).collect();
     let mut results = Vec::new();
@@ -193,6 +197,7 @@ pub fn measure(o: &RotationBenchOpts) -> Result<RotationBenchResult> {
         params: table.total,
         scope: o.scope,
         threads: o.threads,
+        gather: o.gather,
         first: results[0].clone(),
         gemm_peak_gflops: peak,
         ms_step: step.ms_per_step,
@@ -220,10 +225,11 @@ pub fn run(o: &RotationBenchOpts) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} ({} params), {} threads; step B={} T={}: {:.0} ms; GEMM peak {:.1} GFLOP/s",
+        "{} ({} params), {} threads, gather {:?}; step B={} T={}: {:.0} ms; GEMM peak {:.1} GFLOP/s",
         r.model,
         r.params,
         r.threads,
+        r.gather,
         r.step_batch_size,
         r.step_seq_len,
         r.ms_step,

@@ -101,13 +101,16 @@ struct ResidualClass<BK: Backend> {
     count: usize,
     /// Offset in the stage's output (and in π): a·b·c + the blocks before.
     offset: usize,
+    /// π[offset .. offset + count·size], prepared for the backend.
+    index: BK::RotIndex,
     r: BK::Buf,
 }
 
 /// One stage: permutation, the three factors, the remainder blocks.
 struct Stage<BK: Backend> {
-    /// π: the stage's input index of each output position, d entries.
-    perm: Vec<u32>,
+    /// π[..a·b·c] (π: the stage's input index of each output position), prepared for the backend with
+    /// blocks of c; the remainder's entries are in the residual classes.
+    body: BK::RotIndex,
     /// A (a×a), B (b×b), C (c×c), row-major, in the backend's type.
     fa: BK::Buf,
     fb: BK::Buf,
@@ -192,17 +195,20 @@ impl<BK: Backend> KronRotation<BK> {
                 if count == 0 || size == 0 {
                     continue;
                 }
+                let index = perm[offset..offset + size * count].to_vec();
                 residual.push(ResidualClass {
                     size,
                     count,
                     offset,
+                    index: be.rotation_index(index, size, d)?,
                     r: upload_haar(be, size, &mut rng)?,
                 });
                 offset += size * count;
             }
             debug_assert_eq!(offset, d);
+            perm.truncate(body);
             built.push(Stage {
-                perm,
+                body: be.rotation_index(perm, c, d)?,
                 fa,
                 fb,
                 fc,
@@ -341,7 +347,7 @@ fn stage_rotate<BK: Backend>(
         be.rotate(
             be.view_mut(dst, 0..body),
             be.view(x, 0..d),
-            &st.perm[..body],
+            &st.body,
             be.view(&st.fc, 0..c * c),
             a * b,
             c,
@@ -351,7 +357,7 @@ fn stage_rotate<BK: Backend>(
             be.rotate(
                 be.view_mut(dst, rc.offset..rc.offset + len),
                 be.view(x, 0..d),
-                &st.perm[rc.offset..rc.offset + len],
+                &rc.index,
                 be.view(&rc.r, 0..rc.size * rc.size),
                 rc.count,
                 rc.size,
@@ -430,7 +436,7 @@ fn stage_unrotate<BK: Backend>(
     be.unrotate(
         be.view_mut(dst, 0..d),
         be.view(tmp, 0..body),
-        &st.perm[..body],
+        &st.body,
         be.view(&st.fc, 0..c * c),
         a * b,
         c,
@@ -441,7 +447,7 @@ fn stage_unrotate<BK: Backend>(
         be.unrotate(
             be.view_mut(dst, 0..d),
             be.view(y, rc.offset..rc.offset + len),
-            &st.perm[rc.offset..rc.offset + len],
+            &rc.index,
             be.view(&rc.r, 0..rc.size * rc.size),
             rc.count,
             rc.size,

@@ -12,8 +12,9 @@
 //!    (shared by every group); the last p = len mod n entries form a residual chunk rotated by a p×p Haar
 //!    block, shared by every residual chunk of that size (a group shorter than n is all residual).
 //!
-//! Memory is O(n² + d) — one u32 index per coordinate plus the blocks — and compute O(n·d); no d×d matrix
-//! ever exists. Random draws, all from `Rng::derive(seed, STREAM_ROTATION)`, in this order: the n×n
+//! Memory is O(n² + d) — the index lists, prepared once by the backend (`Backend::rotation_index`: on the
+//! CPU a bucketed plan of 6–10 bytes per coordinate for scattered lists, see `backend::cpu::rotation`),
+//! plus the blocks — and compute O(n·d); no d×d matrix ever exists. Random draws, all from `Rng::derive(seed, STREAM_ROTATION)`, in this order: the n×n
 //! Gaussian of R_n, the permutations group by group (in [`scope::groups`] order), then one p×p Gaussian per
 //! residual size p in ascending p. The matrices are computed in f64 and cast to the backend's type.
 //!
@@ -122,8 +123,9 @@ struct BlockClass<BK: Backend> {
     size: usize,
     count: usize,
     offset: usize,
-    /// count·size indices into the standard layout (the permuted chunks, one after another).
-    index: Vec<u32>,
+    /// count·size indices into the standard layout (the permuted chunks, one after another), prepared for
+    /// the backend.
+    index: BK::RotIndex,
     /// The size×size Haar block, row-major, in the backend's type.
     r: BK::Buf,
 }
@@ -241,7 +243,7 @@ impl<BK: Backend> Rotation<BK> {
             size: n,
             count: full.len() / n,
             offset: 0,
-            index: full,
+            index: be.rotation_index(full, n, d)?,
             r: upload_f64(be, &r_n)?,
         });
         let mut offset = full_len;
@@ -252,7 +254,7 @@ impl<BK: Backend> Rotation<BK> {
                 size: p,
                 count,
                 offset,
-                index,
+                index: be.rotation_index(index, p, d)?,
                 r: upload_f64(be, &r_p)?,
             });
             offset += count * p;
@@ -284,13 +286,14 @@ impl<BK: Backend> Rotation<BK> {
     /// of a class holds R·(gathered chunk) at the place of gathered index `index[k]`. Writing a rotated
     /// vector back to these indices keeps every rotated coordinate inside its group (its tensor, row or
     /// column), an "in-place" view of the rotated basis that the diagnostics use. The identity: 0..d.
-    pub fn layout_index(&self) -> Vec<usize> {
+    pub fn layout_index(&self, be: &BK) -> Vec<usize> {
         if self.is_identity() {
             return (0..self.d).collect();
         }
         self.classes
             .iter()
-            .flat_map(|c| c.index.iter().map(|&i| i as usize))
+            .flat_map(|c| be.rotation_index_list(&c.index))
+            .map(|i| i as usize)
             .collect()
     }
 

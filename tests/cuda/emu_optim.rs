@@ -109,21 +109,23 @@ fn rotate_and_unrotate_parity_on_odd_shapes() {
     let mut rng = Rng::new(9);
     let perm = permutation(&mut rng, len);
     let index = &perm[..nb * n];
+    let ix_emu = emu().rotation_index(index.to_vec(), n, len).unwrap();
+    let ix_cpu = cpu64().rotation_index(index.to_vec(), n, len).unwrap();
     let r = orthogonal(n, 10);
     let x = randn(&mut rng, len, 1.0);
     let mut o32 = vec![0f32; nb * n];
-    emu().rotate(&mut o32, &f32s(&x), index, &f32s(&r), nb, n);
+    emu().rotate(&mut o32, &f32s(&x), &ix_emu, &f32s(&r), nb, n);
     let mut o64 = vec![0f64; nb * n];
-    cpu64().rotate(&mut o64, &x, index, &r, nb, n);
+    cpu64().rotate(&mut o64, &x, &ix_cpu, &r, nb, n);
     // K = n terms, |terms| summing to ≤ ~√n·‖x‖∞
     let g = gamma(n) * 8.0;
     assert_close("rotate", &f64s(&o32), &o64, g, g);
 
     let init = randn(&mut rng, len, 1.0);
     let mut u32_ = f32s(&init);
-    emu().unrotate(&mut u32_, &o32, index, &f32s(&r), nb, n);
+    emu().unrotate(&mut u32_, &o32, &ix_emu, &f32s(&r), nb, n);
     let mut u64_ = init.clone();
-    cpu64().unrotate(&mut u64_, &o64, index, &r, nb, n);
+    cpu64().unrotate(&mut u64_, &o64, &ix_cpu, &r, nb, n);
     assert_close("unrotate", &f64s(&u32_), &u64_, g, g);
     // unrotate∘rotate = identity on the indexed coordinates, the rest untouched
     assert_close(
@@ -182,12 +184,13 @@ fn fused_rotated_adamw_matches_the_split_reference() {
 
     // f64 reference, split path
     let be = cpu64();
+    let ix = be.rotation_index(index.to_vec(), n, len).unwrap();
     let mut gt = vec![0f64; nb * n];
-    be.rotate(&mut gt, &g, index, &r, nb, n);
+    be.rotate(&mut gt, &g, &ix, &r, nb, n);
     let (mut u, mut m64, mut v64) = (vec![0f64; nb * n], m0.clone(), v0.clone());
     be.adam_direction_step(&mut u, &mut m64, &mut v64, &gt, h);
     let mut dir = vec![0f64; len];
-    be.unrotate(&mut dir, &u, index, &r, nb, n);
+    be.unrotate(&mut dir, &u, &ix, &r, nb, n);
     let mut p64 = p0.clone();
     {
         // apply only on the indexed coordinates, as the fused kernel does

@@ -33,7 +33,7 @@ pub use elementwise::{
 pub use layernorm::{layernorm_backward, layernorm_forward};
 pub use matmul::{matmul_backward, matmul_forward};
 pub use optim::{adam_direction, adamw_step, adamw_update, sgd_step, sgd_update, AdamCoeffs};
-pub use rotation::{rotate, unrotate};
+pub use rotation::{rotate, unrotate, GatherMode, RotIndex};
 
 use super::{AdamStep, Backend, Scalar};
 use crate::error::{Error, Result};
@@ -66,7 +66,9 @@ fn advise_huge_pages<T>(buf: &[T]) {
         }
     }
 }
+use std::cell::RefCell;
 use std::ops::Range;
+use std::thread::LocalKey;
 
 /// Elements per task for flat elementwise ops and fixed-size reduction chunks (independent of threads).
 pub(crate) const CHUNK: usize = 1 << 16;
@@ -74,16 +76,24 @@ pub(crate) const CHUNK: usize = 1 << 16;
 thread_local! {
     /// Reused per-thread scratch (u64 words, so f32 and f64 both fit aligned): the bf16-rounded GEMM
     /// operands of `matmul`, the gathered / rotated chunks of `rotation`.
-    static SCRATCH: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    /// A second per-thread buffer: the staging buffer of the bucketed rotations (as long as the index list).
+    static STAGING: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` on a scratch slice of `len` elements (contents unspecified), reusing a per-thread buffer.
-pub(crate) fn with_scratch<T: Scalar, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+/// Runs `f` on `len` elements (contents unspecified) of the per-thread buffer `cell`, grown as needed.
+fn with_local<T: Scalar, R>(
+    cell: &'static LocalKey<RefCell<Vec<u64>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
     let words = (len * std::mem::size_of::<T>()).div_ceil(8);
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+    cell.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < words {
-                buf.resize(words, 0);
+                // A fresh zeroed allocation (untouched pages, so huge pages can back them), not a resize.
+                *buf = vec![0; words];
+                advise_huge_pages(&buf);
             }
             let s: &mut [T] = bytemuck::cast_slice_mut(&mut buf[..words]);
             f(&mut s[..len])
@@ -91,6 +101,16 @@ pub(crate) fn with_scratch<T: Scalar, R>(len: usize, f: impl FnOnce(&mut [T]) ->
         // Re-entered (a rayon task stolen by this thread while it holds the buffer): a fresh allocation.
         Err(_) => f(&mut vec![T::zero(); len]),
     })
+}
+
+/// Runs `f` on a scratch slice of `len` elements (contents unspecified), reusing a per-thread buffer.
+pub(crate) fn with_scratch<T: Scalar, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    with_local(&SCRATCH, len, f)
+}
+
+/// As [`with_scratch`], on a second per-thread buffer (so both can be held at once).
+pub(crate) fn with_staging<T: Scalar, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    with_local(&STAGING, len, f)
 }
 
 /// Panics with the op and tensor name unless `x` has exactly `expected` elements.
@@ -205,6 +225,8 @@ pub struct CpuBackend<T> {
     threads: usize,
     /// Emulate bf16 mixed precision (module docs).
     bf16: bool,
+    /// How rotations move coordinates (`rotation` module docs).
+    gather: GatherMode,
     _t: PhantomData<T>,
 }
 
@@ -214,8 +236,15 @@ impl<T: Scalar> CpuBackend<T> {
         CpuBackend {
             threads: threads.max(1),
             bf16,
+            gather: GatherMode::Auto,
             _t: PhantomData,
         }
+    }
+
+    /// The same backend, moving rotated coordinates as `mode` says (default `Auto`).
+    pub fn with_gather(mut self, mode: GatherMode) -> Self {
+        self.gather = mode;
+        self
     }
 
     /// Threads handed to the GEMMs.
@@ -227,6 +256,7 @@ impl<T: Scalar> CpuBackend<T> {
 impl<T: Scalar> Backend for CpuBackend<T> {
     type T = T;
     type Buf = Vec<T>;
+    type RotIndex = RotIndex;
     type View<'a>
         = &'a [T]
     where
@@ -431,10 +461,16 @@ impl<T: Scalar> Backend for CpuBackend<T> {
         crossentropy_forward(losses, logits, targets, dloss, n, v)
     }
 
-    fn rotate(&self, out: &mut [T], inp: &[T], index: &[u32], r: &[T], nb: usize, n: usize) {
+    fn rotation_index(&self, index: Vec<u32>, n: usize, src_len: usize) -> Result<RotIndex> {
+        rotation::prepare(index, n, src_len, self.gather)
+    }
+    fn rotation_index_list(&self, index: &RotIndex) -> Vec<u32> {
+        index.to_list()
+    }
+    fn rotate(&self, out: &mut [T], inp: &[T], index: &RotIndex, r: &[T], nb: usize, n: usize) {
         rotate(out, inp, index, r, nb, n, self.threads)
     }
-    fn unrotate(&self, out: &mut [T], inp: &[T], index: &[u32], r: &[T], nb: usize, n: usize) {
+    fn unrotate(&self, out: &mut [T], inp: &[T], index: &RotIndex, r: &[T], nb: usize, n: usize) {
         unrotate(out, inp, index, r, nb, n, self.threads)
     }
 

@@ -4,34 +4,271 @@
 //! - `rotate`:   out (NB,N) row b = R · inp[index[b·N .. (b+1)·N]]   i.e. OUT = X·Rᵀ, X the gathered rows;
 //! - `unrotate`: Y = U·R (row b of Y = Rᵀ · u_b), then out[index[i]] = Y[i] (a scatter, `=`).
 //!
-//! R is (N,N) row-major. The blocks are processed in chunks of about [`CHUNK_ELEMS`] elements (whole blocks):
-//! each chunk is one gather into a per-thread scratch buffer and ONE `T::gemm` (chunk·N × N × N) on the
-//! backend's threads, so the scratch stays a few MB instead of the size of the model while every GEMM is
-//! still large (5,461 × 768 × 768 at N = 768). Gathers are rayon-parallel over fixed chunks; the scatter is
-//! parallel over disjoint ranges of `out` (each task scans the chunk's index list and writes only its own
-//! range), so it needs no unsafe code and is deterministic even if an index repeats (the last one wins).
-//! No bf16 rounding: rotations run in `T` (the paper applies them in single precision).
-//! Invariants: `rotate` overwrites all of `out`; `unrotate` overwrites exactly the entries named by `index`
-//! and leaves the others untouched.
+//! R is (N,N) row-major. The blocks are processed in chunks of about [`CHUNK_ELEMS`] elements (whole
+//! blocks): each chunk is gathered into a per-thread scratch buffer and multiplied by ONE `T::gemm`
+//! (chunk·N × N × N) on the backend's threads, so the scratch stays a few MB while every GEMM is still large
+//! (5,440 × 768 × 768 at N = 768). No bf16 rounding: rotations run in `T` (the paper applies them in
+//! single precision). Invariants: `rotate` overwrites all of `out`; `unrotate` overwrites exactly the entries
+//! named by `index` and leaves the others untouched.
+//!
+//! **Two ways to move the coordinates** ([`RotIndex`], chosen once per index list by [`prepare`]):
+//! - `Direct`: x[i] = inp[index[i]] and out[index[i]] = y[i]. Right for lists whose chunks read from a
+//!   cache-sized span (rows of one tensor: the `output` scope), but for a list that scatters over the whole
+//!   model (`global`) nearly every access is a cache and TLB miss: ≈ 165 M elements/s on this 2-core
+//!   machine, so the moves cost more than the GEMMs.
+//! - `Bucketed`: the same permutation as a radix partition (as in database hash joins). The rotated layout
+//!   is cut into windows of whole blocks of at most 2^16 coordinates (256 KB in f32: L2-sized). Pass 1
+//!   reads `inp` in order and appends each coordinate to its window's bucket in a staging buffer; with more
+//!   than [`FANOUT`] windows it does so in two levels (first to groups of ≤ 64 windows, then, group by
+//!   group, to the windows), because a pass that writes to more than about 64 streams at once slows down
+//!   3× here. Pass 2, per window, moves the bucket into the window's rows (random access, but within
+//!   256 KB). `unrotate` runs the passes backwards. Measured on 124M, n = 768, 2 threads: rotate +
+//!   unrotate 1.98 s instead of 3.41 s (`rotadam bench rotation --gather bucketed|direct`). It costs, per
+//!   coordinate, a u32 staging position, a u32 hop with two levels and a u16 window offset, plus staging
+//!   buffers of levels × the list's length (for `global` 124M in f32: 1.24 GB + 1 GB), and building the
+//!   plan adds ≈ 3 s to `Rotation::new`.
+//!
+//! Both give bit-identical results: the chunk boundaries (hence every GEMM) are the same, only the order in
+//! which coordinates are moved differs.
 
-use super::{check_len, with_scratch, CHUNK};
-use crate::backend::Scalar;
+use super::{check_len, with_scratch, with_staging, CHUNK};
+use crate::backend::{check_rotation_index, Scalar};
+use crate::error::Result;
 use rayon::prelude::*;
 
-/// Target number of elements per GEMM chunk (whole blocks; at least one block per chunk).
+/// Target number of elements per GEMM chunk (whole windows of blocks; at least one window per chunk).
 pub const CHUNK_ELEMS: usize = 1 << 22;
 
-/// Below this many elements the scatter runs on the calling thread only.
+/// The most coordinates in one window of the bucketed plan (its offsets are u16).
+pub const WINDOW_ELEMS: usize = 1 << 16;
+
+/// `Auto` uses the bucketed plan for lists at least this long whose windows read from a wide span.
+const BUCKETED_MIN: usize = 1 << 20;
+
+/// `Auto`: a list counts as scattered when its windows' source spans average more than this many windows.
+const SCATTER_SPAN_WINDOWS: usize = 16;
+
+/// Below this many elements the direct scatter runs on the calling thread only.
 const SCATTER_PAR_MIN: usize = 1 << 15;
 
-/// Blocks of `n` per chunk.
-fn chunk_blocks(n: usize) -> usize {
-    (CHUNK_ELEMS / n).max(1)
+/// The most write (or read) streams one bucketing pass keeps open. Measured on this machine's Xeon
+/// (124M coordinates, 2 threads): 64 streams ≈ 75 ms a pass, 127 streams ≈ 215 ms (the L1 TLB and line
+/// fill buffers run out), so more windows than this go through two levels.
+const FANOUT: usize = 64;
+
+/// Marks a source coordinate that the index list does not name.
+const NOT_LISTED: u32 = u32::MAX;
+
+/// How the CPU backend moves a rotation's coordinates (`bench rotation --gather`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GatherMode {
+    /// Bucketed for long lists that read from a wide span, direct otherwise.
+    #[default]
+    Auto,
+    /// One random access per coordinate.
+    Direct,
+    /// The two-pass bucketed permutation wherever it applies (block size n ≤ 2^16).
+    Bucketed,
+}
+
+/// A rotation's index list as the CPU backend keeps it (`Backend::RotIndex`; module docs).
+#[derive(Debug)]
+pub enum RotIndex {
+    Direct(Vec<u32>),
+    Bucketed(BucketPlan),
+}
+
+impl RotIndex {
+    /// The number of entries of the list (NB·N).
+    pub fn len(&self) -> usize {
+        match self {
+            RotIndex::Direct(ix) => ix.len(),
+            RotIndex::Bucketed(p) => p.len,
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// True for the bucketed plan.
+    pub fn is_bucketed(&self) -> bool {
+        matches!(self, RotIndex::Bucketed(_))
+    }
+    /// Bucketing levels of pass 1: 0 for a direct list, 1, or 2 when there are more than 64 windows.
+    pub fn levels(&self) -> usize {
+        match self {
+            RotIndex::Direct(_) => 0,
+            RotIndex::Bucketed(p) => p.levels(),
+        }
+    }
+    /// The list itself: entry i is the source coordinate gathered to position i.
+    pub fn to_list(&self) -> Vec<u32> {
+        match self {
+            RotIndex::Direct(ix) => ix.clone(),
+            RotIndex::Bucketed(p) => p.to_list(),
+        }
+    }
+}
+
+/// The bucketed permutation of one index list (module docs). Windows cover the rotated positions
+/// [w·W, min((w+1)·W, len)); the staging buffer holds window w's coordinates at the same positions, in
+/// increasing source order. With more than [`FANOUT`] windows, pass 1 goes through groups of windows
+/// first (`hop`), so no pass writes to more than [`FANOUT`] streams (module docs).
+#[derive(Debug)]
+pub struct BucketPlan {
+    /// W, coordinates per window: a whole number of blocks, at most [`WINDOW_ELEMS`].
+    window: usize,
+    /// NB·N, the list's length.
+    len: usize,
+    /// Coordinates per group of windows (a multiple of W); `len` when there is one level.
+    group: usize,
+    /// Per source coordinate (src_len entries): its position in the first staging buffer (grouped by
+    /// group of windows, or by window with one level), or [`NOT_LISTED`].
+    stage: Vec<u32>,
+    /// Two levels only (else empty): per position of the first staging buffer, its position in the
+    /// second (grouped by window). Each group's entries stay inside the group's range.
+    hop: Vec<u32>,
+    /// Per (final) staging position (len entries): its offset in its window of the rotated layout.
+    offset: Vec<u16>,
+}
+
+impl BucketPlan {
+    /// The plan of `index` (distinct entries < `src_len`) for blocks of `n`; None when n > 2^16.
+    fn new(index: &[u32], n: usize, src_len: usize) -> Result<Option<Self>> {
+        if n == 0 || n > WINDOW_ELEMS {
+            return Ok(None);
+        }
+        let window = window_rows(n) * n;
+        let len = index.len();
+        // stage[src] first holds the rotated position of src, then its position in the window order.
+        let mut stage = vec![NOT_LISTED; src_len];
+        super::advise_huge_pages(&stage);
+        for (j, &src) in index.iter().enumerate() {
+            match stage.get_mut(src as usize) {
+                Some(slot) if *slot == NOT_LISTED => *slot = j as u32,
+                // Out of range or repeated: the shared check names which.
+                _ => return check_rotation_index(index, src_len).map(|()| None),
+            }
+        }
+        let mut offset = vec![0u16; len];
+        super::advise_huge_pages(&offset);
+        let windows = len.div_ceil(window);
+        let mut cursor: Vec<usize> = (0..windows).map(|w| w * window).collect();
+        for slot in stage.iter_mut().filter(|s| **s != NOT_LISTED) {
+            let j = *slot as usize;
+            let w = j / window;
+            let pos = cursor[w];
+            cursor[w] += 1;
+            *slot = pos as u32;
+            offset[pos] = (j - w * window) as u16;
+        }
+        let (group, hop) = if windows <= FANOUT {
+            (len.max(1), Vec::new())
+        } else {
+            // Groups of windows, in source order within a group: stage → group position, hop → window
+            // position.
+            let group = windows.div_ceil(FANOUT) * window;
+            let mut hop = vec![0u32; len];
+            super::advise_huge_pages(&hop);
+            let mut cursor: Vec<usize> = (0..len.div_ceil(group)).map(|g| g * group).collect();
+            for slot in stage.iter_mut().filter(|s| **s != NOT_LISTED) {
+                let pos = *slot as usize;
+                let g = pos / group;
+                let first = cursor[g];
+                cursor[g] += 1;
+                *slot = first as u32;
+                hop[first] = pos as u32;
+            }
+            (group, hop)
+        };
+        Ok(Some(BucketPlan {
+            window,
+            len,
+            group,
+            stage,
+            hop,
+            offset,
+        }))
+    }
+
+    /// 1 or 2: the staging buffers a rotate or unrotate needs.
+    fn levels(&self) -> usize {
+        if self.hop.is_empty() {
+            1
+        } else {
+            2
+        }
+    }
+
+    /// The window-order staging position of the first-level position `pos`.
+    fn final_pos(&self, pos: usize) -> usize {
+        if self.hop.is_empty() {
+            pos
+        } else {
+            self.hop[pos] as usize
+        }
+    }
+
+    fn to_list(&self) -> Vec<u32> {
+        let mut index = vec![0u32; self.len];
+        for (src, &pos) in self.stage.iter().enumerate() {
+            if pos != NOT_LISTED {
+                let pos = self.final_pos(pos as usize);
+                index[pos / self.window * self.window + self.offset[pos] as usize] = src as u32;
+            }
+        }
+        index
+    }
+}
+
+/// Blocks of `n` per window of the bucketed plan.
+fn window_rows(n: usize) -> usize {
+    (WINDOW_ELEMS / n.max(1)).max(1)
+}
+
+/// Blocks of `n` per GEMM chunk: a whole number of windows, the same for both plans.
+pub fn chunk_rows(n: usize) -> usize {
+    let wr = window_rows(n);
+    ((CHUNK_ELEMS / n.max(1)) / wr).max(1) * wr
+}
+
+/// Whether the windows of `index` read, on average, from a span wider than [`SCATTER_SPAN_WINDOWS`]
+/// windows (the direct gather then misses the caches).
+fn scattered(index: &[u32], n: usize) -> bool {
+    let window = window_rows(n) * n;
+    let spans: Vec<usize> = index
+        .par_chunks(window)
+        .map(|w| {
+            let (lo, hi) = w
+                .iter()
+                .fold((u32::MAX, 0), |(a, b), &i| (a.min(i), b.max(i)));
+            (hi - lo) as usize + 1
+        })
+        .collect();
+    let mean = spans.iter().sum::<usize>() / spans.len().max(1);
+    mean > SCATTER_SPAN_WINDOWS * window
+}
+
+/// Prepares `index` (NB·N distinct entries, each < `src_len`) for [`rotate`] / [`unrotate`] with blocks of
+/// `n`, as `mode` asks (module docs).
+pub fn prepare(index: Vec<u32>, n: usize, src_len: usize, mode: GatherMode) -> Result<RotIndex> {
+    let bucketed = match mode {
+        GatherMode::Direct => false,
+        GatherMode::Bucketed => true,
+        GatherMode::Auto => index.len() >= BUCKETED_MIN && scattered(&index, n),
+    };
+    if bucketed {
+        if let Some(plan) = BucketPlan::new(&index, n, src_len)? {
+            return Ok(RotIndex::Bucketed(plan));
+        }
+    }
+    check_rotation_index(&index, src_len)?;
+    Ok(RotIndex::Direct(index))
 }
 
 /// Checks shared by both ops.
 #[track_caller]
-fn check(op: &str, blocks: usize, index: &[u32], r: &[impl Sized], nb: usize, n: usize) {
+fn check(op: &str, blocks: usize, index: &RotIndex, r: &[impl Sized], nb: usize, n: usize) {
     check_len(op, "blocks", blocks, nb * n);
     check_len(op, "index", index.len(), nb * n);
     check_len(op, "r", r.len(), n * n);
@@ -87,12 +324,100 @@ fn scatter<T: Scalar>(out: &mut [T], y: &[T], index: &[u32]) {
         });
 }
 
+/// A raw pointer that rayon tasks may share: pass 1 writes disjoint positions of one buffer through it.
+#[derive(Clone, Copy)]
+struct SharedMut<T>(*mut T);
+// SAFETY: only used by `bucket_scatter`, whose tasks write pairwise distinct elements (module docs).
+unsafe impl<T: Send> Send for SharedMut<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper, not its raw field).
+    fn ptr(self) -> *mut T {
+        self.0
+    }
+}
+
+/// Pass 1 of `rotate`: every listed inp[src] to its window-order staging position, through the group
+/// order first when there are two levels. `buf` has levels·len elements; returns the window-order staging.
+fn bucket_scatter<'a, T: Scalar>(buf: &'a mut [T], inp: &[T], plan: &BucketPlan) -> &'a [T] {
+    assert_eq!(buf.len(), plan.levels() * plan.len);
+    assert_eq!(inp.len(), plan.stage.len());
+    let (first, second) = buf.split_at_mut(plan.len);
+    let dst = SharedMut(first.as_mut_ptr());
+    inp.par_chunks(CHUNK)
+        .zip(plan.stage.par_chunks(CHUNK))
+        .for_each(|(x, pos)| {
+            for (&v, &p) in x.iter().zip(pos) {
+                if p != NOT_LISTED {
+                    // SAFETY: `BucketPlan::new` gives every listed source its own position (a cursor per
+                    // window or group, each advanced once per source), every one < len = first.len(); so
+                    // tasks write distinct, in-bounds elements of `first`, which the `&mut` borrow keeps
+                    // alive and unaliased for the whole loop.
+                    unsafe { *dst.ptr().add(p as usize) = v };
+                }
+            }
+        });
+    if plan.hop.is_empty() {
+        return first;
+    }
+    // Second level, group by group: hop stays inside the group's range (bounds-checked here).
+    second
+        .par_chunks_mut(plan.group)
+        .zip(first.par_chunks(plan.group))
+        .zip(plan.hop.par_chunks(plan.group))
+        .enumerate()
+        .for_each(|(g, ((out, inp), hop))| {
+            let base = g * plan.group;
+            for (&v, &h) in inp.iter().zip(hop) {
+                out[h as usize - base] = v;
+            }
+        });
+    second
+}
+
+/// Pass 1 of `unrotate`, backwards: out[src] = (window-order staging)[its position] for every listed
+/// source (others untouched). `buf` is as `bucket_scatter` left it: the window-order staging is its
+/// second half with two levels (the first half is overwritten), all of it with one.
+fn bucket_gather<T: Scalar>(out: &mut [T], buf: &mut [T], plan: &BucketPlan) {
+    assert_eq!(out.len(), plan.stage.len());
+    assert_eq!(buf.len(), plan.levels() * plan.len);
+    let (first, second) = buf.split_at_mut(plan.len);
+    if !plan.hop.is_empty() {
+        first
+            .par_chunks_mut(CHUNK)
+            .zip(plan.hop.par_chunks(CHUNK))
+            .for_each(|(o, hop)| {
+                for (o, &h) in o.iter_mut().zip(hop) {
+                    *o = second[h as usize];
+                }
+            });
+    }
+    let first = &*first;
+    out.par_chunks_mut(CHUNK)
+        .zip(plan.stage.par_chunks(CHUNK))
+        .for_each(|(o, pos)| {
+            for (o, &p) in o.iter_mut().zip(pos) {
+                if p != NOT_LISTED {
+                    *o = first[p as usize];
+                }
+            }
+        });
+}
+
+/// The window-order part of a staging buffer of `levels`·len elements.
+fn window_order<'a, T>(buf: &'a mut [T], plan: &BucketPlan) -> &'a mut [T] {
+    let skip = (plan.levels() - 1) * plan.len;
+    &mut buf[skip..]
+}
+
 /// out (NB·N) = for each block b: R · inp[index[b·N .. (b+1)·N]]; R (N,N) row-major. `=`.
-/// `index` has NB·N entries, each < inp.len(); GEMMs run on `threads` threads.
+/// GEMMs run on `threads` threads.
 pub fn rotate<T: Scalar>(
     out: &mut [T],
     inp: &[T],
-    index: &[u32],
+    index: &RotIndex,
     r: &[T],
     nb: usize,
     n: usize,
@@ -102,14 +427,40 @@ pub fn rotate<T: Scalar>(
     if nb == 0 || n == 0 {
         return;
     }
-    let chunk = chunk_blocks(n) * n;
-    with_scratch(chunk.min(nb * n), |s: &mut [T]| {
-        for (o, ix) in out.chunks_mut(chunk).zip(index.chunks(chunk)) {
-            let x = &mut s[..o.len()];
-            gather(x, inp, ix);
-            T::gemm(o, x, r, o.len() / n, n, n, false, true, false, threads);
-        }
-    });
+    let chunk = chunk_rows(n) * n;
+    let gemm =
+        |o: &mut [T], x: &[T]| T::gemm(o, x, r, o.len() / n, n, n, false, true, false, threads);
+    match index {
+        RotIndex::Direct(index) => with_scratch(chunk.min(nb * n), |s: &mut [T]| {
+            for (o, ix) in out.chunks_mut(chunk).zip(index.chunks(chunk)) {
+                let x = &mut s[..o.len()];
+                gather(x, inp, ix);
+                gemm(o, x);
+            }
+        }),
+        RotIndex::Bucketed(plan) => with_staging(plan.levels() * plan.len, |buf: &mut [T]| {
+            let staging = bucket_scatter(buf, inp, plan);
+            with_scratch(chunk.min(nb * n), |s: &mut [T]| {
+                for ((o, st), off) in out
+                    .chunks_mut(chunk)
+                    .zip(staging.chunks(chunk))
+                    .zip(plan.offset.chunks(chunk))
+                {
+                    let x = &mut s[..o.len()];
+                    // Pass 2: each window's bucket into the window's rows.
+                    x.par_chunks_mut(plan.window)
+                        .zip(st.par_chunks(plan.window))
+                        .zip(off.par_chunks(plan.window))
+                        .for_each(|((x, st), off)| {
+                            for (&v, &k) in st.iter().zip(off) {
+                                x[k as usize] = v;
+                            }
+                        });
+                    gemm(o, x);
+                }
+            })
+        }),
+    }
 }
 
 /// For each block b: out[index[b·N + i]] = (Rᵀ · inp[b·N .. (b+1)·N])ᵢ; R (N,N) row-major. `=` on the
@@ -117,7 +468,7 @@ pub fn rotate<T: Scalar>(
 pub fn unrotate<T: Scalar>(
     out: &mut [T],
     inp: &[T],
-    index: &[u32],
+    index: &RotIndex,
     r: &[T],
     nb: usize,
     n: usize,
@@ -127,12 +478,38 @@ pub fn unrotate<T: Scalar>(
     if nb == 0 || n == 0 {
         return;
     }
-    let chunk = chunk_blocks(n) * n;
-    with_scratch(chunk.min(nb * n), |s: &mut [T]| {
-        for (u, ix) in inp.chunks(chunk).zip(index.chunks(chunk)) {
-            let y = &mut s[..u.len()];
-            T::gemm(y, u, r, u.len() / n, n, n, false, false, false, threads);
-            scatter(out, y, ix);
-        }
-    });
+    let chunk = chunk_rows(n) * n;
+    let gemm =
+        |y: &mut [T], u: &[T]| T::gemm(y, u, r, u.len() / n, n, n, false, false, false, threads);
+    match index {
+        RotIndex::Direct(index) => with_scratch(chunk.min(nb * n), |s: &mut [T]| {
+            for (u, ix) in inp.chunks(chunk).zip(index.chunks(chunk)) {
+                let y = &mut s[..u.len()];
+                gemm(y, u);
+                scatter(out, y, ix);
+            }
+        }),
+        RotIndex::Bucketed(plan) => with_staging(plan.levels() * plan.len, |buf: &mut [T]| {
+            with_scratch(chunk.min(nb * n), |s: &mut [T]| {
+                for ((u, st), off) in inp
+                    .chunks(chunk)
+                    .zip(window_order(buf, plan).chunks_mut(chunk))
+                    .zip(plan.offset.chunks(chunk))
+                {
+                    let y = &mut s[..u.len()];
+                    gemm(y, u);
+                    // Pass 2 backwards: each window's rows into its bucket.
+                    st.par_chunks_mut(plan.window)
+                        .zip(y.par_chunks(plan.window))
+                        .zip(off.par_chunks(plan.window))
+                        .for_each(|((st, y), off)| {
+                            for (v, &k) in st.iter_mut().zip(off) {
+                                *v = y[k as usize];
+                            }
+                        });
+                }
+            });
+            bucket_gather(out, buf, plan);
+        }),
+    }
 }

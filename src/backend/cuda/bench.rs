@@ -366,7 +366,8 @@ pub fn bench_ops<BK: Backend<T = f32>>(
     for i in (1..d).rev() {
         perm.swap(i, rng.below(i as u64 + 1) as usize);
     }
-    let index = &perm[..nb * rn];
+    perm.truncate(nb * rn);
+    let index = &be.rotation_index(perm, rn, d)?;
     let r = buf(&crate::rotation::haar(rn, &mut rng)
         .iter()
         .map(|&x| x as f32)

@@ -7,15 +7,14 @@
 //!
 //! NOT RUN ON A GPU: no device was available while this was written. It compiles; its launches are the
 //! emulator-tested ones; the memory handling and the cuBLAS calls are untested. Known costs: the host
-//! arrays the trait passes per call (tokens, targets, and the rotation index lists) are uploaded on every
-//! call — for a `global` rotation of 124M that is 0.5 GB per rotate; a device-resident index list (a
-//! trait change) is the fix. Failures inside an op panic with the kernel's name (ops return `()`).
+//! arrays the trait passes per call (tokens, targets) are uploaded on every call; the rotation index lists
+//! are uploaded once, by `rotation_index`, and stay on the device. Failures inside an op panic with the kernel's name (ops return `()`).
 
 use super::nvrtc::Toolkit;
 use super::ops::{self, Dev, Exec};
 use super::runtime::CudaRuntime;
 use crate::backend::emu::launch::{Geometry, OutBuf};
-use crate::backend::{AdamStep, Backend};
+use crate::backend::{check_rotation_index, AdamStep, Backend};
 use crate::error::{Error, Result};
 use crate::kernels::{EmuArg, Kernel};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
@@ -43,6 +42,13 @@ pub struct DevViewMut<'a> {
 pub enum Staged {
     U32(CudaSlice<u32>),
     F64(CudaSlice<f64>),
+}
+
+/// A rotation's index list on the device (read by the rotation kernels) and on the host (for the
+/// bounds checks of the shared launch plans, and `rotation_index_list`).
+pub struct CudaRotIndex {
+    host: Vec<u32>,
+    dev: CudaSlice<u32>,
 }
 
 /// The CUDA backend (module docs).
@@ -230,6 +236,7 @@ fn vm(x: DevViewMut<'_>) -> Dev {
 impl Backend for CudaBackend {
     type T = f32;
     type Buf = CudaSlice<f32>;
+    type RotIndex = CudaRotIndex;
     type View<'a>
         = DevView<'a>
     where
@@ -540,27 +547,61 @@ impl Backend for CudaBackend {
     ) {
         ops::crossentropy_forward(self, vm(losses), vm(logits), targets, dloss, n, vocab)
     }
+    fn rotation_index(&self, index: Vec<u32>, _n: usize, src_len: usize) -> Result<CudaRotIndex> {
+        check_rotation_index(&index, src_len)?;
+        let dev = self
+            .rt
+            .stream()
+            .clone_htod(&index)
+            .map_err(|e| dev_err("upload of a rotation index list", e))?;
+        Ok(CudaRotIndex { host: index, dev })
+    }
+    fn rotation_index_list(&self, index: &CudaRotIndex) -> Vec<u32> {
+        index.host.clone()
+    }
     fn rotate(
         &self,
         out: DevViewMut<'_>,
         inp: DevView<'_>,
-        index: &[u32],
+        index: &CudaRotIndex,
         r: DevView<'_>,
         nb: usize,
         n: usize,
     ) {
-        ops::rotate_or_unrotate(self, false, vm(out), v(inp), index, v(r), nb, n)
+        let resident = Some(self.addr_of(&index.dev));
+        ops::rotate_or_unrotate(
+            self,
+            false,
+            vm(out),
+            v(inp),
+            &index.host,
+            resident,
+            v(r),
+            nb,
+            n,
+        )
     }
     fn unrotate(
         &self,
         out: DevViewMut<'_>,
         inp: DevView<'_>,
-        index: &[u32],
+        index: &CudaRotIndex,
         r: DevView<'_>,
         nb: usize,
         n: usize,
     ) {
-        ops::rotate_or_unrotate(self, true, vm(out), v(inp), index, v(r), nb, n)
+        let resident = Some(self.addr_of(&index.dev));
+        ops::rotate_or_unrotate(
+            self,
+            true,
+            vm(out),
+            v(inp),
+            &index.host,
+            resident,
+            v(r),
+            nb,
+            n,
+        )
     }
     fn adamw_step(
         &self,

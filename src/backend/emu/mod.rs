@@ -14,7 +14,7 @@ pub mod launch;
 
 use super::cpu::{split_ranges_mut, CpuBackend};
 use super::cuda::ops::{self, Dev, Exec};
-use super::{AdamStep, Backend};
+use super::{check_rotation_index, AdamStep, Backend};
 use crate::error::Result;
 use crate::kernels::{EmuArg, Kernel};
 use launch::{launch_both_orders, Geometry, OutBuf};
@@ -78,6 +78,7 @@ fn dm(x: &mut [f32]) -> Dev {
 impl Backend for EmuBackend {
     type T = f32;
     type Buf = Vec<f32>;
+    type RotIndex = Vec<u32>;
     type View<'a>
         = &'a [f32]
     where
@@ -316,19 +317,34 @@ impl Backend for EmuBackend {
     ) {
         ops::crossentropy_forward(&EmuExec, dm(losses), dm(logits), targets, dloss, n, v)
     }
-    fn rotate(&self, out: &mut [f32], inp: &[f32], index: &[u32], r: &[f32], nb: usize, n: usize) {
-        ops::rotate_or_unrotate(&EmuExec, false, dm(out), d(inp), index, d(r), nb, n)
+    fn rotation_index(&self, index: Vec<u32>, _n: usize, src_len: usize) -> Result<Vec<u32>> {
+        check_rotation_index(&index, src_len)?;
+        Ok(index)
+    }
+    fn rotation_index_list(&self, index: &Vec<u32>) -> Vec<u32> {
+        index.clone()
+    }
+    fn rotate(
+        &self,
+        out: &mut [f32],
+        inp: &[f32],
+        index: &Vec<u32>,
+        r: &[f32],
+        nb: usize,
+        n: usize,
+    ) {
+        ops::rotate_or_unrotate(&EmuExec, false, dm(out), d(inp), index, None, d(r), nb, n)
     }
     fn unrotate(
         &self,
         out: &mut [f32],
         inp: &[f32],
-        index: &[u32],
+        index: &Vec<u32>,
         r: &[f32],
         nb: usize,
         n: usize,
     ) {
-        ops::rotate_or_unrotate(&EmuExec, true, dm(out), d(inp), index, d(r), nb, n)
+        ops::rotate_or_unrotate(&EmuExec, true, dm(out), d(inp), index, None, d(r), nb, n)
     }
     fn adamw_step(
         &self,

@@ -9,7 +9,9 @@ use crate::kernels::{EmuArg, Kernel};
 // SAFETY (for every `unsafe` launch below): as in `ops` — lengths checked against the shapes, index
 // arrays against the tensors they index, `outs` lists every written tensor, arguments follow the kernel.
 
-/// Block rotation with a gather (`rotate`) or its transpose with a scatter (`unrotate`).
+/// Block rotation with a gather (`rotate`) or its transpose with a scatter (`unrotate`). `resident` is
+/// the address of a copy of `index` that kernels can already read (a device-resident list); None stages
+/// `index` for this call.
 #[allow(clippy::too_many_arguments)]
 pub fn rotate_or_unrotate<E: Exec>(
     e: &E,
@@ -17,6 +19,7 @@ pub fn rotate_or_unrotate<E: Exec>(
     out: Dev,
     inp: Dev,
     index: &[u32],
+    resident: Option<u64>,
     r: Dev,
     nb: usize,
     n: usize,
@@ -30,7 +33,13 @@ pub fn rotate_or_unrotate<E: Exec>(
     if nb == 0 || n == 0 {
         return;
     }
-    let (ip, _keep) = e.stage_u32(index);
+    let (ip, _keep) = match resident {
+        Some(addr) => (addr, None),
+        None => {
+            let (addr, keep) = e.stage_u32(index);
+            (addr, Some(keep))
+        }
+    };
     let (o, x, rp) = (out.addr, inp.addr, r.addr);
     let (nbl, ni) = (nb as i64, dim(op, "N", n));
     let kernel = if unrotate {
