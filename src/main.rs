@@ -8,10 +8,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Gpt2(args) => {
             let (cfg, resume) = args.to_config()?;
-            let device = rotadam::device::choose(cfg.device)?;
-            if !cfg.quiet {
-                eprintln!("{device}");
-            }
             rotadam::run::train::train(&cfg, resume)?;
         }
         Command::Prepare(a) => {

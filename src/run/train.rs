@@ -45,14 +45,10 @@ pub fn train_observed(
         .num_threads(cfg.threads)
         .build()
         .map_err(|e| Error::config("threads", e.to_string()))?;
-    if cfg.device == crate::config::DeviceKind::Cuda {
-        // Not verified on a GPU (backend::cuda::device docs); `device::choose` says so at start-up.
-        if cfg.precision == Precision::Fp64 {
-            return Err(Error::config(
-                "precision",
-                "fp64 runs on the CPU only; use --device cpu",
-            ));
-        }
+    // Which device, said once at start-up (`crate::device`: auto self-checks a GPU before using it).
+    let (device, line) = crate::device::resolve(cfg.device, cfg.precision)?;
+    say(cfg, line);
+    if device == crate::device::Resolved::Cuda {
         let tk = crate::backend::cuda::nvrtc::Toolkit::locate(std::path::Path::new(".cuda"));
         let be = crate::backend::cuda::device::CudaBackend::new(
             0,

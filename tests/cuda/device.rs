@@ -7,8 +7,8 @@ use rotadam::backend::cuda::device::CudaBackend;
 use rotadam::backend::cuda::runtime::CudaRuntime;
 use rotadam::backend::cuda::{nvrtc::Toolkit, probe};
 use rotadam::backend::Backend;
-use rotadam::config::DeviceKind;
-use rotadam::device::choose;
+use rotadam::config::{DeviceKind, Precision};
+use rotadam::device::{decide, resolve, Resolved};
 use rotadam::kernels::{Kernel, Module};
 
 /// None when a GPU is usable, else the reason (printed as the skip message).
@@ -18,13 +18,22 @@ fn no_gpu() -> Option<String> {
 
 #[test]
 fn device_choice_never_panics_and_cuda_without_a_device_is_a_clear_error() {
-    assert_eq!(choose(DeviceKind::Cpu).unwrap(), "device: cpu (requested)");
-    let auto = choose(DeviceKind::Auto).unwrap();
-    assert!(auto.starts_with("device: auto -> cpu ("), "{auto}");
+    let (dev, line) = resolve(DeviceKind::Cpu, Precision::Fp32).unwrap();
+    assert_eq!(
+        (dev, line.as_str()),
+        (Resolved::Cpu, "device: cpu (requested)")
+    );
     match no_gpu() {
         Some(why) => {
-            assert!(auto.contains(&why), "auto should say why: {auto}");
-            let err = choose(DeviceKind::Cuda).unwrap_err().to_string();
+            let (dev, auto) = resolve(DeviceKind::Auto, Precision::Fp32).unwrap();
+            assert_eq!(dev, Resolved::Cpu);
+            assert!(
+                auto.starts_with("device: auto -> cpu (") && auto.contains(&why),
+                "{auto}"
+            );
+            let err = resolve(DeviceKind::Cuda, Precision::Fp32)
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.contains("--device cuda: no usable CUDA device")
                     && err.contains(&why)
@@ -42,12 +51,65 @@ fn device_choice_never_panics_and_cuda_without_a_device_is_a_clear_error() {
                 .expect("no device, yet a backend opened")
                 .to_string();
             assert!(e.contains("no usable CUDA device"), "{e}");
+            let e = rotadam::backend::cuda::self_check(false).unwrap_err();
+            assert!(e.contains("no usable CUDA device"), "{e}");
         }
         None => {
-            let line = choose(DeviceKind::Cuda).unwrap();
+            let (dev, line) = resolve(DeviceKind::Cuda, Precision::Fp32).unwrap();
+            assert_eq!(dev, Resolved::Cuda);
             assert!(line.starts_with("device: cuda ("), "{line}");
         }
     }
+}
+
+#[test]
+fn auto_uses_a_gpu_only_when_its_self_check_passes() {
+    let found = || Ok::<_, String>("1 CUDA device(s); device 0 is FakeGPU".to_string());
+    let none = || Err::<String, _>("no CUDA driver library (libcuda) found".to_string());
+    let passes = || Ok::<_, String>("loss 3.6 vs 3.6".to_string());
+    let fails = || Err::<String, _>("loss 3.6 vs 9.9".to_string());
+    let never = || -> Result<String, String> { panic!("must not be called") };
+    let (dev, line) = decide(DeviceKind::Auto, Precision::Fp32, found, passes).unwrap();
+    assert_eq!(dev, Resolved::Cuda);
+    assert!(
+        line.starts_with("device: auto -> cuda (1 CUDA device(s); device 0 is FakeGPU; self-check")
+            && line.contains("passed: loss 3.6 vs 3.6")
+            && line.contains("has not been run on a GPU"),
+        "{line}"
+    );
+    let (dev, line) = decide(DeviceKind::Auto, Precision::Bf16, found, fails).unwrap();
+    assert_eq!(dev, Resolved::Cpu);
+    assert!(
+        line.starts_with("device: auto -> cpu (1 CUDA device(s)")
+            && line.contains("self-check against the CPU failed: loss 3.6 vs 9.9")
+            && line.contains("--device cuda forces it"),
+        "{line}"
+    );
+    let (dev, line) = decide(DeviceKind::Auto, Precision::Fp32, none, never).unwrap();
+    assert_eq!(dev, Resolved::Cpu);
+    assert_eq!(
+        line,
+        "device: auto -> cpu (no CUDA driver library (libcuda) found)"
+    );
+    // fp64 stays on the CPU without probing; --device cuda with fp64 is an error naming the field
+    let (dev, line) = decide(DeviceKind::Auto, Precision::Fp64, never, never).unwrap();
+    assert_eq!(
+        (dev, line.as_str()),
+        (
+            Resolved::Cpu,
+            "device: auto -> cpu (fp64 runs on the CPU only)"
+        )
+    );
+    let err = decide(DeviceKind::Cuda, Precision::Fp64, never, never).unwrap_err();
+    assert!(
+        err.to_string().contains("precision") && err.to_string().contains("fp64"),
+        "{err}"
+    );
+    // --device cuda skips the self-check (its failures should show), and needs a device
+    let (dev, _) = decide(DeviceKind::Cuda, Precision::Fp32, found, never).unwrap();
+    assert_eq!(dev, Resolved::Cuda);
+    let err = decide(DeviceKind::Cuda, Precision::Fp32, none, never).unwrap_err();
+    assert!(err.to_string().contains("no usable CUDA device"), "{err}");
 }
 
 #[test]
@@ -56,38 +118,11 @@ fn gpu_only_training_steps_on_the_cuda_backend_match_the_cpu() {
         eprintln!("SKIPPED gpu_only_training_steps_on_the_cuda_backend_match_the_cpu: {why}");
         return;
     }
-    // The same comparison as tests/cuda/step.rs, on the device (fp32 tolerances of that file).
-    use rotadam::config::ModelConfig;
-    use rotadam::model::Gpt2;
-    use rotadam::rng::Rng;
-    let cfg = ModelConfig {
-        n_layer: 2,
-        n_head: 2,
-        n_embd: 16,
-        seq_len: 8,
-        vocab_size: 37,
-        bias: true,
-    };
-    let tk = Toolkit::locate(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cuda"));
-    let gpu = CudaBackend::new(0, tk, false).unwrap();
-    let cpu = CpuBackend::<f32>::new(1, false);
-    let (b, t) = (3, 8);
-    let mut rng = Rng::new(11);
-    let x: Vec<u32> = (0..b * t).map(|_| rng.below(37) as u32).collect();
-    let y: Vec<u32> = (0..b * t).map(|_| rng.below(37) as u32).collect();
-    let mut mg = Gpt2::new(&gpu, &cfg, 3).unwrap();
-    let mut mc = Gpt2::new(&cpu, &cfg, 3).unwrap();
-    mg.zero_grads(&gpu);
-    mc.zero_grads(&cpu);
-    let lg = mg
-        .forward_backward(&gpu, &x, &y, b, t, 1.0 / (b * t) as f64)
-        .unwrap();
-    let lc = mc
-        .forward_backward(&cpu, &x, &y, b, t, 1.0 / (b * t) as f64)
-        .unwrap();
-    assert!((lg - lc).abs() <= 1e-5 * lc.abs(), "loss gpu {lg} cpu {lc}");
-    let (gg, gc) = (mg.grads_f64(&gpu).unwrap(), mc.grads_f64(&cpu).unwrap());
-    super::assert_close("gradients gpu vs cpu", &gg, &gc, 1e-6, 1e-4);
+    // The comparison `--device auto` runs before using a GPU (fp32 and bf16 tolerances of tests/cuda/step.rs).
+    for bf16 in [false, true] {
+        let r = rotadam::backend::cuda::self_check(bf16);
+        assert!(r.is_ok(), "bf16={bf16}: {r:?}");
+    }
 }
 
 #[test]
