@@ -44,6 +44,7 @@ const SELF_CHECK_TOL: [(f64, f64); 2] = [(1e-5, 1e-4), (2e-2, 5e-2)];
 /// backend could not run). `--device auto` uses the GPU only when this passes (`crate::device`).
 pub fn self_check(bf16: bool) -> Result<String, String> {
     use crate::backend::cpu::CpuBackend;
+    use crate::backend::Backend;
     use crate::config::ModelConfig;
     use crate::model::Gpt2;
     use crate::rng::Rng;
@@ -62,20 +63,22 @@ pub fn self_check(bf16: bool) -> Result<String, String> {
     let mut rng = Rng::new(11);
     let x: Vec<u32> = (0..b * t).map(|_| rng.below(37) as u32).collect();
     let y: Vec<u32> = (0..b * t).map(|_| rng.below(37) as u32).collect();
-    let scale = 1.0 / (b * t) as f64;
-    let run = |be: &dyn Fn() -> crate::Result<(f64, Vec<f64>)>| be().map_err(|e| e.to_string());
-    let (lg, gg) = run(&|| {
-        let mut m = Gpt2::new(&gpu, &cfg, 3)?;
-        m.zero_grads(&gpu);
-        let loss = m.forward_backward(&gpu, &x, &y, b, t, scale)?;
-        Ok((loss, m.grads_f64(&gpu)?))
-    })?;
-    let (lc, gc) = run(&|| {
-        let mut m = Gpt2::new(&cpu, &cfg, 3)?;
-        m.zero_grads(&cpu);
-        let loss = m.forward_backward(&cpu, &x, &y, b, t, scale)?;
-        Ok((loss, m.grads_f64(&cpu)?))
-    })?;
+    // Loss and gradients of one forward/backward on `be` (same seed, so the same weights everywhere).
+    fn loss_and_grads<BK: Backend>(
+        be: &BK,
+        cfg: &ModelConfig,
+        (x, y, b, t): (&[u32], &[u32], usize, usize),
+    ) -> Result<(f64, Vec<f64>), String> {
+        let run = || -> crate::Result<(f64, Vec<f64>)> {
+            let mut m = Gpt2::new(be, cfg, 3)?;
+            m.zero_grads(be);
+            let loss = m.forward_backward(be, x, y, b, t, 1.0 / (b * t) as f64)?;
+            Ok((loss, m.grads_f64(be)?))
+        };
+        run().map_err(|e| e.to_string())
+    }
+    let (lg, gg) = loss_and_grads(&gpu, &cfg, (&x, &y, b, t))?;
+    let (lc, gc) = loss_and_grads(&cpu, &cfg, (&x, &y, b, t))?;
     let (loss_tol, rtol) = SELF_CHECK_TOL[bf16 as usize];
     let loss_err = (lg - lc).abs() / lc.abs().max(f64::MIN_POSITIVE);
     let grad_err = gg
