@@ -378,8 +378,9 @@ fn bucket_scatter<'a, T: Scalar>(buf: &'a mut [T], inp: &[T], plan: &BucketPlan)
 }
 
 /// Pass 1 of `unrotate`, backwards: out[src] = (window-order staging)[its position] for every listed
-/// source (others untouched). `buf` is as `bucket_scatter` left it: the window-order staging is its
-/// second half with two levels (the first half is overwritten), all of it with one.
+/// source (others untouched). `buf` has levels·len elements and holds the window-order staging where
+/// [`window_order`] puts it: its second half with two levels (the first half is then overwritten), all of
+/// it with one.
 fn bucket_gather<T: Scalar>(out: &mut [T], buf: &mut [T], plan: &BucketPlan) {
     assert_eq!(out.len(), plan.stage.len());
     assert_eq!(buf.len(), plan.levels() * plan.len);
