@@ -232,6 +232,12 @@ pub fn chunk_rows(n: usize) -> usize {
     ((CHUNK_ELEMS / n.max(1)) / wr).max(1) * wr
 }
 
+/// (min, max) of a non-empty list; (u32::MAX, 0) for an empty one.
+fn min_max(ix: &[u32]) -> (u32, u32) {
+    ix.iter()
+        .fold((u32::MAX, 0), |(a, b), &i| (a.min(i), b.max(i)))
+}
+
 /// Whether the windows of `index` read, on average, from a span wider than [`SCATTER_SPAN_WINDOWS`]
 /// windows (the direct gather then misses the caches).
 fn scattered(index: &[u32], n: usize) -> bool {
@@ -239,9 +245,7 @@ fn scattered(index: &[u32], n: usize) -> bool {
     let spans: Vec<usize> = index
         .par_chunks(window)
         .map(|w| {
-            let (lo, hi) = w
-                .iter()
-                .fold((u32::MAX, 0), |(a, b), &i| (a.min(i), b.max(i)));
+            let (lo, hi) = min_max(w);
             (hi - lo) as usize + 1
         })
         .collect();
@@ -298,10 +302,7 @@ fn scatter<T: Scalar>(out: &mut [T], y: &[T], index: &[u32]) {
     }
     let (min, max) = index
         .par_chunks(CHUNK)
-        .map(|c| {
-            c.iter()
-                .fold((u32::MAX, 0), |(a, b), &i| (a.min(i), b.max(i)))
-        })
+        .map(min_max)
         .reduce(|| (u32::MAX, 0), |(a, b), (c, d)| (a.min(c), b.max(d)));
     let (lo, hi) = (min as usize, max as usize + 1);
     assert!(
