@@ -8,6 +8,7 @@
 
 use crate::config::{DeviceKind, Precision};
 use crate::error::{Error, Result};
+use std::sync::OnceLock;
 
 /// Where a run's ops execute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,9 +24,14 @@ pub fn probe_cuda() -> Result<String, String> {
 
 /// The device a run uses and the line to print; an error for `--device cuda` without a device or with
 /// fp64 (module docs).
+/// The self-check runs once per process and precision (a sweep resolves the device for every run).
 pub fn resolve(kind: DeviceKind, precision: Precision) -> Result<(Resolved, String)> {
+    static CHECKED: [OnceLock<Result<String, String>>; 2] = [OnceLock::new(), OnceLock::new()];
+    let bf16 = precision == Precision::Bf16;
     decide(kind, precision, probe_cuda, || {
-        crate::backend::cuda::self_check(precision == Precision::Bf16)
+        CHECKED[bf16 as usize]
+            .get_or_init(|| crate::backend::cuda::self_check(bf16))
+            .clone()
     })
 }
 
