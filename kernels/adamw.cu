@@ -7,8 +7,9 @@
 //   rotate_adam_direction:       rotated AdamW, first half (Maes et al. Alg. 2): g̃ = R·g gathered through
 //                                the permutation (block_gemm.cuh), then m, v, u in the rotated layout (NB,N)
 //                                in the GEMM's epilogue — one pass over m, v, u;
-//   unrotate_apply_update:       second half: p[index] = p[index]·(1 − lr·λ) − lr·(Rᵀũ), the unrotation
-//                                GEMM with decoupled decay and the learning rate in its epilogue;
+//   unrotate_apply_update:       second half: p[index] = p[index] − lr·(Rᵀũ), the unrotation GEMM with the
+//                                learning rate in its epilogue (decoupled decay is applied before, in the
+//                                standard basis, per tensor: a coordinate's λ is not a property of its block);
 //   sgd_step / sgd_direction_step: buf = μ·buf + g; p = p·(1 − lr·λ) − lr·buf (torch, dampening 0);
 //   block_adam_direction_step:   one second moment per block (AdaSGD = one block over all coordinates, Xie
 //                                et al.; blockwise Adam, Alg. 3): m = β₁m + (1−β₁)g;
@@ -69,13 +70,13 @@ extern "C" __global__ void __launch_bounds__(256)
 
 extern "C" __global__ void __launch_bounds__(256)
     unrotate_apply_update(float* params, const float* u, const unsigned int* index, const float* r,
-                          float lr, float decay, long long nb, int n) {
+                          float lr, long long nb, int n) {
   __shared__ BlockGemmSmem sm;
   block_gemm<false>(
       sm, r, nb, n, [=](long long b, int j) { return u[b * n + j]; },
       [=](long long b, int i, float y) {
         const unsigned int k = index[b * n + i];
-        params[k] = params[k] * decay - lr * y;
+        params[k] = params[k] - lr * y;
       });
 }
 

@@ -16,7 +16,7 @@ mod emu;
 mod emu_optim;
 mod nvrtc;
 mod race;
-mod step;
+pub mod step;
 
 /// f32 unit roundoff 2⁻²⁴.
 pub const U32: f64 = f32::EPSILON as f64 / 2.0;

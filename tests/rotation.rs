@@ -7,7 +7,7 @@
 
 use faer::Mat;
 use rotadam::backend::cpu::{self, CpuBackend, GatherMode};
-use rotadam::backend::{Backend, Scalar};
+use rotadam::backend::{AdamStep, Backend, Scalar};
 use rotadam::config::ModelConfig;
 use rotadam::model::{ParamTable, Role};
 use rotadam::rng::Rng;
@@ -633,6 +633,65 @@ fn check_ops_with<S: Scalar>(
     let mut out = vec![<S as Scalar>::from_f64(sentinel); len];
     be.unrotate(&mut out, &cast::<S>(&u), &ix, &r_s, nb, n);
     assert_close(&format!("unrotate {label}"), &back(&out), &want, tol);
+    check_fused_adamw(&be, &ix, &inp_s, &r_s, nb, n, &mut rng, &label);
+}
+
+/// The fused rotated-AdamW ops give the bits of the split ops they fuse: `rotate_adam_direction` =
+/// `rotate` then `adam_direction_step`; `unrotate_apply_update` = `unrotate` then `apply_update` with
+/// λ = 0 on the listed entries, the others untouched.
+#[allow(clippy::too_many_arguments)]
+fn check_fused_adamw<S: Scalar>(
+    be: &CpuBackend<S>,
+    ix: &cpu::RotIndex,
+    g: &[S],
+    r: &[S],
+    nb: usize,
+    n: usize,
+    rng: &mut Rng,
+    label: &str,
+) {
+    let len = g.len();
+    let hp = AdamStep {
+        lr: 3e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        bias_correction1: 1.0 - 0.9f64.powi(4),
+        bias_correction2: 1.0 - 0.95f64.powi(4),
+    };
+    let m0: Vec<S> = cast(&randn(rng, nb * n));
+    let v0: Vec<S> = cast(&randn(rng, nb * n).iter().map(|x| x * x).collect::<Vec<_>>());
+    // split
+    let mut gt = vec![S::zero(); nb * n];
+    be.rotate(&mut gt, g, ix, r, nb, n);
+    let (mut u, mut m, mut v) = (vec![S::zero(); nb * n], m0.clone(), v0.clone());
+    be.adam_direction_step(&mut u, &mut m, &mut v, &gt, hp);
+    // fused
+    let (mut uf, mut mf, mut vf) = (vec![S::zero(); nb * n], m0, v0);
+    be.rotate_adam_direction(&mut uf, &mut mf, &mut vf, g, ix, r, nb, n, hp);
+    assert!(
+        (&uf, &mf, &vf) == (&u, &m, &v),
+        "rotate_adam_direction differs from rotate + adam_direction_step: {label}"
+    );
+    // split: the unrotated direction, then the update on the listed entries
+    let p0: Vec<S> = cast(&randn(rng, len));
+    let listed = be.rotation_index_list(ix);
+    let mut dir = vec![S::zero(); len];
+    be.unrotate(&mut dir, &u, ix, r, nb, n);
+    let mut sub: Vec<S> = listed.iter().map(|&i| p0[i as usize]).collect();
+    let d: Vec<S> = listed.iter().map(|&i| dir[i as usize]).collect();
+    be.apply_update(&mut sub, &d, hp.lr, 0.0);
+    let mut want = p0.clone();
+    for (k, &i) in listed.iter().enumerate() {
+        want[i as usize] = sub[k];
+    }
+    let mut p = p0;
+    be.unrotate_apply_update(&mut p, &u, ix, r, nb, n, hp.lr);
+    assert!(
+        p == want,
+        "unrotate_apply_update differs from unrotate + apply_update: {label}"
+    );
 }
 
 #[test]

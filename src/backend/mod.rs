@@ -262,6 +262,41 @@ pub trait Backend: Send + Sync {
         n: usize,
     );
 
+    /// Rotated AdamW, first half, fused (Maes et al. Alg. 2): g̃ = R·grads[index] per block as in
+    /// [`Backend::rotate`], then m, v updated with g̃ and u = m̂/(√v̂ + ε) as in
+    /// [`Backend::adam_direction_step`]; `u`, `m`, `v` are NB·N elements of the rotated layout, `grads`
+    /// the whole standard-layout vector. The arithmetic of those two ops in sequence (on the CPU the same
+    /// bits), without a buffer for g̃ (`hp.weight_decay` and `hp.lr` are not used here).
+    #[allow(clippy::too_many_arguments)]
+    fn rotate_adam_direction(
+        &self,
+        u: Self::ViewMut<'_>,
+        m: Self::ViewMut<'_>,
+        v: Self::ViewMut<'_>,
+        grads: Self::View<'_>,
+        index: &Self::RotIndex,
+        r: Self::View<'_>,
+        nb: usize,
+        n: usize,
+        hp: AdamStep,
+    );
+    /// Rotated AdamW, second half, fused: params[index[b·N + i]] −= lr·(Rᵀ · u[b·N .. (b+1)·N])ᵢ, i.e.
+    /// [`Backend::unrotate`] then [`Backend::apply_update`] with λ = 0 on the listed entries (the others
+    /// untouched; on the CPU the same bits), without a buffer for the unrotated vector. Decoupled weight
+    /// decay is the caller's, a `scale` per tensor before this: λ belongs to a tensor, and one block of a
+    /// global rotation mixes tensors.
+    #[allow(clippy::too_many_arguments)]
+    fn unrotate_apply_update(
+        &self,
+        params: Self::ViewMut<'_>,
+        u: Self::View<'_>,
+        index: &Self::RotIndex,
+        r: Self::View<'_>,
+        nb: usize,
+        n: usize,
+        lr: f64,
+    );
+
     // ---- optimizer steps (elementwise over one tensor; the caller loops over ParamTable entries) -------
     /// Fused AdamW, torch/nanoGPT numerics, per element:
     ///   m = β₁m + (1−β₁)g;  v = β₂v + (1−β₂)g²;

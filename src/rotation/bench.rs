@@ -9,17 +9,23 @@
 //!
 //! FLOPs: rotate and unrotate are each 2·d·n (one n×n matvec per n coordinates), so `gflops` =
 //! 4·d·n / time. `fraction_of_step` = (rotate + unrotate) / step: what a rotated optimizer adds to a step.
+//! Then whole AdamW optimizer steps (median over `--reps`, after one untimed step): under the rotation
+//! fused (`ms_adamw_fused`, the training path) and split (`ms_adamw_split`: rotate → direction → unrotate
+//! → update), and unrotated (`ms_adamw_none`, the one-pass kernel); `adamw_fused_fraction_of_step` =
+//! (fused − none) / step, what the rotation adds to a training step's optimizer.
 //! The top-level fields are those of the first `--n`; `results` holds every n.
 
+use super::basis::Basis;
 use super::{haar, Rotation, Scope};
 use crate::backend::cpu::{rotation::chunk_rows, CpuBackend, GatherMode};
 use crate::backend::Backend;
 use crate::bench::{
     bench_step, cpu_ticks, gemm_gflops, median, other_load, peak_rss_bytes, BenchOpts,
 };
-use crate::config::ModelConfig;
+use crate::config::{BlockPartition::Tensor, ModelConfig, OptimizerKind::Adamw, TrainConfig};
 use crate::error::Result;
 use crate::model::ParamTable;
+use crate::optim::Optimizer;
 use crate::rng::Rng;
 use clap::Args;
 use serde::Serialize;
@@ -75,6 +81,14 @@ pub struct RotationTiming {
     pub fraction_of_step: f64,
     /// max |unrotate(rotate(g)) − g| / max |g| in f32.
     pub roundtrip_rel_err: f64,
+    /// One AdamW step under the rotation, fused (the training path).
+    pub ms_adamw_fused: f64,
+    /// One AdamW step under the rotation through the split path.
+    pub ms_adamw_split: f64,
+    /// One unrotated AdamW step (the one-pass kernel).
+    pub ms_adamw_none: f64,
+    /// (ms_adamw_fused − ms_adamw_none) / ms_step.
+    pub adamw_fused_fraction_of_step: f64,
 }
 
 #[derive(Serialize, Debug)]
@@ -140,12 +154,26 @@ fn time_one(
         .iter()
         .zip(g)
         .fold(0.0f32, |m, (a, b)| m.max((a - b).abs())) as f64;
+    let describe = rot.describe();
+    drop((y, back));
+    let mut opt = Optimizer::new(be, Adamw, Tensor, Basis::Block(rot), table)?;
+    let ms_adamw_fused = time_adamw(o, be, table, g, &mut opt)?;
+    let mut opt = opt.split_path();
+    let ms_adamw_split = time_adamw(o, be, table, g, &mut opt)?;
+    drop(opt);
+    let ms_adamw_none = time_adamw(
+        o,
+        be,
+        table,
+        g,
+        &mut Optimizer::unrotated(be, Adamw, table)?,
+    )?;
     let rows = chunk_rows(n).min(d / n).max(1);
     let gemm_chunk = gemm_gflops::<f32>(rows, n, n, o.threads);
     let gflops = 4.0 * d as f64 * n as f64 / (ms / 1e3) / 1e9;
     Ok(RotationTiming {
         n,
-        describe: rot.describe(),
+        describe,
         ms_new,
         ms_sample_rn: time_haar(n),
         ms_rotate: median(tr),
@@ -156,7 +184,32 @@ fn time_one(
         fraction_of_peak: 0.0, // filled in once the peak is known
         fraction_of_step: ms / ms_step,
         roundtrip_rel_err: err / gmax,
+        ms_adamw_fused,
+        ms_adamw_split,
+        ms_adamw_none,
+        adamw_fused_fraction_of_step: (ms_adamw_fused - ms_adamw_none) / ms_step,
     })
+}
+
+/// Median ms of one step of `opt` with gradient `g` (after one untimed step: buffers allocated).
+fn time_adamw(
+    o: &RotationBenchOpts,
+    be: &CpuBackend<f32>,
+    table: &ParamTable,
+    g: &Vec<f32>,
+    opt: &mut Optimizer<CpuBackend<f32>>,
+) -> Result<f64> {
+    let tr = TrainConfig::default();
+    let mut params = be.alloc(table.total)?;
+    let mut times = Vec::new();
+    for rep in 0..=o.reps.max(1) {
+        let t = Instant::now();
+        opt.step(be, table, &mut params, g, tr.lr, &tr)?;
+        if rep > 0 {
+            times.push(ms_since(t));
+        }
+    }
+    Ok(median(times))
 }
 
 /// Runs the benchmark (on the caller's rayon pool) and returns the report.
@@ -242,6 +295,11 @@ pub fn run(o: &RotationBenchOpts) -> Result<()> {
              ({:.0}% of peak), {:.2} of a step; round trip rel. err {:.1e}",
             t.ms_new, t.ms_sample_rn, t.ms_rotate, t.ms_unrotate, t.ms_rotate_unrotate, t.gflops,
             100.0 * t.fraction_of_peak, t.fraction_of_step, t.roundtrip_rel_err
+        );
+        println!(
+            "  AdamW step: fused {:.0} ms, split {:.0} ms, unrotated {:.0} ms; the rotation adds {:.2} \
+             of a training step",
+            t.ms_adamw_fused, t.ms_adamw_split, t.ms_adamw_none, t.adamw_fused_fraction_of_step
         );
     }
     for (n, ms) in &r.sample_rn_ms {

@@ -41,7 +41,7 @@ pub use kron::KronRotation;
 pub use scope::{groups, Group};
 pub use svd::SvdRotation;
 
-use crate::backend::{Backend, Scalar};
+use crate::backend::{AdamStep, Backend, Scalar};
 use crate::error::{Error, Result};
 use crate::model::ParamTable;
 use crate::rng::{Rng, STREAM_ROTATION};
@@ -376,6 +376,68 @@ impl<BK: Backend> Rotation<BK> {
                 be.view(&c.r, 0..c.size * c.size),
                 c.count,
                 c.size,
+            );
+        }
+    }
+
+    /// Rotated AdamW, first half, fused over every block class ([`Backend::rotate_adam_direction`]):
+    /// with g̃ = R·g, the moments m, v and the direction u = m̂/(√v̂ + ε), all in the rotated layout;
+    /// `g` is in the standard layout. Not for the identity (it has no classes).
+    pub fn rotate_adam_direction(
+        &self,
+        be: &BK,
+        u: &mut BK::Buf,
+        m: &mut BK::Buf,
+        v: &mut BK::Buf,
+        g: &BK::Buf,
+        hp: AdamStep,
+    ) {
+        assert!(
+            !self.is_identity(),
+            "Rotation::rotate_adam_direction on the identity"
+        );
+        self.check(be, "rotate_adam_direction", u, g);
+        for (name, buf) in [("m", &*m), ("v", &*v)] {
+            let len = be.buf_len(buf);
+            assert!(
+                len == self.d,
+                "Rotation::rotate_adam_direction: {name} has {len} elements, expected d = {}",
+                self.d
+            );
+        }
+        for c in &self.classes {
+            let r = c.offset..c.offset + c.count * c.size;
+            be.rotate_adam_direction(
+                be.view_mut(u, r.clone()),
+                be.view_mut(m, r.clone()),
+                be.view_mut(v, r),
+                be.view(g, 0..self.d),
+                &c.index,
+                be.view(&c.r, 0..c.size * c.size),
+                c.count,
+                c.size,
+                hp,
+            );
+        }
+    }
+
+    /// Rotated AdamW, second half, fused over every block class ([`Backend::unrotate_apply_update`]):
+    /// params −= lr·Rᵀu, `u` in the rotated layout. Weight decay is the caller's (applied before).
+    pub fn unrotate_apply_update(&self, be: &BK, params: &mut BK::Buf, u: &BK::Buf, lr: f64) {
+        assert!(
+            !self.is_identity(),
+            "Rotation::unrotate_apply_update on the identity"
+        );
+        self.check(be, "unrotate_apply_update", params, u);
+        for c in &self.classes {
+            be.unrotate_apply_update(
+                be.view_mut(params, 0..self.d),
+                be.view(u, c.offset..c.offset + c.count * c.size),
+                &c.index,
+                be.view(&c.r, 0..c.size * c.size),
+                c.count,
+                c.size,
+                lr,
             );
         }
     }

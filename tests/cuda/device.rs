@@ -223,6 +223,7 @@ fn kernel_bench_runs_on_the_cpu_and_reports_every_family() {
         "adamw",
         "sum_squares",
         "rotate",
+        "rotated AdamW",
     ] {
         let op = r
             .ops
@@ -234,7 +235,9 @@ fn kernel_bench_runs_on_the_cpu_and_reports_every_family() {
             "{op:?}"
         );
     }
+    assert!(r.ms_step > 0.0 && r.rotated_adamw_fraction_of_step > 0.0);
     // and the emulated kernels run through the same benchmark (GEMM on the CPU)
     let r = bench_ops(&rotadam::backend::emu::EmuBackend::new(1, false), &o, 10.0).unwrap();
     assert!(r.device.starts_with("cuda-emulator"));
+    assert!(r.ms_step > 0.0 && r.rotated_adamw_fraction_of_step > 0.0);
 }

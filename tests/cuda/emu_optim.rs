@@ -164,9 +164,9 @@ fn gemm_geo(nb: usize, n: usize) -> Geometry {
 
 #[test]
 fn fused_rotated_adamw_matches_the_split_reference() {
-    // rotate_adam_direction (gather + GEMM + Adam in the epilogue) then unrotate_apply_update (GEMM + decay
-    // and lr in the epilogue, scattered) vs the f64 composition rotate → adam_direction_step → unrotate →
-    // apply_update (Maes et al. Alg. 2).
+    // rotate_adam_direction (gather + GEMM + Adam in the epilogue) then unrotate_apply_update (GEMM + lr
+    // in the epilogue, scattered; decay is the caller's, before) vs the f64 composition rotate →
+    // adam_direction_step → unrotate → apply_update with λ = 0 (Maes et al. Alg. 2).
     let (nb, n) = (67, 29);
     let len = nb * n + 5;
     let mut rng = Rng::new(11);
@@ -196,7 +196,7 @@ fn fused_rotated_adamw_matches_the_split_reference() {
         // apply only on the indexed coordinates, as the fused kernel does
         let mut sub: Vec<f64> = index.iter().map(|&i| p64[i as usize]).collect();
         let d: Vec<f64> = index.iter().map(|&i| dir[i as usize]).collect();
-        be.apply_update(&mut sub, &d, h.lr, h.weight_decay);
+        be.apply_update(&mut sub, &d, h.lr, 0.0);
         for (k, &i) in index.iter().enumerate() {
             p64[i as usize] = sub[k];
         }
@@ -265,7 +265,7 @@ fn fused_rotated_adamw_matches_the_split_reference() {
     );
 
     let (pp, cu) = (p32.as_mut_ptr(), u32_.as_ptr());
-    let (lr, decay) = (h.lr as f32, (1.0 - h.lr * h.weight_decay) as f32);
+    let lr = h.lr as f32;
     // SAFETY: index entries < len = p.len(); u has NB·N elements.
     unsafe {
         launch_both_orders(
@@ -278,7 +278,6 @@ fn fused_rotated_adamw_matches_the_split_reference() {
                 EmuArg::of(&ip),
                 EmuArg::of(&rp),
                 EmuArg::of(&lr),
-                EmuArg::of(&decay),
                 EmuArg::of(&nbl),
                 EmuArg::of(&ni),
             ],

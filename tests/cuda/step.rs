@@ -1,7 +1,8 @@
 //! Whole training steps of a tiny GPT-2 through the emulated kernels (`EmuBackend`: every op a kernel of
 //! `kernels/*.cu` run by the CPU emulator, GEMMs on the CPU since cuBLAS is not emulated) against the CPU
 //! backend's steps (`CpuBackend<f32>`), in fp32 and bf16, under AdamW with the `global` rotation
-//! (n = 7, which divides nothing: a residual block is exercised) and with plain AdamW.
+//! (n = 7, which divides nothing: a residual block is exercised; the emulator runs the fused rotated-AdamW
+//! kernels, the CPU the split path) and with plain AdamW.
 //!
 //! Documented tolerance. fp32: the two backends compute the same formulas and differ only in the order of
 //! reductions (warp butterflies vs 8-lane CPU sums): per-op differences of a few f32 ulps. Over 3 steps
@@ -30,8 +31,13 @@ fn cfg() -> ModelConfig {
     }
 }
 
-/// Losses of `steps` training steps and the final parameters, on backend `be`.
-fn train<BK: Backend<T = f32>>(be: &BK, rotation: &str, steps: usize) -> (Vec<f64>, Vec<f64>) {
+/// A training run of [`train`]: the losses and the final parameters.
+pub type Run = (Vec<f64>, Vec<f64>);
+
+/// Losses of `steps` AdamW training steps (weight decay on, clipping active) and the final parameters,
+/// on backend `be`, under rotation `rotation` (n = 7); `split` runs rotated AdamW through the split path
+/// ([`Optimizer::split_path`]). Panics unless the path taken is the one asked for.
+pub fn train<BK: Backend>(be: &BK, rotation: &str, steps: usize, split: bool) -> Run {
     let cfg = cfg();
     let tr = TrainConfig {
         lr: 1e-2,
@@ -53,6 +59,11 @@ fn train<BK: Backend<T = f32>>(be: &BK, rotation: &str, steps: usize) -> (Vec<f6
         &model.table,
     )
     .unwrap();
+    if split {
+        opt = opt.split_path();
+    }
+    let fused = OptimizerKind::Adamw == opt.kind && !split && rotation != "none";
+    assert_eq!(opt.fused_rotation(), fused, "{rotation} split={split}");
     let (b, t) = (3, 8);
     let mut rng = Rng::new(11);
     let mut losses = Vec::new();
@@ -86,8 +97,9 @@ fn train<BK: Backend<T = f32>>(be: &BK, rotation: &str, steps: usize) -> (Vec<f6
 
 fn compare(label: &str, bf16: bool, rotation: &str) {
     let steps = 3;
-    let (le, pe) = train(&EmuBackend::new(1, bf16), rotation, steps);
-    let (lc, pc) = train(&CpuBackend::<f32>::new(1, bf16), rotation, steps);
+    // the emulated kernels fused, the CPU through the split path: the fused kernels against the reference
+    let (le, pe) = train(&EmuBackend::new(1, bf16), rotation, steps, false);
+    let (lc, pc) = train(&CpuBackend::<f32>::new(1, bf16), rotation, steps, true);
     let (lrt, patol, prtol) = if bf16 {
         (2e-3, 2e-3, 2e-3)
     } else {

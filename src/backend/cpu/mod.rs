@@ -33,7 +33,9 @@ pub use elementwise::{
 pub use layernorm::{layernorm_backward, layernorm_forward};
 pub use matmul::{matmul_backward, matmul_forward};
 pub use optim::{adam_direction, adamw_step, adamw_update, sgd_step, sgd_update, AdamCoeffs};
-pub use rotation::{rotate, unrotate, GatherMode, RotIndex};
+pub use rotation::{
+    rotate, rotate_adam_direction, unrotate, unrotate_apply_update, GatherMode, RotIndex,
+};
 
 use super::{AdamStep, Backend, Scalar};
 use crate::error::{Error, Result};
@@ -472,6 +474,32 @@ impl<T: Scalar> Backend for CpuBackend<T> {
     }
     fn unrotate(&self, out: &mut [T], inp: &[T], index: &RotIndex, r: &[T], nb: usize, n: usize) {
         unrotate(out, inp, index, r, nb, n, self.threads)
+    }
+    fn rotate_adam_direction(
+        &self,
+        u: &mut [T],
+        m: &mut [T],
+        v: &mut [T],
+        grads: &[T],
+        index: &RotIndex,
+        r: &[T],
+        nb: usize,
+        n: usize,
+        hp: AdamStep,
+    ) {
+        rotate_adam_direction(u, m, v, grads, index, r, nb, n, hp, self.threads)
+    }
+    fn unrotate_apply_update(
+        &self,
+        params: &mut [T],
+        u: &[T],
+        index: &RotIndex,
+        r: &[T],
+        nb: usize,
+        n: usize,
+        lr: f64,
+    ) {
+        unrotate_apply_update(params, u, index, r, nb, n, lr, self.threads)
     }
 
     fn gemm(

@@ -31,8 +31,9 @@
 //! Both give bit-identical results: the chunk boundaries (hence every GEMM) are the same, only the order in
 //! which coordinates are moved differs.
 
+use super::optim::{adam_direction, AdamCoeffs};
 use super::{check_len, with_scratch, with_staging, CHUNK};
-use crate::backend::{check_rotation_index, Scalar};
+use crate::backend::{check_rotation_index, AdamStep, Scalar};
 use crate::error::Result;
 use rayon::prelude::*;
 
@@ -289,14 +290,14 @@ fn gather<T: Scalar>(x: &mut [T], inp: &[T], index: &[u32]) {
         });
 }
 
-/// out[index[i]] = y[i]. Parallel over disjoint ranges of `out`: the span [min, max] of the indices is cut
+/// write(&mut out[index[i]], y[i]) (`=` for `unrotate`). Parallel over disjoint ranges of `out`: the span [min, max] of the indices is cut
 /// into one range per thread (so local index lists — rows, columns — split evenly too); task k scans the
 /// whole index list and writes the entries that fall in its range.
-fn scatter<T: Scalar>(out: &mut [T], y: &[T], index: &[u32]) {
+fn scatter<T: Scalar, W: Fn(&mut T, T) + Sync>(out: &mut [T], y: &[T], index: &[u32], write: &W) {
     let parts = rayon::current_num_threads();
     if parts <= 1 || y.len() < SCATTER_PAR_MIN {
         for (&i, &v) in index.iter().zip(y) {
-            out[i as usize] = v;
+            write(&mut out[i as usize], v);
         }
         return;
     }
@@ -319,7 +320,7 @@ fn scatter<T: Scalar>(out: &mut [T], y: &[T], index: &[u32]) {
             for (&i, &v) in index.iter().zip(y) {
                 let j = (i as usize).wrapping_sub(start);
                 if j < o.len() {
-                    o[j] = v;
+                    write(&mut o[j], v);
                 }
             }
         });
@@ -378,11 +379,16 @@ fn bucket_scatter<'a, T: Scalar>(buf: &'a mut [T], inp: &[T], plan: &BucketPlan)
     second
 }
 
-/// Pass 1 of `unrotate`, backwards: out[src] = (window-order staging)[its position] for every listed
-/// source (others untouched). `buf` has levels·len elements and holds the window-order staging where
+/// Pass 1 of `unrotate`, backwards: write(&mut out[src], (window-order staging)[its position]) for every
+/// listed source (others untouched). `buf` has levels·len elements and holds the window-order staging where
 /// [`window_order`] puts it: its second half with two levels (the first half is then overwritten), all of
 /// it with one.
-fn bucket_gather<T: Scalar>(out: &mut [T], buf: &mut [T], plan: &BucketPlan) {
+fn bucket_gather<T: Scalar, W: Fn(&mut T, T) + Sync>(
+    out: &mut [T],
+    buf: &mut [T],
+    plan: &BucketPlan,
+    write: &W,
+) {
     assert_eq!(out.len(), plan.stage.len());
     assert_eq!(buf.len(), plan.levels() * plan.len);
     let (first, second) = buf.split_at_mut(plan.len);
@@ -402,7 +408,7 @@ fn bucket_gather<T: Scalar>(out: &mut [T], buf: &mut [T], plan: &BucketPlan) {
         .for_each(|(o, pos)| {
             for (o, &p) in o.iter_mut().zip(pos) {
                 if p != NOT_LISTED {
-                    *o = first[p as usize];
+                    write(o, first[p as usize]);
                 }
             }
         });
@@ -425,6 +431,22 @@ pub fn rotate<T: Scalar>(
     n: usize,
     threads: usize,
 ) {
+    rotate_then(out, inp, index, r, nb, n, threads, |_, _| {});
+}
+
+/// [`rotate`], then `epilogue(start, rows)` on each chunk of `out` right after its GEMM, while the chunk
+/// is in cache (`start`: the chunk's offset in `out`; chunks in ascending order, covering `out` once).
+#[allow(clippy::too_many_arguments)]
+pub fn rotate_then<T: Scalar>(
+    out: &mut [T],
+    inp: &[T],
+    index: &RotIndex,
+    r: &[T],
+    nb: usize,
+    n: usize,
+    threads: usize,
+    mut epilogue: impl FnMut(usize, &mut [T]),
+) {
     check("rotate", out.len(), index, r, nb, n);
     if nb == 0 || n == 0 {
         return;
@@ -434,19 +456,21 @@ pub fn rotate<T: Scalar>(
         |o: &mut [T], x: &[T]| T::gemm(o, x, r, o.len() / n, n, n, false, true, false, threads);
     match index {
         RotIndex::Direct(index) => with_scratch(chunk.min(nb * n), |s: &mut [T]| {
-            for (o, ix) in out.chunks_mut(chunk).zip(index.chunks(chunk)) {
+            for (k, (o, ix)) in out.chunks_mut(chunk).zip(index.chunks(chunk)).enumerate() {
                 let x = &mut s[..o.len()];
                 gather(x, inp, ix);
                 gemm(o, x);
+                epilogue(k * chunk, o);
             }
         }),
         RotIndex::Bucketed(plan) => with_staging(plan.levels() * plan.len, |buf: &mut [T]| {
             let staging = bucket_scatter(buf, inp, plan);
             with_scratch(chunk.min(nb * n), |s: &mut [T]| {
-                for ((o, st), off) in out
+                for (k, ((o, st), off)) in out
                     .chunks_mut(chunk)
                     .zip(staging.chunks(chunk))
                     .zip(plan.offset.chunks(chunk))
+                    .enumerate()
                 {
                     let x = &mut s[..o.len()];
                     // Pass 2: each window's bucket into the window's rows.
@@ -459,6 +483,7 @@ pub fn rotate<T: Scalar>(
                             }
                         });
                     gemm(o, x);
+                    epilogue(k * chunk, o);
                 }
             })
         }),
@@ -476,6 +501,22 @@ pub fn unrotate<T: Scalar>(
     n: usize,
     threads: usize,
 ) {
+    unrotate_with(out, inp, index, r, nb, n, threads, |o, y| *o = y);
+}
+
+/// [`unrotate`] with `write(&mut out[index[k]], y[k])` in place of the plain store, e.g. an update
+/// `p −= lr·y` that then needs no buffer for the unrotated vector. Each listed entry is written once.
+#[allow(clippy::too_many_arguments)]
+pub fn unrotate_with<T: Scalar>(
+    out: &mut [T],
+    inp: &[T],
+    index: &RotIndex,
+    r: &[T],
+    nb: usize,
+    n: usize,
+    threads: usize,
+    write: impl Fn(&mut T, T) + Sync,
+) {
     check("unrotate", inp.len(), index, r, nb, n);
     if nb == 0 || n == 0 {
         return;
@@ -488,7 +529,7 @@ pub fn unrotate<T: Scalar>(
             for (u, ix) in inp.chunks(chunk).zip(index.chunks(chunk)) {
                 let y = &mut s[..u.len()];
                 gemm(y, u);
-                scatter(out, y, ix);
+                scatter(out, y, ix, &write);
             }
         }),
         RotIndex::Bucketed(plan) => with_staging(plan.levels() * plan.len, |buf: &mut [T]| {
@@ -511,7 +552,56 @@ pub fn unrotate<T: Scalar>(
                         });
                 }
             });
-            bucket_gather(out, buf, plan);
+            bucket_gather(out, buf, plan, &write);
         }),
     }
+}
+
+/// Rotated AdamW, first half (`Backend::rotate_adam_direction`): [`rotate`] into `u`, and on each chunk
+/// right after its GEMM, m, v and u = m̂/(√v̂ + ε) from g̃ = that chunk (`adam_direction`, the per-element
+/// function of `adam_direction_step`: the same bits as the two ops in sequence).
+#[allow(clippy::too_many_arguments)]
+pub fn rotate_adam_direction<T: Scalar>(
+    u: &mut [T],
+    m: &mut [T],
+    v: &mut [T],
+    grads: &[T],
+    index: &RotIndex,
+    r: &[T],
+    nb: usize,
+    n: usize,
+    hp: AdamStep,
+    threads: usize,
+) {
+    check_len("rotate_adam_direction", "m", m.len(), u.len());
+    check_len("rotate_adam_direction", "v", v.len(), u.len());
+    let k = AdamCoeffs::<T>::new(&hp);
+    rotate_then(u, grads, index, r, nb, n, threads, |start, g| {
+        let end = start + g.len();
+        g.par_chunks_mut(CHUNK)
+            .zip(m[start..end].par_chunks_mut(CHUNK))
+            .zip(v[start..end].par_chunks_mut(CHUNK))
+            .for_each(|((g, m), v)| {
+                for ((g, m), v) in g.iter_mut().zip(m).zip(v) {
+                    *g = adam_direction(m, v, *g, &k);
+                }
+            });
+    });
+}
+
+/// Rotated AdamW, second half (`Backend::unrotate_apply_update`): params[index[k]] −= lr·(Rᵀu)[k] in the
+/// unrotation's scatter, `p·1 − lr·y` as `apply_update` computes it with λ = 0 (the same bits).
+#[allow(clippy::too_many_arguments)]
+pub fn unrotate_apply_update<T: Scalar>(
+    params: &mut [T],
+    u: &[T],
+    index: &RotIndex,
+    r: &[T],
+    nb: usize,
+    n: usize,
+    lr: f64,
+    threads: usize,
+) {
+    let lr = <T as Scalar>::from_f64(lr);
+    unrotate_with(params, u, index, r, nb, n, threads, |p, y| *p -= lr * y);
 }

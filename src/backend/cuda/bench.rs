@@ -9,9 +9,10 @@
 //! (a one-element download) before each timer stops. Nothing here has been run on a GPU.
 
 use crate::backend::{AdamStep, Backend};
-use crate::config::{DeviceKind, ModelConfig};
+use crate::config::{DeviceKind, ModelConfig, OptimizerKind, TrainConfig};
 use crate::error::{Error, Result};
-use crate::model::ParamTable;
+use crate::model::{Gpt2, ParamTable};
+use crate::optim::Optimizer;
 use crate::rng::Rng;
 use clap::Args;
 use serde::Serialize;
@@ -64,6 +65,10 @@ pub struct KernelBench {
     pub gemm_peak_gflops: f64,
     pub bandwidth_peak_gbs: f64,
     pub ops: Vec<OpTiming>,
+    /// One training step at B×T: forward, backward, unrotated AdamW.
+    pub ms_step: f64,
+    /// The fused rotated AdamW (global, n = `--rotation-block`) / `ms_step`: issue 6's GPU goal is ≤ 0.05.
+    pub rotated_adamw_fraction_of_step: f64,
 }
 
 fn randn(rng: &mut Rng, n: usize, scale: f64) -> Vec<f32> {
@@ -403,6 +408,47 @@ pub fn bench_ops<BK: Backend<T = f32>>(
         true,
     );
 
+    // Rotated AdamW as training runs it (Optimizer's fused path): the moments and direction in the
+    // rotation GEMM's epilogue, the decay, the update in the unrotation's scatter
+    let decay = (1.0 - hp.lr * hp.weight_decay) as f32;
+    let ms_rotated_adamw = time(
+        reps,
+        || {
+            be.rotate_adam_direction(
+                be.view_mut(&mut rot, 0..nb * rn),
+                be.view_mut(&mut m, 0..nb * rn),
+                be.view_mut(&mut vv, 0..nb * rn),
+                be.view(&grads, 0..d),
+                index,
+                be.view(&r, 0..rn * rn),
+                nb,
+                rn,
+                hp,
+            );
+            be.scale(be.view_mut(&mut p, 0..d), decay);
+            be.unrotate_apply_update(
+                be.view_mut(&mut p, 0..d),
+                be.view(&rot, 0..nb * rn),
+                index,
+                be.view(&r, 0..rn * rn),
+                nb,
+                rn,
+                hp.lr,
+            );
+        },
+        &sync,
+    );
+    push(
+        format!("rotated AdamW, fused (global, n = {rn})"),
+        ms_rotated_adamw,
+        4.0 * (nb * rn * rn) as f64,
+        true,
+    );
+    drop((grads, p, m, vv, rot, back));
+
+    // one training step (forward + backward + unrotated AdamW), the baseline of issue 6's GPU goal
+    let ms_step = time_step(be, &cfg, b, t, reps)?;
+
     Ok(KernelBench {
         device: be.name(),
         model: o.model.clone(),
@@ -411,7 +457,59 @@ pub fn bench_ops<BK: Backend<T = f32>>(
         gemm_peak_gflops: peak,
         bandwidth_peak_gbs: bandwidth_peak,
         ops,
+        ms_step,
+        rotated_adamw_fraction_of_step: ms_rotated_adamw / ms_step,
     })
+}
+
+/// Median ms of one training step of GPT-2 `cfg` at B×T on `be`: forward, backward, unrotated AdamW.
+fn time_step<BK: Backend<T = f32>>(
+    be: &BK,
+    cfg: &ModelConfig,
+    b: usize,
+    t: usize,
+    reps: usize,
+) -> Result<f64> {
+    let mut model = Gpt2::new(be, cfg, 1)?;
+    let mut opt = Optimizer::unrotated(be, OptimizerKind::Adamw, &model.table)?;
+    let tr = TrainConfig::default();
+    let mut rng = Rng::new(9);
+    let mut tokens = || -> Vec<u32> {
+        (0..b * t)
+            .map(|_| rng.below(cfg.vocab_size as u64) as u32)
+            .collect()
+    };
+    let (x, y) = (tokens(), tokens());
+    let tiny = be.alloc(1)?;
+    let mut failed = None;
+    let ms = time(
+        reps,
+        || {
+            model.zero_grads(be);
+            let step = model
+                .forward_backward(be, &x, &y, b, t, 1.0 / (b * t) as f64)
+                .and_then(|_| {
+                    opt.step(
+                        be,
+                        &model.table,
+                        &mut model.params,
+                        &model.grads,
+                        tr.lr,
+                        &tr,
+                    )
+                });
+            if let Err(e) = step {
+                failed = Some(e);
+            }
+        },
+        &|| {
+            let _ = be.download(&tiny);
+        },
+    );
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(ms),
+    }
 }
 
 /// Runs the benchmark on the best device present (module docs) and prints it.
@@ -442,6 +540,10 @@ pub fn run(o: &KernelBenchOpts) -> Result<()> {
                 100.0 * op.fraction_of_peak
             );
         }
+        println!(
+            "training step (forward + backward + AdamW) {:.3} ms; the fused rotated AdamW is {:.3} of it",
+            report.ms_step, report.rotated_adamw_fraction_of_step
+        );
     }
     Ok(())
 }

@@ -11,10 +11,10 @@
 //! are uploaded once, by `rotation_index`, and stay on the device. Failures inside an op panic with the kernel's name (ops return `()`).
 
 use super::nvrtc::Toolkit;
-use super::ops::{self, Dev, Exec};
+use super::ops::{self, Dev, Exec, IndexList, RotBlocks};
 use super::runtime::CudaRuntime;
 use crate::backend::emu::launch::{Geometry, OutBuf};
-use crate::backend::{check_rotation_index, AdamStep, Backend};
+use crate::backend::{AdamStep, Backend};
 use crate::error::{Error, Result};
 use crate::kernels::{EmuArg, Kernel};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
@@ -44,10 +44,10 @@ pub enum Staged {
     F64(CudaSlice<f64>),
 }
 
-/// A rotation's index list on the device (read by the rotation kernels) and on the host (for the
-/// bounds checks of the shared launch plans, and `rotation_index_list`).
+/// A rotation's index list on the device (read by the rotation kernels) and on the host (checked once
+/// when prepared, and `rotation_index_list`).
 pub struct CudaRotIndex {
-    host: Vec<u32>,
+    host: IndexList,
     dev: CudaSlice<u32>,
 }
 
@@ -106,6 +106,23 @@ impl CudaBackend {
     fn addr_of<T>(&self, s: &CudaSlice<T>) -> u64 {
         let (ptr, _sync) = s.device_ptr(self.rt.stream());
         ptr
+    }
+
+    /// The block structure of a rotation op, reading the device-resident copy of the index list.
+    fn blocks<'a>(
+        &self,
+        index: &'a CudaRotIndex,
+        r: DevView<'_>,
+        nb: usize,
+        n: usize,
+    ) -> RotBlocks<'a> {
+        RotBlocks {
+            index: &index.host,
+            resident: Some(self.addr_of(&index.dev)),
+            r: v(r),
+            nb,
+            n,
+        }
     }
 
     fn scratch(&self, n: usize) -> CudaSlice<f32> {
@@ -548,16 +565,16 @@ impl Backend for CudaBackend {
         ops::crossentropy_forward(self, vm(losses), vm(logits), targets, dloss, n, vocab)
     }
     fn rotation_index(&self, index: Vec<u32>, _n: usize, src_len: usize) -> Result<CudaRotIndex> {
-        check_rotation_index(&index, src_len)?;
+        let host = IndexList::new(index, src_len)?;
         let dev = self
             .rt
             .stream()
-            .clone_htod(&index)
+            .clone_htod(host.list())
             .map_err(|e| dev_err("upload of a rotation index list", e))?;
-        Ok(CudaRotIndex { host: index, dev })
+        Ok(CudaRotIndex { host, dev })
     }
     fn rotation_index_list(&self, index: &CudaRotIndex) -> Vec<u32> {
-        index.host.clone()
+        index.host.list().to_vec()
     }
     fn rotate(
         &self,
@@ -568,18 +585,8 @@ impl Backend for CudaBackend {
         nb: usize,
         n: usize,
     ) {
-        let resident = Some(self.addr_of(&index.dev));
-        ops::rotate_or_unrotate(
-            self,
-            false,
-            vm(out),
-            v(inp),
-            &index.host,
-            resident,
-            v(r),
-            nb,
-            n,
-        )
+        let rb = self.blocks(index, r, nb, n);
+        ops::rotate_or_unrotate(self, false, vm(out), v(inp), rb)
     }
     fn unrotate(
         &self,
@@ -590,18 +597,36 @@ impl Backend for CudaBackend {
         nb: usize,
         n: usize,
     ) {
-        let resident = Some(self.addr_of(&index.dev));
-        ops::rotate_or_unrotate(
-            self,
-            true,
-            vm(out),
-            v(inp),
-            &index.host,
-            resident,
-            v(r),
-            nb,
-            n,
-        )
+        let rb = self.blocks(index, r, nb, n);
+        ops::rotate_or_unrotate(self, true, vm(out), v(inp), rb)
+    }
+    fn rotate_adam_direction(
+        &self,
+        u: DevViewMut<'_>,
+        m: DevViewMut<'_>,
+        vv: DevViewMut<'_>,
+        grads: DevView<'_>,
+        index: &CudaRotIndex,
+        r: DevView<'_>,
+        nb: usize,
+        n: usize,
+        hp: AdamStep,
+    ) {
+        let rb = self.blocks(index, r, nb, n);
+        ops::rotate_adam_direction(self, vm(u), vm(m), vm(vv), v(grads), rb, hp)
+    }
+    fn unrotate_apply_update(
+        &self,
+        params: DevViewMut<'_>,
+        u: DevView<'_>,
+        index: &CudaRotIndex,
+        r: DevView<'_>,
+        nb: usize,
+        n: usize,
+        lr: f64,
+    ) {
+        let rb = self.blocks(index, r, nb, n);
+        ops::unrotate_apply_update(self, vm(params), v(u), rb, lr)
     }
     fn adamw_step(
         &self,

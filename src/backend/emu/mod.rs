@@ -13,8 +13,8 @@
 pub mod launch;
 
 use super::cpu::{split_ranges_mut, CpuBackend};
-use super::cuda::ops::{self, Dev, Exec};
-use super::{check_rotation_index, AdamStep, Backend};
+use super::cuda::ops::{self, Dev, Exec, IndexList, RotBlocks};
+use super::{AdamStep, Backend};
 use crate::error::Result;
 use crate::kernels::{EmuArg, Kernel};
 use launch::{launch_both_orders, Geometry, OutBuf};
@@ -75,10 +75,21 @@ fn dm(x: &mut [f32]) -> Dev {
     unsafe { Dev::host_mut(x) }
 }
 
+/// The block structure of a rotation op (the emulator reads the host list in place).
+fn blocks<'a>(index: &'a IndexList, r: &[f32], nb: usize, n: usize) -> RotBlocks<'a> {
+    RotBlocks {
+        index,
+        resident: None,
+        r: d(r),
+        nb,
+        n,
+    }
+}
+
 impl Backend for EmuBackend {
     type T = f32;
     type Buf = Vec<f32>;
-    type RotIndex = Vec<u32>;
+    type RotIndex = IndexList;
     type View<'a>
         = &'a [f32]
     where
@@ -317,34 +328,61 @@ impl Backend for EmuBackend {
     ) {
         ops::crossentropy_forward(&EmuExec, dm(losses), dm(logits), targets, dloss, n, v)
     }
-    fn rotation_index(&self, index: Vec<u32>, _n: usize, src_len: usize) -> Result<Vec<u32>> {
-        check_rotation_index(&index, src_len)?;
-        Ok(index)
+    fn rotation_index(&self, index: Vec<u32>, _n: usize, src_len: usize) -> Result<IndexList> {
+        IndexList::new(index, src_len)
     }
-    fn rotation_index_list(&self, index: &Vec<u32>) -> Vec<u32> {
-        index.clone()
+    fn rotation_index_list(&self, index: &IndexList) -> Vec<u32> {
+        index.list().to_vec()
     }
     fn rotate(
         &self,
         out: &mut [f32],
         inp: &[f32],
-        index: &Vec<u32>,
+        index: &IndexList,
         r: &[f32],
         nb: usize,
         n: usize,
     ) {
-        ops::rotate_or_unrotate(&EmuExec, false, dm(out), d(inp), index, None, d(r), nb, n)
+        ops::rotate_or_unrotate(&EmuExec, false, dm(out), d(inp), blocks(index, r, nb, n))
     }
     fn unrotate(
         &self,
         out: &mut [f32],
         inp: &[f32],
-        index: &Vec<u32>,
+        index: &IndexList,
         r: &[f32],
         nb: usize,
         n: usize,
     ) {
-        ops::rotate_or_unrotate(&EmuExec, true, dm(out), d(inp), index, None, d(r), nb, n)
+        ops::rotate_or_unrotate(&EmuExec, true, dm(out), d(inp), blocks(index, r, nb, n))
+    }
+    fn rotate_adam_direction(
+        &self,
+        u: &mut [f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        grads: &[f32],
+        index: &IndexList,
+        r: &[f32],
+        nb: usize,
+        n: usize,
+        hp: AdamStep,
+    ) {
+        let rb = blocks(index, r, nb, n);
+        ops::rotate_adam_direction(&EmuExec, dm(u), dm(m), dm(v), d(grads), rb, hp)
+    }
+    fn unrotate_apply_update(
+        &self,
+        params: &mut [f32],
+        u: &[f32],
+        index: &IndexList,
+        r: &[f32],
+        nb: usize,
+        n: usize,
+        lr: f64,
+    ) {
+        let rb = blocks(index, r, nb, n);
+        ops::unrotate_apply_update(&EmuExec, dm(params), d(u), rb, lr)
     }
     fn adamw_step(
         &self,

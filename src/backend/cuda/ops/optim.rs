@@ -1,47 +1,103 @@
 //! Launch plans of the rotations and the optimizer steps (module docs of `ops`).
 
-use super::{check_index, dim, flat, gemm_grid, same_len, AdamParams, Dev, Exec, BLOCK};
+use super::{dim, flat, gemm_grid, same_len, AdamParams, Dev, Exec, BLOCK};
 use crate::backend::cpu::check_len;
 use crate::backend::emu::launch::Geometry;
-use crate::backend::AdamStep;
+use crate::backend::{check_rotation_index, AdamStep};
+use crate::error::Result;
 use crate::kernels::{EmuArg, Kernel};
 
 // SAFETY (for every `unsafe` launch below): as in `ops` — lengths checked against the shapes, index
-// arrays against the tensors they index, `outs` lists every written tensor, arguments follow the kernel.
+// arrays against the tensors they index (a rotation list once, when its `IndexList` is made, then its
+// bound against the tensor per launch), `outs` lists every written tensor, arguments follow the kernel.
 
-/// Block rotation with a gather (`rotate`) or its transpose with a scatter (`unrotate`). `resident` is
-/// the address of a copy of `index` that kernels can already read (a device-resident list); None stages
-/// `index` for this call.
-#[allow(clippy::too_many_arguments)]
-pub fn rotate_or_unrotate<E: Exec>(
-    e: &E,
-    unrotate: bool,
-    out: Dev,
-    inp: Dev,
-    index: &[u32],
-    resident: Option<u64>,
-    r: Dev,
-    nb: usize,
-    n: usize,
-) {
-    let op = if unrotate { "unrotate" } else { "rotate" };
-    let (blocks, gathered) = if unrotate { (inp, out) } else { (out, inp) };
-    check_len(op, if unrotate { "inp" } else { "out" }, blocks.len, nb * n);
-    check_len(op, "index", index.len(), nb * n);
-    check_len(op, "r", r.len, n * n);
-    check_index(op, index, gathered.len);
-    if nb == 0 || n == 0 {
-        return;
+/// A rotation index list checked once, when it is prepared ([`Backend::rotation_index`]): distinct
+/// entries, each < `src_len`. A launch then checks `src_len` against the tensor it gathers from or
+/// scatters to in O(1), instead of scanning the whole list on every call (at 124M that scan would be a
+/// host pass over 0.5 GB per rotation, every step).
+///
+/// [`Backend::rotation_index`]: crate::backend::Backend::rotation_index
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexList {
+    list: Vec<u32>,
+    src_len: usize,
+}
+
+impl IndexList {
+    /// Checks `list` (range and distinctness, [`check_rotation_index`]) and keeps it.
+    pub fn new(list: Vec<u32>, src_len: usize) -> Result<Self> {
+        check_rotation_index(&list, src_len)?;
+        Ok(IndexList { list, src_len })
     }
-    let (ip, _keep) = match resident {
-        Some(addr) => (addr, None),
-        None => {
-            let (addr, keep) = e.stage_u32(index);
-            (addr, Some(keep))
+    pub fn list(&self) -> &[u32] {
+        &self.list
+    }
+}
+
+/// The block structure of a rotation launch: the prepared index list, the address of a copy kernels can
+/// already read (`resident`: a device-resident list; None stages the list for the call), the shared
+/// block matrix R (N,N) and NB blocks of N.
+#[derive(Clone, Copy, Debug)]
+pub struct RotBlocks<'a> {
+    pub index: &'a IndexList,
+    pub resident: Option<u64>,
+    pub r: Dev,
+    pub nb: usize,
+    pub n: usize,
+}
+
+impl RotBlocks<'_> {
+    /// Checks the shapes of `op` — `blocks` (the NB·N tensors in the rotated layout, by name) and the
+    /// tensor the list indexes — and returns the index list's address, a staged copy to keep alive, and
+    /// (NB, N) as kernel arguments; None when there is nothing to launch.
+    #[track_caller]
+    fn prepare<E: Exec>(
+        &self,
+        e: &E,
+        op: &str,
+        blocks: &[(&str, Dev)],
+        indexed: (&str, Dev),
+    ) -> Option<(u64, Option<E::Staged>, i64, i32)> {
+        let (nb, n) = (self.nb, self.n);
+        for (name, t) in blocks {
+            check_len(op, name, t.len, nb * n);
         }
+        check_len(op, "index", self.index.list.len(), nb * n);
+        check_len(op, "r", self.r.len, n * n);
+        assert!(
+            self.index.src_len <= indexed.1.len,
+            "{op}: the index list was prepared for {} elements, {} has {}",
+            self.index.src_len,
+            indexed.0,
+            indexed.1.len
+        );
+        if nb == 0 || n == 0 {
+            return None;
+        }
+        let (addr, keep) = match self.resident {
+            Some(addr) => (addr, None),
+            None => {
+                let (addr, keep) = e.stage_u32(&self.index.list);
+                (addr, Some(keep))
+            }
+        };
+        Some((addr, keep, nb as i64, dim(op, "N", n)))
+    }
+}
+
+/// Block rotation with a gather (`rotate`: out = R·inp[index] per block) or its transpose with a scatter
+/// (`unrotate`: out[index] = Rᵀ·inp per block).
+pub fn rotate_or_unrotate<E: Exec>(e: &E, unrotate: bool, out: Dev, inp: Dev, rb: RotBlocks<'_>) {
+    let op = if unrotate { "unrotate" } else { "rotate" };
+    let plan = if unrotate {
+        rb.prepare(e, op, &[("inp", inp)], ("out", out))
+    } else {
+        rb.prepare(e, op, &[("out", out)], ("inp", inp))
     };
-    let (o, x, rp) = (out.addr, inp.addr, r.addr);
-    let (nbl, ni) = (nb as i64, dim(op, "N", n));
+    let Some((ip, _keep, nbl, ni)) = plan else {
+        return;
+    };
+    let (o, x, rp) = (out.addr, inp.addr, rb.r.addr);
     let kernel = if unrotate {
         Kernel::UnrotateScatter
     } else {
@@ -51,13 +107,79 @@ pub fn rotate_or_unrotate<E: Exec>(
     unsafe {
         e.launch(
             kernel,
-            gemm_grid(nb, n),
+            gemm_grid(rb.nb, rb.n),
             &[out.out("out")],
             &[
                 EmuArg::of(&o),
                 EmuArg::of(&x),
                 EmuArg::of(&ip),
                 EmuArg::of(&rp),
+                EmuArg::of(&nbl),
+                EmuArg::of(&ni),
+            ],
+        )
+    }
+}
+
+/// Rotated AdamW, first half (Maes et al. Alg. 2): g̃ = R·grads[index] per block, then m, v and the
+/// direction u = m̂/(√v̂ + ε) in the rotated layout, in the GEMM's epilogue (`adamw.cu`).
+pub fn rotate_adam_direction<E: Exec>(
+    e: &E,
+    u: Dev,
+    m: Dev,
+    v: Dev,
+    grads: Dev,
+    rb: RotBlocks<'_>,
+    hp: AdamStep,
+) {
+    let op = "rotate_adam_direction";
+    let blocks = [("u", u), ("m", m), ("v", v)];
+    let Some((ip, _keep, nbl, ni)) = rb.prepare(e, op, &blocks, ("grads", grads)) else {
+        return;
+    };
+    let (up, mp, vp, gp, rp) = (u.addr, m.addr, v.addr, grads.addr, rb.r.addr);
+    let k = AdamParams::new(&hp);
+    // SAFETY: module comment above.
+    unsafe {
+        e.launch(
+            Kernel::RotateAdamDirection,
+            gemm_grid(rb.nb, rb.n),
+            &[u.out("u"), m.out("m"), v.out("v")],
+            &[
+                EmuArg::of(&up),
+                EmuArg::of(&mp),
+                EmuArg::of(&vp),
+                EmuArg::of(&gp),
+                EmuArg::of(&ip),
+                EmuArg::of(&rp),
+                EmuArg::of(&k),
+                EmuArg::of(&nbl),
+                EmuArg::of(&ni),
+            ],
+        )
+    }
+}
+
+/// Rotated AdamW, second half: params[index] −= lr·(Rᵀ·u) per block, the learning rate in the
+/// unrotation GEMM's epilogue (decoupled decay is applied before, per tensor).
+pub fn unrotate_apply_update<E: Exec>(e: &E, params: Dev, u: Dev, rb: RotBlocks<'_>, lr: f64) {
+    let op = "unrotate_apply_update";
+    let Some((ip, _keep, nbl, ni)) = rb.prepare(e, op, &[("u", u)], ("params", params)) else {
+        return;
+    };
+    let (pp, up, rp, lr32) = (params.addr, u.addr, rb.r.addr, lr as f32);
+    // SAFETY: module comment above.
+    unsafe {
+        e.launch(
+            Kernel::UnrotateApplyUpdate,
+            gemm_grid(rb.nb, rb.n),
+            &[params.out("params")],
+            &[
+                EmuArg::of(&pp),
+                EmuArg::of(&up),
+                EmuArg::of(&ip),
+                EmuArg::of(&rp),
+                EmuArg::of(&lr32),
                 EmuArg::of(&nbl),
                 EmuArg::of(&ni),
             ],
