@@ -1,7 +1,7 @@
 //! `rotadam bench kernels`: each kernel family at a model's shapes on the best device present — the CUDA
 //! backend when `--device cuda` finds a GPU, else the CPU backend's ops — with time, GB/s or GFLOP/s, and
 //! the fraction of a peak measured in the same run: the device's GEMM (`Backend::gemm` at 1024³) for
-//! compute-bound ops, a streaming copy of 256 MB for memory-bound ones (on a GPU: the device's memory
+//! compute-bound ops, a streaming pass over 256 MB (STREAM's scale) for memory-bound ones (on a GPU: the device's memory
 //! bandwidth from its clock and bus width).
 //!
 //! Bytes are the minimum traffic of each op (every input read once, every output written once); FLOPs
@@ -91,12 +91,28 @@ fn time(reps: usize, mut f: impl FnMut(), sync: &dyn Fn()) -> f64 {
     v[v.len() / 2]
 }
 
-/// GB/s of a 256 MB host copy (the CPU's streaming bandwidth, read + write counted).
+/// GB/s of STREAM's "scale" (dst = 3·src, 256 MB each) on the caller's rayon pool: the CPU's streaming
+/// bandwidth with the threads the ops get, counted as STREAM and the op rows count (each array once, no
+/// write-allocate traffic). An explicit loop, not `copy_from_slice`, whose `rep movsb` moves memory by a
+/// different protocol than the ops' stores.
 pub fn host_copy_bandwidth() -> f64 {
+    use rayon::prelude::*;
     let n = 1 << 26;
     let src = vec![1.0f32; n];
     let mut dst = vec![0.0f32; n];
-    let ms = time(3, || dst.copy_from_slice(&src), &|| ());
+    let ms = time(
+        3,
+        || {
+            dst.par_chunks_mut(1 << 16)
+                .zip(src.par_chunks(1 << 16))
+                .for_each(|(d, s)| {
+                    for (d, &s) in d.iter_mut().zip(s) {
+                        *d = 3.0 * s;
+                    }
+                })
+        },
+        &|| (),
+    );
     std::hint::black_box(&dst);
     (2 * 4 * n) as f64 / (ms / 1e3) / 1e9
 }
