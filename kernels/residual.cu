@@ -1,7 +1,7 @@
 // residual.cu: the flat elementwise ops of the Backend trait (CPU: src/backend/cpu/elementwise.rs):
 //   residual_forward: out = a + b (bf16-rounded when bf16 != 0);  add_inplace: dx += dout;
 //   fill: out = value;  scale: out *= s (gradient clipping multiplies by min(1, clip/(‖g‖ + 1e-6)));
-//   bias_forward / bias_backward / round_bf16_copy: the pieces around a cuBLAS GEMM (below).
+//   bias_forward / bias_backward / round_bf16_copy / to_bf16: the pieces around a cuBLAS GEMM (below).
 // Launch: 1-D grid of 256 threads, one element per thread; n is 64-bit (124M-element buffers).
 #include "common.cuh"
 
@@ -50,4 +50,12 @@ extern "C" __global__ void __launch_bounds__(256)
     round_bf16_copy(float* out, const float* inp, long long n) {
   const unsigned long long i = global_index();
   if (i < static_cast<unsigned long long>(n)) out[i] = round_bf16(inp[i]);
+}
+
+// to_bf16: out = bf16(inp) (round-to-nearest-even), stored as bf16 — the operands of the native bf16 cuBLAS
+// GEMMs of `--precision bf16` (fp32 accumulation and output): the values of round_bf16_copy in half the bytes.
+extern "C" __global__ void __launch_bounds__(256)
+    to_bf16(__nv_bfloat16* out, const float* inp, long long n) {
+  const unsigned long long i = global_index();
+  if (i < static_cast<unsigned long long>(n)) out[i] = __float2bfloat16(inp[i]);
 }

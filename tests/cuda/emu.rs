@@ -422,3 +422,42 @@ fn gemm_epilogue_kernels_bias_and_bf16_rounding() {
         .collect();
     assert_eq!(r, want, "round_bf16_copy");
 }
+
+/// `to_bf16` (the operands of the CUDA backend's native bf16 GEMMs) rounds to nearest even exactly as the
+/// `half` crate does, on an odd length (not a multiple of the block), ties both ways, overflow, infinities,
+/// signed zero and subnormals.
+#[test]
+fn to_bf16_matches_half_bit_for_bit() {
+    use rotadam::backend::cuda::ops::{self, Dev};
+    use rotadam::backend::emu::EmuExec;
+    let mut rng = Rng::new(3);
+    let mut x: Vec<f32> = (0..1000)
+        .map(|i| (rng.normal() * 10f64.powi(i % 13 - 6)) as f32)
+        .collect();
+    let ulp = 2f32.powi(-7); // bf16 spacing at 1.0
+    x.extend([
+        1.0 + ulp / 2.0, // tie: stays at the even 1.0
+        1.0 + 1.5 * ulp, // tie: rounds up to the even 1 + 2 ulp
+        -(1.0 + ulp / 2.0),
+        f32::MAX, // rounds up to infinity
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        -0.0,
+        f32::MIN_POSITIVE / 3.0, // subnormal
+    ]);
+    let mut out = vec![0u16; x.len()];
+    // SAFETY: `out` and `x` outlive the call; `out` has x.len() bf16 elements.
+    unsafe { ops::to_bf16(&EmuExec, Dev::host_mut(&mut out), Dev::host(&x)) };
+    for (i, (&o, &xi)) in out.iter().zip(&x).enumerate() {
+        let want = half::bf16::from_f32(xi).to_bits();
+        assert_eq!(
+            o, want,
+            "to_bf16(x[{i}] = {xi:e}): {o:#06x}, half gives {want:#06x}"
+        );
+    }
+    assert_eq!(
+        out[1000],
+        half::bf16::from_f32(1.0).to_bits(),
+        "tie to even"
+    );
+}

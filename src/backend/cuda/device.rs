@@ -1,9 +1,11 @@
 //! `CudaBackend`: the [`Backend`] trait on a CUDA device. Buffers are `CudaSlice<f32>` (f32 master
 //! weights and optimizer state); views are (device address, length) pairs; every op other than the
 //! GEMMs is the launch plan of `backend::cuda::ops` — the same code the emulator tests run — queued on one
-//! stream; GEMMs are cuBLAS `sgemm` (row-major through the transposed column-major call, f32
-//! accumulation); `--precision bf16` rounds GEMM operands into scratch copies with `round_bf16_copy` and
-//! stores activations rounded, like the CPU backend's emulation (not native bf16 tensor-core GEMMs).
+//! stream; GEMMs are cuBLAS (row-major through the transposed column-major call): `sgemm` in fp32, and
+//! under `--precision bf16` the model's matmuls are native bf16 `cublasGemmEx` calls (bf16 operands
+//! converted by `to_bf16` into scratch copies, fp32 accumulation and output: the values the CPU
+//! backend's emulation multiplies, summed in another order); stored activations are rounded as on the
+//! CPU. `Backend::gemm` (the svd and kron rotations) stays fp32: rotations run in single precision.
 //!
 //! NOT RUN ON A GPU: no device was available while this was written. It compiles; its launches are the
 //! emulator-tested ones; the memory handling and the cuBLAS calls are untested. Known costs: the host
@@ -125,27 +127,26 @@ impl CudaBackend {
         }
     }
 
-    fn scratch(&self, n: usize) -> CudaSlice<f32> {
-        self.rt
+    /// `x` converted to bf16 into a scratch buffer (kept alive by the returned slice); the `Dev` counts
+    /// bf16 elements.
+    fn to_bf16(&self, x: Dev) -> (Dev, CudaSlice<u16>) {
+        let s = self
+            .rt
             .stream()
-            .alloc_zeros::<f32>(n.max(1))
-            .unwrap_or_else(|e| panic!("cuda alloc of {n} floats: {e:?}"))
-    }
-
-    /// `x` rounded to bf16 into a scratch buffer (kept alive by the returned slice).
-    fn rounded(&self, x: Dev) -> (Dev, CudaSlice<f32>) {
-        let s = self.scratch(x.len);
+            .alloc_zeros::<u16>(x.len.max(1))
+            .unwrap_or_else(|e| panic!("cuda alloc of {} bf16: {e:?}", x.len));
         let d = Dev {
             addr: self.addr_of(&s),
             len: x.len,
         };
-        ops::round_bf16_copy(self, d, x);
+        ops::to_bf16(self, d, x);
         (d, s)
     }
 
     /// Row-major C (m×n) = op(A)·op(B) (+ C when `accumulate`) through column-major cuBLAS: Cᵀ = op(B)ᵀ·op(A)ᵀ.
+    /// A and B are f32, or bf16 when `bf16` (then `cublasGemmEx`: bf16 inputs, fp32 compute and C).
     #[allow(clippy::too_many_arguments)]
-    fn sgemm(
+    fn gemm_dev(
         &self,
         c: Dev,
         a: Dev,
@@ -156,6 +157,7 @@ impl CudaBackend {
         trans_a: bool,
         trans_b: bool,
         accumulate: bool,
+        bf16: bool,
     ) {
         assert!(
             c.len >= m * n && a.len >= m * k && b.len >= k * n,
@@ -170,26 +172,55 @@ impl CudaBackend {
         let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
         let int = |x: usize| i32::try_from(x).expect("gemm dimension fits an int");
         // SAFETY: the handle is bound to this backend's stream; a, b, c are device addresses of at least the
-        // sizes asserted above, with the leading dimensions of row-major storage.
+        // sizes asserted above (in elements of their types: bf16 for a and b when `bf16`), with the leading
+        // dimensions of row-major storage; alpha and beta are host f32, as CUBLAS_COMPUTE_32F requires.
         unsafe {
-            blas::sgemm(
-                *self.blas.handle(),
-                opb,
-                opa,
-                int(n),
-                int(m),
-                int(k),
-                &alpha,
-                b.addr as *const f32,
-                int(ldb),
-                a.addr as *const f32,
-                int(lda),
-                &beta,
-                c.addr as *mut f32,
-                int(n),
-            )
+            if bf16 {
+                use blas_sys::cudaDataType_t::{CUDA_R_16BF, CUDA_R_32F};
+                blas::gemm_ex(
+                    *self.blas.handle(),
+                    opb,
+                    opa,
+                    int(n),
+                    int(m),
+                    int(k),
+                    (&alpha as *const f32).cast(),
+                    b.addr as *const std::ffi::c_void,
+                    CUDA_R_16BF,
+                    int(ldb),
+                    a.addr as *const std::ffi::c_void,
+                    CUDA_R_16BF,
+                    int(lda),
+                    (&beta as *const f32).cast(),
+                    c.addr as *mut std::ffi::c_void,
+                    CUDA_R_32F,
+                    int(n),
+                    blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            } else {
+                blas::sgemm(
+                    *self.blas.handle(),
+                    opb,
+                    opa,
+                    int(n),
+                    int(m),
+                    int(k),
+                    &alpha,
+                    b.addr as *const f32,
+                    int(ldb),
+                    a.addr as *const f32,
+                    int(lda),
+                    &beta,
+                    c.addr as *mut f32,
+                    int(n),
+                )
+            }
         }
-        .unwrap_or_else(|e| panic!("cuBLAS sgemm {m}×{n}×{k}: {e:?}"));
+        .unwrap_or_else(|e| {
+            let kind = if bf16 { "bf16 GemmEx" } else { "sgemm" };
+            panic!("cuBLAS {kind} {m}×{n}×{k}: {e:?}")
+        });
     }
 }
 
@@ -360,7 +391,18 @@ impl Backend for CudaBackend {
         trans_b: bool,
         accumulate: bool,
     ) {
-        self.sgemm(vm(c), v(a), v(b), m, n, k, trans_a, trans_b, accumulate)
+        self.gemm_dev(
+            vm(c),
+            v(a),
+            v(b),
+            m,
+            n,
+            k,
+            trans_a,
+            trans_b,
+            accumulate,
+            false,
+        )
     }
     fn sum_squares(&self, x: DevView<'_>) -> f64 {
         ops::sum_squares(self, v(x))
@@ -455,11 +497,11 @@ impl Backend for CudaBackend {
         crate::backend::cpu::check_len("matmul_forward", "inp", inp.len, n * c);
         crate::backend::cpu::check_len("matmul_forward", "weight", weight.len, oc * c);
         if self.bf16 {
-            let (x, _kx) = self.rounded(inp);
-            let (w, _kw) = self.rounded(weight);
-            self.sgemm(out, x, w, n, oc, c, false, true, false);
+            let (x, _kx) = self.to_bf16(inp);
+            let (w, _kw) = self.to_bf16(weight);
+            self.gemm_dev(out, x, w, n, oc, c, false, true, false, true);
         } else {
-            self.sgemm(out, inp, weight, n, oc, c, false, true, false);
+            self.gemm_dev(out, inp, weight, n, oc, c, false, true, false, false);
         }
         if let Some(b) = bias {
             ops::bias_forward(self, out, v(b), n, oc);
@@ -486,22 +528,24 @@ impl Backend for CudaBackend {
         crate::backend::cpu::check_len(op, "inp", x.len, n * c);
         crate::backend::cpu::check_len(op, "weight", w.len, oc * c);
         crate::backend::cpu::check_len(op, "dweight", dweight.len, oc * c);
+        // the bias gradient sums the fp32 dout (the CPU emulation sums the rounded one: within bf16 tolerance)
+        if let Some(db) = dbias {
+            ops::bias_backward(self, vm(db), g, n, oc);
+        }
         let mut keep = Vec::new();
-        if self.bf16 {
+        let bf16 = self.bf16;
+        if bf16 {
             for t in [&mut g, &mut x, &mut w] {
-                let (r, k) = self.rounded(*t);
+                let (r, k) = self.to_bf16(*t);
                 *t = r;
                 keep.push(k);
             }
         }
         if let Some(dinp) = dinp {
             crate::backend::cpu::check_len(op, "dinp", dinp.dev.len, n * c);
-            self.sgemm(vm(dinp), g, w, n, c, oc, false, false, true);
+            self.gemm_dev(vm(dinp), g, w, n, c, oc, false, false, true, bf16);
         }
-        self.sgemm(dweight, g, x, oc, c, n, true, false, true);
-        if let Some(db) = dbias {
-            ops::bias_backward(self, vm(db), g, n, oc);
-        }
+        self.gemm_dev(dweight, g, x, oc, c, n, true, false, true, bf16);
         drop(keep);
     }
     fn attention_forward(

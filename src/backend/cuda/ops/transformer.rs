@@ -409,6 +409,22 @@ pub fn round_bf16_copy<E: Exec>(e: &E, out: Dev, inp: Dev) {
     elementwise(e, Kernel::RoundBf16Copy, out, &[inp], None)
 }
 
+/// out = bf16(inp), round-to-nearest-even, stored as bf16 (`out` counts bf16 elements): the operands of
+/// the CUDA backend's native bf16 GEMMs.
+pub fn to_bf16<E: Exec>(e: &E, out: Dev, inp: Dev) {
+    check_len("to_bf16", "out", out.len, inp.len);
+    let (o, x, n) = (out.addr, inp.addr, inp.len as i64);
+    // SAFETY: module comment above (`out` holds inp.len bf16 = 2-byte elements).
+    unsafe {
+        e.launch(
+            Kernel::ToBf16,
+            flat(inp.len),
+            &[OutBuf::at("out", out.addr, out.len * 2)],
+            &[EmuArg::of(&o), EmuArg::of(&x), EmuArg::of(&n)],
+        )
+    }
+}
+
 /// out (N,OC) += bias (OC) per row.
 pub fn bias_forward<E: Exec>(e: &E, out: Dev, bias: Dev, n: usize, oc: usize) {
     check_len("bias_forward", "out", out.len, n * oc);
