@@ -290,9 +290,9 @@ fn gather<T: Scalar>(x: &mut [T], inp: &[T], index: &[u32]) {
         });
 }
 
-/// write(&mut out[index[i]], y[i]) (`=` for `unrotate`). Parallel over disjoint ranges of `out`: the span [min, max] of the indices is cut
-/// into one range per thread (so local index lists — rows, columns — split evenly too); task k scans the
-/// whole index list and writes the entries that fall in its range.
+/// write(&mut out[index[i]], y[i]) (`=` for `unrotate`). Parallel over disjoint ranges of `out`: the span
+/// [min, max] of the indices is cut into one range per thread (so local index lists — rows, columns —
+/// split evenly too); task k scans the whole index list and writes the entries that fall in its range.
 fn scatter<T: Scalar, W: Fn(&mut T, T) + Sync>(out: &mut [T], y: &[T], index: &[u32], write: &W) {
     let parts = rayon::current_num_threads();
     if parts <= 1 || y.len() < SCATTER_PAR_MIN {
