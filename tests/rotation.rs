@@ -819,3 +819,39 @@ fn rotation_index_rejects_bad_lists_on_every_backend() {
         assert!(err.contains(want), "emu: {err}");
     }
 }
+
+/// The bucketed plan is built in parallel (a counting sort per level); any thread count gives a plan that
+/// reproduces the list and the same rotation bits: one and three threads, two levels, a partial list.
+#[test]
+fn bucketed_plan_does_not_depend_on_the_thread_count() {
+    let n = 5;
+    let nb = 65 * (cpu::rotation::WINDOW_ELEMS / n) + 11; // 66 windows: two levels
+    let len = nb * n + 333;
+    let mut rng = Rng::new(78);
+    let mut index = random_perm(&mut rng, len);
+    index.truncate(nb * n);
+    let inp: Vec<f32> = (0..len).map(|_| rng.normal() as f32).collect();
+    let r: Vec<f32> = (0..n * n).map(|_| rng.normal() as f32).collect();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let be = CpuBackend::<f32>::new(1, false).with_gather(GatherMode::Bucketed);
+            let ix = be.rotation_index(index.clone(), n, len).unwrap();
+            assert_eq!(ix.levels(), 2);
+            assert!(
+                be.rotation_index_list(&ix) == index,
+                "{threads} threads: the list back"
+            );
+            let mut out = vec![0f32; nb * n];
+            be.rotate(&mut out, &inp, &ix, &r, nb, n);
+            out
+        })
+    };
+    assert!(
+        run(1) == run(3),
+        "the rotation differs between 1 and 3 threads"
+    );
+}

@@ -36,6 +36,7 @@ use super::{check_len, with_scratch, with_staging, CHUNK};
 use crate::backend::{check_rotation_index, AdamStep, Scalar};
 use crate::error::Result;
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Target number of elements per GEMM chunk (whole windows of blocks; at least one window per chunk).
 pub const CHUNK_ELEMS: usize = 1 << 22;
@@ -142,44 +143,64 @@ impl BucketPlan {
         let window = window_rows(n) * n;
         let len = index.len();
         // stage[src] first holds the rotated position of src, then its position in the window order.
-        let mut stage = vec![NOT_LISTED; src_len];
-        super::advise_huge_pages(&stage);
-        for (j, &src) in index.iter().enumerate() {
-            match stage.get_mut(src as usize) {
-                Some(slot) if *slot == NOT_LISTED => *slot = j as u32,
-                // Out of range or repeated: the shared check names which.
-                _ => return check_rotation_index(index, src_len).map(|()| None),
-            }
-        }
+        let Some(mut stage) = listed_positions(index, src_len) else {
+            // Out of range or repeated: the shared check names which.
+            return check_rotation_index(index, src_len).map(|()| None);
+        };
         let mut offset = vec![0u16; len];
         super::advise_huge_pages(&offset);
         let windows = len.div_ceil(window);
-        let mut cursor: Vec<usize> = (0..windows).map(|w| w * window).collect();
-        for slot in stage.iter_mut().filter(|s| **s != NOT_LISTED) {
-            let j = *slot as usize;
-            let w = j / window;
-            let pos = cursor[w];
-            cursor[w] += 1;
-            *slot = pos as u32;
-            offset[pos] = (j - w * window) as u16;
-        }
         let (group, hop) = if windows <= FANOUT {
+            let offsets = SharedMut(offset.as_mut_ptr());
+            bucket_slots(
+                &mut stage,
+                windows,
+                |j| j / window,
+                |w| w * window,
+                |pos, j| {
+                    // SAFETY: `bucket_slots` passes every position once and each is < len (the windows cover
+                    // [0, len)), so tasks write distinct in-bounds elements of `offset`, alive and otherwise
+                    // unborrowed for the call.
+                    unsafe { *offsets.ptr().add(pos) = (j % window) as u16 };
+                },
+            );
             (len.max(1), Vec::new())
         } else {
-            // Groups of windows, in source order within a group: stage → group position, hop → window
-            // position.
+            // Groups of windows (at most FANOUT streams per pass): stage → group position, in source
+            // order within a group; `hop` holds the rotated position meanwhile. Then each group on its
+            // own (its positions stay inside it): hop → window position, in the same order.
             let group = windows.div_ceil(FANOUT) * window;
             let mut hop = vec![0u32; len];
             super::advise_huge_pages(&hop);
-            let mut cursor: Vec<usize> = (0..len.div_ceil(group)).map(|g| g * group).collect();
-            for slot in stage.iter_mut().filter(|s| **s != NOT_LISTED) {
-                let pos = *slot as usize;
-                let g = pos / group;
-                let first = cursor[g];
-                cursor[g] += 1;
-                *slot = first as u32;
-                hop[first] = pos as u32;
-            }
+            let hops = SharedMut(hop.as_mut_ptr());
+            let groups = len.div_ceil(group);
+            bucket_slots(
+                &mut stage,
+                groups,
+                |j| j / group,
+                |g| g * group,
+                |first, j| {
+                    // SAFETY: as for `offset` above: distinct positions < len.
+                    unsafe { *hops.ptr().add(first) = j as u32 };
+                },
+            );
+            hop.par_chunks_mut(group)
+                .zip(offset.par_chunks_mut(group))
+                .enumerate()
+                .for_each(|(g, (hop, offset))| {
+                    let (base, first_window) = (g * group, g * group / window);
+                    let mut cursor: Vec<usize> = (0..hop.len().div_ceil(window))
+                        .map(|w| w * window)
+                        .collect();
+                    for h in hop.iter_mut() {
+                        let j = *h as usize;
+                        let local = j - base;
+                        let c = &mut cursor[j / window - first_window];
+                        *h = (base + *c) as u32;
+                        offset[*c] = (local % window) as u16;
+                        *c += 1;
+                    }
+                });
             (group, hop)
         };
         Ok(Some(BucketPlan {
@@ -220,6 +241,85 @@ impl BucketPlan {
         }
         index
     }
+}
+
+/// stage[src] = the position of src in `index` for every listed source, NOT_LISTED for the others; None
+/// when an entry is out of range or repeated. Filled in parallel: the slots are atomics (plain stores,
+/// `Relaxed`), so a repeated entry is a benign race that the count afterwards detects.
+fn listed_positions(index: &[u32], src_len: usize) -> Option<Vec<u32>> {
+    let mut stage = vec![NOT_LISTED; src_len];
+    super::advise_huge_pages(&stage);
+    // SAFETY: AtomicU32 has the size and bit validity of u32 and, on every target with 32-bit atomics,
+    // its alignment (4 bytes); the `&mut` borrow of `stage` is held (and unused) while `slots` lives.
+    let slots: &[AtomicU32] =
+        unsafe { std::slice::from_raw_parts(stage.as_mut_ptr().cast(), stage.len()) };
+    let in_range = index.par_chunks(CHUNK).enumerate().all(|(c, ix)| {
+        ix.iter()
+            .enumerate()
+            .all(|(k, &src)| match slots.get(src as usize) {
+                Some(slot) => {
+                    slot.store((c * CHUNK + k) as u32, Ordering::Relaxed);
+                    true
+                }
+                None => false,
+            })
+    });
+    let listed: usize = stage
+        .par_chunks(CHUNK)
+        .map(|s| s.iter().filter(|&&p| p != NOT_LISTED).count())
+        .sum();
+    (in_range && listed == index.len()).then_some(stage)
+}
+
+/// A stable counting sort of the listed slots of `stage` into `buckets` buckets, in parallel: the value v
+/// of every listed slot (not NOT_LISTED) goes to bucket `bucket_of(v)`, whose positions start at
+/// `start(bucket)`, in increasing slot order within each bucket (so the result does not depend on the
+/// thread count); the slot is overwritten with its position, and `record(pos, v)` is called once per
+/// slot, with pairwise distinct positions.
+fn bucket_slots(
+    stage: &mut [u32],
+    buckets: usize,
+    bucket_of: impl Fn(usize) -> usize + Sync,
+    start: impl Fn(usize) -> usize,
+    record: impl Fn(usize, usize) + Sync,
+) {
+    let part = stage
+        .len()
+        .div_ceil(4 * rayon::current_num_threads())
+        .max(CHUNK);
+    let counts: Vec<Vec<usize>> = stage
+        .par_chunks(part)
+        .map(|s| {
+            let mut c = vec![0usize; buckets];
+            for &v in s.iter().filter(|&&v| v != NOT_LISTED) {
+                c[bucket_of(v as usize)] += 1;
+            }
+            c
+        })
+        .collect();
+    // Each part's first position per bucket: the bucket's start plus what earlier parts put there.
+    let mut cursors = counts;
+    for b in 0..buckets {
+        let mut next = start(b);
+        for c in cursors.iter_mut() {
+            let count = c[b];
+            c[b] = next;
+            next += count;
+        }
+    }
+    stage
+        .par_chunks_mut(part)
+        .zip(cursors.into_par_iter())
+        .for_each(|(s, mut cursor)| {
+            for slot in s.iter_mut().filter(|v| **v != NOT_LISTED) {
+                let v = *slot as usize;
+                let b = bucket_of(v);
+                let pos = cursor[b];
+                cursor[b] += 1;
+                *slot = pos as u32;
+                record(pos, v);
+            }
+        });
 }
 
 /// Blocks of `n` per window of the bucketed plan.
@@ -329,7 +429,8 @@ fn scatter<T: Scalar, W: Fn(&mut T, T) + Sync>(out: &mut [T], y: &[T], index: &[
 /// A raw pointer that rayon tasks may share: pass 1 writes disjoint positions of one buffer through it.
 #[derive(Clone, Copy)]
 struct SharedMut<T>(*mut T);
-// SAFETY: only used by `bucket_scatter`, whose tasks write pairwise distinct elements (module docs).
+// SAFETY: only used by `bucket_scatter` and the plan's construction (`BucketPlan::new`), whose tasks write
+// pairwise distinct elements (module docs, `bucket_slots`).
 unsafe impl<T: Send> Send for SharedMut<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send> Sync for SharedMut<T> {}
