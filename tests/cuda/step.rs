@@ -20,15 +20,9 @@ use rotadam::optim::{clip_grads, grad_norm, Optimizer};
 use rotadam::rng::Rng;
 use rotadam::rotation::basis::Basis;
 
+/// The model of the CUDA backend's self-check.
 fn cfg() -> ModelConfig {
-    ModelConfig {
-        n_layer: 2,
-        n_head: 2,
-        n_embd: 16,
-        seq_len: 8,
-        vocab_size: 37,
-        bias: true,
-    }
+    rotadam::backend::cuda::check_model()
 }
 
 /// A training run of [`train`]: the losses and the final parameters.

@@ -38,6 +38,20 @@ pub fn probe() -> Result<String, String> {
 /// emulator's full-step test, `tests/cuda/step.rs`; bf16 rounds operands to 8 bits, hence looser).
 const SELF_CHECK_TOL: [(f64, f64); 2] = [(1e-5, 1e-4), (2e-2, 5e-2)];
 
+/// The tiny GPT-2 of [`self_check`] and of the emulator's full-step tests (`tests/cuda/step.rs`): 2 layers,
+/// 2 heads, width 16, context 8, a vocabulary of 37 (odd: no dimension is a multiple of a warp), biases on.
+pub fn check_model() -> crate::config::ModelConfig {
+    use crate::config::ModelConfig;
+    ModelConfig {
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 16,
+        seq_len: 8,
+        vocab_size: 37,
+        bias: true,
+    }
+}
+
 /// One forward/backward of a tiny GPT-2 (2 layers, width 16, biases on) on device 0 and on the CPU
 /// backend, same weights and batch: Ok(the differences) when the loss agrees to a relative 1e-5 and every
 /// gradient entry to 1e-6 + 1e-4·|cpu| (fp32; bf16: 2e-2 and 5e-2), else Err(what differed, or why the
@@ -48,14 +62,7 @@ pub fn self_check(bf16: bool) -> Result<String, String> {
     use crate::config::ModelConfig;
     use crate::model::Gpt2;
     use crate::rng::Rng;
-    let cfg = ModelConfig {
-        n_layer: 2,
-        n_head: 2,
-        n_embd: 16,
-        seq_len: 8,
-        vocab_size: 37,
-        bias: true,
-    };
+    let cfg = check_model();
     let tk = nvrtc::Toolkit::locate(std::path::Path::new(".cuda"));
     let gpu = device::CudaBackend::new(0, tk, bf16).map_err(|e| e.to_string())?;
     let cpu = CpuBackend::<f32>::new(1, bf16);
