@@ -51,7 +51,7 @@ const HUGE_PAGE: usize = 2 << 20;
 /// so the pages are faulted in (as huge pages) on first touch. This matters for the random gathers and
 /// scatters of the block rotations: with 4 KiB pages nearly every access of a 124M-parameter gradient is
 /// also a TLB miss. Advice only: failure (or a kernel with THP `never`) changes speed, never results.
-fn advise_huge_pages<T>(buf: &[T]) {
+pub(crate) fn advise_huge_pages<T>(buf: &[T]) {
     let bytes = std::mem::size_of_val(buf);
     if bytes < HUGE_PAGE_MIN_BYTES {
         return;

@@ -1,7 +1,7 @@
 //! `rotadam bench kernels`: each kernel family at a model's shapes on the best device present — the CUDA
 //! backend when `--device cuda` finds a GPU, else the CPU backend's ops — with time, GB/s or GFLOP/s, and
 //! the fraction of a peak measured in the same run: the device's GEMM (`Backend::gemm` at 1024³) for
-//! compute-bound ops, a streaming pass over 256 MB (STREAM's scale) for memory-bound ones (on a GPU: the device's memory
+//! compute-bound ops, an in-place axpy over 256 MB vectors for memory-bound ones (on a GPU: the device's memory
 //! bandwidth from its clock and bus width).
 //!
 //! Bytes are the minimum traffic of each op (every input read once, every output written once); FLOPs
@@ -91,30 +91,34 @@ fn time(reps: usize, mut f: impl FnMut(), sync: &dyn Fn()) -> f64 {
     v[v.len() / 2]
 }
 
-/// GB/s of STREAM's "scale" (dst = 3·src, 256 MB each) on the caller's rayon pool: the CPU's streaming
-/// bandwidth with the threads the ops get, counted as STREAM and the op rows count (each array once, no
-/// write-allocate traffic). An explicit loop, not `copy_from_slice`, whose `rep movsb` moves memory by a
-/// different protocol than the ops' stores.
-pub fn host_copy_bandwidth() -> f64 {
+/// GB/s of an in-place axpy over 256 MB vectors (x = 3·x + y) on the caller's rayon pool: the CPU's
+/// streaming bandwidth with the threads the ops get. Read + write counted, as the op rows count them; the
+/// written stream is one that is read, as in the optimizer steps, so no write-allocate traffic goes
+/// uncounted (a copy's destination would be read for ownership, 1.5× its counted bytes). On huge pages,
+/// as the backend's buffers are.
+pub fn host_stream_bandwidth() -> f64 {
     use rayon::prelude::*;
     let n = 1 << 26;
-    let src = vec![1.0f32; n];
-    let mut dst = vec![0.0f32; n];
+    // advised before first touch, as `CpuBackend::alloc` does
+    let (mut x, mut y) = (vec![0.0f32; n], vec![0.0f32; n]);
+    crate::backend::cpu::advise_huge_pages(&x);
+    crate::backend::cpu::advise_huge_pages(&y);
+    y.par_iter_mut().for_each(|v| *v = 1.0);
     let ms = time(
         3,
         || {
-            dst.par_chunks_mut(1 << 16)
-                .zip(src.par_chunks(1 << 16))
-                .for_each(|(d, s)| {
-                    for (d, &s) in d.iter_mut().zip(s) {
-                        *d = 3.0 * s;
+            x.par_chunks_mut(1 << 16)
+                .zip(y.par_chunks(1 << 16))
+                .for_each(|(x, y)| {
+                    for (x, &y) in x.iter_mut().zip(y) {
+                        *x = 3.0 * *x + y;
                     }
                 })
         },
         &|| (),
     );
-    std::hint::black_box(&dst);
-    (2 * 4 * n) as f64 / (ms / 1e3) / 1e9
+    std::hint::black_box(&x);
+    (3 * 4 * n) as f64 / (ms / 1e3) / 1e9
 }
 
 /// Measures every kernel family on `be` (module docs). `bandwidth_peak` in GB/s.
@@ -537,7 +541,7 @@ pub fn run(o: &KernelBenchOpts) -> Result<()> {
         bench_ops(&be, o, bw)?
     } else {
         let be = crate::backend::cpu::CpuBackend::<f32>::new(o.threads, false);
-        bench_ops(&be, o, host_copy_bandwidth())?
+        bench_ops(&be, o, host_stream_bandwidth())?
     };
     if o.json {
         println!("{}", serde_json::to_string(&report).expect("serialise"));
