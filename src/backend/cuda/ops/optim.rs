@@ -36,14 +36,15 @@ impl IndexList {
 
 /// The block structure of a rotation launch: the prepared index list, the address of a copy kernels can
 /// already read (`resident`: a device-resident list; None stages the list for the call), the shared
-/// block matrix R (N,N) and NB blocks of N.
+/// block matrix R (N,N) and NB blocks of N. Built only inside the crate, by the backends that own the
+/// buffers: `resident` is a raw address that kernels read.
 #[derive(Clone, Copy, Debug)]
 pub struct RotBlocks<'a> {
-    pub index: &'a IndexList,
-    pub resident: Option<u64>,
-    pub r: Dev,
-    pub nb: usize,
-    pub n: usize,
+    pub(crate) index: &'a IndexList,
+    pub(crate) resident: Option<u64>,
+    pub(crate) r: Dev,
+    pub(crate) nb: usize,
+    pub(crate) n: usize,
 }
 
 impl RotBlocks<'_> {
