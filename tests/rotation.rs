@@ -636,6 +636,23 @@ fn check_ops_with<S: Scalar>(
     check_fused_adamw(&be, &ix, &inp_s, &r_s, nb, n, &mut rng, &label);
 }
 
+/// `apply_update` with λ = 0 on the `listed` coordinates of `p` only (p[i] −= lr·dir[i]), the others
+/// untouched: the split reference of `unrotate_apply_update`.
+pub fn apply_on_listed<S: Scalar>(
+    be: &CpuBackend<S>,
+    p: &mut [S],
+    dir: &[S],
+    listed: &[u32],
+    lr: f64,
+) {
+    let mut sub: Vec<S> = listed.iter().map(|&i| p[i as usize]).collect();
+    let d: Vec<S> = listed.iter().map(|&i| dir[i as usize]).collect();
+    be.apply_update(&mut sub, &d, lr, 0.0);
+    for (k, &i) in listed.iter().enumerate() {
+        p[i as usize] = sub[k];
+    }
+}
+
 /// The fused rotated-AdamW ops give the bits of the split ops they fuse: `rotate_adam_direction` =
 /// `rotate` then `adam_direction_step`; `unrotate_apply_update` = `unrotate` then `apply_update` with
 /// λ = 0 on the listed entries, the others untouched.
@@ -679,13 +696,8 @@ fn check_fused_adamw<S: Scalar>(
     let listed = be.rotation_index_list(ix);
     let mut dir = vec![S::zero(); len];
     be.unrotate(&mut dir, &u, ix, r, nb, n);
-    let mut sub: Vec<S> = listed.iter().map(|&i| p0[i as usize]).collect();
-    let d: Vec<S> = listed.iter().map(|&i| dir[i as usize]).collect();
-    be.apply_update(&mut sub, &d, hp.lr, 0.0);
     let mut want = p0.clone();
-    for (k, &i) in listed.iter().enumerate() {
-        want[i as usize] = sub[k];
-    }
+    apply_on_listed(be, &mut want, &dir, &listed, hp.lr);
     let mut p = p0;
     be.unrotate_apply_update(&mut p, &u, ix, r, nb, n, hp.lr);
     assert!(

@@ -7,7 +7,7 @@ use super::emu::gamma;
 use super::{assert_close, f32s, f64s, randn};
 use rotadam::backend::cpu::CpuBackend;
 use rotadam::backend::emu::launch::{launch_both_orders, Geometry, OutBuf};
-use rotadam::backend::emu::{AdamParams, EmuBackend, BLOCK, GEMM_TILE};
+use rotadam::backend::emu::{EmuBackend, BLOCK};
 use rotadam::backend::{AdamStep, Backend};
 use rotadam::kernels::{self, EmuArg, Kernel};
 use rotadam::rng::{splitmix64, Rng};
@@ -150,18 +150,6 @@ fn rotate_and_unrotate_parity_on_odd_shapes() {
     }
 }
 
-fn gemm_geo(nb: usize, n: usize) -> Geometry {
-    Geometry {
-        grid: [
-            n.div_ceil(GEMM_TILE) as u32,
-            nb.div_ceil(GEMM_TILE) as u32,
-            1,
-        ],
-        block: [BLOCK, 1, 1],
-        smem: 0,
-    }
-}
-
 #[test]
 fn fused_rotated_adamw_matches_the_split_reference() {
     // rotate_adam_direction (gather + GEMM + Adam in the epilogue) then unrotate_apply_update (GEMM + lr
@@ -192,54 +180,25 @@ fn fused_rotated_adamw_matches_the_split_reference() {
     let mut dir = vec![0f64; len];
     be.unrotate(&mut dir, &u, &ix, &r, nb, n);
     let mut p64 = p0.clone();
-    {
-        // apply only on the indexed coordinates, as the fused kernel does
-        let mut sub: Vec<f64> = index.iter().map(|&i| p64[i as usize]).collect();
-        let d: Vec<f64> = index.iter().map(|&i| dir[i as usize]).collect();
-        be.apply_update(&mut sub, &d, h.lr, 0.0);
-        for (k, &i) in index.iter().enumerate() {
-            p64[i as usize] = sub[k];
-        }
-    }
+    crate::rotation::apply_on_listed(&be, &mut p64, &dir, index, h.lr);
 
-    // emulated fused kernels
-    let (r32, g32) = (f32s(&r), f32s(&g));
+    // the emulated fused kernels, through the backend ops (the launch plans training uses)
+    let e = emu();
+    let ix_emu = e.rotation_index(index.to_vec(), n, len).unwrap();
+    let r32 = f32s(&r);
     let (mut u32_, mut m32, mut v32, mut p32) =
         (vec![0f32; nb * n], f32s(&m0), f32s(&v0), f32s(&p0));
-    let k = AdamParams::new(&h);
-    let (up, mp, vp, gp, ip, rp) = (
-        u32_.as_mut_ptr(),
-        m32.as_mut_ptr(),
-        v32.as_mut_ptr(),
-        g32.as_ptr(),
-        index.as_ptr(),
-        r32.as_ptr(),
+    e.rotate_adam_direction(
+        &mut u32_,
+        &mut m32,
+        &mut v32,
+        &f32s(&g),
+        &ix_emu,
+        &r32,
+        nb,
+        n,
+        h,
     );
-    let (nbl, ni) = (nb as i64, n as i32);
-    // SAFETY: u, m, v have NB·N elements; index entries < len = g.len(); r is n×n.
-    unsafe {
-        launch_both_orders(
-            Kernel::RotateAdamDirection,
-            gemm_geo(nb, n),
-            &[
-                OutBuf::new("u", up, nb * n),
-                OutBuf::new("m", mp, nb * n),
-                OutBuf::new("v", vp, nb * n),
-            ],
-            &[
-                EmuArg::of(&up),
-                EmuArg::of(&mp),
-                EmuArg::of(&vp),
-                EmuArg::of(&gp),
-                EmuArg::of(&ip),
-                EmuArg::of(&rp),
-                EmuArg::of(&k),
-                EmuArg::of(&nbl),
-                EmuArg::of(&ni),
-            ],
-        )
-        .unwrap();
-    }
     let tol = gamma(n) * 8.0;
     assert_close(
         "rotate_adam_direction m",
@@ -264,26 +223,7 @@ fn fused_rotated_adamw_matches_the_split_reference() {
         8.0 * tol,
     );
 
-    let (pp, cu) = (p32.as_mut_ptr(), u32_.as_ptr());
-    let lr = h.lr as f32;
-    // SAFETY: index entries < len = p.len(); u has NB·N elements.
-    unsafe {
-        launch_both_orders(
-            Kernel::UnrotateApplyUpdate,
-            gemm_geo(nb, n),
-            &[OutBuf::new("params", pp, len)],
-            &[
-                EmuArg::of(&pp),
-                EmuArg::of(&cu),
-                EmuArg::of(&ip),
-                EmuArg::of(&rp),
-                EmuArg::of(&lr),
-                EmuArg::of(&nbl),
-                EmuArg::of(&ni),
-            ],
-        )
-        .unwrap();
-    }
+    e.unrotate_apply_update(&mut p32, &u32_, &ix_emu, &r32, nb, n, h.lr);
     assert_close(
         "unrotate_apply_update params",
         &f64s(&p32),
