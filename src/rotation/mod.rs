@@ -174,7 +174,13 @@ fn thousands(x: usize) -> String {
 /// Panics unless both buffers of a rotation op have the rotation's dimension d.
 #[track_caller]
 fn check_lens<BK: Backend>(be: &BK, what: &str, op: &str, d: usize, out: &BK::Buf, inp: &BK::Buf) {
-    for (name, buf) in [("out", out), ("input", inp)] {
+    check_named(be, what, op, d, &[("out", out), ("input", inp)]);
+}
+
+/// Panics unless every named buffer of a rotation op has the rotation's dimension d.
+#[track_caller]
+fn check_named<BK: Backend>(be: &BK, what: &str, op: &str, d: usize, bufs: &[(&str, &BK::Buf)]) {
+    for &(name, buf) in bufs {
         let len = be.buf_len(buf);
         assert!(
             len == d,
@@ -396,15 +402,8 @@ impl<BK: Backend> Rotation<BK> {
             !self.is_identity(),
             "Rotation::rotate_adam_direction on the identity"
         );
-        self.check(be, "rotate_adam_direction", u, g);
-        for (name, buf) in [("m", &*m), ("v", &*v)] {
-            let len = be.buf_len(buf);
-            assert!(
-                len == self.d,
-                "Rotation::rotate_adam_direction: {name} has {len} elements, expected d = {}",
-                self.d
-            );
-        }
+        let bufs = [("u", &*u), ("m", &*m), ("v", &*v), ("g", g)];
+        check_named(be, "Rotation", "rotate_adam_direction", self.d, &bufs);
         for c in &self.classes {
             let r = c.offset..c.offset + c.count * c.size;
             be.rotate_adam_direction(
@@ -428,7 +427,8 @@ impl<BK: Backend> Rotation<BK> {
             !self.is_identity(),
             "Rotation::unrotate_apply_update on the identity"
         );
-        self.check(be, "unrotate_apply_update", params, u);
+        let bufs = [("params", &*params), ("u", u)];
+        check_named(be, "Rotation", "unrotate_apply_update", self.d, &bufs);
         for c in &self.classes {
             be.unrotate_apply_update(
                 be.view_mut(params, 0..self.d),
