@@ -150,19 +150,22 @@ impl BucketPlan {
         let mut offset = vec![0u16; len];
         super::advise_huge_pages(&offset);
         let windows = len.div_ceil(window);
+        let offsets = SharedMut(offset.as_mut_ptr());
+        // offset[pos] for the window position `pos` of rotated position j
+        let set_offset = |pos: usize, j: usize| {
+            // SAFETY: `bucket_slots` passes every position once, each < len (the windows cover [0, len)),
+            // and the per-group sorts below cover disjoint ranges of positions; so tasks write distinct
+            // in-bounds elements of `offset`, which is alive and otherwise unborrowed until the plan is
+            // built.
+            unsafe { *offsets.ptr().add(pos) = (j % window) as u16 };
+        };
         let (group, hop) = if windows <= FANOUT {
-            let offsets = SharedMut(offset.as_mut_ptr());
             bucket_slots(
                 &mut stage,
                 windows,
                 |j| j / window,
                 |w| w * window,
-                |pos, j| {
-                    // SAFETY: `bucket_slots` passes every position once and each is < len (the windows cover
-                    // [0, len)), so tasks write distinct in-bounds elements of `offset`, alive and otherwise
-                    // unborrowed for the call.
-                    unsafe { *offsets.ptr().add(pos) = (j % window) as u16 };
-                },
+                set_offset,
             );
             (len.max(1), Vec::new())
         } else {
@@ -184,23 +187,18 @@ impl BucketPlan {
                     unsafe { *hops.ptr().add(first) = j as u32 };
                 },
             );
-            hop.par_chunks_mut(group)
-                .zip(offset.par_chunks_mut(group))
-                .enumerate()
-                .for_each(|(g, (hop, offset))| {
-                    let (base, first_window) = (g * group, g * group / window);
-                    let mut cursor: Vec<usize> = (0..hop.len().div_ceil(window))
-                        .map(|w| w * window)
-                        .collect();
-                    for h in hop.iter_mut() {
-                        let j = *h as usize;
-                        let local = j - base;
-                        let c = &mut cursor[j / window - first_window];
-                        *h = (base + *c) as u32;
-                        offset[*c] = (local % window) as u16;
-                        *c += 1;
-                    }
-                });
+            hop.par_chunks_mut(group).enumerate().for_each(|(g, hop)| {
+                let first_window = g * group / window;
+                let windows = hop.len().div_ceil(window);
+                let start = |w: usize| (first_window + w) * window;
+                bucket_slots(
+                    hop,
+                    windows,
+                    |j| j / window - first_window,
+                    start,
+                    set_offset,
+                );
+            });
             (group, hop)
         };
         Ok(Some(BucketPlan {
