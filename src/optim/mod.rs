@@ -212,10 +212,10 @@ impl<BK: Backend> Optimizer<BK> {
             let ur = &mut self.scratch.as_mut().expect("scratch").rotated_dir;
             rot.rotate_adam_direction(be, ur, &mut self.m, &mut self.v, grads, hp);
             // p·(1 − lr·λ) per decayed tensor, then p −= lr·Rᵀũ: apply_update's arithmetic, in two passes
-            for e in table.entries.iter().filter(|e| e.decay) {
-                let decay = 1.0 - lr * cfg.weight_decay;
-                if decay != 1.0 {
-                    let s = <BK::T as Scalar>::from_f64(decay);
+            let decay = 1.0 - lr * cfg.weight_decay;
+            if decay != 1.0 {
+                let s = <BK::T as Scalar>::from_f64(decay);
+                for e in table.entries.iter().filter(|e| e.decay) {
                     be.scale(be.view_mut(params, e.range()), s);
                 }
             }

@@ -68,8 +68,9 @@ pub fn self_check(bf16: bool) -> Result<String, String> {
     let cpu = CpuBackend::<f32>::new(1, bf16);
     let (b, t) = (3, 8);
     let mut rng = Rng::new(11);
-    let x: Vec<u32> = (0..b * t).map(|_| rng.below(37) as u32).collect();
-    let y: Vec<u32> = (0..b * t).map(|_| rng.below(37) as u32).collect();
+    let v = cfg.vocab_size as u64;
+    let x: Vec<u32> = (0..b * t).map(|_| rng.below(v) as u32).collect();
+    let y: Vec<u32> = (0..b * t).map(|_| rng.below(v) as u32).collect();
     // Loss and gradients of one forward/backward on `be` (same seed, so the same weights everywhere).
     fn loss_and_grads<BK: Backend>(
         be: &BK,
