@@ -51,7 +51,7 @@ pub struct RotationBenchOpts {
     #[arg(long, default_value_t = crate::cli::default_threads())]
     pub threads: usize,
     /// Timed rotate + unrotate repetitions (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     pub reps: usize,
     /// Timed training steps for the baseline (the median is used).
     #[arg(long, default_value_t = 3)]
