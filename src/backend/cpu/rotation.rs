@@ -229,6 +229,12 @@ impl BucketPlan {
         self.len + (self.levels() - 1) * self.group
     }
 
+    /// With two levels, the `hop` entries of the group of `len` list positions from `start` (a GEMM
+    /// chunk); None with one level.
+    fn group_hop(&self, start: usize, len: usize) -> Option<&[u32]> {
+        (!self.hop.is_empty()).then(|| &self.hop[start..][..len])
+    }
+
     /// The window-order staging position of the first-level position `pos`.
     fn final_pos(&self, pos: usize) -> usize {
         if self.hop.is_empty() {
@@ -436,8 +442,8 @@ fn scatter<T: Scalar, W: Fn(&mut T, T) + Sync>(out: &mut [T], y: &[T], index: &[
 /// A raw pointer that rayon tasks may share: pass 1 writes disjoint positions of one buffer through it.
 #[derive(Clone, Copy)]
 struct SharedMut<T>(*mut T);
-// SAFETY: only used by `bucket_scatter`, `spread_group` and the plan's construction (`BucketPlan::new`),
-// whose tasks write pairwise distinct elements (module docs, `bucket_slots`).
+// SAFETY: only used by `bucket_scatter` and the plan's construction (`BucketPlan::new`), whose tasks write
+// pairwise distinct elements (module docs, `bucket_slots`).
 unsafe impl<T: Send> Send for SharedMut<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send> Sync for SharedMut<T> {}
@@ -449,75 +455,49 @@ impl<T> SharedMut<T> {
     }
 }
 
-/// Pass 1 of `rotate`, first level: every listed inp[src] to its staging position in `first` (window
-/// order with one level, group order with two).
-fn bucket_scatter<T: Scalar>(first: &mut [T], inp: &[T], plan: &BucketPlan) {
-    assert_eq!(first.len(), plan.len);
-    assert_eq!(inp.len(), plan.stage.len());
-    let dst = SharedMut(first.as_mut_ptr());
-    inp.par_chunks(CHUNK)
-        .zip(plan.stage.par_chunks(CHUNK))
+/// One bucketing level forwards: dst[pos[i] − base] = src[i] for every listed i (pos[i] ≠ NOT_LISTED).
+/// Pass 1 of `rotate`: level 1 from the source coordinates (`plan.stage`, base 0), and with two levels,
+/// level 2 within a group (its `hop` entries, base: the group's first list position).
+fn bucket_scatter<T: Scalar>(dst: &mut [T], src: &[T], pos: &[u32], base: usize) {
+    assert_eq!(src.len(), pos.len());
+    let len = dst.len();
+    let dst = SharedMut(dst.as_mut_ptr());
+    src.par_chunks(CHUNK)
+        .zip(pos.par_chunks(CHUNK))
         .for_each(|(x, pos)| {
             for (&v, &p) in x.iter().zip(pos) {
                 if p != NOT_LISTED {
-                    // SAFETY: `BucketPlan::new` gives every listed source its own position (a cursor per
-                    // window or group, each advanced once per source), every one < len = first.len(); so
-                    // tasks write distinct, in-bounds elements of `first`, which the `&mut` borrow keeps
-                    // alive and unaliased for the whole loop.
-                    unsafe { *dst.ptr().add(p as usize) = v };
+                    let j = (p as usize).wrapping_sub(base);
+                    assert!(
+                        j < len,
+                        "rotation plan: position {p} is outside [{base}, +{len})"
+                    );
+                    // SAFETY: j < len = dst.len() (checked), and `BucketPlan::new` gives the listed
+                    // items of `stage` and of each group's `hop` pairwise distinct positions (stable
+                    // counting sorts), so tasks write distinct elements of `dst`, which the `&mut` borrow
+                    // keeps alive and unaliased for the whole loop.
+                    unsafe { *dst.ptr().add(j) = v };
                 }
             }
         });
 }
 
-/// Pass 1 of `rotate`, second level, for the group starting at list position `base`: win[hop[i] − base] =
-/// group[i], i.e. the group's coordinates from group order to window order.
-fn spread_group<T: Scalar>(win: &mut [T], group: &[T], hop: &[u32], base: usize) {
-    assert!(win.len() == group.len() && hop.len() == group.len());
-    let len = win.len();
-    let dst = SharedMut(win.as_mut_ptr());
-    group
-        .par_chunks(CHUNK)
-        .zip(hop.par_chunks(CHUNK))
-        .for_each(|(x, hop)| {
-            for (&v, &h) in x.iter().zip(hop) {
-                let j = (h as usize).wrapping_sub(base);
-                assert!(j < len, "rotation plan: hop {h} leaves its group at {base}");
-                // SAFETY: j < len = win.len() (checked), and `hop` is a permutation of the group's
-                // positions (`BucketPlan::new`), so tasks write distinct elements of `win`, which the
-                // `&mut` borrow keeps alive and unaliased for the whole loop.
-                unsafe { *dst.ptr().add(j) = v };
-            }
-        });
-}
-
-/// The transpose of [`spread_group`]: group[i] = win[hop[i] − base].
-fn collect_group<T: Scalar>(group: &mut [T], win: &[T], hop: &[u32], base: usize) {
-    group
-        .par_chunks_mut(CHUNK)
-        .zip(hop.par_chunks(CHUNK))
-        .for_each(|(o, hop)| {
-            for (o, &h) in o.iter_mut().zip(hop) {
-                *o = win[h as usize - base];
-            }
-        });
-}
-
-/// Pass 1 of `unrotate`, first level, backwards: write(&mut out[src], first[its position]) for every
-/// listed source (others untouched).
+/// The transpose of [`bucket_scatter`]: write(&mut out[i], src[pos[i] − base]) for every listed i (the
+/// others untouched). Pass 1 of `unrotate`, both levels.
 fn bucket_gather<T: Scalar, W: Fn(&mut T, T) + Sync>(
     out: &mut [T],
-    first: &[T],
-    plan: &BucketPlan,
+    src: &[T],
+    pos: &[u32],
+    base: usize,
     write: &W,
 ) {
-    assert_eq!(out.len(), plan.stage.len());
+    assert_eq!(out.len(), pos.len());
     out.par_chunks_mut(CHUNK)
-        .zip(plan.stage.par_chunks(CHUNK))
+        .zip(pos.par_chunks(CHUNK))
         .for_each(|(o, pos)| {
             for (o, &p) in o.iter_mut().zip(pos) {
                 if p != NOT_LISTED {
-                    write(o, first[p as usize]);
+                    write(o, src[p as usize - base]);
                 }
             }
         });
@@ -568,7 +548,7 @@ pub fn rotate_then<T: Scalar>(
         }),
         RotIndex::Bucketed(plan) => with_staging(plan.staging_len(), |buf: &mut [T]| {
             let (first, win) = buf.split_at_mut(plan.len);
-            bucket_scatter(first, inp, plan);
+            bucket_scatter(first, inp, &plan.stage, 0);
             with_scratch(chunk.min(nb * n), |s: &mut [T]| {
                 for (k, ((o, st), off)) in out
                     .chunks_mut(chunk)
@@ -578,12 +558,13 @@ pub fn rotate_then<T: Scalar>(
                 {
                     // With two levels each GEMM chunk is one group: its second level runs here, into
                     // a chunk-sized buffer that stays in cache for pass 2.
-                    let st: &[T] = if plan.hop.is_empty() {
-                        st
-                    } else {
-                        let w = &mut win[..st.len()];
-                        spread_group(w, st, &plan.hop[k * chunk..][..st.len()], k * chunk);
-                        w
+                    let st: &[T] = match plan.group_hop(k * chunk, st.len()) {
+                        None => st,
+                        Some(hop) => {
+                            let w = &mut win[..st.len()];
+                            bucket_scatter(w, st, hop, k * chunk);
+                            w
+                        }
                     };
                     let x = &mut s[..o.len()];
                     // Pass 2: each window's bucket into the window's rows. Writing the window in order
@@ -659,8 +640,8 @@ pub fn unrotate_with<T: Scalar>(
                 {
                     let y = &mut s[..u.len()];
                     gemm(y, u);
-                    let two_levels = !plan.hop.is_empty();
-                    let st: &mut [T] = if two_levels {
+                    let hop = plan.group_hop(k * chunk, u.len());
+                    let st: &mut [T] = if hop.is_some() {
                         &mut win[..u.len()]
                     } else {
                         &mut *group
@@ -674,13 +655,12 @@ pub fn unrotate_with<T: Scalar>(
                                 *v = y[k as usize];
                             }
                         });
-                    if two_levels {
-                        let hop = &plan.hop[k * chunk..][..u.len()];
-                        collect_group(group, &win[..u.len()], hop, k * chunk);
+                    if let Some(hop) = hop {
+                        bucket_gather(group, &win[..u.len()], hop, k * chunk, &|o, v| *o = v);
                     }
                 }
             });
-            bucket_gather(out, first, plan, &write);
+            bucket_gather(out, first, &plan.stage, 0, &write);
         }),
     }
 }
