@@ -714,6 +714,19 @@ fn rotate_unrotate_ops_match_naive_loop() {
             check_ops::<f32>(nb, n, len, threads, 1e-5);
         }
     }
+    // f32 blocks the AVX-512 kernel takes (`rotgemm`; where the CPU has no AVX-512 these run faer):
+    // one partial register tile, several windows with a partial last one, n > KC (two k blocks).
+    let wide = cpu::rotgemm::KC + 32;
+    for threads in [1, 2] {
+        for (nb, n, len) in [
+            (5, 64, 400),
+            (200, 32, 200 * 32 + 50),
+            (500, 288, 500 * 288 + 7),
+            (30, wide, 30 * wide + 3),
+        ] {
+            check_ops::<f32>(nb, n, len, threads, 1e-5);
+        }
+    }
     // Several GEMM chunks and the parallel scatter: more than CHUNK_ELEMS elements.
     let n = 3;
     let nb = cpu::rotation::CHUNK_ELEMS / n + 5;
@@ -733,8 +746,13 @@ fn random_perm(rng: &mut Rng, len: usize) -> Vec<u32> {
 fn bucketed_and_direct_rotations_are_bit_identical() {
     // Several windows and GEMM chunks (n = 3: 21,845 blocks per window, 1,398,080 per chunk; 65 windows, so
     // two bucketing levels), a list that leaves 1,000 coordinates out, and a last window and chunk that are
-    // partial. The small cases of `rotate_unrotate_ops_match_naive_loop` cover one level.
-    let n = 3;
+    // partial. The small cases of `rotate_unrotate_ops_match_naive_loop` cover one level. n = 3 runs faer,
+    // n = 32 the f32 kernel (2,040 blocks per window, 68 windows, two chunks).
+    bucketed_and_direct_agree(3);
+    bucketed_and_direct_agree(32);
+}
+
+fn bucketed_and_direct_agree(n: usize) {
     let nb = cpu::rotation::CHUNK_ELEMS / n + 7_001;
     let len = nb * n + 1_000;
     let mut rng = Rng::new(77);
@@ -760,10 +778,13 @@ fn bucketed_and_direct_rotations_are_bit_identical() {
             (out, back)
         };
         let (direct, bucketed) = (run(GatherMode::Direct), run(GatherMode::Bucketed));
-        assert!(direct.0 == bucketed.0, "rotate differs, threads={threads}");
+        assert!(
+            direct.0 == bucketed.0,
+            "rotate differs, n={n} threads={threads}"
+        );
         assert!(
             direct.1 == bucketed.1,
-            "unrotate differs, threads={threads}"
+            "unrotate differs, n={n} threads={threads}"
         );
         // the coordinates left out are untouched by unrotate
         let listed = index.iter().fold(vec![false; len], |mut s, &i| {
@@ -866,4 +887,92 @@ fn bucketed_plan_does_not_depend_on_the_thread_count() {
         run(1) == run(3),
         "the rotation differs between 1 and 3 threads"
     );
+}
+
+// ---- the f32 kernel of the block rotations -------------------------------------------------------------
+
+/// Row i of a test matrix A (m×n): deterministic values of both signs.
+fn test_row(seed: u64, i: usize, row: &mut [f32]) {
+    let mut rng = Rng::new(seed * 1_000_003 + i as u64);
+    for v in row {
+        *v = rng.normal() as f32;
+    }
+}
+
+/// `gemm_rows` computes every entry as one f32 FMA chain over k in increasing order: the same bits as a
+/// scalar `mul_add` loop, for any block size (tiles of 12 rows, partial ones, a block that is not a whole
+/// number of tiles), thread count, k blocking (n > KC) and either B (R or Rᵀ); `finish` sees
+/// each block's first row and its C block.
+#[test]
+fn rotgemm_is_an_fma_chain_for_any_blocking() {
+    use cpu::rotgemm::{fits, gemm_rows, PackedB};
+    assert!(!fits::<f64>(32), "f64 goes through faer");
+    assert!(
+        !fits::<f32>(48) && !fits::<f32>(0),
+        "n must be a multiple of 32"
+    );
+    if !fits::<f32>(32) {
+        eprintln!(
+            "no AVX-512 on this CPU: the f32 kernel is not used and this test checks nothing more"
+        );
+        return;
+    }
+    for (m, n) in [
+        (1, 32),
+        (13, 32),
+        (100, 64),
+        (37, 288),
+        (13, cpu::rotgemm::KC + 32),
+    ] {
+        let mut rng = Rng::new(m as u64 + n as u64);
+        let r: Vec<f32> = (0..n * n).map(|_| rng.normal() as f32).collect();
+        for transpose in [false, true] {
+            // C[i][j] = Σ_k A[i][k]·B[k][j], B = Rᵀ (B[k][j] = R[j][k]) or R
+            let mut want = vec![0f32; m * n];
+            let mut a = vec![0f32; n];
+            for i in 0..m {
+                test_row(7, i, &mut a);
+                for j in 0..n {
+                    want[i * n + j] = (0..n).fold(0f32, |c, k| {
+                        let b = if transpose {
+                            r[j * n + k]
+                        } else {
+                            r[k * n + j]
+                        };
+                        a[k].mul_add(b, c)
+                    });
+                }
+            }
+            let b = PackedB::new(&r, n, transpose);
+            for (mc, threads) in [(12, 1), (7, 2), (36, 3), (m, 2)] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut got = vec![f32::NAN; m * n];
+                pool.install(|| {
+                    gemm_rows(
+                        &mut got,
+                        mc,
+                        &b,
+                        |i, row| test_row(7, i, row),
+                        |first, c, d| {
+                            assert_eq!(first % mc, 0, "a block starts at a multiple of mc");
+                            assert_eq!(c.len(), d.len());
+                            // reversed within the block, to check `finish` gets the block it names
+                            for (d, v) in d.iter_mut().zip(c.iter().rev()) {
+                                *d = -*v;
+                            }
+                        },
+                    )
+                });
+                for blk in got.chunks_mut(mc * n) {
+                    blk.reverse();
+                    blk.iter_mut().for_each(|v| *v = -*v);
+                }
+                let label = format!("m={m} n={n} transpose={transpose} mc={mc} threads={threads}");
+                assert!(got == want, "gemm_rows differs from the FMA chain: {label}");
+            }
+        }
+    }
 }

@@ -4,7 +4,8 @@
 //! `Rotation::new` (permutations + Haar blocks), then rotate + unrotate of a random d-vector in f32, median
 //! over `--reps`. Reported against two baselines taken in the same run: the GEMM peak (`bench::gemm_gflops`
 //! at the rotation's chunk shape (rows × n × n, Rᵀ on the right, as `rotate` runs it) and at 1024³, plus the
-//! model shapes of `bench step`; the max) and one full training step (`bench step`'s code: forward +
+//! model shapes of `bench step`, and where it fits n, the f32 rotation kernel (`rotgemm`) on the chunk
+//! shape from rows already in memory; the max) and one full training step (`bench step`'s code: forward +
 //! backward + AdamW at B=4, T=64 by default). Also the time to sample R_n alone for n = 768 and 2048.
 //!
 //! FLOPs: rotate and unrotate are each 2·d·n (one n×n matvec per n coordinates), so `gflops` =
@@ -17,7 +18,8 @@
 
 use super::basis::Basis;
 use super::{haar, Rotation, Scope};
-use crate::backend::cpu::{rotation::chunk_rows, CpuBackend, GatherMode};
+use crate::backend::cpu::rotation::{chunk_rows, window_rows};
+use crate::backend::cpu::{rotgemm, CpuBackend, GatherMode};
 use crate::backend::Backend;
 use crate::bench::{
     bench_step, cpu_ticks, gemm_gflops, median, other_load, peak_rss_bytes, BenchOpts,
@@ -75,8 +77,11 @@ pub struct RotationTiming {
     pub ms_unrotate: f64,
     pub ms_rotate_unrotate: f64,
     pub gflops: f64,
-    /// GFLOP/s of the bare GEMM at the rotation's chunk shape (rows × n × n).
+    /// GFLOP/s of the bare GEMM (faer) at the rotation's chunk shape (rows × n × n).
     pub gemm_chunk_gflops: f64,
+    /// GFLOP/s of the f32 rotation kernel at the same shape, its rows copied from memory; None where it
+    /// does not fit n (or the CPU has no AVX-512).
+    pub kernel_chunk_gflops: Option<f64>,
     pub fraction_of_peak: f64,
     pub fraction_of_step: f64,
     /// max |unrotate(rotate(g)) − g| / max |g| in f32.
@@ -174,8 +179,9 @@ fn time_one(
         g,
         &mut Optimizer::unrotated(be, Adamw, table)?,
     )?;
-    let rows = chunk_rows(n).min(d / n).max(1);
+    let rows = chunk_rows::<f32>(n).min(d / n).max(1);
     let gemm_chunk = gemm_gflops::<f32>(rows, n, n, o.threads);
+    let kernel_chunk = rotgemm::fits::<f32>(n).then(|| kernel_gflops(rows, n));
     let gflops = 4.0 * d as f64 * n as f64 / (ms / 1e3) / 1e9;
     Ok(RotationTiming {
         n,
@@ -187,6 +193,7 @@ fn time_one(
         ms_rotate_unrotate: ms,
         gflops,
         gemm_chunk_gflops: gemm_chunk,
+        kernel_chunk_gflops: kernel_chunk,
         fraction_of_peak: 0.0, // filled in once the peak is known
         fraction_of_step: ms / ms_step,
         roundtrip_rel_err: err / gmax,
@@ -195,6 +202,31 @@ fn time_one(
         ms_adamw_none,
         adamw_fused_fraction_of_step: (ms_adamw_fused - ms_adamw_none) / ms_step,
     })
+}
+
+/// GFLOP/s of [`rotgemm::gemm_rows`] on a rows × n × n product (B = Rᵀ as `rotate` runs it), rows copied
+/// from a matrix in memory into the output, in the blocks `rotate` uses; best of as many repetitions as `bench::gemm_gflops` takes.
+fn kernel_gflops(rows: usize, n: usize) -> f64 {
+    let mut rng = Rng::new(7);
+    let a: Vec<f32> = (0..rows * n).map(|_| rng.normal() as f32).collect();
+    let r: Vec<f32> = (0..n * n).map(|_| rng.normal() as f32).collect();
+    let mut c = vec![0f32; rows * n];
+    let flops = 2.0 * (rows * n * n) as f64;
+    let reps = ((2e9 / flops).ceil() as usize).clamp(1, 50);
+    let mut best = f64::INFINITY;
+    for _ in 0..=reps {
+        let t = Instant::now();
+        let b = rotgemm::PackedB::new(&r, n, true);
+        rotgemm::gemm_rows(
+            &mut c,
+            window_rows(n, true),
+            &b,
+            |i, row| row.copy_from_slice(&a[i * n..][..n]),
+            |_, c, d| d.copy_from_slice(c),
+        );
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    flops / best / 1e9
 }
 
 /// Median ms of one step of `opt` with gradient `g` (after one untimed step: buffers allocated).
@@ -245,7 +277,8 @@ pub fn measure(o: &RotationBenchOpts) -> Result<RotationBenchResult> {
     let square = gemm_gflops::<f32>(1024, 1024, 1024, o.threads);
     let peak = results
         .iter()
-        .map(|r| r.gemm_chunk_gflops)
+        .flat_map(|r| [Some(r.gemm_chunk_gflops), r.kernel_chunk_gflops])
+        .flatten()
         .fold(step.gemm_peak_gflops.max(square), f64::max);
     for r in &mut results {
         r.fraction_of_peak = r.gflops / peak;

@@ -23,6 +23,7 @@ pub mod layernorm;
 pub mod matmul;
 pub mod optim;
 pub mod rotation;
+pub mod rotgemm;
 
 pub use attention::{attention_backward, attention_forward};
 pub use crossentropy::crossentropy_forward;
@@ -464,7 +465,7 @@ impl<T: Scalar> Backend for CpuBackend<T> {
     }
 
     fn rotation_index(&self, index: Vec<u32>, n: usize, src_len: usize) -> Result<RotIndex> {
-        rotation::prepare(index, n, src_len, self.gather)
+        rotation::prepare::<T>(index, n, src_len, self.gather)
     }
     fn rotation_index_list(&self, index: &RotIndex) -> Vec<u32> {
         index.to_list()

@@ -5,10 +5,12 @@
 //! - `unrotate`: Y = U·R (row b of Y = Rᵀ · u_b), then out[index[i]] = Y[i] (a scatter, `=`).
 //!
 //! R is (N,N) row-major. The blocks are processed in chunks of about [`CHUNK_ELEMS`] elements (whole
-//! blocks): each chunk is gathered into a per-thread scratch buffer and multiplied by ONE `T::gemm`
-//! (chunk·N × N × N) on the backend's threads, so the scratch stays a few MB while every GEMM is still large
-//! (5,440 × 768 × 768 at N = 768). No bf16 rounding: rotations run in `T` (the paper applies them in
-//! single precision). Invariants: `rotate` overwrites all of `out`; `unrotate` overwrites exactly the entries
+//! blocks), each multiplied on the backend's threads by one GEMM of chunk·N × N × N (5,460 × 768 × 768 at
+//! N = 768). Two GEMMs: in f32 with N a multiple of 32 on an AVX-512 CPU, the [`rotgemm`] kernel, which
+//! gathers each block of rows as it packs them and hands back each block of results while it is in L2
+//! (no chunk-sized copy of the gathered rows); otherwise faer (`T::gemm`) on a chunk gathered into a
+//! per-thread scratch buffer. No bf16 rounding: rotations run in `T` (the paper applies them in single
+//! precision). Invariants: `rotate` overwrites all of `out`; `unrotate` overwrites exactly the entries
 //! named by `index` and leaves the others untouched.
 //!
 //! **Two ways to move the coordinates** ([`RotIndex`], chosen once per index list by [`prepare`]):
@@ -23,17 +25,21 @@
 //!   streams at once slows down 3× here: first to groups, one per GEMM chunk (≤ 64 groups up to 64 chunks,
 //!   268 M coordinates; beyond, this level writes to more streams), then, right before each chunk's GEMM,
 //!   the group's coordinates to its windows in a chunk-sized buffer. Pass 2, per window, moves the bucket
-//!   into the window's rows (random access, but within 256 KB). `unrotate` runs the passes backwards.
-//!   Measured on 124M, n = 768, 2 threads: rotate + unrotate ≈ 1.9–2.2 s instead of 3.41 s
-//!   (`rotadam bench rotation --gather bucketed|direct`). It costs, per coordinate, a u32 staging
-//!   position, a u32 hop with two levels and a u16 window offset, plus a staging buffer of the list's
-//!   length and one chunk (for `global` 124M in f32: 1.24 GB of plan, 0.5 GB of staging), and building
-//!   the plan adds ≈ 3 s to `Rotation::new`.
+//!   into the window's rows (random access, but within 256 KB); with the f32 kernel, windows are the
+//!   kernel's blocks of rows (a whole number of its 12-row tiles: 84 rows at N = 768) and pass 2 is its
+//!   packing (`rotate`: row element k = bucket[inverse[k]]) and its store (`unrotate`: bucket[i] =
+//!   C[offset[i]]). `unrotate` runs the passes backwards. Measured on 124M, n = 768, 2 threads
+//!   (`rotadam bench rotation --gather bucketed|direct`): rotate + unrotate ≈ 1.7–1.8 s with the kernel,
+//!   1.9–2.2 s with faer's GEMM, 3.41 s with the direct moves and faer. It costs, per coordinate, a u32
+//!   staging position, a u32 hop with two levels, a u16 window offset and with the kernel its u16
+//!   inverse, plus a staging buffer of the list's length and one chunk (for `global` 124M in f32:
+//!   1.49 GB of plan, 0.5 GB of staging), and building the plan adds ≈ 3 s to `Rotation::new`.
 //!
 //! Both give bit-identical results: the chunk boundaries (hence every GEMM) are the same, only the order in
 //! which coordinates are moved differs.
 
 use super::optim::{adam_direction, AdamCoeffs};
+use super::rotgemm::{self, PackedB};
 use super::{check_len, with_scratch, with_staging, CHUNK};
 use crate::backend::{check_rotation_index, AdamStep, Scalar};
 use crate::error::Result;
@@ -134,15 +140,20 @@ pub struct BucketPlan {
     hop: Vec<u32>,
     /// Per (final) staging position (len entries): its offset in its window of the rotated layout.
     offset: Vec<u16>,
+    /// The inverse of `offset` within each window (per rotated position, the staging position it comes
+    /// from, relative to the window), kept only for the f32 kernel that packs straight from the buckets
+    /// ([`rotgemm`]); else empty.
+    inverse: Vec<u16>,
 }
 
 impl BucketPlan {
-    /// The plan of `index` (distinct entries < `src_len`) for blocks of `n`; None when n > 2^16.
-    fn new(index: &[u32], n: usize, src_len: usize) -> Result<Option<Self>> {
+    /// The plan of `index` (distinct entries < `src_len`) for blocks of `n`, with the inverse offsets when
+    /// `inverse`; None when n > 2^16.
+    fn new(index: &[u32], n: usize, src_len: usize, inverse: bool) -> Result<Option<Self>> {
         if n == 0 || n > WINDOW_ELEMS {
             return Ok(None);
         }
-        let window = window_rows(n) * n;
+        let window = window_rows(n, inverse) * n;
         let len = index.len();
         // stage[src] first holds the rotated position of src, then its position in the window order.
         let Some(mut stage) = listed_positions(index, src_len) else {
@@ -175,7 +186,7 @@ impl BucketPlan {
             // stage → group position, in source order within a group; `hop` holds the rotated position
             // meanwhile. Then each group on its own (its positions stay inside it): hop → window
             // position, in the same order.
-            let group = chunk_rows(n) * n;
+            let group = chunk_rows_for(n, inverse) * n;
             let mut hop = vec![0u32; len];
             super::advise_huge_pages(&hop);
             let hops = SharedMut(hop.as_mut_ptr());
@@ -204,6 +215,18 @@ impl BucketPlan {
             });
             (group, hop)
         };
+        let mut inv = Vec::new();
+        if inverse {
+            inv = vec![0u16; len];
+            super::advise_huge_pages(&inv);
+            inv.par_chunks_mut(window)
+                .zip(offset.par_chunks(window))
+                .for_each(|(inv, off)| {
+                    for (i, &o) in off.iter().enumerate() {
+                        inv[o as usize] = i as u16;
+                    }
+                });
+        }
         Ok(Some(BucketPlan {
             window,
             len,
@@ -211,6 +234,7 @@ impl BucketPlan {
             stage,
             hop,
             offset,
+            inverse: inv,
         }))
     }
 
@@ -227,6 +251,17 @@ impl BucketPlan {
     /// window order with two levels.
     fn staging_len(&self) -> usize {
         self.len + (self.levels() - 1) * self.group
+    }
+
+    /// Panics unless the plan was built for the f32 kernel with windows of `window` coordinates.
+    #[track_caller]
+    fn check_kernel(&self, window: usize) {
+        assert!(
+            self.window == window && self.inverse.len() == self.len,
+            "rotation plan: built for windows of {} without the kernel's inverse offsets, used by the \
+             f32 kernel with windows of {window}",
+            self.window
+        );
     }
 
     /// With two levels, the `hop` entries of the group of `len` list positions from `start` (a GEMM
@@ -335,14 +370,25 @@ fn bucket_slots(
         });
 }
 
-/// Blocks of `n` per window of the bucketed plan.
-fn window_rows(n: usize) -> usize {
-    (WINDOW_ELEMS / n.max(1)).max(1)
+/// Blocks of `n` per window of the bucketed plan: as many as fit in [`WINDOW_ELEMS`], and with the f32
+/// kernel (`kernel`) a whole number of its register tiles where that leaves at least one, since each
+/// window is then one block of the kernel's GEMM (85 → 84 rows at n = 768).
+pub fn window_rows(n: usize, kernel: bool) -> usize {
+    let rows = (WINDOW_ELEMS / n.max(1)).max(1);
+    if kernel && rows >= rotgemm::MR {
+        rows / rotgemm::MR * rotgemm::MR
+    } else {
+        rows
+    }
 }
 
-/// Blocks of `n` per GEMM chunk: a whole number of windows, the same for both plans.
-pub fn chunk_rows(n: usize) -> usize {
-    let wr = window_rows(n);
+/// Blocks of `n` per GEMM chunk in `T`: a whole number of windows, the same for both plans.
+pub fn chunk_rows<T: Scalar>(n: usize) -> usize {
+    chunk_rows_for(n, rotgemm::fits::<T>(n))
+}
+
+fn chunk_rows_for(n: usize, kernel: bool) -> usize {
+    let wr = window_rows(n, kernel);
     ((CHUNK_ELEMS / n.max(1)) / wr).max(1) * wr
 }
 
@@ -355,7 +401,7 @@ fn min_max(ix: &[u32]) -> (u32, u32) {
 /// Whether the windows of `index` read, on average, from a span wider than [`SCATTER_SPAN_WINDOWS`]
 /// windows (the direct gather then misses the caches).
 fn scattered(index: &[u32], n: usize) -> bool {
-    let window = window_rows(n) * n;
+    let window = window_rows(n, false) * n;
     let spans: Vec<usize> = index
         .par_chunks(window)
         .map(|w| {
@@ -367,16 +413,21 @@ fn scattered(index: &[u32], n: usize) -> bool {
     mean > SCATTER_SPAN_WINDOWS * window
 }
 
-/// Prepares `index` (NB·N distinct entries, each < `src_len`) for [`rotate`] / [`unrotate`] with blocks of
-/// `n`, as `mode` asks (module docs).
-pub fn prepare(index: Vec<u32>, n: usize, src_len: usize, mode: GatherMode) -> Result<RotIndex> {
+/// Prepares `index` (NB·N distinct entries, each < `src_len`) for [`rotate`] / [`unrotate`] in `T` with
+/// blocks of `n`, as `mode` asks (module docs).
+pub fn prepare<T: Scalar>(
+    index: Vec<u32>,
+    n: usize,
+    src_len: usize,
+    mode: GatherMode,
+) -> Result<RotIndex> {
     let bucketed = match mode {
         GatherMode::Direct => false,
         GatherMode::Bucketed => true,
         GatherMode::Auto => index.len() >= BUCKETED_MIN && scattered(&index, n),
     };
     if bucketed {
-        if let Some(plan) = BucketPlan::new(&index, n, src_len)? {
+        if let Some(plan) = BucketPlan::new(&index, n, src_len, rotgemm::fits::<T>(n))? {
             return Ok(RotIndex::Bucketed(plan));
         }
     }
@@ -534,7 +585,10 @@ pub fn rotate_then<T: Scalar>(
     if nb == 0 || n == 0 {
         return;
     }
-    let chunk = chunk_rows(n) * n;
+    let chunk = chunk_rows::<T>(n) * n;
+    if rotgemm::fits::<T>(n) {
+        return rotate_kernel(out, inp, index, r, n, chunk, epilogue);
+    }
     let gemm =
         |o: &mut [T], x: &[T]| T::gemm(o, x, r, o.len() / n, n, n, false, true, false, threads);
     match index {
@@ -587,6 +641,69 @@ pub fn rotate_then<T: Scalar>(
     }
 }
 
+/// [`rotate_then`] through [`rotgemm`] (T is f32 and the kernel fits n): the same chunks, but the
+/// kernel's packing gathers each row itself, from the source with a direct list, from the window bucket
+/// through the inverse offsets with the bucketed plan (whose windows are the kernel's blocks), so pass 2
+/// and its 16 MB buffer disappear.
+fn rotate_kernel<T: Scalar>(
+    out: &mut [T],
+    inp: &[T],
+    index: &RotIndex,
+    r: &[T],
+    n: usize,
+    chunk: usize,
+    mut epilogue: impl FnMut(usize, &mut [T]),
+) {
+    // `fits` checked that T is f32: these casts keep every length.
+    let (inp, r): (&[f32], &[f32]) = (bytemuck::cast_slice(inp), bytemuck::cast_slice(r));
+    let rt = PackedB::new(r, n, true);
+    let copy = |_: usize, c: &[f32], d: &mut [f32]| d.copy_from_slice(c);
+    let mc = window_rows(n, true);
+    let mut chunks = |gemm: &mut dyn FnMut(usize, &mut [f32])| {
+        for (k, o) in out.chunks_mut(chunk).enumerate() {
+            gemm(k * chunk, bytemuck::cast_slice_mut(o));
+            epilogue(k * chunk, o);
+        }
+    };
+    match index {
+        RotIndex::Direct(index) => chunks(&mut |start, o| {
+            let index = &index[start..][..o.len()];
+            let fill = |i: usize, row: &mut [f32]| {
+                for (v, &src) in row.iter_mut().zip(&index[i * n..][..n]) {
+                    *v = inp[src as usize];
+                }
+            };
+            rotgemm::gemm_rows(o, mc, &rt, fill, copy);
+        }),
+        RotIndex::Bucketed(plan) => with_staging(plan.staging_len(), |buf: &mut [f32]| {
+            plan.check_kernel(mc * n);
+            let (first, win) = buf.split_at_mut(plan.len);
+            bucket_scatter(first, inp, &plan.stage, 0);
+            let window = plan.window;
+            chunks(&mut |start, o| {
+                let st = &mut first[start..][..o.len()];
+                let st: &[f32] = match plan.group_hop(start, o.len()) {
+                    None => st,
+                    Some(hop) => {
+                        let w = &mut win[..o.len()];
+                        bucket_scatter(w, st, hop, start);
+                        w
+                    }
+                };
+                let inverse = &plan.inverse[start..][..o.len()];
+                // Row i of the chunk is in window i / mc; its bucket starts at that window's start.
+                let fill = |i: usize, row: &mut [f32]| {
+                    let bucket = &st[i / mc * window..];
+                    for (v, &j) in row.iter_mut().zip(&inverse[i * n..][..n]) {
+                        *v = bucket[j as usize];
+                    }
+                };
+                rotgemm::gemm_rows(o, mc, &rt, fill, copy);
+            })
+        }),
+    }
+}
+
 /// For each block b: out[index[b·N + i]] = (Rᵀ · inp[b·N .. (b+1)·N])ᵢ; R (N,N) row-major. `=` on the
 /// entries named by `index` (each < out.len()); the others are untouched. GEMMs run on `threads` threads.
 pub fn unrotate<T: Scalar>(
@@ -618,7 +735,10 @@ pub fn unrotate_with<T: Scalar>(
     if nb == 0 || n == 0 {
         return;
     }
-    let chunk = chunk_rows(n) * n;
+    let chunk = chunk_rows::<T>(n) * n;
+    if rotgemm::fits::<T>(n) {
+        return unrotate_kernel(out, inp, index, r, n, chunk, write);
+    }
     let gemm =
         |y: &mut [T], u: &[T]| T::gemm(y, u, r, u.len() / n, n, n, false, false, false, threads);
     match index {
@@ -660,6 +780,71 @@ pub fn unrotate_with<T: Scalar>(
                     }
                 }
             });
+            bucket_gather(out, first, &plan.stage, 0, &write);
+        }),
+    }
+}
+
+/// [`unrotate_with`] through [`rotgemm`] (T is f32 and the kernel fits n): the same chunks; with the
+/// bucketed plan each block of the kernel (one window) goes from its C block, still in L2, straight into
+/// the window's bucket (pass 2 backwards as the GEMM's store), with a direct list into the scratch chunk
+/// that the scatter reads.
+#[allow(clippy::too_many_arguments)]
+fn unrotate_kernel<T: Scalar>(
+    out: &mut [T],
+    inp: &[T],
+    index: &RotIndex,
+    r: &[T],
+    n: usize,
+    chunk: usize,
+    write: impl Fn(&mut T, T) + Sync,
+) {
+    let rb = PackedB::new(bytemuck::cast_slice(r), n, false);
+    let mc = window_rows(n, true);
+    match index {
+        RotIndex::Direct(index) => with_scratch(chunk.min(inp.len()), |s: &mut [T]| {
+            for (u, ix) in inp.chunks(chunk).zip(index.chunks(chunk)) {
+                let y = &mut s[..u.len()];
+                let u: &[f32] = bytemuck::cast_slice(u);
+                rotgemm::gemm_rows(
+                    bytemuck::cast_slice_mut(y),
+                    mc,
+                    &rb,
+                    |i, row| row.copy_from_slice(&u[i * n..][..n]),
+                    |_, c, d| d.copy_from_slice(c),
+                );
+                scatter(out, y, ix, &write);
+            }
+        }),
+        RotIndex::Bucketed(plan) => with_staging(plan.staging_len(), |buf: &mut [T]| {
+            plan.check_kernel(mc * n);
+            let (first, win) = buf.split_at_mut(plan.len);
+            for (k, (u, group)) in inp.chunks(chunk).zip(first.chunks_mut(chunk)).enumerate() {
+                let start = k * chunk;
+                let hop = plan.group_hop(start, u.len());
+                let st: &mut [T] = if hop.is_some() {
+                    &mut win[..u.len()]
+                } else {
+                    &mut *group
+                };
+                let u: &[f32] = bytemuck::cast_slice(u);
+                let off = &plan.offset[start..][..u.len()];
+                // Block b is window b of the chunk: its bucket takes the C entries in offset order.
+                rotgemm::gemm_rows(
+                    bytemuck::cast_slice_mut(st),
+                    mc,
+                    &rb,
+                    |i, row| row.copy_from_slice(&u[i * n..][..n]),
+                    |first_row, c, d| {
+                        for (d, &o) in d.iter_mut().zip(&off[first_row * n..]) {
+                            *d = c[o as usize];
+                        }
+                    },
+                );
+                if let Some(hop) = hop {
+                    bucket_gather(group, &win[..u.len()], hop, start, &|o, v| *o = v);
+                }
+            }
             bucket_gather(out, first, &plan.stage, 0, &write);
         }),
     }
