@@ -5,8 +5,8 @@
 //! bandwidth from its clock and bus width).
 //!
 //! Bytes are the minimum traffic of each op (every input read once, every output written once); FLOPs
-//! count multiply-adds as 2. The median of `--reps` timed runs after one warm-up; a device is synchronised
-//! (a one-element download) before each timer stops. Nothing here has been run on a GPU.
+//! count multiply-adds as 2. The median of `--reps` timed runs after one warm-up (the peaks: the best of
+//! at least 5); a device is synchronised (a one-element download) before each timer stops. Nothing here has been run on a GPU.
 
 use crate::backend::{AdamStep, Backend};
 use crate::config::{DeviceKind, ModelConfig, OptimizerKind, TrainConfig};
@@ -76,7 +76,13 @@ fn randn(rng: &mut Rng, n: usize, scale: f64) -> Vec<f32> {
 }
 
 /// Median wall time in ms of `f` over `reps` runs after one warm-up, synchronising with `sync`.
-fn time(reps: usize, mut f: impl FnMut(), sync: &dyn Fn()) -> f64 {
+fn time(reps: usize, f: impl FnMut(), sync: &dyn Fn()) -> f64 {
+    let v = times(reps, f, sync);
+    v[v.len() / 2]
+}
+
+/// The wall times in ms of `reps` runs of `f` (at least one) after one warm-up, in increasing order.
+fn times(reps: usize, mut f: impl FnMut(), sync: &dyn Fn()) -> Vec<f64> {
     f();
     sync();
     let mut v: Vec<f64> = (0..reps.max(1))
@@ -88,7 +94,7 @@ fn time(reps: usize, mut f: impl FnMut(), sync: &dyn Fn()) -> f64 {
         })
         .collect();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+    v
 }
 
 /// GB/s of an in-place axpy over 256 MB vectors (x = 3·x + y) on the caller's rayon pool: the CPU's
@@ -104,8 +110,9 @@ pub fn host_stream_bandwidth() -> f64 {
     crate::backend::cpu::advise_huge_pages(&x);
     crate::backend::cpu::advise_huge_pages(&y);
     y.par_iter_mut().for_each(|v| *v = 1.0);
-    let ms = time(
-        3,
+    // the best of 5, as for the GEMM peak
+    let ms = times(
+        5,
         || {
             x.par_chunks_mut(1 << 16)
                 .zip(y.par_chunks(1 << 16))
@@ -116,7 +123,7 @@ pub fn host_stream_bandwidth() -> f64 {
                 })
         },
         &|| (),
-    );
+    )[0];
     std::hint::black_box(&x);
     (3 * 4 * n) as f64 / (ms / 1e3) / 1e9
 }
@@ -157,15 +164,16 @@ pub fn bench_ops<BK: Backend<T = f32>>(
     let reps = o.reps;
     let mut ops = Vec::new();
 
-    // GEMM peak of this backend (1024³), same run
+    // GEMM peak of this backend (1024³), same run: the best of at least 5 runs (a capability, as
+    // `bench::gemm_gflops` takes it; a median let one slow moment of a shared CPU halve it)
     let g = 1024;
     let (ga, gb) = (
         buf(&randn(&mut rng, g * g, 1.0))?,
         buf(&randn(&mut rng, g * g, 1.0))?,
     );
     let mut gc = be.alloc(g * g)?;
-    let ms = time(
-        reps,
+    let ms = times(
+        reps.max(5),
         || {
             be.gemm(
                 be.view_mut(&mut gc, 0..g * g),
@@ -180,7 +188,7 @@ pub fn bench_ops<BK: Backend<T = f32>>(
             )
         },
         &sync,
-    );
+    )[0];
     let peak = 2.0 * (g * g * g) as f64 / (ms / 1e3) / 1e9;
     let mut push = |op: String, ms: f64, amount: f64, flops: bool| {
         let rate = amount / (ms / 1e3) / 1e9;
