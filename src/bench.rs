@@ -143,12 +143,19 @@ pub fn gemm_gflops<T: Scalar>(m: usize, n: usize, k: usize, threads: usize) -> f
         .map(|_| <T as Scalar>::from_f64(rng.normal()))
         .collect();
     let mut c = vec![<T as num_traits::Zero>::zero(); m * n];
-    let flops = 2.0 * (m * n * k) as f64;
+    best_gflops(2.0 * (m * n * k) as f64, || {
+        T::gemm(&mut c, &a, &b, m, n, k, false, true, false, threads)
+    })
+}
+
+/// GFLOP/s of the fastest of ≈ 2 GFLOP worth of runs of `f` (1 to 50 runs, after one untimed), `f`
+/// doing `flops` floating-point operations: the practical peak of a GEMM.
+pub fn best_gflops(flops: f64, mut f: impl FnMut()) -> f64 {
     let reps = ((2e9 / flops).ceil() as usize).clamp(1, 50);
     let mut best = f64::INFINITY;
     for _ in 0..=reps {
         let t = Instant::now();
-        T::gemm(&mut c, &a, &b, m, n, k, false, true, false, threads);
+        f();
         best = best.min(t.elapsed().as_secs_f64());
     }
     flops / best / 1e9

@@ -22,7 +22,7 @@ use crate::backend::cpu::rotation::{chunk_rows, window_rows};
 use crate::backend::cpu::{rotgemm, CpuBackend, GatherMode};
 use crate::backend::Backend;
 use crate::bench::{
-    bench_step, cpu_ticks, gemm_gflops, median, other_load, peak_rss_bytes, BenchOpts,
+    bench_step, best_gflops, cpu_ticks, gemm_gflops, median, other_load, peak_rss_bytes, BenchOpts,
 };
 use crate::config::{BlockPartition::Tensor, ModelConfig, OptimizerKind::Adamw, TrainConfig};
 use crate::error::Result;
@@ -204,18 +204,15 @@ fn time_one(
     })
 }
 
-/// GFLOP/s of [`rotgemm::gemm_rows`] on a rows × n × n product (B = Rᵀ as `rotate` runs it), rows copied
-/// from a matrix in memory into the output, in the blocks `rotate` uses; best of as many repetitions as `bench::gemm_gflops` takes.
+/// GFLOP/s of [`rotgemm::gemm_rows`] on a rows × n × n product (B = Rᵀ packed each time, as `rotate`
+/// does), rows copied from a matrix in memory into the output, in the blocks `rotate` uses; timed as
+/// `bench::gemm_gflops` times faer.
 fn kernel_gflops(rows: usize, n: usize) -> f64 {
     let mut rng = Rng::new(7);
     let a: Vec<f32> = (0..rows * n).map(|_| rng.normal() as f32).collect();
     let r: Vec<f32> = (0..n * n).map(|_| rng.normal() as f32).collect();
     let mut c = vec![0f32; rows * n];
-    let flops = 2.0 * (rows * n * n) as f64;
-    let reps = ((2e9 / flops).ceil() as usize).clamp(1, 50);
-    let mut best = f64::INFINITY;
-    for _ in 0..=reps {
-        let t = Instant::now();
+    best_gflops(2.0 * (rows * n * n) as f64, || {
         let b = rotgemm::PackedB::new(&r, n, true);
         rotgemm::gemm_rows(
             &mut c,
@@ -224,9 +221,7 @@ fn kernel_gflops(rows: usize, n: usize) -> f64 {
             |i, row| row.copy_from_slice(&a[i * n..][..n]),
             |_, c, d| d.copy_from_slice(c),
         );
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    flops / best / 1e9
+    })
 }
 
 /// Median ms of one step of `opt` with gradient `g` (after one untimed step: buffers allocated).

@@ -6,7 +6,8 @@
 //!
 //! Bytes are the minimum traffic of each op (every input read once, every output written once); FLOPs
 //! count multiply-adds as 2. The median of `--reps` timed runs after one warm-up (the peaks: the best of
-//! at least 5); a device is synchronised (a one-element download) before each timer stops. Nothing here has been run on a GPU.
+//! at least 5); a device is synchronised (a one-element download) before each timer stops. Nothing here
+//! has been run on a GPU.
 
 use crate::backend::{AdamStep, Backend};
 use crate::config::{DeviceKind, ModelConfig, OptimizerKind, TrainConfig};
