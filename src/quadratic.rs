@@ -42,10 +42,9 @@ use crate::backend::{AdamStep, Scalar};
 use crate::error::{Error, Result};
 use crate::plot::{mean_std, Axes, LineChart, Series, Stat};
 use crate::rng::Rng;
-use clap::Args;
 use rayon::prelude::*;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Default θ grid: 0 (no rotation), then log-spaced up to a near-random rotation.
 pub const DEFAULT_THETAS: [f64; 8] = [0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0];
@@ -53,43 +52,6 @@ pub const DEFAULT_THETAS: [f64; 8] = [0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
 /// Default learning-rate grid: 10^(k/2) for k = −8 … 2, i.e. 1e-4 … 10 in half-decades.
 pub fn default_lrs() -> Vec<f64> {
     (-8..=2).map(|k| 10f64.powf(k as f64 / 2.0)).collect()
-}
-
-/// `rotadam quadratic`: the flags.
-#[derive(Args, Debug, Clone)]
-pub struct QuadraticArgs {
-    /// Dimension d of x.
-    #[arg(long, default_value_t = 500)]
-    pub dim: usize,
-    /// Optimizer steps per run.
-    #[arg(long, default_value_t = 1000)]
-    pub steps: usize,
-    /// Seeds (x₀ and x* draws) per setting.
-    #[arg(long, default_value_t = 3)]
-    pub seeds: usize,
-    /// Rotation angles θ, comma-separated [default: 0,0.01,0.03,0.1,0.3,1,3,10].
-    #[arg(long, value_delimiter = ',')]
-    pub thetas: Option<Vec<f64>>,
-    /// Learning-rate grid, comma-separated [default: 1e-4 … 10 in half-decades].
-    #[arg(long, value_delimiter = ',')]
-    pub lrs: Option<Vec<f64>>,
-    /// Adam's and AdaSGD's β₂.
-    #[arg(long, default_value_t = 0.99)]
-    pub beta2: f64,
-    /// Adam's and AdaSGD's ε.
-    #[arg(long, default_value_t = 1e-8)]
-    pub eps: f64,
-    /// SGD's momentum.
-    #[arg(long, default_value_t = 0.9)]
-    pub momentum: f64,
-    /// Seed of the rotation generator A and of the x₀ / x* draws.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Output directory (table.md, results.json, quadratic.png, quadratic.svg).
-    #[arg(long, default_value = "runs/quadratic")]
-    pub out: PathBuf,
-    #[arg(long, default_value_t = crate::cli::default_threads())]
-    pub threads: usize,
 }
 
 /// Every setting of an experiment (saved in results.json).
@@ -125,14 +87,14 @@ impl QuadConfig {
             eps: 1e-8,
             momentum: 0.9,
             seed: 0,
-            threads: crate::cli::default_threads(),
+            threads: crate::config::default_threads(),
             spectrum: "lambda_i = i^-2, i = 1..d".into(),
             rotation: "S_ij ~ N(0, 1/d), A = S - S^T, R = exp(theta A)".into(),
             optimizers: QuadOpt::ALL.to_vec(),
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<()> {
         let bad = |f: &str, m: String| Err(Error::config(f, m));
         if self.dim < 2 {
             return bad("--dim", format!("{} (expected at least 2)", self.dim));
@@ -168,26 +130,6 @@ impl QuadConfig {
             return bad("--threads", "expected at least 1".into());
         }
         Ok(())
-    }
-}
-
-impl QuadraticArgs {
-    /// The validated experiment configuration.
-    pub fn to_config(&self) -> Result<QuadConfig> {
-        let mut c = QuadConfig::new(self.dim, self.steps, self.seeds);
-        if let Some(t) = &self.thetas {
-            c.thetas = t.clone();
-        }
-        if let Some(l) = &self.lrs {
-            c.lrs = l.clone();
-        }
-        c.beta2 = self.beta2;
-        c.eps = self.eps;
-        c.momentum = self.momentum;
-        c.seed = self.seed;
-        c.threads = self.threads;
-        c.validate()?;
-        Ok(c)
     }
 }
 
@@ -831,9 +773,8 @@ pub fn write_outputs(res: &QuadResults, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `rotadam quadratic`: run, print the table, write the outputs.
-pub fn run_cli(args: &QuadraticArgs) -> Result<()> {
-    let cfg = args.to_config()?;
+/// `rotadam quadratic`: run `cfg`, print the table, write the outputs into `out`.
+pub fn run_and_write(cfg: &QuadConfig, out: &Path) -> Result<()> {
     eprintln!(
         "quadratic: d = {}, {} steps, {} seeds, {} thetas × {} optimizers × {} lrs ({} runs)",
         cfg.dim,
@@ -844,12 +785,12 @@ pub fn run_cli(args: &QuadraticArgs) -> Result<()> {
         cfg.lrs.len(),
         cfg.thetas.len() * cfg.optimizers.len() * cfg.lrs.len() * cfg.seeds
     );
-    let res = run(&cfg, &mut |line| eprintln!("  {line}"))?;
+    let res = run(cfg, &mut |line| eprintln!("  {line}"))?;
     print!("{}", markdown_table(&res));
-    write_outputs(&res, &args.out)?;
+    write_outputs(&res, out)?;
     eprintln!(
         "wrote {}/table.md, results.json, quadratic.png, quadratic.svg",
-        args.out.display()
+        out.display()
     );
     Ok(())
 }

@@ -13,7 +13,7 @@ use rotadam::diagnose::estimators::{
     self, decompose, hessian_row, l11, lanczos, standard_cauchy, L11Method,
 };
 use rotadam::diagnose::hvp::{Gpt2Hvp, InPlaceBasis};
-use rotadam::diagnose::{self, rows, update_cv, DiagnoseArgs, What};
+use rotadam::diagnose::{self, rows, update_cv, DiagnoseOptions, What};
 use rotadam::model::ParamTable;
 use rotadam::rng::Rng;
 use rotadam::rotation::basis::Basis;
@@ -561,7 +561,7 @@ fn trained_run(
     let out = root.join("run");
     let mut cfg = tiny_config(&root, &out, 3);
     cfg.train.checkpoint_every = 1;
-    cfg.rotation.kind = rotation.into();
+    cfg.rotation.kind = rotation.parse().unwrap();
     cfg.rotation.block = 16;
     cfg.rotation.seed = 5;
     cfg.precision = precision;
@@ -572,7 +572,7 @@ fn trained_run(
 #[test]
 fn diagnose_linf_equals_the_direct_computation() {
     let run = trained_run("linf", "global", rotadam::config::Precision::Fp32);
-    let mut args = DiagnoseArgs::new(&run, vec![What::Linf]);
+    let mut args = DiagnoseOptions::new(&run, vec![What::Linf]);
     args.batches = 3;
     args.threads = Some(1);
     let report = diagnose::run(&args).unwrap();
@@ -655,7 +655,7 @@ fn rebuilt_update_direction_equals_two_consecutive_checkpoints() {
 #[test]
 fn diagnose_everything_on_a_tiny_run() {
     let run = trained_run("all", "output", rotadam::config::Precision::Fp32);
-    let mut args = DiagnoseArgs::new(&run, vec![What::All]);
+    let mut args = DiagnoseOptions::new(&run, vec![What::All]);
     args.batches = 2;
     args.probes = 20;
     args.lanczos_iters = 10;
@@ -690,13 +690,13 @@ fn diagnose_everything_on_a_tiny_run() {
     assert!(r.json_path.is_file());
     assert!(diagnose::table(&r).contains("update-cv"));
     // bad input names the field
-    let mut bad = DiagnoseArgs::new(&run, vec![What::L11]);
+    let mut bad = DiagnoseOptions::new(&run, vec![What::L11]);
     bad.probes = 0;
     assert!(diagnose::run(&bad)
         .unwrap_err()
         .to_string()
         .contains("--probes"));
-    let e = diagnose::run(&DiagnoseArgs::new(run.join("nope"), vec![What::Linf])).unwrap_err();
+    let e = diagnose::run(&DiagnoseOptions::new(run.join("nope"), vec![What::Linf])).unwrap_err();
     assert!(e.to_string().contains("run directory"), "{e}");
 }
 
@@ -707,7 +707,7 @@ fn logged_update_cv_matches_diagnose_on_the_checkpoint() {
     let out = root.join("run");
     let mut cfg = tiny_config(&root, &out, 4);
     cfg.train.log_update_cv = 2;
-    cfg.rotation.kind = "input".into();
+    cfg.rotation.kind = "input".parse().unwrap();
     cfg.rotation.block = 8;
     train::train(&cfg, false).unwrap();
     let rows = rotadam::run::metrics::read(&out.join("metrics.jsonl")).unwrap();
@@ -718,7 +718,7 @@ fn logged_update_cv_matches_diagnose_on_the_checkpoint() {
         .expect("step 4 logs the update CV");
     assert!(rows[1].update_cv.is_some());
     // diagnose recomputes it from the checkpoint of step 4 (f64 unrotate of the f32 moments)
-    let mut args = DiagnoseArgs::new(&out, vec![What::UpdateCv]);
+    let mut args = DiagnoseOptions::new(&out, vec![What::UpdateCv]);
     args.threads = Some(1);
     let r = diagnose::run(&args).unwrap();
     let cv = r.update_cv.unwrap();
@@ -742,7 +742,7 @@ fn diagnose_all_on_an_sgd_run_skips_what_needs_adam() {
     let mut cfg = tiny_config(&root, &out, 2);
     cfg.train.optimizer = rotadam::config::OptimizerKind::Sgd;
     train::train(&cfg, false).unwrap();
-    let mut args = DiagnoseArgs::new(&out, vec![What::All]);
+    let mut args = DiagnoseOptions::new(&out, vec![What::All]);
     args.batches = 1;
     args.probes = 4;
     args.lanczos_iters = 3;
@@ -758,6 +758,6 @@ fn diagnose_all_on_an_sgd_run_skips_what_needs_adam() {
     );
     assert!(rows.rows[0].update.is_none() && rows.rows[0].position.index == 5);
     // asked for explicitly, it is an error that says why
-    let e = diagnose::run(&DiagnoseArgs::new(&out, vec![What::UpdateCv])).unwrap_err();
+    let e = diagnose::run(&DiagnoseOptions::new(&out, vec![What::UpdateCv])).unwrap_err();
     assert!(e.to_string().contains("AdamW"), "{e}");
 }

@@ -4,7 +4,7 @@
 //! is Adam; resume under a rotation is bit-identical.
 
 use crate::train::{synthetic_data, tiny_config, tmp};
-use rotadam::config::{BlockPartition, OptimizerKind, Precision, RunConfig};
+use rotadam::config::{BlockPartition, OptimizerKind, Precision, RotationKind, RunConfig};
 use rotadam::run::{checkpoint, metrics, train};
 use std::path::Path;
 
@@ -21,7 +21,7 @@ fn curves(root: &Path, base: &RunConfig, runs: &[(&str, usize)]) -> Vec<Vec<f64>
     runs.iter()
         .map(|(scope, n)| {
             let mut c = base.clone();
-            c.rotation.kind = scope.to_string();
+            c.rotation.kind = scope.parse().unwrap();
             c.rotation.block = *n;
             c.rotation.seed = 7;
             c.out = root.join(format!("{scope}-{n}-{:?}", c.train.optimizer));
@@ -173,7 +173,7 @@ fn resume_under_rotations_is_bit_identical() {
         ("kron", OptimizerKind::Adamw),
     ] {
         let mut a = base(&root, opt, Precision::Fp32, 8);
-        a.rotation.kind = scope.into();
+        a.rotation.kind = scope.parse().unwrap();
         a.rotation.block = 5;
         a.train.checkpoint_every = 4;
         a.train.lr_decay_steps = Some(8);
@@ -210,7 +210,7 @@ fn structured_rotations_svd_and_kron() {
     let run = |opt: OptimizerKind, momentum: f64, kind: &str| {
         let mut c = base(&root, opt, Precision::Fp64, 12);
         c.train.momentum = momentum;
-        c.rotation.kind = kind.into();
+        c.rotation.kind = kind.parse().unwrap();
         c.rotation.svd_every = 5;
         c.rotation.kron_stages = 2;
         c.rotation.seed = 3;
@@ -240,7 +240,7 @@ fn resume_under_svd_restores_the_singular_vectors() {
     let root = tmp("svd-resume");
     synthetic_data(&root);
     let mut a = base(&root, OptimizerKind::Adamw, Precision::Fp32, 8);
-    a.rotation.kind = "svd".into();
+    a.rotation.kind = RotationKind::Svd;
     a.rotation.svd_every = 3; // refreshes before steps 1, 4, 7
     a.train.checkpoint_every = 5;
     a.train.lr_decay_steps = Some(8);

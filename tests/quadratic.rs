@@ -366,7 +366,7 @@ fn cli_flags_and_validation() {
     let Command::Quadratic(args) = cli.command else {
         panic!("not the quadratic command")
     };
-    let cfg = args.to_config().unwrap();
+    let cfg = args.config().unwrap();
     assert_eq!(cfg.thetas, vec![0.0, 0.5, 2.0]);
     assert_eq!(cfg.lrs, vec![0.1, 1.0]);
     assert_eq!((cfg.dim, cfg.seeds, cfg.steps), (16, 2, 1000));
@@ -374,11 +374,11 @@ fn cli_flags_and_validation() {
     let Command::Quadratic(args) = bad.command else {
         panic!()
     };
-    let e = args.to_config().unwrap_err().to_string();
+    let e = args.config().unwrap_err().to_string();
     assert!(e.contains("--thetas"), "{e}");
     let bad = Cli::try_parse_from(["rotadam", "quadratic", "--lrs", "0"]).unwrap();
     let Command::Quadratic(args) = bad.command else {
         panic!()
     };
-    assert!(args.to_config().unwrap_err().to_string().contains("--lrs"));
+    assert!(args.config().unwrap_err().to_string().contains("--lrs"));
 }

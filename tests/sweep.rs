@@ -2,25 +2,27 @@
 //! SGD validation ablation (curves must coincide).
 
 use crate::train::{synthetic_data, tiny_config, tmp};
-use rotadam::cli::Gpt2Args;
-use rotadam::diagnose::{self, DiagnoseArgs, What};
+use clap::Parser;
+use rotadam::config::RotationKind;
+use rotadam::diagnose::{self, DiagnoseOptions, What};
+use rotadam::run::options::RunOptions;
 use rotadam::sweep::report::{self, Slowdown};
-use rotadam::sweep::{self as sw, Ablation, SweepArgs};
+use rotadam::sweep::{self as sw, Ablation, SweepOptions};
 use std::path::{Path, PathBuf};
 
 /// A sweep over the tiny test model: base config written to `root/base.json`.
-fn args(root: &Path, rotations: &[&str], seeds: usize, steps: usize) -> SweepArgs {
+fn args(root: &Path, rotations: &[&str], seeds: usize, steps: usize) -> SweepOptions {
     let mut cfg = tiny_config(root, &root.join("unused"), steps);
     cfg.train.checkpoint_every = 4;
     cfg.train.lr_decay_steps = None;
     let base = root.join("base.json");
     std::fs::write(&base, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
-    SweepArgs {
-        rotations: rotations.iter().map(|s| s.to_string()).collect(),
+    SweepOptions {
+        rotations: rotations.iter().map(|s| s.parse().unwrap()).collect(),
         seeds,
         ablation: None,
         sgd_lr: 0.3,
-        gpt2: Gpt2Args {
+        run: RunOptions {
             config: Some(base),
             out: Some(root.join("sweep")),
             quiet: true,
@@ -83,16 +85,15 @@ fn sweep_writes_a_report_and_reuses_its_runs() {
     assert_ne!(first(&runs[2]), first(&runs[3]), "seeds differ");
 
     // diagnose --sweep: a table and bar charts in the report, numbers equal to per-run diagnose
-    let mut d = DiagnoseArgs::new(&dir, vec![What::Linf, What::UpdateCv]);
+    let mut d = DiagnoseOptions::new(&dir, vec![What::Linf, What::UpdateCv]);
     d.batches = 2;
     d.threads = Some(2);
-    d.sweep = true;
     let rows = sw::diagnostics::run(&d).unwrap();
     assert_eq!(rows.len(), 2);
     let direct: Vec<f64> = ["none-s1337", "none-s1338"]
         .iter()
         .map(|r| {
-            let mut one = DiagnoseArgs::new(dir.join("runs").join(r), vec![What::Linf]);
+            let mut one = DiagnoseOptions::new(dir.join("runs").join(r), vec![What::Linf]);
             one.batches = 2;
             one.threads = Some(2);
             diagnose::run(&one).unwrap().linf.unwrap().bound
@@ -178,7 +179,7 @@ fn a_run_directory_with_another_config_is_an_error_not_overwritten() {
     sw::run(&a).unwrap();
     let metrics = root.join("sweep/runs/none-s1337/metrics.jsonl");
     let before = std::fs::read(&metrics).unwrap();
-    a.gpt2.lr = Some(0.5);
+    a.run.lr = Some(0.5);
     let err = sw::run(&a).unwrap_err().to_string();
     assert!(
         err.contains("config.json") && err.contains("train.lr"),
@@ -186,17 +187,22 @@ fn a_run_directory_with_another_config_is_an_error_not_overwritten() {
     );
     assert_eq!(before, std::fs::read(&metrics).unwrap());
     // the cosine schedule ends at --steps (no --lr-decay-steps): more steps would be another run
-    a.gpt2.lr = None;
-    a.gpt2.steps = Some(3);
+    a.run.lr = None;
+    a.run.steps = Some(3);
     let err = sw::run(&a).unwrap_err().to_string();
     assert!(err.contains("train.steps"), "{err}");
 
-    let mut bad = args(&root, &["none", "sideways"], 1, 2);
-    assert!(sw::run(&bad).unwrap_err().to_string().contains("sideways"));
-    bad.rotations = vec!["none".into(), "none".into()];
+    // an unknown rotation is refused where it is parsed, naming it and what is accepted
+    let e = rotadam::cli::Cli::try_parse_from(["rotadam", "sweep", "--rotations", "none,sideways"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sideways") && e.contains("global"), "{e}");
+    let e = "sideways".parse::<RotationKind>().unwrap_err().to_string();
+    assert!(e.contains("sideways") && e.contains("kron"), "{e}");
+    let mut bad = args(&root, &["none", "none"], 1, 2);
     assert!(sw::run(&bad).unwrap_err().to_string().contains("twice"));
-    bad.rotations = vec!["none".into()];
-    bad.gpt2.rotation = Some("global".into());
+    bad.rotations = vec![RotationKind::default()];
+    bad.run.rotation = Some(RotationKind::Scope(rotadam::config::Scope::Global));
     assert!(sw::run(&bad)
         .unwrap_err()
         .to_string()

@@ -1,5 +1,6 @@
 //! The one integration-test binary: one module per topic.
 
+mod cli;
 mod cuda;
 mod data;
 mod diagnose;

@@ -1,9 +1,9 @@
 //! End-to-end runs: run directories, metrics, bit-identical resume, reproduction from config.json,
 //! divergence handling, bad input, and a short run on the demo corpus that must lower the loss.
 
-use rotadam::cli::Gpt2Args;
 use rotadam::config::{DeviceKind, ModelConfig, Precision, RunConfig, TrainConfig};
 use rotadam::data::shard::write_flat;
+use rotadam::run::options::RunOptions;
 use rotadam::run::{checkpoint, metrics, train};
 use std::path::{Path, PathBuf};
 
@@ -148,7 +148,7 @@ fn resume_is_bit_identical() {
         first.out = root.join("resumed");
         first.train.steps = 4;
         train::train(&first, false).unwrap();
-        let args = Gpt2Args {
+        let args = RunOptions {
             resume: Some(first.out.clone()),
             steps: Some(8),
             quiet: true,
@@ -187,7 +187,7 @@ fn rerun_from_config_json_reproduces_the_run() {
     synthetic_data(&root);
     let cfg = tiny_config(&root, &root.join("a"), 4);
     train::train(&cfg, false).unwrap();
-    let args = Gpt2Args {
+    let args = RunOptions {
         config: Some(root.join("a/config.json")),
         out: Some(root.join("b")),
         quiet: true,
@@ -215,7 +215,7 @@ fn resume_rows_after_the_checkpoint_are_replaced() {
     cfg.train.checkpoint_every = 4;
     train::train(&cfg, false).unwrap(); // checkpoints at 4 and 6
     std::fs::remove_dir_all(checkpoint::step_dir(&cfg.out, 6)).unwrap(); // as if it died after step 6's row
-    let args = Gpt2Args {
+    let args = RunOptions {
         resume: Some(cfg.out.clone()),
         steps: Some(7),
         quiet: true,
@@ -261,7 +261,7 @@ fn bad_resume_and_bad_checkpoints_are_clear_errors() {
     let root = tmp("badresume");
     synthetic_data(&root);
     // a directory that is not a run
-    let args = Gpt2Args {
+    let args = RunOptions {
         resume: Some(root.join("nothing")),
         quiet: true,
         ..Default::default()
@@ -285,7 +285,7 @@ fn bad_resume_and_bad_checkpoints_are_clear_errors() {
         "{err}"
     );
     // run-changing flags are refused on resume
-    let args = Gpt2Args {
+    let args = RunOptions {
         resume: Some(cfg.out.clone()),
         lr: Some(1.0),
         ..Default::default()

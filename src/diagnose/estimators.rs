@@ -45,18 +45,40 @@ pub fn standard_cauchy(rng: &mut Rng) -> f64 {
 }
 
 /// Which reductions of the Cauchy probes to compute.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum L11Method {
-    /// The median when K·d·8 bytes fit in the memory limit, plus the streaming estimate; else streaming.
     Auto,
-    /// Xie et al.'s coordinate-wise median (K·d f64 values in memory).
     Median,
-    /// The geometric-mean estimator, O(d) memory.
     Streaming,
-    /// Both on the same probes (an error if the median does not fit).
     Both,
 }
+
+impl crate::config::Choice for L11Method {
+    const WHAT: &'static str = "l11-method";
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            L11Method::Auto,
+            "auto",
+            "the median when K·d·8 bytes fit in --max-memory, plus the streaming estimate; else streaming",
+        ),
+        (
+            L11Method::Median,
+            "median",
+            "Xie et al.'s coordinate-wise median (K·d f64 values in memory)",
+        ),
+        (
+            L11Method::Streaming,
+            "streaming",
+            "the geometric-mean estimator, O(d) memory",
+        ),
+        (
+            L11Method::Both,
+            "both",
+            "both on the same probes (an error if the median does not fit)",
+        ),
+    ];
+}
+crate::config::choice_impls!(L11Method);
 
 /// One estimate of ‖H‖₍₁,₁₎.
 #[derive(Clone, Debug, Serialize)]

@@ -43,13 +43,13 @@ pub mod hvp;
 pub mod rows;
 pub mod update_cv;
 
-use crate::config::{ModelConfig, OptimizerKind, RotationConfig, RunConfig};
+use crate::config::{ModelConfig, OptimizerKind, RotationConfig, RotationKind, RunConfig, Scope};
 use crate::data::loader::{fixed_batches, Batch};
 use crate::data::shard::Dataset;
 use crate::error::{Error, Result};
 use crate::model::ParamTable;
 use crate::rng::Rng;
-use crate::rotation::basis::{validate_kind, Basis};
+use crate::rotation::basis::Basis;
 use crate::run::checkpoint::{self, TrainState};
 use estimators::{Contribution, L11Method, L11Report, LanczosResult};
 use hvp::{Cpu64, Gpt2Hvp, InPlaceBasis};
@@ -63,92 +63,98 @@ pub const DEFAULT_SEED: u64 = 1000;
 pub const STREAM_RANDOM_DIRS: u64 = 0xD1A6_0003;
 
 /// What `diagnose` computes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum What {
     Linf,
     L11,
     Spectral,
     HessianRows,
     UpdateCv,
-    /// Everything above.
     All,
 }
 
-/// `rotadam diagnose` flags.
-#[derive(clap::Args, Debug, Clone)]
-pub struct DiagnoseArgs {
+impl crate::config::Choice for What {
+    const WHAT: &'static str = "diagnostic";
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            What::Linf,
+            "linf",
+            "the L∞ gradient bound C̃ = max over minibatches of ‖R∇f_B‖∞ (Maes et al. Alg. 2)",
+        ),
+        (
+            What::L11,
+            "l11",
+            "‖H‖₍₁,₁₎ by Cauchy probes (Xie et al. App. D.2)",
+        ),
+        (
+            What::Spectral,
+            "spectral",
+            "λ_max, λ_min and ‖H‖₂ by Lanczos, and d·‖H‖₂",
+        ),
+        (
+            What::HessianRows,
+            "hessian-rows",
+            "Hessian rows and their neuron / layer / non-layer decomposition (Maes et al. Tables 2, 4, 5)",
+        ),
+        (
+            What::UpdateCv,
+            "update-cv",
+            "the coefficient of variation of the singular values of Adam's update per 2-D weight (poster)",
+        ),
+        (What::All, "all", "everything above"),
+    ];
+}
+crate::config::choice_impls!(What);
+
+/// What to diagnose and how (the command line's `--help` documents each option).
+#[derive(Debug, Clone)]
+pub struct DiagnoseOptions {
     /// A run directory (its latest checkpoint is used) or a checkpoint directory (checkpoints/step_N).
     pub path: PathBuf,
     /// What to compute: linf, l11, spectral, hessian-rows, update-cv, all (one or more).
-    #[arg(value_enum, required = true, num_args = 1..)]
     pub what: Vec<What>,
     /// Minibatches of the L∞ gradient bound.
-    #[arg(long, default_value_t = 1000)]
     pub batches: usize,
     /// Minibatches whose mean loss's Hessian is probed (l11, spectral, hessian-rows).
-    #[arg(long, default_value_t = 1)]
     pub hvp_batches: usize,
     /// Rows per minibatch (default: the run's batch size).
-    #[arg(long)]
     pub batch_size: Option<usize>,
     /// Seed of the diagnostic minibatches, probes, Lanczos start and random directions.
-    #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
     /// Cauchy probes (HVPs) of the (1,1)-norm estimator.
-    #[arg(long, default_value_t = 1000)]
     pub probes: usize,
     /// Reduction of the Cauchy probes: auto (median if it fits in --max-memory, plus streaming), median,
     /// streaming, both.
-    #[arg(long, value_enum, default_value_t = L11Method::Auto)]
     pub l11_method: L11Method,
     /// Memory the median estimator may use for its K x d values, in GB.
-    #[arg(long, default_value_t = 4.0)]
     pub max_memory: f64,
     /// Lanczos iterations of the spectral norm.
-    #[arg(long, default_value_t = 50)]
     pub lanczos_iters: usize,
     /// Flat parameter indices of the Hessian rows (comma-separated; default: Maes et al. Table 4's
     /// positions mapped onto the model).
-    #[arg(long, value_delimiter = ',')]
     pub rows: Vec<usize>,
     /// Random directions of the row decomposition.
-    #[arg(long, default_value_t = 8)]
     pub random_dirs: usize,
     /// Probe another basis: none, global, layer, output, input, svd, kron (default: the run's rotation).
-    #[arg(long)]
-    pub rotation: Option<String>,
+    pub rotation: Option<RotationKind>,
     /// Block size n of an overriding rotation (default: the run's).
-    #[arg(long)]
     pub rotation_block: Option<usize>,
     /// Seed of an overriding rotation (default: the run's).
-    #[arg(long)]
     pub rotation_seed: Option<u64>,
     /// Token data (default: the run's `data`).
-    #[arg(long)]
     pub data: Option<String>,
     /// Output directory for the JSON and the plots (default: <run>/diagnostics).
-    #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Print the JSON report on stdout instead of the table.
-    #[arg(long)]
-    pub json: bool,
     /// Worker threads (default: all cores).
-    #[arg(long)]
     pub threads: Option<usize>,
     /// No progress lines on stderr.
-    #[arg(long)]
     pub quiet: bool,
-    /// PATH is a sweep directory: diagnose every run and add a table and bar charts to its report.md
-    /// (linf, l11, spectral, update-cv).
-    #[arg(long)]
-    pub sweep: bool,
 }
 
-impl DiagnoseArgs {
+impl DiagnoseOptions {
     /// Defaults for `path` and `what` (what the CLI gives when no flag is set).
     pub fn new(path: impl Into<PathBuf>, what: Vec<What>) -> Self {
-        DiagnoseArgs {
+        DiagnoseOptions {
             path: path.into(),
             what,
             batches: 1000,
@@ -166,10 +172,8 @@ impl DiagnoseArgs {
             rotation_seed: None,
             data: None,
             out: None,
-            json: false,
             threads: None,
             quiet: true,
-            sweep: false,
         }
     }
 
@@ -199,9 +203,6 @@ impl DiagnoseArgs {
                 "--max-memory",
                 format!("{} must be a finite number of GB ≥ 0", self.max_memory),
             ));
-        }
-        if let Some(k) = &self.rotation {
-            validate_kind(k)?;
         }
         Ok(())
     }
@@ -240,7 +241,7 @@ pub fn open_target(path: &Path) -> Result<Target> {
             "expected a run directory (with config.json) or a checkpoint directory (with state.json)",
         ));
     };
-    let config = crate::cli::read_config(&run_dir.join("config.json"))?;
+    let config = RunConfig::read(&run_dir.join("config.json"))?;
     let sp = dir.join("state.json");
     let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
     let state: TrainState = serde_json::from_str(&text).map_err(|e| Error::Json {
@@ -416,34 +417,30 @@ pub struct Report {
     pub json_path: PathBuf,
 }
 
-/// Run `diagnose`: compute what `args` asks, write the JSON (and plots) to the output directory, print
-/// the table (unless `--json` or `--quiet`), and return the report.
-pub fn run(args: &DiagnoseArgs) -> Result<Report> {
+/// Run `diagnose`: compute what `args` asks, write the JSON (and plots) to the output directory, and
+/// return the report ([`table`] renders it).
+pub fn run(args: &DiagnoseOptions) -> Result<Report> {
     args.validate()?;
-    let threads = args.threads.unwrap_or_else(crate::cli::default_threads);
+    let threads = args.threads.unwrap_or_else(crate::config::default_threads);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .map_err(|e| Error::config("--threads", e.to_string()))?;
     let target = open_target(&args.path)?;
-    let report = pool.install(|| run_on(args, &target, threads))?;
-    if !args.json && !args.quiet {
-        print!("{}", table(&report));
-    }
-    Ok(report)
+    pool.install(|| run_on(args, &target, threads))
 }
 
-fn say(args: &DiagnoseArgs, msg: impl AsRef<str>) {
+fn say(args: &DiagnoseOptions, msg: impl AsRef<str>) {
     if !args.quiet {
         eprintln!("{}", msg.as_ref());
     }
 }
 
 /// The rotation the diagnostics use: the run's, with the overrides.
-fn diag_rotation(args: &DiagnoseArgs, run: &RotationConfig) -> RotationConfig {
+fn diag_rotation(args: &DiagnoseOptions, run: &RotationConfig) -> RotationConfig {
     let mut rc = run.clone();
-    if let Some(k) = &args.rotation {
-        rc.kind = k.clone();
+    if let Some(k) = args.rotation {
+        rc.kind = k;
     }
     if let Some(n) = args.rotation_block {
         rc.block = n;
@@ -525,7 +522,7 @@ pub fn last_update(t: &Target, table: &ParamTable, w: &[f64]) -> Result<Vec<f64>
     Ok(d)
 }
 
-fn run_on(args: &DiagnoseArgs, t: &Target, threads: usize) -> Result<Report> {
+fn run_on(args: &DiagnoseOptions, t: &Target, threads: usize) -> Result<Report> {
     let model = t.state.model.clone();
     let table = ParamTable::new(&model);
     let rc = diag_rotation(args, &t.state.rotation);
@@ -534,10 +531,14 @@ fn run_on(args: &DiagnoseArgs, t: &Target, threads: usize) -> Result<Report> {
         .clone()
         .unwrap_or_else(|| t.run_dir.join("diagnostics"));
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
-    let tag = match rc.kind.as_str() {
-        "none" | "svd" => format!("step{}_{}", t.state.step, rc.kind),
-        "kron" => format!("step{}_kron-k{}-s{}", t.state.step, rc.kron_stages, rc.seed),
-        k => format!("step{}_{k}-n{}-s{}", t.state.step, rc.block, rc.seed),
+    let tag = match rc.kind {
+        k @ (RotationKind::Svd | RotationKind::Scope(Scope::None)) => {
+            format!("step{}_{k}", t.state.step)
+        }
+        RotationKind::Kron => format!("step{}_kron-k{}-s{}", t.state.step, rc.kron_stages, rc.seed),
+        k @ RotationKind::Scope(_) => {
+            format!("step{}_{k}-n{}-s{}", t.state.step, rc.block, rc.seed)
+        }
     };
     let batch_size = args.batch_size.unwrap_or(t.config.train.batch_size);
     let data_name = args.data.clone().unwrap_or_else(|| t.config.data.clone());
@@ -712,7 +713,7 @@ fn run_on(args: &DiagnoseArgs, t: &Target, threads: usize) -> Result<Report> {
 }
 
 fn hessian_rows(
-    args: &DiagnoseArgs,
+    args: &DiagnoseOptions,
     t: &Target,
     table: &ParamTable,
     w: &[f64],
@@ -817,7 +818,7 @@ fn hessian_rows(
 /// ln_f and the sampled index itself. A failure to draw is reported on stderr and leaves `plot` empty:
 /// the numbers matter more than the figure.
 fn plot_row(
-    args: &DiagnoseArgs,
+    args: &DiagnoseOptions,
     table: &ParamTable,
     row: &[f64],
     p: &rows::RowPosition,
@@ -885,7 +886,7 @@ pub fn table(r: &Report) -> String {
         s.step,
         s.num_params,
         if s.basis.is_empty() {
-            s.rotation.kind.clone()
+            s.rotation.kind.to_string()
         } else {
             s.basis.clone()
         }

@@ -13,33 +13,11 @@
 
 use super::{KronRotation, Rotation, Scope, SvdRotation};
 use crate::backend::Backend;
-use crate::config::RotationConfig;
-use crate::error::{Error, Result};
+use crate::config::{RotationConfig, RotationKind};
+use crate::error::Result;
 use crate::model::ParamTable;
 use crate::run::checkpoint::TensorMap;
 use std::path::Path;
-
-/// Every accepted `--rotation` value.
-pub fn kinds() -> Vec<&'static str> {
-    let mut k: Vec<&'static str> = Scope::all().iter().map(|s| s.name()).collect();
-    k.extend(["svd", "kron"]);
-    k
-}
-
-/// Check a `--rotation` value.
-pub fn validate_kind(kind: &str) -> Result<()> {
-    if kinds().contains(&kind) {
-        Ok(())
-    } else {
-        Err(Error::config(
-            "rotation",
-            format!(
-                "unknown rotation '{kind}'; expected one of {}",
-                kinds().join(", ")
-            ),
-        ))
-    }
-}
 
 pub enum Basis<BK: Backend> {
     Block(Rotation<BK>),
@@ -49,22 +27,17 @@ pub enum Basis<BK: Backend> {
 
 impl<BK: Backend> Basis<BK> {
     pub fn new(be: &BK, cfg: &RotationConfig, table: &ParamTable) -> Result<Self> {
-        validate_kind(&cfg.kind)?;
-        Ok(match cfg.kind.as_str() {
-            "svd" => Basis::Svd(SvdRotation::new(be, table, cfg.svd_every)?),
-            "kron" => Basis::Kron(KronRotation::new(
+        Ok(match cfg.kind {
+            RotationKind::Svd => Basis::Svd(SvdRotation::new(be, table, cfg.svd_every)?),
+            RotationKind::Kron => Basis::Kron(KronRotation::new(
                 be,
                 table.total,
                 cfg.kron_stages,
                 cfg.seed,
             )?),
-            scope => Basis::Block(Rotation::new(
-                be,
-                scope.parse()?,
-                cfg.block,
-                cfg.seed,
-                table,
-            )?),
+            RotationKind::Scope(scope) => {
+                Basis::Block(Rotation::new(be, scope, cfg.block, cfg.seed, table)?)
+            }
         })
     }
 

@@ -30,7 +30,6 @@
 //! which Adam must reproduce unrotated Adam exactly.
 
 pub mod basis;
-pub mod bench;
 pub mod haar;
 pub mod kron;
 pub mod scope;
@@ -41,82 +40,18 @@ pub use kron::KronRotation;
 pub use scope::{groups, Group};
 pub use svd::SvdRotation;
 
+pub use crate::config::Scope;
+
 use crate::backend::{AdamStep, Backend, Scalar};
 use crate::error::{Error, Result};
 use crate::model::ParamTable;
 use crate::rng::{Rng, STREAM_ROTATION};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 
 /// The paper's block size n (Maes et al. App. D.1); `--rotation-block` changes it.
 pub const DEFAULT_BLOCK: usize = 768;
-
-/// Which coordinates a rotation may mix (`--rotation`). See [`scope`] for the groups of each.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// The identity: Adam in the standard basis.
-    #[default]
-    None,
-    /// All parameters as one vector.
-    Global,
-    /// Within each tensor (q, k and v separately; each LayerNorm gain/bias on its own).
-    Layer,
-    /// Within the weights leading to one output neuron (a row; a column of an embedding).
-    Output,
-    /// Within the weights leaving one input neuron (a column; a row of an embedding).
-    Input,
-    // `svd` (poster) and `kron` (Xie et al. App. D.1) come later: they are not block-permutation
-    // rotations, so they get their own types beside `Rotation`.
-}
-
-impl Scope {
-    /// The lowercase name used on the command line and in config files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Scope::None => "none",
-            Scope::Global => "global",
-            Scope::Layer => "layer",
-            Scope::Output => "output",
-            Scope::Input => "input",
-        }
-    }
-
-    /// Every scope, in declaration order.
-    pub fn all() -> &'static [Scope] {
-        <Scope as clap::ValueEnum>::value_variants()
-    }
-}
-
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Scope {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Scope::all()
-            .iter()
-            .copied()
-            .find(|sc| sc.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Scope::all().iter().map(|s| s.name()).collect();
-                Error::config(
-                    "rotation",
-                    format!(
-                        "unknown rotation '{s}'; expected one of {}",
-                        names.join(", ")
-                    ),
-                )
-            })
-    }
-}
 
 /// `count` blocks of size `size` at `offset` in the rotated layout, gathered by `index`, rotated by `r`.
 struct BlockClass<BK: Backend> {

@@ -355,7 +355,7 @@ pub fn save<BK: Backend>(
             .map(|(name, shape, values)| (name, shape, to_bytes::<f64>(&values)))
             .collect();
         let mut meta = HashMap::new();
-        meta.insert("rotation".to_string(), state.rotation.kind.clone());
+        meta.insert("rotation".to_string(), state.rotation.kind.to_string());
         write_safetensors::<f64>(&tmp.join("rotation.safetensors"), &tensors, meta)?;
     }
 

@@ -1,5 +1,6 @@
 //! `metrics.jsonl`: one JSON object per optimizer step, appended and flushed as training goes.
 
+use crate::config::RotationKind;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -16,7 +17,7 @@ pub struct StepMetrics {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub val_loss: Option<f64>,
     pub optimizer: String,
-    pub rotation: String,
+    pub rotation: RotationKind,
     /// `--log-update-cv N`: the update CV summary at this step (every N steps).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub update_cv: Option<crate::diagnose::update_cv::UpdateCvSummary>,

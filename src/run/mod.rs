@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod metrics;
+pub mod options;
 pub mod train;
 
 use crate::error::{Error, Result};

@@ -282,7 +282,7 @@ fn train_on<BK: Backend>(
             ms_per_step: secs * 1e3,
             val_loss: val,
             optimizer: tr.optimizer.name().into(),
-            rotation: cfg.rotation.kind.clone(),
+            rotation: cfg.rotation.kind,
             update_cv: if tr.log_update_cv > 0 && step % tr.log_update_cv == 0 {
                 let u = crate::diagnose::update_cv::optimizer_update(be, &mut opt, tr)?;
                 let cvs = crate::diagnose::update_cv::per_weight(&model.table, &u)?;

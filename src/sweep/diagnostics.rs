@@ -4,7 +4,7 @@
 //! `diagnostics.json` with every run's report.
 
 use super::SweepRecord;
-use crate::diagnose::{self, DiagnoseArgs, Report, What};
+use crate::diagnose::{self, DiagnoseOptions, Report, What};
 use crate::error::{Error, Result};
 use crate::plot::{Axes, BarChart, BarGroup};
 use serde::Serialize;
@@ -62,15 +62,13 @@ pub struct VariantDiagnostics {
 }
 
 /// Diagnose every run of the sweep in `args.path`; returns one row per variant.
-pub fn run(args: &DiagnoseArgs) -> Result<Vec<VariantDiagnostics>> {
+pub fn run(args: &DiagnoseOptions) -> Result<Vec<VariantDiagnostics>> {
     let dir = &args.path;
     let allowed = [What::Linf, What::L11, What::Spectral, What::UpdateCv];
     if let Some(w) = args.what.iter().find(|w| !allowed.contains(w)) {
         return Err(Error::config(
             "--sweep",
-            format!(
-                "{w:?} has no per-run number to tabulate; use linf, l11, spectral or update-cv"
-            ),
+            format!("{w} has no per-run number to tabulate; use linf, l11, spectral or update-cv"),
         ));
     }
     if args.out.is_some() {
@@ -100,7 +98,6 @@ pub fn run(args: &DiagnoseArgs) -> Result<Vec<VariantDiagnostics>> {
         let mut a = args.clone();
         a.path = r.dir.clone();
         a.quiet = true;
-        a.json = true;
         reports.push(diagnose::run(&a)?);
     }
     let labels: Vec<String> = record.variants.iter().map(|v| v.label.clone()).collect();

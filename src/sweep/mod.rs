@@ -15,9 +15,9 @@ pub mod diagnostics;
 pub mod plot_runs;
 pub mod report;
 
-use crate::cli::Gpt2Args;
-use crate::config::{OptimizerKind, Precision, RunConfig};
+use crate::config::{OptimizerKind, Precision, RotationKind, RunConfig, Scope};
 use crate::error::{Error, Result};
+use crate::run::options::{utc_stamp, RunOptions};
 use crate::run::{checkpoint, metrics};
 use indicatif::{ProgressBar, ProgressStyle};
 use report::{RunCurves, Slowdown};
@@ -28,41 +28,75 @@ use std::path::{Path, PathBuf};
 /// The rotations of a plain sweep (Maes et al. Fig. 3), in the order of the paper's legend.
 pub const DEFAULT_ROTATIONS: &str = "none,output,input,layer,global,svd";
 
+/// The SGD learning rate of the ablations with SGD variants: SGD needs a far larger step than Adam's
+/// lr; 0.1 was the best of 0.1, 0.5, 1.5 for 60 steps of the `small` model.
+pub const DEFAULT_SGD_LR: f64 = 0.1;
+
 /// Block sizes of `--ablation block-size` (Maes et al. Fig. 8).
 pub const ABLATION_BLOCKS: [usize; 4] = [64, 256, 768, 2048];
 
 /// Preset sweeps reproducing the papers' ablations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ablation {
-    /// Global rotation with block sizes n ∈ {64, 256, 768, 2048}, plus the unrotated baseline (Maes Fig. 8).
     BlockSize,
-    /// SGD with momentum, none vs global, in fp32 and bf16: the curves must coincide (Maes Fig. 9).
     SgdValidation,
-    /// AdamW in fp32 vs bf16, under none and global (the fp32-vs-mixed-precision ablation).
     Precision,
-    /// AdamW, SGD, AdaSGD and blockwise Adam, under none and global (Xie et al. Fig. 1).
     Optimizers,
 }
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct SweepArgs {
-    /// Rotations to compare (ignored with --ablation).
-    #[arg(long, value_delimiter = ',', default_value = DEFAULT_ROTATIONS)]
-    pub rotations: Vec<String>,
-    /// Seeds per variant: --seed, --seed+1, …
-    #[arg(long, default_value_t = 3)]
+impl crate::config::Choice for Ablation {
+    const WHAT: &'static str = "ablation";
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            Ablation::BlockSize,
+            "block-size",
+            "global rotation with block sizes n ∈ {64, 256, 768, 2048}, plus the unrotated baseline (Maes et al. Fig. 8)",
+        ),
+        (
+            Ablation::SgdValidation,
+            "sgd-validation",
+            "SGD with momentum, none vs global, in fp32 and bf16: the curves must coincide (Maes et al. Fig. 9)",
+        ),
+        (
+            Ablation::Precision,
+            "precision",
+            "AdamW in fp32 vs bf16, under none and global",
+        ),
+        (
+            Ablation::Optimizers,
+            "optimizers",
+            "AdamW, SGD, AdaSGD and blockwise Adam, under none and global (Xie et al. Fig. 1)",
+        ),
+    ];
+}
+crate::config::choice_impls!(Ablation);
+
+/// What a sweep runs (the command line's `--help` documents each option).
+#[derive(Debug, Clone)]
+pub struct SweepOptions {
+    /// Rotations to compare (ignored with an ablation).
+    pub rotations: Vec<RotationKind>,
+    /// Seeds per variant: the base seed, +1, …
     pub seeds: usize,
-    /// A preset sweep instead of --rotations.
-    #[arg(long, value_enum)]
+    /// A preset sweep instead of `rotations`.
     pub ablation: Option<Ablation>,
-    /// Learning rate of the SGD variants of the `optimizers` and `sgd-validation` ablations (SGD needs a
-    /// far larger step than Adam's --lr; 0.1 was the best of 0.1, 0.5, 1.5 for 60 steps of the `small` model).
-    #[arg(long, default_value_t = 0.1)]
+    /// Learning rate of the SGD variants of the `optimizers` and `sgd-validation` ablations.
     pub sgd_lr: f64,
-    /// Options of every run (`rotadam gpt2 --help`); --out is the sweep directory, --seed the first seed.
-    #[command(flatten)]
-    pub gpt2: Gpt2Args,
+    /// Options of every run; `out` is the sweep directory, `seed` the first seed.
+    pub run: RunOptions,
+}
+
+impl SweepOptions {
+    /// A plain sweep of `rotations` with `seeds` seeds and the defaults of everything else.
+    pub fn new(rotations: Vec<RotationKind>, seeds: usize, run: RunOptions) -> Self {
+        SweepOptions {
+            rotations,
+            seeds,
+            ablation: None,
+            sgd_lr: DEFAULT_SGD_LR,
+            run,
+        }
+    }
 }
 
 /// One line of a sweep: what differs from the base run.
@@ -70,7 +104,7 @@ pub struct SweepArgs {
 pub struct Variant {
     /// Row label and directory stem, e.g. `global`, `global-n64`, `sgd-global-bf16`.
     pub label: String,
-    pub rotation: String,
+    pub rotation: RotationKind,
     pub rotation_block: Option<usize>,
     pub optimizer: Option<OptimizerKind>,
     pub precision: Option<Precision>,
@@ -78,10 +112,10 @@ pub struct Variant {
 }
 
 impl Variant {
-    fn rotation(kind: &str) -> Variant {
+    fn rotation(kind: RotationKind) -> Variant {
         Variant {
-            label: kind.into(),
-            rotation: kind.into(),
+            label: kind.to_string(),
+            rotation: kind,
             rotation_block: None,
             optimizer: None,
             precision: None,
@@ -90,18 +124,18 @@ impl Variant {
     }
 }
 
+const NONE: RotationKind = RotationKind::Scope(Scope::None);
+const GLOBAL: RotationKind = RotationKind::Scope(Scope::Global);
+
 /// The variants a sweep runs, first the baseline (the slowdowns are measured against it).
-pub fn variants(args: &SweepArgs) -> Result<Vec<Variant>> {
+pub fn variants(args: &SweepOptions) -> Result<Vec<Variant>> {
     let v = match args.ablation {
         None => {
             if args.rotations.is_empty() {
                 return Err(Error::config("--rotations", "names no rotation"));
             }
-            for r in &args.rotations {
-                crate::rotation::basis::validate_kind(r)?;
-            }
             let mut seen = std::collections::BTreeSet::new();
-            if let Some(dup) = args.rotations.iter().find(|r| !seen.insert(r.as_str())) {
+            if let Some(dup) = args.rotations.iter().find(|r| !seen.insert(r.name())) {
                 return Err(Error::config(
                     "--rotations",
                     format!("{dup} is listed twice"),
@@ -109,20 +143,20 @@ pub fn variants(args: &SweepArgs) -> Result<Vec<Variant>> {
             }
             args.rotations
                 .iter()
-                .map(|r| Variant::rotation(r))
+                .map(|&r| Variant::rotation(r))
                 .collect()
         }
-        Some(Ablation::BlockSize) => std::iter::once(Variant::rotation("none"))
+        Some(Ablation::BlockSize) => std::iter::once(Variant::rotation(NONE))
             .chain(ABLATION_BLOCKS.iter().map(|&n| Variant {
                 label: format!("global-n{n}"),
                 rotation_block: Some(n),
-                ..Variant::rotation("global")
+                ..Variant::rotation(GLOBAL)
             }))
             .collect(),
         Some(Ablation::SgdValidation) => {
             let mut v = Vec::new();
             for p in [Precision::Fp32, Precision::Bf16] {
-                for r in ["none", "global"] {
+                for r in [NONE, GLOBAL] {
                     v.push(Variant {
                         label: format!("sgd-{r}-{}", precision_name(p)),
                         optimizer: Some(OptimizerKind::Sgd),
@@ -137,7 +171,7 @@ pub fn variants(args: &SweepArgs) -> Result<Vec<Variant>> {
         Some(Ablation::Precision) => {
             let mut v = Vec::new();
             for p in [Precision::Fp32, Precision::Bf16] {
-                for r in ["none", "global"] {
+                for r in [NONE, GLOBAL] {
                     v.push(Variant {
                         label: format!("{r}-{}", precision_name(p)),
                         precision: Some(p),
@@ -155,7 +189,7 @@ pub fn variants(args: &SweepArgs) -> Result<Vec<Variant>> {
                 OptimizerKind::Adasgd,
                 OptimizerKind::BlockwiseAdam,
             ] {
-                for r in ["none", "global"] {
+                for r in [NONE, GLOBAL] {
                     v.push(Variant {
                         label: format!("{}-{r}", o.name()),
                         optimizer: Some(o),
@@ -188,8 +222,8 @@ pub struct PlannedRun {
 }
 
 /// The sweep directory and every run's config, built from the base flags (the same validation as `gpt2`).
-pub fn plan(args: &SweepArgs) -> Result<(PathBuf, Vec<Variant>, Vec<PlannedRun>)> {
-    let g = &args.gpt2;
+pub fn plan(args: &SweepOptions) -> Result<(PathBuf, Vec<Variant>, Vec<PlannedRun>)> {
+    let g = &args.run;
     for (given, flag, instead) in [
         (g.rotation.is_some(), "--rotation", "--rotations"),
         (
@@ -209,9 +243,10 @@ pub fn plan(args: &SweepArgs) -> Result<(PathBuf, Vec<Variant>, Vec<PlannedRun>)
         return Err(Error::config("--seeds", "must be at least 1"));
     }
     let variants = variants(args)?;
-    let dir = g.out.clone().unwrap_or_else(|| {
-        PathBuf::from("runs").join(format!("sweep-{}", crate::cli::utc_stamp()))
-    });
+    let dir = g
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("sweep-{}", utc_stamp())));
     // The first seed: --seed, or the preset's (or config file's) default.
     let base_seed = match g.seed {
         Some(s) => s,
@@ -227,7 +262,7 @@ pub fn plan(args: &SweepArgs) -> Result<(PathBuf, Vec<Variant>, Vec<PlannedRun>)
             let seed = base_seed + k as u64;
             let run_dir = dir.join("runs").join(format!("{}-s{seed}", v.label));
             let mut a = g.clone();
-            a.rotation = Some(v.rotation.clone());
+            a.rotation = Some(v.rotation);
             a.rotation_block = v.rotation_block.or(a.rotation_block);
             a.optimizer = v.optimizer.or(a.optimizer);
             a.precision = v.precision.or(a.precision);
@@ -310,7 +345,7 @@ fn existing_state(run: &PlannedRun) -> Result<Option<usize>> {
     if !config_path.exists() {
         return Ok(None);
     }
-    let old = crate::cli::read_config(&config_path)?;
+    let old = RunConfig::read(&config_path)?;
     if let Some(field) = config_difference(&old, &run.cfg) {
         return Err(Error::bad_file(
             &config_path,
@@ -334,7 +369,7 @@ pub fn run_one(
         Some(step) if step >= steps => Ok(RunStatus::Reused),
         Some(_) => {
             // exactly `gpt2 --resume DIR` with this sweep's runtime settings
-            let (cfg, _) = Gpt2Args {
+            let (cfg, _) = RunOptions {
                 resume: Some(run.dir.clone()),
                 steps: Some(steps),
                 eval_every: Some(run.cfg.train.eval_every),
@@ -411,7 +446,7 @@ pub struct SweepRecord {
 }
 
 /// Run the sweep and write its report. Returns the sweep directory.
-pub fn run(args: &SweepArgs) -> Result<PathBuf> {
+pub fn run(args: &SweepOptions) -> Result<PathBuf> {
     let (dir, variants, runs) = plan(args)?;
     std::fs::create_dir_all(dir.join("runs")).map_err(|e| Error::io(&dir, e))?;
     let mut seeds: Vec<u64> = runs.iter().map(|r| r.seed).collect();
@@ -437,7 +472,7 @@ pub fn run(args: &SweepArgs) -> Result<PathBuf> {
     )?;
 
     let total: u64 = runs.iter().map(|r| r.cfg.train.steps as u64).sum();
-    let progress = SweepProgress::new(total, args.gpt2.quiet);
+    let progress = SweepProgress::new(total, args.run.quiet);
     progress.line(format!(
         "sweep: {} variants x {} seeds = {} runs of {} steps into {}",
         variants.len(),
@@ -461,7 +496,7 @@ pub fn run(args: &SweepArgs) -> Result<PathBuf> {
         }
         let base = done_steps;
         let every = (run.cfg.train.steps / 4).max(1);
-        let quiet = args.gpt2.quiet;
+        let quiet = args.run.quiet;
         let status = run_one(run, &mut |m| match &bar {
             Some(b) => b.set_position(base + m.step as u64),
             None if !quiet && (m.step % every == 0) => eprintln!(
@@ -615,7 +650,7 @@ fn write_report(
     dir: &Path,
     variants: &[Variant],
     runs: &[PlannedRun],
-    args: &SweepArgs,
+    args: &SweepOptions,
 ) -> Result<Summary> {
     let curves = load_curves(variants, runs)?;
     let labels: Vec<String> = variants.iter().map(|v| v.label.clone()).collect();

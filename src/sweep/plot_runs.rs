@@ -6,31 +6,37 @@ use crate::run::metrics;
 use std::path::{Path, PathBuf};
 
 /// Which curve to draw.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Metric {
-    /// Validation loss at each evaluation.
     Val,
-    /// Training loss, smoothed by a bias-corrected EMA (decay --ema).
     Train,
 }
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct PlotArgs {
+impl crate::config::Choice for Metric {
+    const WHAT: &'static str = "metric";
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+        (Metric::Val, "val", "validation loss at each evaluation"),
+        (
+            Metric::Train,
+            "train",
+            "training loss, smoothed by a bias-corrected EMA (decay --ema)",
+        ),
+    ];
+}
+crate::config::choice_impls!(Metric);
+
+/// What `plot` draws (the command line's `--help` documents each option).
+#[derive(Debug, Clone)]
+pub struct PlotOptions {
     /// Run directories (each with a metrics.jsonl).
-    #[arg(required = true, num_args = 1..)]
     pub runs: Vec<PathBuf>,
     /// Output path without extension: writes OUT.png and OUT.svg.
-    #[arg(long, default_value = "loss")]
     pub out: PathBuf,
-    #[arg(long, value_enum, default_value = "val")]
     pub metric: Metric,
     /// EMA decay of the training loss (0 = raw).
-    #[arg(long, default_value_t = report::TRAIN_EMA)]
     pub ema: f64,
     /// Logarithmic loss axis.
-    #[arg(long)]
     pub log_y: bool,
-    #[arg(long, default_value = "loss curves")]
     pub title: String,
 }
 
@@ -42,7 +48,7 @@ fn label(dir: &Path) -> String {
 }
 
 /// Draws the figure; returns the PNG and SVG paths.
-pub fn run(a: &PlotArgs) -> Result<(PathBuf, PathBuf)> {
+pub fn run(a: &PlotOptions) -> Result<(PathBuf, PathBuf)> {
     if !(0.0..1.0).contains(&a.ema) {
         return Err(Error::config("--ema", "must be in [0, 1)"));
     }

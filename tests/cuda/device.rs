@@ -202,8 +202,8 @@ fn gpu_only_every_kernel_loads_and_fill_and_layernorm_match_the_cpu() {
 
 #[test]
 fn kernel_bench_runs_on_the_cpu_and_reports_every_family() {
-    use rotadam::backend::cuda::bench::{bench_ops, KernelBenchOpts};
-    let o = KernelBenchOpts {
+    use rotadam::bench::kernels::{bench_ops, KernelOptions};
+    let o = KernelOptions {
         model: "tiny".into(),
         batch_size: 2,
         seq_len: 8,

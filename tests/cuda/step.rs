@@ -39,7 +39,7 @@ pub fn train<BK: Backend>(be: &BK, rotation: &str, steps: usize, split: bool) ->
     };
     let mut model = Gpt2::new(be, &cfg, 3).unwrap();
     let rot = RotationConfig {
-        kind: rotation.into(),
+        kind: rotation.parse().unwrap(),
         block: 7,
         seed: 5,
         ..Default::default()

@@ -70,8 +70,7 @@ const FANOUT: usize = 64;
 const NOT_LISTED: u32 = u32::MAX;
 
 /// How the CPU backend moves a rotation's coordinates (`bench rotation --gather`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GatherMode {
     /// Bucketed for long lists that read from a wide span, direct otherwise.
     #[default]
@@ -81,6 +80,28 @@ pub enum GatherMode {
     /// The two-pass bucketed permutation wherever it applies (block size n ≤ 2^16).
     Bucketed,
 }
+
+impl crate::config::Choice for GatherMode {
+    const WHAT: &'static str = "gather";
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            GatherMode::Auto,
+            "auto",
+            "bucketed for long lists that read from a wide span, direct otherwise",
+        ),
+        (
+            GatherMode::Direct,
+            "direct",
+            "one random access per coordinate",
+        ),
+        (
+            GatherMode::Bucketed,
+            "bucketed",
+            "the two-pass bucketed permutation wherever it applies (n ≤ 2^16)",
+        ),
+    ];
+}
+crate::config::choice_impls!(GatherMode);
 
 /// A rotation's index list as the CPU backend keeps it (`Backend::RotIndex`; module docs).
 #[derive(Debug)]

@@ -12,7 +12,6 @@
 //! The kernels are verified by NVRTC and the CPU emulator (`backend::emu`); nothing here has been run on
 //! a GPU by its authors.
 
-pub mod bench;
 pub mod device;
 pub mod nvrtc;
 pub mod ops;

@@ -4,12 +4,12 @@
 //! - `bench gemm`: GFLOP/s of the CPU GEMM (faer) at the model's matmul shapes and at 1024³; the maximum is
 //!   the practical peak used as the MFU denominator.
 //! - `bench rotation`: the cost of a rotation of the whole model against the same run's GEMM peak and
-//!   training step (`rotation::bench`).
-//! - `bench kernels`: each kernel family on the best device (`backend::cuda::bench`).
+//!   training step ([`rotation`]).
+//! - `bench kernels`: each kernel family on the best device ([`kernels`]).
 //! - `bench step`: forward + backward + AdamW of GPT-2 on random tokens: median ms/step over `--steps`
-//!   steps after `--warmup`, tokens/s, MFU = (6·N·tokens + 12·L·B·T²·C) / time / GEMM peak, peak RSS,
-//!   and the ratio to llm.c's CPU trainer (`train_gpt2.c`, -Ofast, measured on this kind of machine at
-//!   4,963 ms/step for 124M, B=4, T=64: shared/notes/LLMC.md §8).
+//!   steps after `--warmup`, tokens/s, MFU = (6·N·tokens + 12·L·B·T²·C) / time / GEMM peak, peak RSS.
+//!   A comparison with another trainer (llm.c's CPU `train_gpt2.c`) is only meaningful measured side by
+//!   side on the same machine in one session: `docs/benchmarks.md` records one, with its method.
 //!
 //! The machine may be shared: `/proc/stat` is read around each timed region, and the report says how much
 //! CPU other processes used (`other_load_cores`) and flags `contended` when it exceeded 0.1 core.
@@ -21,49 +21,24 @@ use crate::error::{Error, Result};
 use crate::model::Gpt2;
 use crate::optim::{clip_grads, grad_norm, Optimizer};
 use crate::rng::Rng;
-use clap::{Args, Subcommand};
 use serde::Serialize;
 use std::time::Instant;
 
-/// llm.c `train_gpt2.c` at its default -Ofast, GPT-2 124M, B=4, T=64, 2 threads (LLMC.md §8).
-pub const LLMC_OFAST_MS_124M_B4_T64: f64 = 4963.0;
+pub mod kernels;
+pub mod rotation;
 
-#[derive(Args, Debug, Clone)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    pub what: BenchWhat,
-}
-
-#[derive(Subcommand, Debug, Clone)]
-pub enum BenchWhat {
-    /// GEMM throughput at the model's shapes (the practical peak).
-    Gemm(BenchOpts),
-    /// One full training step (forward + backward + AdamW).
-    Step(BenchOpts),
-    /// Rotation cost: build, rotate + unrotate of the whole model, vs GEMM peak and a step.
-    Rotation(crate::rotation::bench::RotationBenchOpts),
-    /// Each CUDA kernel family (or the CPU ops without a GPU): time, GB/s or GFLOP/s, fraction of peak.
-    Kernels(crate::backend::cuda::bench::KernelBenchOpts),
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct BenchOpts {
-    #[arg(long, default_value = "124m")]
+/// Options of `bench gemm` and `bench step` (the command line's `--help` documents each).
+#[derive(Debug, Clone)]
+pub struct StepOptions {
     pub model: String,
-    #[arg(long, default_value_t = 4)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 64)]
     pub seq_len: usize,
-    #[arg(long, default_value_t = crate::cli::default_threads())]
     pub threads: usize,
     /// Timed steps (the median is reported).
-    #[arg(long, default_value_t = 5)]
     pub steps: usize,
     /// Untimed warm-up steps.
-    #[arg(long, default_value_t = 1)]
     pub warmup: usize,
     /// Print one JSON object instead of a table.
-    #[arg(long)]
     pub json: bool,
 }
 
@@ -203,8 +178,6 @@ pub struct StepResult {
     pub gemm_peak_gflops: f64,
     pub mfu: f64,
     pub peak_rss_bytes: Option<u64>,
-    pub llmc_ofast_ms_per_step: Option<f64>,
-    pub speedup_vs_llmc_ofast: Option<f64>,
     pub other_load_cores: Option<f64>,
     pub contended: bool,
     pub gemm: Vec<GemmResult>,
@@ -217,7 +190,7 @@ pub fn step_flops(cfg: &ModelConfig, n_params_matmul: usize, b: usize, t: usize)
         + 12.0 * (cfg.n_layer * b * t * t * cfg.n_embd) as f64
 }
 
-pub(crate) fn bench_step(o: &BenchOpts) -> Result<StepResult> {
+pub fn bench_step(o: &StepOptions) -> Result<StepResult> {
     let mut cfg = ModelConfig::preset(&o.model)?;
     if o.seq_len > cfg.seq_len {
         return Err(Error::config(
@@ -262,8 +235,6 @@ pub(crate) fn bench_step(o: &BenchOpts) -> Result<StepResult> {
     let load = other_load(c0, cpu_ticks(), w0.elapsed().as_secs_f64());
     let ms = median(times.clone());
     let flops = step_flops(&cfg, model.table.num_non_embedding(), b, t);
-    let is_llmc_shape = o.model == "124m" && b == 4 && t == 64;
-    let llmc = is_llmc_shape.then_some(LLMC_OFAST_MS_124M_B4_T64);
     Ok(StepResult {
         model: o.model.clone(),
         params: model.num_params(),
@@ -280,65 +251,57 @@ pub(crate) fn bench_step(o: &BenchOpts) -> Result<StepResult> {
         gemm_peak_gflops: peak,
         mfu: flops / (ms / 1e3) / 1e9 / peak,
         peak_rss_bytes: peak_rss_bytes(),
-        llmc_ofast_ms_per_step: llmc,
-        speedup_vs_llmc_ofast: llmc.map(|l| l / ms),
         other_load_cores: load,
         contended: load.is_some_and(|l| l > 0.1),
         gemm,
     })
 }
 
-pub fn run(args: &BenchArgs) -> Result<()> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(match &args.what {
-            BenchWhat::Gemm(o) | BenchWhat::Step(o) => o.threads,
-            BenchWhat::Rotation(o) => o.threads,
-            BenchWhat::Kernels(o) => o.threads,
-        })
-        .build()
-        .map_err(|e| Error::config("threads", e.to_string()))?;
-    pool.install(|| match &args.what {
-        BenchWhat::Rotation(o) => crate::rotation::bench::run(o),
-        BenchWhat::Kernels(o) => crate::backend::cuda::bench::run(o),
-        BenchWhat::Gemm(o) => {
-            let cfg = ModelConfig::preset(&o.model)?;
-            let r = bench_gemm(&cfg, o.batch_size * o.seq_len, o.threads);
-            if o.json {
-                let peak = r.iter().map(|g| g.gflops).fold(0.0, f64::max);
-                let j = serde_json::json!({ "gemm_peak_gflops": peak, "threads": o.threads, "shapes": r });
-                println!("{j}");
-            } else {
-                for g in &r {
-                    println!("gemm {:>5} x {:>5} x {:>5}: {:7.1} GFLOP/s", g.m, g.n, g.k, g.gflops);
-                }
-            }
-            Ok(())
+/// `rotadam bench gemm`: prints the table (or JSON).
+pub fn run_gemm(o: &StepOptions) -> Result<()> {
+    let cfg = ModelConfig::preset(&o.model)?;
+    let r = bench_gemm(&cfg, o.batch_size * o.seq_len, o.threads);
+    if o.json {
+        let peak = r.iter().map(|g| g.gflops).fold(0.0, f64::max);
+        let j = serde_json::json!({ "gemm_peak_gflops": peak, "threads": o.threads, "shapes": r });
+        println!("{j}");
+    } else {
+        for g in &r {
+            println!(
+                "gemm {:>5} x {:>5} x {:>5}: {:7.1} GFLOP/s",
+                g.m, g.n, g.k, g.gflops
+            );
         }
-        BenchWhat::Step(o) => {
-            let r = bench_step(o)?;
-            if o.json {
-                println!("{}", serde_json::to_string(&r).expect("serialise"));
-            } else {
-                println!(
-                    "GPT-2 {} ({:.1}M params), B={} T={}, {} threads: {:.0} ms/step (min {:.0}, max {:.0}), {:.0} tokens/s",
-                    r.model, r.params as f64 / 1e6, r.batch_size, r.seq_len, r.threads,
-                    r.ms_per_step, r.ms_per_step_min, r.ms_per_step_max, r.tokens_per_s
-                );
-                println!(
-                    "{:.1} GFLOP/s achieved vs GEMM peak {:.1} GFLOP/s (same run): MFU {:.1}%",
-                    r.achieved_gflops, r.gemm_peak_gflops, 100.0 * r.mfu
-                );
-                if let Some(s) = r.speedup_vs_llmc_ofast {
-                    println!("{s:.2}x faster than llm.c train_gpt2.c -Ofast ({LLMC_OFAST_MS_124M_B4_T64} ms/step on this kind of machine)");
-                }
-                if let Some(rss) = r.peak_rss_bytes {
-                    println!("peak RSS {:.2} GB (llm.c: ~2.5 GB at 124M, B=4, T=64)", rss as f64 / 1e9);
-                }
-                if r.contended {
-                    println!("WARNING: other processes used {:.2} cores during the run: figures taken under contention", r.other_load_cores.unwrap_or(0.0));
-                }
-            }
-            Ok(())
-        }
-    })
+    }
+    Ok(())
+}
+
+/// `rotadam bench step`: prints the table (or JSON).
+pub fn run_step(o: &StepOptions) -> Result<()> {
+    let r = bench_step(o)?;
+    if o.json {
+        println!("{}", serde_json::to_string(&r).expect("serialise"));
+        return Ok(());
+    }
+    println!(
+        "GPT-2 {} ({:.1}M params), B={} T={}, {} threads: {:.0} ms/step (min {:.0}, max {:.0}), {:.0} tokens/s",
+        r.model, r.params as f64 / 1e6, r.batch_size, r.seq_len, r.threads,
+        r.ms_per_step, r.ms_per_step_min, r.ms_per_step_max, r.tokens_per_s
+    );
+    println!(
+        "{:.1} GFLOP/s achieved vs GEMM peak {:.1} GFLOP/s (same run): MFU {:.1}%",
+        r.achieved_gflops,
+        r.gemm_peak_gflops,
+        100.0 * r.mfu
+    );
+    if let Some(rss) = r.peak_rss_bytes {
+        println!("peak RSS {:.2} GB", rss as f64 / 1e9);
+    }
+    if r.contended {
+        println!(
+            "WARNING: other processes used {:.2} cores during the run: figures taken under contention",
+            r.other_load_cores.unwrap_or(0.0)
+        );
+    }
+    Ok(())
 }

@@ -2,9 +2,24 @@
 //! nanoGPT). A run directory's `config.json` is a serialised [`RunConfig`]; `rotadam gpt2 --config FILE`
 //! rebuilds the same run from it.
 
+mod kinds;
+
+pub(crate) use kinds::choice_impls;
+
+pub use kinds::{
+    BlockPartition, Choice, DeviceKind, OptimizerKind, Precision, RotationKind, Scope,
+};
+
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// The worker threads a run uses unless told otherwise: every core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
 
 /// The GPT-2 architecture.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,68 +108,10 @@ impl ModelConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum OptimizerKind {
-    /// AdamW (Maes et al. Alg. 1), decoupled weight decay.
-    Adamw,
-    /// SGD with momentum (torch semantics).
-    Sgd,
-    /// Momentum with one scalar second moment: the mean of g² over all coordinates (Xie et al.).
-    Adasgd,
-    /// One second moment per block (Xie et al. Alg. 3); blocks from `--blocks`.
-    BlockwiseAdam,
-}
-
-impl OptimizerKind {
-    /// The name used on the command line and in metrics.
-    pub fn name(self) -> &'static str {
-        match self {
-            OptimizerKind::Adamw => "adamw",
-            OptimizerKind::Sgd => "sgd",
-            OptimizerKind::Adasgd => "adasgd",
-            OptimizerKind::BlockwiseAdam => "blockwise-adam",
-        }
-    }
-}
-
-/// The blocks of blockwise Adam.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum BlockPartition {
-    /// One block per tensor (ParamTable entry).
-    #[default]
-    Tensor,
-    /// One block per row of each tensor (an output neuron of an (out,in) weight).
-    Neuron,
-    /// One block per coordinate: blockwise Adam is then Adam (a check, not an experiment).
-    Coordinate,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    Fp32,
-    Fp64,
-    /// bf16 matmul inputs and activations, fp32 accumulation, fp32 master weights and optimizer state.
-    Bf16,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceKind {
-    /// CUDA when a device is present, the CPU otherwise (and say so).
-    Auto,
-    Cpu,
-    /// CUDA, required: an error when no device is usable (issue 6).
-    Cuda,
-}
-
-/// The rotation of the optimizer's basis (MISSION.md "Rotations"): scope, block size n, seed.
+/// The rotation of the optimizer's basis (Maes et al. §2.3, App. C): its kind, block size n, seed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RotationConfig {
-    /// `none`, `global`, `layer`, `output`, `input`, `svd` or `kron`.
-    pub kind: String,
+    pub kind: RotationKind,
     /// Size n of the repeated Haar block R_n (the paper's 768).
     #[serde(default = "default_rotation_block")]
     pub block: usize,
@@ -180,7 +137,7 @@ fn default_kron_stages() -> usize {
 impl Default for RotationConfig {
     fn default() -> Self {
         RotationConfig {
-            kind: "none".into(),
+            kind: RotationKind::default(),
             block: default_rotation_block(),
             seed: 0,
             svd_every: default_svd_every(),
@@ -354,13 +311,21 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// Reads a run's `config.json`, naming the file on any error.
+    pub fn read(path: &Path) -> Result<RunConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::Json {
+            path: path.into(),
+            source: e,
+        })
+    }
+
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         self.train.validate()?;
         if self.threads == 0 {
             return Err(Error::config("threads", "must be at least 1"));
         }
-        crate::rotation::basis::validate_kind(&self.rotation.kind)?;
         for (field, v) in [
             ("rotation-block", self.rotation.block),
             ("svd-every", self.rotation.svd_every),

@@ -15,32 +15,23 @@ use crate::error::{Error, Result};
 use crate::model::{Gpt2, ParamTable};
 use crate::optim::Optimizer;
 use crate::rng::Rng;
-use clap::Args;
 use serde::Serialize;
 use std::time::Instant;
 
-/// Options of `rotadam bench kernels`.
-#[derive(Args, Debug, Clone)]
-pub struct KernelBenchOpts {
-    #[arg(long, default_value = "124m")]
+/// Options of `bench kernels` (the command line's `--help` documents each).
+#[derive(Debug, Clone)]
+pub struct KernelOptions {
     pub model: String,
-    #[arg(long, default_value_t = 4)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 64)]
     pub seq_len: usize,
     /// The rotation block n of the rotate + unrotate measurement (the paper's 768).
-    #[arg(long, default_value_t = 768)]
     pub rotation_block: usize,
-    #[arg(long, default_value_t = crate::cli::default_threads())]
     pub threads: usize,
     /// Timed repetitions per op (the median is reported).
-    #[arg(long, default_value_t = 3)]
     pub reps: usize,
     /// `cuda` to measure on the GPU (an error without one); anything else runs the CPU ops.
-    #[arg(long, value_enum, default_value_t = DeviceKind::Auto)]
     pub device: DeviceKind,
     /// Print one JSON object instead of a table.
-    #[arg(long)]
     pub json: bool,
 }
 
@@ -132,7 +123,7 @@ pub fn host_stream_bandwidth() -> f64 {
 /// Measures every kernel family on `be` (module docs). `bandwidth_peak` in GB/s.
 pub fn bench_ops<BK: Backend<T = f32>>(
     be: &BK,
-    o: &KernelBenchOpts,
+    o: &KernelOptions,
     bandwidth_peak: f64,
 ) -> Result<KernelBench> {
     let cfg = ModelConfig::preset(&o.model)?;
@@ -542,10 +533,10 @@ fn time_step<BK: Backend<T = f32>>(
 }
 
 /// Runs the benchmark on the best device present (module docs) and prints it.
-pub fn run(o: &KernelBenchOpts) -> Result<()> {
+pub fn run(o: &KernelOptions) -> Result<()> {
     let report = if o.device == DeviceKind::Cuda {
-        let tk = super::nvrtc::Toolkit::locate(std::path::Path::new(".cuda"));
-        let be = super::device::CudaBackend::new(0, tk, false)?;
+        let tk = crate::backend::cuda::nvrtc::Toolkit::locate(std::path::Path::new(".cuda"));
+        let be = crate::backend::cuda::device::CudaBackend::new(0, tk, false)?;
         let bw = be.memory_bandwidth_gbs().unwrap_or(f64::NAN);
         bench_ops(&be, o, bw)?
     } else {

@@ -1,178 +1,65 @@
-//! The command line: clap derive for raw flags, then validation into the configs the runs are built from.
+//! The options of a `gpt2` run as the user gave them, and their resolution into the [`RunConfig`] a run is
+//! built from (`config.json`).
 //!
-//! Every `gpt2` flag is optional so that a flag the user did not give never overrides a preset or a
-//! `--config` file: the config is built from (preset | config file | resumed run), then each given flag.
+//! Every option is optional so that one the user did not give never overrides a preset, a `--config` file
+//! or a resumed run: the config is built from (preset | config file | resumed run), then each given option.
+//! The command line fills a [`RunOptions`] (`cli::gpt2`); a sweep fills one per run.
 
 use crate::config::{
-    BlockPartition, DeviceKind, ModelConfig, OptimizerKind, Precision, RunConfig, TrainConfig,
+    default_threads, BlockPartition, DeviceKind, ModelConfig, OptimizerKind, Precision,
+    RotationKind, RunConfig, TrainConfig,
 };
 use crate::error::{Error, Result};
-use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "rotadam",
-    version,
-    about = "Train GPT-2 and measure how Adam behaves under rotations of the parameter space"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Train GPT-2 (default: the small CPU model on the embedded Shakespeare corpus).
-    Gpt2(Box<Gpt2Args>),
-    /// Tokenize text (files, directories, JSON Lines with a `text` field) into train.bin / val.bin.
-    Prepare(PrepareArgs),
-    /// Benchmarks: GEMM peak and a full training step (prints JSON with --json).
-    Bench(crate::bench::BenchArgs),
-    /// Train every rotation (or an ablation's variants) over several seeds and write a report with figures.
-    Sweep(Box<crate::sweep::SweepArgs>),
-    /// Draw the loss curves of any runs into one PNG and SVG.
-    Plot(crate::sweep::plot_runs::PlotArgs),
-    /// Xie et al. §4.1: Adam, AdaSGD and SGD on a quadratic rotated by R(θ) = exp(θA); table and figure.
-    Quadratic(crate::quadratic::QuadraticArgs),
-    /// Diagnostics of a checkpoint in its rotated basis: linf, l11, spectral, hessian-rows, update-cv.
-    Diagnose(crate::diagnose::DiagnoseArgs),
-}
-
-#[derive(Args, Debug, Default, Clone)]
-pub struct Gpt2Args {
-    /// Rebuild a run from a config.json (flags given here override it).
-    #[arg(long)]
+/// The `gpt2` options (the command line's `--help` documents each).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunOptions {
     pub config: Option<PathBuf>,
-    /// Continue the run in this directory from its latest checkpoint (--steps is the new total).
-    #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// Model preset: small (CPU demo), 124m, 350m, 774m, 1558m, tiny.
-    #[arg(long)]
     pub model: Option<String>,
-    #[arg(long)]
     pub n_layer: Option<usize>,
-    #[arg(long)]
     pub n_head: Option<usize>,
-    #[arg(long)]
     pub n_embd: Option<usize>,
-    #[arg(long)]
     pub seq_len: Option<usize>,
-    #[arg(long)]
     pub vocab_size: Option<usize>,
-    /// Biases in linear layers and LayerNorms (off by default, as in the paper).
-    #[arg(long)]
     pub bias: bool,
-    /// Token data: `demo` (embedded corpus) or a directory with train.bin/val.bin or llm.c shards.
-    #[arg(long)]
     pub data: Option<String>,
-    #[arg(long)]
     pub batch_size: Option<usize>,
-    #[arg(long)]
     pub grad_accum: Option<usize>,
-    /// Total optimizer steps.
-    #[arg(long)]
     pub steps: Option<usize>,
-    #[arg(long)]
     pub lr: Option<f64>,
-    /// Final learning rate of the cosine schedule (default: lr/10).
-    #[arg(long)]
     pub min_lr: Option<f64>,
-    #[arg(long)]
     pub warmup: Option<usize>,
-    /// Step at which the cosine decay reaches --min-lr (default: --steps).
-    #[arg(long)]
     pub lr_decay_steps: Option<usize>,
-    /// Decoupled weight decay (2-D weights only).
-    #[arg(long)]
     pub wd: Option<f64>,
-    #[arg(long)]
     pub beta1: Option<f64>,
-    #[arg(long)]
     pub beta2: Option<f64>,
-    #[arg(long)]
     pub eps: Option<f64>,
-    /// Clip the global gradient norm to this value (0 = off).
-    #[arg(long)]
     pub clip: Option<f64>,
-    #[arg(long, value_enum)]
     pub optimizer: Option<OptimizerKind>,
-    /// Blocks of blockwise Adam: one second moment per tensor or per output neuron (row).
-    #[arg(long, value_enum)]
     pub blocks: Option<BlockPartition>,
-    #[arg(long)]
     pub momentum: Option<f64>,
-    #[arg(long)]
     pub eval_every: Option<usize>,
-    #[arg(long)]
     pub eval_batches: Option<usize>,
-    #[arg(long)]
     pub checkpoint_every: Option<usize>,
-    #[arg(long)]
     pub seed: Option<u64>,
-    /// Rotation of the optimizer's basis: none, global, layer, output, input, svd, kron.
-    #[arg(long)]
-    pub rotation: Option<String>,
-    /// Size n of the repeated Haar block of the rotation.
-    #[arg(long)]
+    pub rotation: Option<RotationKind>,
     pub rotation_block: Option<usize>,
-    /// Seed of the rotation (default: --seed).
-    #[arg(long)]
     pub rotation_seed: Option<u64>,
-    /// `--rotation svd`: recompute the gradient's singular vectors every F steps.
-    #[arg(long)]
     pub svd_every: Option<usize>,
-    /// `--rotation kron`: number of chained stages.
-    #[arg(long)]
     pub kron_stages: Option<usize>,
-    /// Run directory (default: runs/gpt2-<model>-<rotation>-s<seed>-<UTC time>).
-    #[arg(long)]
     pub out: Option<PathBuf>,
-    #[arg(long, value_enum)]
     pub device: Option<DeviceKind>,
-    #[arg(long, value_enum)]
     pub precision: Option<Precision>,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
     pub threads: Option<usize>,
-    /// Initialise from a Hugging Face GPT-2 model.safetensors.
-    #[arg(long)]
     pub init_from: Option<PathBuf>,
-    /// Print nothing but errors.
-    #[arg(long)]
     pub quiet: bool,
-    /// Every N steps, log the update CV (per 2-D weight, std/mean of the singular values of Adam's
-    /// update) into metrics.jsonl (AdamW only; 0 = off).
-    #[arg(long)]
     pub log_update_cv: Option<usize>,
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct PrepareArgs {
-    /// Text files, directories (recursed) or .jsonl files with a `text` field.
-    #[arg(long, required = true, num_args = 1..)]
-    pub input: Vec<PathBuf>,
-    /// Output directory for train.bin, val.bin and meta.json.
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Fraction of documents held out for validation.
-    #[arg(long, default_value_t = crate::data::prepare::DEFAULT_VAL_FRACTION)]
-    pub val_fraction: f64,
-    /// Seed of the document-level val split.
-    #[arg(long, default_value_t = crate::data::prepare::DEFAULT_SEED)]
-    pub seed: u64,
-    #[arg(long)]
-    pub quiet: bool,
-}
-
-pub fn default_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
-
-/// Seconds since the Unix epoch as `YYYYmmdd-HHMMSS` (UTC), for default run directory names.
-pub(crate) fn utc_stamp() -> String {
+/// Seconds since the Unix epoch as `YYYYmmdd-HHMMSS` (UTC), for default run and sweep directory names.
+pub fn utc_stamp() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -196,9 +83,9 @@ pub(crate) fn utc_stamp() -> String {
     )
 }
 
-impl Gpt2Args {
-    /// Flags that would change what a resumed run computes (and so break bit-identical resume).
-    fn run_changing_flags(&self) -> Vec<&'static str> {
+impl RunOptions {
+    /// Options that would change what a resumed run computes (and so break bit-identical resume).
+    fn run_changing(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
         let mut chk = |set: bool, name: &'static str| {
             if set {
@@ -240,10 +127,10 @@ impl Gpt2Args {
         v
     }
 
-    /// Build the run's config. Returns it and whether this is a resume.
+    /// Builds the run's config. Returns it and whether this is a resume.
     pub fn to_config(&self) -> Result<(RunConfig, bool)> {
         if let Some(dir) = &self.resume {
-            let changing = self.run_changing_flags();
+            let changing = self.run_changing();
             if !changing.is_empty() {
                 return Err(Error::config(
                     "--resume",
@@ -253,14 +140,14 @@ impl Gpt2Args {
                     ),
                 ));
             }
-            let mut cfg = read_config(&dir.join("config.json"))?;
+            let mut cfg = RunConfig::read(&dir.join("config.json"))?;
             cfg.out = dir.clone();
             self.apply_runtime(&mut cfg);
             cfg.validate()?;
             return Ok((cfg, true));
         }
         let mut cfg = match &self.config {
-            Some(path) => read_config(path)?,
+            Some(path) => RunConfig::read(path)?,
             None => {
                 let preset = self.model.clone().unwrap_or_else(|| "small".into());
                 RunConfig {
@@ -324,8 +211,8 @@ impl Gpt2Args {
         if let Some(d) = &self.data {
             cfg.data = d.clone();
         }
-        if let Some(r) = &self.rotation {
-            cfg.rotation.kind = r.clone();
+        if let Some(r) = self.rotation {
+            cfg.rotation.kind = r;
         }
         if let Some(n) = self.rotation_block {
             cfg.rotation.block = n;
@@ -389,13 +276,4 @@ impl Gpt2Args {
         }
         cfg.quiet = self.quiet;
     }
-}
-
-/// Read a run's config.json, naming the file on any error.
-pub fn read_config(path: &std::path::Path) -> Result<RunConfig> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Json {
-        path: path.into(),
-        source: e,
-    })
 }

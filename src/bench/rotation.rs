@@ -16,53 +16,44 @@
 //! (fused − none) / step, what the rotation adds to a training step's optimizer.
 //! The top-level fields are those of the first `--n`; `results` holds every n.
 
-use super::basis::Basis;
-use super::{haar, Rotation, Scope};
+use super::{
+    bench_step, best_gflops, cpu_ticks, gemm_gflops, median, other_load, peak_rss_bytes,
+    StepOptions,
+};
 use crate::backend::cpu::rotation::{chunk_rows, window_rows};
 use crate::backend::cpu::{rotgemm, CpuBackend, GatherMode};
 use crate::backend::Backend;
-use crate::bench::{
-    bench_step, best_gflops, cpu_ticks, gemm_gflops, median, other_load, peak_rss_bytes, BenchOpts,
-};
 use crate::config::{BlockPartition::Tensor, ModelConfig, OptimizerKind::Adamw, TrainConfig};
 use crate::error::Result;
 use crate::model::ParamTable;
 use crate::optim::Optimizer;
 use crate::rng::Rng;
-use clap::Args;
+use crate::rotation::basis::Basis;
+use crate::rotation::{haar, Rotation, Scope};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-#[derive(Args, Debug, Clone)]
-pub struct RotationBenchOpts {
-    #[arg(long, default_value = "124m")]
+/// Options of `bench rotation` (the command line's `--help` documents each).
+#[derive(Debug, Clone)]
+pub struct RotationOptions {
     pub model: String,
     /// Scope of the timed rotation.
-    #[arg(long, value_enum, default_value_t = Scope::Global)]
     pub scope: Scope,
     /// Block size n; give the flag several times for several sizes.
-    #[arg(long = "n", default_values_t = [768usize])]
     pub n: Vec<usize>,
     /// Batch size of the training step used as the baseline.
-    #[arg(long, default_value_t = 4)]
     pub batch_size: usize,
     /// Sequence length of the training step used as the baseline.
-    #[arg(long, default_value_t = 64)]
     pub seq_len: usize,
-    #[arg(long, default_value_t = crate::cli::default_threads())]
     pub threads: usize,
     /// Timed rotate + unrotate repetitions (the median is reported).
-    #[arg(long, default_value_t = 5)]
     pub reps: usize,
     /// Timed training steps for the baseline (the median is used).
-    #[arg(long, default_value_t = 3)]
     pub steps: usize,
     /// How the CPU backend moves the rotated coordinates (backend::cpu::rotation module docs).
-    #[arg(long, value_enum, default_value_t = GatherMode::Auto)]
     pub gather: GatherMode,
     /// Print one JSON object instead of a table.
-    #[arg(long)]
     pub json: bool,
 }
 
@@ -130,7 +121,7 @@ fn time_haar(n: usize) -> f64 {
 }
 
 fn time_one(
-    o: &RotationBenchOpts,
+    o: &RotationOptions,
     be: &CpuBackend<f32>,
     table: &ParamTable,
     g: &Vec<f32>,
@@ -226,7 +217,7 @@ fn kernel_gflops(rows: usize, n: usize) -> f64 {
 
 /// Median ms of one step of `opt` with gradient `g` (after one untimed step: buffers allocated).
 fn time_adamw(
-    o: &RotationBenchOpts,
+    o: &RotationOptions,
     be: &CpuBackend<f32>,
     table: &ParamTable,
     g: &Vec<f32>,
@@ -246,13 +237,13 @@ fn time_adamw(
 }
 
 /// Runs the benchmark (on the caller's rayon pool) and returns the report.
-pub fn measure(o: &RotationBenchOpts) -> Result<RotationBenchResult> {
+pub fn measure(o: &RotationOptions) -> Result<RotationBenchResult> {
     let cfg = ModelConfig::preset(&o.model)?;
     let table = ParamTable::new(&cfg);
     let c0 = cpu_ticks();
     let w0 = Instant::now();
     // The step first, so its model is freed before the rotation's buffers exist.
-    let step = bench_step(&BenchOpts {
+    let step = bench_step(&StepOptions {
         model: o.model.clone(),
         batch_size: o.batch_size,
         seq_len: o.seq_len,
@@ -299,7 +290,7 @@ pub fn measure(o: &RotationBenchOpts) -> Result<RotationBenchResult> {
 }
 
 /// `rotadam bench rotation`: JSON with `--json`, else a short table.
-pub fn run(o: &RotationBenchOpts) -> Result<()> {
+pub fn run(o: &RotationOptions) -> Result<()> {
     if o.n.is_empty() || o.n.contains(&0) {
         return Err(crate::Error::config(
             "--n",

@@ -1,0 +1,163 @@
+//! `rotadam gpt2`: every flag optional, so that a flag the user did not give never overrides a preset, a
+//! `--config` file or a resumed run ([`RunOptions`] resolves them).
+
+use super::{choice, model_default, threads_help, train_default};
+use crate::config::{BlockPartition, DeviceKind, OptimizerKind, Precision, RotationKind};
+use crate::run::options::RunOptions;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct Gpt2Args {
+    /// Rebuild a run from a config.json (flags given here override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Continue the run in this directory from its latest checkpoint (--steps is the new total).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Model preset: small (CPU demo), 124m, 350m, 774m, 1558m (GPT-2), tiny (tests) [default: small].
+    #[arg(long)]
+    pub model: Option<String>,
+    #[arg(long, help = model_default("Transformer blocks", |m| m.n_layer))]
+    pub n_layer: Option<usize>,
+    #[arg(long, help = model_default("Attention heads", |m| m.n_head))]
+    pub n_head: Option<usize>,
+    #[arg(long, help = model_default("Embedding width C", |m| m.n_embd))]
+    pub n_embd: Option<usize>,
+    #[arg(long, help = model_default("Context length T (sequence length of a batch)", |m| m.seq_len))]
+    pub seq_len: Option<usize>,
+    #[arg(long, help = model_default("Vocabulary size", |m| m.vocab_size))]
+    pub vocab_size: Option<usize>,
+    /// Biases in linear layers and LayerNorms (off by default, as in the paper).
+    #[arg(long)]
+    pub bias: bool,
+    /// Token data: `demo` (embedded corpus) or a directory with train.bin/val.bin or llm.c shards [default: demo].
+    #[arg(long)]
+    pub data: Option<String>,
+    #[arg(long, help = train_default("Sequences per micro-batch", |t| t.batch_size.to_string()))]
+    pub batch_size: Option<usize>,
+    #[arg(long, help = train_default("Micro-batches accumulated per optimizer step", |t| t.grad_accum.to_string()))]
+    pub grad_accum: Option<usize>,
+    #[arg(long, help = train_default("Total optimizer steps (with --resume: the new total)", |t| t.steps.to_string()))]
+    pub steps: Option<usize>,
+    #[arg(long, help = train_default("Peak learning rate", |t| t.lr.to_string()))]
+    pub lr: Option<f64>,
+    #[arg(long, help = train_default("Final learning rate of the cosine schedule (with --lr alone: lr/10)", |t| t.min_lr.to_string()))]
+    pub min_lr: Option<f64>,
+    #[arg(long, help = train_default("Linear warm-up steps", |t| t.warmup.to_string()))]
+    pub warmup: Option<usize>,
+    /// Step at which the cosine decay reaches --min-lr [default: --steps].
+    #[arg(long)]
+    pub lr_decay_steps: Option<usize>,
+    #[arg(long, help = train_default("Decoupled weight decay λ (2-D weights only)", |t| t.weight_decay.to_string()))]
+    pub wd: Option<f64>,
+    #[arg(long, help = train_default("Adam's β₁ (also AdaSGD's and blockwise Adam's)", |t| t.beta1.to_string()))]
+    pub beta1: Option<f64>,
+    #[arg(long, help = train_default("Adam's β₂", |t| t.beta2.to_string()))]
+    pub beta2: Option<f64>,
+    #[arg(long, help = train_default("Adam's ε", |t| t.eps.to_string()))]
+    pub eps: Option<f64>,
+    #[arg(long, help = train_default("Clip the global gradient norm to this value (0 = off)", |t| t.clip.to_string()))]
+    pub clip: Option<f64>,
+    /// The optimizer [default: adamw].
+    #[arg(long, value_parser = choice::<OptimizerKind>())]
+    pub optimizer: Option<OptimizerKind>,
+    /// Blocks of blockwise Adam [default: tensor].
+    #[arg(long, value_parser = choice::<BlockPartition>())]
+    pub blocks: Option<BlockPartition>,
+    #[arg(long, help = train_default("SGD's momentum μ", |t| t.momentum.to_string()))]
+    pub momentum: Option<f64>,
+    #[arg(long, help = train_default("Evaluate the val loss every N steps (and at the last)", |t| t.eval_every.to_string()))]
+    pub eval_every: Option<usize>,
+    #[arg(long, help = train_default("Val batches per evaluation", |t| t.eval_batches.to_string()))]
+    pub eval_batches: Option<usize>,
+    #[arg(long, help = train_default("Write a checkpoint every N steps (and at the last)", |t| t.checkpoint_every.to_string()))]
+    pub checkpoint_every: Option<usize>,
+    #[arg(long, help = train_default("Seed of the initialisation and the data order", |t| t.seed.to_string()))]
+    pub seed: Option<u64>,
+    /// Rotation of the optimizer's basis [default: none].
+    #[arg(long, value_parser = choice::<RotationKind>())]
+    pub rotation: Option<RotationKind>,
+    /// Size n of the repeated Haar block of the rotation [default: 768, the paper's].
+    #[arg(long)]
+    pub rotation_block: Option<usize>,
+    /// Seed of the rotation [default: --seed].
+    #[arg(long)]
+    pub rotation_seed: Option<u64>,
+    /// `--rotation svd`: recompute the gradient's singular vectors every F steps [default: 250].
+    #[arg(long)]
+    pub svd_every: Option<usize>,
+    /// `--rotation kron`: number of chained stages [default: 2].
+    #[arg(long)]
+    pub kron_stages: Option<usize>,
+    /// Run directory [default: runs/gpt2-<model>-<rotation>-s<seed>-<UTC time>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Where the ops run [default: auto].
+    #[arg(long, value_parser = choice::<DeviceKind>())]
+    pub device: Option<DeviceKind>,
+    /// Arithmetic [default: fp32].
+    #[arg(long, value_parser = choice::<Precision>())]
+    pub precision: Option<Precision>,
+    #[arg(long, help = threads_help())]
+    pub threads: Option<usize>,
+    /// Initialise from a Hugging Face GPT-2 model.safetensors.
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
+    /// Print nothing but errors.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Every N steps, log the update CV (per 2-D weight, std/mean of the singular values of Adam's
+    /// update) into metrics.jsonl (AdamW only; 0 = off) [default: 0].
+    #[arg(long)]
+    pub log_update_cv: Option<usize>,
+}
+
+impl Gpt2Args {
+    /// The library's options (field for field).
+    pub fn options(&self) -> RunOptions {
+        RunOptions {
+            config: self.config.clone(),
+            resume: self.resume.clone(),
+            model: self.model.clone(),
+            n_layer: self.n_layer,
+            n_head: self.n_head,
+            n_embd: self.n_embd,
+            seq_len: self.seq_len,
+            vocab_size: self.vocab_size,
+            bias: self.bias,
+            data: self.data.clone(),
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            steps: self.steps,
+            lr: self.lr,
+            min_lr: self.min_lr,
+            warmup: self.warmup,
+            lr_decay_steps: self.lr_decay_steps,
+            wd: self.wd,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            clip: self.clip,
+            optimizer: self.optimizer,
+            blocks: self.blocks,
+            momentum: self.momentum,
+            eval_every: self.eval_every,
+            eval_batches: self.eval_batches,
+            checkpoint_every: self.checkpoint_every,
+            seed: self.seed,
+            rotation: self.rotation,
+            rotation_block: self.rotation_block,
+            rotation_seed: self.rotation_seed,
+            svd_every: self.svd_every,
+            kron_stages: self.kron_stages,
+            out: self.out.clone(),
+            device: self.device,
+            precision: self.precision,
+            threads: self.threads,
+            init_from: self.init_from.clone(),
+            quiet: self.quiet,
+            log_update_cv: self.log_update_cv,
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! The kinds a run is made of — optimizer, rotation, precision, device, blocks — as types, parsed once at
+//! the edge (the command line, a config file) and matched as enums everywhere below it.
+//!
+//! Every kind is a [`Choice`]: a fixed table of (value, name, one-line description). The name is what the
+//! command line accepts and what `config.json`, `metrics.jsonl` and `state.json` store; the description is
+//! what `--help` shows. One table per kind means the parser, the serialised form and the help cannot drift
+//! apart.
+
+use crate::error::{Error, Result};
+
+/// A setting with a fixed set of named values.
+pub trait Choice: Copy + PartialEq + Sized + 'static {
+    /// What the values choose, as error messages name it (e.g. `rotation`).
+    const WHAT: &'static str;
+    /// Every value with its name and a one-line description, in the order `--help` lists them.
+    const VALUES: &'static [(Self, &'static str, &'static str)];
+
+    /// The name of this value (what the command line accepts and files store).
+    fn name(self) -> &'static str {
+        Self::VALUES
+            .iter()
+            .find(|(v, _, _)| *v == self)
+            .map(|(_, n, _)| *n)
+            .expect("every value of a Choice is in its table")
+    }
+
+    /// Every name, in table order.
+    fn names() -> Vec<&'static str> {
+        Self::VALUES.iter().map(|(_, n, _)| *n).collect()
+    }
+
+    /// The value named `s`; an error naming the setting and listing the accepted names otherwise.
+    fn parse(s: &str) -> Result<Self> {
+        Self::VALUES
+            .iter()
+            .find(|(_, n, _)| *n == s)
+            .map(|(v, _, _)| *v)
+            .ok_or_else(|| {
+                Error::config(
+                    Self::WHAT,
+                    format!(
+                        "unknown {} '{s}'; expected one of {}",
+                        Self::WHAT,
+                        Self::names().join(", ")
+                    ),
+                )
+            })
+    }
+}
+
+/// `name()`, `Display`, `FromStr` and serde (as the name) for a [`Choice`].
+macro_rules! choice_impls {
+    ($($t:ty),*) => {$(
+        impl $t {
+            /// The name of this value (what the command line accepts and files store).
+            pub fn name(self) -> &'static str {
+                <Self as $crate::config::Choice>::name(self)
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+        impl std::str::FromStr for $t {
+            type Err = $crate::error::Error;
+            fn from_str(s: &str) -> $crate::error::Result<Self> {
+                <$t as $crate::config::Choice>::parse(s)
+            }
+        }
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(self.name())
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let s = <String as serde::Deserialize>::deserialize(d)?;
+                <$t as $crate::config::Choice>::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+
+/// The optimizer of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OptimizerKind {
+    Adamw,
+    Sgd,
+    Adasgd,
+    BlockwiseAdam,
+}
+
+impl Choice for OptimizerKind {
+    const WHAT: &'static str = "optimizer";
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            OptimizerKind::Adamw,
+            "adamw",
+            "AdamW (Maes et al. Alg. 1), decoupled weight decay",
+        ),
+        (
+            OptimizerKind::Sgd,
+            "sgd",
+            "SGD with momentum (torch semantics)",
+        ),
+        (
+            OptimizerKind::Adasgd,
+            "adasgd",
+            "momentum with one scalar second moment, the mean of g² over all coordinates (Xie et al.)",
+        ),
+        (
+            OptimizerKind::BlockwiseAdam,
+            "blockwise-adam",
+            "one second moment per block (Xie et al. Alg. 3); blocks from --blocks",
+        ),
+    ];
+}
+
+/// The blocks of blockwise Adam.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BlockPartition {
+    #[default]
+    Tensor,
+    Neuron,
+    Coordinate,
+}
+
+impl Choice for BlockPartition {
+    const WHAT: &'static str = "blocks";
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            BlockPartition::Tensor,
+            "tensor",
+            "one block per tensor (ParamTable entry)",
+        ),
+        (
+            BlockPartition::Neuron,
+            "neuron",
+            "one block per row of each tensor (an output neuron of an (out,in) weight)",
+        ),
+        (
+            BlockPartition::Coordinate,
+            "coordinate",
+            "one block per coordinate: blockwise Adam is then Adam (a check, not an experiment)",
+        ),
+    ];
+}
+
+/// The arithmetic of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Precision {
+    Fp32,
+    Fp64,
+    Bf16,
+}
+
+impl Choice for Precision {
+    const WHAT: &'static str = "precision";
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+        (Precision::Fp32, "fp32", "single precision throughout"),
+        (
+            Precision::Fp64,
+            "fp64",
+            "double precision (the CPU only): the reference",
+        ),
+        (
+            Precision::Bf16,
+            "bf16",
+            "bf16 matmul inputs and activations, fp32 accumulation, fp32 master weights and optimizer state",
+        ),
+    ];
+}
+
+/// Where a run's ops execute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeviceKind {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl Choice for DeviceKind {
+    const WHAT: &'static str = "device";
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            DeviceKind::Auto,
+            "auto",
+            "CUDA when a device is present and passes a self-check against the CPU, the CPU otherwise",
+        ),
+        (DeviceKind::Cpu, "cpu", "the CPU backend"),
+        (
+            DeviceKind::Cuda,
+            "cuda",
+            "CUDA, required: an error when no device is usable",
+        ),
+    ];
+}
+
+/// Which coordinates a block rotation may mix (`rotation::scope` builds the groups of each).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// The identity: Adam in the standard basis.
+    #[default]
+    None,
+    /// All parameters as one vector.
+    Global,
+    /// Within each tensor (q, k and v separately; each LayerNorm gain/bias on its own).
+    Layer,
+    /// Within the weights leading to one output neuron (a row; a column of an embedding).
+    Output,
+    /// Within the weights leaving one input neuron (a column; a row of an embedding).
+    Input,
+}
+
+impl Choice for Scope {
+    const WHAT: &'static str = "rotation";
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            Scope::None,
+            "none",
+            "the identity: Adam in the standard basis",
+        ),
+        (Scope::Global, "global", "all parameters as one vector"),
+        (
+            Scope::Layer,
+            "layer",
+            "within each tensor (q, k and v separately)",
+        ),
+        (
+            Scope::Output,
+            "output",
+            "within the weights leading to one output neuron",
+        ),
+        (
+            Scope::Input,
+            "input",
+            "within the weights leaving one input neuron",
+        ),
+    ];
+}
+
+/// The rotation of the optimizer's basis (`--rotation`): a block rotation of some scope (Maes et al. §2.3,
+/// App. C), the poster's rotation by each weight's gradient singular vectors, or Xie et al.'s chained
+/// Kronecker rotation (App. D.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RotationKind {
+    Scope(Scope),
+    Svd,
+    Kron,
+}
+
+impl Default for RotationKind {
+    fn default() -> Self {
+        RotationKind::Scope(Scope::None)
+    }
+}
+
+impl RotationKind {
+    /// True for `none`, the standard basis.
+    pub fn is_none(self) -> bool {
+        self == RotationKind::Scope(Scope::None)
+    }
+}
+
+impl Choice for RotationKind {
+    const WHAT: &'static str = "rotation";
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            RotationKind::Scope(Scope::None),
+            "none",
+            "the identity: Adam in the standard basis",
+        ),
+        (
+            RotationKind::Scope(Scope::Global),
+            "global",
+            "all parameters as one vector, permuted and rotated in Haar blocks of n",
+        ),
+        (
+            RotationKind::Scope(Scope::Layer),
+            "layer",
+            "within each tensor (q, k and v separately)",
+        ),
+        (
+            RotationKind::Scope(Scope::Output),
+            "output",
+            "within the weights leading to one output neuron",
+        ),
+        (
+            RotationKind::Scope(Scope::Input),
+            "input",
+            "within the weights leaving one input neuron",
+        ),
+        (
+            RotationKind::Svd,
+            "svd",
+            "each 2-D weight by its gradient's singular vectors, refreshed every --svd-every steps (poster)",
+        ),
+        (
+            RotationKind::Kron,
+            "kron",
+            "chained permutations and three-factor Kronecker rotations of all parameters (Xie et al. App. D.1)",
+        ),
+    ];
+}
+
+pub(crate) use choice_impls;
+
+choice_impls!(
+    OptimizerKind,
+    BlockPartition,
+    Precision,
+    DeviceKind,
+    Scope,
+    RotationKind
+);

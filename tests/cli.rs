@@ -1,0 +1,90 @@
+//! The command line: every argument of every subcommand explains itself in `--help`, and the kinds are
+//! parsed at the edge with errors that name the flag and what it accepts.
+
+use clap::{CommandFactory, Parser};
+use rotadam::cli::{Cli, Command};
+use rotadam::config::{Choice, OptimizerKind, RotationKind, Scope};
+
+/// Every (command path, argument) pair without help text.
+fn undocumented(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+    for a in cmd.get_arguments() {
+        let id = a.get_id().as_str();
+        if matches!(id, "help" | "version") {
+            continue;
+        }
+        let text = a
+            .get_help()
+            .or(a.get_long_help())
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        if text.trim().is_empty() {
+            out.push(format!("{path} --{id}"));
+        }
+    }
+    for sub in cmd.get_subcommands() {
+        undocumented(sub, &format!("{path} {}", sub.get_name()), out);
+    }
+}
+
+#[test]
+fn every_argument_of_every_subcommand_has_help_text() {
+    let cmd = Cli::command();
+    cmd.clone().debug_assert();
+    let mut missing = Vec::new();
+    undocumented(&cmd, "rotadam", &mut missing);
+    assert!(
+        missing.is_empty(),
+        "arguments without help text: {missing:?}"
+    );
+}
+
+#[test]
+fn preset_dependent_defaults_are_listed_per_preset() {
+    let help = Cli::command()
+        .find_subcommand_mut("gpt2")
+        .unwrap()
+        .render_long_help()
+        .to_string();
+    // from the presets themselves: small 8, tiny 4, the GPT-2 family the paper's 12
+    assert!(
+        help.contains("[default: small 8, tiny 4, 124m–1558m 12]"),
+        "{help}"
+    );
+    assert!(help.contains("[default: small 400, tiny 20, 124m–1558m 100000]"));
+}
+
+#[test]
+fn kinds_parse_once_at_the_edge() {
+    let cli = Cli::try_parse_from([
+        "rotadam",
+        "gpt2",
+        "--rotation",
+        "output",
+        "--optimizer",
+        "blockwise-adam",
+    ])
+    .unwrap();
+    let Command::Gpt2(a) = cli.command else {
+        panic!("not gpt2")
+    };
+    assert_eq!(a.rotation, Some(RotationKind::Scope(Scope::Output)));
+    assert_eq!(a.optimizer, Some(OptimizerKind::BlockwiseAdam));
+    let e = Cli::try_parse_from(["rotadam", "gpt2", "--rotation", "diagonal"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("diagonal") && e.contains("--rotation"), "{e}");
+    // every name round-trips, through the parser and serde (config.json stores the name)
+    for &(k, name, _) in RotationKind::VALUES {
+        assert_eq!(name.parse::<RotationKind>().unwrap(), k);
+        assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{name}\""));
+        assert_eq!(
+            serde_json::from_str::<RotationKind>(&format!("\"{name}\"")).unwrap(),
+            k
+        );
+    }
+    let e = serde_json::from_str::<RotationKind>("\"diagonal\"").unwrap_err();
+    assert!(
+        e.to_string().contains("expected one of none, global"),
+        "{e}"
+    );
+}
