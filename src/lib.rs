@@ -20,5 +20,6 @@ pub mod rng;
 pub mod rotation;
 pub mod run;
 pub mod sweep;
+pub mod tensors;
 
 pub use error::{Error, Result};

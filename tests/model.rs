@@ -215,7 +215,7 @@ fn hf_safetensors_names_shapes_and_round_trip() {
     let cfg = tiny(false);
     let w = perturbed(&cfg, 3);
     let table = ParamTable::new(&cfg);
-    let hf = checkpoint::to_hf(&cfg, &table, &w);
+    let hf = rotadam::model::hf::to_hf(&cfg, &table, &w);
     let find = |n: &str| {
         hf.iter()
             .find(|t| t.name == n)
@@ -258,13 +258,13 @@ fn hf_safetensors_names_shapes_and_round_trip() {
     };
     let ck = checkpoint::save(&be, &dir, &m, &opt, &state).unwrap();
     let path = ck.join("model.safetensors");
-    let tensors = checkpoint::read_safetensors(&path).unwrap();
+    let tensors = rotadam::tensors::read(&path).unwrap();
     assert!(tensors.contains_key("transformer.h.0.attn.c_attn.weight"));
     assert!(
         !tensors.keys().any(|k| k.contains("attn.q.")),
         "q/k/v must be fused on export"
     );
-    let (flat, ignored) = checkpoint::from_hf(&path, &cfg, &table, &tensors).unwrap();
+    let (flat, ignored) = rotadam::model::hf::from_hf(&path, &cfg, &table, &tensors).unwrap();
     assert_eq!(ignored, 0);
     let mut m2 = Gpt2::new(&be, &cfg, 99).unwrap();
     m2.set_params_f64(&be, &flat).unwrap();
@@ -273,7 +273,7 @@ fn hf_safetensors_names_shapes_and_round_trip() {
     // a model of another shape refuses the file, naming the tensor and both shapes
     let mut other = cfg.clone();
     other.n_embd = 12;
-    let err = checkpoint::from_hf(&path, &other, &ParamTable::new(&other), &tensors)
+    let err = rotadam::model::hf::from_hf(&path, &other, &ParamTable::new(&other), &tensors)
         .unwrap_err()
         .to_string();
     assert!(

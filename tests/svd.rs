@@ -12,7 +12,7 @@ use rotadam::config::ModelConfig;
 use rotadam::model::{ParamTable, Role};
 use rotadam::rng::Rng;
 use rotadam::rotation::SvdRotation;
-use rotadam::run::checkpoint::TensorMap;
+use rotadam::tensors::TensorMap;
 use std::path::Path;
 
 // ---- helpers -------------------------------------------------------------------------------------------

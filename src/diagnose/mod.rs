@@ -259,8 +259,8 @@ pub fn open_target(path: &Path) -> Result<Target> {
 /// The checkpoint's weights in the standard flat layout (f64).
 pub fn load_weights(t: &Target, table: &ParamTable) -> Result<Vec<f64>> {
     let mp = t.dir.join("model.safetensors");
-    let tensors = checkpoint::read_safetensors(&mp)?;
-    Ok(checkpoint::from_hf(&mp, &t.state.model, table, &tensors)?.0)
+    let tensors = crate::tensors::read(&mp)?;
+    Ok(crate::model::hf::from_hf(&mp, &t.state.model, table, &tensors)?.0)
 }
 
 /// Build the basis of `rc` on the f64 CPU backend; `svd` loads its factors from the checkpoint.
@@ -276,7 +276,7 @@ fn build_basis(t: &Target, rc: &RotationConfig, table: &ParamTable) -> Result<Ba
                 "missing: the svd basis needs the run's singular vectors, which only a checkpoint of an svd run carries",
             ));
         }
-        let tensors = checkpoint::read_safetensors(&rp)?;
+        let tensors = crate::tensors::read(&rp)?;
         basis.load_state(&be, &rp, &tensors)?;
     }
     Ok(basis)
@@ -463,7 +463,7 @@ fn checkpoint_update(t: &Target, table: &ParamTable) -> Result<Vec<f64>> {
         ));
     }
     let op = t.dir.join("optim.safetensors");
-    let tensors = checkpoint::read_safetensors(&op)?;
+    let tensors = crate::tensors::read(&op)?;
     let get = |name: &str| -> Result<Vec<f64>> {
         match tensors.get(name) {
             Some((_, v)) if v.len() == table.total => Ok(v.clone()),

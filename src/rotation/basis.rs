@@ -16,7 +16,7 @@ use crate::backend::Backend;
 use crate::config::{RotationConfig, RotationKind};
 use crate::error::Result;
 use crate::model::ParamTable;
-use crate::run::checkpoint::TensorMap;
+use crate::tensors::TensorMap;
 use std::path::Path;
 
 pub enum Basis<BK: Backend> {

@@ -52,7 +52,7 @@ use super::{thousands, upload_f64};
 use crate::backend::{Backend, Scalar};
 use crate::error::{Error, Result};
 use crate::model::{ParamTable, Role};
-use crate::run::checkpoint::TensorMap;
+use crate::tensors::TensorMap;
 use faer::diag::Diag;
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::svd::{svd, svd_scratch, ComputeSvdVectors};

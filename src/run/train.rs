@@ -343,8 +343,8 @@ fn load_init<BK: Backend>(
     path: &Path,
     cfg: &RunConfig,
 ) -> Result<()> {
-    let tensors = checkpoint::read_safetensors(path)?;
-    let (flat, ignored) = checkpoint::from_hf(path, &model.cfg, &model.table, &tensors)?;
+    let tensors = crate::tensors::read(path)?;
+    let (flat, ignored) = crate::model::hf::from_hf(path, &model.cfg, &model.table, &tensors)?;
     model.set_params_f64(be, &flat)?;
     say(cfg, format!("init: weights from {}", path.display()));
     if ignored > 0 {
