@@ -14,7 +14,6 @@ pub mod kernels;
 pub mod model;
 pub mod optim;
 pub mod plot;
-pub mod progress;
 pub mod quadratic;
 pub mod rng;
 pub mod rotation;

@@ -13,8 +13,9 @@ use rotadam::diagnose::estimators::{
     self, decompose, hessian_row, l11, lanczos, standard_cauchy, L11Method,
 };
 use rotadam::diagnose::hvp::{Gpt2Hvp, InPlaceBasis};
-use rotadam::diagnose::{self, rows, update_cv, DiagnoseOptions, What};
+use rotadam::diagnose::{self, rows, DiagnoseOptions, What};
 use rotadam::model::ParamTable;
+use rotadam::optim::update_cv;
 use rotadam::rng::Rng;
 use rotadam::rotation::basis::Basis;
 use rotadam::rotation::{haar, Rotation, Scope};

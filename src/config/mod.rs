@@ -175,7 +175,7 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     pub seed: u64,
     /// Every N steps, log the update CV (std/mean of the singular values of Adam's update per 2-D weight;
-    /// `diagnose::update_cv`) into metrics.jsonl; 0 = off. AdamW only.
+    /// `optim::update_cv`) into metrics.jsonl; 0 = off. AdamW only.
     #[serde(default)]
     pub log_update_cv: usize,
 }

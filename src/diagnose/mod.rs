@@ -41,13 +41,13 @@
 pub mod estimators;
 pub mod hvp;
 pub mod rows;
-pub mod update_cv;
 
 use crate::config::{ModelConfig, OptimizerKind, RotationConfig, RotationKind, RunConfig, Scope};
 use crate::data::loader::{fixed_batches, Batch};
 use crate::data::shard::Dataset;
 use crate::error::{Error, Result};
 use crate::model::ParamTable;
+use crate::optim::update_cv;
 use crate::rng::Rng;
 use crate::rotation::basis::Basis;
 use crate::run::checkpoint::{self, TrainState};

@@ -22,6 +22,7 @@
 //!   Blocks are position ranges of the optimizer's (rotated) layout; under `none` they are the tensors.
 
 pub mod schedule;
+pub mod update_cv;
 
 use crate::backend::{AdamStep, Backend, Scalar};
 use crate::config::{BlockPartition, OptimizerKind, TrainConfig};

@@ -20,7 +20,7 @@ pub struct StepMetrics {
     pub rotation: RotationKind,
     /// `--log-update-cv N`: the update CV summary at this step (every N steps).
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub update_cv: Option<crate::diagnose::update_cv::UpdateCvSummary>,
+    pub update_cv: Option<crate::optim::update_cv::UpdateCvSummary>,
 }
 
 pub struct MetricsWriter {

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod metrics;
 pub mod options;
+pub mod progress;
 pub mod train;
 
 use crate::error::{Error, Result};

@@ -223,7 +223,7 @@ fn train_on<BK: Backend>(
     }
 
     let label = format!("{}/{}", tr.optimizer.name(), cfg.rotation.kind);
-    let progress = crate::progress::Progress::new(start, tr.steps, cfg.quiet, label);
+    let progress = super::progress::Progress::new(start, tr.steps, cfg.quiet, label);
     let dloss = 1.0 / (tr.batch_size * m.seq_len * tr.grad_accum) as f64;
     let mut first_loss = None;
     let mut final_train = f64::NAN;
@@ -284,9 +284,9 @@ fn train_on<BK: Backend>(
             optimizer: tr.optimizer.name().into(),
             rotation: cfg.rotation.kind,
             update_cv: if tr.log_update_cv > 0 && step % tr.log_update_cv == 0 {
-                let u = crate::diagnose::update_cv::optimizer_update(be, &mut opt, tr)?;
-                let cvs = crate::diagnose::update_cv::per_weight(&model.table, &u)?;
-                Some(crate::diagnose::update_cv::summarize(&cvs))
+                let u = crate::optim::update_cv::optimizer_update(be, &mut opt, tr)?;
+                let cvs = crate::optim::update_cv::per_weight(&model.table, &u)?;
+                Some(crate::optim::update_cv::summarize(&cvs))
             } else {
                 None
             },

@@ -51,7 +51,7 @@ fn device_choice_never_panics_and_cuda_without_a_device_is_a_clear_error() {
                 .expect("no device, yet a backend opened")
                 .to_string();
             assert!(e.contains("no usable CUDA device"), "{e}");
-            let e = rotadam::backend::cuda::self_check(false).unwrap_err();
+            let e = rotadam::device::self_check(false).unwrap_err();
             assert!(e.contains("no usable CUDA device"), "{e}");
         }
         None => {
@@ -120,7 +120,7 @@ fn gpu_only_training_steps_on_the_cuda_backend_match_the_cpu() {
     }
     // The comparison `--device auto` runs before using a GPU (fp32 and bf16 tolerances of tests/cuda/step.rs).
     for bf16 in [false, true] {
-        let r = rotadam::backend::cuda::self_check(bf16);
+        let r = rotadam::device::self_check(bf16);
         assert!(r.is_ok(), "bf16={bf16}: {r:?}");
     }
 }

@@ -22,7 +22,7 @@ use rotadam::rotation::basis::Basis;
 
 /// The model of the CUDA backend's self-check.
 fn cfg() -> ModelConfig {
-    rotadam::backend::cuda::check_model()
+    rotadam::device::check_model()
 }
 
 /// A training run of [`train`]: the losses and the final parameters.

@@ -1,7 +1,7 @@
 //! The training progress display: an indicatif bar on a terminal; plain log lines when stderr is not a
 //! terminal (CI, redirected output), where indicatif would print nothing.
 
-use crate::run::metrics::StepMetrics;
+use super::metrics::StepMetrics;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 
