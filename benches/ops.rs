@@ -41,17 +41,23 @@ fn ops(c: &mut Criterion) {
     let w = randn(ch, 4);
     let (mut out, mut mean, mut rstd) = (vec![0.0; n * ch], vec![0.0; n], vec![0.0; n]);
     g.bench_function("layernorm_forward", |bch| {
-        bch.iter(|| be.layernorm_forward(&mut out, &mut mean, &mut rstd, &x, &w, None, n, ch))
+        bch.iter(|| {
+            be.layernorm_forward(&mut out, &mut mean, &mut rstd, &x, &w, None, n, ch)
+                .unwrap()
+        })
     });
     let qkv = randn(n * 3 * ch, 5);
     let mut att = vec![0.0; b * nh * t * t];
     g.bench_function("attention_forward", |bch| {
-        bch.iter(|| be.attention_forward(&mut out, &mut att, &qkv, b, t, ch, nh))
+        bch.iter(|| {
+            be.attention_forward(&mut out, &mut att, &qkv, b, t, ch, nh)
+                .unwrap()
+        })
     });
     let h = randn(n * 4 * ch, 6);
     let mut hout = vec![0.0; n * 4 * ch];
     g.bench_function("gelu_forward", |bch| {
-        bch.iter(|| be.gelu_forward(&mut hout, &h))
+        bch.iter(|| be.gelu_forward(&mut hout, &h).unwrap())
     });
     let logits0 = randn(n * v, 7);
     let targets: Vec<u32> = (0..n as u32).map(|i| i * 7 % v as u32).collect();
@@ -68,6 +74,7 @@ fn ops(c: &mut Criterion) {
                 n,
                 v,
             )
+            .unwrap()
         })
     });
     let np = 1 << 22;
@@ -83,7 +90,7 @@ fn ops(c: &mut Criterion) {
     };
     g.throughput(Throughput::Elements(np as u64));
     g.bench_function("adamw_step_4M", |bch| {
-        bch.iter(|| be.adamw_step(&mut p, &mut m1, &mut m2, &gr, hp))
+        bch.iter(|| be.adamw_step(&mut p, &mut m1, &mut m2, &gr, hp).unwrap())
     });
     g.finish();
 
@@ -96,7 +103,7 @@ fn ops(c: &mut Criterion) {
     g.throughput(Throughput::Elements(n as u64));
     g.bench_function("small_B8_T128", |bch| {
         bch.iter(|| {
-            model.zero_grads(&be);
+            model.zero_grads(&be).unwrap();
             model
                 .forward_backward(&be, &tokens, &targets, b, t, 1.0 / n as f64)
                 .unwrap();

@@ -129,7 +129,7 @@ pub fn self_check(bf16: bool) -> Result<String, String> {
     ) -> Result<(f64, Vec<f64>), String> {
         let run = || -> crate::Result<(f64, Vec<f64>)> {
             let mut m = Gpt2::new(be, cfg, 3)?;
-            m.zero_grads(be);
+            m.zero_grads(be)?;
             let loss = m.forward_backward(be, x, y, b, t, 1.0 / (b * t) as f64)?;
             Ok((loss, m.grads_f64(be)?))
         };

@@ -65,9 +65,9 @@ fn apply<S: Scalar>(
     be.upload(&mut inp, &host).unwrap();
     let mut out = be.alloc(x.len()).unwrap();
     if transpose {
-        rot.unrotate(be, &mut out, &inp);
+        rot.unrotate(be, &mut out, &inp).unwrap();
     } else {
-        rot.rotate(be, &mut out, &inp);
+        rot.rotate(be, &mut out, &inp).unwrap();
     }
     let y = be.download(&out).unwrap();
     y.iter().map(|&v| Scalar::to_f64(v)).collect()

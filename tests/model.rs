@@ -52,7 +52,7 @@ fn gpt2_gradient_matches_finite_differences_f64() {
         let (x, y) = batch(&cfg, b, t, 11);
         let w = perturbed(&cfg, 5);
         let (be, mut m) = f64_model(&cfg, &w);
-        m.zero_grads(&be);
+        m.zero_grads(&be).unwrap();
         let loss = m
             .forward_backward(&be, &x, &y, b, t, 1.0 / (b * t) as f64)
             .unwrap();
@@ -100,7 +100,7 @@ fn gpt2_f32_and_bf16_match_f64() {
     let (x, y) = batch(&cfg, b, t, 2);
     let w = perturbed(&cfg, 9);
     let (be64, mut m64) = f64_model(&cfg, &w);
-    m64.zero_grads(&be64);
+    m64.zero_grads(&be64).unwrap();
     let l64 = m64
         .forward_backward(&be64, &x, &y, b, t, 1.0 / (b * t) as f64)
         .unwrap();
@@ -110,7 +110,7 @@ fn gpt2_f32_and_bf16_match_f64() {
         let be = CpuBackend::<f32>::new(1, bf16);
         let mut m = Gpt2::new(&be, &cfg, 0).unwrap();
         m.set_params_f64(&be, &w).unwrap();
-        m.zero_grads(&be);
+        m.zero_grads(&be).unwrap();
         let l = m
             .forward_backward(&be, &x, &y, b, t, 1.0 / (b * t) as f64)
             .unwrap();

@@ -121,7 +121,9 @@ fn gradcheck(op: &str, wrt: &str, x: &[f64], analytic: &[f64], loss: impl Fn(&[f
 
 fn run_encoder<S: Scalar>(bf16: bool, wte: &[f64], wpe: &[f64]) -> Vec<f64> {
     let mut out = vec![S::zero(); N * C];
-    be::<S>(bf16).encoder_forward(&mut out, &TOKENS, &cast(wte), &cast(wpe), B, T, C);
+    be::<S>(bf16)
+        .encoder_forward(&mut out, &TOKENS, &cast(wte), &cast(wpe), B, T, C)
+        .unwrap();
     back(&out)
 }
 
@@ -141,16 +143,18 @@ fn run_layernorm<S: Scalar>(
     );
     let bias: Vec<S> = cast(bias);
     let bias = (!bias.is_empty()).then_some(&bias[..]);
-    be::<S>(bf16).layernorm_forward(
-        &mut out,
-        &mut mean,
-        &mut rstd,
-        &cast(x),
-        &cast(w),
-        bias,
-        n,
-        c,
-    );
+    be::<S>(bf16)
+        .layernorm_forward(
+            &mut out,
+            &mut mean,
+            &mut rstd,
+            &cast(x),
+            &cast(w),
+            bias,
+            n,
+            c,
+        )
+        .unwrap();
     [back(&out), back(&mean), back(&rstd)]
 }
 
@@ -166,26 +170,32 @@ fn run_matmul<S: Scalar>(
     let mut out = vec![S::zero(); n * oc];
     let bias: Vec<S> = cast(bias);
     let bias = (!bias.is_empty()).then_some(&bias[..]);
-    be::<S>(bf16).matmul_forward(&mut out, &cast(x), &cast(w), bias, n, c, oc);
+    be::<S>(bf16)
+        .matmul_forward(&mut out, &cast(x), &cast(w), bias, n, c, oc)
+        .unwrap();
     back(&out)
 }
 
 /// [out, att]
 fn run_attention<S: Scalar>(bf16: bool, qkv: &[f64], b: usize, t: usize) -> [Vec<f64>; 2] {
     let (mut out, mut att) = (vec![S::zero(); b * t * C], vec![S::zero(); b * NH * t * t]);
-    be::<S>(bf16).attention_forward(&mut out, &mut att, &cast(qkv), b, t, C, NH);
+    be::<S>(bf16)
+        .attention_forward(&mut out, &mut att, &cast(qkv), b, t, C, NH)
+        .unwrap();
     [back(&out), back(&att)]
 }
 
 fn run_gelu<S: Scalar>(bf16: bool, x: &[f64]) -> Vec<f64> {
     let mut out = vec![S::zero(); x.len()];
-    be::<S>(bf16).gelu_forward(&mut out, &cast(x));
+    be::<S>(bf16).gelu_forward(&mut out, &cast(x)).unwrap();
     back(&out)
 }
 
 fn run_residual<S: Scalar>(bf16: bool, a: &[f64], b: &[f64]) -> Vec<f64> {
     let mut out = vec![S::zero(); a.len()];
-    be::<S>(bf16).residual_forward(&mut out, &cast(a), &cast(b));
+    be::<S>(bf16)
+        .residual_forward(&mut out, &cast(a), &cast(b))
+        .unwrap();
     back(&out)
 }
 
@@ -198,6 +208,8 @@ fn run_crossentropy<S: Scalar>(
     let n = targets.len();
     let (mut losses, mut lg) = (vec![S::zero(); n], cast::<S>(logits));
     let dloss = dloss.map(<S as Scalar>::from_f64);
-    be::<S>(false).crossentropy_forward(&mut losses, &mut lg, targets, dloss, n, logits.len() / n);
+    be::<S>(false)
+        .crossentropy_forward(&mut losses, &mut lg, targets, dloss, n, logits.len() / n)
+        .unwrap();
     [back(&losses), back(&lg)]
 }

@@ -377,9 +377,9 @@ fn apply<S: Scalar>(
     let inp: Vec<S> = cast(x);
     let mut out = vec![S::zero(); x.len()];
     if forward {
-        rot.rotate(be, &mut out, &inp);
+        rot.rotate(be, &mut out, &inp).unwrap();
     } else {
-        rot.unrotate(be, &mut out, &inp);
+        rot.unrotate(be, &mut out, &inp).unwrap();
     }
     back(&out)
 }
@@ -619,7 +619,7 @@ fn check_ops_with<S: Scalar>(
     }
     let (inp_s, r_s): (Vec<S>, Vec<S>) = (cast(&inp), cast(&r));
     let mut out = vec![S::zero(); nb * n];
-    be.rotate(&mut out, &inp_s, &ix, &r_s, nb, n);
+    be.rotate(&mut out, &inp_s, &ix, &r_s, nb, n).unwrap();
     assert_close(&format!("rotate {label}"), &back(&out), &want, tol);
     // unrotate: out[index[b·n+i]] = Σ_k R[k][i] u[b·n+k]; other entries untouched
     let u = randn(&mut rng, nb * n);
@@ -631,7 +631,8 @@ fn check_ops_with<S: Scalar>(
         }
     }
     let mut out = vec![<S as Scalar>::from_f64(sentinel); len];
-    be.unrotate(&mut out, &cast::<S>(&u), &ix, &r_s, nb, n);
+    be.unrotate(&mut out, &cast::<S>(&u), &ix, &r_s, nb, n)
+        .unwrap();
     assert_close(&format!("unrotate {label}"), &back(&out), &want, tol);
     check_fused_adamw(&be, &ix, &inp_s, &r_s, nb, n, &mut rng, &label);
 }
@@ -647,7 +648,7 @@ pub fn apply_on_listed<S: Scalar>(
 ) {
     let mut sub: Vec<S> = listed.iter().map(|&i| p[i as usize]).collect();
     let d: Vec<S> = listed.iter().map(|&i| dir[i as usize]).collect();
-    be.apply_update(&mut sub, &d, lr, 0.0);
+    be.apply_update(&mut sub, &d, lr, 0.0).unwrap();
     for (k, &i) in listed.iter().enumerate() {
         p[i as usize] = sub[k];
     }
@@ -681,12 +682,14 @@ fn check_fused_adamw<S: Scalar>(
     let v0: Vec<S> = cast(&randn(rng, nb * n).iter().map(|x| x * x).collect::<Vec<_>>());
     // split
     let mut gt = vec![S::zero(); nb * n];
-    be.rotate(&mut gt, g, ix, r, nb, n);
+    be.rotate(&mut gt, g, ix, r, nb, n).unwrap();
     let (mut u, mut m, mut v) = (vec![S::zero(); nb * n], m0.clone(), v0.clone());
-    be.adam_direction_step(&mut u, &mut m, &mut v, &gt, hp);
+    be.adam_direction_step(&mut u, &mut m, &mut v, &gt, hp)
+        .unwrap();
     // fused
     let (mut uf, mut mf, mut vf) = (vec![S::zero(); nb * n], m0, v0);
-    be.rotate_adam_direction(&mut uf, &mut mf, &mut vf, g, ix, r, nb, n, hp);
+    be.rotate_adam_direction(&mut uf, &mut mf, &mut vf, g, ix, r, nb, n, hp)
+        .unwrap();
     assert!(
         (&uf, &mf, &vf) == (&u, &m, &v),
         "rotate_adam_direction differs from rotate + adam_direction_step: {label}"
@@ -695,11 +698,12 @@ fn check_fused_adamw<S: Scalar>(
     let p0: Vec<S> = cast(&randn(rng, len));
     let listed = be.rotation_index_list(ix);
     let mut dir = vec![S::zero(); len];
-    be.unrotate(&mut dir, &u, ix, r, nb, n);
+    be.unrotate(&mut dir, &u, ix, r, nb, n).unwrap();
     let mut want = p0.clone();
     apply_on_listed(be, &mut want, &dir, &listed, hp.lr);
     let mut p = p0;
-    be.unrotate_apply_update(&mut p, &u, ix, r, nb, n, hp.lr);
+    be.unrotate_apply_update(&mut p, &u, ix, r, nb, n, hp.lr)
+        .unwrap();
     assert!(
         p == want,
         "unrotate_apply_update differs from unrotate + apply_update: {label}"
@@ -772,9 +776,9 @@ fn bucketed_and_direct_agree(n: usize) {
                 "{mode:?}: the list back"
             );
             let mut out = vec![0f32; nb * n];
-            be.rotate(&mut out, &inp, &ix, &r, nb, n);
+            be.rotate(&mut out, &inp, &ix, &r, nb, n).unwrap();
             let mut back = vec![9.0f32; len];
-            be.unrotate(&mut back, &u, &ix, &r, nb, n);
+            be.unrotate(&mut back, &u, &ix, &r, nb, n).unwrap();
             (out, back)
         };
         let (direct, bucketed) = (run(GatherMode::Direct), run(GatherMode::Bucketed));
@@ -879,7 +883,7 @@ fn bucketed_plan_does_not_depend_on_the_thread_count() {
                 "{threads} threads: the list back"
             );
             let mut out = vec![0f32; nb * n];
-            be.rotate(&mut out, &inp, &ix, &r, nb, n);
+            be.rotate(&mut out, &inp, &ix, &r, nb, n).unwrap();
             out
         })
     };

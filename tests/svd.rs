@@ -88,7 +88,7 @@ fn rotate<S: Scalar>(
     x: &[f64],
 ) -> Vec<f64> {
     let mut out = be.alloc(x.len()).unwrap();
-    rot.rotate(be, &mut out, &upload(be, x));
+    rot.rotate(be, &mut out, &upload(be, x)).unwrap();
     back(&out)
 }
 fn unrotate<S: Scalar>(
@@ -97,7 +97,7 @@ fn unrotate<S: Scalar>(
     x: &[f64],
 ) -> Vec<f64> {
     let mut out = be.alloc(x.len()).unwrap();
-    rot.unrotate(be, &mut out, &upload(be, x));
+    rot.unrotate(be, &mut out, &upload(be, x)).unwrap();
     back(&out)
 }
 
@@ -405,10 +405,10 @@ fn svd_refresh_time_124m() {
     let refresh = t.elapsed().as_secs_f64();
     let mut out = be.alloc(table.total).unwrap();
     let t = std::time::Instant::now();
-    rot.rotate(&be, &mut out, &buf);
+    rot.rotate(&be, &mut out, &buf).unwrap();
     let rot_s = t.elapsed().as_secs_f64();
     let t = std::time::Instant::now();
-    rot.unrotate(&be, &mut buf, &out);
+    rot.unrotate(&be, &mut buf, &out).unwrap();
     let unrot_s = t.elapsed().as_secs_f64();
     eprintln!(
         "124M svd refresh {refresh:.1} s ({:.3} s/step at F=250); rotate {rot_s:.2} s, unrotate {unrot_s:.2} s; {}",

@@ -44,6 +44,11 @@ pub struct AdamStep {
 /// `View<'a>` / `ViewMut<'a>` are borrowed sub-ranges of a `Buf` (on the CPU plain slices; on CUDA, cudarc
 /// views). All ops are synchronous from the caller's point of view on the CPU; a device backend may queue
 /// them on one stream, and `download` synchronises.
+///
+/// **Failures.** Every op returns a `Result`: what the machine can refuse — an allocation, a launch, a
+/// cuBLAS call, a driver error reported at a later synchronisation — is an `Err` naming the op, the kernel
+/// and the shapes, never a panic. Arguments that disagree with each other (a view shorter than the shapes
+/// say, an index out of range) are a bug in the caller and panic on every backend, as slice indexing does.
 pub trait Backend: Send + Sync {
     type T: Scalar;
     type Buf: Send + Sync;
@@ -78,9 +83,9 @@ pub trait Backend: Send + Sync {
     ) -> [Self::ViewMut<'a>; N];
 
     // ---- elementwise and reductions ------------------------------------------------------------------
-    fn fill(&self, out: Self::ViewMut<'_>, value: Self::T);
+    fn fill(&self, out: Self::ViewMut<'_>, value: Self::T) -> Result<()>;
     /// out *= s
-    fn scale(&self, out: Self::ViewMut<'_>, s: Self::T);
+    fn scale(&self, out: Self::ViewMut<'_>, s: Self::T) -> Result<()>;
     /// Row-major GEMM on views: C (m×n) = op(A)·op(B), or C += op(A)·op(B) when `accumulate`; op(A) is
     /// m×k (A stored k×m when `trans_a`), op(B) is k×n (B stored n×k when `trans_b`). For the structured
     /// rotations (svd, kron), whose factors are small dense matrices.
@@ -96,9 +101,9 @@ pub trait Backend: Send + Sync {
         trans_a: bool,
         trans_b: bool,
         accumulate: bool,
-    );
+    ) -> Result<()>;
     /// Σ x², accumulated in f64 over fixed-size chunks in a fixed order (deterministic for any thread count).
-    fn sum_squares(&self, x: Self::View<'_>) -> f64;
+    fn sum_squares(&self, x: Self::View<'_>) -> Result<f64>;
 
     // ---- transformer forward / backward ----------------------------------------------------------------
     /// out (B,T,C) = wte[tokens] + wpe[t]; tokens (B·T)
@@ -112,7 +117,7 @@ pub trait Backend: Send + Sync {
         b: usize,
         t: usize,
         c: usize,
-    );
+    ) -> Result<()>;
     /// dwte[tokens] += dout, dwpe[t] += Σ_b dout
     #[allow(clippy::too_many_arguments)]
     fn encoder_backward(
@@ -124,7 +129,7 @@ pub trait Backend: Send + Sync {
         b: usize,
         t: usize,
         c: usize,
-    );
+    ) -> Result<()>;
     /// out (N,C) = (inp − mean)·rstd·weight + bias; mean, rstd (N) saved for backward. eps = 1e-5.
     #[allow(clippy::too_many_arguments)]
     fn layernorm_forward(
@@ -137,7 +142,7 @@ pub trait Backend: Send + Sync {
         bias: Option<Self::View<'_>>,
         n: usize,
         c: usize,
-    );
+    ) -> Result<()>;
     #[allow(clippy::too_many_arguments)]
     fn layernorm_backward(
         &self,
@@ -151,7 +156,7 @@ pub trait Backend: Send + Sync {
         rstd: Self::View<'_>,
         n: usize,
         c: usize,
-    );
+    ) -> Result<()>;
     /// out (N,OC) = inp (N,C) · weightᵀ (weight is (OC,C)) + bias (OC)
     #[allow(clippy::too_many_arguments)]
     fn matmul_forward(
@@ -163,7 +168,7 @@ pub trait Backend: Send + Sync {
         n: usize,
         c: usize,
         oc: usize,
-    );
+    ) -> Result<()>;
     /// dinp += dout·weight, dweight += doutᵀ·inp, dbias += Σ_n dout. `dinp` None skips that product.
     #[allow(clippy::too_many_arguments)]
     fn matmul_backward(
@@ -177,7 +182,7 @@ pub trait Backend: Send + Sync {
         n: usize,
         c: usize,
         oc: usize,
-    );
+    ) -> Result<()>;
     /// Causal self-attention computed explicitly (no flash fusion): qkv (B,T,3C) holds [q | k | v] along
     /// the last axis, heads of size C/NH; att (B,NH,T,T) = softmax(q·kᵀ/√hs + causal mask) is saved;
     /// out (B,T,C) = att·v with heads re-interleaved.
@@ -191,7 +196,7 @@ pub trait Backend: Send + Sync {
         t: usize,
         c: usize,
         nh: usize,
-    );
+    ) -> Result<()>;
     /// dqkv += ∂/∂qkv; `scratch` is (B,NH,T,T) workspace (contents on entry irrelevant).
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
@@ -205,14 +210,24 @@ pub trait Backend: Send + Sync {
         t: usize,
         c: usize,
         nh: usize,
-    );
+    ) -> Result<()>;
     /// GELU, tanh approximation: out = ½x(1 + tanh(√(2/π)(x + 0.044715x³)))
-    fn gelu_forward(&self, out: Self::ViewMut<'_>, inp: Self::View<'_>);
-    fn gelu_backward(&self, dinp: Self::ViewMut<'_>, inp: Self::View<'_>, dout: Self::View<'_>);
+    fn gelu_forward(&self, out: Self::ViewMut<'_>, inp: Self::View<'_>) -> Result<()>;
+    fn gelu_backward(
+        &self,
+        dinp: Self::ViewMut<'_>,
+        inp: Self::View<'_>,
+        dout: Self::View<'_>,
+    ) -> Result<()>;
     /// out = a + b
-    fn residual_forward(&self, out: Self::ViewMut<'_>, a: Self::View<'_>, b: Self::View<'_>);
+    fn residual_forward(
+        &self,
+        out: Self::ViewMut<'_>,
+        a: Self::View<'_>,
+        b: Self::View<'_>,
+    ) -> Result<()>;
     /// dx += dout (used for both branches of a residual connection)
-    fn add_inplace(&self, dx: Self::ViewMut<'_>, dout: Self::View<'_>);
+    fn add_inplace(&self, dx: Self::ViewMut<'_>, dout: Self::View<'_>) -> Result<()>;
     /// Fused softmax + cross-entropy over logits (N,V): losses[i] = −log softmax(logits[i])[targets[i]].
     /// When `dloss` is Some(s), logits are overwritten in place by their gradient s·(softmax − onehot)
     /// (llm.c's fused classifier): the caller passes s = 1/(N·grad_accum) for a mean loss.
@@ -224,7 +239,7 @@ pub trait Backend: Send + Sync {
         dloss: Option<Self::T>,
         n: usize,
         v: usize,
-    );
+    ) -> Result<()>;
 
     // ---- rotations (ARCHITECTURE.md decision 3; `rotation::Rotation` owns the index lists and R) -------
     /// Prepares an index list for [`Backend::rotate`] / [`Backend::unrotate`] with blocks of `n`: `index`
@@ -246,7 +261,7 @@ pub trait Backend: Send + Sync {
         r: Self::View<'_>,
         nb: usize,
         n: usize,
-    );
+    ) -> Result<()>;
     /// The transpose of [`Backend::rotate`], with a scatter: for each block b < NB,
     ///   out[index[b·N + i]] = (Rᵀ · inp[b·N .. (b+1)·N])ᵢ.
     /// `inp` has NB·N elements; `index` NB·N distinct entries, each < out.len(). Writes (`=`, not `+=`)
@@ -260,7 +275,7 @@ pub trait Backend: Send + Sync {
         r: Self::View<'_>,
         nb: usize,
         n: usize,
-    );
+    ) -> Result<()>;
 
     /// Rotated AdamW, first half, fused (Maes et al. Alg. 2): g̃ = R·grads[index] per block as in
     /// [`Backend::rotate`], then m, v updated with g̃ and u = m̂/(√v̂ + ε) as in
@@ -279,7 +294,7 @@ pub trait Backend: Send + Sync {
         nb: usize,
         n: usize,
         hp: AdamStep,
-    );
+    ) -> Result<()>;
     /// Rotated AdamW, second half, fused: params[index[b·N + i]] −= lr·(Rᵀ · u[b·N .. (b+1)·N])ᵢ, i.e.
     /// [`Backend::unrotate`] then [`Backend::apply_update`] with λ = 0 on the listed entries (the others
     /// untouched; on the CPU the same bits), without a buffer for the unrotated vector. Decoupled weight
@@ -295,7 +310,7 @@ pub trait Backend: Send + Sync {
         nb: usize,
         n: usize,
         lr: f64,
-    );
+    ) -> Result<()>;
 
     // ---- optimizer steps (elementwise over one tensor; the caller loops over ParamTable entries) -------
     /// Fused AdamW, torch/nanoGPT numerics, per element:
@@ -308,7 +323,7 @@ pub trait Backend: Send + Sync {
         v: Self::ViewMut<'_>,
         grads: Self::View<'_>,
         hp: AdamStep,
-    );
+    ) -> Result<()>;
     /// SGD with momentum (torch semantics, dampening 0): buf = μ·buf + g;  p = p·(1 − lr·λ) − lr·buf.
     fn sgd_step(
         &self,
@@ -318,7 +333,7 @@ pub trait Backend: Send + Sync {
         lr: f64,
         momentum: f64,
         weight_decay: f64,
-    );
+    ) -> Result<()>;
 
     // ---- the split path of rotated optimizers (`optim`): a direction in the optimizer's basis, then the
     // update in the standard basis. Same per-element arithmetic as the fused steps above. ---------------
@@ -331,7 +346,7 @@ pub trait Backend: Send + Sync {
         v: Self::ViewMut<'_>,
         grads: Self::View<'_>,
         hp: AdamStep,
-    );
+    ) -> Result<()>;
     /// SGD momentum: buf = μ·buf + g; u = buf.
     fn sgd_direction_step(
         &self,
@@ -339,11 +354,16 @@ pub trait Backend: Send + Sync {
         momentum_buf: Self::ViewMut<'_>,
         grads: Self::View<'_>,
         momentum: f64,
-    );
+    ) -> Result<()>;
     /// out[i] = mean of x² over block i (consecutive blocks of `block` elements), accumulated in f64.
-    fn block_mean_squares(&self, out: Self::ViewMut<'_>, x: Self::View<'_>, block: usize);
+    fn block_mean_squares(
+        &self,
+        out: Self::ViewMut<'_>,
+        x: Self::View<'_>,
+        block: usize,
+    ) -> Result<()>;
     /// v = β₂·v + (1−β₂)·s elementwise.
-    fn ema_inplace(&self, v: Self::ViewMut<'_>, s: Self::View<'_>, beta2: f64);
+    fn ema_inplace(&self, v: Self::ViewMut<'_>, s: Self::View<'_>, beta2: f64) -> Result<()>;
     /// Momentum with one second moment per block: m = β₁m + (1−β₁)g; u = (m/bc1)/(√(v[i/block]/bc2) + ε).
     #[allow(clippy::too_many_arguments)]
     fn block_adam_direction_step(
@@ -354,7 +374,7 @@ pub trait Backend: Send + Sync {
         grads: Self::View<'_>,
         block: usize,
         hp: AdamStep,
-    );
+    ) -> Result<()>;
     /// p = p·(1 − lr·λ) − lr·u
     fn apply_update(
         &self,
@@ -362,7 +382,7 @@ pub trait Backend: Send + Sync {
         u: Self::View<'_>,
         lr: f64,
         weight_decay: f64,
-    );
+    ) -> Result<()>;
 }
 
 /// Checks a rotation index list for [`Backend::rotation_index`]: every entry < `src_len`, none repeated.

@@ -68,25 +68,28 @@ fn randn(rng: &mut Rng, n: usize, scale: f64) -> Vec<f32> {
 }
 
 /// Median wall time in ms of `f` over `reps` runs after one warm-up, synchronising with `sync`.
-fn time(reps: usize, f: impl FnMut(), sync: &dyn Fn()) -> f64 {
-    let v = times(reps, f, sync);
-    v[v.len() / 2]
+fn time(reps: usize, f: impl FnMut() -> Result<()>, sync: &dyn Fn() -> Result<()>) -> Result<f64> {
+    let v = times(reps, f, sync)?;
+    Ok(v[v.len() / 2])
 }
 
 /// The wall times in ms of `reps` runs of `f` (at least one) after one warm-up, in increasing order.
-fn times(reps: usize, mut f: impl FnMut(), sync: &dyn Fn()) -> Vec<f64> {
-    f();
-    sync();
-    let mut v: Vec<f64> = (0..reps.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            sync();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
+fn times(
+    reps: usize,
+    mut f: impl FnMut() -> Result<()>,
+    sync: &dyn Fn() -> Result<()>,
+) -> Result<Vec<f64>> {
+    f()?;
+    sync()?;
+    let mut v = Vec::with_capacity(reps.max(1));
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        f()?;
+        sync()?;
+        v.push(t.elapsed().as_secs_f64() * 1e3);
+    }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v
+    Ok(v)
 }
 
 /// GB/s of an in-place axpy over 256 MB vectors (x = 3·x + y) on the caller's rayon pool: the CPU's
@@ -112,10 +115,12 @@ pub fn host_stream_bandwidth() -> f64 {
                     for (x, &y) in x.iter_mut().zip(y) {
                         *x = 3.0 * *x + y;
                     }
-                })
+                });
+            Ok(())
         },
-        &|| (),
-    )[0];
+        &|| Ok(()),
+    )
+    .expect("host loops cannot fail")[0];
     std::hint::black_box(&x);
     (3 * 4 * n) as f64 / (ms / 1e3) / 1e9
 }
@@ -150,9 +155,7 @@ pub fn bench_ops<BK: Backend<T = f32>>(
         Ok(b)
     };
     let tiny = be.alloc(1)?;
-    let sync = || {
-        let _ = be.download(&tiny);
-    };
+    let sync = || be.download(&tiny).map(|_| ());
     let reps = o.reps;
     let mut ops = Vec::new();
 
@@ -180,7 +183,7 @@ pub fn bench_ops<BK: Backend<T = f32>>(
             )
         },
         &sync,
-    )[0];
+    )?[0];
     let peak = 2.0 * (g * g * g) as f64 / (ms / 1e3) / 1e9;
     let mut push = |op: String, ms: f64, amount: f64, flops: bool| {
         let rate = amount / (ms / 1e3) / 1e9;
@@ -222,7 +225,7 @@ pub fn bench_ops<BK: Backend<T = f32>>(
             )
         },
         &sync,
-    );
+    )?;
     push(
         "layernorm_forward".into(),
         ms,
@@ -247,7 +250,7 @@ pub fn bench_ops<BK: Backend<T = f32>>(
             )
         },
         &sync,
-    );
+    )?;
     push(
         "layernorm_backward".into(),
         ms,
@@ -278,7 +281,7 @@ pub fn bench_ops<BK: Backend<T = f32>>(
             )
         },
         &sync,
-    );
+    )?;
     push("attention_forward".into(), ms, attn_flops, true);
     let ms = time(
         reps,
@@ -296,7 +299,7 @@ pub fn bench_ops<BK: Backend<T = f32>>(
             )
         },
         &sync,
-    );
+    )?;
     push("attention_backward".into(), ms, 2.0 * attn_flops, true);
 
     // gelu over (B·T, 4C)
@@ -311,7 +314,7 @@ pub fn bench_ops<BK: Backend<T = f32>>(
             )
         },
         &sync,
-    );
+    )?;
     push("gelu_forward".into(), ms, (2 * n * 4 * c * 4) as f64, false);
 
     // fused softmax cross-entropy with gradient over (B·T, V)
@@ -332,7 +335,7 @@ pub fn bench_ops<BK: Backend<T = f32>>(
             )
         },
         &sync,
-    );
+    )?;
     push(
         "crossentropy_forward".into(),
         ms,
@@ -363,7 +366,7 @@ pub fn bench_ops<BK: Backend<T = f32>>(
             be.adamw_step(p_, m_, v_, be.view(&grads, 0..d), hp)
         },
         &sync,
-    );
+    )?;
     push(
         format!("adamw_step ({:.1}M params)", d as f64 / 1e6),
         ms,
@@ -373,10 +376,11 @@ pub fn bench_ops<BK: Backend<T = f32>>(
     let ms = time(
         reps,
         || {
-            std::hint::black_box(be.sum_squares(be.view(&grads, 0..d)));
+            std::hint::black_box(be.sum_squares(be.view(&grads, 0..d))?);
+            Ok(())
         },
         &sync,
-    );
+    )?;
     push(
         "sum_squares (global grad norm)".into(),
         ms,
@@ -409,7 +413,7 @@ pub fn bench_ops<BK: Backend<T = f32>>(
                 be.view(&r, 0..rn * rn),
                 nb,
                 rn,
-            );
+            )?;
             be.unrotate(
                 be.view_mut(&mut back, 0..d),
                 be.view(&rot, 0..nb * rn),
@@ -417,10 +421,11 @@ pub fn bench_ops<BK: Backend<T = f32>>(
                 be.view(&r, 0..rn * rn),
                 nb,
                 rn,
-            );
+            )?;
+            Ok(())
         },
         &sync,
-    );
+    )?;
     push(
         format!("rotate + unrotate (global, n = {rn})"),
         ms,
@@ -444,8 +449,8 @@ pub fn bench_ops<BK: Backend<T = f32>>(
                 nb,
                 rn,
                 hp,
-            );
-            be.scale(be.view_mut(&mut p, 0..d), decay);
+            )?;
+            be.scale(be.view_mut(&mut p, 0..d), decay)?;
             be.unrotate_apply_update(
                 be.view_mut(&mut p, 0..d),
                 be.view(&rot, 0..nb * rn),
@@ -454,10 +459,11 @@ pub fn bench_ops<BK: Backend<T = f32>>(
                 nb,
                 rn,
                 hp.lr,
-            );
+            )?;
+            Ok(())
         },
         &sync,
-    );
+    )?;
     push(
         format!("rotated AdamW, fused (global, n = {rn})"),
         ms_rotated_adamw,
@@ -501,35 +507,22 @@ fn time_step<BK: Backend<T = f32>>(
     };
     let (x, y) = (tokens(), tokens());
     let tiny = be.alloc(1)?;
-    let mut failed = None;
-    let ms = time(
+    time(
         reps,
         || {
-            model.zero_grads(be);
-            let step = model
-                .forward_backward(be, &x, &y, b, t, 1.0 / (b * t) as f64)
-                .and_then(|_| {
-                    opt.step(
-                        be,
-                        &model.table,
-                        &mut model.params,
-                        &model.grads,
-                        tr.lr,
-                        &tr,
-                    )
-                });
-            if let Err(e) = step {
-                failed = Some(e);
-            }
+            model.zero_grads(be)?;
+            model.forward_backward(be, &x, &y, b, t, 1.0 / (b * t) as f64)?;
+            opt.step(
+                be,
+                &model.table,
+                &mut model.params,
+                &model.grads,
+                tr.lr,
+                &tr,
+            )
         },
-        &|| {
-            let _ = be.download(&tiny);
-        },
-    );
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(ms),
-    }
+        &|| be.download(&tiny).map(|_| ()),
+    )
 }
 
 /// Runs the benchmark on the best device present (module docs) and prints it.

@@ -216,10 +216,10 @@ pub fn bench_step(o: &StepOptions) -> Result<StepResult> {
     let w0 = Instant::now();
     for i in 0..o.warmup + o.steps {
         let s = Instant::now();
-        model.zero_grads(&be);
+        model.zero_grads(&be)?;
         model.forward_backward(&be, &tokens, &targets, b, t, 1.0 / (b * t) as f64)?;
-        let norm = grad_norm(&be, &model.grads);
-        clip_grads(&be, &mut model.grads, norm, tc.clip);
+        let norm = grad_norm(&be, &model.grads)?;
+        clip_grads(&be, &mut model.grads, norm, tc.clip)?;
         opt.step(
             &be,
             &model.table,

@@ -137,10 +137,10 @@ fn time_one(
     let (mut tr, mut tu) = (Vec::new(), Vec::new());
     for rep in 0..=o.reps.max(1) {
         let t = Instant::now();
-        rot.rotate(be, &mut y, g);
+        rot.rotate(be, &mut y, g)?;
         tr.push(ms_since(t));
         let t = Instant::now();
-        rot.unrotate(be, &mut back, &y);
+        rot.unrotate(be, &mut back, &y)?;
         tu.push(ms_since(t));
         if rep == 0 {
             // Untimed: the first round trip also faults in the staging buffers, as a training run's

@@ -68,13 +68,13 @@ impl InPlaceBasis {
     }
 
     /// P·R·x.
-    pub fn rotate(&mut self, be: &Cpu64, x: &[f64]) -> Vec<f64> {
+    pub fn rotate(&mut self, be: &Cpu64, x: &[f64]) -> Result<Vec<f64>> {
         if self.is_identity() {
-            return x.to_vec();
+            return Ok(x.to_vec());
         }
         let mut y = vec![0.0; x.len()];
-        self.basis.rotate(be, &mut y, &x.to_vec());
-        match &self.place {
+        self.basis.rotate(be, &mut y, &x.to_vec())?;
+        Ok(match &self.place {
             None => y,
             Some(p) => {
                 let mut z = vec![0.0; y.len()];
@@ -83,21 +83,21 @@ impl InPlaceBasis {
                 }
                 z
             }
-        }
+        })
     }
 
     /// Rᵀ·Pᵀ·z (the inverse of [`Self::rotate`]).
-    pub fn unrotate(&mut self, be: &Cpu64, z: &[f64]) -> Vec<f64> {
+    pub fn unrotate(&mut self, be: &Cpu64, z: &[f64]) -> Result<Vec<f64>> {
         if self.is_identity() {
-            return z.to_vec();
+            return Ok(z.to_vec());
         }
         let y = match &self.place {
             None => z.to_vec(),
             Some(p) => p.iter().map(|&i| z[i]).collect(),
         };
         let mut x = vec![0.0; y.len()];
-        self.basis.unrotate(be, &mut x, &y);
-        x
+        self.basis.unrotate(be, &mut x, &y)?;
+        Ok(x)
     }
 }
 
@@ -162,19 +162,19 @@ impl Gpt2Hvp {
     }
 
     /// P·R·x (into the diagnostics' basis).
-    pub fn rotate(&mut self, x: &[f64]) -> Vec<f64> {
+    pub fn rotate(&mut self, x: &[f64]) -> Result<Vec<f64>> {
         self.basis.rotate(&self.be, x)
     }
 
     /// Rᵀ·Pᵀ·z (back to the standard basis).
-    pub fn unrotate(&mut self, z: &[f64]) -> Vec<f64> {
+    pub fn unrotate(&mut self, z: &[f64]) -> Result<Vec<f64>> {
         self.basis.unrotate(&self.be, z)
     }
 
     /// Mean loss and its gradient over `batches` at `w`, both in the standard basis.
     pub fn loss_grad_at(&mut self, w: &[f64], batches: &[Batch]) -> Result<(f64, Vec<f64>)> {
         self.model.set_params_f64(&self.be, w)?;
-        self.model.zero_grads(&self.be);
+        self.model.zero_grads(&self.be)?;
         let mut loss = 0.0;
         for b in batches {
             let scale = 1.0 / (b.b * b.t * batches.len()) as f64;
@@ -192,7 +192,7 @@ impl Gpt2Hvp {
         let r = self.loss_grad_at(&w, std::slice::from_ref(batch));
         self.w = w;
         let (loss, g) = r?;
-        Ok((loss, self.rotate(&g)))
+        Ok((loss, self.rotate(&g)?))
     }
 
     /// The gradient of f (the mean over the fixed batches), in the diagnostics' basis.
@@ -205,7 +205,7 @@ impl Gpt2Hvp {
         self.w = w;
         self.batches = batches;
         let (loss, g) = r?;
-        Ok((loss, self.rotate(&g)))
+        Ok((loss, self.rotate(&g)?))
     }
 
     /// out = (P R H Rᵀ Pᵀ)·v, v and out in the diagnostics' basis (module docs for the difference formula).
@@ -223,7 +223,7 @@ impl Gpt2Hvp {
             out.fill(0.0);
             return Ok(());
         }
-        let u = self.unrotate(v);
+        let u = self.unrotate(v)?;
         let h = self.h;
         let (w, batches) = (
             std::mem::take(&mut self.w),
@@ -245,7 +245,7 @@ impl Gpt2Hvp {
             .zip(&gm)
             .map(|(a, b)| nv * (a - b) / (2.0 * h))
             .collect();
-        let r = self.rotate(&hv);
+        let r = self.rotate(&hv)?;
         out.copy_from_slice(&r);
         Ok(())
     }

@@ -481,7 +481,7 @@ fn checkpoint_update(t: &Target, table: &ParamTable) -> Result<Vec<f64>> {
     let mut basis = build_basis(t, &t.state.rotation, table)?;
     let be = Cpu64::new(1, false);
     let mut out = vec![0.0; dir.len()];
-    basis.unrotate(&be, &mut out, &dir);
+    basis.unrotate(&be, &mut out, &dir)?;
     Ok(out)
 }
 
@@ -736,7 +736,7 @@ fn hessian_rows(
     };
     let (update, update_desc) = match last_update(t, table, w) {
         Ok(u) => (
-            Some(f.rotate(&u)),
+            Some(f.rotate(&u)?),
             "last-update (w_t - w_{t-1} rebuilt from the checkpoint's AdamW moments)".to_string(),
         ),
         Err(e) => (None, format!("none: {e}")),

@@ -174,9 +174,10 @@ impl<BK: Backend> Gpt2<BK> {
             .collect())
     }
 
-    pub fn zero_grads(&mut self, be: &BK) {
+    pub fn zero_grads(&mut self, be: &BK) -> Result<()> {
         let n = self.table.total;
-        be.fill(be.view_mut(&mut self.grads, 0..n), BK::T::zero());
+        be.fill(be.view_mut(&mut self.grads, 0..n), BK::T::zero())?;
+        Ok(())
     }
 
     fn ensure_acts(&mut self, be: &BK, b: usize, t: usize) -> Result<()> {
@@ -225,7 +226,7 @@ impl<BK: Backend> Gpt2<BK> {
     ) -> Result<f64> {
         self.check_tokens(tokens, targets, b, t)?;
         self.ensure_acts(be, b, t)?;
-        self.forward(be, tokens, targets, b, t, None);
+        self.forward(be, tokens, targets, b, t, None)?;
         self.mean_loss(be)
     }
 
@@ -243,9 +244,9 @@ impl<BK: Backend> Gpt2<BK> {
         self.check_tokens(tokens, targets, b, t)?;
         self.ensure_acts(be, b, t)?;
         let s: BK::T = num_traits::cast(dloss_scale).unwrap();
-        self.forward(be, tokens, targets, b, t, Some(s));
+        self.forward(be, tokens, targets, b, t, Some(s))?;
         let loss = self.mean_loss(be)?;
-        self.backward(be, tokens, b, t);
+        self.backward(be, tokens, b, t)?;
         Ok(loss)
     }
 
@@ -264,7 +265,7 @@ impl<BK: Backend> Gpt2<BK> {
         b: usize,
         t: usize,
         dloss: Option<BK::T>,
-    ) {
+    ) -> Result<()> {
         let cfg = &self.cfg;
         let (c, nh, v) = (cfg.n_embd, cfg.n_head, cfg.vocab_size);
         let bt = b * t;
@@ -283,7 +284,7 @@ impl<BK: Backend> Gpt2<BK> {
             b,
             t,
             c,
-        );
+        )?;
         for l in 0..cfg.n_layer {
             let lp = &tb.layers[l];
             let res_in = block_input(be, &a.encoded, &a.residual3, l, bt * c);
@@ -296,7 +297,7 @@ impl<BK: Backend> Gpt2<BK> {
                 pvo(tb.opt(lp.ln1_b)),
                 bt,
                 c,
-            );
+            )?;
             be.matmul_forward(
                 be.view_mut(&mut a.qkv, layer(l, bt * 3 * c)),
                 be.view(&a.ln1, layer(l, bt * c)),
@@ -305,7 +306,7 @@ impl<BK: Backend> Gpt2<BK> {
                 bt,
                 c,
                 3 * c,
-            );
+            )?;
             be.attention_forward(
                 be.view_mut(&mut a.atty, layer(l, bt * c)),
                 be.view_mut(&mut a.att, layer(l, b * nh * t * t)),
@@ -314,7 +315,7 @@ impl<BK: Backend> Gpt2<BK> {
                 t,
                 c,
                 nh,
-            );
+            )?;
             be.matmul_forward(
                 be.view_mut(&mut a.proj, 0..bt * c),
                 be.view(&a.atty, layer(l, bt * c)),
@@ -323,13 +324,13 @@ impl<BK: Backend> Gpt2<BK> {
                 bt,
                 c,
                 c,
-            );
+            )?;
             let res_in = block_input(be, &a.encoded, &a.residual3, l, bt * c);
             be.residual_forward(
                 be.view_mut(&mut a.residual2, layer(l, bt * c)),
                 res_in,
                 be.view(&a.proj, 0..bt * c),
-            );
+            )?;
             be.layernorm_forward(
                 be.view_mut(&mut a.ln2, layer(l, bt * c)),
                 be.view_mut(&mut a.ln2_mean, layer(l, bt)),
@@ -339,7 +340,7 @@ impl<BK: Backend> Gpt2<BK> {
                 pvo(tb.opt(lp.ln2_b)),
                 bt,
                 c,
-            );
+            )?;
             be.matmul_forward(
                 be.view_mut(&mut a.fch, layer(l, bt * 4 * c)),
                 be.view(&a.ln2, layer(l, bt * c)),
@@ -348,11 +349,11 @@ impl<BK: Backend> Gpt2<BK> {
                 bt,
                 c,
                 4 * c,
-            );
+            )?;
             be.gelu_forward(
                 be.view_mut(&mut a.fch_gelu, layer(l, bt * 4 * c)),
                 be.view(&a.fch, layer(l, bt * 4 * c)),
-            );
+            )?;
             be.matmul_forward(
                 be.view_mut(&mut a.proj, 0..bt * c),
                 be.view(&a.fch_gelu, layer(l, bt * 4 * c)),
@@ -361,13 +362,13 @@ impl<BK: Backend> Gpt2<BK> {
                 bt,
                 4 * c,
                 c,
-            );
+            )?;
             // residual3[l] = residual2[l] + proj: split the borrow of the two stacked buffers
             be.residual_forward(
                 be.view_mut(&mut a.residual3, layer(l, bt * c)),
                 be.view(&a.residual2, layer(l, bt * c)),
                 be.view(&a.proj, 0..bt * c),
-            );
+            )?;
         }
         let last = layer(cfg.n_layer - 1, bt * c);
         be.layernorm_forward(
@@ -379,7 +380,7 @@ impl<BK: Backend> Gpt2<BK> {
             pvo(tb.opt(tb.lnf_b)),
             bt,
             c,
-        );
+        )?;
         be.matmul_forward(
             be.view_mut(&mut a.logits, 0..bt * v),
             be.view(&a.lnf, 0..bt * c),
@@ -388,7 +389,7 @@ impl<BK: Backend> Gpt2<BK> {
             bt,
             c,
             v,
-        );
+        )?;
         be.crossentropy_forward(
             be.view_mut(&mut a.losses, 0..bt),
             be.view_mut(&mut a.logits, 0..bt * v),
@@ -396,11 +397,12 @@ impl<BK: Backend> Gpt2<BK> {
             dloss,
             bt,
             v,
-        );
+        )?;
+        Ok(())
     }
 
     /// Backward after a training forward (logits already hold dlogits). Accumulates into `grads`.
-    fn backward(&mut self, be: &BK, tokens: &[u32], b: usize, t: usize) {
+    fn backward(&mut self, be: &BK, tokens: &[u32], b: usize, t: usize) -> Result<()> {
         let cfg = &self.cfg;
         let (c, nh, v) = (cfg.n_embd, cfg.n_head, cfg.vocab_size);
         let bt = b * t;
@@ -412,7 +414,7 @@ impl<BK: Backend> Gpt2<BK> {
         let pv = |r: std::ops::Range<usize>| be.view(p, r);
 
         // LM head: dlnf = dlogits·wte, dwte += dlogitsᵀ·lnf
-        be.fill(be.view_mut(&mut a.dln, 0..bt * c), zero);
+        be.fill(be.view_mut(&mut a.dln, 0..bt * c), zero)?;
         be.matmul_backward(
             Some(be.view_mut(&mut a.dln, 0..bt * c)),
             be.view_mut(g, tb.r(tb.wte)),
@@ -423,8 +425,8 @@ impl<BK: Backend> Gpt2<BK> {
             bt,
             c,
             v,
-        );
-        be.fill(be.view_mut(&mut a.dres, 0..bt * c), zero);
+        )?;
+        be.fill(be.view_mut(&mut a.dres, 0..bt * c), zero)?;
         let last = layer(cfg.n_layer - 1, bt * c);
         layernorm_bwd(
             be,
@@ -440,11 +442,11 @@ impl<BK: Backend> Gpt2<BK> {
             be.view(&a.lnf_rstd, 0..bt),
             bt,
             c,
-        );
+        )?;
         for l in (0..cfg.n_layer).rev() {
             let lp = &tb.layers[l];
             // dres = d(residual3[l]); residual3 = residual2 + fcproj(...)
-            be.fill(be.view_mut(&mut a.dfch_gelu, 0..bt * 4 * c), zero);
+            be.fill(be.view_mut(&mut a.dfch_gelu, 0..bt * 4 * c), zero)?;
             matmul_bwd(
                 be,
                 g,
@@ -457,14 +459,14 @@ impl<BK: Backend> Gpt2<BK> {
                 bt,
                 4 * c,
                 c,
-            );
-            be.fill(be.view_mut(&mut a.dfch, 0..bt * 4 * c), zero);
+            )?;
+            be.fill(be.view_mut(&mut a.dfch, 0..bt * 4 * c), zero)?;
             be.gelu_backward(
                 be.view_mut(&mut a.dfch, 0..bt * 4 * c),
                 be.view(&a.fch, layer(l, bt * 4 * c)),
                 be.view(&a.dfch_gelu, 0..bt * 4 * c),
-            );
-            be.fill(be.view_mut(&mut a.dln, 0..bt * c), zero);
+            )?;
+            be.fill(be.view_mut(&mut a.dln, 0..bt * c), zero)?;
             matmul_bwd(
                 be,
                 g,
@@ -477,7 +479,7 @@ impl<BK: Backend> Gpt2<BK> {
                 bt,
                 c,
                 4 * c,
-            );
+            )?;
             // dres += LN2 backward: dres becomes d(residual2[l])
             layernorm_bwd(
                 be,
@@ -493,9 +495,9 @@ impl<BK: Backend> Gpt2<BK> {
                 be.view(&a.ln2_rstd, layer(l, bt)),
                 bt,
                 c,
-            );
+            )?;
             // residual2 = res_in + attnproj(atty)
-            be.fill(be.view_mut(&mut a.datty, 0..bt * c), zero);
+            be.fill(be.view_mut(&mut a.datty, 0..bt * c), zero)?;
             matmul_bwd(
                 be,
                 g,
@@ -508,8 +510,8 @@ impl<BK: Backend> Gpt2<BK> {
                 bt,
                 c,
                 c,
-            );
-            be.fill(be.view_mut(&mut a.dqkv, 0..bt * 3 * c), zero);
+            )?;
+            be.fill(be.view_mut(&mut a.dqkv, 0..bt * 3 * c), zero)?;
             be.attention_backward(
                 be.view_mut(&mut a.dqkv, 0..bt * 3 * c),
                 be.view_mut(&mut a.datt, 0..b * nh * t * t),
@@ -520,8 +522,8 @@ impl<BK: Backend> Gpt2<BK> {
                 t,
                 c,
                 nh,
-            );
-            be.fill(be.view_mut(&mut a.dln, 0..bt * c), zero);
+            )?;
+            be.fill(be.view_mut(&mut a.dln, 0..bt * c), zero)?;
             matmul_bwd(
                 be,
                 g,
@@ -534,7 +536,7 @@ impl<BK: Backend> Gpt2<BK> {
                 bt,
                 c,
                 3 * c,
-            );
+            )?;
             let res_in = block_input(be, &a.encoded, &a.residual3, l, bt * c);
             // dres += LN1 backward: dres becomes d(res_in)
             layernorm_bwd(
@@ -551,11 +553,12 @@ impl<BK: Backend> Gpt2<BK> {
                 be.view(&a.ln1_rstd, layer(l, bt)),
                 bt,
                 c,
-            );
+            )?;
         }
         let wpe = tb.entries[tb.wpe].offset..tb.entries[tb.wpe].offset + t * c;
         let [dwte, dwpe] = be.views_mut(g, [tb.r(tb.wte), wpe]);
-        be.encoder_backward(dwte, dwpe, be.view(&a.dres, 0..bt * c), tokens, b, t, c);
+        be.encoder_backward(dwte, dwpe, be.view(&a.dres, 0..bt * c), tokens, b, t, c)?;
+        Ok(())
     }
 }
 
@@ -573,18 +576,19 @@ fn matmul_bwd<BK: Backend>(
     n: usize,
     c: usize,
     oc: usize,
-) {
+) -> Result<()> {
     let dinp = Some(be.view_mut(dinp, 0..n * c));
     match bias {
         Some(br) => {
             let [dw, db] = be.views_mut(grads, [w, br]);
-            be.matmul_backward(dinp, dw, Some(db), dout, inp, weight, n, c, oc);
+            be.matmul_backward(dinp, dw, Some(db), dout, inp, weight, n, c, oc)?;
         }
         None => {
             let dw = be.view_mut(grads, w);
-            be.matmul_backward(dinp, dw, None, dout, inp, weight, n, c, oc);
+            be.matmul_backward(dinp, dw, None, dout, inp, weight, n, c, oc)?;
         }
     }
+    Ok(())
 }
 
 /// layernorm_backward into `dres` (+=) with gain/bias gradients from the flat grads buffer.
@@ -603,17 +607,18 @@ fn layernorm_bwd<BK: Backend>(
     rstd: BK::View<'_>,
     n: usize,
     c: usize,
-) {
+) -> Result<()> {
     let dinp = be.view_mut(dres, 0..n * c);
     let dout = be.view(dout, 0..n * c);
     match bias {
         Some(bi) => {
             let [dw, db] = be.views_mut(grads, [tb.r(w), tb.r(bi)]);
-            be.layernorm_backward(dinp, dw, Some(db), dout, inp, weight, mean, rstd, n, c);
+            be.layernorm_backward(dinp, dw, Some(db), dout, inp, weight, mean, rstd, n, c)?;
         }
         None => {
             let dw = be.view_mut(grads, tb.r(w));
-            be.layernorm_backward(dinp, dw, None, dout, inp, weight, mean, rstd, n, c);
+            be.layernorm_backward(dinp, dw, None, dout, inp, weight, mean, rstd, n, c)?;
         }
     }
+    Ok(())
 }

@@ -190,7 +190,7 @@ impl<BK: Backend> Optimizer<BK> {
         let fused = self.rotation.is_identity()
             && matches!(self.kind, OptimizerKind::Adamw | OptimizerKind::Sgd);
         if fused {
-            self.fused_step(be, table, params, grads, lr, cfg);
+            self.fused_step(be, table, params, grads, lr, cfg)?;
             return Ok(());
         }
         let n = table.total;
@@ -211,16 +211,16 @@ impl<BK: Backend> Optimizer<BK> {
                 unreachable!("fused_rotation implies a block rotation")
             };
             let ur = &mut self.scratch.as_mut().expect("scratch").rotated_dir;
-            rot.rotate_adam_direction(be, ur, &mut self.m, &mut self.v, grads, hp);
+            rot.rotate_adam_direction(be, ur, &mut self.m, &mut self.v, grads, hp)?;
             // p·(1 − lr·λ) per decayed tensor, then p −= lr·Rᵀũ: apply_update's arithmetic, in two passes
             let decay = 1.0 - lr * cfg.weight_decay;
             if decay != 1.0 {
                 let s = <BK::T as Scalar>::from_f64(decay);
                 for e in table.entries.iter().filter(|e| e.decay) {
-                    be.scale(be.view_mut(params, e.range()), s);
+                    be.scale(be.view_mut(params, e.range()), s)?;
                 }
             }
-            rot.unrotate_apply_update(be, params, ur, lr);
+            rot.unrotate_apply_update(be, params, ur, lr)?;
             return Ok(());
         }
         let Scratch {
@@ -232,10 +232,10 @@ impl<BK: Backend> Optimizer<BK> {
         let identity = self.rotation.is_identity();
         if !identity {
             self.rotation.prepare(be, self.step, grads)?;
-            self.rotation.rotate(be, gr, grads);
+            self.rotation.rotate(be, gr, grads)?;
         }
         let g = if identity { grads } else { &*gr };
-        match self.kind {
+        let directed: Result<()> = match self.kind {
             OptimizerKind::Adamw => be.adam_direction_step(
                 be.view_mut(ur, 0..n),
                 be.view_mut(&mut self.m, 0..n),
@@ -255,12 +255,12 @@ impl<BK: Backend> Optimizer<BK> {
                         be.view_mut(ms, vr.clone()),
                         be.view(g, r.clone()),
                         *block,
-                    );
+                    )?;
                     be.ema_inplace(
                         be.view_mut(&mut self.v, vr.clone()),
                         be.view(ms, vr.clone()),
                         cfg.beta2,
-                    );
+                    )?;
                     be.block_adam_direction_step(
                         be.view_mut(ur, r.clone()),
                         be.view_mut(&mut self.m, r.clone()),
@@ -268,14 +268,16 @@ impl<BK: Backend> Optimizer<BK> {
                         be.view(g, r.clone()),
                         *block,
                         hp,
-                    );
+                    )?;
                 }
+                Ok(())
             }
-        }
+        };
+        directed?;
         let dir: &BK::Buf = if identity {
             ur
         } else {
-            self.rotation.unrotate(be, u, ur);
+            self.rotation.unrotate(be, u, ur)?;
             u
         };
         for e in &table.entries {
@@ -285,7 +287,7 @@ impl<BK: Backend> Optimizer<BK> {
                 be.view(dir, e.range()),
                 lr,
                 wd,
-            );
+            )?;
         }
         Ok(())
     }
@@ -299,11 +301,11 @@ impl<BK: Backend> Optimizer<BK> {
         grads: &BK::Buf,
         lr: f64,
         cfg: &TrainConfig,
-    ) {
+    ) -> Result<()> {
         for e in &table.entries {
             let wd = if e.decay { cfg.weight_decay } else { 0.0 };
             let r = e.range();
-            match self.kind {
+            let stepped = match self.kind {
                 OptimizerKind::Adamw => {
                     let hp = self.adam_step(lr, cfg, wd);
                     be.adamw_step(
@@ -312,7 +314,7 @@ impl<BK: Backend> Optimizer<BK> {
                         be.view_mut(&mut self.v, r.clone()),
                         be.view(grads, r),
                         hp,
-                    );
+                    )
                 }
                 OptimizerKind::Sgd => be.sgd_step(
                     be.view_mut(params, r.clone()),
@@ -323,23 +325,31 @@ impl<BK: Backend> Optimizer<BK> {
                     wd,
                 ),
                 _ => unreachable!("only AdamW and SGD have fused steps"),
-            }
+            };
+            stepped?;
         }
+        Ok(())
     }
 }
 
 /// The global L2 norm of the gradient (rotation-invariant, so clipping commutes with every rotation).
-pub fn grad_norm<BK: Backend>(be: &BK, grads: &BK::Buf) -> f64 {
-    be.sum_squares(be.view(grads, 0..be.buf_len(grads))).sqrt()
+pub fn grad_norm<BK: Backend>(be: &BK, grads: &BK::Buf) -> Result<f64> {
+    Ok(be.sum_squares(be.view(grads, 0..be.buf_len(grads)))?.sqrt())
 }
 
 /// torch's `clip_grad_norm_`: scale by max_norm/(norm + 1e-6) when that is below 1.
-pub fn clip_grads<BK: Backend>(be: &BK, grads: &mut BK::Buf, norm: f64, max_norm: f64) {
+pub fn clip_grads<BK: Backend>(
+    be: &BK,
+    grads: &mut BK::Buf,
+    norm: f64,
+    max_norm: f64,
+) -> Result<()> {
     if max_norm > 0.0 && norm.is_finite() {
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {
             let n = be.buf_len(grads);
-            be.scale(be.view_mut(grads, 0..n), num_traits::cast(coef).unwrap());
+            be.scale(be.view_mut(grads, 0..n), num_traits::cast(coef).unwrap())?;
         }
     }
+    Ok(())
 }

@@ -142,6 +142,6 @@ pub fn optimizer_update<BK: Backend>(
     let mut rotated = be.alloc(host.len())?;
     be.upload(&mut rotated, &host)?;
     let mut out = be.alloc(host.len())?;
-    opt.rotation.unrotate(be, &mut out, &rotated);
+    opt.rotation.unrotate(be, &mut out, &rotated)?;
     to64(&out)
 }

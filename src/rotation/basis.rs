@@ -58,7 +58,7 @@ impl<BK: Backend> Basis<BK> {
         }
     }
 
-    pub fn rotate(&mut self, be: &BK, out: &mut BK::Buf, g: &BK::Buf) {
+    pub fn rotate(&mut self, be: &BK, out: &mut BK::Buf, g: &BK::Buf) -> Result<()> {
         match self {
             Basis::Block(r) => r.rotate(be, out, g),
             Basis::Svd(s) => s.rotate(be, out, g),
@@ -66,7 +66,7 @@ impl<BK: Backend> Basis<BK> {
         }
     }
 
-    pub fn unrotate(&mut self, be: &BK, out: &mut BK::Buf, u: &BK::Buf) {
+    pub fn unrotate(&mut self, be: &BK, out: &mut BK::Buf, u: &BK::Buf) -> Result<()> {
         match self {
             Basis::Block(r) => r.unrotate(be, out, u),
             Basis::Svd(s) => s.unrotate(be, out, u),

@@ -283,7 +283,7 @@ impl<BK: Backend> KronRotation<BK> {
     }
 
     /// out = R·g (both of length d).
-    pub fn rotate(&mut self, be: &BK, out: &mut BK::Buf, g: &BK::Buf) {
+    pub fn rotate(&mut self, be: &BK, out: &mut BK::Buf, g: &BK::Buf) -> Result<()> {
         self.check(be, "rotate", out, g);
         let KronRotation {
             d,
@@ -302,12 +302,13 @@ impl<BK: Backend> KronRotation<BK> {
                 (&mut *scratch, &mut *out)
             };
             let src = if s == 0 { Some(g) } else { None };
-            stage_rotate(be, stage, *shape, *d, dst, tmp, src);
+            stage_rotate(be, stage, *shape, *d, dst, tmp, src)?;
         }
+        Ok(())
     }
 
     /// out = Rᵀ·u (both of length d).
-    pub fn unrotate(&mut self, be: &BK, out: &mut BK::Buf, u: &BK::Buf) {
+    pub fn unrotate(&mut self, be: &BK, out: &mut BK::Buf, u: &BK::Buf) -> Result<()> {
         self.check(be, "unrotate", out, u);
         let KronRotation {
             d,
@@ -325,8 +326,9 @@ impl<BK: Backend> KronRotation<BK> {
                 (&mut *scratch, &mut *out)
             };
             let src = if s == k - 1 { Some(u) } else { None };
-            stage_unrotate(be, stage, *shape, *d, dst, tmp, src);
+            stage_unrotate(be, stage, *shape, *d, dst, tmp, src)?;
         }
+        Ok(())
     }
 }
 
@@ -339,7 +341,7 @@ fn stage_rotate<BK: Backend>(
     dst: &mut BK::Buf,
     tmp: &mut BK::Buf,
     src: Option<&BK::Buf>,
-) {
+) -> Result<()> {
     let body = a * b * c;
     {
         let x = src.unwrap_or(&*tmp);
@@ -351,7 +353,7 @@ fn stage_rotate<BK: Backend>(
             be.view(&st.fc, 0..c * c),
             a * b,
             c,
-        );
+        )?;
         for rc in &st.residual {
             let len = rc.count * rc.size;
             be.rotate(
@@ -361,7 +363,7 @@ fn stage_rotate<BK: Backend>(
                 be.view(&rc.r, 0..rc.size * rc.size),
                 rc.count,
                 rc.size,
-            );
+            )?;
         }
     }
     // Mode 2: slice i (b × c) ← B · slice i.
@@ -377,7 +379,7 @@ fn stage_rotate<BK: Backend>(
             false,
             false,
             false,
-        );
+        )?;
     }
     // Mode 1: (a × bc) ← A · (a × bc).
     be.gemm(
@@ -390,7 +392,8 @@ fn stage_rotate<BK: Backend>(
         false,
         false,
         false,
-    );
+    )?;
+    Ok(())
 }
 
 /// dst = stageᵀ·y, y = `src`, or `tmp` when `src` is None (only tmp's first a·b·c entries are clobbered
@@ -403,7 +406,7 @@ fn stage_unrotate<BK: Backend>(
     dst: &mut BK::Buf,
     tmp: &mut BK::Buf,
     src: Option<&BK::Buf>,
-) {
+) -> Result<()> {
     let body = a * b * c;
     let slice = b * c;
     // Mode 1ᵀ: (a × bc) ← Aᵀ · (a × bc).
@@ -417,7 +420,7 @@ fn stage_unrotate<BK: Backend>(
         true,
         false,
         false,
-    );
+    )?;
     // Mode 2ᵀ: slice i ← Bᵀ · slice i.
     for i in 0..a {
         be.gemm(
@@ -430,7 +433,7 @@ fn stage_unrotate<BK: Backend>(
             true,
             false,
             false,
-        );
+        )?;
     }
     // Mode 3ᵀ + inverse permutation: dst[π[p·c + j]] = (Cᵀ · row p)_j.
     be.unrotate(
@@ -440,7 +443,7 @@ fn stage_unrotate<BK: Backend>(
         be.view(&st.fc, 0..c * c),
         a * b,
         c,
-    );
+    )?;
     let y = src.unwrap_or(&*tmp);
     for rc in &st.residual {
         let len = rc.count * rc.size;
@@ -451,8 +454,9 @@ fn stage_unrotate<BK: Backend>(
             be.view(&rc.r, 0..rc.size * rc.size),
             rc.count,
             rc.size,
-        );
+        )?;
     }
+    Ok(())
 }
 
 impl<BK: Backend> fmt::Debug for KronRotation<BK> {

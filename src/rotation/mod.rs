@@ -277,14 +277,15 @@ impl<BK: Backend> Rotation<BK> {
     }
 
     /// out = g (identity only): a zero fill and an add, so it stays a backend op (−0.0 becomes +0.0).
-    fn copy(&self, be: &BK, out: &mut BK::Buf, g: &BK::Buf) {
+    fn copy(&self, be: &BK, out: &mut BK::Buf, g: &BK::Buf) -> Result<()> {
         let d = self.d;
-        be.fill(be.view_mut(out, 0..d), <BK::T as Scalar>::from_f64(0.0));
-        be.add_inplace(be.view_mut(out, 0..d), be.view(g, 0..d));
+        be.fill(be.view_mut(out, 0..d), <BK::T as Scalar>::from_f64(0.0))?;
+        be.add_inplace(be.view_mut(out, 0..d), be.view(g, 0..d))?;
+        Ok(())
     }
 
     /// out = R·g, in the rotated layout (module docs). `g` is in the standard layout; both have d elements.
-    pub fn rotate(&self, be: &BK, out: &mut BK::Buf, g: &BK::Buf) {
+    pub fn rotate(&self, be: &BK, out: &mut BK::Buf, g: &BK::Buf) -> Result<()> {
         self.check(be, "rotate", out, g);
         if self.is_identity() {
             return self.copy(be, out, g);
@@ -298,12 +299,13 @@ impl<BK: Backend> Rotation<BK> {
                 be.view(&c.r, 0..c.size * c.size),
                 c.count,
                 c.size,
-            );
+            )?;
         }
+        Ok(())
     }
 
     /// out = Rᵀ·u, in the standard layout; `u` is in the rotated layout. Every index of `out` is written.
-    pub fn unrotate(&self, be: &BK, out: &mut BK::Buf, u: &BK::Buf) {
+    pub fn unrotate(&self, be: &BK, out: &mut BK::Buf, u: &BK::Buf) -> Result<()> {
         self.check(be, "unrotate", out, u);
         if self.is_identity() {
             return self.copy(be, out, u);
@@ -317,8 +319,9 @@ impl<BK: Backend> Rotation<BK> {
                 be.view(&c.r, 0..c.size * c.size),
                 c.count,
                 c.size,
-            );
+            )?;
         }
+        Ok(())
     }
 
     /// Rotated AdamW, first half, fused over every block class ([`Backend::rotate_adam_direction`]):
@@ -332,7 +335,7 @@ impl<BK: Backend> Rotation<BK> {
         v: &mut BK::Buf,
         g: &BK::Buf,
         hp: AdamStep,
-    ) {
+    ) -> Result<()> {
         assert!(
             !self.is_identity(),
             "Rotation::rotate_adam_direction on the identity"
@@ -351,13 +354,20 @@ impl<BK: Backend> Rotation<BK> {
                 c.count,
                 c.size,
                 hp,
-            );
+            )?;
         }
+        Ok(())
     }
 
     /// Rotated AdamW, second half, fused over every block class ([`Backend::unrotate_apply_update`]):
     /// params −= lr·Rᵀu, `u` in the rotated layout. Weight decay is the caller's (applied before).
-    pub fn unrotate_apply_update(&self, be: &BK, params: &mut BK::Buf, u: &BK::Buf, lr: f64) {
+    pub fn unrotate_apply_update(
+        &self,
+        be: &BK,
+        params: &mut BK::Buf,
+        u: &BK::Buf,
+        lr: f64,
+    ) -> Result<()> {
         assert!(
             !self.is_identity(),
             "Rotation::unrotate_apply_update on the identity"
@@ -373,8 +383,9 @@ impl<BK: Backend> Rotation<BK> {
                 c.count,
                 c.size,
                 lr,
-            );
+            )?;
         }
+        Ok(())
     }
 }
 

@@ -262,35 +262,38 @@ impl<BK: Backend> SvdRotation<BK> {
         out: &mut BK::Buf,
         x: &BK::Buf,
         ranges: impl Iterator<Item = Range<usize>> + 'r,
-    ) {
+    ) -> Result<()> {
         for r in ranges {
             be.fill(
                 be.view_mut(out, r.clone()),
                 <BK::T as Scalar>::from_f64(0.0),
-            );
-            be.add_inplace(be.view_mut(out, r.clone()), be.view(x, r));
+            )?;
+            be.add_inplace(be.view_mut(out, r.clone()), be.view(x, r))?;
         }
+        Ok(())
     }
 
     /// Per 2-D tensor: G̃ = Uᵀ·G·V (G·V for embeddings); 1-D tensors copied. Identity before the first
     /// refresh. Both buffers have d elements, in the table's layout.
-    pub fn rotate(&mut self, be: &BK, out: &mut BK::Buf, g: &BK::Buf) {
-        self.apply(be, out, g, false);
+    pub fn rotate(&mut self, be: &BK, out: &mut BK::Buf, g: &BK::Buf) -> Result<()> {
+        self.apply(be, out, g, false)?;
+        Ok(())
     }
 
     /// Per 2-D tensor: U·Ũ·Vᵀ (Ũ·Vᵀ for embeddings); 1-D tensors copied. The inverse (and transpose) of
     /// [`SvdRotation::rotate`].
-    pub fn unrotate(&mut self, be: &BK, out: &mut BK::Buf, u: &BK::Buf) {
-        self.apply(be, out, u, true);
+    pub fn unrotate(&mut self, be: &BK, out: &mut BK::Buf, u: &BK::Buf) -> Result<()> {
+        self.apply(be, out, u, true)?;
+        Ok(())
     }
 
     #[track_caller]
-    fn apply(&mut self, be: &BK, out: &mut BK::Buf, x: &BK::Buf, inverse: bool) {
+    fn apply(&mut self, be: &BK, out: &mut BK::Buf, x: &BK::Buf, inverse: bool) -> Result<()> {
         self.check(be, if inverse { "unrotate" } else { "rotate" }, out, x);
         if self.factors.is_empty() {
             return Self::copy_ranges(be, out, x, std::iter::once(0..self.d));
         }
-        Self::copy_ranges(be, out, x, self.vectors.iter().cloned());
+        Self::copy_ranges(be, out, x, self.vectors.iter().cloned())?;
         let scratch = self
             .scratch
             .as_mut()
@@ -312,7 +315,7 @@ impl<BK: Backend> SvdRotation<BK> {
                     false,
                     !inverse,
                     false,
-                ),
+                )?,
                 Some(ut) => {
                     let ut = be.view(ut, 0..m * m);
                     // rotate: tmp = Uᵀ·X, out = tmp·V;  unrotate: tmp = U·X, out = tmp·Vᵀ.
@@ -326,7 +329,7 @@ impl<BK: Backend> SvdRotation<BK> {
                         inverse,
                         false,
                         false,
-                    );
+                    )?;
                     be.gemm(
                         be.view_mut(out, r),
                         be.view(scratch, 0..m * n),
@@ -337,10 +340,11 @@ impl<BK: Backend> SvdRotation<BK> {
                         false,
                         !inverse,
                         false,
-                    );
+                    )?;
                 }
             }
         }
+        Ok(())
     }
 
     /// e.g. "svd, F=250: 72 matrices Uᵀ·G·V + 2 embeddings G·V, 25 vectors unrotated; U,V hold 298,450,944

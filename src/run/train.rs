@@ -232,14 +232,14 @@ fn train_on<BK: Backend>(
         let step = it + 1;
         let ts = Instant::now();
         let lr = schedule::lr_at(it, tr.lr, tr.min_lr, tr.warmup, tr.decay_steps());
-        model.zero_grads(be);
+        model.zero_grads(be)?;
         let mut loss = 0.0;
         for _ in 0..tr.grad_accum {
             let b = sampler.next_batch(&data.train, tr.batch_size, m.seq_len);
             loss += model.forward_backward(be, &b.inputs, &b.targets, b.b, b.t, dloss)?;
         }
         loss /= tr.grad_accum as f64;
-        let norm = grad_norm(be, &model.grads);
+        let norm = grad_norm(be, &model.grads)?;
         let bad = if !loss.is_finite() {
             Some(("train loss", loss))
         } else if !norm.is_finite() {
@@ -259,7 +259,7 @@ fn train_on<BK: Backend>(
                 },
             });
         }
-        clip_grads(be, &mut model.grads, norm, tr.clip);
+        clip_grads(be, &mut model.grads, norm, tr.clip)?;
         opt.step(be, &model.table, &mut model.params, &model.grads, lr, tr)?;
         let secs = ts.elapsed().as_secs_f64();
 

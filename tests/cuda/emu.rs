@@ -89,16 +89,24 @@ fn encoder_forward_backward_parity() {
     let wpe = randn(&mut rng, T * C, 1.0);
     let dout = randn(&mut rng, B * T * C, 1.0);
     let mut o32 = vec![0f32; B * T * C];
-    emu().encoder_forward(&mut o32, &tokens, &f32s(&wte), &f32s(&wpe), B, T, C);
+    emu()
+        .encoder_forward(&mut o32, &tokens, &f32s(&wte), &f32s(&wpe), B, T, C)
+        .unwrap();
     let mut o64 = vec![0f64; B * T * C];
-    cpu64().encoder_forward(&mut o64, &tokens, &wte, &wpe, B, T, C);
+    cpu64()
+        .encoder_forward(&mut o64, &tokens, &wte, &wpe, B, T, C)
+        .unwrap();
     assert_close("encoder_forward", &f64s(&o32), &o64, 0.0, gamma(1));
 
     let (init_te, init_pe) = (randn(&mut rng, vocab * C, 1.0), randn(&mut rng, T * C, 1.0));
     let (mut te32, mut pe32) = (f32s(&init_te), f32s(&init_pe));
-    emu().encoder_backward(&mut te32, &mut pe32, &f32s(&dout), &tokens, B, T, C);
+    emu()
+        .encoder_backward(&mut te32, &mut pe32, &f32s(&dout), &tokens, B, T, C)
+        .unwrap();
     let (mut te64, mut pe64) = (init_te.clone(), init_pe.clone());
-    cpu64().encoder_backward(&mut te64, &mut pe64, &dout, &tokens, B, T, C);
+    cpu64()
+        .encoder_backward(&mut te64, &mut pe64, &dout, &tokens, B, T, C)
+        .unwrap();
     // K ≤ B·T + 1 terms of magnitude ≤ ~4
     let k = B * T + 1;
     assert_close(
@@ -131,27 +139,31 @@ fn layernorm_forward_backward_parity() {
     for with_bias in [true, false] {
         let b32 = f32s(&bias);
         let (mut o32, mut m32, mut r32) = (vec![0f32; n * C], vec![0f32; n], vec![0f32; n]);
-        emu().layernorm_forward(
-            &mut o32,
-            &mut m32,
-            &mut r32,
-            &f32s(&x),
-            &f32s(&w),
-            with_bias.then_some(&b32[..]),
-            n,
-            C,
-        );
+        emu()
+            .layernorm_forward(
+                &mut o32,
+                &mut m32,
+                &mut r32,
+                &f32s(&x),
+                &f32s(&w),
+                with_bias.then_some(&b32[..]),
+                n,
+                C,
+            )
+            .unwrap();
         let (mut o64, mut m64, mut r64) = (vec![0f64; n * C], vec![0f64; n], vec![0f64; n]);
-        cpu64().layernorm_forward(
-            &mut o64,
-            &mut m64,
-            &mut r64,
-            &x,
-            &w,
-            with_bias.then_some(&bias[..]),
-            n,
-            C,
-        );
+        cpu64()
+            .layernorm_forward(
+                &mut o64,
+                &mut m64,
+                &mut r64,
+                &x,
+                &w,
+                with_bias.then_some(&bias[..]),
+                n,
+                C,
+            )
+            .unwrap();
         // K = C terms; outputs are O(|w|·|norm|) ≤ ~10
         let g = gamma(4 * C);
         assert_close("layernorm_forward mean", &f64s(&m32), &m64, 4.0 * g, g);
@@ -161,31 +173,35 @@ fn layernorm_forward_backward_parity() {
         let init_dx = randn(&mut rng, n * C, 1.0);
         let (init_dw, init_db) = (randn(&mut rng, C, 1.0), randn(&mut rng, C, 1.0));
         let (mut dx32, mut dw32, mut db32) = (f32s(&init_dx), f32s(&init_dw), f32s(&init_db));
-        emu().layernorm_backward(
-            &mut dx32,
-            &mut dw32,
-            with_bias.then_some(&mut db32[..]),
-            &f32s(&dout),
-            &f32s(&x),
-            &f32s(&w),
-            &m32,
-            &r32,
-            n,
-            C,
-        );
+        emu()
+            .layernorm_backward(
+                &mut dx32,
+                &mut dw32,
+                with_bias.then_some(&mut db32[..]),
+                &f32s(&dout),
+                &f32s(&x),
+                &f32s(&w),
+                &m32,
+                &r32,
+                n,
+                C,
+            )
+            .unwrap();
         let (mut dx64, mut dw64, mut db64) = (init_dx.clone(), init_dw.clone(), init_db.clone());
-        cpu64().layernorm_backward(
-            &mut dx64,
-            &mut dw64,
-            with_bias.then_some(&mut db64[..]),
-            &dout,
-            &x,
-            &w,
-            &m64,
-            &r64,
-            n,
-            C,
-        );
+        cpu64()
+            .layernorm_backward(
+                &mut dx64,
+                &mut dw64,
+                with_bias.then_some(&mut db64[..]),
+                &dout,
+                &x,
+                &w,
+                &m64,
+                &r64,
+                n,
+                C,
+            )
+            .unwrap();
         let g = gamma(4 * C);
         assert_close("layernorm_backward dinp", &f64s(&dx32), &dx64, 50.0 * g, g);
         let g = gamma(2 * n);
@@ -210,9 +226,13 @@ fn attention_forward_backward_parity() {
     let qkv = randn(&mut rng, B * T * 3 * C, 1.0);
     let dout = randn(&mut rng, B * T * C, 1.0);
     let (mut o32, mut a32) = (vec![0f32; B * T * C], vec![7f32; B * NH * T * T]);
-    emu().attention_forward(&mut o32, &mut a32, &f32s(&qkv), B, T, C, NH);
+    emu()
+        .attention_forward(&mut o32, &mut a32, &f32s(&qkv), B, T, C, NH)
+        .unwrap();
     let (mut o64, mut a64) = (vec![0f64; B * T * C], vec![0f64; B * NH * T * T]);
-    cpu64().attention_forward(&mut o64, &mut a64, &qkv, B, T, C, NH);
+    cpu64()
+        .attention_forward(&mut o64, &mut a64, &qkv, B, T, C, NH)
+        .unwrap();
     // scores: K = hs = 12 terms of magnitude ~1 each → ~hs·γ absolute in the exponent; probabilities and
     // outputs then carry that relative error (plus the length-T sums).
     let g = gamma(C / NH + T) * 8.0;
@@ -222,20 +242,24 @@ fn attention_forward_backward_parity() {
     let init = randn(&mut rng, B * T * 3 * C, 1.0);
     let mut d32 = f32s(&init);
     let mut s32 = vec![3f32; B * NH * T * T];
-    emu().attention_backward(
-        &mut d32,
-        &mut s32,
-        &f32s(&dout),
-        &f32s(&qkv),
-        &a32,
-        B,
-        T,
-        C,
-        NH,
-    );
+    emu()
+        .attention_backward(
+            &mut d32,
+            &mut s32,
+            &f32s(&dout),
+            &f32s(&qkv),
+            &a32,
+            B,
+            T,
+            C,
+            NH,
+        )
+        .unwrap();
     let mut d64 = init.clone();
     let mut s64 = vec![0f64; B * NH * T * T];
-    cpu64().attention_backward(&mut d64, &mut s64, &dout, &qkv, &a64, B, T, C, NH);
+    cpu64()
+        .attention_backward(&mut d64, &mut s64, &dout, &qkv, &a64, B, T, C, NH)
+        .unwrap();
     let g = gamma(C / NH + T) * 32.0;
     assert_close("attention_backward scratch", &f64s(&s32), &s64, g, g);
     assert_close("attention_backward dqkv", &f64s(&d32), &d64, 8.0 * g, g);
@@ -248,28 +272,30 @@ fn gelu_residual_and_flat_ops_parity() {
     let x: Vec<f64> = randn(&mut rng, n, 3.0);
     let y = randn(&mut rng, n, 1.0);
     let (mut o32, mut o64) = (vec![0f32; n], vec![0f64; n]);
-    emu().gelu_forward(&mut o32, &f32s(&x));
-    cpu64().gelu_forward(&mut o64, &x);
+    emu().gelu_forward(&mut o32, &f32s(&x)).unwrap();
+    cpu64().gelu_forward(&mut o64, &x).unwrap();
     // exp's argument carries ~|u|·γ₄ absolute error, |u| ≤ ~25 here
     let g = gamma(4) * 32.0;
     assert_close("gelu_forward", &f64s(&o32), &o64, g, g);
     let (mut d32, mut d64) = (f32s(&y), y.clone());
-    emu().gelu_backward(&mut d32, &f32s(&x), &f32s(&y));
-    cpu64().gelu_backward(&mut d64, &x, &y);
+    emu().gelu_backward(&mut d32, &f32s(&x), &f32s(&y)).unwrap();
+    cpu64().gelu_backward(&mut d64, &x, &y).unwrap();
     assert_close("gelu_backward", &f64s(&d32), &d64, g, g);
 
     let (mut r32, mut r64) = (vec![0f32; n], vec![0f64; n]);
-    emu().residual_forward(&mut r32, &f32s(&x), &f32s(&y));
-    cpu64().residual_forward(&mut r64, &x, &y);
+    emu()
+        .residual_forward(&mut r32, &f32s(&x), &f32s(&y))
+        .unwrap();
+    cpu64().residual_forward(&mut r64, &x, &y).unwrap();
     assert_close("residual_forward", &f64s(&r32), &r64, 0.0, gamma(1));
     let (mut a32, mut a64) = (f32s(&x), x.clone());
-    emu().add_inplace(&mut a32, &f32s(&y));
-    cpu64().add_inplace(&mut a64, &y);
+    emu().add_inplace(&mut a32, &f32s(&y)).unwrap();
+    cpu64().add_inplace(&mut a64, &y).unwrap();
     assert_close("add_inplace", &f64s(&a32), &a64, 0.0, gamma(1));
-    emu().scale(&mut a32, 0.375);
-    cpu64().scale(&mut a64, 0.375);
+    emu().scale(&mut a32, 0.375).unwrap();
+    cpu64().scale(&mut a64, 0.375).unwrap();
     assert_close("scale", &f64s(&a32), &a64, 0.0, gamma(2));
-    emu().fill(&mut a32, -2.5);
+    emu().fill(&mut a32, -2.5).unwrap();
     assert!(a32.iter().all(|&v| v == -2.5), "fill");
 }
 
@@ -283,15 +309,15 @@ fn bf16_mode_rounds_stored_activations_like_the_cpu_backend() {
     let y = f32s(&randn(&mut rng, n, 2.0));
     let (e, c) = (EmuBackend::new(1, true), CpuBackend::<f32>::new(1, true));
     let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
-    e.residual_forward(&mut a, &x, &y);
-    c.residual_forward(&mut b, &x, &y);
+    e.residual_forward(&mut a, &x, &y).unwrap();
+    c.residual_forward(&mut b, &x, &y).unwrap();
     assert_eq!(a, b, "residual_forward bf16");
     assert!(
         a.iter().all(|v| v.to_bits() & 0xffff == 0),
         "not bf16 values"
     );
-    e.gelu_forward(&mut a, &x);
-    c.gelu_forward(&mut b, &x);
+    e.gelu_forward(&mut a, &x).unwrap();
+    c.gelu_forward(&mut b, &x).unwrap();
     let diff = a.iter().zip(&b).filter(|(p, q)| p != q).count();
     // The exp inside GELU may differ by an ulp between glibc (C++) and Rust's libm, which can flip a
     // bf16 rounding: allow a handful, each by one bf16 ulp at most.
@@ -312,9 +338,13 @@ fn crossentropy_forward_parity() {
     let targets: Vec<u32> = (0..n).map(|_| rng.below(V as u64) as u32).collect();
     for dloss in [None, Some(1.0 / 12.0)] {
         let (mut l32, mut x32) = (vec![0f32; n], f32s(&logits));
-        emu().crossentropy_forward(&mut l32, &mut x32, &targets, dloss.map(|s| s as f32), n, V);
+        emu()
+            .crossentropy_forward(&mut l32, &mut x32, &targets, dloss.map(|s| s as f32), n, V)
+            .unwrap();
         let (mut l64, mut x64) = (vec![0f64; n], logits.clone());
-        cpu64().crossentropy_forward(&mut l64, &mut x64, &targets, dloss, n, V);
+        cpu64()
+            .crossentropy_forward(&mut l64, &mut x64, &targets, dloss, n, V)
+            .unwrap();
         let g = gamma(V) * 16.0;
         assert_close("crossentropy_forward losses", &f64s(&l32), &l64, g, g);
         assert_close(
@@ -335,8 +365,8 @@ fn reductions_and_clipping_parity() {
     let mut rng = Rng::new(7);
     let n = 150_001; // 3 partial blocks of 65,536
     let x = randn(&mut rng, n, 1.0);
-    let s32 = emu().sum_squares(&f32s(&x));
-    let s64 = cpu64().sum_squares(&x);
+    let s32 = emu().sum_squares(&f32s(&x)).unwrap();
+    let s64 = cpu64().sum_squares(&x).unwrap();
     // both sum the same f32-exact squares in f64: equal up to f64 reassociation
     assert!(
         (s32 - s64).abs() <= 1e-12 * s64,
@@ -346,7 +376,7 @@ fn reductions_and_clipping_parity() {
     // clip_by_norm reads ‖g‖² from device memory; compare with the host formula (optim::clip_grads).
     for max_norm in [1.0f32, 1e6] {
         let mut g = f32s(&x[..1000]);
-        let sumsq = [emu().sum_squares(&g)];
+        let sumsq = [emu().sum_squares(&g).unwrap()];
         let want: Vec<f32> = {
             let coef = max_norm as f64 / (sumsq[0].sqrt() + 1e-6);
             g.iter()
@@ -375,12 +405,14 @@ fn reductions_and_clipping_parity() {
     let (blocks, block) = (5, 333);
     let y = randn(&mut rng, blocks * block, 1.0);
     let (mut b32, mut b64) = (vec![0f32; blocks], vec![0f64; blocks]);
-    emu().block_mean_squares(&mut b32, &f32s(&y), block);
-    cpu64().block_mean_squares(&mut b64, &y, block);
+    emu()
+        .block_mean_squares(&mut b32, &f32s(&y), block)
+        .unwrap();
+    cpu64().block_mean_squares(&mut b64, &y, block).unwrap();
     assert_close("block_mean_squares", &f64s(&b32), &b64, 0.0, gamma(1));
     let (mut v32, mut v64) = (f32s(&b64), b64.clone());
-    emu().ema_inplace(&mut v32, &b32, 0.95);
-    cpu64().ema_inplace(&mut v64, &b64, 0.95);
+    emu().ema_inplace(&mut v32, &b32, 0.95).unwrap();
+    cpu64().ema_inplace(&mut v64, &b64, 0.95).unwrap();
     assert_close("ema_inplace", &f64s(&v32), &v64, 0.0, gamma(4));
 }
 

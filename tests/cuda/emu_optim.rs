@@ -48,40 +48,44 @@ fn optimizer_kernels_equal_the_cpu_f32_backend_bit_for_bit() {
 
     // adamw_step
     let (mut p1, mut m1, mut v1) = (p0.clone(), m0.clone(), v0.clone());
-    e.adamw_step(&mut p1, &mut m1, &mut v1, &g, h);
+    e.adamw_step(&mut p1, &mut m1, &mut v1, &g, h).unwrap();
     let (mut p2, mut m2, mut v2) = (p0.clone(), m0.clone(), v0.clone());
-    c.adamw_step(&mut p2, &mut m2, &mut v2, &g, h);
+    c.adamw_step(&mut p2, &mut m2, &mut v2, &g, h).unwrap();
     assert_eq!((&p1, &m1, &v1), (&p2, &m2, &v2), "adamw_step");
     assert_ne!(p1, p0, "adamw_step changed nothing");
     // adam_direction_step
     let (mut u1, mut m1, mut v1) = (vec![0f32; n], m0.clone(), v0.clone());
-    e.adam_direction_step(&mut u1, &mut m1, &mut v1, &g, h);
+    e.adam_direction_step(&mut u1, &mut m1, &mut v1, &g, h)
+        .unwrap();
     let (mut u2, mut m2, mut v2) = (vec![0f32; n], m0.clone(), v0.clone());
-    c.adam_direction_step(&mut u2, &mut m2, &mut v2, &g, h);
+    c.adam_direction_step(&mut u2, &mut m2, &mut v2, &g, h)
+        .unwrap();
     assert_eq!((&u1, &m1, &v1), (&u2, &m2, &v2), "adam_direction_step");
     // sgd_step, sgd_direction_step
     let (mut p1, mut b1) = (p0.clone(), m0.clone());
-    e.sgd_step(&mut p1, &mut b1, &g, 0.1, 0.9, 0.1);
+    e.sgd_step(&mut p1, &mut b1, &g, 0.1, 0.9, 0.1).unwrap();
     let (mut p2, mut b2) = (p0.clone(), m0.clone());
-    c.sgd_step(&mut p2, &mut b2, &g, 0.1, 0.9, 0.1);
+    c.sgd_step(&mut p2, &mut b2, &g, 0.1, 0.9, 0.1).unwrap();
     assert_eq!((&p1, &b1), (&p2, &b2), "sgd_step");
     let (mut u1, mut b1) = (vec![0f32; n], m0.clone());
-    e.sgd_direction_step(&mut u1, &mut b1, &g, 0.9);
+    e.sgd_direction_step(&mut u1, &mut b1, &g, 0.9).unwrap();
     let (mut u2, mut b2) = (vec![0f32; n], m0.clone());
-    c.sgd_direction_step(&mut u2, &mut b2, &g, 0.9);
+    c.sgd_direction_step(&mut u2, &mut b2, &g, 0.9).unwrap();
     assert_eq!((&u1, &b1), (&u2, &b2), "sgd_direction_step");
     // AdaSGD / blockwise Adam: one second moment per block of 143 (7 blocks)
     let block = 143;
     let vb = &v0[..n / block];
     let (mut u1, mut m1) = (vec![0f32; n], m0.clone());
-    e.block_adam_direction_step(&mut u1, &mut m1, vb, &g, block, h);
+    e.block_adam_direction_step(&mut u1, &mut m1, vb, &g, block, h)
+        .unwrap();
     let (mut u2, mut m2) = (vec![0f32; n], m0.clone());
-    c.block_adam_direction_step(&mut u2, &mut m2, vb, &g, block, h);
+    c.block_adam_direction_step(&mut u2, &mut m2, vb, &g, block, h)
+        .unwrap();
     assert_eq!((&u1, &m1), (&u2, &m2), "block_adam_direction_step");
     // apply_update
     let (mut p1, mut p2) = (p0.clone(), p0.clone());
-    e.apply_update(&mut p1, &u1, 6e-4, 0.1);
-    c.apply_update(&mut p2, &u2, 6e-4, 0.1);
+    e.apply_update(&mut p1, &u1, 6e-4, 0.1).unwrap();
+    c.apply_update(&mut p2, &u2, 6e-4, 0.1).unwrap();
     assert_eq!(p1, p2, "apply_update");
 }
 
@@ -114,18 +118,24 @@ fn rotate_and_unrotate_parity_on_odd_shapes() {
     let r = orthogonal(n, 10);
     let x = randn(&mut rng, len, 1.0);
     let mut o32 = vec![0f32; nb * n];
-    emu().rotate(&mut o32, &f32s(&x), &ix_emu, &f32s(&r), nb, n);
+    emu()
+        .rotate(&mut o32, &f32s(&x), &ix_emu, &f32s(&r), nb, n)
+        .unwrap();
     let mut o64 = vec![0f64; nb * n];
-    cpu64().rotate(&mut o64, &x, &ix_cpu, &r, nb, n);
+    cpu64().rotate(&mut o64, &x, &ix_cpu, &r, nb, n).unwrap();
     // K = n terms, |terms| summing to ≤ ~√n·‖x‖∞
     let g = gamma(n) * 8.0;
     assert_close("rotate", &f64s(&o32), &o64, g, g);
 
     let init = randn(&mut rng, len, 1.0);
     let mut u32_ = f32s(&init);
-    emu().unrotate(&mut u32_, &o32, &ix_emu, &f32s(&r), nb, n);
+    emu()
+        .unrotate(&mut u32_, &o32, &ix_emu, &f32s(&r), nb, n)
+        .unwrap();
     let mut u64_ = init.clone();
-    cpu64().unrotate(&mut u64_, &o64, &ix_cpu, &r, nb, n);
+    cpu64()
+        .unrotate(&mut u64_, &o64, &ix_cpu, &r, nb, n)
+        .unwrap();
     assert_close("unrotate", &f64s(&u32_), &u64_, g, g);
     // unrotate∘rotate = identity on the indexed coordinates, the rest untouched
     assert_close(
@@ -174,11 +184,12 @@ fn fused_rotated_adamw_matches_the_split_reference() {
     let be = cpu64();
     let ix = be.rotation_index(index.to_vec(), n, len).unwrap();
     let mut gt = vec![0f64; nb * n];
-    be.rotate(&mut gt, &g, &ix, &r, nb, n);
+    be.rotate(&mut gt, &g, &ix, &r, nb, n).unwrap();
     let (mut u, mut m64, mut v64) = (vec![0f64; nb * n], m0.clone(), v0.clone());
-    be.adam_direction_step(&mut u, &mut m64, &mut v64, &gt, h);
+    be.adam_direction_step(&mut u, &mut m64, &mut v64, &gt, h)
+        .unwrap();
     let mut dir = vec![0f64; len];
-    be.unrotate(&mut dir, &u, &ix, &r, nb, n);
+    be.unrotate(&mut dir, &u, &ix, &r, nb, n).unwrap();
     let mut p64 = p0.clone();
     crate::rotation::apply_on_listed(&be, &mut p64, &dir, index, h.lr);
 
@@ -198,7 +209,8 @@ fn fused_rotated_adamw_matches_the_split_reference() {
         nb,
         n,
         h,
-    );
+    )
+    .unwrap();
     let tol = gamma(n) * 8.0;
     assert_close(
         "rotate_adam_direction m",
@@ -223,7 +235,8 @@ fn fused_rotated_adamw_matches_the_split_reference() {
         8.0 * tol,
     );
 
-    e.unrotate_apply_update(&mut p32, &u32_, &ix_emu, &r32, nb, n, h.lr);
+    e.unrotate_apply_update(&mut p32, &u32_, &ix_emu, &r32, nb, n, h.lr)
+        .unwrap();
     assert_close(
         "unrotate_apply_update params",
         &f64s(&p32),

@@ -14,7 +14,7 @@ fn pool(n: usize) -> rayon::ThreadPool {
 fn sum_squares_thread_independent() {
     let mut rng = Rng::new(30);
     let x = cast::<f32>(&randn(&mut rng, 1_000_003, 1.0));
-    let [s1, s2] = [1, 2].map(|n| pool(n).install(|| be::<f32>(false).sum_squares(&x)));
+    let [s1, s2] = [1, 2].map(|n| pool(n).install(|| be::<f32>(false).sum_squares(&x).unwrap()));
     assert_eq!(
         s1.to_bits(),
         s2.to_bits(),
@@ -48,7 +48,8 @@ fn backward_ops_thread_independent() {
             Some(&w[c..2 * c]),
             n,
             c,
-        );
+        )
+        .unwrap();
         let (mut dx, mut dw, mut db) = (vec![0f32; n * c], vec![0f32; c], vec![0f32; c]);
         be.layernorm_backward(
             &mut dx,
@@ -61,15 +62,20 @@ fn backward_ops_thread_independent() {
             &rstd,
             n,
             c,
-        );
+        )
+        .unwrap();
         let (mut dwm, mut dbm) = (vec![0f32; oc * c], vec![0f32; oc]);
-        be.matmul_backward(None, &mut dwm, Some(&mut dbm), &g, &x, &w, n, c, oc);
+        be.matmul_backward(None, &mut dwm, Some(&mut dbm), &g, &x, &w, n, c, oc)
+            .unwrap();
         let (mut dwte, mut dwpe) = (vec![0f32; v * c], vec![0f32; t * c]);
-        be.encoder_backward(&mut dwte, &mut dwpe, &gc, &tokens, b, t, c);
+        be.encoder_backward(&mut dwte, &mut dwpe, &gc, &tokens, b, t, c)
+            .unwrap();
         let (mut ao, mut att) = (vec![0f32; n * c], vec![0f32; b * NH * t * t]);
-        be.attention_forward(&mut ao, &mut att, &qkv, b, t, c, NH);
+        be.attention_forward(&mut ao, &mut att, &qkv, b, t, c, NH)
+            .unwrap();
         let (mut dqkv, mut scratch) = (vec![0f32; n * 3 * c], vec![0f32; b * NH * t * t]);
-        be.attention_backward(&mut dqkv, &mut scratch, &gc, &qkv, &att, b, t, c, NH);
+        be.attention_backward(&mut dqkv, &mut scratch, &gc, &qkv, &att, b, t, c, NH)
+            .unwrap();
         vec![out, dx, dw, db, dwm, dbm, dwte, dwpe, ao, att, dqkv]
     };
     let [r1, r2] = [1, 2].map(|k| pool(k).install(run));

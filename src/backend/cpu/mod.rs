@@ -314,14 +314,16 @@ impl<T: Scalar> Backend for CpuBackend<T> {
         split_ranges_mut(buf.as_mut_slice(), ranges)
     }
 
-    fn fill(&self, out: &mut [T], value: T) {
-        fill(out, value)
+    fn fill(&self, out: &mut [T], value: T) -> Result<()> {
+        fill(out, value);
+        Ok(())
     }
-    fn scale(&self, out: &mut [T], s: T) {
-        scale(out, s)
+    fn scale(&self, out: &mut [T], s: T) -> Result<()> {
+        scale(out, s);
+        Ok(())
     }
-    fn sum_squares(&self, x: &[T]) -> f64 {
-        sum_squares(x)
+    fn sum_squares(&self, x: &[T]) -> Result<f64> {
+        Ok(sum_squares(x))
     }
 
     fn encoder_forward(
@@ -333,8 +335,9 @@ impl<T: Scalar> Backend for CpuBackend<T> {
         b: usize,
         t: usize,
         c: usize,
-    ) {
-        encoder_forward(out, tokens, wte, wpe, b, t, c, self.bf16)
+    ) -> Result<()> {
+        encoder_forward(out, tokens, wte, wpe, b, t, c, self.bf16);
+        Ok(())
     }
     fn encoder_backward(
         &self,
@@ -345,8 +348,9 @@ impl<T: Scalar> Backend for CpuBackend<T> {
         b: usize,
         t: usize,
         c: usize,
-    ) {
-        encoder_backward(dwte, dwpe, dout, tokens, b, t, c)
+    ) -> Result<()> {
+        encoder_backward(dwte, dwpe, dout, tokens, b, t, c);
+        Ok(())
     }
     fn layernorm_forward(
         &self,
@@ -358,8 +362,9 @@ impl<T: Scalar> Backend for CpuBackend<T> {
         bias: Option<&[T]>,
         n: usize,
         c: usize,
-    ) {
-        layernorm_forward(out, mean, rstd, inp, weight, bias, n, c, self.bf16)
+    ) -> Result<()> {
+        layernorm_forward(out, mean, rstd, inp, weight, bias, n, c, self.bf16);
+        Ok(())
     }
     fn layernorm_backward(
         &self,
@@ -373,8 +378,9 @@ impl<T: Scalar> Backend for CpuBackend<T> {
         rstd: &[T],
         n: usize,
         c: usize,
-    ) {
-        layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c)
+    ) -> Result<()> {
+        layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c);
+        Ok(())
     }
     fn matmul_forward(
         &self,
@@ -385,8 +391,9 @@ impl<T: Scalar> Backend for CpuBackend<T> {
         n: usize,
         c: usize,
         oc: usize,
-    ) {
-        matmul_forward(out, inp, weight, bias, n, c, oc, self.bf16, self.threads)
+    ) -> Result<()> {
+        matmul_forward(out, inp, weight, bias, n, c, oc, self.bf16, self.threads);
+        Ok(())
     }
     fn matmul_backward(
         &self,
@@ -399,7 +406,7 @@ impl<T: Scalar> Backend for CpuBackend<T> {
         n: usize,
         c: usize,
         oc: usize,
-    ) {
+    ) -> Result<()> {
         matmul_backward(
             dinp,
             dweight,
@@ -412,7 +419,8 @@ impl<T: Scalar> Backend for CpuBackend<T> {
             oc,
             self.bf16,
             self.threads,
-        )
+        );
+        Ok(())
     }
     fn attention_forward(
         &self,
@@ -423,8 +431,9 @@ impl<T: Scalar> Backend for CpuBackend<T> {
         t: usize,
         c: usize,
         nh: usize,
-    ) {
-        attention_forward(out, att, qkv, b, t, c, nh, self.bf16)
+    ) -> Result<()> {
+        attention_forward(out, att, qkv, b, t, c, nh, self.bf16);
+        Ok(())
     }
     fn attention_backward(
         &self,
@@ -437,20 +446,25 @@ impl<T: Scalar> Backend for CpuBackend<T> {
         t: usize,
         c: usize,
         nh: usize,
-    ) {
-        attention_backward(dqkv, scratch, dout, qkv, att, b, t, c, nh)
+    ) -> Result<()> {
+        attention_backward(dqkv, scratch, dout, qkv, att, b, t, c, nh);
+        Ok(())
     }
-    fn gelu_forward(&self, out: &mut [T], inp: &[T]) {
-        gelu_forward(out, inp, self.bf16)
+    fn gelu_forward(&self, out: &mut [T], inp: &[T]) -> Result<()> {
+        gelu_forward(out, inp, self.bf16);
+        Ok(())
     }
-    fn gelu_backward(&self, dinp: &mut [T], inp: &[T], dout: &[T]) {
-        gelu_backward(dinp, inp, dout)
+    fn gelu_backward(&self, dinp: &mut [T], inp: &[T], dout: &[T]) -> Result<()> {
+        gelu_backward(dinp, inp, dout);
+        Ok(())
     }
-    fn residual_forward(&self, out: &mut [T], a: &[T], b: &[T]) {
-        residual_forward(out, a, b, self.bf16)
+    fn residual_forward(&self, out: &mut [T], a: &[T], b: &[T]) -> Result<()> {
+        residual_forward(out, a, b, self.bf16);
+        Ok(())
     }
-    fn add_inplace(&self, dx: &mut [T], dout: &[T]) {
-        add_inplace(dx, dout)
+    fn add_inplace(&self, dx: &mut [T], dout: &[T]) -> Result<()> {
+        add_inplace(dx, dout);
+        Ok(())
     }
     fn crossentropy_forward(
         &self,
@@ -460,8 +474,9 @@ impl<T: Scalar> Backend for CpuBackend<T> {
         dloss: Option<T>,
         n: usize,
         v: usize,
-    ) {
-        crossentropy_forward(losses, logits, targets, dloss, n, v)
+    ) -> Result<()> {
+        crossentropy_forward(losses, logits, targets, dloss, n, v);
+        Ok(())
     }
 
     fn rotation_index(&self, index: Vec<u32>, n: usize, src_len: usize) -> Result<RotIndex> {
@@ -470,11 +485,29 @@ impl<T: Scalar> Backend for CpuBackend<T> {
     fn rotation_index_list(&self, index: &RotIndex) -> Vec<u32> {
         index.to_list()
     }
-    fn rotate(&self, out: &mut [T], inp: &[T], index: &RotIndex, r: &[T], nb: usize, n: usize) {
-        rotate(out, inp, index, r, nb, n, self.threads)
+    fn rotate(
+        &self,
+        out: &mut [T],
+        inp: &[T],
+        index: &RotIndex,
+        r: &[T],
+        nb: usize,
+        n: usize,
+    ) -> Result<()> {
+        rotate(out, inp, index, r, nb, n, self.threads);
+        Ok(())
     }
-    fn unrotate(&self, out: &mut [T], inp: &[T], index: &RotIndex, r: &[T], nb: usize, n: usize) {
-        unrotate(out, inp, index, r, nb, n, self.threads)
+    fn unrotate(
+        &self,
+        out: &mut [T],
+        inp: &[T],
+        index: &RotIndex,
+        r: &[T],
+        nb: usize,
+        n: usize,
+    ) -> Result<()> {
+        unrotate(out, inp, index, r, nb, n, self.threads);
+        Ok(())
     }
     fn rotate_adam_direction(
         &self,
@@ -487,8 +520,9 @@ impl<T: Scalar> Backend for CpuBackend<T> {
         nb: usize,
         n: usize,
         hp: AdamStep,
-    ) {
-        rotate_adam_direction(u, m, v, grads, index, r, nb, n, hp, self.threads)
+    ) -> Result<()> {
+        rotate_adam_direction(u, m, v, grads, index, r, nb, n, hp, self.threads);
+        Ok(())
     }
     fn unrotate_apply_update(
         &self,
@@ -499,8 +533,9 @@ impl<T: Scalar> Backend for CpuBackend<T> {
         nb: usize,
         n: usize,
         lr: f64,
-    ) {
-        unrotate_apply_update(params, u, index, r, nb, n, lr, self.threads)
+    ) -> Result<()> {
+        unrotate_apply_update(params, u, index, r, nb, n, lr, self.threads);
+        Ok(())
     }
 
     fn gemm(
@@ -514,11 +549,20 @@ impl<T: Scalar> Backend for CpuBackend<T> {
         trans_a: bool,
         trans_b: bool,
         accumulate: bool,
-    ) {
-        T::gemm(c, a, b, m, n, k, trans_a, trans_b, accumulate, self.threads)
+    ) -> Result<()> {
+        T::gemm(c, a, b, m, n, k, trans_a, trans_b, accumulate, self.threads);
+        Ok(())
     }
-    fn adamw_step(&self, params: &mut [T], m: &mut [T], v: &mut [T], grads: &[T], hp: AdamStep) {
-        adamw_step(params, m, v, grads, hp)
+    fn adamw_step(
+        &self,
+        params: &mut [T],
+        m: &mut [T],
+        v: &mut [T],
+        grads: &[T],
+        hp: AdamStep,
+    ) -> Result<()> {
+        adamw_step(params, m, v, grads, hp);
+        Ok(())
     }
     fn sgd_step(
         &self,
@@ -528,8 +572,9 @@ impl<T: Scalar> Backend for CpuBackend<T> {
         lr: f64,
         momentum: f64,
         weight_decay: f64,
-    ) {
-        sgd_step(params, momentum_buf, grads, lr, momentum, weight_decay)
+    ) -> Result<()> {
+        sgd_step(params, momentum_buf, grads, lr, momentum, weight_decay);
+        Ok(())
     }
     fn adam_direction_step(
         &self,
@@ -538,17 +583,27 @@ impl<T: Scalar> Backend for CpuBackend<T> {
         v: &mut [T],
         grads: &[T],
         hp: AdamStep,
-    ) {
-        optim::adam_direction_step(u, m, v, grads, hp)
+    ) -> Result<()> {
+        optim::adam_direction_step(u, m, v, grads, hp);
+        Ok(())
     }
-    fn sgd_direction_step(&self, u: &mut [T], momentum_buf: &mut [T], grads: &[T], momentum: f64) {
-        optim::sgd_direction_step(u, momentum_buf, grads, momentum)
+    fn sgd_direction_step(
+        &self,
+        u: &mut [T],
+        momentum_buf: &mut [T],
+        grads: &[T],
+        momentum: f64,
+    ) -> Result<()> {
+        optim::sgd_direction_step(u, momentum_buf, grads, momentum);
+        Ok(())
     }
-    fn block_mean_squares(&self, out: &mut [T], x: &[T], block: usize) {
-        optim::block_mean_squares(out, x, block)
+    fn block_mean_squares(&self, out: &mut [T], x: &[T], block: usize) -> Result<()> {
+        optim::block_mean_squares(out, x, block);
+        Ok(())
     }
-    fn ema_inplace(&self, v: &mut [T], s: &[T], beta2: f64) {
-        optim::ema_inplace(v, s, beta2)
+    fn ema_inplace(&self, v: &mut [T], s: &[T], beta2: f64) -> Result<()> {
+        optim::ema_inplace(v, s, beta2);
+        Ok(())
     }
     fn block_adam_direction_step(
         &self,
@@ -558,10 +613,12 @@ impl<T: Scalar> Backend for CpuBackend<T> {
         grads: &[T],
         block: usize,
         hp: AdamStep,
-    ) {
-        optim::block_adam_direction_step(u, m, v, grads, block, hp)
+    ) -> Result<()> {
+        optim::block_adam_direction_step(u, m, v, grads, block, hp);
+        Ok(())
     }
-    fn apply_update(&self, params: &mut [T], u: &[T], lr: f64, weight_decay: f64) {
-        optim::apply_update(params, u, lr, weight_decay)
+    fn apply_update(&self, params: &mut [T], u: &[T], lr: f64, weight_decay: f64) -> Result<()> {
+        optim::apply_update(params, u, lr, weight_decay);
+        Ok(())
     }
 }

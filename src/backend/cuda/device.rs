@@ -373,11 +373,13 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn fill(&self, out: DevViewMut<'_>, value: f32) {
-        ops::fill(self, vm(out), value)
+    fn fill(&self, out: DevViewMut<'_>, value: f32) -> Result<()> {
+        ops::fill(self, vm(out), value);
+        Ok(())
     }
-    fn scale(&self, out: DevViewMut<'_>, s: f32) {
-        ops::scale(self, vm(out), s)
+    fn scale(&self, out: DevViewMut<'_>, s: f32) -> Result<()> {
+        ops::scale(self, vm(out), s);
+        Ok(())
     }
     fn gemm(
         &self,
@@ -390,7 +392,7 @@ impl Backend for CudaBackend {
         trans_a: bool,
         trans_b: bool,
         accumulate: bool,
-    ) {
+    ) -> Result<()> {
         self.gemm_dev(
             vm(c),
             v(a),
@@ -402,10 +404,11 @@ impl Backend for CudaBackend {
             trans_b,
             accumulate,
             false,
-        )
+        );
+        Ok(())
     }
-    fn sum_squares(&self, x: DevView<'_>) -> f64 {
-        ops::sum_squares(self, v(x))
+    fn sum_squares(&self, x: DevView<'_>) -> Result<f64> {
+        Ok(ops::sum_squares(self, v(x)))
     }
     fn encoder_forward(
         &self,
@@ -416,8 +419,9 @@ impl Backend for CudaBackend {
         b: usize,
         t: usize,
         c: usize,
-    ) {
-        ops::encoder_forward(self, vm(out), tokens, v(wte), v(wpe), b, t, c, self.bf16)
+    ) -> Result<()> {
+        ops::encoder_forward(self, vm(out), tokens, v(wte), v(wpe), b, t, c, self.bf16);
+        Ok(())
     }
     fn encoder_backward(
         &self,
@@ -428,8 +432,9 @@ impl Backend for CudaBackend {
         b: usize,
         t: usize,
         c: usize,
-    ) {
-        ops::encoder_backward(self, vm(dwte), vm(dwpe), v(dout), tokens, b, t, c)
+    ) -> Result<()> {
+        ops::encoder_backward(self, vm(dwte), vm(dwpe), v(dout), tokens, b, t, c);
+        Ok(())
     }
     fn layernorm_forward(
         &self,
@@ -441,7 +446,7 @@ impl Backend for CudaBackend {
         bias: Option<DevView<'_>>,
         n: usize,
         c: usize,
-    ) {
+    ) -> Result<()> {
         ops::layernorm_forward(
             self,
             vm(out),
@@ -453,7 +458,8 @@ impl Backend for CudaBackend {
             n,
             c,
             self.bf16,
-        )
+        );
+        Ok(())
     }
     fn layernorm_backward(
         &self,
@@ -467,7 +473,7 @@ impl Backend for CudaBackend {
         rstd: DevView<'_>,
         n: usize,
         c: usize,
-    ) {
+    ) -> Result<()> {
         ops::layernorm_backward(
             self,
             vm(dinp),
@@ -480,7 +486,8 @@ impl Backend for CudaBackend {
             v(rstd),
             n,
             c,
-        )
+        );
+        Ok(())
     }
     fn matmul_forward(
         &self,
@@ -491,7 +498,7 @@ impl Backend for CudaBackend {
         n: usize,
         c: usize,
         oc: usize,
-    ) {
+    ) -> Result<()> {
         let (out, inp, weight) = (vm(out), v(inp), v(weight));
         crate::backend::cpu::check_len("matmul_forward", "out", out.len, n * oc);
         crate::backend::cpu::check_len("matmul_forward", "inp", inp.len, n * c);
@@ -508,7 +515,8 @@ impl Backend for CudaBackend {
         }
         if self.bf16 {
             ops::round_bf16_copy(self, out, out);
-        }
+        };
+        Ok(())
     }
     fn matmul_backward(
         &self,
@@ -521,7 +529,7 @@ impl Backend for CudaBackend {
         n: usize,
         c: usize,
         oc: usize,
-    ) {
+    ) -> Result<()> {
         let (dweight, mut g, mut x, mut w) = (vm(dweight), v(dout), v(inp), v(weight));
         let op = "matmul_backward";
         crate::backend::cpu::check_len(op, "dout", g.len, n * oc);
@@ -547,6 +555,7 @@ impl Backend for CudaBackend {
         }
         self.gemm_dev(dweight, g, x, oc, c, n, true, false, true, bf16);
         drop(keep);
+        Ok(())
     }
     fn attention_forward(
         &self,
@@ -557,8 +566,9 @@ impl Backend for CudaBackend {
         t: usize,
         c: usize,
         nh: usize,
-    ) {
-        ops::attention_forward(self, vm(out), vm(att), v(qkv), b, t, c, nh, self.bf16)
+    ) -> Result<()> {
+        ops::attention_forward(self, vm(out), vm(att), v(qkv), b, t, c, nh, self.bf16);
+        Ok(())
     }
     fn attention_backward(
         &self,
@@ -571,7 +581,7 @@ impl Backend for CudaBackend {
         t: usize,
         c: usize,
         nh: usize,
-    ) {
+    ) -> Result<()> {
         ops::attention_backward(
             self,
             vm(dqkv),
@@ -583,19 +593,29 @@ impl Backend for CudaBackend {
             t,
             c,
             nh,
-        )
+        );
+        Ok(())
     }
-    fn gelu_forward(&self, out: DevViewMut<'_>, inp: DevView<'_>) {
-        ops::gelu_forward(self, vm(out), v(inp), self.bf16)
+    fn gelu_forward(&self, out: DevViewMut<'_>, inp: DevView<'_>) -> Result<()> {
+        ops::gelu_forward(self, vm(out), v(inp), self.bf16);
+        Ok(())
     }
-    fn gelu_backward(&self, dinp: DevViewMut<'_>, inp: DevView<'_>, dout: DevView<'_>) {
-        ops::gelu_backward(self, vm(dinp), v(inp), v(dout))
+    fn gelu_backward(
+        &self,
+        dinp: DevViewMut<'_>,
+        inp: DevView<'_>,
+        dout: DevView<'_>,
+    ) -> Result<()> {
+        ops::gelu_backward(self, vm(dinp), v(inp), v(dout));
+        Ok(())
     }
-    fn residual_forward(&self, out: DevViewMut<'_>, a: DevView<'_>, b: DevView<'_>) {
-        ops::residual_forward(self, vm(out), v(a), v(b), self.bf16)
+    fn residual_forward(&self, out: DevViewMut<'_>, a: DevView<'_>, b: DevView<'_>) -> Result<()> {
+        ops::residual_forward(self, vm(out), v(a), v(b), self.bf16);
+        Ok(())
     }
-    fn add_inplace(&self, dx: DevViewMut<'_>, dout: DevView<'_>) {
-        ops::add_inplace(self, vm(dx), v(dout))
+    fn add_inplace(&self, dx: DevViewMut<'_>, dout: DevView<'_>) -> Result<()> {
+        ops::add_inplace(self, vm(dx), v(dout));
+        Ok(())
     }
     fn crossentropy_forward(
         &self,
@@ -605,8 +625,9 @@ impl Backend for CudaBackend {
         dloss: Option<f32>,
         n: usize,
         vocab: usize,
-    ) {
-        ops::crossentropy_forward(self, vm(losses), vm(logits), targets, dloss, n, vocab)
+    ) -> Result<()> {
+        ops::crossentropy_forward(self, vm(losses), vm(logits), targets, dloss, n, vocab);
+        Ok(())
     }
     fn rotation_index(&self, index: Vec<u32>, _n: usize, src_len: usize) -> Result<CudaRotIndex> {
         let host = IndexList::new(index, src_len)?;
@@ -628,9 +649,10 @@ impl Backend for CudaBackend {
         r: DevView<'_>,
         nb: usize,
         n: usize,
-    ) {
+    ) -> Result<()> {
         let rb = self.blocks(index, r, nb, n);
-        ops::rotate_or_unrotate(self, false, vm(out), v(inp), rb)
+        ops::rotate_or_unrotate(self, false, vm(out), v(inp), rb);
+        Ok(())
     }
     fn unrotate(
         &self,
@@ -640,9 +662,10 @@ impl Backend for CudaBackend {
         r: DevView<'_>,
         nb: usize,
         n: usize,
-    ) {
+    ) -> Result<()> {
         let rb = self.blocks(index, r, nb, n);
-        ops::rotate_or_unrotate(self, true, vm(out), v(inp), rb)
+        ops::rotate_or_unrotate(self, true, vm(out), v(inp), rb);
+        Ok(())
     }
     fn rotate_adam_direction(
         &self,
@@ -655,9 +678,10 @@ impl Backend for CudaBackend {
         nb: usize,
         n: usize,
         hp: AdamStep,
-    ) {
+    ) -> Result<()> {
         let rb = self.blocks(index, r, nb, n);
-        ops::rotate_adam_direction(self, vm(u), vm(m), vm(vv), v(grads), rb, hp)
+        ops::rotate_adam_direction(self, vm(u), vm(m), vm(vv), v(grads), rb, hp);
+        Ok(())
     }
     fn unrotate_apply_update(
         &self,
@@ -668,9 +692,10 @@ impl Backend for CudaBackend {
         nb: usize,
         n: usize,
         lr: f64,
-    ) {
+    ) -> Result<()> {
         let rb = self.blocks(index, r, nb, n);
-        ops::unrotate_apply_update(self, vm(params), v(u), rb, lr)
+        ops::unrotate_apply_update(self, vm(params), v(u), rb, lr);
+        Ok(())
     }
     fn adamw_step(
         &self,
@@ -679,8 +704,9 @@ impl Backend for CudaBackend {
         vv: DevViewMut<'_>,
         grads: DevView<'_>,
         hp: AdamStep,
-    ) {
-        ops::adamw_step(self, vm(params), vm(m), vm(vv), v(grads), hp)
+    ) -> Result<()> {
+        ops::adamw_step(self, vm(params), vm(m), vm(vv), v(grads), hp);
+        Ok(())
     }
     fn sgd_step(
         &self,
@@ -690,7 +716,7 @@ impl Backend for CudaBackend {
         lr: f64,
         momentum: f64,
         weight_decay: f64,
-    ) {
+    ) -> Result<()> {
         ops::sgd_step(
             self,
             vm(params),
@@ -699,7 +725,8 @@ impl Backend for CudaBackend {
             lr,
             momentum,
             weight_decay,
-        )
+        );
+        Ok(())
     }
     fn adam_direction_step(
         &self,
@@ -708,8 +735,9 @@ impl Backend for CudaBackend {
         vv: DevViewMut<'_>,
         grads: DevView<'_>,
         hp: AdamStep,
-    ) {
-        ops::adam_direction_step(self, vm(u), vm(m), vm(vv), v(grads), hp)
+    ) -> Result<()> {
+        ops::adam_direction_step(self, vm(u), vm(m), vm(vv), v(grads), hp);
+        Ok(())
     }
     fn sgd_direction_step(
         &self,
@@ -717,14 +745,17 @@ impl Backend for CudaBackend {
         momentum_buf: DevViewMut<'_>,
         grads: DevView<'_>,
         momentum: f64,
-    ) {
-        ops::sgd_direction_step(self, vm(u), vm(momentum_buf), v(grads), momentum)
+    ) -> Result<()> {
+        ops::sgd_direction_step(self, vm(u), vm(momentum_buf), v(grads), momentum);
+        Ok(())
     }
-    fn block_mean_squares(&self, out: DevViewMut<'_>, x: DevView<'_>, block: usize) {
-        ops::block_mean_squares(self, vm(out), v(x), block)
+    fn block_mean_squares(&self, out: DevViewMut<'_>, x: DevView<'_>, block: usize) -> Result<()> {
+        ops::block_mean_squares(self, vm(out), v(x), block);
+        Ok(())
     }
-    fn ema_inplace(&self, vv: DevViewMut<'_>, s: DevView<'_>, beta2: f64) {
-        ops::ema_inplace(self, vm(vv), v(s), beta2)
+    fn ema_inplace(&self, vv: DevViewMut<'_>, s: DevView<'_>, beta2: f64) -> Result<()> {
+        ops::ema_inplace(self, vm(vv), v(s), beta2);
+        Ok(())
     }
     fn block_adam_direction_step(
         &self,
@@ -734,10 +765,18 @@ impl Backend for CudaBackend {
         grads: DevView<'_>,
         block: usize,
         hp: AdamStep,
-    ) {
-        ops::block_adam_direction_step(self, vm(u), vm(m), v(vv), v(grads), block, hp)
+    ) -> Result<()> {
+        ops::block_adam_direction_step(self, vm(u), vm(m), v(vv), v(grads), block, hp);
+        Ok(())
     }
-    fn apply_update(&self, params: DevViewMut<'_>, u: DevView<'_>, lr: f64, weight_decay: f64) {
-        ops::apply_update(self, vm(params), v(u), lr, weight_decay)
+    fn apply_update(
+        &self,
+        params: DevViewMut<'_>,
+        u: DevView<'_>,
+        lr: f64,
+        weight_decay: f64,
+    ) -> Result<()> {
+        ops::apply_update(self, vm(params), v(u), lr, weight_decay);
+        Ok(())
     }
 }

@@ -132,11 +132,13 @@ impl Backend for EmuBackend {
         split_ranges_mut(buf.as_mut_slice(), ranges)
     }
 
-    fn fill(&self, out: &mut [f32], value: f32) {
-        ops::fill(&EmuExec, dm(out), value)
+    fn fill(&self, out: &mut [f32], value: f32) -> Result<()> {
+        ops::fill(&EmuExec, dm(out), value);
+        Ok(())
     }
-    fn scale(&self, out: &mut [f32], s: f32) {
-        ops::scale(&EmuExec, dm(out), s)
+    fn scale(&self, out: &mut [f32], s: f32) -> Result<()> {
+        ops::scale(&EmuExec, dm(out), s);
+        Ok(())
     }
     fn gemm(
         &self,
@@ -149,12 +151,13 @@ impl Backend for EmuBackend {
         trans_a: bool,
         trans_b: bool,
         accumulate: bool,
-    ) {
+    ) -> Result<()> {
         self.cpu
-            .gemm(c, a, b, m, n, k, trans_a, trans_b, accumulate)
+            .gemm(c, a, b, m, n, k, trans_a, trans_b, accumulate)?;
+        Ok(())
     }
-    fn sum_squares(&self, x: &[f32]) -> f64 {
-        ops::sum_squares(&EmuExec, d(x))
+    fn sum_squares(&self, x: &[f32]) -> Result<f64> {
+        Ok(ops::sum_squares(&EmuExec, d(x)))
     }
     fn encoder_forward(
         &self,
@@ -165,7 +168,7 @@ impl Backend for EmuBackend {
         b: usize,
         t: usize,
         c: usize,
-    ) {
+    ) -> Result<()> {
         ops::encoder_forward(
             &EmuExec,
             dm(out),
@@ -176,7 +179,8 @@ impl Backend for EmuBackend {
             t,
             c,
             self.bf16,
-        )
+        );
+        Ok(())
     }
     fn encoder_backward(
         &self,
@@ -187,8 +191,9 @@ impl Backend for EmuBackend {
         b: usize,
         t: usize,
         c: usize,
-    ) {
-        ops::encoder_backward(&EmuExec, dm(dwte), dm(dwpe), d(dout), tokens, b, t, c)
+    ) -> Result<()> {
+        ops::encoder_backward(&EmuExec, dm(dwte), dm(dwpe), d(dout), tokens, b, t, c);
+        Ok(())
     }
     fn layernorm_forward(
         &self,
@@ -200,7 +205,7 @@ impl Backend for EmuBackend {
         bias: Option<&[f32]>,
         n: usize,
         c: usize,
-    ) {
+    ) -> Result<()> {
         ops::layernorm_forward(
             &EmuExec,
             dm(out),
@@ -212,7 +217,8 @@ impl Backend for EmuBackend {
             n,
             c,
             self.bf16,
-        )
+        );
+        Ok(())
     }
     fn layernorm_backward(
         &self,
@@ -226,7 +232,7 @@ impl Backend for EmuBackend {
         rstd: &[f32],
         n: usize,
         c: usize,
-    ) {
+    ) -> Result<()> {
         ops::layernorm_backward(
             &EmuExec,
             dm(dinp),
@@ -239,7 +245,8 @@ impl Backend for EmuBackend {
             d(rstd),
             n,
             c,
-        )
+        );
+        Ok(())
     }
     fn matmul_forward(
         &self,
@@ -250,8 +257,9 @@ impl Backend for EmuBackend {
         n: usize,
         c: usize,
         oc: usize,
-    ) {
-        self.cpu.matmul_forward(out, inp, weight, bias, n, c, oc)
+    ) -> Result<()> {
+        self.cpu.matmul_forward(out, inp, weight, bias, n, c, oc)?;
+        Ok(())
     }
     fn matmul_backward(
         &self,
@@ -264,9 +272,10 @@ impl Backend for EmuBackend {
         n: usize,
         c: usize,
         oc: usize,
-    ) {
+    ) -> Result<()> {
         self.cpu
-            .matmul_backward(dinp, dweight, dbias, dout, inp, weight, n, c, oc)
+            .matmul_backward(dinp, dweight, dbias, dout, inp, weight, n, c, oc)?;
+        Ok(())
     }
     fn attention_forward(
         &self,
@@ -277,8 +286,9 @@ impl Backend for EmuBackend {
         t: usize,
         c: usize,
         nh: usize,
-    ) {
-        ops::attention_forward(&EmuExec, dm(out), dm(att), d(qkv), b, t, c, nh, self.bf16)
+    ) -> Result<()> {
+        ops::attention_forward(&EmuExec, dm(out), dm(att), d(qkv), b, t, c, nh, self.bf16);
+        Ok(())
     }
     fn attention_backward(
         &self,
@@ -291,7 +301,7 @@ impl Backend for EmuBackend {
         t: usize,
         c: usize,
         nh: usize,
-    ) {
+    ) -> Result<()> {
         ops::attention_backward(
             &EmuExec,
             dm(dqkv),
@@ -303,19 +313,24 @@ impl Backend for EmuBackend {
             t,
             c,
             nh,
-        )
+        );
+        Ok(())
     }
-    fn gelu_forward(&self, out: &mut [f32], inp: &[f32]) {
-        ops::gelu_forward(&EmuExec, dm(out), d(inp), self.bf16)
+    fn gelu_forward(&self, out: &mut [f32], inp: &[f32]) -> Result<()> {
+        ops::gelu_forward(&EmuExec, dm(out), d(inp), self.bf16);
+        Ok(())
     }
-    fn gelu_backward(&self, dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
-        ops::gelu_backward(&EmuExec, dm(dinp), d(inp), d(dout))
+    fn gelu_backward(&self, dinp: &mut [f32], inp: &[f32], dout: &[f32]) -> Result<()> {
+        ops::gelu_backward(&EmuExec, dm(dinp), d(inp), d(dout));
+        Ok(())
     }
-    fn residual_forward(&self, out: &mut [f32], a: &[f32], b: &[f32]) {
-        ops::residual_forward(&EmuExec, dm(out), d(a), d(b), self.bf16)
+    fn residual_forward(&self, out: &mut [f32], a: &[f32], b: &[f32]) -> Result<()> {
+        ops::residual_forward(&EmuExec, dm(out), d(a), d(b), self.bf16);
+        Ok(())
     }
-    fn add_inplace(&self, dx: &mut [f32], dout: &[f32]) {
-        ops::add_inplace(&EmuExec, dm(dx), d(dout))
+    fn add_inplace(&self, dx: &mut [f32], dout: &[f32]) -> Result<()> {
+        ops::add_inplace(&EmuExec, dm(dx), d(dout));
+        Ok(())
     }
     fn crossentropy_forward(
         &self,
@@ -325,8 +340,9 @@ impl Backend for EmuBackend {
         dloss: Option<f32>,
         n: usize,
         v: usize,
-    ) {
-        ops::crossentropy_forward(&EmuExec, dm(losses), dm(logits), targets, dloss, n, v)
+    ) -> Result<()> {
+        ops::crossentropy_forward(&EmuExec, dm(losses), dm(logits), targets, dloss, n, v);
+        Ok(())
     }
     fn rotation_index(&self, index: Vec<u32>, _n: usize, src_len: usize) -> Result<IndexList> {
         IndexList::new(index, src_len)
@@ -342,8 +358,9 @@ impl Backend for EmuBackend {
         r: &[f32],
         nb: usize,
         n: usize,
-    ) {
-        ops::rotate_or_unrotate(&EmuExec, false, dm(out), d(inp), blocks(index, r, nb, n))
+    ) -> Result<()> {
+        ops::rotate_or_unrotate(&EmuExec, false, dm(out), d(inp), blocks(index, r, nb, n));
+        Ok(())
     }
     fn unrotate(
         &self,
@@ -353,8 +370,9 @@ impl Backend for EmuBackend {
         r: &[f32],
         nb: usize,
         n: usize,
-    ) {
-        ops::rotate_or_unrotate(&EmuExec, true, dm(out), d(inp), blocks(index, r, nb, n))
+    ) -> Result<()> {
+        ops::rotate_or_unrotate(&EmuExec, true, dm(out), d(inp), blocks(index, r, nb, n));
+        Ok(())
     }
     fn rotate_adam_direction(
         &self,
@@ -367,9 +385,10 @@ impl Backend for EmuBackend {
         nb: usize,
         n: usize,
         hp: AdamStep,
-    ) {
+    ) -> Result<()> {
         let rb = blocks(index, r, nb, n);
-        ops::rotate_adam_direction(&EmuExec, dm(u), dm(m), dm(v), d(grads), rb, hp)
+        ops::rotate_adam_direction(&EmuExec, dm(u), dm(m), dm(v), d(grads), rb, hp);
+        Ok(())
     }
     fn unrotate_apply_update(
         &self,
@@ -380,9 +399,10 @@ impl Backend for EmuBackend {
         nb: usize,
         n: usize,
         lr: f64,
-    ) {
+    ) -> Result<()> {
         let rb = blocks(index, r, nb, n);
-        ops::unrotate_apply_update(&EmuExec, dm(params), d(u), rb, lr)
+        ops::unrotate_apply_update(&EmuExec, dm(params), d(u), rb, lr);
+        Ok(())
     }
     fn adamw_step(
         &self,
@@ -391,8 +411,9 @@ impl Backend for EmuBackend {
         v: &mut [f32],
         grads: &[f32],
         hp: AdamStep,
-    ) {
-        ops::adamw_step(&EmuExec, dm(params), dm(m), dm(v), d(grads), hp)
+    ) -> Result<()> {
+        ops::adamw_step(&EmuExec, dm(params), dm(m), dm(v), d(grads), hp);
+        Ok(())
     }
     fn sgd_step(
         &self,
@@ -402,7 +423,7 @@ impl Backend for EmuBackend {
         lr: f64,
         momentum: f64,
         weight_decay: f64,
-    ) {
+    ) -> Result<()> {
         ops::sgd_step(
             &EmuExec,
             dm(params),
@@ -411,7 +432,8 @@ impl Backend for EmuBackend {
             lr,
             momentum,
             weight_decay,
-        )
+        );
+        Ok(())
     }
     fn adam_direction_step(
         &self,
@@ -420,8 +442,9 @@ impl Backend for EmuBackend {
         v: &mut [f32],
         grads: &[f32],
         hp: AdamStep,
-    ) {
-        ops::adam_direction_step(&EmuExec, dm(u), dm(m), dm(v), d(grads), hp)
+    ) -> Result<()> {
+        ops::adam_direction_step(&EmuExec, dm(u), dm(m), dm(v), d(grads), hp);
+        Ok(())
     }
     fn sgd_direction_step(
         &self,
@@ -429,14 +452,17 @@ impl Backend for EmuBackend {
         momentum_buf: &mut [f32],
         grads: &[f32],
         momentum: f64,
-    ) {
-        ops::sgd_direction_step(&EmuExec, dm(u), dm(momentum_buf), d(grads), momentum)
+    ) -> Result<()> {
+        ops::sgd_direction_step(&EmuExec, dm(u), dm(momentum_buf), d(grads), momentum);
+        Ok(())
     }
-    fn block_mean_squares(&self, out: &mut [f32], x: &[f32], block: usize) {
-        ops::block_mean_squares(&EmuExec, dm(out), d(x), block)
+    fn block_mean_squares(&self, out: &mut [f32], x: &[f32], block: usize) -> Result<()> {
+        ops::block_mean_squares(&EmuExec, dm(out), d(x), block);
+        Ok(())
     }
-    fn ema_inplace(&self, v: &mut [f32], s: &[f32], beta2: f64) {
-        ops::ema_inplace(&EmuExec, dm(v), d(s), beta2)
+    fn ema_inplace(&self, v: &mut [f32], s: &[f32], beta2: f64) -> Result<()> {
+        ops::ema_inplace(&EmuExec, dm(v), d(s), beta2);
+        Ok(())
     }
     fn block_adam_direction_step(
         &self,
@@ -446,10 +472,18 @@ impl Backend for EmuBackend {
         grads: &[f32],
         block: usize,
         hp: AdamStep,
-    ) {
-        ops::block_adam_direction_step(&EmuExec, dm(u), dm(m), d(v), d(grads), block, hp)
+    ) -> Result<()> {
+        ops::block_adam_direction_step(&EmuExec, dm(u), dm(m), d(v), d(grads), block, hp);
+        Ok(())
     }
-    fn apply_update(&self, params: &mut [f32], u: &[f32], lr: f64, weight_decay: f64) {
-        ops::apply_update(&EmuExec, dm(params), d(u), lr, weight_decay)
+    fn apply_update(
+        &self,
+        params: &mut [f32],
+        u: &[f32],
+        lr: f64,
+        weight_decay: f64,
+    ) -> Result<()> {
+        ops::apply_update(&EmuExec, dm(params), d(u), lr, weight_decay);
+        Ok(())
     }
 }
