@@ -7,7 +7,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rotadam::backend::cpu::CpuBackend;
 use rotadam::backend::{AdamStep, Backend, Scalar};
-use rotadam::config::{ModelConfig, OptimizerKind, TrainConfig};
+use rotadam::config::{ModelConfig, TrainConfig};
 use rotadam::model::Gpt2;
 use rotadam::optim::Optimizer;
 use rotadam::rng::Rng;
@@ -98,7 +98,7 @@ fn ops(c: &mut Criterion) {
     g.sample_size(10);
     let mut model = Gpt2::new(&be, &cfg, 1).unwrap();
     let tc = TrainConfig::for_preset("small");
-    let mut opt = Optimizer::unrotated(&be, OptimizerKind::Adamw, &model.table).unwrap();
+    let mut opt = Optimizer::unrotated(&be, &tc, &model.table).unwrap();
     let tokens: Vec<u32> = (0..n as u32).map(|i| i * 31 % v as u32).collect();
     g.throughput(Throughput::Elements(n as u64));
     g.bench_function("small_B8_T128", |bch| {
@@ -107,15 +107,8 @@ fn ops(c: &mut Criterion) {
             model
                 .forward_backward(&be, &tokens, &targets, b, t, 1.0 / n as f64)
                 .unwrap();
-            opt.step(
-                &be,
-                &model.table,
-                &mut model.params,
-                &model.grads,
-                1e-3,
-                &tc,
-            )
-            .unwrap();
+            opt.step(&be, &model.table, &mut model.params, &model.grads, 1e-3)
+                .unwrap();
         })
     });
     g.finish();

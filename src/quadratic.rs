@@ -16,12 +16,12 @@
 //! Adam's division is coordinate-wise: its loss grows as H stops being diagonal, which is what the
 //! (1,1)-norm measures (Xie et al. Corollary 3.7).
 //!
-//! Optimizers (the project's per-slice steps from [`crate::backend::cpu::optim`], f64, no weight decay,
-//! constant learning rate, bias-corrected moments, t counted from 1):
-//! - Adam with β₁ = 0 and β₁ = 0.9 (β₂ = `--beta2`, ε = `--eps`): `adamw_step`;
+//! Optimizers: the project's own ([`crate::optim`], the chains of transforms the GPT-2 runs use), on the
+//! f64 CPU backend, no weight decay, constant learning rate, bias-corrected moments, t counted from 1:
+//! - Adam with β₁ = 0 and β₁ = 0.9 (β₂ = `--beta2`, ε = `--eps`): scale_by_adam → step;
 //! - AdaSGD (β₁ = 0.9): one second moment v = EMA_β₂ of mean_i g_i², u = m̂ / (√v̂ + ε):
-//!   `block_mean_squares` → `ema_inplace` → `block_adam_direction_step` → `apply_update`;
-//! - SGD with momentum μ = `--momentum` (torch semantics): `sgd_step`.
+//!   scale_by_block_adam (one block) → step;
+//! - SGD with momentum μ = `--momentum` (torch semantics): momentum → step.
 //!
 //! Each optimizer runs at every learning rate of the grid for every seed; its row in the table is the
 //! learning rate with the lowest mean final loss over seeds (a diverged run counts as +∞), with the mean
@@ -35,13 +35,15 @@
 //! momentum 0.9, and the θ and learning-rate grids are this project's choices, stated in the README; the
 //! procedure (rotation family, rotated start, per-setting lr tuning over seeds, mean ± std) is the paper's.
 
-use crate::backend::cpu::optim::{
-    adamw_step, apply_update, block_adam_direction_step, block_mean_squares, ema_inplace, sgd_step,
-};
-use crate::backend::{AdamStep, Scalar};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::Scalar;
+use crate::config::OptimizerKind;
 use crate::error::{Error, Result};
+use crate::model::ParamTable;
+use crate::optim::{Blocks, Optimizer, Transform};
 use crate::plot::{mean_std, Axes, LineChart, Series, Stat};
 use crate::rng::Rng;
+use crate::rotation::basis::Basis;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::path::Path;
@@ -336,11 +338,10 @@ pub struct RunSpec {
 struct RunState {
     spec: RunSpec,
     xstar: Vec<f64>,
-    m: Vec<f64>,
-    v: Vec<f64>,
-    /// AdaSGD: the mean square and the direction
-    ms: [f64; 1],
-    u: Vec<f64>,
+    /// The iterate and its gradient (a row of the lockstep G).
+    x: Vec<f64>,
+    g: Vec<f64>,
+    opt: Optimizer<Cpu64>,
     diverged: bool,
 }
 
@@ -352,30 +353,36 @@ pub struct OptHyper {
     pub momentum: f64,
 }
 
-/// One optimizer step of `run` on the iterate `x` with gradient `g` at step t (≥ 1).
-fn step(run: &mut RunState, x: &mut [f64], g: &[f64], t: usize, hy: &OptHyper) {
-    let lr = run.spec.lr;
-    let adam = |beta1: f64| AdamStep {
-        lr,
-        beta1,
-        beta2: hy.beta2,
-        eps: hy.eps,
-        weight_decay: 0.0,
-        bias_correction1: 1.0 - beta1.powi(t as i32),
-        bias_correction2: 1.0 - hy.beta2.powi(t as i32),
-    };
-    match run.spec.opt {
-        QuadOpt::Adam { beta1 } => adamw_step(x, &mut run.m, &mut run.v, g, adam(beta1)),
-        QuadOpt::AdaSgd => {
-            let d = x.len();
-            block_mean_squares(&mut run.ms, g, d);
-            ema_inplace(&mut run.v, &run.ms, hy.beta2);
-            block_adam_direction_step(&mut run.u, &mut run.m, &run.v, g, d, adam(0.9));
-            apply_update(x, &run.u, lr, 0.0);
-        }
-        QuadOpt::Sgd => sgd_step(x, &mut run.m, g, lr, hy.momentum, 0.0),
+impl QuadOpt {
+    /// The optimizer's chain of transforms (`optim`): its scaling, then the step without weight decay.
+    pub fn chain(&self, hy: &OptHyper) -> (OptimizerKind, Vec<Transform>) {
+        let (beta2, eps) = (hy.beta2, hy.eps);
+        let (kind, scale) = match *self {
+            QuadOpt::Adam { beta1 } => (
+                OptimizerKind::Adamw,
+                Transform::ScaleByAdam { beta1, beta2, eps },
+            ),
+            QuadOpt::AdaSgd => (
+                OptimizerKind::Adasgd,
+                Transform::ScaleByBlockAdam {
+                    beta1: 0.9,
+                    beta2,
+                    eps,
+                    blocks: Blocks::Whole,
+                },
+            ),
+            QuadOpt::Sgd => (
+                OptimizerKind::Sgd,
+                Transform::Momentum {
+                    momentum: hy.momentum,
+                },
+            ),
+        };
+        (kind, vec![scale, Transform::Step { weight_decay: 0.0 }])
     }
 }
+
+type Cpu64 = CpuBackend<f64>;
 
 /// Run every spec for `steps` steps on `p` (all in lockstep: one GEMM for all gradients per step) and
 /// return each run's final loss f(x_T) (+∞ for a run whose iterate became non-finite or exceeded 1e150).
@@ -386,67 +393,57 @@ pub fn final_losses(
     seed: u64,
     hy: &OptHyper,
     threads: usize,
-) -> Vec<f64> {
+) -> Result<Vec<f64>> {
     let d = p.d;
     let b = specs.len();
-    let mut x = vec![0.0; b * d];
-    let mut runs: Vec<RunState> = specs
-        .iter()
-        .enumerate()
-        .map(|(k, &spec)| {
-            let (x0, xstar) = p.start(seed, spec.seed_index);
-            x[k * d..(k + 1) * d].copy_from_slice(&x0);
-            RunState {
-                spec,
-                xstar,
-                m: vec![0.0; d],
-                v: vec![
-                    0.0;
-                    if matches!(spec.opt, QuadOpt::AdaSgd) {
-                        1
-                    } else {
-                        d
-                    }
-                ],
-                ms: [0.0],
-                u: vec![0.0; d],
-                diverged: false,
-            }
-        })
-        .collect();
+    let be = Cpu64::new(1, false);
+    let table = ParamTable::vector(d);
+    let mut runs = Vec::with_capacity(b);
+    for &spec in specs {
+        let (x, xstar) = p.start(seed, spec.seed_index);
+        let (kind, chain) = spec.opt.chain(hy);
+        let basis = Basis::identity(&be, &table)?;
+        runs.push(RunState {
+            spec,
+            xstar,
+            x,
+            g: vec![0.0; d],
+            opt: Optimizer::new(&be, kind, chain, basis, &table)?,
+            diverged: false,
+        });
+    }
     let mut e = vec![0.0; b * d];
     let mut g = vec![0.0; b * d];
-    for t in 1..=steps {
+    for _ in 1..=steps {
         // E = X − X* (zero rows for diverged runs), G = E·H (H symmetric: row k of G is H e_k).
-        e.par_chunks_mut(d)
-            .zip(x.par_chunks(d))
-            .zip(runs.par_iter())
-            .for_each(|((e, x), r)| {
-                for ((e, x), xs) in e.iter_mut().zip(x).zip(&r.xstar) {
-                    *e = if r.diverged { 0.0 } else { x - xs };
-                }
-            });
+        e.par_chunks_mut(d).zip(runs.par_iter()).for_each(|(e, r)| {
+            for ((e, x), xs) in e.iter_mut().zip(&r.x).zip(&r.xstar) {
+                *e = if r.diverged { 0.0 } else { x - xs };
+            }
+        });
         f64::gemm(&mut g, &e, &p.h, b, d, d, false, false, false, threads);
-        x.par_chunks_mut(d)
+        runs.par_iter_mut()
             .zip(g.par_chunks(d))
-            .zip(runs.par_iter_mut())
-            .for_each(|((x, g), r)| {
+            .try_for_each(|(r, g)| -> Result<()> {
                 if r.diverged {
-                    return;
+                    return Ok(());
                 }
-                step(r, x, g, t, hy);
-                if x.iter().any(|v| !v.is_finite() || v.abs() > 1e150) {
+                r.g.copy_from_slice(g);
+                let lr = r.spec.lr;
+                r.opt.step(&be, &table, &mut r.x, &r.g, lr)?;
+                if r.x.iter().any(|v| !v.is_finite() || v.abs() > 1e150) {
                     r.diverged = true;
                 }
-            });
+                Ok(())
+            })?;
     }
-    runs.par_iter()
-        .zip(x.par_chunks(d))
-        .map(|(r, x)| {
+    Ok(runs
+        .par_iter()
+        .map(|r| {
             if r.diverged {
                 f64::INFINITY
             } else {
-                let l = p.loss(x, &r.xstar);
+                let l = p.loss(&r.x, &r.xstar);
                 if l.is_finite() {
                     l
                 } else {
@@ -454,7 +451,7 @@ pub fn final_losses(
                 }
             }
         })
-        .collect()
+        .collect())
 }
 
 // ---- the experiment --------------------------------------------------------------------------------------
@@ -545,7 +542,7 @@ fn run_in_pool(cfg: &QuadConfig, log: &mut (dyn FnMut(&str) + Send)) -> Result<Q
     let mut out = Vec::new();
     for &theta in &cfg.thetas {
         let p = Problem::new(&a, spectrum(d), theta, cfg.threads);
-        let losses = final_losses(&p, &specs, cfg.steps, cfg.seed, &hy, cfg.threads);
+        let losses = final_losses(&p, &specs, cfg.steps, cfg.seed, &hy, cfg.threads)?;
         let init: Vec<f64> = (0..cfg.seeds)
             .map(|s| {
                 let (x0, xs) = p.start(cfg.seed, s);

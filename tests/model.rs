@@ -242,9 +242,8 @@ fn hf_safetensors_names_shapes_and_round_trip() {
     let l0 = m.loss(&be, &x, &y, 2, 4).unwrap();
     let dir = std::env::temp_dir().join(format!("rotadam-hf-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let opt =
-        rotadam::optim::Optimizer::unrotated(&be, rotadam::config::OptimizerKind::Adamw, &m.table)
-            .unwrap();
+    let tr = rotadam::config::TrainConfig::default();
+    let opt = rotadam::optim::Optimizer::unrotated(&be, &tr, &m.table).unwrap();
     let state = checkpoint::TrainState {
         step: 1,
         sampler: rotadam::data::loader::BatchSampler::new(1),

@@ -267,27 +267,33 @@ fn resume_under_svd_restores_the_singular_vectors() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
-/// Rotated AdamW's fused path (`rotate_adam_direction`, the decay per tensor, `unrotate_apply_update`) is
-/// the split path's arithmetic on the CPU: the same bits over 3 steps with weight decay and clipping, for
-/// every block scope (n = 7 leaves residual blocks), f32 and f64, both ways of moving coordinates.
+/// Every fused plan is its chain's arithmetic on the CPU, run link by link (`Optimizer::unfused`): the
+/// same bits over 3 steps with weight decay and clipping. Rotated AdamW (`rotate_adam_direction`, the
+/// decay per tensor, `unrotate_apply_update`) under every block scope (n = 7 leaves residual blocks), both
+/// ways of moving coordinates; AdamW's and SGD's one-pass ops without a rotation; f32 and f64.
 #[test]
-fn fused_rotated_adamw_is_bit_identical_to_the_split_path() {
-    use crate::cuda::step::{train, Run};
+fn fused_plans_are_bit_identical_to_the_chain() {
+    use crate::cuda::step::{train_optimizer, Run};
     use rotadam::backend::cpu::{CpuBackend, GatherMode};
     use rotadam::backend::Scalar;
-    fn check<S: Scalar>(scope: &str, mode: GatherMode) {
+    fn check<S: Scalar>(kind: OptimizerKind, scope: &str, mode: GatherMode) {
         let be = CpuBackend::<S>::new(2, false).with_gather(mode);
-        let (fused, split): (Run, Run) = (train(&be, scope, 3, false), train(&be, scope, 3, true));
+        let run = |unfused| train_optimizer(&be, kind, scope, 3, unfused);
+        let (fused, chain): (Run, Run) = (run(false), run(true));
         assert!(
-            fused == split,
-            "{} {scope} {mode:?}: the fused path differs from the split path",
+            fused == chain,
+            "{} {kind:?} {scope} {mode:?}: the fused plan differs from the chain",
             S::NAME
         );
     }
     for scope in ["global", "layer", "output", "input"] {
         for mode in [GatherMode::Direct, GatherMode::Bucketed] {
-            check::<f32>(scope, mode);
-            check::<f64>(scope, mode);
+            check::<f32>(OptimizerKind::Adamw, scope, mode);
+            check::<f64>(OptimizerKind::Adamw, scope, mode);
         }
+    }
+    for kind in [OptimizerKind::Adamw, OptimizerKind::Sgd] {
+        check::<f32>(kind, "none", GatherMode::Auto);
+        check::<f64>(kind, "none", GatherMode::Auto);
     }
 }

@@ -186,7 +186,8 @@ fn first_steps_match_the_optimizers_by_hand() {
             2,
             &HY,
             1,
-        )[0]
+        )
+        .unwrap()[0]
     };
     let after = |u: &[f64]| {
         let x1: Vec<f64> = x0.iter().zip(u).map(|(x, u)| x - lr * u).collect();
@@ -243,7 +244,7 @@ fn sgd_and_adasgd_are_rotation_equivariant_adam_is_not() {
     };
     let losses = |opt, theta, steps| {
         let p = Problem::new(&a, spectrum(d), theta, 1);
-        final_losses(&p, &specs(opt), steps, 7, &HY, 1)
+        final_losses(&p, &specs(opt), steps, 7, &HY, 1).unwrap()
     };
     let rel = |a: f64, b: f64| (a - b).abs() / a.abs().max(b.abs());
     // SGD: 300 steps, exact equivariance up to roundoff (module docs: bound 1e-9).
@@ -298,6 +299,7 @@ fn adam_at_theta_zero_beats_adam_under_a_random_rotation() {
             })
             .collect();
         final_losses(&p, &specs, cfg.steps, cfg.seed, &HY, 2)
+            .unwrap()
             .into_iter()
             .fold(f64::INFINITY, f64::min)
     };

@@ -23,6 +23,12 @@ pub use scalar::Scalar;
 use crate::error::{Error, Result};
 use std::ops::Range;
 
+/// The decay factor 1 − lr·λ of decoupled weight decay (Loshchilov & Hutter, AdamW), formed in f64: the
+/// one place every backend and the optimizer take it from.
+pub fn decoupled_decay(lr: f64, weight_decay: f64) -> f64 {
+    1.0 - lr * weight_decay
+}
+
 /// The Adam hyper-parameters of one step, with the bias corrections precomputed on the host (as llm.c does),
 /// so no kernel recomputes `powf` per element.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -37,6 +43,65 @@ pub struct AdamStep {
     pub bias_correction1: f64,
     /// 1 − β₂ᵗ
     pub bias_correction2: f64,
+}
+
+impl AdamStep {
+    /// The hyper-parameters of Adam's step `t` (1-based): the bias corrections 1 − βᵗ (Kingma & Ba, Alg. 1).
+    pub fn new(t: usize, lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Self {
+        let t = t as i32;
+        AdamStep {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            bias_correction1: 1.0 - beta1.powi(t),
+            bias_correction2: 1.0 - beta2.powi(t),
+        }
+    }
+
+    /// 1 − lr·λ ([`decoupled_decay`]).
+    pub fn decay(&self) -> f64 {
+        decoupled_decay(self.lr, self.weight_decay)
+    }
+}
+
+/// The coefficients of an Adam step in the arithmetic of the backend (`T`): the CPU's per-element
+/// functions read them, and the kernels receive `AdamCoeffs<f32>` as their `struct AdamCoeffs` argument
+/// (`kernels/adamw.cu`; the same field order, `repr(C)`). The `1 − x` terms are formed in f64 first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamCoeffs<T> {
+    pub lr: T,
+    pub beta1: T,
+    /// 1 − β₁
+    pub one_minus_beta1: T,
+    pub beta2: T,
+    /// 1 − β₂
+    pub one_minus_beta2: T,
+    pub eps: T,
+    /// 1 − β₁ᵗ
+    pub bc1: T,
+    /// 1 − β₂ᵗ
+    pub bc2: T,
+    /// 1 − lr·λ
+    pub decay: T,
+}
+
+impl<T: Scalar> AdamCoeffs<T> {
+    pub fn new(hp: &AdamStep) -> Self {
+        AdamCoeffs {
+            lr: <T as Scalar>::from_f64(hp.lr),
+            beta1: <T as Scalar>::from_f64(hp.beta1),
+            one_minus_beta1: <T as Scalar>::from_f64(1.0 - hp.beta1),
+            beta2: <T as Scalar>::from_f64(hp.beta2),
+            one_minus_beta2: <T as Scalar>::from_f64(1.0 - hp.beta2),
+            eps: <T as Scalar>::from_f64(hp.eps),
+            bc1: <T as Scalar>::from_f64(hp.bias_correction1),
+            bc2: <T as Scalar>::from_f64(hp.bias_correction2),
+            decay: <T as Scalar>::from_f64(hp.decay()),
+        }
+    }
 }
 
 /// A compute backend: memory it owns plus one method per op.

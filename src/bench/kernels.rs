@@ -10,7 +10,7 @@
 //! has been run on a GPU.
 
 use crate::backend::{AdamStep, Backend};
-use crate::config::{DeviceKind, ModelConfig, OptimizerKind, TrainConfig};
+use crate::config::{DeviceKind, ModelConfig, TrainConfig};
 use crate::error::{Error, Result};
 use crate::model::{Gpt2, ParamTable};
 use crate::optim::Optimizer;
@@ -435,7 +435,7 @@ pub fn bench_ops<BK: Backend<T = f32>>(
 
     // Rotated AdamW as training runs it (Optimizer's fused path): the moments and direction in the
     // rotation GEMM's epilogue, the decay, the update in the unrotation's scatter
-    let decay = (1.0 - hp.lr * hp.weight_decay) as f32;
+    let decay = hp.decay() as f32;
     let ms_rotated_adamw = time(
         reps,
         || {
@@ -497,8 +497,8 @@ fn time_step<BK: Backend<T = f32>>(
     reps: usize,
 ) -> Result<f64> {
     let mut model = Gpt2::new(be, cfg, 1)?;
-    let mut opt = Optimizer::unrotated(be, OptimizerKind::Adamw, &model.table)?;
     let tr = TrainConfig::default();
+    let mut opt = Optimizer::unrotated(be, &tr, &model.table)?;
     let mut rng = Rng::new(9);
     let mut tokens = || -> Vec<u32> {
         (0..b * t)
@@ -512,14 +512,7 @@ fn time_step<BK: Backend<T = f32>>(
         || {
             model.zero_grads(be)?;
             model.forward_backward(be, &x, &y, b, t, 1.0 / (b * t) as f64)?;
-            opt.step(
-                be,
-                &model.table,
-                &mut model.params,
-                &model.grads,
-                tr.lr,
-                &tr,
-            )
+            opt.step(be, &model.table, &mut model.params, &model.grads, tr.lr)
         },
         &|| be.download(&tiny).map(|_| ()),
     )

@@ -16,7 +16,7 @@
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Scalar;
-use crate::config::{ModelConfig, OptimizerKind, TrainConfig};
+use crate::config::{ModelConfig, TrainConfig};
 use crate::error::{Error, Result};
 use crate::model::Gpt2;
 use crate::optim::{clip_grads, grad_norm, Optimizer};
@@ -206,7 +206,7 @@ pub fn bench_step(o: &StepOptions) -> Result<StepResult> {
     let be = CpuBackend::<f32>::new(o.threads, false);
     let mut model = Gpt2::new(&be, &cfg, 1)?;
     let tc = TrainConfig::default();
-    let mut opt = Optimizer::unrotated(&be, OptimizerKind::Adamw, &model.table)?;
+    let mut opt = Optimizer::unrotated(&be, &tc, &model.table)?;
     let mut rng = Rng::new(3);
     let v = cfg.vocab_size as u64;
     let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(v) as u32).collect();
@@ -220,14 +220,7 @@ pub fn bench_step(o: &StepOptions) -> Result<StepResult> {
         model.forward_backward(&be, &tokens, &targets, b, t, 1.0 / (b * t) as f64)?;
         let norm = grad_norm(&be, &model.grads)?;
         clip_grads(&be, &mut model.grads, norm, tc.clip)?;
-        opt.step(
-            &be,
-            &model.table,
-            &mut model.params,
-            &model.grads,
-            1e-4,
-            &tc,
-        )?;
+        opt.step(&be, &model.table, &mut model.params, &model.grads, 1e-4)?;
         if i >= o.warmup {
             times.push(s.elapsed().as_secs_f64() * 1e3);
         }

@@ -11,7 +11,7 @@
 //! FLOPs: rotate and unrotate are each 2·d·n (one n×n matvec per n coordinates), so `gflops` =
 //! 4·d·n / time. `fraction_of_step` = (rotate + unrotate) / step: what a rotated optimizer adds to a step.
 //! Then whole AdamW optimizer steps (median over `--reps`, after one untimed step): under the rotation
-//! fused (`ms_adamw_fused`, the training path) and split (`ms_adamw_split`: rotate → direction → unrotate
+//! fused (`ms_adamw_fused`, the training path) and split (`ms_adamw_unfused`: rotate → direction → unrotate
 //! → update), and unrotated (`ms_adamw_none`, the one-pass kernel); `adamw_fused_fraction_of_step` =
 //! (fused − none) / step, what the rotation adds to a training step's optimizer.
 //! The top-level fields are those of the first `--n`; `results` holds every n.
@@ -23,7 +23,7 @@ use super::{
 use crate::backend::cpu::rotation::{chunk_rows, window_rows};
 use crate::backend::cpu::{rotgemm, CpuBackend, GatherMode};
 use crate::backend::Backend;
-use crate::config::{BlockPartition::Tensor, ModelConfig, OptimizerKind::Adamw, TrainConfig};
+use crate::config::{ModelConfig, TrainConfig};
 use crate::error::Result;
 use crate::model::ParamTable;
 use crate::optim::Optimizer;
@@ -80,7 +80,7 @@ pub struct RotationTiming {
     /// One AdamW step under the rotation, fused (the training path).
     pub ms_adamw_fused: f64,
     /// One AdamW step under the rotation through the split path.
-    pub ms_adamw_split: f64,
+    pub ms_adamw_unfused: f64,
     /// One unrotated AdamW step (the one-pass kernel).
     pub ms_adamw_none: f64,
     /// (ms_adamw_fused − ms_adamw_none) / ms_step.
@@ -158,18 +158,14 @@ fn time_one(
         .fold(0.0f32, |m, (a, b)| m.max((a - b).abs())) as f64;
     let describe = rot.describe();
     drop((y, back));
-    let mut opt = Optimizer::new(be, Adamw, Tensor, Basis::Block(rot), table)?;
+    let paper = TrainConfig::default();
+    let mut opt = Optimizer::for_run(be, &paper, Basis::Block(rot), table)?;
     let ms_adamw_fused = time_adamw(o, be, table, g, &mut opt)?;
-    let mut opt = opt.split_path();
-    let ms_adamw_split = time_adamw(o, be, table, g, &mut opt)?;
+    let mut opt = opt.unfused();
+    let ms_adamw_unfused = time_adamw(o, be, table, g, &mut opt)?;
     drop(opt);
-    let ms_adamw_none = time_adamw(
-        o,
-        be,
-        table,
-        g,
-        &mut Optimizer::unrotated(be, Adamw, table)?,
-    )?;
+    let unrotated = &mut Optimizer::unrotated(be, &paper, table)?;
+    let ms_adamw_none = time_adamw(o, be, table, g, unrotated)?;
     let rows = chunk_rows::<f32>(n).min(d / n).max(1);
     let gemm_chunk = gemm_gflops::<f32>(rows, n, n, o.threads);
     let kernel_chunk = rotgemm::fits::<f32>(n).then(|| kernel_gflops(rows, n));
@@ -189,7 +185,7 @@ fn time_one(
         fraction_of_step: ms / ms_step,
         roundtrip_rel_err: err / gmax,
         ms_adamw_fused,
-        ms_adamw_split,
+        ms_adamw_unfused,
         ms_adamw_none,
         adamw_fused_fraction_of_step: (ms_adamw_fused - ms_adamw_none) / ms_step,
     })
@@ -228,7 +224,7 @@ fn time_adamw(
     let mut times = Vec::new();
     for rep in 0..=o.reps.max(1) {
         let t = Instant::now();
-        opt.step(be, table, &mut params, g, tr.lr, &tr)?;
+        opt.step(be, table, &mut params, g, tr.lr)?;
         if rep > 0 {
             times.push(ms_since(t));
         }
@@ -322,9 +318,9 @@ pub fn run(o: &RotationOptions) -> Result<()> {
             100.0 * t.fraction_of_peak, t.fraction_of_step, t.roundtrip_rel_err
         );
         println!(
-            "  AdamW step: fused {:.0} ms, split {:.0} ms, unrotated {:.0} ms; the rotation adds {:.2} \
+            "  AdamW step: fused {:.0} ms, unfused {:.0} ms, unrotated {:.0} ms; the rotation adds {:.2} \
              of a training step",
-            t.ms_adamw_fused, t.ms_adamw_split, t.ms_adamw_none, t.adamw_fused_fraction_of_step
+            t.ms_adamw_fused, t.ms_adamw_unfused, t.ms_adamw_none, t.adamw_fused_fraction_of_step
         );
     }
     for (n, ms) in &r.sample_rn_ms {

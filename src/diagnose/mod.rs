@@ -47,7 +47,7 @@ use crate::data::loader::{fixed_batches, Batch};
 use crate::data::shard::Dataset;
 use crate::error::{Error, Result};
 use crate::model::ParamTable;
-use crate::optim::update_cv;
+use crate::optim::{update_cv, Optimizer};
 use crate::rng::Rng;
 use crate::rotation::basis::Basis;
 use crate::run::checkpoint::{self, TrainState};
@@ -451,8 +451,10 @@ fn diag_rotation(args: &DiagnoseOptions, run: &RotationConfig) -> RotationConfig
     rc
 }
 
-/// Adam's direction Rᵀ(m̂/(√v̂+ε)) in the standard layout from the checkpoint's optimizer state.
-fn checkpoint_update(t: &Target, table: &ParamTable) -> Result<Vec<f64>> {
+/// The run's optimizer as the checkpoint left it, in f64 on the CPU: the run's chain in the run's basis,
+/// with the checkpoint's moments and step count. Only AdamW keeps the per-coordinate moments the
+/// diagnostics read.
+fn checkpoint_optimizer(t: &Target, table: &ParamTable) -> Result<(Cpu64, Optimizer<Cpu64>)> {
     if t.state.optimizer != OptimizerKind::Adamw {
         return Err(Error::config(
             "update-cv",
@@ -462,27 +464,17 @@ fn checkpoint_update(t: &Target, table: &ParamTable) -> Result<Vec<f64>> {
             ),
         ));
     }
-    let op = t.dir.join("optim.safetensors");
-    let tensors = crate::tensors::read(&op)?;
-    let get = |name: &str| -> Result<Vec<f64>> {
-        match tensors.get(name) {
-            Some((_, v)) if v.len() == table.total => Ok(v.clone()),
-            Some((shape, _)) => Err(Error::bad_file(
-                &op,
-                name,
-                format!("shape {shape:?}, expected [{}]", table.total),
-            )),
-            None => Err(Error::bad_file(&op, name, "missing: AdamW's moment")),
-        }
-    };
-    let (m, v) = (get("m")?, get("v")?);
-    let tr = &t.config.train;
-    let dir = update_cv::adam_direction(&m, &v, t.state.step, tr.beta1, tr.beta2, tr.eps);
-    let mut basis = build_basis(t, &t.state.rotation, table)?;
     let be = Cpu64::new(1, false);
-    let mut out = vec![0.0; dir.len()];
-    basis.unrotate(&be, &mut out, &dir)?;
-    Ok(out)
+    let basis = Basis::new(&be, &t.state.rotation, table)?;
+    let mut opt = Optimizer::for_run(&be, &t.config.train, basis, table)?;
+    checkpoint::load_optimizer(&be, &t.dir, &mut opt, t.state.step)?;
+    Ok((be, opt))
+}
+
+/// Adam's direction Rᵀ(m̂/(√v̂+ε)) in the standard layout, as the checkpoint's optimizer gives it.
+fn checkpoint_update(t: &Target, table: &ParamTable) -> Result<Vec<f64>> {
+    let (be, mut opt) = checkpoint_optimizer(t, table)?;
+    opt.direction(&be)
 }
 
 /// The learning rate of step t: from metrics.jsonl when it has the row, else the schedule.
@@ -503,23 +495,12 @@ fn step_lr(t: &Target) -> f64 {
     )
 }
 
-/// d = w_t − w_{t−1} of the checkpoint's last AdamW step (module docs).
+/// d = w_t − w_{t−1} of the checkpoint's last AdamW step (module docs): the optimizer inverts its step.
 pub fn last_update(t: &Target, table: &ParamTable, w: &[f64]) -> Result<Vec<f64>> {
-    let u = checkpoint_update(t, table)?;
-    let lr = step_lr(t);
-    let mut d = vec![0.0; w.len()];
-    for e in &table.entries {
-        let wd = if e.decay {
-            t.config.train.weight_decay
-        } else {
-            0.0
-        };
-        for i in e.range() {
-            let prev = (w[i] + lr * u[i]) / (1.0 - lr * wd);
-            d[i] = w[i] - prev;
-        }
-    }
-    Ok(d)
+    let (be, mut opt) = checkpoint_optimizer(t, table)?;
+    let u = opt.direction(&be)?;
+    let prev = opt.previous_params(table, w, &u, step_lr(t));
+    Ok(w.iter().zip(&prev).map(|(w, p)| w - p).collect())
 }
 
 fn run_on(args: &DiagnoseOptions, t: &Target, threads: usize) -> Result<Report> {

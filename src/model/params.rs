@@ -39,6 +39,8 @@ pub enum Role {
     FcProjBias,
     LnfWeight,
     LnfBias,
+    /// A parameter vector outside GPT-2 ([`ParamTable::vector`]).
+    Vector,
 }
 
 impl Role {
@@ -113,6 +115,29 @@ pub struct ParamTable {
 }
 
 impl ParamTable {
+    /// A table of one 1-D entry `x` of `d` parameters outside the decay group: what an optimizer needs to
+    /// run on a plain vector (the quadratic of Xie et al. §4.1). Its GPT-2 indices (`wte`, `wpe`, `lnf_w`,
+    /// `layers`) name nothing and must not be used.
+    pub fn vector(d: usize) -> Self {
+        ParamTable {
+            entries: vec![ParamEntry {
+                name: "x".into(),
+                offset: 0,
+                rows: d,
+                cols: 1,
+                layer: None,
+                role: Role::Vector,
+                decay: false,
+            }],
+            layers: Vec::new(),
+            wte: 0,
+            wpe: 0,
+            lnf_w: 0,
+            lnf_b: None,
+            total: d,
+        }
+    }
+
     pub fn new(cfg: &ModelConfig) -> Self {
         let c = cfg.n_embd;
         let mut entries: Vec<ParamEntry> = Vec::new();

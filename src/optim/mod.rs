@@ -1,178 +1,281 @@
-//! Optimizers as explicit state + a step over the flat parameter buffer, each usable under every rotation.
+//! Optimizers as chains of transforms ([`Transform`]) over the flat parameter buffer, each usable under
+//! every rotation. A step of rotated AdamW (Maes et al. Alg. 2) is the chain
 //!
-//! A step (Maes et al. Alg. 2, generalised to every optimizer here):
-//!   g̃ = R·g (rotate) → the optimizer's direction ũ from g̃ and its state (which lives in the rotated
-//!   layout) → u = Rᵀ·ũ (unrotate) → θ ← θ·(1 − lr·λ) − lr·u per ParamTable entry (decoupled weight decay
-//!   in the standard basis; λ = 0 outside nanoGPT's decay group of 2-D tensors).
-//! With the identity rotation (`--rotation none`) AdamW and SGD run their fused one-pass kernels, and the
-//! split path computes the same expression per element, so both give the same bits. AdamW under a block
-//! rotation (global, layer, output, input) runs fused too, in two passes: `rotate_adam_direction` (the
-//! moments and direction in the rotation GEMM's epilogue) and, after the decay of each decayed tensor,
-//! `unrotate_apply_update` (the update in the unrotation's scatter). On the CPU that is the split path's
-//! arithmetic, so the same bits (tested), with one d-sized buffer instead of three and four fewer passes
-//! over memory; [`Optimizer::split_path`] keeps the split path (tests, `bench rotation`).
+//!   rotate (g̃ = R·g) → scale_by_adam (ũ from g̃ and the moments, which live in the rotated layout)
+//!   → unrotate (u = Rᵀ·ũ) → step (θ ← θ·(1 − lr·λ) − lr·u per ParamTable entry: decoupled decay in the
+//!   standard basis; λ = 0 outside nanoGPT's decay group of 2-D tensors)
 //!
-//! - AdamW: per-coordinate moments (Alg. 1).
-//! - SGD with momentum (torch semantics, dampening 0): rotation-equivariant.
-//! - AdaSGD (Xie et al.): momentum with ONE second moment, the mean of g̃² over all coordinates:
-//!   rotation-equivariant as well.
-//! - Blockwise Adam (Xie et al. Alg. 3): one second moment per block — per tensor (`--blocks tensor`) or
-//!   per row of each tensor (`--blocks neuron`: a row of an (out,in) weight is an output neuron; for the
-//!   embeddings, stored (in,out), a row is one token's / position's vector; a 1-D tensor is one block).
-//!   Blocks are position ranges of the optimizer's (rotated) layout; under `none` they are the tensors.
+//! and every optimizer here is the same chain with another scaling link: SGD with momentum
+//! (rotation-equivariant), AdaSGD (one second moment, the mean of g̃² over all coordinates: equivariant
+//! too, Xie et al.) and blockwise Adam (one second moment per tensor or per output neuron, Xie et al. Alg.
+//! 3; blocks are ranges of the optimizer's layout, under `none` the tensors). Without a rotation the chain
+//! has no rotate/unrotate links.
+//!
+//! **Plans.** A chain runs link by link ([`Plan::Chain`], the reference), or, for the chains a backend
+//! has a fused op for, as that op: AdamW and SGD without a rotation in one pass per tensor
+//! (`adamw_step`, `sgd_step`), AdamW under a block rotation in two (`rotate_adam_direction`: the moments
+//! and direction in the rotation GEMM's epilogue; then the decay per decayed tensor and
+//! `unrotate_apply_update`: the update in the unrotation's scatter). The fused ops compute the chain's
+//! per-element expressions in the same order, so both give the same bits (tested);
+//! [`Optimizer::unfused`] keeps the reference path for the tests and `bench rotation`.
+//!
+//! The optimizer also answers what the diagnostics ask of it: Adam's current direction in the standard
+//! basis ([`Optimizer::direction`], the update-CV of the poster) and the parameters before its last step
+//! ([`Optimizer::previous_params`]).
 
 pub mod schedule;
+pub mod transform;
 pub mod update_cv;
 
-use crate::backend::{AdamStep, Backend, Scalar};
+pub use transform::{Blocks, Transform};
+
+use crate::backend::cpu::optim::{adam_denominator, adam_ratio};
+use crate::backend::{decoupled_decay, AdamCoeffs, AdamStep, Backend, Scalar};
 use crate::config::{BlockPartition, OptimizerKind, TrainConfig};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::ParamTable;
 use crate::rotation::basis::Basis;
 use std::ops::Range;
 
-/// A block partition of the optimizer layout for the one-second-moment-per-block optimizers:
-/// (range of coordinates, block size, range of second moments).
-#[derive(Clone, Debug)]
-struct Blocks {
-    parts: Vec<(Range<usize>, usize, Range<usize>)>,
-    count: usize,
+/// How a step runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// scale_by_adam → step: `adamw_step` per tensor.
+    FusedAdamW,
+    /// momentum → step: `sgd_step` per tensor.
+    FusedSgd,
+    /// rotate → scale_by_adam → unrotate → step under a block rotation: `rotate_adam_direction`, the
+    /// decay per decayed tensor, `unrotate_apply_update`.
+    FusedRotatedAdamW,
+    /// Link by link (the reference the fused plans are tested against).
+    Chain,
 }
 
-impl Blocks {
-    fn new(kind: OptimizerKind, partition: BlockPartition, table: &ParamTable) -> Self {
-        let mut parts = Vec::new();
-        let mut count = 0;
-        let mut push = |r: Range<usize>, block: usize| {
-            let nb = r.len() / block;
-            parts.push((r, block, count..count + nb));
-            count += nb;
-        };
-        match kind {
-            OptimizerKind::Adasgd => push(0..table.total, table.total),
-            OptimizerKind::BlockwiseAdam => {
-                for e in &table.entries {
-                    let block = match partition {
-                        BlockPartition::Tensor => e.len(),
-                        BlockPartition::Neuron if e.is_matrix() => e.cols,
-                        BlockPartition::Neuron => e.len(),
-                        BlockPartition::Coordinate => 1,
-                    };
-                    push(e.range(), block);
-                }
-            }
-            OptimizerKind::Adamw | OptimizerKind::Sgd => {}
-        }
-        Blocks { parts, count }
-    }
+/// A block partition of the optimizer layout: (coordinates, block size, second moments) per part.
+type Parts = Vec<(Range<usize>, usize, Range<usize>)>;
+
+/// The state of one link of the chain.
+enum State<BK: Backend> {
+    Stateless,
+    /// Adam's moments, one per coordinate of the optimizer's layout.
+    Adam {
+        m: BK::Buf,
+        v: BK::Buf,
+    },
+    /// The first moment per coordinate, the second per block, and room for the blocks' mean squares.
+    BlockAdam {
+        parts: Parts,
+        m: BK::Buf,
+        v: BK::Buf,
+        mean_squares: BK::Buf,
+    },
+    /// SGD's momentum buffer.
+    Momentum {
+        buf: BK::Buf,
+    },
 }
 
-/// Work buffers of the split path, allocated on first use.
-struct Scratch<BK: Backend> {
-    /// g̃ = R·g
-    rotated_grad: BK::Buf,
-    /// ũ, the direction in the optimizer's basis
-    rotated_dir: BK::Buf,
-    /// u = Rᵀ·ũ
-    dir: BK::Buf,
-    /// per-block mean squares (AdaSGD, blockwise Adam)
-    block_ms: BK::Buf,
-}
-
-/// Optimizer state: moment buffers in the rotated layout (for `none`, the standard one).
+/// An optimizer: a chain of transforms with their state, the basis its rotate/unrotate links use, and the
+/// plan its steps run.
 pub struct Optimizer<BK: Backend> {
     pub kind: OptimizerKind,
     /// Number of steps taken (Adam's t).
     pub step: usize,
-    /// AdamW, AdaSGD, blockwise Adam: first moment; SGD: momentum buffer.
-    pub m: BK::Buf,
-    /// AdamW: per-coordinate second moment; AdaSGD / blockwise Adam: one per block; SGD: empty.
-    pub v: BK::Buf,
-    pub rotation: Basis<BK>,
-    blocks: Blocks,
-    scratch: Option<Scratch<BK>>,
-    /// Run rotated AdamW through the split path even where the fused one applies.
-    split: bool,
+    /// The basis of the rotate and unrotate links (the identity without them).
+    pub basis: Basis<BK>,
+    chain: Vec<Transform>,
+    states: Vec<State<BK>>,
+    plan: Plan,
+    /// Work vectors of the chain's links, allocated at the first step that needs them.
+    work: Vec<BK::Buf>,
+}
+
+/// The block partition of `blocks` over the parameters of `table`.
+fn partition(blocks: Blocks, table: &ParamTable) -> Parts {
+    let mut parts = Vec::new();
+    let mut count = 0;
+    let mut push = |r: Range<usize>, block: usize| {
+        let nb = r.len() / block;
+        parts.push((r, block, count..count + nb));
+        count += nb;
+    };
+    match blocks {
+        Blocks::Whole => push(0..table.total, table.total),
+        Blocks::Partition(partition) => {
+            for e in &table.entries {
+                let block = match partition {
+                    BlockPartition::Tensor => e.len(),
+                    BlockPartition::Neuron if e.is_matrix() => e.cols,
+                    BlockPartition::Neuron => e.len(),
+                    BlockPartition::Coordinate => 1,
+                };
+                push(e.range(), block);
+            }
+        }
+    }
+    parts
 }
 
 impl<BK: Backend> Optimizer<BK> {
+    /// The optimizer `chain` (of an optimizer of `kind`) over the parameters of `table` in `basis`.
     pub fn new(
         be: &BK,
         kind: OptimizerKind,
-        partition: BlockPartition,
-        rotation: Basis<BK>,
+        chain: Vec<Transform>,
+        basis: Basis<BK>,
         table: &ParamTable,
     ) -> Result<Self> {
-        let n = table.total;
-        let blocks = Blocks::new(kind, partition, table);
-        let v_len = match kind {
-            OptimizerKind::Adamw => n,
-            OptimizerKind::Sgd => 0,
-            OptimizerKind::Adasgd | OptimizerKind::BlockwiseAdam => blocks.count,
-        };
-        Ok(Optimizer {
+        let d = table.total;
+        let mut states = Vec::with_capacity(chain.len());
+        for link in &chain {
+            states.push(match *link {
+                Transform::ScaleByAdam { .. } => State::Adam {
+                    m: be.alloc(d)?,
+                    v: be.alloc(d)?,
+                },
+                Transform::ScaleByBlockAdam { blocks, .. } => {
+                    let parts = partition(blocks, table);
+                    let count = parts.last().map_or(0, |(_, _, v)| v.end);
+                    State::BlockAdam {
+                        parts,
+                        m: be.alloc(d)?,
+                        v: be.alloc(count)?,
+                        mean_squares: be.alloc(count)?,
+                    }
+                }
+                Transform::Momentum { .. } => State::Momentum { buf: be.alloc(d)? },
+                Transform::Rotate | Transform::Unrotate | Transform::Step { .. } => {
+                    State::Stateless
+                }
+            });
+        }
+        let stateful = states
+            .iter()
+            .filter(|s| !matches!(s, State::Stateless))
+            .count();
+        if stateful > 1 || !matches!(chain.last(), Some(Transform::Step { .. })) {
+            return Err(Error::config(
+                "optimizer",
+                format!(
+                    "the chain {} is not one of this project's: at most one link with state, ending in a step",
+                    Transform::describe(&chain)
+                ),
+            ));
+        }
+        let mut opt = Optimizer {
             kind,
             step: 0,
-            m: be.alloc(n)?,
-            v: be.alloc(v_len)?,
-            rotation,
-            blocks,
-            scratch: None,
-            split: false,
-        })
+            basis,
+            chain,
+            states,
+            plan: Plan::Chain,
+            work: Vec::new(),
+        };
+        opt.plan = opt.fused_plan().unwrap_or(Plan::Chain);
+        Ok(opt)
     }
 
-    /// Runs rotated AdamW through the split path (rotate → direction → unrotate → update) instead of the
-    /// fused two-pass one: the reference the fused path is tested and benchmarked against.
-    pub fn split_path(mut self) -> Self {
-        self.split = true;
-        self.scratch = None; // the split path needs more work buffers than the fused one
+    /// The optimizer of a run: `train.optimizer` with `train`'s hyper-parameters, in `basis`.
+    pub fn for_run(
+        be: &BK,
+        train: &TrainConfig,
+        basis: Basis<BK>,
+        table: &ParamTable,
+    ) -> Result<Self> {
+        let chain = Transform::chain(train.optimizer, train, !basis.is_identity());
+        Self::new(be, train.optimizer, chain, basis, table)
+    }
+
+    /// `train.optimizer` without a rotation (`--rotation none`).
+    pub fn unrotated(be: &BK, train: &TrainConfig, table: &ParamTable) -> Result<Self> {
+        Self::for_run(be, train, Basis::identity(be, table)?, table)
+    }
+
+    /// Runs every step link by link (the reference the fused plans are tested and benchmarked against).
+    pub fn unfused(mut self) -> Self {
+        self.plan = Plan::Chain;
+        self.work.clear();
         self
     }
 
-    /// Whether a step runs rotated AdamW fused (module docs): AdamW under a non-identity block rotation.
-    pub fn fused_rotation(&self) -> bool {
-        !self.split
-            && self.kind == OptimizerKind::Adamw
-            && matches!(&self.rotation, Basis::Block(r) if !r.is_identity())
+    /// The fused op that runs this chain, if there is one (module docs).
+    fn fused_plan(&self) -> Option<Plan> {
+        use Transform::*;
+        match self.chain.as_slice() {
+            [ScaleByAdam { .. }, Step { .. }] => Some(Plan::FusedAdamW),
+            [Momentum { .. }, Step { .. }] => Some(Plan::FusedSgd),
+            [Rotate, ScaleByAdam { .. }, Unrotate, Step { .. }] if matches!(&self.basis, Basis::Block(r) if !r.is_identity()) => {
+                Some(Plan::FusedRotatedAdamW)
+            }
+            _ => None,
+        }
     }
 
-    /// The optimizer without a rotation (`--rotation none`).
-    pub fn unrotated(be: &BK, kind: OptimizerKind, table: &ParamTable) -> Result<Self> {
-        Self::new(
-            be,
-            kind,
-            BlockPartition::Tensor,
-            Basis::identity(be, table)?,
-            table,
-        )
+    /// How the steps run.
+    pub fn plan(&self) -> Plan {
+        self.plan
     }
 
-    /// Named state tensors for checkpoints: (name, buffer).
+    /// The chain of transforms.
+    pub fn chain(&self) -> &[Transform] {
+        &self.chain
+    }
+
+    /// The chain in words, with the basis of its rotate/unrotate links.
+    pub fn describe(&self) -> String {
+        let chain = Transform::describe(&self.chain);
+        if self.basis.is_identity() {
+            chain
+        } else {
+            format!("{chain}, rotation {}", self.basis.describe())
+        }
+    }
+
+    /// Named state tensors for checkpoints: (name, buffer). The names are those of the checkpoints
+    /// written so far: `m`, `v` for the Adam family, `sgd.momentum` for SGD.
     pub fn state_tensors(&self) -> Vec<(&'static str, &BK::Buf)> {
-        match self.kind {
-            OptimizerKind::Sgd => vec![("sgd.momentum", &self.m)],
-            _ => vec![("m", &self.m), ("v", &self.v)],
+        let mut out = Vec::new();
+        for s in &self.states {
+            match s {
+                State::Adam { m, v } | State::BlockAdam { m, v, .. } => {
+                    out.extend([("m", m), ("v", v)])
+                }
+                State::Momentum { buf } => out.push(("sgd.momentum", buf)),
+                State::Stateless => {}
+            }
         }
+        out
     }
 
+    /// [`Optimizer::state_tensors`], writable (a checkpoint being loaded).
     pub fn state_tensors_mut(&mut self) -> Vec<(&'static str, &mut BK::Buf)> {
-        match self.kind {
-            OptimizerKind::Sgd => vec![("sgd.momentum", &mut self.m)],
-            _ => vec![("m", &mut self.m), ("v", &mut self.v)],
+        let mut out = Vec::new();
+        for s in &mut self.states {
+            match s {
+                State::Adam { m, v } | State::BlockAdam { m, v, .. } => {
+                    out.push(("m", m));
+                    out.push(("v", v));
+                }
+                State::Momentum { buf } => out.push(("sgd.momentum", buf)),
+                State::Stateless => {}
+            }
         }
+        out
     }
 
-    fn adam_step(&self, lr: f64, cfg: &TrainConfig, weight_decay: f64) -> AdamStep {
-        let t = self.step as i32;
-        AdamStep {
-            lr,
-            beta1: cfg.beta1,
-            beta2: cfg.beta2,
-            eps: cfg.eps,
-            weight_decay,
-            bias_correction1: 1.0 - cfg.beta1.powi(t),
-            bias_correction2: 1.0 - cfg.beta2.powi(t),
+    /// The hyper-parameters of the chain's Adam link, if it has one.
+    fn adam_link(&self) -> Option<(f64, f64, f64)> {
+        self.chain.iter().find_map(|l| match *l {
+            Transform::ScaleByAdam { beta1, beta2, eps } => Some((beta1, beta2, eps)),
+            _ => None,
+        })
+    }
+
+    /// λ of the terminal step link.
+    fn weight_decay(&self) -> f64 {
+        match self.chain.last() {
+            Some(Transform::Step { weight_decay }) => *weight_decay,
+            _ => unreachable!("a chain ends in a step (checked by new)"),
         }
     }
 
@@ -184,115 +287,25 @@ impl<BK: Backend> Optimizer<BK> {
         params: &mut BK::Buf,
         grads: &BK::Buf,
         lr: f64,
-        cfg: &TrainConfig,
     ) -> Result<()> {
         self.step += 1;
-        let fused = self.rotation.is_identity()
-            && matches!(self.kind, OptimizerKind::Adamw | OptimizerKind::Sgd);
-        if fused {
-            self.fused_step(be, table, params, grads, lr, cfg)?;
-            return Ok(());
+        match self.plan {
+            Plan::FusedAdamW | Plan::FusedSgd => self.fused_step(be, table, params, grads, lr),
+            Plan::FusedRotatedAdamW => self.fused_rotated_adamw(be, table, params, grads, lr),
+            Plan::Chain => self.run_chain(be, table, params, grads, lr),
         }
-        let n = table.total;
-        // the direction does not use λ: decay is applied in the standard basis below
-        let hp = self.adam_step(lr, cfg, 0.0);
-        let fused_rotation = self.fused_rotation();
-        if self.scratch.is_none() {
-            let split_len = if fused_rotation { 0 } else { n };
-            self.scratch = Some(Scratch {
-                rotated_grad: be.alloc(split_len)?,
-                rotated_dir: be.alloc(n)?,
-                dir: be.alloc(split_len)?,
-                block_ms: be.alloc(self.blocks.count)?,
-            });
-        }
-        if fused_rotation {
-            let Basis::Block(rot) = &self.rotation else {
-                unreachable!("fused_rotation implies a block rotation")
-            };
-            let ur = &mut self.scratch.as_mut().expect("scratch").rotated_dir;
-            rot.rotate_adam_direction(be, ur, &mut self.m, &mut self.v, grads, hp)?;
-            // p·(1 − lr·λ) per decayed tensor, then p −= lr·Rᵀũ: apply_update's arithmetic, in two passes
-            let decay = 1.0 - lr * cfg.weight_decay;
-            if decay != 1.0 {
-                let s = <BK::T as Scalar>::from_f64(decay);
-                for e in table.entries.iter().filter(|e| e.decay) {
-                    be.scale(be.view_mut(params, e.range()), s)?;
-                }
-            }
-            rot.unrotate_apply_update(be, params, ur, lr)?;
-            return Ok(());
-        }
-        let Scratch {
-            rotated_grad: gr,
-            rotated_dir: ur,
-            dir: u,
-            block_ms: ms,
-        } = self.scratch.as_mut().expect("scratch");
-        let identity = self.rotation.is_identity();
-        if !identity {
-            self.rotation.prepare(be, self.step, grads)?;
-            self.rotation.rotate(be, gr, grads)?;
-        }
-        let g = if identity { grads } else { &*gr };
-        let directed: Result<()> = match self.kind {
-            OptimizerKind::Adamw => be.adam_direction_step(
-                be.view_mut(ur, 0..n),
-                be.view_mut(&mut self.m, 0..n),
-                be.view_mut(&mut self.v, 0..n),
-                be.view(g, 0..n),
-                hp,
-            ),
-            OptimizerKind::Sgd => be.sgd_direction_step(
-                be.view_mut(ur, 0..n),
-                be.view_mut(&mut self.m, 0..n),
-                be.view(g, 0..n),
-                cfg.momentum,
-            ),
-            OptimizerKind::Adasgd | OptimizerKind::BlockwiseAdam => {
-                for (r, block, vr) in &self.blocks.parts {
-                    be.block_mean_squares(
-                        be.view_mut(ms, vr.clone()),
-                        be.view(g, r.clone()),
-                        *block,
-                    )?;
-                    be.ema_inplace(
-                        be.view_mut(&mut self.v, vr.clone()),
-                        be.view(ms, vr.clone()),
-                        cfg.beta2,
-                    )?;
-                    be.block_adam_direction_step(
-                        be.view_mut(ur, r.clone()),
-                        be.view_mut(&mut self.m, r.clone()),
-                        be.view(&self.v, vr.clone()),
-                        be.view(g, r.clone()),
-                        *block,
-                        hp,
-                    )?;
-                }
-                Ok(())
-            }
-        };
-        directed?;
-        let dir: &BK::Buf = if identity {
-            ur
-        } else {
-            self.rotation.unrotate(be, u, ur)?;
-            u
-        };
-        for e in &table.entries {
-            let wd = if e.decay { cfg.weight_decay } else { 0.0 };
-            be.apply_update(
-                be.view_mut(params, e.range()),
-                be.view(dir, e.range()),
-                lr,
-                wd,
-            )?;
-        }
-        Ok(())
     }
 
-    /// The one-pass AdamW / SGD kernels (identity rotation only).
+    /// λ of entry `e` of the decay group, 0 for the others.
+    fn decay_of(weight_decay: f64, decayed: bool) -> f64 {
+        if decayed {
+            weight_decay
+        } else {
+            0.0
+        }
+    }
+
+    /// The one-pass AdamW / SGD ops per tensor.
     fn fused_step(
         &mut self,
         be: &BK,
@@ -300,35 +313,241 @@ impl<BK: Backend> Optimizer<BK> {
         params: &mut BK::Buf,
         grads: &BK::Buf,
         lr: f64,
-        cfg: &TrainConfig,
     ) -> Result<()> {
+        let (t, weight_decay, adam) = (self.step, self.weight_decay(), self.adam_link());
+        let momentum = self.chain.iter().find_map(|l| match *l {
+            Transform::Momentum { momentum } => Some(momentum),
+            _ => None,
+        });
         for e in &table.entries {
-            let wd = if e.decay { cfg.weight_decay } else { 0.0 };
+            let wd = Self::decay_of(weight_decay, e.decay);
             let r = e.range();
-            let stepped = match self.kind {
-                OptimizerKind::Adamw => {
-                    let hp = self.adam_step(lr, cfg, wd);
-                    be.adamw_step(
-                        be.view_mut(params, r.clone()),
-                        be.view_mut(&mut self.m, r.clone()),
-                        be.view_mut(&mut self.v, r.clone()),
-                        be.view(grads, r),
-                        hp,
-                    )
-                }
-                OptimizerKind::Sgd => be.sgd_step(
+            match (&mut self.states[0], adam, momentum) {
+                (State::Adam { m, v }, Some((beta1, beta2, eps)), _) => be.adamw_step(
                     be.view_mut(params, r.clone()),
-                    be.view_mut(&mut self.m, r.clone()),
+                    be.view_mut(m, r.clone()),
+                    be.view_mut(v, r.clone()),
+                    be.view(grads, r),
+                    AdamStep::new(t, lr, beta1, beta2, eps, wd),
+                )?,
+                (State::Momentum { buf }, _, Some(mu)) => be.sgd_step(
+                    be.view_mut(params, r.clone()),
+                    be.view_mut(buf, r.clone()),
                     be.view(grads, r),
                     lr,
-                    cfg.momentum,
+                    mu,
                     wd,
-                ),
-                _ => unreachable!("only AdamW and SGD have fused steps"),
-            };
-            stepped?;
+                )?,
+                _ => unreachable!("the fused plans are chosen from the chain's links"),
+            }
         }
         Ok(())
+    }
+
+    /// Rotated AdamW in two fused passes (module docs).
+    fn fused_rotated_adamw(
+        &mut self,
+        be: &BK,
+        table: &ParamTable,
+        params: &mut BK::Buf,
+        grads: &BK::Buf,
+        lr: f64,
+    ) -> Result<()> {
+        let (beta1, beta2, eps) = self.adam_link().expect("the fused plan has an Adam link");
+        // the direction does not use λ: the decay is applied in the standard basis below
+        let hp = AdamStep::new(self.step, lr, beta1, beta2, eps, 0.0);
+        let decay = decoupled_decay(lr, self.weight_decay());
+        if self.work.is_empty() {
+            self.work.push(be.alloc(table.total)?);
+        }
+        let (Basis::Block(rot), State::Adam { m, v }) = (&self.basis, &mut self.states[1]) else {
+            unreachable!("the fused rotated plan is chosen for a block rotation and an Adam link")
+        };
+        let u = &mut self.work[0];
+        rot.rotate_adam_direction(be, u, m, v, grads, hp)?;
+        // p·(1 − lr·λ) per decayed tensor, then p −= lr·Rᵀũ: the step link's arithmetic, in two passes
+        if decay != 1.0 {
+            let s = <BK::T as Scalar>::from_f64(decay);
+            for e in table.entries.iter().filter(|e| e.decay) {
+                be.scale(be.view_mut(params, e.range()), s)?;
+            }
+        }
+        rot.unrotate_apply_update(be, params, u, lr)
+    }
+
+    /// The chain, link by link: each link reads the previous one's vector (the gradient first) and writes
+    /// the next into a work vector (two suffice: they alternate); the step link updates the parameters.
+    fn run_chain(
+        &mut self,
+        be: &BK,
+        table: &ParamTable,
+        params: &mut BK::Buf,
+        grads: &BK::Buf,
+        lr: f64,
+    ) -> Result<()> {
+        let (t, d) = (self.step, table.total);
+        let vectors = (self.chain.len() - 1).min(2);
+        while self.work.len() < vectors {
+            self.work.push(be.alloc(d)?);
+        }
+        let Optimizer {
+            chain,
+            states,
+            basis,
+            work,
+            ..
+        } = self;
+        // None: the gradient; Some(i): work vector i
+        let mut cur: Option<usize> = None;
+        for (link, state) in chain.iter().zip(states.iter_mut()) {
+            if let Transform::Step { weight_decay } = *link {
+                let u = cur.map_or(grads, |i| &work[i]);
+                for e in &table.entries {
+                    let wd = Self::decay_of(weight_decay, e.decay);
+                    be.apply_update(
+                        be.view_mut(params, e.range()),
+                        be.view(u, e.range()),
+                        lr,
+                        wd,
+                    )?;
+                }
+                return Ok(());
+            }
+            let next = cur.map_or(0, |i| 1 - i);
+            let (input, output): (&BK::Buf, &mut BK::Buf) = match cur {
+                None => (grads, &mut work[0]),
+                Some(i) => {
+                    let (a, b) = work.split_at_mut(1);
+                    if i == 0 {
+                        (&a[0], &mut b[0])
+                    } else {
+                        (&b[0], &mut a[0])
+                    }
+                }
+            };
+            match (*link, state) {
+                (Transform::Rotate, _) => {
+                    basis.prepare(be, t, grads)?;
+                    basis.rotate(be, output, input)?;
+                }
+                (Transform::Unrotate, _) => basis.unrotate(be, output, input)?,
+                (Transform::ScaleByAdam { beta1, beta2, eps }, State::Adam { m, v }) => be
+                    .adam_direction_step(
+                        be.view_mut(output, 0..d),
+                        be.view_mut(m, 0..d),
+                        be.view_mut(v, 0..d),
+                        be.view(input, 0..d),
+                        AdamStep::new(t, lr, beta1, beta2, eps, 0.0),
+                    )?,
+                (Transform::Momentum { momentum }, State::Momentum { buf }) => be
+                    .sgd_direction_step(
+                        be.view_mut(output, 0..d),
+                        be.view_mut(buf, 0..d),
+                        be.view(input, 0..d),
+                        momentum,
+                    )?,
+                (
+                    Transform::ScaleByBlockAdam {
+                        beta1, beta2, eps, ..
+                    },
+                    State::BlockAdam {
+                        parts,
+                        m,
+                        v,
+                        mean_squares,
+                    },
+                ) => {
+                    let hp = AdamStep::new(t, lr, beta1, beta2, eps, 0.0);
+                    for (r, block, vr) in parts.iter() {
+                        be.block_mean_squares(
+                            be.view_mut(mean_squares, vr.clone()),
+                            be.view(input, r.clone()),
+                            *block,
+                        )?;
+                        be.ema_inplace(
+                            be.view_mut(v, vr.clone()),
+                            be.view(mean_squares, vr.clone()),
+                            beta2,
+                        )?;
+                        be.block_adam_direction_step(
+                            be.view_mut(output, r.clone()),
+                            be.view_mut(m, r.clone()),
+                            be.view(v, vr.clone()),
+                            be.view(input, r.clone()),
+                            *block,
+                            hp,
+                        )?;
+                    }
+                }
+                _ => unreachable!("each link's state is made with it (new)"),
+            }
+            cur = Some(next);
+        }
+        unreachable!("a chain ends in a step (checked by new)")
+    }
+
+    /// Adam's current direction Rᵀ(m̂/(√v̂ + ε)) in the standard layout, from the moments of the last step
+    /// (bias corrections of step t = `self.step`, at least 1), in f64 with the CPU's per-element formula:
+    /// what the poster's update-CV takes the singular values of. Only a chain with a per-coordinate Adam
+    /// link has one.
+    pub fn direction(&mut self, be: &BK) -> Result<Vec<f64>> {
+        let (Some((beta1, beta2, eps)), Some((m, v))) = (
+            self.adam_link(),
+            self.states.iter().find_map(|s| match s {
+                State::Adam { m, v } => Some((m, v)),
+                _ => None,
+            }),
+        ) else {
+            return Err(Error::config(
+                "update-cv",
+                format!(
+                    "needs AdamW's per-coordinate second moment; the optimizer is {}",
+                    self.kind.name()
+                ),
+            ));
+        };
+        let k = AdamCoeffs::<f64>::new(&AdamStep::new(
+            self.step.max(1),
+            0.0,
+            beta1,
+            beta2,
+            eps,
+            0.0,
+        ));
+        let to64 = |b: &BK::Buf| -> Result<Vec<f64>> {
+            Ok(be.download(b)?.into_iter().map(Scalar::to_f64).collect())
+        };
+        let (m, v) = (to64(m)?, to64(v)?);
+        let dir: Vec<f64> = m
+            .iter()
+            .zip(&v)
+            .map(|(&m, &v)| adam_ratio(m, adam_denominator(v, &k), &k))
+            .collect();
+        // through the basis even without a rotation (the identity's copy makes −0.0 +0.0), as always
+        let host: Vec<BK::T> = dir
+            .iter()
+            .map(|&x| <BK::T as Scalar>::from_f64(x))
+            .collect();
+        let mut rotated = be.alloc(host.len())?;
+        be.upload(&mut rotated, &host)?;
+        let mut out = be.alloc(host.len())?;
+        self.basis.unrotate(be, &mut out, &rotated)?;
+        to64(&out)
+    }
+
+    /// The parameters before the last step, from the parameters `w` after it, that step's update `u` in
+    /// the standard layout and its learning rate: the inverse of the step link,
+    /// w_{t−1} = (w_t + lr·u) / (1 − lr·λ) per tensor.
+    pub fn previous_params(&self, table: &ParamTable, w: &[f64], u: &[f64], lr: f64) -> Vec<f64> {
+        let weight_decay = self.weight_decay();
+        let mut prev = vec![0.0; w.len()];
+        for e in &table.entries {
+            let decay = decoupled_decay(lr, Self::decay_of(weight_decay, e.decay));
+            for i in e.range() {
+                prev[i] = (w[i] + lr * u[i]) / decay;
+            }
+        }
+        prev
     }
 }
 

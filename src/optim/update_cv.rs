@@ -1,6 +1,6 @@
 //! Update semi-orthogonality (Maes et al., NeurIPS 2025 poster): for each 2-D weight, the coefficient of
 //! variation of the singular values σ₁ … σ_r (r = min(rows, cols)) of Adam's update direction
-//! U = Rᵀ(m̂/(√v̂+ε)) restricted to that weight:
+//! U = Rᵀ(m̂/(√v̂+ε)) (`Optimizer::direction`) restricted to that weight:
 //!
 //!   CV = std(σ) / mean(σ),  std the population standard deviation (1/r).
 //!
@@ -9,11 +9,8 @@
 //! Embeddings are included as stored ((vocab, C) and (T, C)); the singular values do not depend on the
 //! orientation. A zero update (mean 0) has CV NaN (written as `null` in JSON).
 
-use crate::backend::{Backend, Scalar};
-use crate::config::{OptimizerKind, TrainConfig};
 use crate::error::{Error, Result};
 use crate::model::ParamTable;
-use crate::optim::Optimizer;
 use serde::{Deserialize, Serialize};
 
 /// std(σ)/mean(σ) of the singular values of the `rows`×`cols` row-major matrix `a`.
@@ -95,53 +92,4 @@ pub fn summarize(cvs: &[WeightCv]) -> UpdateCvSummary {
         max,
         per_weight: cvs.iter().map(|c| c.cv).collect(),
     }
-}
-
-/// m̂/(√v̂+ε) element-wise with the bias corrections of step t (1-based): m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ).
-pub fn adam_direction(
-    m: &[f64],
-    v: &[f64],
-    t: usize,
-    beta1: f64,
-    beta2: f64,
-    eps: f64,
-) -> Vec<f64> {
-    let t = t.max(1) as i32;
-    let (bc1, bc2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
-    m.iter()
-        .zip(v)
-        .map(|(&m, &v)| (m / bc1) / ((v / bc2).sqrt() + eps))
-        .collect()
-}
-
-/// Adam's current update direction Rᵀ(m̂/(√v̂+ε)) in the standard layout, from the optimizer's state (which
-/// lives in the rotated layout). Only AdamW keeps a per-coordinate v̂; other optimizers are refused.
-pub fn optimizer_update<BK: Backend>(
-    be: &BK,
-    opt: &mut Optimizer<BK>,
-    cfg: &TrainConfig,
-) -> Result<Vec<f64>> {
-    if opt.kind != OptimizerKind::Adamw {
-        return Err(Error::config(
-            "update-cv",
-            format!(
-                "needs AdamW's per-coordinate second moment; the optimizer is {}",
-                opt.kind.name()
-            ),
-        ));
-    }
-    let to64 = |b: &BK::Buf| -> Result<Vec<f64>> {
-        Ok(be.download(b)?.into_iter().map(Scalar::to_f64).collect())
-    };
-    let (m, v) = (to64(&opt.m)?, to64(&opt.v)?);
-    let dir = adam_direction(&m, &v, opt.step, cfg.beta1, cfg.beta2, cfg.eps);
-    let host: Vec<BK::T> = dir
-        .iter()
-        .map(|&x| <BK::T as Scalar>::from_f64(x))
-        .collect();
-    let mut rotated = be.alloc(host.len())?;
-    be.upload(&mut rotated, &host)?;
-    let mut out = be.alloc(host.len())?;
-    opt.rotation.unrotate(be, &mut out, &rotated)?;
-    to64(&out)
 }

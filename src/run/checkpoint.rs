@@ -124,9 +124,9 @@ pub fn save<BK: Backend>(
     )?;
 
     // A basis that changes during training (svd: U, V and the last refresh) is saved in f64.
-    if opt.rotation.has_state() {
+    if opt.basis.has_state() {
         let encoded: Vec<tensors::Encoded> = opt
-            .rotation
+            .basis
             .state(be)?
             .into_iter()
             .map(|(name, shape, values)| (name, shape, to_bytes::<f64>(&values)))
@@ -191,6 +191,18 @@ pub fn load<BK: Backend>(
     let (flat, _) = from_hf(&mp, &model.cfg, &model.table, &weights)?;
     model.set_params_f64(be, &flat)?;
 
+    load_optimizer(be, dir, opt, state.step)?;
+    Ok(state)
+}
+
+/// Restores an optimizer's state from checkpoint `dir`, written after `step` steps: its moments
+/// (`optim.safetensors`), the state of its basis (`rotation.safetensors`, svd only) and its step count.
+pub fn load_optimizer<BK: Backend>(
+    be: &BK,
+    dir: &Path,
+    opt: &mut Optimizer<BK>,
+    step: usize,
+) -> Result<()> {
     let op = dir.join("optim.safetensors");
     let moments = tensors::read(&op)?;
     let kind = opt.kind.name();
@@ -216,11 +228,11 @@ pub fn load<BK: Backend>(
             .collect();
         be.upload(buf, &v)?;
     }
-    if opt.rotation.has_state() {
+    if opt.basis.has_state() {
         let rp = dir.join("rotation.safetensors");
         let state = tensors::read(&rp)?;
-        opt.rotation.load_state(be, &rp, &state)?;
+        opt.basis.load_state(be, &rp, &state)?;
     }
-    opt.step = state.step;
-    Ok(state)
+    opt.step = step;
+    Ok(())
 }

@@ -145,7 +145,7 @@ fn train_on<BK: Backend>(
     }
     let rotation = Basis::new(be, &cfg.rotation, &model.table)?;
     let rotation_desc = rotation.describe();
-    let mut opt = Optimizer::new(be, tr.optimizer, tr.blocks, rotation, &model.table)?;
+    let mut opt = Optimizer::for_run(be, tr, rotation, &model.table)?;
     let mut sampler = BatchSampler::new(tr.seed);
     // The same val windows for every run, whatever its seed, so val curves are comparable across runs.
     let eval = fixed_batches(
@@ -260,7 +260,7 @@ fn train_on<BK: Backend>(
             });
         }
         clip_grads(be, &mut model.grads, norm, tr.clip)?;
-        opt.step(be, &model.table, &mut model.params, &model.grads, lr, tr)?;
+        opt.step(be, &model.table, &mut model.params, &model.grads, lr)?;
         let secs = ts.elapsed().as_secs_f64();
 
         let val = if step % tr.eval_every == 0 || step == tr.steps {
@@ -284,7 +284,7 @@ fn train_on<BK: Backend>(
             optimizer: tr.optimizer.name().into(),
             rotation: cfg.rotation.kind,
             update_cv: if tr.log_update_cv > 0 && step % tr.log_update_cv == 0 {
-                let u = crate::optim::update_cv::optimizer_update(be, &mut opt, tr)?;
+                let u = opt.direction(be)?;
                 let cvs = crate::optim::update_cv::per_weight(&model.table, &u)?;
                 Some(crate::optim::update_cv::summarize(&cvs))
             } else {

@@ -14,9 +14,9 @@
 use rotadam::backend::cpu::CpuBackend;
 use rotadam::backend::emu::EmuBackend;
 use rotadam::backend::Backend;
-use rotadam::config::{BlockPartition, ModelConfig, OptimizerKind, RotationConfig, TrainConfig};
+use rotadam::config::{ModelConfig, OptimizerKind, RotationConfig, TrainConfig};
 use rotadam::model::Gpt2;
-use rotadam::optim::{clip_grads, grad_norm, Optimizer};
+use rotadam::optim::{clip_grads, grad_norm, Optimizer, Plan};
 use rotadam::rng::Rng;
 use rotadam::rotation::basis::Basis;
 
@@ -29,12 +29,28 @@ fn cfg() -> ModelConfig {
 pub type Run = (Vec<f64>, Vec<f64>);
 
 /// Losses of `steps` AdamW training steps (weight decay on, clipping active) and the final parameters,
-/// on backend `be`, under rotation `rotation` (n = 7); `split` runs rotated AdamW through the split path
-/// ([`Optimizer::split_path`]). Panics unless the path taken is the one asked for.
+/// on backend `be`, under rotation `rotation` (n = 7); `split` runs AdamW's chain link by link
+/// ([`Optimizer::unfused`]) instead of the fused ops. Panics unless the plan taken is the one asked for.
 pub fn train<BK: Backend>(be: &BK, rotation: &str, steps: usize, split: bool) -> Run {
+    train_optimizer(be, OptimizerKind::Adamw, rotation, steps, split)
+}
+
+/// [`train`] with optimizer `kind` (SGD at a larger learning rate).
+pub fn train_optimizer<BK: Backend>(
+    be: &BK,
+    kind: OptimizerKind,
+    rotation: &str,
+    steps: usize,
+    split: bool,
+) -> Run {
     let cfg = cfg();
     let tr = TrainConfig {
-        lr: 1e-2,
+        optimizer: kind,
+        lr: if kind == OptimizerKind::Sgd {
+            0.3
+        } else {
+            1e-2
+        },
         ..TrainConfig::default()
     };
     let mut model = Gpt2::new(be, &cfg, 3).unwrap();
@@ -45,19 +61,18 @@ pub fn train<BK: Backend>(be: &BK, rotation: &str, steps: usize, split: bool) ->
         ..Default::default()
     };
     let basis = Basis::new(be, &rot, &model.table).unwrap();
-    let mut opt = Optimizer::new(
-        be,
-        OptimizerKind::Adamw,
-        BlockPartition::Tensor,
-        basis,
-        &model.table,
-    )
-    .unwrap();
+    let mut opt = Optimizer::for_run(be, &tr, basis, &model.table).unwrap();
     if split {
-        opt = opt.split_path();
+        opt = opt.unfused();
     }
-    let fused = OptimizerKind::Adamw == opt.kind && !split && rotation != "none";
-    assert_eq!(opt.fused_rotation(), fused, "{rotation} split={split}");
+    let want = match (split, kind, rotation) {
+        (true, _, _) => Plan::Chain,
+        (false, OptimizerKind::Adamw, "none") => Plan::FusedAdamW,
+        (false, OptimizerKind::Sgd, "none") => Plan::FusedSgd,
+        (false, OptimizerKind::Adamw, _) => Plan::FusedRotatedAdamW,
+        (false, _, _) => Plan::Chain,
+    };
+    assert_eq!(opt.plan(), want, "{rotation} split={split}");
     let (b, t) = (3, 8);
     let mut rng = Rng::new(11);
     let mut losses = Vec::new();
@@ -75,15 +90,8 @@ pub fn train<BK: Backend>(be: &BK, rotation: &str, steps: usize, split: bool) ->
         let norm = grad_norm(be, &model.grads).unwrap();
         // clip at half the norm so the clipping kernel path runs
         clip_grads(be, &mut model.grads, norm, 0.5 * norm).unwrap();
-        opt.step(
-            be,
-            &model.table,
-            &mut model.params,
-            &model.grads,
-            tr.lr,
-            &tr,
-        )
-        .unwrap();
+        opt.step(be, &model.table, &mut model.params, &model.grads, tr.lr)
+            .unwrap();
         losses.push(loss);
     }
     (losses, model.params_f64(be).unwrap())

@@ -33,7 +33,7 @@ pub use elementwise::{
 };
 pub use layernorm::{layernorm_backward, layernorm_forward};
 pub use matmul::{matmul_backward, matmul_forward};
-pub use optim::{adam_direction, adamw_step, adamw_update, sgd_step, sgd_update, AdamCoeffs};
+pub use optim::{adam_direction, adamw_step, decayed_step, sgd_step};
 pub use rotation::{
     rotate, rotate_adam_direction, unrotate, unrotate_apply_update, GatherMode, RotIndex,
 };

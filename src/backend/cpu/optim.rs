@@ -1,69 +1,74 @@
-//! Optimizer steps, elementwise over one tensor: fused AdamW (torch/nanoGPT numerics, decoupled weight
-//! decay) and SGD with momentum (dampening 0, decoupled weight decay).
+//! Optimizer steps on the CPU, elementwise over one tensor. Each formula is written once, as a per-element
+//! function, and every op (fused or not, rotated or not) is a loop over those functions, so the fused
+//! steps and the optimizer's unfused chain compute the same bits (`optim` tests it):
 //!
-//! AdamW per element (`adamw_update`), in `T`, hyper-parameters converted to `T` once per call
-//! ([`AdamCoeffs`]):
-//!   m = β₁m + (1−β₁)g;  v = β₂v + (1−β₂)g·g;  u = (m/bc1) / (√(v/bc2) + ε);  p = p·(1 − lr·λ) − lr·u.
-//! The per-element functions are public so a split path (rotate → update → unrotate) can reuse them and be
-//! bit-identical to the fused step. Parallel over fixed chunks; every element is independent.
+//! - [`first_moment`]: m ← β₁m + (1−β₁)g;
+//! - [`second_moment`]: v ← β₂v + (1−β₂)g·g;
+//! - [`adam_denominator`], [`adam_ratio`]: u = (m/bc1) / (√(v/bc2) + ε), with bc = 1 − βᵗ (Kingma & Ba;
+//!   Maes et al. Alg. 1); [`adam_direction`] is the three in sequence;
+//! - [`momentum`]: buf ← μ·buf + g (torch's SGD, dampening 0);
+//! - [`ema`]: v ← β₂v + (1−β₂)s, the blockwise second moments from the mean squares s;
+//! - [`decayed_step`]: p ← p·(1 − lr·λ) − lr·u, decoupled weight decay then the step, in torch's order of
+//!   roundings (the decay factor from [`crate::backend::decoupled_decay`]).
+//!
+//! Hyper-parameters are converted to `T` once per call ([`AdamCoeffs`]). Parallel over fixed chunks; every
+//! element is independent.
 
 use super::{check_len, CHUNK};
-use crate::backend::{AdamStep, Scalar};
+use crate::backend::{decoupled_decay, AdamCoeffs, AdamStep, Scalar};
 use rayon::prelude::*;
 
-/// AdamW hyper-parameters of one step, converted to `T` (the `1 − x` terms are formed in f64 first).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AdamCoeffs<T> {
-    pub lr: T,
-    pub beta1: T,
-    /// 1 − β₁
-    pub one_minus_beta1: T,
-    pub beta2: T,
-    /// 1 − β₂
-    pub one_minus_beta2: T,
-    pub eps: T,
-    /// 1 − β₁ᵗ
-    pub bc1: T,
-    /// 1 − β₂ᵗ
-    pub bc2: T,
-    /// 1 − lr·λ
-    pub decay: T,
+/// m ← β₁m + (1−β₁)g.
+#[inline]
+pub fn first_moment<T: Scalar>(m: T, g: T, k: &AdamCoeffs<T>) -> T {
+    k.beta1 * m + k.one_minus_beta1 * g
 }
 
-impl<T: Scalar> AdamCoeffs<T> {
-    pub fn new(hp: &AdamStep) -> Self {
-        AdamCoeffs {
-            lr: <T as Scalar>::from_f64(hp.lr),
-            beta1: <T as Scalar>::from_f64(hp.beta1),
-            one_minus_beta1: <T as Scalar>::from_f64(1.0 - hp.beta1),
-            beta2: <T as Scalar>::from_f64(hp.beta2),
-            one_minus_beta2: <T as Scalar>::from_f64(1.0 - hp.beta2),
-            eps: <T as Scalar>::from_f64(hp.eps),
-            bc1: <T as Scalar>::from_f64(hp.bias_correction1),
-            bc2: <T as Scalar>::from_f64(hp.bias_correction2),
-            decay: <T as Scalar>::from_f64(1.0 - hp.lr * hp.weight_decay),
-        }
-    }
+/// v ← β₂v + (1−β₂)g·g.
+#[inline]
+pub fn second_moment<T: Scalar>(v: T, g: T, k: &AdamCoeffs<T>) -> T {
+    k.beta2 * v + k.one_minus_beta2 * g * g
+}
+
+/// √(v/bc2) + ε.
+#[inline]
+pub fn adam_denominator<T: Scalar>(v: T, k: &AdamCoeffs<T>) -> T {
+    (v / k.bc2).sqrt() + k.eps
+}
+
+/// (m/bc1) / denominator.
+#[inline]
+pub fn adam_ratio<T: Scalar>(m: T, denominator: T, k: &AdamCoeffs<T>) -> T {
+    (m / k.bc1) / denominator
 }
 
 /// Updates the moments m, v with gradient g and returns the Adam direction u = m̂ / (√v̂ + ε).
 #[inline]
 pub fn adam_direction<T: Scalar>(m: &mut T, v: &mut T, g: T, k: &AdamCoeffs<T>) -> T {
-    *m = k.beta1 * *m + k.one_minus_beta1 * g;
-    *v = k.beta2 * *v + k.one_minus_beta2 * g * g;
-    let mhat = *m / k.bc1;
-    let vhat = *v / k.bc2;
-    mhat / (vhat.sqrt() + k.eps)
+    *m = first_moment(*m, g, k);
+    *v = second_moment(*v, g, k);
+    adam_ratio(*m, adam_denominator(*v, k), k)
 }
 
-/// One AdamW element: moments, direction, then p = p·(1 − lr·λ) − lr·u.
+/// buf ← μ·buf + g.
 #[inline]
-pub fn adamw_update<T: Scalar>(p: &mut T, m: &mut T, v: &mut T, g: T, k: &AdamCoeffs<T>) {
-    let u = adam_direction(m, v, g, k);
-    *p = *p * k.decay - k.lr * u;
+pub fn momentum<T: Scalar>(buf: T, g: T, mu: T) -> T {
+    mu * buf + g
 }
 
-/// Fused AdamW over one tensor (module docs).
+/// v ← β₂v + (1−β₂)s.
+#[inline]
+pub fn ema<T: Scalar>(v: T, s: T, beta: T, one_minus_beta: T) -> T {
+    beta * v + one_minus_beta * s
+}
+
+/// p·decay − lr·u, decay = 1 − lr·λ.
+#[inline]
+pub fn decayed_step<T: Scalar>(p: T, u: T, lr: T, decay: T) -> T {
+    p * decay - lr * u
+}
+
+/// Fused AdamW over one tensor: moments, direction, then the decayed step.
 pub fn adamw_step<T: Scalar>(
     params: &mut [T],
     m: &mut [T],
@@ -83,52 +88,40 @@ pub fn adamw_step<T: Scalar>(
         .zip(grads.par_chunks(CHUNK))
         .for_each(|(((p, m), v), g)| {
             for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
-                adamw_update(p, m, v, g, &k);
+                let u = adam_direction(m, v, g, &k);
+                *p = decayed_step(*p, u, k.lr, k.decay);
             }
         });
 }
 
-/// One SGD element: buf = μ·buf + g;  p = p·decay − lr·buf, with decay = 1 − lr·λ.
-#[inline]
-pub fn sgd_update<T: Scalar>(p: &mut T, buf: &mut T, g: T, lr: T, momentum: T, decay: T) {
-    *buf = momentum * *buf + g;
-    *p = *p * decay - lr * *buf;
-}
-
-/// SGD with momentum over one tensor (torch semantics, dampening 0; weight decay decoupled as documented).
+/// SGD with momentum over one tensor (torch semantics, dampening 0), then the decayed step.
 pub fn sgd_step<T: Scalar>(
     params: &mut [T],
     momentum_buf: &mut [T],
     grads: &[T],
     lr: f64,
-    momentum: f64,
+    mu: f64,
     weight_decay: f64,
 ) {
     let n = params.len();
     check_len("sgd_step", "momentum_buf", momentum_buf.len(), n);
     check_len("sgd_step", "grads", grads.len(), n);
-    let (lr_t, mu) = (
-        <T as Scalar>::from_f64(lr),
-        <T as Scalar>::from_f64(momentum),
-    );
-    let decay = <T as Scalar>::from_f64(1.0 - lr * weight_decay);
+    let (lr_t, mu) = (<T as Scalar>::from_f64(lr), <T as Scalar>::from_f64(mu));
+    let decay = <T as Scalar>::from_f64(decoupled_decay(lr, weight_decay));
     params
         .par_chunks_mut(CHUNK)
         .zip(momentum_buf.par_chunks_mut(CHUNK))
         .zip(grads.par_chunks(CHUNK))
         .for_each(|((p, b), g)| {
             for ((p, b), &g) in p.iter_mut().zip(b.iter_mut()).zip(g) {
-                sgd_update(p, b, g, lr_t, mu, decay);
+                *b = momentum(*b, g, mu);
+                *p = decayed_step(*p, *b, lr_t, decay);
             }
         });
 }
 
-// ---- the split path: direction in the (rotated) optimizer basis, then the update in the standard one ----
-//
-// Rotated optimizers (Maes et al. Alg. 2) compute a direction u in the rotated basis, unrotate it, and apply
-// it with decoupled weight decay in the standard basis. The per-element arithmetic is the same as the fused
-// steps above (`adam_direction`, then `p·decay − lr·u`), so with the identity rotation the split path gives
-// the same bits as the fused one.
+// ---- the unfused chain: a direction in the (rotated) optimizer basis, then the update in the standard
+// one (Maes et al. Alg. 2). The same per-element functions as the fused steps above.
 
 /// Adam moments and direction over one vector: u = m̂/(√v̂ + ε) (moments updated in place).
 pub fn adam_direction_step<T: Scalar>(
@@ -155,22 +148,17 @@ pub fn adam_direction_step<T: Scalar>(
 }
 
 /// SGD momentum and direction: buf = μ·buf + g; u = buf.
-pub fn sgd_direction_step<T: Scalar>(
-    u: &mut [T],
-    momentum_buf: &mut [T],
-    grads: &[T],
-    momentum: f64,
-) {
+pub fn sgd_direction_step<T: Scalar>(u: &mut [T], momentum_buf: &mut [T], grads: &[T], mu: f64) {
     let n = u.len();
     check_len("sgd_direction_step", "momentum_buf", momentum_buf.len(), n);
     check_len("sgd_direction_step", "grads", grads.len(), n);
-    let mu = <T as Scalar>::from_f64(momentum);
+    let mu = <T as Scalar>::from_f64(mu);
     u.par_chunks_mut(CHUNK)
         .zip(momentum_buf.par_chunks_mut(CHUNK))
         .zip(grads.par_chunks(CHUNK))
         .for_each(|((u, b), g)| {
             for ((u, b), &g) in u.iter_mut().zip(b.iter_mut()).zip(g) {
-                *b = mu * *b + g;
+                *b = momentum(*b, g, mu);
                 *u = *b;
             }
         });
@@ -219,10 +207,10 @@ pub fn block_adam_direction_step<T: Scalar>(
         .zip(grads.par_chunks(block))
         .zip(v.par_iter())
         .for_each(|(((u, m), g), &vb)| {
-            let denom = (vb / k.bc2).sqrt() + k.eps;
+            let denominator = adam_denominator(vb, &k);
             for ((u, m), &g) in u.iter_mut().zip(m.iter_mut()).zip(g) {
-                *m = k.beta1 * *m + k.one_minus_beta1 * g;
-                *u = (*m / k.bc1) / denom;
+                *m = first_moment(*m, g, &k);
+                *u = adam_ratio(*m, denominator, &k);
             }
         });
 }
@@ -235,21 +223,21 @@ pub fn ema_inplace<T: Scalar>(v: &mut [T], s: &[T], beta2: f64) {
         <T as Scalar>::from_f64(1.0 - beta2),
     );
     for (v, &s) in v.iter_mut().zip(s) {
-        *v = b * *v + ob * s;
+        *v = ema(*v, s, b, ob);
     }
 }
 
-/// The update in the standard basis: p = p·(1 − lr·λ) − lr·u (the same expression as the fused steps).
+/// The update in the standard basis: p = p·(1 − lr·λ) − lr·u.
 pub fn apply_update<T: Scalar>(params: &mut [T], u: &[T], lr: f64, weight_decay: f64) {
     check_len("apply_update", "u", u.len(), params.len());
     let lr_t = <T as Scalar>::from_f64(lr);
-    let decay = <T as Scalar>::from_f64(1.0 - lr * weight_decay);
+    let decay = <T as Scalar>::from_f64(decoupled_decay(lr, weight_decay));
     params
         .par_chunks_mut(CHUNK)
         .zip(u.par_chunks(CHUNK))
         .for_each(|(p, u)| {
             for (p, &u) in p.iter_mut().zip(u) {
-                *p = *p * decay - lr_t * u;
+                *p = decayed_step(*p, u, lr_t, decay);
             }
         });
 }

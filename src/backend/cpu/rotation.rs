@@ -38,9 +38,10 @@
 //! Both give bit-identical results: the chunk boundaries (hence every GEMM) are the same, only the order in
 //! which coordinates are moved differs.
 
-use super::optim::{adam_direction, AdamCoeffs};
+use super::optim::{adam_direction, decayed_step};
 use super::rotgemm::{self, PackedB};
 use super::{check_len, with_scratch, with_staging, CHUNK};
+use crate::backend::AdamCoeffs;
 use crate::backend::{check_rotation_index, AdamStep, Scalar};
 use crate::error::Result;
 use rayon::prelude::*;
@@ -896,7 +897,8 @@ pub fn rotate_adam_direction<T: Scalar>(
 }
 
 /// Rotated AdamW, second half (`Backend::unrotate_apply_update`): params[index[k]] −= lr·(Rᵀu)[k] in the
-/// unrotation's scatter, `p·1 − lr·y` as `apply_update` computes it with λ = 0 (the same bits).
+/// unrotation's scatter, the decayed step with decay 1 (λ is applied before, per tensor): the same bits
+/// as `apply_update` with λ = 0, since p·1 is exact.
 #[allow(clippy::too_many_arguments)]
 pub fn unrotate_apply_update<T: Scalar>(
     params: &mut [T],
@@ -909,5 +911,8 @@ pub fn unrotate_apply_update<T: Scalar>(
     threads: usize,
 ) {
     let lr = <T as Scalar>::from_f64(lr);
-    unrotate_with(params, u, index, r, nb, n, threads, |p, y| *p -= lr * y);
+    let one = <T as Scalar>::from_f64(1.0);
+    unrotate_with(params, u, index, r, nb, n, threads, |p, y| {
+        *p = decayed_step(*p, y, lr, one)
+    });
 }

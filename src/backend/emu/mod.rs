@@ -20,7 +20,7 @@ use crate::kernels::{EmuArg, Kernel};
 use launch::{launch_both_orders, Geometry, OutBuf};
 use std::ops::Range;
 
-pub use super::cuda::ops::{AdamParams, BLOCK, GEMM_TILE, REDUCE_CHUNK};
+pub use super::cuda::ops::{BLOCK, GEMM_TILE, REDUCE_CHUNK};
 
 /// Launches on the emulator, both orders compared (module docs).
 #[derive(Clone, Copy, Debug, Default)]

@@ -7,7 +7,6 @@
 //! (rotations, optimizer steps); both re-exported here.
 
 use super::super::cpu::check_len;
-use super::super::AdamStep;
 use crate::backend::emu::launch::{Geometry, OutBuf};
 use crate::kernels::{EmuArg, Kernel};
 
@@ -120,39 +119,6 @@ fn dim(op: &str, name: &str, x: usize) -> i32 {
 pub fn check_index(op: &str, index: &[u32], len: usize) {
     if let Some((pos, &i)) = index.iter().enumerate().find(|(_, &i)| i as usize >= len) {
         panic!("{op}: index[{pos}] = {i} is out of bounds for {len} elements");
-    }
-}
-
-/// The AdamW coefficients of one step in f32 (`struct AdamParams` in `kernels/adamw.cu`), converted from
-/// [`AdamStep`] exactly as the CPU backend's `AdamCoeffs` does (1 − β and 1 − lr·λ formed in f64 first).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AdamParams {
-    pub lr: f32,
-    pub beta1: f32,
-    pub one_minus_beta1: f32,
-    pub beta2: f32,
-    pub one_minus_beta2: f32,
-    pub eps: f32,
-    pub bc1: f32,
-    pub bc2: f32,
-    pub decay: f32,
-}
-
-impl AdamParams {
-    /// The f32 coefficients of `hp`.
-    pub fn new(hp: &AdamStep) -> Self {
-        AdamParams {
-            lr: hp.lr as f32,
-            beta1: hp.beta1 as f32,
-            one_minus_beta1: (1.0 - hp.beta1) as f32,
-            beta2: hp.beta2 as f32,
-            one_minus_beta2: (1.0 - hp.beta2) as f32,
-            eps: hp.eps as f32,
-            bc1: hp.bias_correction1 as f32,
-            bc2: hp.bias_correction2 as f32,
-            decay: (1.0 - hp.lr * hp.weight_decay) as f32,
-        }
     }
 }
 

@@ -1,9 +1,9 @@
 //! Launch plans of the rotations and the optimizer steps (module docs of `ops`).
 
-use super::{dim, flat, gemm_grid, same_len, AdamParams, Dev, Exec, BLOCK};
+use super::{dim, flat, gemm_grid, same_len, Dev, Exec, BLOCK};
 use crate::backend::cpu::check_len;
 use crate::backend::emu::launch::Geometry;
-use crate::backend::{check_rotation_index, AdamStep};
+use crate::backend::{check_rotation_index, decoupled_decay, AdamCoeffs, AdamStep};
 use crate::error::Result;
 use crate::kernels::{EmuArg, Kernel};
 
@@ -139,7 +139,7 @@ pub fn rotate_adam_direction<E: Exec>(
         return;
     };
     let (up, mp, vp, gp, rp) = (u.addr, m.addr, v.addr, grads.addr, rb.r.addr);
-    let k = AdamParams::new(&hp);
+    let k = AdamCoeffs::<f32>::new(&hp);
     // SAFETY: module comment above.
     unsafe {
         e.launch(
@@ -193,7 +193,7 @@ pub fn adamw_step<E: Exec>(e: &E, params: Dev, m: Dev, v: Dev, grads: Dev, hp: A
     let len = params.len;
     same_len("adamw_step", len, &[("m", m), ("v", v), ("grads", grads)]);
     let (pp, mp, vp, gp) = (params.addr, m.addr, v.addr, grads.addr);
-    let (k, n) = (AdamParams::new(&hp), len as i64);
+    let (k, n) = (AdamCoeffs::<f32>::new(&hp), len as i64);
     // SAFETY: module comment above.
     unsafe {
         e.launch(
@@ -228,7 +228,7 @@ pub fn sgd_step<E: Exec>(
     let (lr32, mu, decay, n) = (
         lr as f32,
         momentum as f32,
-        (1.0 - lr * weight_decay) as f32,
+        decoupled_decay(lr, weight_decay) as f32,
         len as i64,
     );
     // SAFETY: module comment above.
@@ -259,7 +259,7 @@ pub fn adam_direction_step<E: Exec>(e: &E, u: Dev, m: Dev, v: Dev, grads: Dev, h
         &[("m", m), ("v", v), ("grads", grads)],
     );
     let (up, mp, vp, gp) = (u.addr, m.addr, v.addr, grads.addr);
-    let (k, n) = (AdamParams::new(&hp), len as i64);
+    let (k, n) = (AdamCoeffs::<f32>::new(&hp), len as i64);
     // SAFETY: module comment above.
     unsafe {
         e.launch(
@@ -372,7 +372,7 @@ pub fn block_adam_direction_step<E: Exec>(
     );
     check_len("block_adam_direction_step", "v", v.len * block, len);
     let (up, mp, vp, gp) = (u.addr, m.addr, v.addr, grads.addr);
-    let (bl, k, n) = (block as i64, AdamParams::new(&hp), len as i64);
+    let (bl, k, n) = (block as i64, AdamCoeffs::<f32>::new(&hp), len as i64);
     // SAFETY: module comment above.
     unsafe {
         e.launch(
@@ -399,7 +399,7 @@ pub fn apply_update<E: Exec>(e: &E, params: Dev, u: Dev, lr: f64, weight_decay: 
         params.addr,
         u.addr,
         lr as f32,
-        (1.0 - lr * weight_decay) as f32,
+        decoupled_decay(lr, weight_decay) as f32,
         params.len as i64,
     );
     // SAFETY: module comment above.
