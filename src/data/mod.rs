@@ -20,3 +20,13 @@ pub use prepare::{
     GPT2_EOT,
 };
 pub use shard::{write_flat, write_llmc_shard, DataFormat, Dataset, TokenShard, TokenSplit};
+
+/// The directory of token data a config names: `demo` is the embedded corpus (prepared on first use),
+/// anything else a directory.
+pub fn resolve(data: &str, quiet: bool) -> crate::error::Result<std::path::PathBuf> {
+    if data == "demo" {
+        demo_corpus(quiet)
+    } else {
+        Ok(std::path::PathBuf::from(data))
+    }
+}

@@ -576,7 +576,7 @@ fn run_on(args: &DiagnoseOptions, t: &Target, threads: usize) -> Result<Report> 
     };
 
     if needs_model {
-        let data_dir = crate::run::train::resolve_data(&data_name, args.quiet)?;
+        let data_dir = crate::data::resolve(&data_name, args.quiet)?;
         let data = Dataset::open(&data_dir, model.vocab_size, model.seq_len)?;
         let count = args.batches.max(args.hvp_batches);
         let all: Vec<Batch> =

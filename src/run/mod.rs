@@ -5,6 +5,7 @@ pub mod metrics;
 pub mod options;
 pub mod progress;
 pub mod train;
+pub mod trainer;
 
 use crate::error::{Error, Result};
 use std::path::Path;

@@ -1,0 +1,315 @@
+//! A run in progress: the model, its optimizer, the data and the schedule, advanced one step at a time
+//! ([`Trainer::step`]), evaluated ([`Trainer::evaluate`]) and checkpointed ([`Trainer::checkpoint`]) as
+//! the caller decides; what watches the run (metrics.jsonl, the progress display, update-CV logging, a
+//! sweep's progress) is an [`Observer`] the caller attaches to [`Trainer::run`].
+
+use super::checkpoint::{self, TrainState};
+use super::metrics::StepMetrics;
+use crate::backend::{Backend, Scalar};
+use crate::config::RunConfig;
+use crate::data::loader::{fixed_batches, Batch, BatchSampler, EVAL_SEED};
+use crate::data::shard::Dataset;
+use crate::error::{Error, Result};
+use crate::model::Gpt2;
+use crate::optim::{clip_grads, grad_norm, schedule, Optimizer};
+use crate::rotation::basis::Basis;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// What one optimizer step measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport {
+    /// The step just completed (1-based).
+    pub step: usize,
+    /// Mean training loss over the step's micro-batches.
+    pub loss: f64,
+    pub lr: f64,
+    /// The global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub seconds: f64,
+}
+
+/// Something that watches a run: told of every step's metrics row, in the order the observers were
+/// attached, before the next step. An observer may fill in the row (update-CV) for the ones after it.
+pub trait Observer<BK: Backend> {
+    fn on_step(&mut self, trainer: &mut Trainer<'_, BK>, row: &mut StepMetrics) -> Result<()>;
+    /// The run ended (normally or not).
+    fn on_end(&mut self) {}
+}
+
+/// A run of `cfg` on one backend (module docs).
+pub struct Trainer<'a, BK: Backend> {
+    pub be: &'a BK,
+    pub cfg: &'a RunConfig,
+    pub model: Gpt2<BK>,
+    pub opt: Optimizer<BK>,
+    data: Dataset,
+    sampler: BatchSampler,
+    /// The fixed val batches of every evaluation.
+    eval: Vec<Batch>,
+    /// Optimizer steps completed.
+    pub step: usize,
+    /// The newest checkpoint written (or resumed from).
+    pub last_checkpoint: Option<PathBuf>,
+}
+
+impl<'a, BK: Backend> Trainer<'a, BK> {
+    /// `cfg`'s run at step 0: weights from the seed (or `--init-from`), the rotation, the optimizer, the
+    /// data (the demo corpus prepared on first use).
+    pub fn new(be: &'a BK, cfg: &'a RunConfig) -> Result<Self> {
+        let (m, tr) = (&cfg.model, &cfg.train);
+        let data_dir = crate::data::resolve(&cfg.data, cfg.quiet)?;
+        let data = Dataset::open(&data_dir, m.vocab_size, m.seq_len)?;
+        let model = Gpt2::new(be, m, tr.seed)?;
+        let basis = Basis::new(be, &cfg.rotation, &model.table)?;
+        let opt = Optimizer::for_run(be, tr, basis, &model.table)?;
+        // The same val windows for every run, whatever its seed, so val curves are comparable across runs.
+        let eval = fixed_batches(
+            &data.val,
+            tr.batch_size,
+            m.seq_len,
+            tr.eval_batches,
+            EVAL_SEED,
+        );
+        Ok(Trainer {
+            be,
+            cfg,
+            model,
+            opt,
+            data,
+            sampler: BatchSampler::new(tr.seed),
+            eval,
+            step: 0,
+            last_checkpoint: None,
+        })
+    }
+
+    /// `cfg`'s run restored from the latest checkpoint of its directory (weights, moments, step, data
+    /// cursor, the rotation's state): continuing it gives the bits an uninterrupted run gives.
+    pub fn resume(be: &'a BK, cfg: &'a RunConfig) -> Result<Self> {
+        let mut t = Self::new(be, cfg)?;
+        let Some((step, dir)) = checkpoint::latest(&cfg.out)? else {
+            return Err(Error::bad_file(
+                cfg.out.join("checkpoints"),
+                "checkpoints",
+                "no checkpoint to resume from (expected checkpoints/step_N/state.json)",
+            ));
+        };
+        let state = checkpoint::load(be, &dir, &mut t.model, &mut t.opt)?;
+        if state.rotation != cfg.rotation {
+            return Err(Error::bad_file(
+                dir.join("state.json"),
+                "rotation",
+                format!(
+                    "checkpoint was trained under {:?}, the run's config says {:?}",
+                    state.rotation, cfg.rotation
+                ),
+            ));
+        }
+        t.sampler = state.sampler;
+        t.step = step;
+        t.last_checkpoint = Some(dir);
+        Ok(t)
+    }
+
+    /// Weights from a Hugging Face GPT-2 `model.safetensors`; returns how many non-zero bias tensors of
+    /// the file a model without biases ignored.
+    pub fn init_from(&mut self, path: &std::path::Path) -> Result<usize> {
+        let tensors = crate::tensors::read(path)?;
+        let (flat, ignored) =
+            crate::model::hf::from_hf(path, &self.model.cfg, &self.model.table, &tensors)?;
+        self.model.set_params_f64(self.be, &flat)?;
+        Ok(ignored)
+    }
+
+    /// One optimizer step: the gradient of the mean loss over `grad_accum` micro-batches, the divergence
+    /// check (a non-finite loss or gradient norm is an error naming the last good checkpoint), clipping,
+    /// the optimizer at the schedule's learning rate.
+    pub fn step(&mut self) -> Result<StepReport> {
+        let (be, tr, t) = (self.be, &self.cfg.train, self.cfg.model.seq_len);
+        let it = self.step;
+        let step = it + 1;
+        let ts = Instant::now();
+        let lr = schedule::lr_at(it, tr.lr, tr.min_lr, tr.warmup, tr.decay_steps());
+        let dloss = 1.0 / (tr.batch_size * t * tr.grad_accum) as f64;
+        self.model.zero_grads(be)?;
+        let mut loss = 0.0;
+        for _ in 0..tr.grad_accum {
+            let b = self.sampler.next_batch(&self.data.train, tr.batch_size, t);
+            loss += self
+                .model
+                .forward_backward(be, &b.inputs, &b.targets, b.b, b.t, dloss)?;
+        }
+        loss /= tr.grad_accum as f64;
+        let norm = grad_norm(be, &self.model.grads)?;
+        let bad = if !loss.is_finite() {
+            Some(("train loss", loss))
+        } else if !norm.is_finite() {
+            Some(("gradient norm", norm))
+        } else {
+            None
+        };
+        if let Some((what, value)) = bad {
+            return Err(Error::Diverged {
+                step,
+                what: what.into(),
+                value,
+                kept: match &self.last_checkpoint {
+                    Some(d) => format!("the last good checkpoint is {}", d.display()),
+                    None => "no checkpoint had been written yet".into(),
+                },
+            });
+        }
+        clip_grads(be, &mut self.model.grads, norm, tr.clip)?;
+        self.opt.step(
+            be,
+            &self.model.table,
+            &mut self.model.params,
+            &self.model.grads,
+            lr,
+        )?;
+        self.step = step;
+        Ok(StepReport {
+            step,
+            loss,
+            lr,
+            grad_norm: norm,
+            seconds: ts.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Mean loss over the fixed evaluation batches.
+    pub fn evaluate(&mut self) -> Result<f64> {
+        let mut sum = 0.0;
+        for b in &self.eval {
+            sum += self.model.loss(self.be, &b.inputs, &b.targets, b.b, b.t)?;
+        }
+        Ok(sum / self.eval.len() as f64)
+    }
+
+    /// Writes the checkpoint of the current step (atomically); returns its directory.
+    pub fn checkpoint(&mut self, train_loss: f64, val_loss: Option<f64>) -> Result<PathBuf> {
+        let state = TrainState {
+            step: self.step,
+            sampler: self.sampler.clone(),
+            optimizer: self.cfg.train.optimizer,
+            rotation: self.cfg.rotation.clone(),
+            model: self.cfg.model.clone(),
+            dtype: <BK::T as Scalar>::NAME.into(),
+            num_params: self.model.num_params(),
+            train_loss,
+            val_loss,
+        };
+        let dir = checkpoint::save(self.be, &self.cfg.out, &self.model, &self.opt, &state)?;
+        self.last_checkpoint = Some(dir.clone());
+        Ok(dir)
+    }
+
+    /// The data in words (`data: …` of the start-up lines).
+    pub fn describe_data(&self) -> String {
+        self.data.describe()
+    }
+
+    /// Trains to `cfg.train.steps`: every step, an evaluation every `eval_every` steps and at the last,
+    /// a checkpoint every `checkpoint_every` steps and at the last; each step's metrics row goes through
+    /// `observers` in order. Returns the first and last training loss of this call and the last val loss.
+    pub fn run(&mut self, observers: &mut [&mut dyn Observer<BK>]) -> Result<RunLosses> {
+        let result = self.run_steps(observers);
+        for o in observers.iter_mut() {
+            o.on_end();
+        }
+        result
+    }
+
+    fn run_steps(&mut self, observers: &mut [&mut dyn Observer<BK>]) -> Result<RunLosses> {
+        let tr = &self.cfg.train;
+        let mut losses = RunLosses {
+            first_train: None,
+            final_train: f64::NAN,
+            final_val: None,
+        };
+        while self.step < tr.steps {
+            let s = self.step()?;
+            let val = if s.step.is_multiple_of(tr.eval_every) || s.step == tr.steps {
+                Some(self.evaluate()?)
+            } else {
+                None
+            };
+            losses.first_train.get_or_insert(s.loss);
+            losses.final_train = s.loss;
+            if val.is_some() {
+                losses.final_val = val;
+            }
+            let mut row = StepMetrics {
+                step: s.step,
+                train_loss: s.loss,
+                lr: s.lr,
+                grad_norm: s.grad_norm,
+                tokens_per_s: self.cfg.tokens_per_step() as f64 / s.seconds,
+                ms_per_step: s.seconds * 1e3,
+                val_loss: val,
+                optimizer: tr.optimizer.name().into(),
+                rotation: self.cfg.rotation.kind,
+                update_cv: None,
+            };
+            for o in observers.iter_mut() {
+                o.on_step(self, &mut row)?;
+            }
+            if s.step.is_multiple_of(tr.checkpoint_every) || s.step == tr.steps {
+                self.checkpoint(s.loss, losses.final_val)?;
+            }
+        }
+        Ok(losses)
+    }
+}
+
+/// The losses [`Trainer::run`] saw.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RunLosses {
+    pub first_train: Option<f64>,
+    pub final_train: f64,
+    pub final_val: Option<f64>,
+}
+
+/// Logs the update CV (the poster's semi-orthogonality of Adam's update, `optim::update_cv`) into the
+/// row every `every` steps.
+pub struct UpdateCvLog {
+    pub every: usize,
+}
+
+impl<BK: Backend> Observer<BK> for UpdateCvLog {
+    fn on_step(&mut self, t: &mut Trainer<'_, BK>, row: &mut StepMetrics) -> Result<()> {
+        if self.every > 0 && row.step.is_multiple_of(self.every) {
+            let u = t.opt.direction(t.be)?;
+            let cvs = crate::optim::update_cv::per_weight(&t.model.table, &u)?;
+            row.update_cv = Some(crate::optim::update_cv::summarize(&cvs));
+        }
+        Ok(())
+    }
+}
+
+impl<BK: Backend> Observer<BK> for super::metrics::MetricsWriter {
+    fn on_step(&mut self, _: &mut Trainer<'_, BK>, row: &mut StepMetrics) -> Result<()> {
+        self.write(row)
+    }
+}
+
+impl<BK: Backend> Observer<BK> for super::progress::Progress {
+    fn on_step(&mut self, _: &mut Trainer<'_, BK>, row: &mut StepMetrics) -> Result<()> {
+        self.step(row);
+        Ok(())
+    }
+    fn on_end(&mut self) {
+        self.finish();
+    }
+}
+
+/// A closure told of every row (a sweep's progress bar).
+pub struct OnStep<'f>(pub &'f mut (dyn FnMut(&StepMetrics) + Send));
+
+impl<BK: Backend> Observer<BK> for OnStep<'_> {
+    fn on_step(&mut self, _: &mut Trainer<'_, BK>, row: &mut StepMetrics) -> Result<()> {
+        (self.0)(row);
+        Ok(())
+    }
+}
