@@ -145,12 +145,13 @@ fn main() {
     write_if_changed(&out.join("kernels_gen.rs"), &gen);
 }
 
-/// The CUDA driver stand-in (`kernels/standin`): `OUT_DIR/standin/libcuda.so` (SONAME `libcuda.so`: the
-/// driver subset, the emulator's objects compiled above — every kernel — and a generated table of the
-/// kernels' launchers). Loaded in place of NVIDIA's library it runs the CUDA backend's host code on the
-/// emulator. Exports are limited by `-fvisibility=hidden` and the version script `kernels/standin/libcuda.map`;
-/// the entry-point list (`rotadam_standin_entry_points`) is every `STANDIN_API` line of driver.cpp.
-/// `ROTADAM_STANDIN_DIR` (compile-time env) names the directory.
+/// The CUDA driver and cuBLAS stand-in (`kernels/standin`): `OUT_DIR/standin/libcuda.so` (SONAME
+/// `libcuda.so`: the driver subset, the emulator's objects compiled above — every kernel — and a generated
+/// table of the kernels' launchers) and `OUT_DIR/standin/libcublas.so` (SONAME `libcublas.so`, needing the
+/// former). Loaded in place of NVIDIA's libraries they run the CUDA backend's host code on the emulator.
+/// Exports are limited by `-fvisibility=hidden` and the version scripts `kernels/standin/*.map`; the
+/// entry-point list (`rotadam_standin_entry_points`) is every `STANDIN_API` line of driver.cpp and
+/// cublas.cpp. `ROTADAM_STANDIN_DIR` (compile-time env) names the directory.
 fn build_standin(
     out: &Path,
     kdir: &Path,
@@ -196,7 +197,7 @@ fn build_standin(
     )
     .unwrap();
     writeln!(w, "const char* const kEntryPoints =").unwrap();
-    for file in ["driver.cpp"] {
+    for file in ["driver.cpp", "cublas.cpp"] {
         let text = fs::read_to_string(src.join(file)).unwrap();
         for rest in text.lines().filter_map(|l| l.strip_prefix("STANDIN_API ")) {
             let name = rest
@@ -221,6 +222,8 @@ fn build_standin(
         .pic(true)
         .out_dir(dir.join("obj"))
         .flag("-fvisibility=hidden")
+        // cublas.cpp: one rounding per multiply and per add, whatever the vector width
+        .flag("-ffp-contract=off")
         .flag_if_supported("-Wno-unused-parameter")
         .warnings(true);
     let mut driver = base.clone();
@@ -228,6 +231,8 @@ fn build_standin(
         .file(src.join("driver.cpp"))
         .file(src.join("ptx.cpp"))
         .file(&table);
+    let mut cublas = base.clone();
+    cublas.file(src.join("cublas.cpp"));
     let link = |name: &str, objects: Vec<PathBuf>, extra: &[String]| {
         let mut cmd = base.get_compiler().to_command();
         cmd.arg("-shared")
@@ -256,6 +261,15 @@ fn build_standin(
     let mut objects = emu_objects.to_vec();
     objects.extend(driver.compile_intermediates());
     link("libcuda.so", objects, &[]);
+    link(
+        "libcublas.so",
+        cublas.compile_intermediates(),
+        &[
+            format!("-L{}", dir.display()),
+            "-l:libcuda.so".into(),
+            "-Wl,-rpath,$ORIGIN".into(),
+        ],
+    );
 }
 
 /// The flattened `reduce.cu` with the barrier between the per-warp partial writes and their reads removed
