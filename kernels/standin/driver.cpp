@@ -301,10 +301,8 @@ struct Api {
 
   // A detected misuse: reported, returned.
   CUresult fail(CUresult code, const std::string& msg) {
-    if (quiet)
-      message = msg;
-    else
-      record(s, std::string(name) + ": " + msg + " [" + error_name(code) + "]");
+    message = msg;
+    if (!quiet) record(s, std::string(name) + ": " + msg + " [" + error_name(code) + "]");
     return code;
   }
   // The consequence of an earlier failure: this thread's last error only, not a new report line.
@@ -1538,7 +1536,6 @@ STANDIN_API unsigned int rotadam_standin_enqueue(CUstream stream, const char* wh
     if (release != nullptr) release(p);
   });
   Api a(what);
-  a.quiet = true;
   Context* c = nullptr;
   CUresult r = current(a, &c);
   std::shared_ptr<Stream> st;

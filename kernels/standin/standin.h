@@ -103,9 +103,10 @@ bool parse_ptx(const char* text, PtxModule* out, std::string* error);
 // Work queued by libcublas.so: returns 0, or nonzero with a message in err.
 typedef int (*rotadam_standin_work_fn)(void* payload, char* err, uint64_t err_len);
 
-// These three record nothing: on failure they return a CUresult and write the reason into `why`, and the
-// caller (libcublas.so) reports it with its own status. `run` is called with the stand-in's lock held: it
-// must not call back into libcuda.so.
+// The two checks record nothing: on failure they return a CUresult and write the reason into `why`, and
+// the caller (libcublas.so) reports it with its own status. rotadam_standin_enqueue reports its own
+// failures (a dead stream; a failed context only sets the last error). `run` is called with the
+// stand-in's lock held: it must not call back into libcuda.so.
 //
 // 0 when [ptr, ptr + bytes) lies inside one live device allocation of the current context (`what` names
 // the operand in the reason); else the CUresult a faulting kernel would raise (CUDA_ERROR_ILLEGAL_ADDRESS).
