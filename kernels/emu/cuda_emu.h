@@ -3,7 +3,7 @@
 // The same kernels/*.cu sources are compiled by the host C++ compiler with this header forced in front
 // (`-include kernels/emu/cuda_emu.h`, `-DROTADAM_EMU`). Execution model:
 //   - blocks of a grid run one after another on the calling OS thread;
-//   - the threads of a block are ucontext fibers that run ONE AT A TIME, each until its next sync point
+//   - the threads of a block are fibers (emu_runtime.cpp) that run ONE AT A TIME, each until its next sync point
 //     (__syncthreads, a warp shuffle / __syncwarp, or its end), passing a baton in a fixed order: ascending
 //     or descending linear thread index (EmuLaunchCfg::order). After every thread has run to its sync point,
 //     the completed barriers are released (a warp whose lanes all wait at a warp op; the block when every
@@ -204,10 +204,32 @@ inline int emu_launch(const char* name, void (*f)(A...), const EmuLaunchCfg* cfg
   return rotadam_emu_run(name, &emu_thunk<A...>, reinterpret_cast<void*>(f), args, cfg, err, err_len);
 }
 
-/// The extern "C" launcher of one kernel: `rotadam_emu_<name>(cfg, args, nargs, err, err_len)`. build.rs
+/// A kernel's parameter list as the C++ compiler sees it: writes the size, the alignment and whether it is
+/// a pointer of (up to `cap` of) its parameters and returns their number. The CUDA driver stand-in
+/// (kernels/standin) checks PTX parameter lists and pointer arguments against it.
+template <typename... A>
+inline uint64_t emu_params(void (*)(A...), uint64_t* sizes, uint64_t* aligns, unsigned char* is_pointer,
+                           uint64_t cap) {
+  const uint64_t s[] = {sizeof(A)..., 0};
+  const uint64_t a[] = {alignof(A)..., 0};
+  const unsigned char p[] = {static_cast<unsigned char>(std::is_pointer<A>::value)..., 0};
+  for (uint64_t i = 0; i < sizeof...(A) && i < cap; ++i) {
+    sizes[i] = s[i];
+    aligns[i] = a[i];
+    is_pointer[i] = p[i];
+  }
+  return sizeof...(A);
+}
+
+/// The extern "C" launcher of one kernel: `rotadam_emu_<name>(cfg, args, nargs, err, err_len)`, and its
+/// parameter list `rotadam_emu_params_<name>(sizes, aligns, is_pointer, cap)` (emu_params). build.rs
 /// writes one line per `__global__` function found in each .cu file.
 #define ROTADAM_EMU_LAUNCHER(name)                                                                   \
   extern "C" int rotadam_emu_##name(const EmuLaunchCfg* cfg, const EmuArg* args, uint64_t nargs,      \
                                     char* err, uint64_t err_len) {                                   \
     return emu_launch(#name, &name, cfg, args, nargs, err, err_len);                                 \
+  }                                                                                                  \
+  extern "C" uint64_t rotadam_emu_params_##name(uint64_t* sizes, uint64_t* aligns,                    \
+                                                unsigned char* is_pointer, uint64_t cap) {           \
+    return emu_params(&name, sizes, aligns, is_pointer, cap);                                        \
   }

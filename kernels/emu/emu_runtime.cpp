@@ -1,14 +1,24 @@
 // emu_runtime.cpp: the scheduler behind cuda_emu.h (see that header for the execution model).
 //
 // One launch at a time (a process-wide mutex). Blocks run in order blockIdx.z, y, x. The threads of a block
-// are ucontext fibers with their own stacks (kept between launches); the scheduler runs every runnable
-// fiber once per pass, in ascending or descending linear thread order, each until it parks at a sync point
-// or returns. After a pass it releases every warp whose live lanes all wait at a warp sync, else the block
-// if every live thread waits at __syncthreads; if nothing can be released the launch fails with a message
-// naming the kernel, the block and the threads that disagree.
+// are fibers with their own stacks (kept between launches); the scheduler runs every runnable fiber once per
+// pass, in ascending or descending linear thread order, each until it parks at a sync point or returns.
+// After a pass it releases every warp whose live lanes all wait at a warp sync, else the block if every live
+// thread waits at __syncthreads; if nothing can be released the launch fails with a message naming the
+// kernel, the block and the threads that disagree.
+//
+// Fiber switches: on x86_64 a few instructions of assembly (below) save the stack pointer, the callee-saved
+// registers of the System V ABI (rbx, rbp, r12-r15), MXCSR and the x87 control word, and nothing else.
+// swapcontext would also save and restore the signal mask, one rt_sigprocmask system call per switch, which
+// dominated the emulator's run time. Other architectures (or -DROTADAM_EMU_UCONTEXT) keep ucontext. Not
+// checked here: a kernel that overflows its fiber's stack (256 KiB) corrupts the heap instead of faulting.
 #include "cuda_emu.h"
 
+#if defined(__x86_64__) && !defined(ROTADAM_EMU_UCONTEXT)
+#define ROTADAM_EMU_ASM_SWITCH 1
+#else
 #include <ucontext.h>
+#endif
 
 #include <cstdlib>
 #include <mutex>
@@ -22,8 +32,17 @@ enum State { RUNNABLE, WAIT_BLOCK, WAIT_WARP, DONE };
 constexpr size_t kStack = 256 * 1024;
 constexpr unsigned kMaxThreads = 1024;
 
+#if ROTADAM_EMU_ASM_SWITCH
+// A suspended execution context: its saved stack pointer. Everything else it needs is on its stack.
+struct Context {
+  void* sp = nullptr;
+};
+#else
+using Context = ucontext_t;
+#endif
+
 struct Fiber {
-  ucontext_t ctx;
+  Context ctx;
   char* stack = nullptr;
   State state = DONE;
   uint3 tid{0, 0, 0};
@@ -33,7 +52,7 @@ struct Launch {
   void (*thunk)(void*, const EmuArg*) = nullptr;
   void* fn = nullptr;
   const EmuArg* args = nullptr;
-  ucontext_t sched;
+  Context sched;
   std::vector<Fiber> fibers;
   unsigned current = 0;
   std::vector<uint64_t> warp_buf;    // 32 slots per warp
@@ -53,11 +72,87 @@ void poison_shared() {
 }
 Launch g_launch;
 
+#if ROTADAM_EMU_ASM_SWITCH
+}  // namespace
+
+// rotadam_emu_switch(save, to): pushes the callee-saved registers, MXCSR and the x87 control word on the
+// current stack, stores the stack pointer in save->sp, loads to->sp and pops the same set from there. A
+// fresh fiber's stack is prepared by start_fiber to look like one suspended here, returning into
+// fiber_entry. Hidden: each copy of the emulator (a static library, a shared object) keeps its own.
+extern "C" void rotadam_emu_switch(Context* save, const Context* to);
+asm(R"(
+    .text
+    .p2align 4
+    .globl rotadam_emu_switch
+    .hidden rotadam_emu_switch
+    .type rotadam_emu_switch, @function
+rotadam_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq (%rsi), %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size rotadam_emu_switch, .-rotadam_emu_switch
+)");
+
+namespace {
+
+void switch_to(Context* save, const Context* to) { rotadam_emu_switch(save, to); }
+
+[[noreturn]] void fiber_entry();
+
+// Lays out a fresh stack as rotadam_emu_switch leaves a suspended one: the FP control words of the
+// scheduler, six zeroed callee-saved registers, then the address of fiber_entry for `ret`, then a null
+// return address for fiber_entry itself. fiber_entry starts with rsp = 8 mod 16, as after a call.
+void start_fiber(Fiber& f) {
+  uintptr_t top = (reinterpret_cast<uintptr_t>(f.stack) + kStack) & ~uintptr_t{15};
+  uint64_t* slot = reinterpret_cast<uint64_t*>(top - 16);
+  slot[0] = reinterpret_cast<uint64_t>(&fiber_entry);  // popped by `ret`
+  slot[1] = 0;                                          // fiber_entry's (never used) return address
+  uint64_t* regs = slot - 7;                            // FP control words, r15, r14, r13, r12, rbx, rbp
+  uint32_t mxcsr;
+  uint16_t fpucw;
+  asm volatile("stmxcsr %0" : "=m"(mxcsr));
+  asm volatile("fnstcw %0" : "=m"(fpucw));
+  regs[0] = static_cast<uint64_t>(mxcsr) | (static_cast<uint64_t>(fpucw) << 32);
+  for (int i = 1; i < 7; ++i) regs[i] = 0;
+  f.ctx.sp = regs;
+}
+#else
+void switch_to(Context* save, const Context* to) { swapcontext(save, to); }
+
+void fiber_entry();
+
+void start_fiber(Fiber& f) {
+  getcontext(&f.ctx);
+  f.ctx.uc_stack.ss_sp = f.stack;
+  f.ctx.uc_stack.ss_size = kStack;
+  f.ctx.uc_link = nullptr;
+  makecontext(&f.ctx, fiber_entry, 0);
+}
+#endif
+
 void fiber_entry() {
   Launch& l = g_launch;
   l.thunk(l.fn, l.args);
   l.fibers[l.current].state = DONE;
-  swapcontext(&l.fibers[l.current].ctx, &l.sched);
+  switch_to(&l.fibers[l.current].ctx, &l.sched);
   std::abort();  // a finished fiber is never resumed
 }
 
@@ -65,7 +160,7 @@ void park(State s) {
   Launch& l = g_launch;
   Fiber& f = l.fibers[l.current];
   f.state = s;
-  swapcontext(&f.ctx, &l.sched);
+  switch_to(&f.ctx, &l.sched);
 }
 
 void set_err(char* err, uint64_t len, const std::string& msg) {
@@ -146,11 +241,7 @@ extern "C" int rotadam_emu_run(const char* name, void (*thunk)(void*, const EmuA
         poison_shared();
         for (unsigned i = 0; i < nthreads; ++i) {
           Fiber& f = l.fibers[i];
-          getcontext(&f.ctx);
-          f.ctx.uc_stack.ss_sp = f.stack;
-          f.ctx.uc_stack.ss_size = kStack;
-          f.ctx.uc_link = nullptr;
-          makecontext(&f.ctx, fiber_entry, 0);
+          start_fiber(f);
           f.state = RUNNABLE;
         }
         for (;;) {
@@ -161,7 +252,7 @@ extern "C" int rotadam_emu_run(const char* name, void (*thunk)(void*, const EmuA
             if (f.state != RUNNABLE) continue;
             l.current = i;
             threadIdx = f.tid;
-            swapcontext(&l.sched, &f.ctx);
+            switch_to(&l.sched, &f.ctx);
           }
           // Release what can be released.
           unsigned done = 0, at_block = 0, at_warp = 0;
