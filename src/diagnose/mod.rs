@@ -40,22 +40,27 @@
 
 pub mod estimators;
 pub mod hvp;
+mod report;
 pub mod rows;
+mod target;
 
-use crate::config::{ModelConfig, OptimizerKind, RotationConfig, RotationKind, RunConfig, Scope};
+pub use report::{
+    table, L11Section, LinfReport, Report, RowMass, RowReport, RowsReport, Settings,
+    SpectralReport, UpdateCvReport,
+};
+pub use target::{last_update, load_weights, open_target, Target};
+
+use crate::config::{OptimizerKind, RotationConfig, RotationKind, Scope};
 use crate::data::loader::{fixed_batches, Batch};
 use crate::data::shard::Dataset;
 use crate::error::{Error, Result};
 use crate::model::ParamTable;
-use crate::optim::{update_cv, Optimizer};
-use crate::rng::Rng;
-use crate::rotation::basis::Basis;
-use crate::run::checkpoint::{self, TrainState};
-use estimators::{Contribution, L11Method, L11Report, LanczosResult};
-use hvp::{Cpu64, Gpt2Hvp, InPlaceBasis};
-use serde::Serialize;
-use std::path::{Path, PathBuf};
+use crate::optim::update_cv;
+use estimators::L11Method;
+use hvp::{Gpt2Hvp, InPlaceBasis};
+use std::path::PathBuf;
 use std::time::Instant;
+use target::{build_basis, checkpoint_update};
 
 /// Default `--seed` of the diagnostic minibatches.
 pub const DEFAULT_SEED: u64 = 1000;
@@ -208,215 +213,6 @@ impl DiagnoseOptions {
     }
 }
 
-/// The checkpoint being diagnosed.
-pub struct Target {
-    pub run_dir: PathBuf,
-    pub dir: PathBuf,
-    pub config: RunConfig,
-    pub state: TrainState,
-}
-
-/// Resolve a run directory (latest checkpoint) or a checkpoint directory.
-pub fn open_target(path: &Path) -> Result<Target> {
-    let (run_dir, dir) = if path.join("state.json").is_file() {
-        let run = path
-            .parent()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        (run, path.to_path_buf())
-    } else if path.join("config.json").is_file() {
-        let Some((_, dir)) = checkpoint::latest(path)? else {
-            return Err(Error::bad_file(
-                path.join("checkpoints"),
-                "checkpoints",
-                "no checkpoint in this run (expected checkpoints/step_N/state.json)",
-            ));
-        };
-        (path.to_path_buf(), dir)
-    } else {
-        return Err(Error::bad_file(
-            path,
-            "path",
-            "expected a run directory (with config.json) or a checkpoint directory (with state.json)",
-        ));
-    };
-    let config = RunConfig::read(&run_dir.join("config.json"))?;
-    let sp = dir.join("state.json");
-    let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
-    let state: TrainState = serde_json::from_str(&text).map_err(|e| Error::Json {
-        path: sp,
-        source: e,
-    })?;
-    Ok(Target {
-        run_dir,
-        dir,
-        config,
-        state,
-    })
-}
-
-/// The checkpoint's weights in the standard flat layout (f64).
-pub fn load_weights(t: &Target, table: &ParamTable) -> Result<Vec<f64>> {
-    let mp = t.dir.join("model.safetensors");
-    let tensors = crate::tensors::read(&mp)?;
-    Ok(crate::model::hf::from_hf(&mp, &t.state.model, table, &tensors)?.0)
-}
-
-/// Build the basis of `rc` on the f64 CPU backend; `svd` loads its factors from the checkpoint.
-fn build_basis(t: &Target, rc: &RotationConfig, table: &ParamTable) -> Result<Basis<Cpu64>> {
-    let be = Cpu64::new(1, false);
-    let mut basis = Basis::new(&be, rc, table)?;
-    if basis.has_state() {
-        let rp = t.dir.join("rotation.safetensors");
-        if !rp.is_file() {
-            return Err(Error::bad_file(
-                &rp,
-                "rotation",
-                "missing: the svd basis needs the run's singular vectors, which only a checkpoint of an svd run carries",
-            ));
-        }
-        let tensors = crate::tensors::read(&rp)?;
-        basis.load_state(&be, &rp, &tensors)?;
-    }
-    Ok(basis)
-}
-
-/// The L∞ gradient bound.
-#[derive(Clone, Debug, Serialize)]
-pub struct LinfReport {
-    pub batches: usize,
-    /// C̃ = max_B ‖R∇f_B(w)‖∞.
-    pub bound: f64,
-    /// Mean over batches of ‖R∇f_B(w)‖∞.
-    pub mean: f64,
-    /// The batch (0-based) where the max occurred.
-    pub argmax: usize,
-    pub seconds: f64,
-}
-
-/// The (1,1)-norm estimates and their time.
-#[derive(Clone, Debug, Serialize)]
-pub struct L11Section {
-    #[serde(flatten)]
-    pub estimate: L11Report,
-    pub seconds: f64,
-}
-
-/// Lanczos and Xie et al.'s comparison.
-#[derive(Clone, Debug, Serialize)]
-pub struct SpectralReport {
-    #[serde(flatten)]
-    pub lanczos: LanczosResult,
-    /// d·‖H‖₂, Xie et al.'s point of comparison for ‖H‖₍₁,₁₎ (not a bound of it; module docs).
-    pub d_times_spectral: f64,
-    /// ‖H‖₍₁,₁₎ / (d·‖H‖₂) when `l11` ran too.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub l11_over_d_spectral: Option<f64>,
-    pub seconds: f64,
-}
-
-/// Where Σⱼ|Hᵢⱼ| sits: fractions in the neuron, the rest of the layer, and outside the layer.
-#[derive(Clone, Copy, Debug, Serialize)]
-pub struct RowMass {
-    pub neuron: f64,
-    pub layer: f64,
-    pub non_layer: f64,
-}
-
-/// One sampled row.
-#[derive(Clone, Debug, Serialize)]
-pub struct RowReport {
-    #[serde(flatten)]
-    pub position: rows::RowPosition,
-    /// Hᵢᵢ, ‖Hᵢ‖₁ and ‖Hᵢ‖∞.
-    pub diagonal: f64,
-    pub l1: f64,
-    pub linf: f64,
-    pub mass: RowMass,
-    /// ⟨d, Hᵢ⟩ parts for the last update direction (AdamW runs).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub update: Option<Contribution>,
-    /// Mean over random directions of the parts, and of their absolute values.
-    pub random_mean: Contribution,
-    pub random_mean_abs: Contribution,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub plot: Option<PathBuf>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct RowsReport {
-    /// `last-update` (rebuilt from the checkpoint's moments) or absent with the reason.
-    pub update_direction: String,
-    /// ‖d‖₂ of the update direction (0 if none).
-    pub update_norm: f64,
-    pub random_dirs: usize,
-    pub rows: Vec<RowReport>,
-    pub seconds: f64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct UpdateCvReport {
-    #[serde(flatten)]
-    pub summary: update_cv::UpdateCvSummary,
-    pub weights: Vec<update_cv::WeightCv>,
-    pub seconds: f64,
-}
-
-/// Every setting of a diagnose run.
-#[derive(Clone, Debug, Serialize)]
-pub struct Settings {
-    /// The diagnostics asked for.
-    pub what: Vec<What>,
-    pub checkpoint: PathBuf,
-    pub step: usize,
-    pub model: ModelConfig,
-    pub num_params: usize,
-    pub optimizer: String,
-    /// The run's rotation and the one diagnosed (differs with --rotation).
-    pub run_rotation: RotationConfig,
-    pub rotation: RotationConfig,
-    pub basis: String,
-    pub data: String,
-    /// `fixed_batches(train split, batch_size, seq_len, count, seed)`.
-    pub batches: String,
-    pub batch_size: usize,
-    pub seq_len: usize,
-    pub seed: u64,
-    pub linf_batches: usize,
-    pub hvp_batches: usize,
-    pub probes: usize,
-    pub l11_method: L11Method,
-    pub max_memory_gb: f64,
-    pub lanczos_iters: usize,
-    pub random_dirs: usize,
-    /// `central difference of f64 gradients`, step h.
-    pub hvp: String,
-    pub hvp_step: f64,
-    /// Mean loss over the HVP batches at w.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub loss: Option<f64>,
-    pub threads: usize,
-}
-
-/// The whole report (`--json`).
-#[derive(Clone, Debug, Serialize)]
-pub struct Report {
-    pub settings: Settings,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub linf: Option<LinfReport>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub l11: Option<L11Section>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub spectral: Option<SpectralReport>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hessian_rows: Option<RowsReport>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub update_cv: Option<UpdateCvReport>,
-    /// Where the JSON was written.
-    pub json_path: PathBuf,
-}
-
 /// Run `diagnose`: compute what `args` asks, write the JSON (and plots) to the output directory, and
 /// return the report ([`table`] renders it).
 pub fn run(args: &DiagnoseOptions) -> Result<Report> {
@@ -451,57 +247,46 @@ fn diag_rotation(args: &DiagnoseOptions, run: &RotationConfig) -> RotationConfig
     rc
 }
 
-/// The run's optimizer as the checkpoint left it, in f64 on the CPU: the run's chain in the run's basis,
-/// with the checkpoint's moments and step count. Only AdamW keeps the per-coordinate moments the
-/// diagnostics read.
-fn checkpoint_optimizer(t: &Target, table: &ParamTable) -> Result<(Cpu64, Optimizer<Cpu64>)> {
-    if t.state.optimizer != OptimizerKind::Adamw {
-        return Err(Error::config(
-            "update-cv",
-            format!(
-                "needs AdamW's per-coordinate second moment; the run's optimizer is {}",
-                t.state.optimizer.name()
-            ),
-        ));
+/// What the estimators share: the options, the checkpoint and its table, where the outputs go, and, for
+/// the gradient and Hessian diagnostics, the loss over the fixed batches in the diagnosed basis.
+struct Context<'a> {
+    args: &'a DiagnoseOptions,
+    t: &'a Target,
+    table: ParamTable,
+    out_dir: PathBuf,
+    /// `step<N>_<basis>`, the stem of the output files.
+    tag: String,
+    probe: Option<Probe>,
+}
+
+/// The model's loss where the diagnostics probe it.
+struct Probe {
+    f: Gpt2Hvp,
+    /// The weights, standard basis.
+    w: Vec<f64>,
+    /// The L∞ bound's minibatches (the HVP batches are the first `hvp_batches` of them).
+    batches: Vec<Batch>,
+}
+
+impl Context<'_> {
+    fn probe(&mut self) -> &mut Probe {
+        self.probe
+            .as_mut()
+            .expect("the loss is built for every estimator that needs it")
     }
-    let be = Cpu64::new(1, false);
-    let basis = Basis::new(&be, &t.state.rotation, table)?;
-    let mut opt = Optimizer::for_run(&be, &t.config.train, basis, table)?;
-    checkpoint::load_optimizer(&be, &t.dir, &mut opt, t.state.step)?;
-    Ok((be, opt))
 }
 
-/// Adam's direction Rᵀ(m̂/(√v̂+ε)) in the standard layout, as the checkpoint's optimizer gives it.
-fn checkpoint_update(t: &Target, table: &ParamTable) -> Result<Vec<f64>> {
-    let (be, mut opt) = checkpoint_optimizer(t, table)?;
-    opt.direction(&be)
-}
+/// An estimator: fills its section of the report.
+type Estimator = fn(&mut Context<'_>, &mut Report) -> Result<()>;
 
-/// The learning rate of step t: from metrics.jsonl when it has the row, else the schedule.
-fn step_lr(t: &Target) -> f64 {
-    let step = t.state.step;
-    if let Ok(rows) = crate::run::metrics::read(&t.run_dir.join("metrics.jsonl")) {
-        if let Some(r) = rows.iter().rev().find(|r| r.step == step) {
-            return r.lr;
-        }
-    }
-    let tr = &t.config.train;
-    crate::optim::schedule::lr_at(
-        step.saturating_sub(1),
-        tr.lr,
-        tr.min_lr,
-        tr.warmup,
-        tr.decay_steps(),
-    )
-}
-
-/// d = w_t − w_{t−1} of the checkpoint's last AdamW step (module docs): the optimizer inverts its step.
-pub fn last_update(t: &Target, table: &ParamTable, w: &[f64]) -> Result<Vec<f64>> {
-    let (be, mut opt) = checkpoint_optimizer(t, table)?;
-    let u = opt.direction(&be)?;
-    let prev = opt.previous_params(table, w, &u, step_lr(t));
-    Ok(w.iter().zip(&prev).map(|(w, p)| w - p).collect())
-}
+/// The diagnostics in the order they run: what, whether it probes the model's loss, how.
+const ESTIMATORS: [(What, bool, Estimator); 5] = [
+    (What::Linf, true, linf),
+    (What::L11, true, l11),
+    (What::Spectral, true, spectral),
+    (What::HessianRows, true, hessian_rows),
+    (What::UpdateCv, false, update_cv),
+];
 
 fn run_on(args: &DiagnoseOptions, t: &Target, threads: usize) -> Result<Report> {
     let model = t.state.model.clone();
@@ -533,40 +318,34 @@ fn run_on(args: &DiagnoseOptions, t: &Target, threads: usize) -> Result<Report> 
             t.state.rotation.kind
         ),
     );
-
-    let needs_model = args.wants(What::Linf)
-        || args.wants(What::L11)
-        || args.wants(What::Spectral)
-        || args.wants(What::HessianRows);
-    let mut settings = Settings {
-        what: args.what.clone(),
-        checkpoint: t.dir.clone(),
-        step: t.state.step,
-        model: model.clone(),
-        num_params: table.total,
-        optimizer: t.state.optimizer.name().into(),
-        run_rotation: t.state.rotation.clone(),
-        rotation: rc.clone(),
-        basis: String::new(),
-        data: data_name.clone(),
-        batches: "fixed_batches(train split, batch_size, seq_len, count, seed): the HVP batches are the first hvp_batches".into(),
-        batch_size,
-        seq_len: model.seq_len,
-        seed: args.seed,
-        linf_batches: args.batches,
-        hvp_batches: args.hvp_batches,
-        probes: args.probes,
-        l11_method: args.l11_method,
-        max_memory_gb: args.max_memory,
-        lanczos_iters: args.lanczos_iters,
-        random_dirs: args.random_dirs,
-        hvp: "central difference of f64 gradients along v/|v|, step h = cbrt(eps) * max(1, |w|_inf)".into(),
-        hvp_step: 0.0,
-        loss: None,
-        threads,
-    };
     let mut report = Report {
-        settings: settings.clone(),
+        settings: Settings {
+            what: args.what.clone(),
+            checkpoint: t.dir.clone(),
+            step: t.state.step,
+            model: model.clone(),
+            num_params: table.total,
+            optimizer: t.state.optimizer.name().into(),
+            run_rotation: t.state.rotation.clone(),
+            rotation: rc.clone(),
+            basis: String::new(),
+            data: data_name.clone(),
+            batches: "fixed_batches(train split, batch_size, seq_len, count, seed): the HVP batches are the first hvp_batches".into(),
+            batch_size,
+            seq_len: model.seq_len,
+            seed: args.seed,
+            linf_batches: args.batches,
+            hvp_batches: args.hvp_batches,
+            probes: args.probes,
+            l11_method: args.l11_method,
+            max_memory_gb: args.max_memory,
+            lanczos_iters: args.lanczos_iters,
+            random_dirs: args.random_dirs,
+            hvp: "central difference of f64 gradients along v/|v|, step h = cbrt(eps) * max(1, |w|_inf)".into(),
+            hvp_step: 0.0,
+            loss: None,
+            threads,
+        },
         linf: None,
         l11: None,
         spectral: None,
@@ -575,100 +354,164 @@ fn run_on(args: &DiagnoseOptions, t: &Target, threads: usize) -> Result<Report> 
         json_path: out_dir.join(format!("diagnose_{tag}.json")),
     };
 
-    if needs_model {
+    let needs_loss = ESTIMATORS
+        .iter()
+        .any(|(w, loss, _)| *loss && args.wants(*w));
+    let probe = if needs_loss {
         let data_dir = crate::data::resolve(&data_name, args.quiet)?;
         let data = Dataset::open(&data_dir, model.vocab_size, model.seq_len)?;
         let count = args.batches.max(args.hvp_batches);
         let all: Vec<Batch> =
             fixed_batches(&data.train, batch_size, model.seq_len, count, args.seed);
-        let hvp_batches = all[..args.hvp_batches].to_vec();
         let w = load_weights(t, &table)?;
         let basis = InPlaceBasis::new(build_basis(t, &rc, &table)?);
-        let mut f = Gpt2Hvp::new(&model, w.clone(), hvp_batches, basis, threads)?;
-        settings.basis = f.describe_basis();
-        settings.hvp_step = f.step_length();
-        let (loss, _) = f.gradient()?;
-        settings.loss = Some(loss);
-        let d = f.dim();
-
-        if args.wants(What::Linf) {
-            let t0 = Instant::now();
-            let (mut best, mut arg, mut sum) = (0.0f64, 0, 0.0);
-            for (k, b) in all[..args.batches].iter().enumerate() {
-                let (_, g) = f.batch_gradient(b)?;
-                let n = estimators::linf(&g);
-                sum += n;
-                if n > best {
-                    best = n;
-                    arg = k;
-                }
-                if (k + 1) % 100 == 0 {
-                    say(args, format!("linf: {} / {} batches", k + 1, args.batches));
-                }
-            }
-            report.linf = Some(LinfReport {
-                batches: args.batches,
-                bound: best,
-                mean: sum / args.batches as f64,
-                argmax: arg,
-                seconds: t0.elapsed().as_secs_f64(),
-            });
-        }
-        if args.wants(What::L11) {
-            let t0 = Instant::now();
-            let max_bytes = (args.max_memory * 1e9) as u64;
-            say(
-                args,
-                format!("l11: {} Cauchy probes on d = {d}", args.probes),
-            );
-            let r = estimators::l11(
-                |v, o| f.hvp(v, o),
-                d,
-                args.probes,
-                args.seed,
-                args.l11_method,
-                max_bytes,
-            )?;
-            if r.median.is_none() && args.l11_method == L11Method::Auto {
-                say(
-                    args,
-                    format!(
-                        "l11: the median needs {:.2} GB > --max-memory {} GB: streaming estimator only",
-                        r.median_bytes as f64 / 1e9,
-                        args.max_memory
-                    ),
-                );
-            }
-            report.l11 = Some(L11Section {
-                estimate: r,
-                seconds: t0.elapsed().as_secs_f64(),
-            });
-        }
-        if args.wants(What::Spectral) {
-            let t0 = Instant::now();
-            say(
-                args,
-                format!("spectral: {} Lanczos steps", args.lanczos_iters),
-            );
-            let lz = estimators::lanczos(|v, o| f.hvp(v, o), d, args.lanczos_iters, args.seed)?;
-            let dh = d as f64 * lz.spectral_norm;
-            report.spectral = Some(SpectralReport {
-                d_times_spectral: dh,
-                l11_over_d_spectral: report.l11.as_ref().map(|r| r.estimate.best().norm / dh),
-                lanczos: lz,
-                seconds: t0.elapsed().as_secs_f64(),
-            });
-        }
-        if args.wants(What::HessianRows) {
-            let t0 = Instant::now();
-            report.hessian_rows = Some(hessian_rows(args, t, &table, &w, &mut f, &out_dir, &tag)?);
-            if let Some(r) = report.hessian_rows.as_mut() {
-                r.seconds = t0.elapsed().as_secs_f64();
-            }
+        let mut f = Gpt2Hvp::new(
+            &model,
+            w.clone(),
+            all[..args.hvp_batches].to_vec(),
+            basis,
+            threads,
+        )?;
+        let s = &mut report.settings;
+        s.basis = f.describe_basis();
+        s.hvp_step = f.step_length();
+        s.loss = Some(f.gradient()?.0);
+        Some(Probe {
+            f,
+            w,
+            batches: all[..args.batches].to_vec(),
+        })
+    } else {
+        None
+    };
+    let mut cx = Context {
+        args,
+        t,
+        table,
+        out_dir,
+        tag,
+        probe,
+    };
+    for (what, _, estimate) in ESTIMATORS {
+        if args.wants(what) {
+            estimate(&mut cx, &mut report)?;
         }
     }
-    let explicit_cv = args.what.contains(&What::UpdateCv);
-    if args.wants(What::UpdateCv) && !explicit_cv && t.state.optimizer != OptimizerKind::Adamw {
+    let json = serde_json::to_vec_pretty(&report).expect("report serialises");
+    crate::run::write_atomic(&report.json_path, &json)?;
+    say(args, format!("wrote {}", report.json_path.display()));
+    Ok(report)
+}
+
+/// C̃ = max over the minibatches of ‖R∇f_B(w)‖∞, its mean and where the max is.
+fn linf(cx: &mut Context<'_>, report: &mut Report) -> Result<()> {
+    let t0 = Instant::now();
+    let args = cx.args;
+    let Probe { f, batches, .. } = cx.probe();
+    let (mut best, mut arg, mut sum) = (0.0f64, 0, 0.0);
+    for (k, b) in batches.iter().enumerate() {
+        let (_, g) = f.batch_gradient(b)?;
+        let n = estimators::linf(&g);
+        sum += n;
+        if n > best {
+            best = n;
+            arg = k;
+        }
+        if (k + 1) % 100 == 0 {
+            say(args, format!("linf: {} / {} batches", k + 1, args.batches));
+        }
+    }
+    report.linf = Some(LinfReport {
+        batches: args.batches,
+        bound: best,
+        mean: sum / args.batches as f64,
+        argmax: arg,
+        seconds: t0.elapsed().as_secs_f64(),
+    });
+    Ok(())
+}
+
+/// ‖H‖₍₁,₁₎ by Cauchy probes.
+fn l11(cx: &mut Context<'_>, report: &mut Report) -> Result<()> {
+    let t0 = Instant::now();
+    let args = cx.args;
+    let f = &mut cx.probe().f;
+    let d = f.dim();
+    let max_bytes = (args.max_memory * 1e9) as u64;
+    say(
+        args,
+        format!("l11: {} Cauchy probes on d = {d}", args.probes),
+    );
+    let r = estimators::l11(
+        |v, o| f.hvp(v, o),
+        d,
+        args.probes,
+        args.seed,
+        args.l11_method,
+        max_bytes,
+    )?;
+    if r.median.is_none() && args.l11_method == L11Method::Auto {
+        say(
+            args,
+            format!(
+                "l11: the median needs {:.2} GB > --max-memory {} GB: streaming estimator only",
+                r.median_bytes as f64 / 1e9,
+                args.max_memory
+            ),
+        );
+    }
+    report.l11 = Some(L11Section {
+        estimate: r,
+        seconds: t0.elapsed().as_secs_f64(),
+    });
+    Ok(())
+}
+
+/// λ_max, λ_min and ‖H‖₂ by Lanczos; d·‖H‖₂ and, when l11 ran, ‖H‖₍₁,₁₎ / (d·‖H‖₂).
+fn spectral(cx: &mut Context<'_>, report: &mut Report) -> Result<()> {
+    let t0 = Instant::now();
+    let args = cx.args;
+    let f = &mut cx.probe().f;
+    let d = f.dim();
+    say(
+        args,
+        format!("spectral: {} Lanczos steps", args.lanczos_iters),
+    );
+    let lz = estimators::lanczos(|v, o| f.hvp(v, o), d, args.lanczos_iters, args.seed)?;
+    let dh = d as f64 * lz.spectral_norm;
+    report.spectral = Some(SpectralReport {
+        d_times_spectral: dh,
+        l11_over_d_spectral: report.l11.as_ref().map(|r| r.estimate.best().norm / dh),
+        lanczos: lz,
+        seconds: t0.elapsed().as_secs_f64(),
+    });
+    Ok(())
+}
+
+/// Hessian rows and their decomposition ([`rows::measure`]).
+fn hessian_rows(cx: &mut Context<'_>, report: &mut Report) -> Result<()> {
+    let t0 = Instant::now();
+    let (args, t) = (cx.args, cx.t);
+    let Context {
+        table,
+        out_dir,
+        tag,
+        probe,
+        ..
+    } = cx;
+    let Probe { f, w, .. } = probe.as_mut().expect("hessian-rows probes the loss");
+    let mut r = rows::measure(args, t, table, w, f, out_dir, tag)?;
+    r.seconds = t0.elapsed().as_secs_f64();
+    report.hessian_rows = Some(r);
+    Ok(())
+}
+
+/// The update CV of Adam's direction at the checkpoint; with `all`, skipped (said) for runs without
+/// AdamW's moments.
+fn update_cv(cx: &mut Context<'_>, report: &mut Report) -> Result<()> {
+    let (args, t) = (cx.args, cx.t);
+    let explicit = args.what.contains(&What::UpdateCv);
+    if !explicit && t.state.optimizer != OptimizerKind::Adamw {
         say(
             args,
             format!(
@@ -676,295 +519,15 @@ fn run_on(args: &DiagnoseOptions, t: &Target, threads: usize) -> Result<Report> 
                 t.state.optimizer.name()
             ),
         );
-    } else if args.wants(What::UpdateCv) {
-        let t0 = Instant::now();
-        let u = checkpoint_update(t, &table)?;
-        let weights = update_cv::per_weight(&table, &u)?;
-        report.update_cv = Some(UpdateCvReport {
-            summary: update_cv::summarize(&weights),
-            weights,
-            seconds: t0.elapsed().as_secs_f64(),
-        });
+        return Ok(());
     }
-    report.settings = settings;
-    let json = serde_json::to_vec_pretty(&report).expect("report serialises");
-    crate::run::write_atomic(&report.json_path, &json)?;
-    say(args, format!("wrote {}", report.json_path.display()));
-    Ok(report)
-}
-
-fn hessian_rows(
-    args: &DiagnoseOptions,
-    t: &Target,
-    table: &ParamTable,
-    w: &[f64],
-    f: &mut Gpt2Hvp,
-    out_dir: &Path,
-    tag: &str,
-) -> Result<RowsReport> {
-    let d = f.dim();
-    let positions: Vec<rows::RowPosition> = if args.rows.is_empty() {
-        rows::default_positions(table)
-    } else {
-        args.rows
-            .iter()
-            .map(|&i| {
-                rows::position(table, i).ok_or_else(|| {
-                    Error::config("--rows", format!("index {i} is out of range (d = {d})"))
-                })
-            })
-            .collect::<Result<_>>()?
-    };
-    let (update, update_desc) = match last_update(t, table, w) {
-        Ok(u) => (
-            Some(f.rotate(&u)?),
-            "last-update (w_t - w_{t-1} rebuilt from the checkpoint's AdamW moments)".to_string(),
-        ),
-        Err(e) => (None, format!("none: {e}")),
-    };
-    let update_norm = update.as_ref().map_or(0.0, |u| estimators::norm2(u));
-    let scale = if update_norm > 0.0 { update_norm } else { 1.0 };
-    let mut rng = Rng::derive(args.seed, STREAM_RANDOM_DIRS);
-    let random: Vec<Vec<f64>> = (0..args.random_dirs)
-        .map(|_| {
-            let g: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
-            let n = estimators::norm2(&g);
-            g.into_iter().map(|x| x * scale / n).collect()
-        })
-        .collect();
-    let mut out = Vec::new();
-    for p in positions {
-        say(
-            args,
-            format!("hessian-rows: row {} ({})", p.index, p.tensor),
-        );
-        let row = estimators::hessian_row(|v, o| f.hvp(v, o), d, p.index)?;
-        let (neuron, layer) = rows::groups(table, p.index).expect("position inside the table");
-        let abs_sum = |it: &mut dyn Iterator<Item = usize>| it.map(|j| row[j].abs()).sum::<f64>();
-        let l1: f64 = row.iter().map(|x| x.abs()).sum();
-        let n_mass = abs_sum(&mut neuron.iter().copied());
-        let l_mass = abs_sum(&mut layer.clone()) - n_mass;
-        let denom = if l1 > 0.0 { l1 } else { 1.0 };
-        let upd = update
-            .as_ref()
-            .map(|u| rows::contribution(table, p.index, &row, u));
-        let rc: Vec<Contribution> = random
-            .iter()
-            .map(|r| rows::contribution(table, p.index, &row, r))
-            .collect();
-        let title = format!(
-            "Hessian row {} ({} [{}, {}]), basis {}, step {}",
-            p.index,
-            p.tensor,
-            p.row,
-            p.col,
-            tag_basis(tag),
-            t.state.step
-        );
-        let plot = plot_row(
-            args,
-            table,
-            &row,
-            &p,
-            &title,
-            &out_dir.join(format!("row{}_{tag}.png", p.index)),
-        );
-        out.push(RowReport {
-            diagonal: row[p.index],
-            l1,
-            linf: estimators::linf(&row),
-            mass: RowMass {
-                neuron: n_mass / denom,
-                layer: l_mass / denom,
-                non_layer: (l1 - n_mass - l_mass) / denom,
-            },
-            update: upd,
-            random_mean: rows::mean_contribution(&rc, false),
-            random_mean_abs: rows::mean_contribution(&rc, true),
-            plot,
-            position: p,
-        });
-    }
-    Ok(RowsReport {
-        update_direction: update_desc,
-        update_norm,
-        random_dirs: args.random_dirs,
-        rows: out,
-        seconds: 0.0,
-    })
-}
-
-/// The row's plot (Maes et al. Fig. 7 style): |H_ij| over the parameter index j on a log axis (downsampled
-/// by the max per pixel column, so no spike is lost), with markers at wte, wpe, every transformer block,
-/// ln_f and the sampled index itself. A failure to draw is reported on stderr and leaves `plot` empty:
-/// the numbers matter more than the figure.
-fn plot_row(
-    args: &DiagnoseOptions,
-    table: &ParamTable,
-    row: &[f64],
-    p: &rows::RowPosition,
-    title: &str,
-    path: &Path,
-) -> Option<PathBuf> {
-    use crate::plot::{Axes, Marker, RowPlot, RowValues};
-    let mut markers = vec![
-        Marker {
-            x: table.entries[table.wte].offset as f64,
-            label: "wte".into(),
-        },
-        Marker {
-            x: table.entries[table.wpe].offset as f64,
-            label: "wpe".into(),
-        },
-    ];
-    for (l, lp) in table.layers.iter().enumerate() {
-        markers.push(Marker {
-            x: table.entries[lp.ln1_w].offset as f64,
-            label: format!("h.{l}"),
-        });
-    }
-    markers.push(Marker {
-        x: table.entries[table.lnf_w].offset as f64,
-        label: "ln_f".into(),
+    let t0 = Instant::now();
+    let u = checkpoint_update(t, &cx.table)?;
+    let weights = update_cv::per_weight(&cx.table, &u)?;
+    report.update_cv = Some(UpdateCvReport {
+        summary: update_cv::summarize(&weights),
+        weights,
+        seconds: t0.elapsed().as_secs_f64(),
     });
-    markers.push(Marker {
-        x: p.index as f64,
-        label: format!("row {}", p.index),
-    });
-    let plot = RowPlot {
-        axes: Axes::new(title, "parameter index j", "|H_ij|").log_y(),
-        values: RowValues::F64(row),
-        markers,
-    };
-    match plot.save(path) {
-        Ok(()) => Some(path.to_path_buf()),
-        Err(e) => {
-            say(
-                args,
-                format!("hessian-rows: no plot for row {}: {e}", p.index),
-            );
-            None
-        }
-    }
-}
-
-/// The basis part of a file tag `step<N>_<basis>`.
-fn tag_basis(tag: &str) -> &str {
-    tag.split_once('_').map_or(tag, |(_, b)| b)
-}
-
-fn sci(x: f64) -> String {
-    format!("{x:.4e}")
-}
-
-/// The human-readable table of a report.
-pub fn table(r: &Report) -> String {
-    let s = &r.settings;
-    let mut o = String::new();
-    o += &format!(
-        "checkpoint {} (step {}), {} parameters, basis: {}\n",
-        s.checkpoint.display(),
-        s.step,
-        s.num_params,
-        if s.basis.is_empty() {
-            s.rotation.kind.to_string()
-        } else {
-            s.basis.clone()
-        }
-    );
-    if let Some(loss) = s.loss {
-        o += &format!(
-            "f = mean loss over {} fixed train batches of {}x{} (seed {}): {loss:.6}; HVP step h = {:.3e}\n",
-            s.hvp_batches, s.batch_size, s.seq_len, s.seed, s.hvp_step
-        );
-    }
-    if let Some(l) = &r.linf {
-        o += &format!(
-            "linf      C~ = max_B |R grad f_B|_inf = {}  (mean {}, over {} batches; max at batch {})  [{:.1} s]\n",
-            sci(l.bound),
-            sci(l.mean),
-            l.batches,
-            l.argmax,
-            l.seconds
-        );
-    }
-    if let Some(l) = &r.l11 {
-        for e in [&l.estimate.median, &l.estimate.streaming]
-            .into_iter()
-            .flatten()
-        {
-            o += &format!(
-                "l11       |H|_(1,1) = {}  (/d = {}; {} over {} Cauchy probes; {} zero rows)  [{:.1} s]\n",
-                sci(e.norm),
-                sci(e.norm_per_dim),
-                e.method,
-                e.probes,
-                e.zero_rows,
-                l.seconds
-            );
-        }
-    }
-    if let Some(sp) = &r.spectral {
-        o += &format!(
-            "spectral  lambda_max = {}, lambda_min = {}, |H|_2 = {}, d*|H|_2 = {}{}  ({} Lanczos steps)  [{:.1} s]\n",
-            sci(sp.lanczos.lambda_max),
-            sci(sp.lanczos.lambda_min),
-            sci(sp.lanczos.spectral_norm),
-            sci(sp.d_times_spectral),
-            sp.l11_over_d_spectral
-                .map(|x| format!(", |H|_(1,1)/(d*|H|_2) = {x:.4}"))
-                .unwrap_or_default(),
-            sp.lanczos.iterations,
-            sp.seconds
-        );
-    }
-    if let Some(h) = &r.hessian_rows {
-        o += &format!(
-            "hessian-rows  direction: {}; |d| = {}; {} random directions  [{:.1} s]\n",
-            h.update_direction,
-            sci(h.update_norm),
-            h.random_dirs,
-            h.seconds
-        );
-        o += &format!(
-            "  {:>10} {:<24} {:>11} {:>11}  {:>6} {:>6} {:>6}  {:>11} {:>11} {:>11} {:>11}  {:>11} {:>11} {:>11}\n",
-            "index", "tensor", "H_ii", "|H_i|_1", "m.neu", "m.lay", "m.out", "upd.neuron", "upd.layer", "upd.nonlay", "upd.total", "rnd.neuron", "rnd.layer", "rnd.nonlay"
-        );
-        for row in &h.rows {
-            let u = row.update;
-            let f = |x: Option<f64>| x.map(sci).unwrap_or_else(|| "-".into());
-            o += &format!(
-                "  {:>10} {:<24} {:>11} {:>11}  {:>6.3} {:>6.3} {:>6.3}  {:>11} {:>11} {:>11} {:>11}  {:>11} {:>11} {:>11}\n",
-                row.position.index,
-                row.position.tensor,
-                sci(row.diagonal),
-                sci(row.l1),
-                row.mass.neuron,
-                row.mass.layer,
-                row.mass.non_layer,
-                f(u.map(|c| c.neuron)),
-                f(u.map(|c| c.layer)),
-                f(u.map(|c| c.non_layer)),
-                f(u.map(|c| c.total)),
-                sci(row.random_mean.neuron),
-                sci(row.random_mean.layer),
-                sci(row.random_mean.non_layer),
-            );
-        }
-    }
-    if let Some(u) = &r.update_cv {
-        o += &format!(
-            "update-cv std/mean of singular values of R^T(m^/(sqrt(v^)+eps)): mean {:.4}, median {:.4}, max {:.4} over {} weights  [{:.1} s]\n",
-            u.summary.mean,
-            u.summary.median,
-            u.summary.max,
-            u.weights.len(),
-            u.seconds
-        );
-        for w in &u.weights {
-            o += &format!("  {:<28} {:>5}x{:<5} {:.4}\n", w.name, w.rows, w.cols, w.cv);
-        }
-    }
-    o += &format!("json: {}\n", r.json_path.display());
-    o
+    Ok(())
 }

@@ -30,9 +30,15 @@
 //! coordinate itself for a 1-D tensor; *non-layer* = everything else. The "layer" part excludes the neuron.
 
 use super::estimators::{decompose, Contribution};
+use super::hvp::Gpt2Hvp;
+use super::target::{last_update, Target};
+use super::{say, DiagnoseOptions, RowMass, RowReport, RowsReport, STREAM_RANDOM_DIRS};
+use crate::error::{Error, Result};
 use crate::model::{ParamEntry, ParamTable, Role};
+use crate::rng::Rng;
 use serde::Serialize;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 /// One default row: (layer of 12, role, row and column in the 124M tensor, the 124M tensor's shape,
 /// Maes et al.'s row id).
@@ -226,4 +232,164 @@ pub fn boundaries(table: &ParamTable, min_len: usize) -> Vec<(usize, String)> {
         .filter(|e| e.len() >= min_len)
         .map(|e| (e.offset, e.name.clone()))
         .collect()
+}
+
+pub(super) fn measure(
+    args: &DiagnoseOptions,
+    t: &Target,
+    table: &ParamTable,
+    w: &[f64],
+    f: &mut Gpt2Hvp,
+    out_dir: &Path,
+    tag: &str,
+) -> Result<RowsReport> {
+    let d = f.dim();
+    let positions: Vec<RowPosition> = if args.rows.is_empty() {
+        default_positions(table)
+    } else {
+        args.rows
+            .iter()
+            .map(|&i| {
+                position(table, i).ok_or_else(|| {
+                    Error::config("--rows", format!("index {i} is out of range (d = {d})"))
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    let (update, update_desc) = match last_update(t, table, w) {
+        Ok(u) => (
+            Some(f.rotate(&u)?),
+            "last-update (w_t - w_{t-1} rebuilt from the checkpoint's AdamW moments)".to_string(),
+        ),
+        Err(e) => (None, format!("none: {e}")),
+    };
+    let update_norm = update.as_ref().map_or(0.0, |u| super::estimators::norm2(u));
+    let scale = if update_norm > 0.0 { update_norm } else { 1.0 };
+    let mut rng = Rng::derive(args.seed, STREAM_RANDOM_DIRS);
+    let random: Vec<Vec<f64>> = (0..args.random_dirs)
+        .map(|_| {
+            let g: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
+            let n = super::estimators::norm2(&g);
+            g.into_iter().map(|x| x * scale / n).collect()
+        })
+        .collect();
+    let mut out = Vec::new();
+    for p in positions {
+        say(
+            args,
+            format!("hessian-rows: row {} ({})", p.index, p.tensor),
+        );
+        let row = super::estimators::hessian_row(|v, o| f.hvp(v, o), d, p.index)?;
+        let (neuron, layer) = groups(table, p.index).expect("position inside the table");
+        let abs_sum = |it: &mut dyn Iterator<Item = usize>| it.map(|j| row[j].abs()).sum::<f64>();
+        let l1: f64 = row.iter().map(|x| x.abs()).sum();
+        let n_mass = abs_sum(&mut neuron.iter().copied());
+        let l_mass = abs_sum(&mut layer.clone()) - n_mass;
+        let denom = if l1 > 0.0 { l1 } else { 1.0 };
+        let upd = update
+            .as_ref()
+            .map(|u| contribution(table, p.index, &row, u));
+        let rc: Vec<Contribution> = random
+            .iter()
+            .map(|r| contribution(table, p.index, &row, r))
+            .collect();
+        let title = format!(
+            "Hessian row {} ({} [{}, {}]), basis {}, step {}",
+            p.index,
+            p.tensor,
+            p.row,
+            p.col,
+            tag_basis(tag),
+            t.state.step
+        );
+        let plot = plot_row(
+            args,
+            table,
+            &row,
+            &p,
+            &title,
+            &out_dir.join(format!("row{}_{tag}.png", p.index)),
+        );
+        out.push(RowReport {
+            diagonal: row[p.index],
+            l1,
+            linf: super::estimators::linf(&row),
+            mass: RowMass {
+                neuron: n_mass / denom,
+                layer: l_mass / denom,
+                non_layer: (l1 - n_mass - l_mass) / denom,
+            },
+            update: upd,
+            random_mean: mean_contribution(&rc, false),
+            random_mean_abs: mean_contribution(&rc, true),
+            plot,
+            position: p,
+        });
+    }
+    Ok(RowsReport {
+        update_direction: update_desc,
+        update_norm,
+        random_dirs: args.random_dirs,
+        rows: out,
+        seconds: 0.0,
+    })
+}
+
+/// The row's plot (Maes et al. Fig. 7 style): |H_ij| over the parameter index j on a log axis (downsampled
+/// by the max per pixel column, so no spike is lost), with markers at wte, wpe, every transformer block,
+/// ln_f and the sampled index itself. A failure to draw is reported on stderr and leaves `plot` empty:
+/// the numbers matter more than the figure.
+fn plot_row(
+    args: &DiagnoseOptions,
+    table: &ParamTable,
+    row: &[f64],
+    p: &RowPosition,
+    title: &str,
+    path: &Path,
+) -> Option<PathBuf> {
+    use crate::plot::{Axes, Marker, RowPlot, RowValues};
+    let mut markers = vec![
+        Marker {
+            x: table.entries[table.wte].offset as f64,
+            label: "wte".into(),
+        },
+        Marker {
+            x: table.entries[table.wpe].offset as f64,
+            label: "wpe".into(),
+        },
+    ];
+    for (l, lp) in table.layers.iter().enumerate() {
+        markers.push(Marker {
+            x: table.entries[lp.ln1_w].offset as f64,
+            label: format!("h.{l}"),
+        });
+    }
+    markers.push(Marker {
+        x: table.entries[table.lnf_w].offset as f64,
+        label: "ln_f".into(),
+    });
+    markers.push(Marker {
+        x: p.index as f64,
+        label: format!("row {}", p.index),
+    });
+    let plot = RowPlot {
+        axes: Axes::new(title, "parameter index j", "|H_ij|").log_y(),
+        values: RowValues::F64(row),
+        markers,
+    };
+    match plot.save(path) {
+        Ok(()) => Some(path.to_path_buf()),
+        Err(e) => {
+            say(
+                args,
+                format!("hessian-rows: no plot for row {}: {e}", p.index),
+            );
+            None
+        }
+    }
+}
+
+/// The basis part of a file tag `step<N>_<basis>`.
+fn tag_basis(tag: &str) -> &str {
+    tag.split_once('_').map_or(tag, |(_, b)| b)
 }

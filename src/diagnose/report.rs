@@ -1,0 +1,260 @@
+//! What `diagnose` reports: one section per diagnostic and every setting (`--json`), and the table
+//! printed without `--json`.
+
+use super::estimators::{Contribution, L11Method, L11Report, LanczosResult};
+use super::{rows, What};
+use crate::config::{ModelConfig, RotationConfig};
+use crate::optim::update_cv;
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// The L∞ gradient bound.
+#[derive(Clone, Debug, Serialize)]
+pub struct LinfReport {
+    pub batches: usize,
+    /// C̃ = max_B ‖R∇f_B(w)‖∞.
+    pub bound: f64,
+    /// Mean over batches of ‖R∇f_B(w)‖∞.
+    pub mean: f64,
+    /// The batch (0-based) where the max occurred.
+    pub argmax: usize,
+    pub seconds: f64,
+}
+
+/// The (1,1)-norm estimates and their time.
+#[derive(Clone, Debug, Serialize)]
+pub struct L11Section {
+    #[serde(flatten)]
+    pub estimate: L11Report,
+    pub seconds: f64,
+}
+
+/// Lanczos and Xie et al.'s comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct SpectralReport {
+    #[serde(flatten)]
+    pub lanczos: LanczosResult,
+    /// d·‖H‖₂, Xie et al.'s point of comparison for ‖H‖₍₁,₁₎ (not a bound of it; module docs).
+    pub d_times_spectral: f64,
+    /// ‖H‖₍₁,₁₎ / (d·‖H‖₂) when `l11` ran too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l11_over_d_spectral: Option<f64>,
+    pub seconds: f64,
+}
+
+/// Where Σⱼ|Hᵢⱼ| sits: fractions in the neuron, the rest of the layer, and outside the layer.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct RowMass {
+    pub neuron: f64,
+    pub layer: f64,
+    pub non_layer: f64,
+}
+
+/// One sampled row.
+#[derive(Clone, Debug, Serialize)]
+pub struct RowReport {
+    #[serde(flatten)]
+    pub position: rows::RowPosition,
+    /// Hᵢᵢ, ‖Hᵢ‖₁ and ‖Hᵢ‖∞.
+    pub diagonal: f64,
+    pub l1: f64,
+    pub linf: f64,
+    pub mass: RowMass,
+    /// ⟨d, Hᵢ⟩ parts for the last update direction (AdamW runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update: Option<Contribution>,
+    /// Mean over random directions of the parts, and of their absolute values.
+    pub random_mean: Contribution,
+    pub random_mean_abs: Contribution,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plot: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RowsReport {
+    /// `last-update` (rebuilt from the checkpoint's moments) or absent with the reason.
+    pub update_direction: String,
+    /// ‖d‖₂ of the update direction (0 if none).
+    pub update_norm: f64,
+    pub random_dirs: usize,
+    pub rows: Vec<RowReport>,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct UpdateCvReport {
+    #[serde(flatten)]
+    pub summary: update_cv::UpdateCvSummary,
+    pub weights: Vec<update_cv::WeightCv>,
+    pub seconds: f64,
+}
+
+/// Every setting of a diagnose run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Settings {
+    /// The diagnostics asked for.
+    pub what: Vec<What>,
+    pub checkpoint: PathBuf,
+    pub step: usize,
+    pub model: ModelConfig,
+    pub num_params: usize,
+    pub optimizer: String,
+    /// The run's rotation and the one diagnosed (differs with --rotation).
+    pub run_rotation: RotationConfig,
+    pub rotation: RotationConfig,
+    pub basis: String,
+    pub data: String,
+    /// `fixed_batches(train split, batch_size, seq_len, count, seed)`.
+    pub batches: String,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub seed: u64,
+    pub linf_batches: usize,
+    pub hvp_batches: usize,
+    pub probes: usize,
+    pub l11_method: L11Method,
+    pub max_memory_gb: f64,
+    pub lanczos_iters: usize,
+    pub random_dirs: usize,
+    /// `central difference of f64 gradients`, step h.
+    pub hvp: String,
+    pub hvp_step: f64,
+    /// Mean loss over the HVP batches at w.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    pub threads: usize,
+}
+
+/// The whole report (`--json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub settings: Settings,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub linf: Option<LinfReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l11: Option<L11Section>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spectral: Option<SpectralReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hessian_rows: Option<RowsReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_cv: Option<UpdateCvReport>,
+    /// Where the JSON was written.
+    pub json_path: PathBuf,
+}
+
+fn sci(x: f64) -> String {
+    format!("{x:.4e}")
+}
+
+/// The human-readable table of a report.
+pub fn table(r: &Report) -> String {
+    let s = &r.settings;
+    let mut o = String::new();
+    o += &format!(
+        "checkpoint {} (step {}), {} parameters, basis: {}\n",
+        s.checkpoint.display(),
+        s.step,
+        s.num_params,
+        if s.basis.is_empty() {
+            s.rotation.kind.to_string()
+        } else {
+            s.basis.clone()
+        }
+    );
+    if let Some(loss) = s.loss {
+        o += &format!(
+            "f = mean loss over {} fixed train batches of {}x{} (seed {}): {loss:.6}; HVP step h = {:.3e}\n",
+            s.hvp_batches, s.batch_size, s.seq_len, s.seed, s.hvp_step
+        );
+    }
+    if let Some(l) = &r.linf {
+        o += &format!(
+            "linf      C~ = max_B |R grad f_B|_inf = {}  (mean {}, over {} batches; max at batch {})  [{:.1} s]\n",
+            sci(l.bound),
+            sci(l.mean),
+            l.batches,
+            l.argmax,
+            l.seconds
+        );
+    }
+    if let Some(l) = &r.l11 {
+        for e in [&l.estimate.median, &l.estimate.streaming]
+            .into_iter()
+            .flatten()
+        {
+            o += &format!(
+                "l11       |H|_(1,1) = {}  (/d = {}; {} over {} Cauchy probes; {} zero rows)  [{:.1} s]\n",
+                sci(e.norm),
+                sci(e.norm_per_dim),
+                e.method,
+                e.probes,
+                e.zero_rows,
+                l.seconds
+            );
+        }
+    }
+    if let Some(sp) = &r.spectral {
+        o += &format!(
+            "spectral  lambda_max = {}, lambda_min = {}, |H|_2 = {}, d*|H|_2 = {}{}  ({} Lanczos steps)  [{:.1} s]\n",
+            sci(sp.lanczos.lambda_max),
+            sci(sp.lanczos.lambda_min),
+            sci(sp.lanczos.spectral_norm),
+            sci(sp.d_times_spectral),
+            sp.l11_over_d_spectral
+                .map(|x| format!(", |H|_(1,1)/(d*|H|_2) = {x:.4}"))
+                .unwrap_or_default(),
+            sp.lanczos.iterations,
+            sp.seconds
+        );
+    }
+    if let Some(h) = &r.hessian_rows {
+        o += &format!(
+            "hessian-rows  direction: {}; |d| = {}; {} random directions  [{:.1} s]\n",
+            h.update_direction,
+            sci(h.update_norm),
+            h.random_dirs,
+            h.seconds
+        );
+        o += &format!(
+            "  {:>10} {:<24} {:>11} {:>11}  {:>6} {:>6} {:>6}  {:>11} {:>11} {:>11} {:>11}  {:>11} {:>11} {:>11}\n",
+            "index", "tensor", "H_ii", "|H_i|_1", "m.neu", "m.lay", "m.out", "upd.neuron", "upd.layer", "upd.nonlay", "upd.total", "rnd.neuron", "rnd.layer", "rnd.nonlay"
+        );
+        for row in &h.rows {
+            let u = row.update;
+            let f = |x: Option<f64>| x.map(sci).unwrap_or_else(|| "-".into());
+            o += &format!(
+                "  {:>10} {:<24} {:>11} {:>11}  {:>6.3} {:>6.3} {:>6.3}  {:>11} {:>11} {:>11} {:>11}  {:>11} {:>11} {:>11}\n",
+                row.position.index,
+                row.position.tensor,
+                sci(row.diagonal),
+                sci(row.l1),
+                row.mass.neuron,
+                row.mass.layer,
+                row.mass.non_layer,
+                f(u.map(|c| c.neuron)),
+                f(u.map(|c| c.layer)),
+                f(u.map(|c| c.non_layer)),
+                f(u.map(|c| c.total)),
+                sci(row.random_mean.neuron),
+                sci(row.random_mean.layer),
+                sci(row.random_mean.non_layer),
+            );
+        }
+    }
+    if let Some(u) = &r.update_cv {
+        o += &format!(
+            "update-cv std/mean of singular values of R^T(m^/(sqrt(v^)+eps)): mean {:.4}, median {:.4}, max {:.4} over {} weights  [{:.1} s]\n",
+            u.summary.mean,
+            u.summary.median,
+            u.summary.max,
+            u.weights.len(),
+            u.seconds
+        );
+        for w in &u.weights {
+            o += &format!("  {:<28} {:>5}x{:<5} {:.4}\n", w.name, w.rows, w.cols, w.cv);
+        }
+    }
+    o += &format!("json: {}\n", r.json_path.display());
+    o
+}

@@ -1,0 +1,141 @@
+//! The checkpoint being diagnosed: a run directory (its latest checkpoint) or a checkpoint directory, its
+//! weights, its basis, and its optimizer as the checkpoint left it.
+
+use super::hvp::Cpu64;
+use crate::config::{OptimizerKind, RotationConfig, RunConfig};
+use crate::error::{Error, Result};
+use crate::model::ParamTable;
+use crate::optim::Optimizer;
+use crate::rotation::basis::Basis;
+use crate::run::checkpoint::{self, TrainState};
+use std::path::{Path, PathBuf};
+
+/// The checkpoint being diagnosed.
+pub struct Target {
+    pub run_dir: PathBuf,
+    pub dir: PathBuf,
+    pub config: RunConfig,
+    pub state: TrainState,
+}
+
+/// Resolve a run directory (latest checkpoint) or a checkpoint directory.
+pub fn open_target(path: &Path) -> Result<Target> {
+    let (run_dir, dir) = if path.join("state.json").is_file() {
+        let run = path
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        (run, path.to_path_buf())
+    } else if path.join("config.json").is_file() {
+        let Some((_, dir)) = checkpoint::latest(path)? else {
+            return Err(Error::bad_file(
+                path.join("checkpoints"),
+                "checkpoints",
+                "no checkpoint in this run (expected checkpoints/step_N/state.json)",
+            ));
+        };
+        (path.to_path_buf(), dir)
+    } else {
+        return Err(Error::bad_file(
+            path,
+            "path",
+            "expected a run directory (with config.json) or a checkpoint directory (with state.json)",
+        ));
+    };
+    let config = RunConfig::read(&run_dir.join("config.json"))?;
+    let sp = dir.join("state.json");
+    let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| Error::Json {
+        path: sp,
+        source: e,
+    })?;
+    Ok(Target {
+        run_dir,
+        dir,
+        config,
+        state,
+    })
+}
+
+/// The checkpoint's weights in the standard flat layout (f64).
+pub fn load_weights(t: &Target, table: &ParamTable) -> Result<Vec<f64>> {
+    let mp = t.dir.join("model.safetensors");
+    let tensors = crate::tensors::read(&mp)?;
+    Ok(crate::model::hf::from_hf(&mp, &t.state.model, table, &tensors)?.0)
+}
+
+/// Build the basis of `rc` on the f64 CPU backend; `svd` loads its factors from the checkpoint.
+pub(super) fn build_basis(
+    t: &Target,
+    rc: &RotationConfig,
+    table: &ParamTable,
+) -> Result<Basis<Cpu64>> {
+    let be = Cpu64::new(1, false);
+    let mut basis = Basis::new(&be, rc, table)?;
+    if basis.has_state() {
+        let rp = t.dir.join("rotation.safetensors");
+        if !rp.is_file() {
+            return Err(Error::bad_file(
+                &rp,
+                "rotation",
+                "missing: the svd basis needs the run's singular vectors, which only a checkpoint of an svd run carries",
+            ));
+        }
+        let tensors = crate::tensors::read(&rp)?;
+        basis.load_state(&be, &rp, &tensors)?;
+    }
+    Ok(basis)
+}
+
+/// The run's optimizer as the checkpoint left it, in f64 on the CPU: the run's chain in the run's basis,
+/// with the checkpoint's moments and step count. Only AdamW keeps the per-coordinate moments the
+/// diagnostics read.
+fn checkpoint_optimizer(t: &Target, table: &ParamTable) -> Result<(Cpu64, Optimizer<Cpu64>)> {
+    if t.state.optimizer != OptimizerKind::Adamw {
+        return Err(Error::config(
+            "update-cv",
+            format!(
+                "needs AdamW's per-coordinate second moment; the run's optimizer is {}",
+                t.state.optimizer.name()
+            ),
+        ));
+    }
+    let be = Cpu64::new(1, false);
+    let basis = Basis::new(&be, &t.state.rotation, table)?;
+    let mut opt = Optimizer::for_run(&be, &t.config.train, basis, table)?;
+    checkpoint::load_optimizer(&be, &t.dir, &mut opt, t.state.step)?;
+    Ok((be, opt))
+}
+
+/// Adam's direction Rᵀ(m̂/(√v̂+ε)) in the standard layout, as the checkpoint's optimizer gives it.
+pub(super) fn checkpoint_update(t: &Target, table: &ParamTable) -> Result<Vec<f64>> {
+    let (be, mut opt) = checkpoint_optimizer(t, table)?;
+    opt.direction(&be)
+}
+
+/// The learning rate of step t: from metrics.jsonl when it has the row, else the schedule.
+fn step_lr(t: &Target) -> f64 {
+    let step = t.state.step;
+    if let Ok(rows) = crate::run::metrics::read(&t.run_dir.join("metrics.jsonl")) {
+        if let Some(r) = rows.iter().rev().find(|r| r.step == step) {
+            return r.lr;
+        }
+    }
+    let tr = &t.config.train;
+    crate::optim::schedule::lr_at(
+        step.saturating_sub(1),
+        tr.lr,
+        tr.min_lr,
+        tr.warmup,
+        tr.decay_steps(),
+    )
+}
+
+/// d = w_t − w_{t−1} of the checkpoint's last AdamW step (module docs): the optimizer inverts its step.
+pub fn last_update(t: &Target, table: &ParamTable, w: &[f64]) -> Result<Vec<f64>> {
+    let (be, mut opt) = checkpoint_optimizer(t, table)?;
+    let u = opt.direction(&be)?;
+    let prev = opt.previous_params(table, w, &u, step_lr(t));
+    Ok(w.iter().zip(&prev).map(|(w, p)| w - p).collect())
+}
