@@ -4,7 +4,7 @@
 //! direction vs two consecutive checkpoints, update CV).
 
 use crate::model::{batch, tiny};
-use crate::train::{synthetic_data, tiny_config, tmp};
+use crate::util::{synthetic_data, tiny_config, tmp};
 use rotadam::backend::cpu::CpuBackend;
 use rotadam::config::ModelConfig;
 use rotadam::data::loader::{fixed_batches, Batch};

@@ -5,6 +5,7 @@
 //! Tolerances: f64 at 1e-12 relative (unit roundoff 1.1e-16 times dot products of ≤ a few hundred terms,
 //! over 2 stages × 3 modes, with margin); f32 at 1e-5 relative (unit roundoff 6e-8 times the same).
 
+use crate::util::randn;
 use rotadam::backend::cpu::CpuBackend;
 use rotadam::backend::{Backend, Scalar};
 use rotadam::rng::Rng;
@@ -13,9 +14,6 @@ use rotadam::rotation::kron::{kron_shape, KronRotation, DEFAULT_STAGES};
 
 // ---- helpers -------------------------------------------------------------------------------------------
 
-fn randn(rng: &mut Rng, n: usize) -> Vec<f64> {
-    (0..n).map(|_| rng.normal()).collect()
-}
 fn norm(x: &[f64]) -> f64 {
     x.iter().map(|v| v * v).sum::<f64>().sqrt()
 }
@@ -102,7 +100,7 @@ fn inverse_and_isometry<S: Scalar>(tol: f64) {
     for d in DIMS {
         let mut rot = KronRotation::new(&be, d, DEFAULT_STAGES, 3).unwrap();
         let label = format!("{} d={d} ({})", S::NAME, rot.describe());
-        let g = randn(&mut rng, d);
+        let g = randn(&mut rng, d, 1.0);
         let y = apply(&be, &mut rot, &g, false);
         assert_rel(
             &format!("{label}: unrotate∘rotate"),
@@ -222,7 +220,7 @@ fn kron_dense_orthogonal_and_transpose() {
         }
         assert!(worst <= 1e-12, "{label}: max |RᵀR − I| = {worst:.3e}");
         let mut rng = Rng::new(d as u64);
-        let u = randn(&mut rng, d);
+        let u = randn(&mut rng, d, 1.0);
         let rt_u: Vec<f64> = (0..d)
             .map(|j| (0..d).map(|i| r[i * d + j] * u[i]).sum())
             .collect();
@@ -247,7 +245,7 @@ fn kron_long_remainder() {
         s.contains("+ 775 residual (one 768x768 Haar block + one 7x7 Haar block)"),
         "{s}"
     );
-    let g = randn(&mut Rng::new(6), d);
+    let g = randn(&mut Rng::new(6), d, 1.0);
     let y = apply(&be, &mut rot, &g, false);
     assert_rel(
         "long remainder: unrotate∘rotate",
@@ -264,7 +262,7 @@ fn kron_linear() {
     let d = 1009;
     let mut rot = KronRotation::new(&be, d, 2, 9).unwrap();
     let mut rng = Rng::new(2);
-    let (x, y) = (randn(&mut rng, d), randn(&mut rng, d));
+    let (x, y) = (randn(&mut rng, d, 1.0), randn(&mut rng, d, 1.0));
     let (al, bt) = (0.7, -2.5);
     let comb: Vec<f64> = x.iter().zip(&y).map(|(a, b)| al * a + bt * b).collect();
     for transpose in [false, true] {
@@ -286,7 +284,7 @@ fn kron_linear() {
 fn kron_seeding() {
     let be = CpuBackend::<f64>::new(1, false);
     let d = 4099;
-    let g = randn(&mut Rng::new(4), d);
+    let g = randn(&mut Rng::new(4), d, 1.0);
     let run = |stages: usize, seed: u64| {
         let mut rot = KronRotation::new(&be, d, stages, seed).unwrap();
         apply(&be, &mut rot, &g, false)

@@ -5,6 +5,7 @@
 //! made exactly representable in f32, so f32-vs-f64 differences come from the f32 arithmetic alone.
 //! This file holds the shared helpers and op runners; the tests live in the submodules.
 
+pub use crate::util::{assert_close_with, back, cast, randn_f32};
 use rotadam::backend::cpu::{self, CpuBackend};
 use rotadam::backend::{AdamStep, Backend, Scalar};
 use rotadam::rng::Rng;
@@ -31,18 +32,6 @@ const U_BF16: f64 = 1.0 / 512.0;
 
 // ---- helpers -------------------------------------------------------------------------------------------
 
-/// N(0,1)·scale values, rounded to f32 so both precisions see the same inputs.
-fn randn(rng: &mut Rng, n: usize, scale: f64) -> Vec<f64> {
-    (0..n)
-        .map(|_| (rng.normal() * scale) as f32 as f64)
-        .collect()
-}
-fn cast<S: Scalar>(x: &[f64]) -> Vec<S> {
-    x.iter().map(|&v| <S as Scalar>::from_f64(v)).collect()
-}
-fn back<S: Scalar>(x: &[S]) -> Vec<f64> {
-    x.iter().map(|&v| Scalar::to_f64(v)).collect()
-}
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
@@ -54,31 +43,6 @@ fn abs(a: &[f64]) -> Vec<f64> {
 }
 fn be<S: Scalar>(bf16: bool) -> CpuBackend<S> {
     CpuBackend::new(1, bf16)
-}
-
-/// Asserts |got − want| ≤ tol(i, want) everywhere; on failure prints the op, the first mismatches (index and
-/// both values) and the largest difference.
-fn assert_close(op: &str, got: &[f64], want: &[f64], tol: impl Fn(usize, f64) -> f64) {
-    assert_eq!(got.len(), want.len(), "{op}: lengths differ");
-    let mut bad = Vec::new();
-    let mut max_diff = 0.0f64;
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let d = (g - w).abs();
-        max_diff = max_diff.max(d);
-        if d.is_nan() || d > tol(i, w) {
-            bad.push(format!(
-                "  [{i}] got {g:.9e} want {w:.9e} (diff {d:.3e}, tol {:.3e})",
-                tol(i, w)
-            ));
-        }
-    }
-    assert!(
-        bad.is_empty(),
-        "{op}: {} of {} elements out of tolerance, max diff {max_diff:.3e}\n{}",
-        bad.len(),
-        got.len(),
-        bad[..bad.len().min(5)].join("\n")
-    );
 }
 
 /// Asserts every value is exactly representable in bf16 (a stored output in bf16 mode).

@@ -3,7 +3,7 @@
 //! rotation-equivariant; `none` is the unrotated optimizer; blockwise Adam with one block per coordinate
 //! is Adam; resume under a rotation is bit-identical.
 
-use crate::train::{synthetic_data, tiny_config, tmp};
+use crate::util::{synthetic_data, tiny_config, tmp};
 use rotadam::config::{BlockPartition, OptimizerKind, Precision, RotationKind, RunConfig};
 use rotadam::run::{checkpoint, metrics, train};
 use std::path::Path;

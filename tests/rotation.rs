@@ -5,6 +5,7 @@
 //! Tolerances: f64 results are checked at 1e-12 relative (unit roundoff 1.1e-16 times the O(n) terms of a
 //! dot product, with margin); f32 at 1e-5 relative (unit roundoff 6e-8 times ~√n·few for n ≤ 1000).
 
+use crate::util::{assert_close_scaled, back, cast, max_abs, randn};
 use faer::Mat;
 use rotadam::backend::cpu::{self, CpuBackend, GatherMode};
 use rotadam::backend::{AdamStep, Backend, Scalar};
@@ -15,46 +16,8 @@ use rotadam::rotation::{groups, haar, qr_q_unsigned, Rotation, Scope};
 
 // ---- helpers -------------------------------------------------------------------------------------------
 
-fn randn(rng: &mut Rng, n: usize) -> Vec<f64> {
-    (0..n).map(|_| rng.normal()).collect()
-}
-fn cast<S: Scalar>(x: &[f64]) -> Vec<S> {
-    x.iter().map(|&v| <S as Scalar>::from_f64(v)).collect()
-}
-fn back<S: Scalar>(x: &[S]) -> Vec<f64> {
-    x.iter().map(|&v| Scalar::to_f64(v)).collect()
-}
-fn max_abs(x: &[f64]) -> f64 {
-    x.iter().fold(0.0, |m, v| m.max(v.abs()))
-}
 fn norm(x: &[f64]) -> f64 {
     x.iter().map(|v| v * v).sum::<f64>().sqrt()
-}
-
-/// Asserts ‖got − want‖∞ ≤ tol·max(‖want‖∞, 1e-300), printing the first mismatches and the max difference.
-#[track_caller]
-fn assert_close(label: &str, got: &[f64], want: &[f64], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{label}: lengths differ");
-    let scale = max_abs(want).max(1e-300);
-    let diffs: Vec<(usize, f64)> = got
-        .iter()
-        .zip(want)
-        .enumerate()
-        .map(|(i, (g, w))| (i, (g - w).abs()))
-        .collect();
-    let worst = diffs.iter().fold(0.0f64, |m, d| m.max(d.1));
-    if worst > tol * scale {
-        let first: Vec<String> = diffs
-            .iter()
-            .filter(|d| d.1 > tol * scale)
-            .take(5)
-            .map(|&(i, _)| format!("[{i}] got {} want {}", got[i], want[i]))
-            .collect();
-        panic!(
-            "{label}: max |diff| {worst:.3e} > {tol:.1e}·{scale:.3e}; first: {}",
-            first.join(", ")
-        );
-    }
 }
 
 /// C = A·B for row-major n×n f64 matrices; `trans_b` uses Bᵀ.
@@ -140,14 +103,14 @@ fn haar_is_orthogonal() {
     for n in [1, 2, 3, 7, 16, 64, 257] {
         let r = haar(n, &mut rng);
         let eye = identity(n);
-        assert_close(
+        assert_close_scaled(
             &format!("R·Rᵀ (n={n})"),
             &matmul(&r, &r, n, true),
             &eye,
             1e-12,
         );
         let rt: Vec<f64> = (0..n * n).map(|i| r[(i % n) * n + i / n]).collect();
-        assert_close(
+        assert_close_scaled(
             &format!("Rᵀ·R (n={n})"),
             &matmul(&rt, &rt, n, true),
             &eye,
@@ -157,7 +120,7 @@ fn haar_is_orthogonal() {
         let r32: Vec<f32> = cast(&r);
         let mut p = vec![0.0f32; n * n];
         f32::gemm(&mut p, &r32, &r32, n, n, n, false, true, false, 1);
-        assert_close(&format!("R·Rᵀ in f32 (n={n})"), &back(&p), &eye, 1e-5);
+        assert_close_scaled(&format!("R·Rᵀ in f32 (n={n})"), &back(&p), &eye, 1e-5);
     }
 }
 
@@ -390,16 +353,16 @@ fn check_rotation<S: Scalar>(cfg: &ModelConfig, scope: Scope, n: usize, tol: f64
     let d = rot.dim();
     let label = format!("{} {}", S::NAME, rot.describe());
     let mut rng = Rng::new(5);
-    let (a, b) = (randn(&mut rng, d), randn(&mut rng, d));
+    let (a, b) = (randn(&mut rng, d, 1.0), randn(&mut rng, d, 1.0));
     let ra = apply(&be, &rot, &a, true);
-    assert_close(
+    assert_close_scaled(
         &format!("{label}: unrotate∘rotate"),
         &apply(&be, &rot, &ra, false),
         &a,
         tol,
     );
     let ub = apply(&be, &rot, &b, false);
-    assert_close(
+    assert_close_scaled(
         &format!("{label}: rotate∘unrotate"),
         &apply(&be, &rot, &ub, true),
         &b,
@@ -413,7 +376,7 @@ fn check_rotation<S: Scalar>(cfg: &ModelConfig, scope: Scope, n: usize, tol: f64
     let ab: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
     let rb = apply(&be, &rot, &b, true);
     let sum: Vec<f64> = ra.iter().zip(&rb).map(|(x, y)| x + y).collect();
-    assert_close(
+    assert_close_scaled(
         &format!("{label}: R(a+b) = Ra + Rb"),
         &apply(&be, &rot, &ab, true),
         &sum,
@@ -462,7 +425,7 @@ fn rotation_is_orthogonal_as_a_dense_matrix() {
             e[j] = 0.0;
         }
         let mtm = matmul(&m, &m, d, true); // rows of the stored matrix are columns of M: (MᵀM)
-        assert_close(&format!("{scope}: MᵀM"), &mtm, &identity(d), 1e-12);
+        assert_close_scaled(&format!("{scope}: MᵀM"), &mtm, &identity(d), 1e-12);
     }
 }
 
@@ -510,7 +473,7 @@ fn rotation_mixes_only_within_groups() {
 #[test]
 fn rotation_is_seeded() {
     let cfg = tiny();
-    let x = randn(&mut Rng::new(1), ParamTable::new(&cfg).total);
+    let x = randn(&mut Rng::new(1), ParamTable::new(&cfg).total, 1.0);
     for scope in &SCOPES[1..] {
         let (be, r1) = build::<f32>(&cfg, *scope, 7, 42);
         let (_, r2) = build::<f32>(&cfg, *scope, 7, 42);
@@ -530,7 +493,7 @@ fn rotation_is_seeded() {
 fn block_one_is_a_signed_permutation() {
     // n = 1: every block is ±1, so the rotated vector holds exactly the input values up to sign.
     let cfg = tiny();
-    let x = randn(&mut Rng::new(2), ParamTable::new(&cfg).total);
+    let x = randn(&mut Rng::new(2), ParamTable::new(&cfg).total, 1.0);
     for scope in &SCOPES[1..] {
         let (be, rot) = build::<f32>(&cfg, *scope, 1, 3);
         let y = apply(&be, &rot, &x, true);
@@ -588,8 +551,8 @@ fn check_ops_with<S: Scalar>(
     mode: GatherMode,
 ) {
     let mut rng = Rng::new((nb * 31 + n) as u64);
-    let inp = randn(&mut rng, len);
-    let r = randn(&mut rng, n * n);
+    let inp = randn(&mut rng, len, 1.0);
+    let r = randn(&mut rng, n * n, 1.0);
     let mut perm: Vec<u32> = (0..len as u32).collect();
     for i in (1..len).rev() {
         perm.swap(i, rng.below(i as u64 + 1) as usize);
@@ -620,9 +583,9 @@ fn check_ops_with<S: Scalar>(
     let (inp_s, r_s): (Vec<S>, Vec<S>) = (cast(&inp), cast(&r));
     let mut out = vec![S::zero(); nb * n];
     be.rotate(&mut out, &inp_s, &ix, &r_s, nb, n).unwrap();
-    assert_close(&format!("rotate {label}"), &back(&out), &want, tol);
+    assert_close_scaled(&format!("rotate {label}"), &back(&out), &want, tol);
     // unrotate: out[index[b·n+i]] = Σ_k R[k][i] u[b·n+k]; other entries untouched
-    let u = randn(&mut rng, nb * n);
+    let u = randn(&mut rng, nb * n, 1.0);
     let sentinel = 7.5;
     let mut want = vec![sentinel; len];
     for b in 0..nb {
@@ -633,7 +596,7 @@ fn check_ops_with<S: Scalar>(
     let mut out = vec![<S as Scalar>::from_f64(sentinel); len];
     be.unrotate(&mut out, &cast::<S>(&u), &ix, &r_s, nb, n)
         .unwrap();
-    assert_close(&format!("unrotate {label}"), &back(&out), &want, tol);
+    assert_close_scaled(&format!("unrotate {label}"), &back(&out), &want, tol);
     check_fused_adamw(&be, &ix, &inp_s, &r_s, nb, n, &mut rng, &label);
 }
 
@@ -678,8 +641,13 @@ fn check_fused_adamw<S: Scalar>(
         bias_correction1: 1.0 - 0.9f64.powi(4),
         bias_correction2: 1.0 - 0.95f64.powi(4),
     };
-    let m0: Vec<S> = cast(&randn(rng, nb * n));
-    let v0: Vec<S> = cast(&randn(rng, nb * n).iter().map(|x| x * x).collect::<Vec<_>>());
+    let m0: Vec<S> = cast(&randn(rng, nb * n, 1.0));
+    let v0: Vec<S> = cast(
+        &randn(rng, nb * n, 1.0)
+            .iter()
+            .map(|x| x * x)
+            .collect::<Vec<_>>(),
+    );
     // split
     let mut gt = vec![S::zero(); nb * n];
     be.rotate(&mut gt, g, ix, r, nb, n).unwrap();
@@ -695,7 +663,7 @@ fn check_fused_adamw<S: Scalar>(
         "rotate_adam_direction differs from rotate + adam_direction_step: {label}"
     );
     // split: the unrotated direction, then the update on the listed entries
-    let p0: Vec<S> = cast(&randn(rng, len));
+    let p0: Vec<S> = cast(&randn(rng, len, 1.0));
     let listed = be.rotation_index_list(ix);
     let mut dir = vec![S::zero(); len];
     be.unrotate(&mut dir, &u, ix, r, nb, n).unwrap();

@@ -6,6 +6,7 @@
 //! 1e-10 relative to ‖G‖_F, per the brief); rotate∘unrotate and norms at 1e-12 in f64 (unit roundoff
 //! 1.1e-16 times dot products of length ≤ 24 in two GEMMs) and 1e-5 in f32 (unit roundoff 6e-8, same).
 
+use crate::util::{assert_close, randn};
 use rotadam::backend::cpu::CpuBackend;
 use rotadam::backend::{Backend, Scalar};
 use rotadam::config::ModelConfig;
@@ -29,10 +30,6 @@ fn micro() -> ModelConfig {
     }
 }
 
-fn randn(seed: u64, n: usize) -> Vec<f64> {
-    let mut rng = Rng::new(seed);
-    (0..n).map(|_| rng.normal()).collect()
-}
 fn upload<S: Scalar>(be: &CpuBackend<S>, x: &[f64]) -> Vec<S> {
     let host: Vec<S> = x.iter().map(|&v| <S as Scalar>::from_f64(v)).collect();
     let mut buf = be.alloc(x.len()).unwrap();
@@ -44,30 +41,6 @@ fn back<S: Scalar>(x: &[S]) -> Vec<f64> {
 }
 fn norm(x: &[f64]) -> f64 {
     x.iter().map(|v| v * v).sum::<f64>().sqrt()
-}
-
-/// Asserts |got − want| ≤ tol·scale elementwise, printing the first mismatches and the max difference.
-#[track_caller]
-fn assert_close(label: &str, got: &[f64], want: &[f64], tol: f64, scale: f64) {
-    assert_eq!(got.len(), want.len(), "{label}: lengths differ");
-    let worst = got
-        .iter()
-        .zip(want)
-        .fold(0.0f64, |m, (g, w)| m.max((g - w).abs()));
-    if worst > tol * scale {
-        let first: Vec<String> = got
-            .iter()
-            .zip(want)
-            .enumerate()
-            .filter(|(_, (g, w))| (*g - *w).abs() > tol * scale)
-            .take(5)
-            .map(|(i, (g, w))| format!("[{i}] got {g} want {w}"))
-            .collect();
-        panic!(
-            "{label}: max |diff| {worst:.3e} > {tol:.1e}·{scale:.3e}; first: {}",
-            first.join(", ")
-        );
-    }
 }
 
 /// rotate(x) for a rotation refreshed (at step 1) from gradient `g`.
@@ -115,7 +88,7 @@ fn singular_values(g: &[f64], m: usize, n: usize) -> Vec<f64> {
 #[test]
 fn svd_identity_before_refresh() {
     let table = ParamTable::new(&micro());
-    let x = randn(1, table.total);
+    let x = randn(&mut Rng::new(1), table.total, 1.0);
     let be = CpuBackend::<f64>::new(1, false);
     let mut rot = SvdRotation::new(&be, &table, 250).unwrap();
     assert!(rot.is_identity());
@@ -138,7 +111,7 @@ fn svd_identity_before_refresh() {
 fn svd_refresh_diagonalises_the_gradient() {
     let table = ParamTable::new(&micro());
     let be = CpuBackend::<f64>::new(1, false);
-    let g = randn(2, table.total);
+    let g = randn(&mut Rng::new(2), table.total, 1.0);
     let mut rot = refreshed(&be, &table, &g);
     assert!(!rot.is_identity());
     let gt = rotate(&be, &mut rot, &g);
@@ -162,8 +135,8 @@ fn svd_refresh_diagonalises_the_gradient() {
                 &format!("{} column norms of G·V", e.name),
                 &cols,
                 &want,
-                1e-10,
-                scale,
+                1e-10 * scale,
+                0.0,
             );
             n_emb += 1;
         } else {
@@ -175,8 +148,8 @@ fn svd_refresh_diagonalises_the_gradient() {
                 &format!("{}: Uᵀ·G·V = diag(σ)", e.name),
                 got,
                 &want,
-                1e-10,
-                scale,
+                1e-10 * scale,
+                0.0,
             );
             n_mat += 1;
         }
@@ -192,8 +165,8 @@ fn svd_refresh_diagonalises_the_gradient() {
 fn check_inverse_and_isometry<S: Scalar>(tol: f64) {
     let table = ParamTable::new(&micro());
     let be = CpuBackend::<S>::new(1, false);
-    let mut rot = refreshed(&be, &table, &randn(3, table.total));
-    let x = back(&upload(&be, &randn(4, table.total)));
+    let mut rot = refreshed(&be, &table, &randn(&mut Rng::new(3), table.total, 1.0));
+    let x = back(&upload(&be, &randn(&mut Rng::new(4), table.total, 1.0)));
     let r = rotate(&be, &mut rot, &x);
     let label = S::NAME;
     assert_close(
@@ -201,7 +174,7 @@ fn check_inverse_and_isometry<S: Scalar>(tol: f64) {
         &unrotate(&be, &mut rot, &r),
         &x,
         tol,
-        1.0,
+        0.0,
     );
     let ux = unrotate(&be, &mut rot, &x);
     assert_close(
@@ -209,19 +182,25 @@ fn check_inverse_and_isometry<S: Scalar>(tol: f64) {
         &rotate(&be, &mut rot, &ux),
         &x,
         tol,
-        1.0,
+        0.0,
     );
     assert_close(
         &format!("{label} ‖Rx‖ = ‖x‖"),
         &[norm(&r)],
         &[norm(&x)],
-        tol,
-        norm(&x),
+        tol * norm(&x),
+        0.0,
     );
     // Per tensor: each tensor's norm is kept, and a vector supported on one tensor stays there.
     for e in table.entries.iter().filter(|e| e.is_matrix()) {
         let (a, b) = (norm(&r[e.range()]), norm(&x[e.range()]));
-        assert_close(&format!("{label} ‖R x‖ on {}", e.name), &[a], &[b], tol, b);
+        assert_close(
+            &format!("{label} ‖R x‖ on {}", e.name),
+            &[a],
+            &[b],
+            tol * b,
+            0.0,
+        );
         let mut one = vec![0.0; table.total];
         one[e.range()].copy_from_slice(&x[e.range()]);
         let ro = rotate(&be, &mut rot, &one);
@@ -250,16 +229,23 @@ fn svd_refresh_schedule() {
     let be = CpuBackend::<f64>::new(1, false);
     let f = 4;
     let mut rot = SvdRotation::new(&be, &table, f).unwrap();
-    let x = randn(5, table.total);
-    rot.prepare(&be, 1, &upload(&be, &randn(10, table.total)))
-        .unwrap();
+    let x = randn(&mut Rng::new(5), table.total, 1.0);
+    rot.prepare(
+        &be,
+        1,
+        &upload(&be, &randn(&mut Rng::new(10), table.total, 1.0)),
+    )
+    .unwrap();
     assert_eq!(rot.last_refresh(), Some(1));
     let first = rotate(&be, &mut rot, &x);
     for step in 2..=f {
         rot.prepare(
             &be,
             step,
-            &upload(&be, &randn(10 + step as u64, table.total)),
+            &upload(
+                &be,
+                &randn(&mut Rng::new(10 + step as u64), table.total, 1.0),
+            ),
         )
         .unwrap();
         assert_eq!(rot.last_refresh(), Some(1), "step {step} must not refresh");
@@ -269,16 +255,24 @@ fn svd_refresh_schedule() {
             "U, V changed at step {step}"
         );
     }
-    rot.prepare(&be, f + 1, &upload(&be, &randn(99, table.total)))
-        .unwrap();
+    rot.prepare(
+        &be,
+        f + 1,
+        &upload(&be, &randn(&mut Rng::new(99), table.total, 1.0)),
+    )
+    .unwrap();
     assert_eq!(rot.last_refresh(), Some(f + 1));
     assert_ne!(
         rotate(&be, &mut rot, &x),
         first,
         "step F+1 must refresh U, V"
     );
-    rot.prepare(&be, 2 * f + 1, &upload(&be, &randn(100, table.total)))
-        .unwrap();
+    rot.prepare(
+        &be,
+        2 * f + 1,
+        &upload(&be, &randn(&mut Rng::new(100), table.total, 1.0)),
+    )
+    .unwrap();
     assert_eq!(rot.last_refresh(), Some(2 * f + 1));
     assert!(
         rot.prepare(&be, 0, &upload(&be, &x)).is_err(),
@@ -301,7 +295,7 @@ fn svd_state_round_trip() {
     let table = ParamTable::new(&cfg);
     let be = CpuBackend::<f32>::new(1, false);
     let path = Path::new("run/rotation.safetensors");
-    let x = randn(6, table.total);
+    let x = randn(&mut Rng::new(6), table.total, 1.0);
 
     // Never refreshed: only the step (0), and a restore is the identity.
     let fresh = SvdRotation::new(&be, &table, 7).unwrap();
@@ -310,8 +304,12 @@ fn svd_state_round_trip() {
     assert_eq!(map["svd.last_refresh"], (vec![1], vec![0.0]));
 
     let mut rot = SvdRotation::new(&be, &table, 7).unwrap();
-    rot.prepare(&be, 8, &upload(&be, &randn(7, table.total)))
-        .unwrap();
+    rot.prepare(
+        &be,
+        8,
+        &upload(&be, &randn(&mut Rng::new(7), table.total, 1.0)),
+    )
+    .unwrap();
     let want = rotate(&be, &mut rot, &x);
     let map = to_map(rot.state(&be).unwrap());
     assert_eq!(map["svd.last_refresh"], (vec![1], vec![8.0]));

@@ -1,7 +1,7 @@
 //! Sweeps: the report's table and figures, reuse and resume of runs, the slowdown arithmetic, and the
 //! SGD validation ablation (curves must coincide).
 
-use crate::train::{synthetic_data, tiny_config, tmp};
+use crate::util::{synthetic_data, tiny_config, tmp};
 use clap::Parser;
 use rotadam::config::RotationKind;
 use rotadam::diagnose::{self, DiagnoseOptions, What};

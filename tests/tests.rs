@@ -14,3 +14,4 @@ mod rotation;
 mod svd;
 mod sweep;
 mod train;
+mod util;

@@ -1,71 +1,11 @@
 //! End-to-end runs: run directories, metrics, bit-identical resume, reproduction from config.json,
 //! divergence handling, bad input, and a short run on the demo corpus that must lower the loss.
 
-use rotadam::config::{DeviceKind, ModelConfig, Precision, RunConfig, TrainConfig};
-use rotadam::data::shard::write_flat;
+use crate::util::{synthetic_data, tiny_config, tmp};
+use rotadam::config::{ModelConfig, Precision, RunConfig};
 use rotadam::run::options::RunOptions;
 use rotadam::run::{checkpoint, metrics, train};
-use std::path::{Path, PathBuf};
-
-pub fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("rotadam-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A learnable token stream over a vocabulary of 11: a noisy repeating pattern.
-pub fn synthetic_data(dir: &Path) {
-    let mut rng = rotadam::rng::Rng::new(4);
-    let stream = |n: usize, rng: &mut rotadam::rng::Rng| -> Vec<u16> {
-        (0..n)
-            .map(|i| {
-                if rng.below(10) == 0 {
-                    rng.below(11) as u16
-                } else {
-                    ((i * 3) % 11) as u16
-                }
-            })
-            .collect()
-    };
-    write_flat(&dir.join("train.bin"), &stream(4000, &mut rng)).unwrap();
-    write_flat(&dir.join("val.bin"), &stream(500, &mut rng)).unwrap();
-}
-
-pub fn tiny_config(data: &Path, out: &Path, steps: usize) -> RunConfig {
-    RunConfig {
-        model_preset: "test".into(),
-        model: ModelConfig {
-            n_layer: 2,
-            n_head: 2,
-            n_embd: 16,
-            seq_len: 8,
-            vocab_size: 11,
-            bias: false,
-        },
-        train: TrainConfig {
-            batch_size: 3,
-            grad_accum: 2,
-            steps,
-            lr: 1e-2,
-            min_lr: 1e-3,
-            warmup: 2,
-            lr_decay_steps: Some(8),
-            eval_every: 2,
-            eval_batches: 2,
-            checkpoint_every: 4,
-            ..TrainConfig::default()
-        },
-        rotation: Default::default(),
-        data: data.to_string_lossy().into(),
-        out: out.to_path_buf(),
-        device: DeviceKind::Cpu,
-        precision: Precision::Fp32,
-        threads: 2,
-        init_from: None,
-        quiet: true,
-    }
-}
+use std::path::Path;
 
 fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))

@@ -9,7 +9,7 @@
 //! conversion of the result and libm's exp/log/tan, which are within 1 ulp). The optimizer kernels compute
 //! the CPU backend's exact expression in f32 and must equal `CpuBackend<f32>` bit for bit.
 
-use super::{assert_close, f32s, f64s, randn, U32};
+use crate::util::{assert_close, f32s, f64s, randn_f32 as randn, U32};
 use rotadam::backend::cpu::CpuBackend;
 use rotadam::backend::emu::launch::{launch_both_orders, Geometry, OutBuf};
 use rotadam::backend::emu::{EmuBackend, BLOCK};

@@ -4,7 +4,7 @@
 //! median selection / streaming log accumulation match exact references.
 
 use super::emu::gamma;
-use super::{assert_close, f32s, f64s, randn};
+use crate::util::{assert_close, f32s, f64s, randn_f32 as randn};
 use rotadam::backend::cpu::CpuBackend;
 use rotadam::backend::emu::launch::{launch_both_orders, Geometry, OutBuf};
 use rotadam::backend::emu::{EmuBackend, BLOCK};

@@ -5,7 +5,7 @@
 //! descending order lets them write first: the two outputs differ on every run, with any input, so
 //! `launch_both_orders` reports the race each time — while the correct kernel passes on the same inputs.
 
-use super::randn;
+use crate::util::randn_f32 as randn;
 use rotadam::backend::emu::launch::{launch, launch_both_orders, Geometry, Order, OutBuf};
 use rotadam::backend::emu::{BLOCK, REDUCE_CHUNK};
 use rotadam::kernels::{EmuArg, Fixture, Kernel, Launchable};

@@ -114,7 +114,7 @@ fn compare(label: &str, bf16: bool, rotation: &str) {
             s + 1
         );
     }
-    super::assert_close(
+    crate::util::assert_close(
         &format!("{label}: parameters after {steps} steps"),
         &pe,
         &pc,

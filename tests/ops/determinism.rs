@@ -13,7 +13,7 @@ fn pool(n: usize) -> rayon::ThreadPool {
 #[test]
 fn sum_squares_thread_independent() {
     let mut rng = Rng::new(30);
-    let x = cast::<f32>(&randn(&mut rng, 1_000_003, 1.0));
+    let x = cast::<f32>(&randn_f32(&mut rng, 1_000_003, 1.0));
     let [s1, s2] = [1, 2].map(|n| pool(n).install(|| be::<f32>(false).sum_squares(&x).unwrap()));
     assert_eq!(
         s1.to_bits(),
@@ -28,11 +28,11 @@ fn sum_squares_thread_independent() {
 fn backward_ops_thread_independent() {
     let (n, c, oc, v, b, t) = (300, 24, 600, 700, 3, 100);
     let mut rng = Rng::new(31);
-    let x = cast::<f32>(&randn(&mut rng, n * c, 1.0));
-    let w = cast::<f32>(&randn(&mut rng, oc * c, 1.0));
-    let g = cast::<f32>(&randn(&mut rng, n * oc, 1.0));
-    let gc = cast::<f32>(&randn(&mut rng, n * c, 1.0));
-    let qkv = cast::<f32>(&randn(&mut rng, n * 3 * c, 1.0));
+    let x = cast::<f32>(&randn_f32(&mut rng, n * c, 1.0));
+    let w = cast::<f32>(&randn_f32(&mut rng, oc * c, 1.0));
+    let g = cast::<f32>(&randn_f32(&mut rng, n * oc, 1.0));
+    let gc = cast::<f32>(&randn_f32(&mut rng, n * c, 1.0));
+    let qkv = cast::<f32>(&randn_f32(&mut rng, n * 3 * c, 1.0));
     let tokens: Vec<u32> = (0..n as u32)
         .map(|i| (i * i * 31 + 7) % 9 * 77 % v as u32)
         .collect();
@@ -93,8 +93,8 @@ fn gemm_deterministic_run_to_run() {
     let mut rng = Rng::new(32);
     let (m, n, k) = (256, 300, 200);
     let (a, b) = (
-        cast::<f32>(&randn(&mut rng, m * k, 1.0)),
-        cast::<f32>(&randn(&mut rng, n * k, 1.0)),
+        cast::<f32>(&randn_f32(&mut rng, m * k, 1.0)),
+        cast::<f32>(&randn_f32(&mut rng, n * k, 1.0)),
     );
     let p = pool(2);
     let run = || {

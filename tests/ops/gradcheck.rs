@@ -7,11 +7,14 @@ use super::*;
 fn encoder_backward_gradcheck() {
     let mut rng = Rng::new(1);
     let (wte, wpe, r) = (
-        randn(&mut rng, V * C, 1.0),
-        randn(&mut rng, T * C, 1.0),
-        randn(&mut rng, N * C, 1.0),
+        randn_f32(&mut rng, V * C, 1.0),
+        randn_f32(&mut rng, T * C, 1.0),
+        randn_f32(&mut rng, N * C, 1.0),
     );
-    let (g0te, g0pe) = (randn(&mut rng, V * C, 1.0), randn(&mut rng, T * C, 1.0));
+    let (g0te, g0pe) = (
+        randn_f32(&mut rng, V * C, 1.0),
+        randn_f32(&mut rng, T * C, 1.0),
+    );
     let (mut dwte, mut dwpe) = (g0te.clone(), g0pe.clone());
     be::<f64>(false)
         .encoder_backward(&mut dwte, &mut dwpe, &r, &TOKENS, B, T, C)
@@ -28,20 +31,20 @@ fn encoder_backward_gradcheck() {
 #[test]
 fn layernorm_backward_gradcheck() {
     let mut rng = Rng::new(2);
-    let x: Vec<f64> = randn(&mut rng, N * C, 1.0)
+    let x: Vec<f64> = randn_f32(&mut rng, N * C, 1.0)
         .iter()
         .map(|v| v + 0.5)
         .collect();
     let (w, bias, r) = (
-        randn(&mut rng, C, 1.0),
-        randn(&mut rng, C, 1.0),
-        randn(&mut rng, N * C, 1.0),
+        randn_f32(&mut rng, C, 1.0),
+        randn_f32(&mut rng, C, 1.0),
+        randn_f32(&mut rng, N * C, 1.0),
     );
     let [_, mean, rstd] = run_layernorm::<f64>(false, &x, &w, &bias, N, C);
     let (g0x, g0w, g0b) = (
-        randn(&mut rng, N * C, 1.0),
-        randn(&mut rng, C, 1.0),
-        randn(&mut rng, C, 1.0),
+        randn_f32(&mut rng, N * C, 1.0),
+        randn_f32(&mut rng, C, 1.0),
+        randn_f32(&mut rng, C, 1.0),
     );
     let (mut dx, mut dw, mut db) = (g0x.clone(), g0w.clone(), g0b.clone());
     be::<f64>(false)
@@ -70,15 +73,15 @@ fn layernorm_backward_gradcheck() {
 fn matmul_backward_gradcheck() {
     let mut rng = Rng::new(3);
     let (x, w, bias) = (
-        randn(&mut rng, N * C, 1.0),
-        randn(&mut rng, OC * C, 1.0),
-        randn(&mut rng, OC, 1.0),
+        randn_f32(&mut rng, N * C, 1.0),
+        randn_f32(&mut rng, OC * C, 1.0),
+        randn_f32(&mut rng, OC, 1.0),
     );
-    let r = randn(&mut rng, N * OC, 1.0);
+    let r = randn_f32(&mut rng, N * OC, 1.0);
     let (g0x, g0w, g0b) = (
-        randn(&mut rng, N * C, 1.0),
-        randn(&mut rng, OC * C, 1.0),
-        randn(&mut rng, OC, 1.0),
+        randn_f32(&mut rng, N * C, 1.0),
+        randn_f32(&mut rng, OC * C, 1.0),
+        randn_f32(&mut rng, OC, 1.0),
     );
     let (mut dx, mut dw, mut db) = (g0x.clone(), g0w.clone(), g0b.clone());
     be::<f64>(false)
@@ -104,9 +107,12 @@ fn matmul_backward_gradcheck() {
 #[test]
 fn attention_backward_gradcheck() {
     let mut rng = Rng::new(4);
-    let (qkv, r) = (randn(&mut rng, N * 3 * C, 1.0), randn(&mut rng, N * C, 1.0));
+    let (qkv, r) = (
+        randn_f32(&mut rng, N * 3 * C, 1.0),
+        randn_f32(&mut rng, N * C, 1.0),
+    );
     let [_, att] = run_attention::<f64>(false, &qkv, B, T);
-    let g0 = randn(&mut rng, N * 3 * C, 1.0);
+    let g0 = randn_f32(&mut rng, N * 3 * C, 1.0);
     let mut dqkv = g0.clone();
     let mut scratch = vec![f64::NAN; B * NH * T * T]; // contents on entry must not matter
     be::<f64>(false)
@@ -125,9 +131,9 @@ fn attention_backward_gradcheck() {
 fn gelu_backward_gradcheck() {
     let mut rng = Rng::new(5);
     let (x, r, g0) = (
-        randn(&mut rng, 97, 2.0),
-        randn(&mut rng, 97, 1.0),
-        randn(&mut rng, 97, 1.0),
+        randn_f32(&mut rng, 97, 2.0),
+        randn_f32(&mut rng, 97, 1.0),
+        randn_f32(&mut rng, 97, 1.0),
     );
     let mut dx = g0.clone();
     be::<f64>(false).gelu_backward(&mut dx, &x, &r).unwrap();
@@ -141,10 +147,10 @@ fn residual_backward_gradcheck() {
     // The residual backward is add_inplace on each branch.
     let mut rng = Rng::new(6);
     let (a, b, r, g0) = (
-        randn(&mut rng, 31, 1.0),
-        randn(&mut rng, 31, 1.0),
-        randn(&mut rng, 31, 1.0),
-        randn(&mut rng, 31, 1.0),
+        randn_f32(&mut rng, 31, 1.0),
+        randn_f32(&mut rng, 31, 1.0),
+        randn_f32(&mut rng, 31, 1.0),
+        randn_f32(&mut rng, 31, 1.0),
     );
     let mut da = g0.clone();
     be::<f64>(false).add_inplace(&mut da, &r).unwrap();
@@ -156,7 +162,7 @@ fn residual_backward_gradcheck() {
 #[test]
 fn crossentropy_forward_gradcheck() {
     let mut rng = Rng::new(7);
-    let logits = randn(&mut rng, N * V, 2.0);
+    let logits = randn_f32(&mut rng, N * V, 2.0);
     let targets: Vec<u32> = (0..N as u32).map(|i| (i * 7 + 3) % V as u32).collect();
     let s = 0.37;
     let [losses, grad] = run_crossentropy::<f64>(&logits, &targets, Some(s));

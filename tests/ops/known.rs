@@ -6,7 +6,7 @@ use super::*;
 #[test]
 fn layernorm_forward_normalizes() {
     let mut rng = Rng::new(21);
-    let x: Vec<f64> = randn(&mut rng, N * C, 3.0)
+    let x: Vec<f64> = randn_f32(&mut rng, N * C, 3.0)
         .iter()
         .map(|v| v + 2.0)
         .collect();
@@ -39,13 +39,13 @@ fn layernorm_forward_normalizes() {
 fn matmul_bf16_rounds_inputs() {
     let mut rng = Rng::new(25);
     let (x, w) = (
-        cast::<f32>(&randn(&mut rng, N * C, 1.0)),
-        cast::<f32>(&randn(&mut rng, OC * C, 1.0)),
+        cast::<f32>(&randn_f32(&mut rng, N * C, 1.0)),
+        cast::<f32>(&randn_f32(&mut rng, OC * C, 1.0)),
     );
     let (w0, g, bias) = (
         w.clone(),
-        cast::<f32>(&randn(&mut rng, N * OC, 1.0)),
-        cast::<f32>(&randn(&mut rng, OC, 1.0)),
+        cast::<f32>(&randn_f32(&mut rng, N * OC, 1.0)),
+        cast::<f32>(&randn_f32(&mut rng, OC, 1.0)),
     );
     let r = |v: &[f32]| v.iter().map(|x| x.round_bf16()).collect::<Vec<f32>>();
     let (b16, b32) = (be::<f32>(true), be::<f32>(false));
@@ -79,7 +79,7 @@ fn matmul_bf16_rounds_inputs() {
 #[test]
 fn attention_forward_t1_returns_v() {
     let mut rng = Rng::new(22);
-    let qkv = randn(&mut rng, B * 3 * C, 1.0);
+    let qkv = randn_f32(&mut rng, B * 3 * C, 1.0);
     let [out, att] = run_attention::<f64>(false, &qkv, B, 1);
     for bi in 0..B {
         let v = &qkv[bi * 3 * C + 2 * C..(bi + 1) * 3 * C];
@@ -98,7 +98,7 @@ fn attention_forward_t1_returns_v() {
 #[test]
 fn attention_forward_softmax_rows() {
     let mut rng = Rng::new(23);
-    let qkv = randn(&mut rng, N * 3 * C, 2.0);
+    let qkv = randn_f32(&mut rng, N * 3 * C, 2.0);
     let [_, att] = run_attention::<f64>(false, &qkv, B, T);
     for (r, row) in att.chunks(T).enumerate() {
         let tq = r % T;
@@ -147,9 +147,9 @@ fn naive_gemm(
 fn check_gemm<S: Scalar>(m: usize, n: usize, k: usize, threads: usize, rel: f64) {
     let mut rng = Rng::new(24);
     let (a, b, c0) = (
-        randn(&mut rng, m * k, 1.0),
-        randn(&mut rng, k * n, 1.0),
-        randn(&mut rng, m * n, 1.0),
+        randn_f32(&mut rng, m * k, 1.0),
+        randn_f32(&mut rng, k * n, 1.0),
+        randn_f32(&mut rng, m * n, 1.0),
     );
     for ta in [false, true] {
         for tb in [false, true] {
@@ -162,7 +162,7 @@ fn check_gemm<S: Scalar>(m: usize, n: usize, k: usize, threads: usize, rel: f64)
                     "gemm {} {m}x{n}x{k} ta={ta} tb={tb} acc={acc} threads={threads}",
                     S::NAME
                 );
-                assert_close(&op, &back(&c), &want, |i, _| rel * absref[i]);
+                assert_close_with(&op, &back(&c), &want, |i, _| rel * absref[i]);
             }
         }
     }

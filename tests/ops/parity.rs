@@ -20,9 +20,12 @@ fn tol_bf16(r: f64, f32_tol: f64) -> f64 {
 #[test]
 fn encoder_forward_parity() {
     let mut rng = Rng::new(11);
-    let (wte, wpe) = (randn(&mut rng, V * C, 1.0), randn(&mut rng, T * C, 1.0));
+    let (wte, wpe) = (
+        randn_f32(&mut rng, V * C, 1.0),
+        randn_f32(&mut rng, T * C, 1.0),
+    );
     let want = run_encoder::<f64>(false, &wte, &wpe);
-    assert_close(
+    assert_close_with(
         "encoder_forward f32",
         &run_encoder::<f32>(false, &wte, &wpe),
         &want,
@@ -30,7 +33,7 @@ fn encoder_forward_parity() {
     );
     let got = run_encoder::<f32>(true, &wte, &wpe);
     assert_bf16("encoder_forward bf16", &got);
-    assert_close("encoder_forward bf16", &got, &want, |_, r| {
+    assert_close_with("encoder_forward bf16", &got, &want, |_, r| {
         tol_bf16(r, tol_elem(r))
     });
 }
@@ -38,13 +41,13 @@ fn encoder_forward_parity() {
 #[test]
 fn gelu_forward_parity() {
     let mut rng = Rng::new(12);
-    let x = randn(&mut rng, 1001, 3.0);
+    let x = randn_f32(&mut rng, 1001, 3.0);
     let want = run_gelu::<f64>(false, &x);
     let tol = |i: usize, r: f64| 16.0 * U32 * (1.0 + r.abs() + x[i].abs());
-    assert_close("gelu_forward f32", &run_gelu::<f32>(false, &x), &want, tol);
+    assert_close_with("gelu_forward f32", &run_gelu::<f32>(false, &x), &want, tol);
     let got = run_gelu::<f32>(true, &x);
     assert_bf16("gelu_forward bf16", &got);
-    assert_close("gelu_forward bf16", &got, &want, |i, r| {
+    assert_close_with("gelu_forward bf16", &got, &want, |i, r| {
         tol_bf16(r, tol(i, r))
     });
 }
@@ -83,9 +86,9 @@ fn gelu_extreme_inputs() {
 #[test]
 fn residual_forward_parity() {
     let mut rng = Rng::new(13);
-    let (a, b) = (randn(&mut rng, 333, 1.0), randn(&mut rng, 333, 1.0));
+    let (a, b) = (randn_f32(&mut rng, 333, 1.0), randn_f32(&mut rng, 333, 1.0));
     let want = run_residual::<f64>(false, &a, &b);
-    assert_close(
+    assert_close_with(
         "residual_forward f32",
         &run_residual::<f32>(false, &a, &b),
         &want,
@@ -93,7 +96,7 @@ fn residual_forward_parity() {
     );
     let got = run_residual::<f32>(true, &a, &b);
     assert_bf16("residual_forward bf16", &got);
-    assert_close("residual_forward bf16", &got, &want, |_, r| {
+    assert_close_with("residual_forward bf16", &got, &want, |_, r| {
         tol_bf16(r, tol_elem(r))
     });
 }
@@ -102,9 +105,9 @@ fn residual_forward_parity() {
 fn layernorm_forward_parity() {
     let mut rng = Rng::new(14);
     let (x, w, bias) = (
-        randn(&mut rng, N * C, 1.0),
-        randn(&mut rng, C, 1.0),
-        randn(&mut rng, C, 1.0),
+        randn_f32(&mut rng, N * C, 1.0),
+        randn_f32(&mut rng, C, 1.0),
+        randn_f32(&mut rng, C, 1.0),
     );
     let [out, mean, rstd] = run_layernorm::<f64>(false, &x, &w, &bias, N, C);
     // mean/var are sums of C terms: γ_C relative error, carried through (x − mean)·rstd·w + b.
@@ -113,13 +116,13 @@ fn layernorm_forward_parity() {
     for bf16 in [false, true] {
         let [o, m, s] = run_layernorm::<f32>(bf16, &x, &w, &bias, N, C);
         let tag = if bf16 { "bf16" } else { "f32" };
-        assert_close(
+        assert_close_with(
             &format!("layernorm_forward mean {tag}"),
             &m,
             &mean,
             |_, r| 4.0 * k * (1.0 + r.abs()),
         );
-        assert_close(
+        assert_close_with(
             &format!("layernorm_forward rstd {tag}"),
             &s,
             &rstd,
@@ -127,11 +130,11 @@ fn layernorm_forward_parity() {
         );
         if bf16 {
             assert_bf16("layernorm_forward bf16", &o);
-            assert_close("layernorm_forward out bf16", &o, &out, |i, r| {
+            assert_close_with("layernorm_forward out bf16", &o, &out, |i, r| {
                 tol_bf16(r, tol_out(i, r))
             });
         } else {
-            assert_close("layernorm_forward out f32", &o, &out, tol_out);
+            assert_close_with("layernorm_forward out f32", &o, &out, tol_out);
         }
     }
 }
@@ -140,16 +143,16 @@ fn layernorm_forward_parity() {
 fn matmul_forward_parity() {
     let mut rng = Rng::new(15);
     let (x, w, bias) = (
-        randn(&mut rng, N * C, 1.0),
-        randn(&mut rng, OC * C, 1.0),
-        randn(&mut rng, OC, 1.0),
+        randn_f32(&mut rng, N * C, 1.0),
+        randn_f32(&mut rng, OC * C, 1.0),
+        randn_f32(&mut rng, OC, 1.0),
     );
     for bias in [bias, vec![]] {
         let want = run_matmul::<f64>(false, &x, &w, &bias, N, C, OC);
         let absref = run_matmul::<f64>(false, &abs(&x), &abs(&w), &abs(&bias), N, C, OC);
         let gamma = (C + 2) as f64 * U32;
         let tol = |i: usize, _| gamma * absref[i];
-        assert_close(
+        assert_close_with(
             "matmul_forward f32",
             &run_matmul::<f32>(false, &x, &w, &bias, N, C, OC),
             &want,
@@ -158,7 +161,7 @@ fn matmul_forward_parity() {
         let got = run_matmul::<f32>(true, &x, &w, &bias, N, C, OC);
         assert_bf16("matmul_forward bf16", &got);
         let tol_b = |i: usize, r: f64| 1.01 * 2.0 * U_BF16 * absref[i] + tol_bf16(r, tol(i, r));
-        assert_close("matmul_forward bf16", &got, &want, tol_b);
+        assert_close_with("matmul_forward bf16", &got, &want, tol_b);
     }
 }
 
@@ -166,9 +169,9 @@ fn matmul_forward_parity() {
 fn matmul_backward_parity() {
     let mut rng = Rng::new(16);
     let (x, w, g) = (
-        randn(&mut rng, N * C, 1.0),
-        randn(&mut rng, OC * C, 1.0),
-        randn(&mut rng, N * OC, 1.0),
+        randn_f32(&mut rng, N * C, 1.0),
+        randn_f32(&mut rng, OC * C, 1.0),
+        randn_f32(&mut rng, N * OC, 1.0),
     );
     let run = |bf16: bool, x: &[f64], w: &[f64], g: &[f64]| -> [Vec<f64>; 3] {
         let (mut dx, mut dw, mut db) = (vec![0f32; N * C], vec![0f32; OC * C], vec![0f32; OC]);
@@ -193,7 +196,7 @@ fn matmul_backward_parity() {
     for (bf16, rel) in [(false, gamma), (true, gamma + 1.01 * 2.0 * U_BF16)] {
         for (k, got) in run(bf16, &x, &w, &g).iter().enumerate() {
             let op = format!("matmul_backward {} bf16={bf16}", names[k]);
-            assert_close(&op, got, &want[k], |i, _| rel * absref[k][i]);
+            assert_close_with(&op, got, &want[k], |i, _| rel * absref[k][i]);
         }
     }
 }
@@ -201,7 +204,7 @@ fn matmul_backward_parity() {
 #[test]
 fn attention_forward_parity() {
     let mut rng = Rng::new(17);
-    let qkv = randn(&mut rng, N * 3 * C, 1.0);
+    let qkv = randn_f32(&mut rng, N * 3 * C, 1.0);
     let [out, att] = run_attention::<f64>(false, &qkv, B, T);
     // q·k: γ_hs on O(1) terms, carried into exp as a relative error; softmax sum and att·v: γ_T.
     let hs = C / NH;
@@ -209,7 +212,7 @@ fn attention_forward_parity() {
     let k = 4.0 * (4 * hs + 2 * T + 8) as f64 * U32;
     for bf16 in [false, true] {
         let [o, a] = run_attention::<f32>(bf16, &qkv, B, T);
-        assert_close(
+        assert_close_with(
             &format!("attention_forward att bf16={bf16}"),
             &a,
             &att,
@@ -217,11 +220,11 @@ fn attention_forward_parity() {
         );
         if bf16 {
             assert_bf16("attention_forward bf16", &o);
-            assert_close("attention_forward out bf16", &o, &out, |_, r| {
+            assert_close_with("attention_forward out bf16", &o, &out, |_, r| {
                 tol_bf16(r, k * vmax)
             });
         } else {
-            assert_close("attention_forward out f32", &o, &out, |_, _| k * vmax);
+            assert_close_with("attention_forward out f32", &o, &out, |_, _| k * vmax);
         }
     }
 }
@@ -229,17 +232,17 @@ fn attention_forward_parity() {
 #[test]
 fn crossentropy_forward_parity() {
     let mut rng = Rng::new(18);
-    let logits = randn(&mut rng, N * V, 3.0);
+    let logits = randn_f32(&mut rng, N * V, 3.0);
     let targets: Vec<u32> = (0..N as u32).map(|i| (i * 5 + 1) % V as u32).collect();
     let s = 0.25;
     let [l64, g64] = run_crossentropy::<f64>(&logits, &targets, Some(s));
     let [l32, g32] = run_crossentropy::<f32>(&logits, &targets, Some(s));
     // loss = ln Σ exp(l − max) − (l_t − max): a few roundings of terms bounded by |loss|.
-    assert_close("crossentropy_forward losses f32", &l32, &l64, |_, r| {
+    assert_close_with("crossentropy_forward losses f32", &l32, &l64, |_, r| {
         8.0 * U32 * (1.0 + r.abs())
     });
     // s·p: exp, 1/sum and two products (≤ 4u relative); target element subtracts s.
-    assert_close("crossentropy_forward dlogits f32", &g32, &g64, |_, r| {
+    assert_close_with("crossentropy_forward dlogits f32", &g32, &g64, |_, r| {
         8.0 * U32 * (r.abs() + s)
     });
 }
@@ -248,9 +251,9 @@ fn crossentropy_forward_parity() {
 fn adamw_step_parity() {
     let mut rng = Rng::new(19);
     let n = 1000;
-    let (p, g) = (randn(&mut rng, n, 1.0), randn(&mut rng, n, 0.1));
-    let m = randn(&mut rng, n, 0.01);
-    let v: Vec<f64> = randn(&mut rng, n, 0.01)
+    let (p, g) = (randn_f32(&mut rng, n, 1.0), randn_f32(&mut rng, n, 0.1));
+    let m = randn_f32(&mut rng, n, 0.01);
+    let v: Vec<f64> = randn_f32(&mut rng, n, 0.01)
         .iter()
         .map(|x| (x * x) as f32 as f64)
         .collect();
@@ -272,17 +275,17 @@ fn adamw_step_parity() {
     };
     let ([p64, m64, v64], [p32, m32, v32]) = (run(false), run(true));
     // m, v: two products and a sum (+ rounded coefficients): 8u relative to the magnitudes involved.
-    assert_close("adamw_step m f32", &m32, &m64, |i, r| {
+    assert_close_with("adamw_step m f32", &m32, &m64, |i, r| {
         8.0 * U32 * (r.abs() + m[i].abs() + g[i].abs())
     });
-    assert_close("adamw_step v f32", &v32, &v64, |i, r| {
+    assert_close_with("adamw_step v f32", &v32, &v64, |i, r| {
         8.0 * U32 * (r.abs() + v[i] + g[i] * g[i])
     });
     // p: ~10 roundings in u = m̂/(√v̂+ε) (relative), then p·decay − lr·u.
     let u: Vec<f64> = (0..n)
         .map(|i| (p[i] * (1.0 - hp.lr * hp.weight_decay) - p64[i]) / hp.lr)
         .collect();
-    assert_close("adamw_step p f32", &p32, &p64, |i, r| {
+    assert_close_with("adamw_step p f32", &p32, &p64, |i, r| {
         16.0 * U32 * (r.abs() + p[i].abs() + hp.lr * u[i].abs())
     });
 }
@@ -304,7 +307,7 @@ fn adam_hp(weight_decay: f64, step: i32) -> AdamStep {
 fn sum_squares_parity() {
     // f32 values are exact in f64, x² of an f32 is exact in f64, and the summation order is the same.
     let mut rng = Rng::new(20);
-    let x = randn(&mut rng, 200_003, 1.0);
+    let x = randn_f32(&mut rng, 200_003, 1.0);
     let (a, b) = (
         be::<f64>(false).sum_squares(&x).unwrap(),
         be::<f32>(false).sum_squares(&cast::<f32>(&x)).unwrap(),
