@@ -14,7 +14,7 @@
 //!
 //! Every figure has `save(path)`: the format is chosen by the extension (`.png` or `.svg`; anything else
 //! is an error naming the path), the image is rendered in memory and written through a temporary file
-//! that is renamed into place ([`crate::run::write_atomic`]). `save_png_svg(stem)` writes both.
+//! that is renamed into place ([`crate::files::write_atomic`]). `save_png_svg(stem)` writes both.
 //!
 //! Text is rendered with the vendored DejaVu Sans (`assets/fonts/`, Bitstream Vera licence), registered
 //! once as plotters' "sans-serif" through `ab_glyph`, so PNGs need no system fonts. A log axis is drawn as
@@ -464,7 +464,7 @@ fn save_fig(fig: Fig, axes: &Axes, path: &Path) -> Result<()> {
         ));
     }
     // write_atomic names its temporary file on failure; name the figure's own path instead.
-    crate::run::write_atomic(path, &bytes).map_err(|e| match e {
+    crate::files::write_atomic(path, &bytes).map_err(|e| match e {
         Error::Io { source, .. } => Error::io(path, source),
         other => other,
     })

@@ -759,13 +759,13 @@ pub fn figure(res: &QuadResults) -> LineChart {
 /// Write table.md, results.json, quadratic.png and quadratic.svg into `dir` (created if missing).
 pub fn write_outputs(res: &QuadResults, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    crate::run::write_atomic(&dir.join("table.md"), markdown_table(res).as_bytes())?;
+    crate::files::write_atomic(&dir.join("table.md"), markdown_table(res).as_bytes())?;
     let p = dir.join("results.json");
     let json = serde_json::to_vec_pretty(res).map_err(|e| Error::Json {
         path: p.clone(),
         source: e,
     })?;
-    crate::run::write_atomic(&p, &json)?;
+    crate::files::write_atomic(&p, &json)?;
     figure(res).save_png_svg(&dir.join("quadratic"))?;
     Ok(())
 }

@@ -4,6 +4,7 @@ mod cli;
 mod cuda;
 mod data;
 mod diagnose;
+mod house;
 mod kron;
 mod model;
 mod ops;

@@ -398,7 +398,7 @@ fn run_on(args: &DiagnoseOptions, t: &Target, threads: usize) -> Result<Report> 
         }
     }
     let json = serde_json::to_vec_pretty(&report).expect("report serialises");
-    crate::run::write_atomic(&report.json_path, &json)?;
+    crate::files::write_atomic(&report.json_path, &json)?;
     say(args, format!("wrote {}", report.json_path.display()));
     Ok(report)
 }

@@ -40,7 +40,7 @@ impl MetricsWriter {
                     text.push_str(&serde_json::to_string(&r).expect("metrics serialise"));
                     text.push('\n');
                 }
-                super::write_atomic(path, text.as_bytes())?;
+                crate::files::write_atomic(path, text.as_bytes())?;
             }
         }
         let file = std::fs::OpenOptions::new()

@@ -105,7 +105,7 @@ fn prepare_run_dir(cfg: &RunConfig, resume: bool) -> Result<()> {
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let json = serde_json::to_vec_pretty(cfg).expect("config serialises");
-    super::write_atomic(&config_path, &json)
+    crate::files::write_atomic(&config_path, &json)
 }
 
 fn train_on<BK: Backend>(

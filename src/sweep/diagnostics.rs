@@ -178,7 +178,7 @@ pub fn run(args: &DiagnoseOptions) -> Result<Vec<VariantDiagnostics>> {
     let report_path = dir.join("report.md");
     let old = std::fs::read_to_string(&report_path).unwrap_or_default();
     let new = with_section(&old, &md);
-    crate::run::write_atomic(&report_path, new.as_bytes())?;
+    crate::files::write_atomic(&report_path, new.as_bytes())?;
     let all: Vec<RunDiagnostics> = record
         .runs
         .iter()
@@ -194,7 +194,7 @@ pub fn run(args: &DiagnoseOptions) -> Result<Vec<VariantDiagnostics>> {
         variants: &'a [VariantDiagnostics],
         runs: Vec<RunDiagnostics<'a>>,
     }
-    crate::run::write_atomic(
+    crate::files::write_atomic(
         &dir.join("diagnostics.json"),
         &serde_json::to_vec_pretty(&Out {
             variants: &rows,

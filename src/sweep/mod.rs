@@ -466,7 +466,7 @@ pub fn run(args: &SweepOptions) -> Result<PathBuf> {
             })
             .collect(),
     };
-    crate::run::write_atomic(
+    crate::files::write_atomic(
         &dir.join("sweep.json"),
         &serde_json::to_vec_pretty(&record).expect("sweep record serialises"),
     )?;
@@ -718,8 +718,8 @@ fn write_report(
     if let Some(section) = diagnostics::existing_section(&dir.join("report.md")) {
         md = diagnostics::with_section(&md, &section);
     }
-    crate::run::write_atomic(&dir.join("report.md"), md.as_bytes())?;
-    crate::run::write_atomic(
+    crate::files::write_atomic(&dir.join("report.md"), md.as_bytes())?;
+    crate::files::write_atomic(
         &dir.join("summary.json"),
         &serde_json::to_vec_pretty(&summary).expect("summary serialises"),
     )?;
