@@ -34,13 +34,15 @@ extern "C" __global__ void __launch_bounds__(256)
   if (i < static_cast<unsigned long long>(n) * oc) out[i] += bias[i % oc];
 }
 
-// bias_backward: dbias (OC) += Σ_rows dout (N,OC), one thread per column, rows ascending (deterministic).
+// bias_backward: dbias (OC) += Σ_rows dout (N,OC), one thread per column, rows ascending (deterministic);
+// under bf16 each dout is rounded to bf16 first: the gradient of `--precision bf16` is the sum of the
+// rounded dout, as in the CPU backend's emulation (whose GEMM operands are rounded the same way).
 extern "C" __global__ void __launch_bounds__(256)
-    bias_backward(float* dbias, const float* dout, long long n, int oc) {
+    bias_backward(float* dbias, const float* dout, long long n, int oc, int bf16) {
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   if (j >= oc) return;
   float acc = 0.0f;
-  for (long long r = 0; r < n; ++r) acc += dout[r * oc + j];
+  for (long long r = 0; r < n; ++r) acc += store_act(dout[r * oc + j], bf16);
   dbias[j] += acc;
 }
 

@@ -7,8 +7,8 @@
 //! says so.
 
 use crate::backend::cpu::CpuBackend;
-use crate::backend::cuda::device::CudaBackend;
 use crate::backend::cuda::nvrtc::Toolkit;
+use crate::backend::cuda::CudaBackend;
 use crate::backend::Backend;
 use crate::config::{DeviceKind, ModelConfig, Precision};
 use crate::error::{Error, Result};
@@ -114,7 +114,7 @@ pub fn check_model() -> crate::config::ModelConfig {
 pub fn self_check(bf16: bool) -> Result<String, String> {
     let cfg = check_model();
     let tk = Toolkit::locate(std::path::Path::new(".cuda"));
-    let gpu = CudaBackend::new(0, tk, bf16).map_err(|e| e.to_string())?;
+    let gpu = CudaBackend::cuda(0, tk, bf16).map_err(|e| e.to_string())?;
     let cpu = CpuBackend::<f32>::new(1, bf16);
     let (b, t) = (3, 8);
     let mut rng = Rng::new(11);

@@ -1,4 +1,5 @@
-//! The library's error type. `anyhow` lives in the binary only; here every failure names what went wrong.
+//! The error type of the crate: every failure names what went wrong (the file, the field, the op).
+//! Every variant's message includes its cause, so an error is printed once, whole (`src/main.rs`).
 
 use std::path::PathBuf;
 
@@ -48,6 +49,15 @@ pub enum Error {
     SafeTensors { path: PathBuf, msg: String },
     #[error("device: {0}")]
     Device(String),
+    /// A CUDA driver call failed.
+    #[error("CUDA driver: {0}")]
+    Driver(#[from] cudarc::driver::DriverError),
+    /// A cuBLAS call failed.
+    #[error("cuBLAS: {0}")]
+    Blas(#[from] cudarc::cublas::result::CublasError),
+    /// A failure inside an operation, with what the operation was doing (the op, the kernel, the shapes).
+    #[error("{what}: {inner}")]
+    Context { what: String, inner: Box<Error> },
 }
 
 impl Error {
@@ -66,6 +76,13 @@ impl Error {
             path: path.into(),
             field: field.into(),
             msg: msg.into(),
+        }
+    }
+    /// This error inside `what` (e.g. `layernorm_forward (N = 24, C = 16)`).
+    pub fn context(self, what: impl Into<String>) -> Self {
+        Error::Context {
+            what: what.into(),
+            inner: Box::new(self),
         }
     }
     pub fn config(field: impl Into<String>, msg: impl Into<String>) -> Self {

@@ -1,4 +1,4 @@
-//! The `rotadam` binary: parse, run, print the error chain once, exit with a status.
+//! The `rotadam` binary: parse, run, print an error once (with its causes), exit with a status.
 
 use clap::Parser;
 use rotadam::cli::{self, Cli};
@@ -8,7 +8,8 @@ fn main() -> ExitCode {
     match cli::run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {:#}", anyhow::Error::new(e));
+            // every message includes its cause (src/error.rs): printed once
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -1,4 +1,4 @@
-//! The CUDA kernel stack, verified without a GPU (issue 6):
+//! The CUDA kernel stack, verified without a GPU:
 //! - `emu`: every kernel of `kernels/*.cu` run by the CPU emulator (both thread orders, bit-identical) vs
 //!   the f64 CPU reference (`CpuBackend<f64>`), on small and odd shapes (`emu_optim`: the optimizer,
 //!   rotation and Cauchy kernels);
@@ -15,3 +15,39 @@ mod emu_optim;
 mod nvrtc;
 mod race;
 pub mod step;
+
+use rotadam::backend::Backend;
+
+/// Runs one op of an f32 backend on host data — how the tests call the kernel backend: `outs` (their
+/// initial contents) and `ins` are uploaded into buffers of `be`, `op` gets their views, and the outputs
+/// come back.
+pub fn on<B: Backend<T = f32>, const N: usize, const M: usize>(
+    be: &B,
+    outs: [&[f32]; N],
+    ins: [&[f32]; M],
+    op: impl FnOnce(&B, [B::ViewMut<'_>; N], [B::View<'_>; M]) -> rotadam::Result<()>,
+) -> [Vec<f32>; N] {
+    let up = |x: &[f32]| {
+        let mut b = be.alloc(x.len()).unwrap();
+        be.upload(&mut b, x).unwrap();
+        b
+    };
+    let mut ob: Vec<B::Buf> = outs.iter().map(|x| up(x)).collect();
+    let ib: Vec<B::Buf> = ins.iter().map(|x| up(x)).collect();
+    {
+        let ov: Vec<B::ViewMut<'_>> = ob
+            .iter_mut()
+            .map(|b| {
+                let n = be.buf_len(b);
+                be.view_mut(b, 0..n)
+            })
+            .collect();
+        let iv: Vec<B::View<'_>> = ib.iter().map(|b| be.view(b, 0..be.buf_len(b))).collect();
+        let (Ok(ov), Ok(iv)) = (ov.try_into(), iv.try_into()) else {
+            unreachable!("N outputs and M inputs were uploaded")
+        };
+        op(be, ov, iv).unwrap();
+    }
+    let down: Vec<Vec<f32>> = ob.iter().map(|b| be.download(b).unwrap()).collect();
+    down.try_into().expect("N outputs")
+}

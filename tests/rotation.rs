@@ -816,7 +816,7 @@ fn rotation_index_rejects_bad_lists_on_every_backend() {
                 "{mode:?}: {err}"
             );
         }
-        let emu = rotadam::backend::emu::EmuBackend::new(1, false);
+        let emu = rotadam::backend::emu::EmuBackend::emulated(1, false);
         let err = emu
             .rotation_index(list.clone(), 3, 6)
             .unwrap_err()

@@ -16,6 +16,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod emu;
+pub mod kernel;
 pub mod scalar;
 
 pub use scalar::Scalar;

@@ -522,8 +522,8 @@ fn time_step<BK: Backend<T = f32>>(
 pub fn run(o: &KernelOptions) -> Result<()> {
     let report = if o.device == DeviceKind::Cuda {
         let tk = crate::backend::cuda::nvrtc::Toolkit::locate(std::path::Path::new(".cuda"));
-        let be = crate::backend::cuda::device::CudaBackend::new(0, tk, false)?;
-        let bw = be.memory_bandwidth_gbs().unwrap_or(f64::NAN);
+        let be = crate::backend::cuda::CudaBackend::cuda(0, tk, false)?;
+        let bw = be.exec().memory_bandwidth_gbs().unwrap_or(f64::NAN);
         bench_ops(&be, o, bw)?
     } else {
         let be = crate::backend::cpu::CpuBackend::<f32>::new(o.threads, false);

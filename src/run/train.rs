@@ -47,11 +47,7 @@ pub fn train_observed(
     say(cfg, line);
     if device == crate::device::Resolved::Cuda {
         let tk = crate::backend::cuda::nvrtc::Toolkit::locate(std::path::Path::new(".cuda"));
-        let be = crate::backend::cuda::device::CudaBackend::new(
-            0,
-            tk,
-            cfg.precision == Precision::Bf16,
-        )?;
+        let be = crate::backend::cuda::CudaBackend::cuda(0, tk, cfg.precision == Precision::Bf16)?;
         return pool.install(|| train_on(&be, cfg, resume, on_step));
     }
     pool.install(|| match cfg.precision {

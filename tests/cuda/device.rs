@@ -3,8 +3,8 @@
 //! machine without one (like the development machine: none of them has run on a GPU).
 
 use rotadam::backend::cpu::CpuBackend;
-use rotadam::backend::cuda::device::CudaBackend;
 use rotadam::backend::cuda::runtime::CudaRuntime;
+use rotadam::backend::cuda::CudaBackend;
 use rotadam::backend::cuda::{nvrtc::Toolkit, probe};
 use rotadam::backend::Backend;
 use rotadam::config::{DeviceKind, Precision};
@@ -46,7 +46,7 @@ fn device_choice_never_panics_and_cuda_without_a_device_is_a_clear_error() {
                 .expect("no device, yet a runtime opened")
                 .to_string();
             assert!(e.contains("no usable CUDA device"), "{e}");
-            let e = CudaBackend::new(0, None, false)
+            let e = CudaBackend::cuda(0, None, false)
                 .err()
                 .expect("no device, yet a backend opened")
                 .to_string();
@@ -238,7 +238,12 @@ fn kernel_bench_runs_on_the_cpu_and_reports_every_family() {
     }
     assert!(r.ms_step > 0.0 && r.rotated_adamw_fraction_of_step > 0.0);
     // and the emulated kernels run through the same benchmark (GEMM on the CPU)
-    let r = bench_ops(&rotadam::backend::emu::EmuBackend::new(1, false), &o, 10.0).unwrap();
+    let r = bench_ops(
+        &rotadam::backend::emu::EmuBackend::emulated(1, false),
+        &o,
+        10.0,
+    )
+    .unwrap();
     assert!(r.device.starts_with("cuda-emulator"));
     assert!(r.ms_step > 0.0 && r.rotated_adamw_fraction_of_step > 0.0);
 }

@@ -9,12 +9,13 @@
 //! conversion of the result and libm's exp/log/tan, which are within 1 ulp). The optimizer kernels compute
 //! the CPU backend's exact expression in f32 and must equal `CpuBackend<f32>` bit for bit.
 
+use super::on;
 use crate::util::{assert_close, f32s, f64s, randn_f32 as randn, U32};
 use rotadam::backend::cpu::CpuBackend;
-use rotadam::backend::emu::launch::{launch_both_orders, Geometry, OutBuf};
-use rotadam::backend::emu::{EmuBackend, BLOCK};
+use rotadam::backend::emu::EmuBackend;
+use rotadam::backend::kernel::{diagnostics, transformer, Mem};
 use rotadam::backend::Backend;
-use rotadam::kernels::{EmuArg, Kernel, Module};
+use rotadam::kernels::Module;
 use rotadam::rng::Rng;
 
 /// 2·γ_K for a length-K reduction (module docs).
@@ -24,7 +25,7 @@ pub fn gamma(k: usize) -> f64 {
 }
 
 fn emu() -> EmuBackend {
-    EmuBackend::new(1, false)
+    EmuBackend::emulated(1, false)
 }
 fn cpu64() -> CpuBackend<f64> {
     CpuBackend::new(1, false)
@@ -88,10 +89,12 @@ fn encoder_forward_backward_parity() {
     let wte = randn(&mut rng, vocab * C, 1.0);
     let wpe = randn(&mut rng, T * C, 1.0);
     let dout = randn(&mut rng, B * T * C, 1.0);
-    let mut o32 = vec![0f32; B * T * C];
-    emu()
-        .encoder_forward(&mut o32, &tokens, &f32s(&wte), &f32s(&wpe), B, T, C)
-        .unwrap();
+    let [o32] = on(
+        &emu(),
+        [&vec![0f32; B * T * C]],
+        [&f32s(&wte), &f32s(&wpe)],
+        |be, [o], [wte, wpe]| be.encoder_forward(o, &tokens, wte, wpe, B, T, C),
+    );
     let mut o64 = vec![0f64; B * T * C];
     cpu64()
         .encoder_forward(&mut o64, &tokens, &wte, &wpe, B, T, C)
@@ -99,10 +102,12 @@ fn encoder_forward_backward_parity() {
     assert_close("encoder_forward", &f64s(&o32), &o64, 0.0, gamma(1));
 
     let (init_te, init_pe) = (randn(&mut rng, vocab * C, 1.0), randn(&mut rng, T * C, 1.0));
-    let (mut te32, mut pe32) = (f32s(&init_te), f32s(&init_pe));
-    emu()
-        .encoder_backward(&mut te32, &mut pe32, &f32s(&dout), &tokens, B, T, C)
-        .unwrap();
+    let [te32, pe32] = on(
+        &emu(),
+        [&f32s(&init_te), &f32s(&init_pe)],
+        [&f32s(&dout)],
+        |be, [te, pe], [g]| be.encoder_backward(te, pe, g, &tokens, B, T, C),
+    );
     let (mut te64, mut pe64) = (init_te.clone(), init_pe.clone());
     cpu64()
         .encoder_backward(&mut te64, &mut pe64, &dout, &tokens, B, T, C)
@@ -137,20 +142,14 @@ fn layernorm_forward_backward_parity() {
     let bias = randn(&mut rng, C, 1.0);
     let dout = randn(&mut rng, n * C, 1.0);
     for with_bias in [true, false] {
-        let b32 = f32s(&bias);
-        let (mut o32, mut m32, mut r32) = (vec![0f32; n * C], vec![0f32; n], vec![0f32; n]);
-        emu()
-            .layernorm_forward(
-                &mut o32,
-                &mut m32,
-                &mut r32,
-                &f32s(&x),
-                &f32s(&w),
-                with_bias.then_some(&b32[..]),
-                n,
-                C,
-            )
-            .unwrap();
+        let [o32, m32, r32] = on(
+            &emu(),
+            [&vec![0f32; n * C], &vec![0f32; n], &vec![0f32; n]],
+            [&f32s(&x), &f32s(&w), &f32s(&bias)],
+            |be, [o, m, r], [x, w, b]| {
+                be.layernorm_forward(o, m, r, x, w, with_bias.then_some(b), n, C)
+            },
+        );
         let (mut o64, mut m64, mut r64) = (vec![0f64; n * C], vec![0f64; n], vec![0f64; n]);
         cpu64()
             .layernorm_forward(
@@ -172,21 +171,14 @@ fn layernorm_forward_backward_parity() {
 
         let init_dx = randn(&mut rng, n * C, 1.0);
         let (init_dw, init_db) = (randn(&mut rng, C, 1.0), randn(&mut rng, C, 1.0));
-        let (mut dx32, mut dw32, mut db32) = (f32s(&init_dx), f32s(&init_dw), f32s(&init_db));
-        emu()
-            .layernorm_backward(
-                &mut dx32,
-                &mut dw32,
-                with_bias.then_some(&mut db32[..]),
-                &f32s(&dout),
-                &f32s(&x),
-                &f32s(&w),
-                &m32,
-                &r32,
-                n,
-                C,
-            )
-            .unwrap();
+        let [dx32, dw32, db32] = on(
+            &emu(),
+            [&f32s(&init_dx), &f32s(&init_dw), &f32s(&init_db)],
+            [&f32s(&dout), &f32s(&x), &f32s(&w), &m32, &r32],
+            |be, [dx, dw, db], [g, x, w, m, r]| {
+                be.layernorm_backward(dx, dw, with_bias.then_some(db), g, x, w, m, r, n, C)
+            },
+        );
         let (mut dx64, mut dw64, mut db64) = (init_dx.clone(), init_dw.clone(), init_db.clone());
         cpu64()
             .layernorm_backward(
@@ -225,10 +217,12 @@ fn attention_forward_backward_parity() {
     let mut rng = Rng::new(3);
     let qkv = randn(&mut rng, B * T * 3 * C, 1.0);
     let dout = randn(&mut rng, B * T * C, 1.0);
-    let (mut o32, mut a32) = (vec![0f32; B * T * C], vec![7f32; B * NH * T * T]);
-    emu()
-        .attention_forward(&mut o32, &mut a32, &f32s(&qkv), B, T, C, NH)
-        .unwrap();
+    let [o32, a32] = on(
+        &emu(),
+        [&vec![0f32; B * T * C], &vec![7f32; B * NH * T * T]],
+        [&f32s(&qkv)],
+        |be, [o, a], [q]| be.attention_forward(o, a, q, B, T, C, NH),
+    );
     let (mut o64, mut a64) = (vec![0f64; B * T * C], vec![0f64; B * NH * T * T]);
     cpu64()
         .attention_forward(&mut o64, &mut a64, &qkv, B, T, C, NH)
@@ -240,21 +234,12 @@ fn attention_forward_backward_parity() {
     assert_close("attention_forward out", &f64s(&o32), &o64, 4.0 * g, g);
 
     let init = randn(&mut rng, B * T * 3 * C, 1.0);
-    let mut d32 = f32s(&init);
-    let mut s32 = vec![3f32; B * NH * T * T];
-    emu()
-        .attention_backward(
-            &mut d32,
-            &mut s32,
-            &f32s(&dout),
-            &f32s(&qkv),
-            &a32,
-            B,
-            T,
-            C,
-            NH,
-        )
-        .unwrap();
+    let [d32, s32] = on(
+        &emu(),
+        [&f32s(&init), &vec![3f32; B * NH * T * T]],
+        [&f32s(&dout), &f32s(&qkv), &a32],
+        |be, [d, s], [g, q, a]| be.attention_backward(d, s, g, q, a, B, T, C, NH),
+    );
     let mut d64 = init.clone();
     let mut s64 = vec![0f64; B * NH * T * T];
     cpu64()
@@ -271,31 +256,43 @@ fn gelu_residual_and_flat_ops_parity() {
     let mut rng = Rng::new(4);
     let x: Vec<f64> = randn(&mut rng, n, 3.0);
     let y = randn(&mut rng, n, 1.0);
-    let (mut o32, mut o64) = (vec![0f32; n], vec![0f64; n]);
-    emu().gelu_forward(&mut o32, &f32s(&x)).unwrap();
+    let mut o64 = vec![0f64; n];
+    let [o32] = on(&emu(), [&vec![0f32; n]], [&f32s(&x)], |be, [o], [x]| {
+        be.gelu_forward(o, x)
+    });
     cpu64().gelu_forward(&mut o64, &x).unwrap();
     // exp's argument carries ~|u|·γ₄ absolute error, |u| ≤ ~25 here
     let g = gamma(4) * 32.0;
     assert_close("gelu_forward", &f64s(&o32), &o64, g, g);
-    let (mut d32, mut d64) = (f32s(&y), y.clone());
-    emu().gelu_backward(&mut d32, &f32s(&x), &f32s(&y)).unwrap();
+    let mut d64 = y.clone();
+    let [d32] = on(
+        &emu(),
+        [&f32s(&y)],
+        [&f32s(&x), &f32s(&y)],
+        |be, [d], [x, g]| be.gelu_backward(d, x, g),
+    );
     cpu64().gelu_backward(&mut d64, &x, &y).unwrap();
     assert_close("gelu_backward", &f64s(&d32), &d64, g, g);
 
-    let (mut r32, mut r64) = (vec![0f32; n], vec![0f64; n]);
-    emu()
-        .residual_forward(&mut r32, &f32s(&x), &f32s(&y))
-        .unwrap();
+    let mut r64 = vec![0f64; n];
+    let [r32] = on(
+        &emu(),
+        [&vec![0f32; n]],
+        [&f32s(&x), &f32s(&y)],
+        |be, [r], [a, b]| be.residual_forward(r, a, b),
+    );
     cpu64().residual_forward(&mut r64, &x, &y).unwrap();
     assert_close("residual_forward", &f64s(&r32), &r64, 0.0, gamma(1));
-    let (mut a32, mut a64) = (f32s(&x), x.clone());
-    emu().add_inplace(&mut a32, &f32s(&y)).unwrap();
+    let mut a64 = x.clone();
+    let [a32] = on(&emu(), [&f32s(&x)], [&f32s(&y)], |be, [a], [y]| {
+        be.add_inplace(a, y)
+    });
     cpu64().add_inplace(&mut a64, &y).unwrap();
     assert_close("add_inplace", &f64s(&a32), &a64, 0.0, gamma(1));
-    emu().scale(&mut a32, 0.375).unwrap();
+    let [a32] = on(&emu(), [&a32], [], |be, [a], []| be.scale(a, 0.375));
     cpu64().scale(&mut a64, 0.375).unwrap();
     assert_close("scale", &f64s(&a32), &a64, 0.0, gamma(2));
-    emu().fill(&mut a32, -2.5).unwrap();
+    let [a32] = on(&emu(), [&a32], [], |be, [a], []| be.fill(a, -2.5));
     assert!(a32.iter().all(|&v| v == -2.5), "fill");
 }
 
@@ -307,16 +304,21 @@ fn bf16_mode_rounds_stored_activations_like_the_cpu_backend() {
     let mut rng = Rng::new(5);
     let x = f32s(&randn(&mut rng, n, 2.0));
     let y = f32s(&randn(&mut rng, n, 2.0));
-    let (e, c) = (EmuBackend::new(1, true), CpuBackend::<f32>::new(1, true));
-    let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
-    e.residual_forward(&mut a, &x, &y).unwrap();
+    let (e, c) = (
+        EmuBackend::emulated(1, true),
+        CpuBackend::<f32>::new(1, true),
+    );
+    let mut b = vec![0f32; n];
+    let [a] = on(&e, [&vec![0f32; n]], [&x, &y], |be, [a], [x, y]| {
+        be.residual_forward(a, x, y)
+    });
     c.residual_forward(&mut b, &x, &y).unwrap();
     assert_eq!(a, b, "residual_forward bf16");
     assert!(
         a.iter().all(|v| v.to_bits() & 0xffff == 0),
         "not bf16 values"
     );
-    e.gelu_forward(&mut a, &x).unwrap();
+    let [a] = on(&e, [&a], [&x], |be, [a], [x]| be.gelu_forward(a, x));
     c.gelu_forward(&mut b, &x).unwrap();
     let diff = a.iter().zip(&b).filter(|(p, q)| p != q).count();
     // The exp inside GELU may differ by an ulp between glibc (C++) and Rust's libm, which can flip a
@@ -337,10 +339,12 @@ fn crossentropy_forward_parity() {
     let logits = randn(&mut rng, n * V, 2.0);
     let targets: Vec<u32> = (0..n).map(|_| rng.below(V as u64) as u32).collect();
     for dloss in [None, Some(1.0 / 12.0)] {
-        let (mut l32, mut x32) = (vec![0f32; n], f32s(&logits));
-        emu()
-            .crossentropy_forward(&mut l32, &mut x32, &targets, dloss.map(|s| s as f32), n, V)
-            .unwrap();
+        let [l32, x32] = on(
+            &emu(),
+            [&vec![0f32; n], &f32s(&logits)],
+            [],
+            |be, [l, x], []| be.crossentropy_forward(l, x, &targets, dloss.map(|s| s as f32), n, V),
+        );
         let (mut l64, mut x64) = (vec![0f64; n], logits.clone());
         cpu64()
             .crossentropy_forward(&mut l64, &mut x64, &targets, dloss, n, V)
@@ -365,7 +369,11 @@ fn reductions_and_clipping_parity() {
     let mut rng = Rng::new(7);
     let n = 150_001; // 3 partial blocks of 65,536
     let x = randn(&mut rng, n, 1.0);
-    let s32 = emu().sum_squares(&f32s(&x)).unwrap();
+    let mut s32 = 0.0;
+    on(&emu(), [], [&f32s(&x)], |be, [], [x]| {
+        s32 = be.sum_squares(x)?;
+        Ok(())
+    });
     let s64 = cpu64().sum_squares(&x).unwrap();
     // both sum the same f32-exact squares in f64: equal up to f64 reassociation
     assert!(
@@ -376,83 +384,99 @@ fn reductions_and_clipping_parity() {
     // clip_by_norm reads ‖g‖² from device memory; compare with the host formula (optim::clip_grads).
     for max_norm in [1.0f32, 1e6] {
         let mut g = f32s(&x[..1000]);
-        let sumsq = [emu().sum_squares(&g).unwrap()];
+        let sumsq: Vec<f64> = x[..1000]
+            .iter()
+            .map(|&v| (v as f32 as f64).powi(2))
+            .collect();
+        let sumsq = [sumsq.iter().sum::<f64>()];
         let want: Vec<f32> = {
             let coef = max_norm as f64 / (sumsq[0].sqrt() + 1e-6);
             g.iter()
                 .map(|&v| if coef < 1.0 { v * coef as f32 } else { v })
                 .collect()
         };
-        let (gp, sp, len) = (g.as_mut_ptr(), sumsq.as_ptr(), g.len() as i64);
-        // SAFETY: gp covers g (1000 elements, the kernel's n); sp points to one f64.
-        unsafe {
-            launch_both_orders(
-                Kernel::ClipByNorm,
-                Geometry::linear(g.len(), BLOCK),
-                &[OutBuf::new("x", gp, g.len())],
-                &[
-                    EmuArg::of(&gp),
-                    EmuArg::of(&sp),
-                    EmuArg::of(&max_norm),
-                    EmuArg::of(&len),
-                ],
-            )
-            .unwrap();
-        }
+        let ex = emu();
+        let (mut dg, ds) = (
+            Mem::from_host(ex.exec(), &g).unwrap(),
+            Mem::from_host(ex.exec(), &sumsq).unwrap(),
+        );
+        diagnostics::clip_by_norm(ex.exec(), dg.dev_mut(), ds.dev(), max_norm).unwrap();
+        g = dg.download(ex.exec()).unwrap();
         assert_eq!(g, want, "clip_by_norm at max_norm {max_norm}");
     }
 
     let (blocks, block) = (5, 333);
     let y = randn(&mut rng, blocks * block, 1.0);
-    let (mut b32, mut b64) = (vec![0f32; blocks], vec![0f64; blocks]);
-    emu()
-        .block_mean_squares(&mut b32, &f32s(&y), block)
-        .unwrap();
+    let mut b64 = vec![0f64; blocks];
+    let [b32] = on(
+        &emu(),
+        [&vec![0f32; blocks]],
+        [&f32s(&y)],
+        |be, [b], [y]| be.block_mean_squares(b, y, block),
+    );
     cpu64().block_mean_squares(&mut b64, &y, block).unwrap();
     assert_close("block_mean_squares", &f64s(&b32), &b64, 0.0, gamma(1));
-    let (mut v32, mut v64) = (f32s(&b64), b64.clone());
-    emu().ema_inplace(&mut v32, &b32, 0.95).unwrap();
+    let mut v64 = b64.clone();
+    let [v32] = on(&emu(), [&f32s(&b64)], [&b32], |be, [v], [s]| {
+        be.ema_inplace(v, s, 0.95)
+    });
     cpu64().ema_inplace(&mut v64, &b64, 0.95).unwrap();
     assert_close("ema_inplace", &f64s(&v32), &v64, 0.0, gamma(4));
 }
 
 #[test]
 fn gemm_epilogue_kernels_bias_and_bf16_rounding() {
-    use rotadam::backend::cuda::ops::{self, Dev};
-    use rotadam::backend::emu::EmuExec;
-    // The pieces the CUDA backend puts around cuBLAS: out += bias per row, dbias += column sums, and the
-    // bf16 rounding of GEMM operands (equal to the CPU's Scalar::round_bf16, bit for bit).
+    // The pieces the kernel backend puts around a GEMM: out += bias per row, dbias += column sums (of the
+    // bf16-rounded dout under bf16, as the CPU backend's emulation sums it), and the bf16 rounding of
+    // GEMM outputs (equal to the CPU's Scalar::round_bf16, bit for bit).
     let (n, oc) = (37, 300);
     let mut rng = Rng::new(21);
     let x = randn(&mut rng, n * oc, 1.0);
     let bias = randn(&mut rng, oc, 1.0);
-    let (mut out, b32) = (f32s(&x), f32s(&bias));
-    // SAFETY: both slices outlive the call, which is the only use of the Devs.
-    unsafe { ops::bias_forward(&EmuExec, Dev::host_mut(&mut out), Dev::host(&b32), n, oc) };
+    let be = emu();
+    let ex = be.exec();
+    let mut out = Mem::from_host(ex, &f32s(&x)).unwrap();
+    let b32 = Mem::from_host(ex, &f32s(&bias)).unwrap();
+    transformer::bias_forward(ex, out.dev_mut(), b32.dev(), n, oc).unwrap();
     let want: Vec<f64> = (0..n * oc).map(|i| x[i] + bias[i % oc]).collect();
-    assert_close("bias_forward", &f64s(&out), &want, 0.0, gamma(1));
-    let (mut db, x32) = (f32s(&bias), f32s(&x));
-    // SAFETY: both slices outlive the call, which is the only use of the Devs.
-    unsafe { ops::bias_backward(&EmuExec, Dev::host_mut(&mut db), Dev::host(&x32), n, oc) };
-    let want: Vec<f64> = (0..oc)
-        .map(|j| bias[j] + (0..n).map(|r| x[r * oc + j]).sum::<f64>())
-        .collect();
     assert_close(
-        "bias_backward",
-        &f64s(&db),
+        "bias_forward",
+        &f64s(&out.download(ex).unwrap()),
         &want,
-        4.0 * gamma(n + 1),
-        gamma(n + 1),
+        0.0,
+        gamma(1),
     );
+    let x32 = Mem::from_host(ex, &f32s(&x)).unwrap();
+    for bf16 in [false, true] {
+        let mut db = Mem::from_host(ex, &f32s(&bias)).unwrap();
+        transformer::bias_backward(ex, db.dev_mut(), x32.dev(), n, oc, bf16).unwrap();
+        let round = |v: f64| {
+            if bf16 {
+                half::bf16::from_f32(v as f32).to_f64()
+            } else {
+                v
+            }
+        };
+        let want: Vec<f64> = (0..oc)
+            .map(|j| bias[j] + (0..n).map(|r| round(x[r * oc + j])).sum::<f64>())
+            .collect();
+        assert_close(
+            &format!("bias_backward (bf16 {bf16})"),
+            &f64s(&db.download(ex).unwrap()),
+            &want,
+            4.0 * gamma(n + 1),
+            gamma(n + 1),
+        );
+    }
     let src = f32s(&randn(&mut rng, 1001, 100.0));
-    let mut r = vec![0f32; src.len()];
-    // SAFETY: both slices outlive the call, which is the only use of the Devs.
-    unsafe { ops::round_bf16_copy(&EmuExec, Dev::host_mut(&mut r), Dev::host(&src)) };
+    let d = Mem::from_host(ex, &src).unwrap();
+    let mut r = Mem::<_, f32>::zeros(ex, src.len()).unwrap();
+    transformer::round_bf16_copy(ex, r.dev_mut(), d.dev()).unwrap();
     let want: Vec<f32> = src
         .iter()
         .map(|&v| half::bf16::from_f32(v).to_f32())
         .collect();
-    assert_eq!(r, want, "round_bf16_copy");
+    assert_eq!(r.download(ex).unwrap(), want, "round_bf16_copy");
 }
 
 /// `to_bf16` (the operands of the CUDA backend's native bf16 GEMMs) rounds to nearest even exactly as the
@@ -460,8 +484,6 @@ fn gemm_epilogue_kernels_bias_and_bf16_rounding() {
 /// signed zero and subnormals.
 #[test]
 fn to_bf16_matches_half_bit_for_bit() {
-    use rotadam::backend::cuda::ops::{self, Dev};
-    use rotadam::backend::emu::EmuExec;
     let mut rng = Rng::new(3);
     let mut x: Vec<f32> = (0..1000)
         .map(|i| (rng.normal() * 10f64.powi(i % 13 - 6)) as f32)
@@ -477,9 +499,17 @@ fn to_bf16_matches_half_bit_for_bit() {
         -0.0,
         f32::MIN_POSITIVE / 3.0, // subnormal
     ]);
-    let mut out = vec![0u16; x.len()];
-    // SAFETY: `out` and `x` outlive the call; `out` has x.len() bf16 elements.
-    unsafe { ops::to_bf16(&EmuExec, Dev::host_mut(&mut out), Dev::host(&x)) };
+    let be = emu();
+    let ex = be.exec();
+    let d = Mem::from_host(ex, &x).unwrap();
+    let mut o = Mem::<_, half::bf16>::zeros(ex, x.len()).unwrap();
+    transformer::to_bf16(ex, o.dev_mut(), d.dev()).unwrap();
+    let out: Vec<u16> = o
+        .download(ex)
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect();
     for (i, (&o, &xi)) in out.iter().zip(&x).enumerate() {
         let want = half::bf16::from_f32(xi).to_bits();
         assert_eq!(

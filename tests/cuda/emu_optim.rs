@@ -4,16 +4,17 @@
 //! median selection / streaming log accumulation match exact references.
 
 use super::emu::gamma;
+use super::on;
 use crate::util::{assert_close, f32s, f64s, randn_f32 as randn};
 use rotadam::backend::cpu::CpuBackend;
-use rotadam::backend::emu::launch::{launch_both_orders, Geometry, OutBuf};
-use rotadam::backend::emu::{EmuBackend, BLOCK};
+use rotadam::backend::emu::EmuBackend;
+use rotadam::backend::kernel::{diagnostics, Exec, Mem};
 use rotadam::backend::{AdamStep, Backend};
-use rotadam::kernels::{self, EmuArg, Kernel};
+use rotadam::kernels;
 use rotadam::rng::{splitmix64, Rng};
 
 fn emu() -> EmuBackend {
-    EmuBackend::new(1, false)
+    EmuBackend::emulated(1, false)
 }
 fn cpu64() -> CpuBackend<f64> {
     CpuBackend::new(1, false)
@@ -47,44 +48,55 @@ fn optimizer_kernels_equal_the_cpu_f32_backend_bit_for_bit() {
     let h = hp(3, 0.1);
 
     // adamw_step
-    let (mut p1, mut m1, mut v1) = (p0.clone(), m0.clone(), v0.clone());
-    e.adamw_step(&mut p1, &mut m1, &mut v1, &g, h).unwrap();
+    let [p1, m1, v1] = on(&e, [&p0, &m0, &v0], [&g], |be, [p, m, v], [g]| {
+        be.adamw_step(p, m, v, g, h)
+    });
     let (mut p2, mut m2, mut v2) = (p0.clone(), m0.clone(), v0.clone());
     c.adamw_step(&mut p2, &mut m2, &mut v2, &g, h).unwrap();
     assert_eq!((&p1, &m1, &v1), (&p2, &m2, &v2), "adamw_step");
     assert_ne!(p1, p0, "adamw_step changed nothing");
     // adam_direction_step
-    let (mut u1, mut m1, mut v1) = (vec![0f32; n], m0.clone(), v0.clone());
-    e.adam_direction_step(&mut u1, &mut m1, &mut v1, &g, h)
-        .unwrap();
+    let [u1, m1, v1] = on(
+        &e,
+        [&vec![0f32; n], &m0, &v0],
+        [&g],
+        |be, [u, m, v], [g]| be.adam_direction_step(u, m, v, g, h),
+    );
     let (mut u2, mut m2, mut v2) = (vec![0f32; n], m0.clone(), v0.clone());
     c.adam_direction_step(&mut u2, &mut m2, &mut v2, &g, h)
         .unwrap();
     assert_eq!((&u1, &m1, &v1), (&u2, &m2, &v2), "adam_direction_step");
     // sgd_step, sgd_direction_step
-    let (mut p1, mut b1) = (p0.clone(), m0.clone());
-    e.sgd_step(&mut p1, &mut b1, &g, 0.1, 0.9, 0.1).unwrap();
+    let [p1, b1] = on(&e, [&p0, &m0], [&g], |be, [p, b], [g]| {
+        be.sgd_step(p, b, g, 0.1, 0.9, 0.1)
+    });
     let (mut p2, mut b2) = (p0.clone(), m0.clone());
     c.sgd_step(&mut p2, &mut b2, &g, 0.1, 0.9, 0.1).unwrap();
     assert_eq!((&p1, &b1), (&p2, &b2), "sgd_step");
-    let (mut u1, mut b1) = (vec![0f32; n], m0.clone());
-    e.sgd_direction_step(&mut u1, &mut b1, &g, 0.9).unwrap();
+    let [u1, b1] = on(&e, [&vec![0f32; n], &m0], [&g], |be, [u, b], [g]| {
+        be.sgd_direction_step(u, b, g, 0.9)
+    });
     let (mut u2, mut b2) = (vec![0f32; n], m0.clone());
     c.sgd_direction_step(&mut u2, &mut b2, &g, 0.9).unwrap();
     assert_eq!((&u1, &b1), (&u2, &b2), "sgd_direction_step");
     // AdaSGD / blockwise Adam: one second moment per block of 143 (7 blocks)
     let block = 143;
     let vb = &v0[..n / block];
-    let (mut u1, mut m1) = (vec![0f32; n], m0.clone());
-    e.block_adam_direction_step(&mut u1, &mut m1, vb, &g, block, h)
-        .unwrap();
+    let [u1, m1] = on(
+        &e,
+        [&vec![0f32; n], &m0],
+        [vb, &g],
+        |be, [u, m], [vb, g]| be.block_adam_direction_step(u, m, vb, g, block, h),
+    );
     let (mut u2, mut m2) = (vec![0f32; n], m0.clone());
     c.block_adam_direction_step(&mut u2, &mut m2, vb, &g, block, h)
         .unwrap();
     assert_eq!((&u1, &m1), (&u2, &m2), "block_adam_direction_step");
     // apply_update
-    let (mut p1, mut p2) = (p0.clone(), p0.clone());
-    e.apply_update(&mut p1, &u1, 6e-4, 0.1).unwrap();
+    let mut p2 = p0.clone();
+    let [p1] = on(&e, [&p0], [&u1], |be, [p], [u]| {
+        be.apply_update(p, u, 6e-4, 0.1)
+    });
     c.apply_update(&mut p2, &u2, 6e-4, 0.1).unwrap();
     assert_eq!(p1, p2, "apply_update");
 }
@@ -115,12 +127,16 @@ fn rotate_and_unrotate_parity_on_odd_shapes() {
     let index = &perm[..nb * n];
     let ix_emu = emu().rotation_index(index.to_vec(), n, len).unwrap();
     let ix_cpu = cpu64().rotation_index(index.to_vec(), n, len).unwrap();
+    // an index list is the backend's: the emulated one's lives in its executor's memory (host memory)
     let r = orthogonal(n, 10);
     let x = randn(&mut rng, len, 1.0);
-    let mut o32 = vec![0f32; nb * n];
-    emu()
-        .rotate(&mut o32, &f32s(&x), &ix_emu, &f32s(&r), nb, n)
-        .unwrap();
+    let e = emu();
+    let [o32] = on(
+        &e,
+        [&vec![0f32; nb * n]],
+        [&f32s(&x), &f32s(&r)],
+        |be, [o], [x, r]| be.rotate(o, x, &ix_emu, r, nb, n),
+    );
     let mut o64 = vec![0f64; nb * n];
     cpu64().rotate(&mut o64, &x, &ix_cpu, &r, nb, n).unwrap();
     // K = n terms, |terms| summing to ≤ ~√n·‖x‖∞
@@ -128,10 +144,9 @@ fn rotate_and_unrotate_parity_on_odd_shapes() {
     assert_close("rotate", &f64s(&o32), &o64, g, g);
 
     let init = randn(&mut rng, len, 1.0);
-    let mut u32_ = f32s(&init);
-    emu()
-        .unrotate(&mut u32_, &o32, &ix_emu, &f32s(&r), nb, n)
-        .unwrap();
+    let [u32_] = on(&e, [&f32s(&init)], [&o32, &f32s(&r)], |be, [u], [o, r]| {
+        be.unrotate(u, o, &ix_emu, r, nb, n)
+    });
     let mut u64_ = init.clone();
     cpu64()
         .unrotate(&mut u64_, &o64, &ix_cpu, &r, nb, n)
@@ -197,20 +212,12 @@ fn fused_rotated_adamw_matches_the_split_reference() {
     let e = emu();
     let ix_emu = e.rotation_index(index.to_vec(), n, len).unwrap();
     let r32 = f32s(&r);
-    let (mut u32_, mut m32, mut v32, mut p32) =
-        (vec![0f32; nb * n], f32s(&m0), f32s(&v0), f32s(&p0));
-    e.rotate_adam_direction(
-        &mut u32_,
-        &mut m32,
-        &mut v32,
-        &f32s(&g),
-        &ix_emu,
-        &r32,
-        nb,
-        n,
-        h,
-    )
-    .unwrap();
+    let [u32_, m32, v32] = on(
+        &e,
+        [&vec![0f32; nb * n], &f32s(&m0), &f32s(&v0)],
+        [&f32s(&g), &r32],
+        |be, [u, m, v], [g, r]| be.rotate_adam_direction(u, m, v, g, &ix_emu, r, nb, n, h),
+    );
     let tol = gamma(n) * 8.0;
     assert_close(
         "rotate_adam_direction m",
@@ -235,8 +242,9 @@ fn fused_rotated_adamw_matches_the_split_reference() {
         8.0 * tol,
     );
 
-    e.unrotate_apply_update(&mut p32, &u32_, &ix_emu, &r32, nb, n, h.lr)
-        .unwrap();
+    let [p32] = on(&e, [&f32s(&p0)], [&u32_, &r32], |be, [p], [u, r]| {
+        be.unrotate_apply_update(p, u, &ix_emu, r, nb, n, h.lr)
+    });
     assert_close(
         "unrotate_apply_update params",
         &f64s(&p32),
@@ -264,33 +272,7 @@ fn cauchy_stream_is_splitmix64_and_identical_on_cpu_and_emulator() {
             "element {i}"
         );
     }
-    // u in (0,1) and the probes from the device kernel equal the host function bit for bit (after f32).
-    let (n, offset) = (1000usize, 5_000_000_000u64);
-    let mut out = vec![0f32; n];
-    let (op, nl) = (out.as_mut_ptr(), n as i64);
-    // SAFETY: op covers n elements.
-    unsafe {
-        launch_both_orders(
-            Kernel::CauchyFill,
-            Geometry::linear(n, BLOCK),
-            &[OutBuf::new("out", op, n)],
-            &[
-                EmuArg::of(&op),
-                EmuArg::of(&seed),
-                EmuArg::of(&offset),
-                EmuArg::of(&nl),
-            ],
-        )
-        .unwrap();
-    }
-    for (i, &o) in out.iter().enumerate() {
-        let want = kernels::cauchy_probe(seed, offset + i as u64);
-        assert_eq!(o.to_bits(), (want as f32).to_bits(), "probe {i}");
-        let u = kernels::counter_uniform(seed, offset + i as u64);
-        assert!(u > 0.0 && u < 1.0);
-        // tan(π(u − ½)) is the inverse CDF of the standard Cauchy: F(c) = ½ + atan(c)/π = u
-        assert!((0.5 + want.atan() / std::f64::consts::PI - u).abs() < 1e-12);
-    }
+    check_cauchy_fill(emu().exec());
     // a standard Cauchy has median |C| = 1: over 100,000 draws the sample median of |C| is within 2%
     let mut a: Vec<f64> = (0..100_000u64)
         .map(|i| kernels::cauchy_probe(7, i).abs())
@@ -300,8 +282,30 @@ fn cauchy_stream_is_splitmix64_and_identical_on_cpu_and_emulator() {
     assert!((med - 1.0).abs() < 0.02, "median |C| = {med}");
 }
 
+/// u in (0,1), and the probes `cauchy_fill` writes on `ex` equal the host function bit for bit (after
+/// f32), at an offset past 2³².
+pub fn check_cauchy_fill<E: Exec>(ex: &E) {
+    let (seed, n, offset) = (0x1234_5678_9abc_def0u64, 1000usize, 5_000_000_000u64);
+    let mut out = Mem::<E, f32>::zeros(ex, n).unwrap();
+    diagnostics::cauchy_fill(ex, out.dev_mut(), seed, offset).unwrap();
+    for (i, &o) in out.download(ex).unwrap().iter().enumerate() {
+        let want = kernels::cauchy_probe(seed, offset + i as u64);
+        assert_eq!(o.to_bits(), (want as f32).to_bits(), "probe {i}");
+        let u = kernels::counter_uniform(seed, offset + i as u64);
+        assert!(u > 0.0 && u < 1.0);
+        // tan(π(u − ½)) is the inverse CDF of the standard Cauchy: F(c) = ½ + atan(c)/π = u
+        assert!((0.5 + want.atan() / std::f64::consts::PI - u).abs() < 1e-12);
+    }
+}
+
 #[test]
 fn median_selection_and_streaming_log_accumulation() {
+    check_median_and_streaming(emu().exec());
+}
+
+/// The coordinate-wise median of |x| over K probes (with ties) and the streaming geometric mean on `ex`
+/// equal exact references.
+pub fn check_median_and_streaming<E: Exec>(ex: &E) {
     let chunk = 300; // > one 256-thread block
     for k in [1usize, 7, 10] {
         let mut rng = Rng::new(13 + k as u64);
@@ -309,27 +313,10 @@ fn median_selection_and_streaming_log_accumulation() {
         let samples: Vec<f32> = (0..k * chunk)
             .map(|_| ((rng.normal() * 4.0).round() / 2.0) as f32)
             .collect();
-        let mut s = samples.clone();
-        let mut out = vec![0f32; chunk];
-        let (op, sp, ki, cl) = (out.as_mut_ptr(), s.as_mut_ptr(), k as i32, chunk as i64);
-        // SAFETY: out has chunk elements, samples K·chunk.
-        unsafe {
-            launch_both_orders(
-                Kernel::MedianAbsSelect,
-                Geometry::linear(chunk, BLOCK),
-                &[
-                    OutBuf::new("out", op, chunk),
-                    OutBuf::new("samples", sp, k * chunk),
-                ],
-                &[
-                    EmuArg::of(&op),
-                    EmuArg::of(&sp),
-                    EmuArg::of(&ki),
-                    EmuArg::of(&cl),
-                ],
-            )
-            .unwrap();
-        }
+        let mut s = Mem::from_host(ex, &samples).unwrap();
+        let mut out = Mem::<E, f32>::zeros(ex, chunk).unwrap();
+        diagnostics::median_abs_select(ex, out.dev_mut(), s.dev_mut(), k).unwrap();
+        let out = out.download(ex).unwrap();
         for j in 0..chunk {
             let mut col: Vec<f64> = (0..k)
                 .map(|q| samples[q * chunk + j].abs() as f64)
@@ -347,41 +334,22 @@ fn median_selection_and_streaming_log_accumulation() {
     let (k, n) = (9, 333);
     let mut rng = Rng::new(20);
     let xs: Vec<Vec<f32>> = (0..k).map(|_| f32s(&randn(&mut rng, n, 3.0))).collect();
-    let mut acc = vec![0f32; n];
-    let (ap, nl) = (acc.as_mut_ptr(), n as i64);
+    let mut acc = Mem::<E, f32>::zeros(ex, n).unwrap();
     for x in &xs {
-        let xp = x.as_ptr();
-        // SAFETY: acc and x have n elements.
-        unsafe {
-            launch_both_orders(
-                Kernel::LogAbsAccumulate,
-                Geometry::linear(n, BLOCK),
-                &[OutBuf::new("acc", ap, n)],
-                &[EmuArg::of(&ap), EmuArg::of(&xp), EmuArg::of(&nl)],
-            )
-            .unwrap();
-        }
+        let x = Mem::from_host(ex, x).unwrap();
+        diagnostics::log_abs_accumulate(ex, acc.dev_mut(), x.dev()).unwrap();
     }
-    let mut out = vec![0f32; n];
-    let (op, cap, ki) = (out.as_mut_ptr(), acc.as_ptr(), k as i32);
-    // SAFETY: out and acc have n elements.
-    unsafe {
-        launch_both_orders(
-            Kernel::LogAbsFinalize,
-            Geometry::linear(n, BLOCK),
-            &[OutBuf::new("out", op, n)],
-            &[
-                EmuArg::of(&op),
-                EmuArg::of(&cap),
-                EmuArg::of(&ki),
-                EmuArg::of(&nl),
-            ],
-        )
-        .unwrap();
-    }
+    let mut out = Mem::<E, f32>::zeros(ex, n).unwrap();
+    diagnostics::log_abs_finalize(ex, out.dev_mut(), acc.dev(), k).unwrap();
     let want: Vec<f64> = (0..n)
         .map(|j| ((0..k).map(|q| (xs[q][j] as f64).abs().ln()).sum::<f64>() / k as f64).exp())
         .collect();
     let g = gamma(4 * k) * 16.0;
-    assert_close("log_abs_accumulate/finalize", &f64s(&out), &want, 0.0, g);
+    assert_close(
+        "log_abs_accumulate/finalize",
+        &f64s(&out.download(ex).unwrap()),
+        &want,
+        0.0,
+        g,
+    );
 }

@@ -6,8 +6,8 @@
 //! `launch_both_orders` reports the race each time — while the correct kernel passes on the same inputs.
 
 use crate::util::randn_f32 as randn;
-use rotadam::backend::emu::launch::{launch, launch_both_orders, Geometry, Order, OutBuf};
-use rotadam::backend::emu::{BLOCK, REDUCE_CHUNK};
+use rotadam::backend::emu::launch::{launch, launch_both_orders, Order};
+use rotadam::backend::kernel::{Geometry, OutBuf, BLOCK, REDUCE_CHUNK};
 use rotadam::kernels::{EmuArg, Fixture, Kernel, Launchable};
 use rotadam::rng::Rng;
 

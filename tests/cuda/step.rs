@@ -100,7 +100,7 @@ pub fn train_optimizer<BK: Backend>(
 fn compare(label: &str, bf16: bool, rotation: &str) {
     let steps = 3;
     // the emulated kernels fused, the CPU through the split path: the fused kernels against the reference
-    let (le, pe) = train(&EmuBackend::new(1, bf16), rotation, steps, false);
+    let (le, pe) = train(&EmuBackend::emulated(1, bf16), rotation, steps, false);
     let (lc, pc) = train(&CpuBackend::<f32>::new(1, bf16), rotation, steps, true);
     let (lrt, patol, prtol) = if bf16 {
         (2e-3, 2e-3, 2e-3)

@@ -1,24 +1,26 @@
-//! The CUDA side of the backend interface (ARCHITECTURE.md decision 2), as far as it is built:
+//! CUDA: a device as an executor of the kernel backend ([`exec::CudaExec`]; `CudaBackend` is
+//! `KernelBackend<CudaExec>`), and what it needs:
 //! - [`nvrtc`]: compiling the kernel modules with NVRTC (from a CUDA toolkit or the PyPI wheels) to PTX
 //!   or to sm_XX cubins with ptxas's register/spill report — runs without a GPU and is tested;
-//! - [`runtime`]: a context, a stream and the kernel modules loaded on it (nvcc PTX or NVRTC at start-up);
+//! - [`runtime`]: a context, a stream and the kernel modules loaded on it (nvcc's PTX or NVRTC's);
+//! - [`standin`]: the driver + cuBLAS stand-in that runs all of this without a GPU
+//!   (`ROTADAM_CUDA_STANDIN=1`, `docs/cuda.md`);
 //! - [`probe`]: whether a CUDA device is usable, without ever panicking (cudarc panics when libcuda is
-//!   missing unless guarded, STACK.md §1).
+//!   missing unless guarded).
 //!
-//! - [`device`]: `CudaBackend`, the `Backend` trait on a device (cudarc buffers, the launch plans of
-//!   [`ops`], cuBLAS GEMMs); `crate::device::self_check` compares it with the CPU backend on a tiny
-//!   model before `--device auto` uses it.
-//!
-//! The kernels are verified by NVRTC and the CPU emulator (`backend::emu`); nothing here has been run on
-//! a GPU by its authors.
+//! `crate::device::self_check` compares the CUDA backend with the CPU backend on a tiny model before
+//! `--device auto` uses it.
 
-pub mod device;
+pub mod exec;
 pub mod nvrtc;
-pub mod ops;
 pub mod runtime;
+pub mod standin;
+
+pub use exec::{CudaBackend, CudaExec};
 
 /// Probe for a CUDA device: Ok(description of device 0) or Err(why there is none).
 pub fn probe() -> Result<String, String> {
+    standin::activate().map_err(|e| e.to_string())?;
     // SAFETY: `is_culib_present` only tries to dlopen the driver library by name and reports success; it
     // has no preconditions and does not touch any CUDA state.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {

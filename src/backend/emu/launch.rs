@@ -8,6 +8,7 @@
 //! results to be bit-identical — a race (a missing `__syncthreads`, an order-dependent atomic) becomes a
 //! deterministic error naming the kernel, the buffer and the first differing element.
 
+use crate::backend::kernel::{Geometry, OutBuf};
 use crate::error::{Error, Result};
 use crate::kernels::{EmuArg, EmuLaunchCfg, Launchable};
 
@@ -16,39 +17,6 @@ use crate::kernels::{EmuArg, EmuLaunchCfg, Launchable};
 pub enum Order {
     Ascending,
     Descending,
-}
-
-/// Grid and block sizes (x, y, z) and dynamic shared memory of one launch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Geometry {
-    pub grid: [u32; 3],
-    pub block: [u32; 3],
-    pub smem: u64,
-}
-
-impl Geometry {
-    /// A 1-D grid of `ceil(n / block)` blocks of `block` threads (at least one block).
-    pub fn linear(n: usize, block: u32) -> Self {
-        Geometry {
-            grid: [grid_dim(n.div_ceil(block as usize).max(1)), 1, 1],
-            block: [block, 1, 1],
-            smem: 0,
-        }
-    }
-    /// `blocks` blocks of `block` threads.
-    pub fn blocks(blocks: usize, block: u32) -> Self {
-        Geometry {
-            grid: [grid_dim(blocks.max(1)), 1, 1],
-            block: [block, 1, 1],
-            smem: 0,
-        }
-    }
-}
-
-/// A grid dimension as u32 (CUDA's limit for x is 2³¹ − 1).
-fn grid_dim(n: usize) -> u32 {
-    assert!(n < (1 << 31), "grid of {n} blocks exceeds CUDA's 2^31 - 1");
-    n as u32
 }
 
 /// Runs `kernel` once under `order`.
@@ -93,33 +61,6 @@ pub unsafe fn launch<K: Launchable>(
     Err(Error::Device(format!("emulator: {msg}")))
 }
 
-/// One output buffer of a launch: its address and size in bytes.
-#[derive(Clone, Copy, Debug)]
-pub struct OutBuf {
-    pub name: &'static str,
-    pub ptr: *mut u8,
-    pub bytes: usize,
-}
-
-impl OutBuf {
-    /// The output buffer at address `addr` (a host address under the emulator) of `bytes` bytes.
-    pub fn at(name: &'static str, addr: u64, bytes: usize) -> Self {
-        OutBuf {
-            name,
-            ptr: addr as *mut u8,
-            bytes,
-        }
-    }
-    /// The output buffer behind a raw f32/f64/u32 pointer of `len` elements.
-    pub fn new<T>(name: &'static str, ptr: *mut T, len: usize) -> Self {
-        OutBuf {
-            name,
-            ptr: ptr as *mut u8,
-            bytes: len * std::mem::size_of::<T>(),
-        }
-    }
-}
-
 /// Runs `kernel` under both schedules and requires bit-identical outputs (module docs). On success the
 /// outputs hold the result (of the descending run, equal to the ascending one).
 ///
@@ -133,8 +74,10 @@ pub unsafe fn launch_both_orders<K: Launchable>(
     outs: &[OutBuf],
     args: &[EmuArg],
 ) -> Result<()> {
+    // An output of no bytes (an absent optional tensor) may be a null pointer: nothing to compare.
+    let outs: Vec<OutBuf> = outs.iter().copied().filter(|o| o.bytes > 0).collect();
     // SAFETY (for every from_raw_parts below): each OutBuf is valid for `bytes` bytes (this function's
-    // contract) and no reference to it is alive outside this function during the call.
+    // contract), is not null (bytes > 0) and no reference to it is alive outside this function.
     let snapshot: Vec<Vec<u8>> = outs
         .iter()
         .map(|o| unsafe { std::slice::from_raw_parts(o.ptr, o.bytes) }.to_vec())

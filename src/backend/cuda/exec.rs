@@ -1,0 +1,203 @@
+//! A CUDA device as an executor of the kernel backend: memory as cudarc device buffers on one stream,
+//! launches of the kernels loaded by [`CudaRuntime`] (nvcc's PTX or NVRTC's), GEMMs as cuBLAS calls —
+//! row-major through the transposed column-major call; `sgemm` for f32 operands, `cublasGemmEx` (bf16 in,
+//! fp32 compute and out) for bf16 ones. Every failure of the driver or cuBLAS is an error naming the call.
+//!
+//! Runs on a GPU or, with `ROTADAM_CUDA_STANDIN=1`, on the driver + cuBLAS stand-in (`super::standin`,
+//! `docs/cuda.md`): the same code in both cases.
+
+use super::nvrtc::Toolkit;
+use super::runtime::CudaRuntime;
+use crate::backend::kernel::{Exec, Gemm, Geometry, KernelBackend, Operands, OutBuf};
+use crate::error::{Error, Result};
+use crate::kernels::{EmuArg, Kernel};
+use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// The kernel backend on a CUDA device.
+pub type CudaBackend = KernelBackend<CudaExec>;
+
+impl KernelBackend<CudaExec> {
+    /// The backend on device `ordinal`; `toolkit` says where NVRTC is when the PTX was not built by nvcc.
+    pub fn cuda(ordinal: usize, toolkit: Option<Toolkit>, bf16: bool) -> Result<Self> {
+        Ok(KernelBackend::new(CudaExec::new(ordinal, toolkit)?, bf16))
+    }
+}
+
+/// The CUDA executor (module docs).
+pub struct CudaExec {
+    rt: CudaRuntime,
+    blas: CudaBlas,
+    functions: Mutex<HashMap<Kernel, CudaFunction>>,
+}
+
+impl CudaExec {
+    /// Opens device `ordinal` (an error, never a panic, without a driver, a device or cuBLAS).
+    pub fn new(ordinal: usize, toolkit: Option<Toolkit>) -> Result<Self> {
+        let rt = CudaRuntime::new(ordinal, toolkit)?;
+        // SAFETY: only tries to dlopen cuBLAS by name and reports whether it succeeded.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(Error::Device("no cuBLAS library (libcublas) found".into()));
+        }
+        let blas =
+            CudaBlas::new(rt.stream().clone()).map_err(|e| Error::from(e).context("cuBLAS"))?;
+        Ok(CudaExec {
+            rt,
+            blas,
+            functions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The device's peak memory bandwidth in GB/s: 2 (DDR) × memory clock × bus width.
+    pub fn memory_bandwidth_gbs(&self) -> Result<f64> {
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let ctx = self.rt.context();
+        let clock_khz = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)?;
+        let bus_bits = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)?;
+        Ok(2.0 * clock_khz as f64 * 1e3 * (bus_bits as f64 / 8.0) / 1e9)
+    }
+
+    /// Waits for every queued operation.
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.rt.stream().synchronize()?)
+    }
+
+    fn function(&self, k: Kernel) -> Result<CudaFunction> {
+        let mut f = self.functions.lock().expect("function cache poisoned");
+        if let Some(func) = f.get(&k) {
+            return Ok(func.clone());
+        }
+        let func = self.rt.function(k)?;
+        f.insert(k, func.clone());
+        Ok(func)
+    }
+}
+
+impl Exec for CudaExec {
+    type Mem = CudaSlice<u8>;
+    fn describe(&self) -> String {
+        let dev = self
+            .rt
+            .context()
+            .name()
+            .unwrap_or_else(|_| "unknown".into());
+        format!("cuda ({dev})")
+    }
+    fn alloc(&self, bytes: usize) -> Result<CudaSlice<u8>> {
+        Ok(self.rt.stream().alloc_zeros::<u8>(bytes)?)
+    }
+    fn addr(&self, mem: &CudaSlice<u8>) -> u64 {
+        let (ptr, _sync) = mem.device_ptr(self.rt.stream());
+        ptr
+    }
+    fn upload(&self, dst: &mut CudaSlice<u8>, src: &[u8]) -> Result<()> {
+        let mut view = dst.slice_mut(0..src.len());
+        Ok(self.rt.stream().memcpy_htod(src, &mut view)?)
+    }
+    fn download(&self, src: &CudaSlice<u8>, dst: &mut [u8]) -> Result<()> {
+        let view = src.slice(0..dst.len());
+        self.rt.stream().memcpy_dtoh(&view, dst)?;
+        // a pageable destination is complete when the copy returns; the synchronize makes it so for
+        // every destination and reports an error of the work before it here
+        Ok(self.rt.stream().synchronize()?)
+    }
+    unsafe fn launch(
+        &self,
+        kernel: Kernel,
+        geo: Geometry,
+        _outs: &[OutBuf],
+        args: &[EmuArg],
+    ) -> Result<()> {
+        let what = || format!("kernel {} ({geo})", kernel.name());
+        let f = self.function(kernel).map_err(|e| e.context(what()))?;
+        let mut params: Vec<*mut std::ffi::c_void> = args.iter().map(|a| a.ptr).collect();
+        // SAFETY: forwarded contract (Exec::launch): the argument list is the kernel's own (the typed
+        // launchers are generated from its signature) and the addresses are device addresses of checked
+        // sizes.
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                f.cu_function(),
+                (geo.grid[0], geo.grid[1], geo.grid[2]),
+                (geo.block[0], geo.block[1], geo.block[2]),
+                geo.smem as u32,
+                self.rt.stream().cu_stream(),
+                &mut params,
+            )
+        }
+        .map_err(|e| Error::from(e).context(what()))
+    }
+    unsafe fn gemm(&self, g: &Gemm) -> Result<()> {
+        // Row-major C (m×n) = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: B first, m and n swapped.
+        use blas_sys::cublasOperation_t::{CUBLAS_OP_N as N, CUBLAS_OP_T as T};
+        let (m, n, k) = (g.m, g.n, g.k);
+        let (opb, ldb) = if g.trans_b { (T, k) } else { (N, n) };
+        let (opa, lda) = if g.trans_a { (T, m) } else { (N, k) };
+        let (alpha, beta) = (1.0f32, if g.accumulate { 1.0f32 } else { 0.0 });
+        let int = |x: usize, what: &str| {
+            i32::try_from(x)
+                .map_err(|_| Error::Device(format!("gemm: {what} = {x} exceeds a cuBLAS int")))
+        };
+        let (mi, ni, ki, lda, ldb) = (
+            int(m, "m")?,
+            int(n, "n")?,
+            int(k, "k")?,
+            int(lda, "lda")?,
+            int(ldb, "ldb")?,
+        );
+        let handle = *self.blas.handle();
+        // SAFETY: the handle is bound to this executor's stream; A, B and C hold the elements the shapes
+        // name (Exec::gemm's contract), with the leading dimensions of row-major storage; alpha and beta
+        // are host f32, as CUBLAS_COMPUTE_32F takes them.
+        let r = unsafe {
+            match g.operands {
+                Operands::Bf16 => {
+                    use blas_sys::cudaDataType_t::{CUDA_R_16BF, CUDA_R_32F};
+                    blas::gemm_ex(
+                        handle,
+                        opb,
+                        opa,
+                        ni,
+                        mi,
+                        ki,
+                        (&alpha as *const f32).cast(),
+                        g.b as *const std::ffi::c_void,
+                        CUDA_R_16BF,
+                        ldb,
+                        g.a as *const std::ffi::c_void,
+                        CUDA_R_16BF,
+                        lda,
+                        (&beta as *const f32).cast(),
+                        g.c.addr as *mut std::ffi::c_void,
+                        CUDA_R_32F,
+                        ni,
+                        blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                        blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                    )
+                }
+                Operands::F32 => blas::sgemm(
+                    handle,
+                    opb,
+                    opa,
+                    ni,
+                    mi,
+                    ki,
+                    &alpha,
+                    g.b as *const f32,
+                    ldb,
+                    g.a as *const f32,
+                    lda,
+                    &beta,
+                    g.c.addr as *mut f32,
+                    ni,
+                ),
+            }
+        };
+        let call = match g.operands {
+            Operands::Bf16 => "cublasGemmEx",
+            Operands::F32 => "cublasSgemm",
+        };
+        r.map_err(|e| Error::from(e).context(call))
+    }
+}

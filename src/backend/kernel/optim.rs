@@ -1,0 +1,317 @@
+//! Launch plans of the rotations, the optimizer steps and the gradient norm (`kernels/rotation.cu`,
+//! `kernels/adamw.cu`, `kernels/reduce.cu`), as [`super::transformer`]'s: shapes checked, then the typed
+//! launches. The coefficients are converted on the host once ([`AdamCoeffs`], [`decoupled_decay`]).
+
+use super::transformer::dim;
+use super::{flat, gemm_grid, launch, Dev, DevMut, Exec, Geometry, KernelRotIndex, Mem};
+use super::{BLOCK, REDUCE_CHUNK};
+use crate::backend::cpu::check_len;
+use crate::backend::{check_rotation_index, decoupled_decay, AdamCoeffs, AdamStep};
+use crate::error::Result;
+
+// SAFETY (for every `unsafe` launch below): lengths checked against the shapes, index arrays against the
+// tensors they index (a rotation list once, when its `IndexList` is made, then its bound against the
+// tensor per launch); the typed launcher supplies the kernel's own argument list.
+
+/// A rotation index list checked once, when it is prepared (`Backend::rotation_index`): distinct
+/// entries, each < `src_len`. A launch then checks `src_len` against the tensor it gathers from or
+/// scatters to in O(1), instead of scanning the whole list on every call (at 124M that scan would be a
+/// host pass over 0.5 GB per rotation, every step).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexList {
+    list: Vec<u32>,
+    src_len: usize,
+}
+
+impl IndexList {
+    /// Checks `list` (range and distinctness, [`check_rotation_index`]) and keeps it.
+    pub fn new(list: Vec<u32>, src_len: usize) -> Result<Self> {
+        check_rotation_index(&list, src_len)?;
+        Ok(IndexList { list, src_len })
+    }
+    pub fn list(&self) -> &[u32] {
+        &self.list
+    }
+}
+
+/// The block structure of a rotation launch: the index list (checked on the host, resident on the
+/// device), the shared block matrix R (N,N), and NB blocks of N.
+#[derive(Clone, Copy, Debug)]
+pub struct RotBlocks {
+    index: Dev<u32>,
+    src_len: usize,
+    r: Dev<f32>,
+    nb: usize,
+    n: usize,
+}
+
+impl RotBlocks {
+    pub fn new<E: Exec>(index: &KernelRotIndex<E>, r: Dev<f32>, nb: usize, n: usize) -> Self {
+        RotBlocks {
+            index: index.dev.dev(),
+            src_len: index.host.src_len,
+            r,
+            nb,
+            n,
+        }
+    }
+
+    /// Checks the shapes of `op` — `blocks` (the NB·N tensors in the rotated layout, by name) and the
+    /// tensor the list indexes — and returns (NB, N) as kernel arguments; None when there is nothing to
+    /// launch.
+    #[track_caller]
+    fn check(
+        &self,
+        op: &str,
+        blocks: &[(&str, usize)],
+        indexed: (&str, usize),
+    ) -> Option<(i64, i32)> {
+        let (nb, n) = (self.nb, self.n);
+        for (name, len) in blocks {
+            check_len(op, name, *len, nb * n);
+        }
+        check_len(op, "index", self.index.len, nb * n);
+        check_len(op, "r", self.r.len, n * n);
+        assert!(
+            self.src_len <= indexed.1,
+            "{op}: the index list was prepared for {} elements, {} has {}",
+            self.src_len,
+            indexed.0,
+            indexed.1
+        );
+        (nb > 0 && n > 0).then(|| (nb as i64, dim(op, "N", n)))
+    }
+}
+
+/// Block rotation with a gather (`rotate`: out = R·inp[index] per block) or its transpose with a scatter
+/// (`unrotate`: out[index] = Rᵀ·inp per block).
+pub fn rotate_or_unrotate<E: Exec>(
+    e: &E,
+    unrotate: bool,
+    out: DevMut<f32>,
+    inp: Dev<f32>,
+    rb: RotBlocks,
+) -> Result<()> {
+    let geo = gemm_grid(rb.nb, rb.n);
+    if unrotate {
+        let Some((nb, n)) = rb.check("unrotate", &[("inp", inp.len)], ("out", out.len)) else {
+            return Ok(());
+        };
+        // SAFETY: module comment above.
+        unsafe { launch::unrotate_scatter(e, geo, out, inp, rb.index, rb.r, nb, n) }
+    } else {
+        let Some((nb, n)) = rb.check("rotate", &[("out", out.len)], ("inp", inp.len)) else {
+            return Ok(());
+        };
+        // SAFETY: module comment above.
+        unsafe { launch::rotate_gather(e, geo, out, inp, rb.index, rb.r, nb, n) }
+    }
+}
+
+/// Rotated AdamW, first half (Maes et al. Alg. 2): g̃ = R·grads[index] per block, then m, v and the
+/// direction u = m̂/(√v̂ + ε) in the rotated layout, in the GEMM's epilogue (`adamw.cu`).
+pub fn rotate_adam_direction<E: Exec>(
+    e: &E,
+    [u, m, v]: [DevMut<f32>; 3],
+    grads: Dev<f32>,
+    rb: RotBlocks,
+    hp: AdamStep,
+) -> Result<()> {
+    let blocks = [("u", u.len), ("m", m.len), ("v", v.len)];
+    let Some((nb, n)) = rb.check("rotate_adam_direction", &blocks, ("grads", grads.len)) else {
+        return Ok(());
+    };
+    let k = AdamCoeffs::<f32>::new(&hp);
+    let geo = gemm_grid(rb.nb, rb.n);
+    // SAFETY: module comment above.
+    unsafe { launch::rotate_adam_direction(e, geo, u, m, v, grads, rb.index, rb.r, k, nb, n) }
+}
+
+/// Rotated AdamW, second half: params[index] −= lr·(Rᵀ·u) per block, the step in the unrotation GEMM's
+/// epilogue (decoupled decay is applied before, per tensor).
+pub fn unrotate_apply_update<E: Exec>(
+    e: &E,
+    params: DevMut<f32>,
+    u: Dev<f32>,
+    rb: RotBlocks,
+    lr: f64,
+) -> Result<()> {
+    let op = "unrotate_apply_update";
+    let Some((nb, n)) = rb.check(op, &[("u", u.len)], ("params", params.len)) else {
+        return Ok(());
+    };
+    let geo = gemm_grid(rb.nb, rb.n);
+    // SAFETY: module comment above.
+    unsafe { launch::unrotate_apply_update(e, geo, params, u, rb.index, rb.r, lr as f32, nb, n) }
+}
+
+#[track_caller]
+fn same_len(op: &str, n: usize, named: &[(&str, usize)]) {
+    for (name, len) in named {
+        check_len(op, name, *len, n);
+    }
+}
+
+/// Fused AdamW over one tensor.
+pub fn adamw_step<E: Exec>(
+    e: &E,
+    [params, m, v]: [DevMut<f32>; 3],
+    grads: Dev<f32>,
+    hp: AdamStep,
+) -> Result<()> {
+    let n = params.len;
+    same_len(
+        "adamw_step",
+        n,
+        &[("m", m.len), ("v", v.len), ("grads", grads.len)],
+    );
+    let k = AdamCoeffs::<f32>::new(&hp);
+    // SAFETY: module comment above.
+    unsafe { launch::adamw_step(e, flat(n), params, m, v, grads, k, n as i64) }
+}
+
+/// SGD with momentum over one tensor.
+pub fn sgd_step<E: Exec>(
+    e: &E,
+    [params, buf]: [DevMut<f32>; 2],
+    grads: Dev<f32>,
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
+) -> Result<()> {
+    let n = params.len;
+    same_len(
+        "sgd_step",
+        n,
+        &[("momentum_buf", buf.len), ("grads", grads.len)],
+    );
+    let decay = decoupled_decay(lr, weight_decay) as f32;
+    // SAFETY: module comment above.
+    unsafe {
+        launch::sgd_step(
+            e,
+            flat(n),
+            params,
+            buf,
+            grads,
+            lr as f32,
+            momentum as f32,
+            decay,
+            n as i64,
+        )
+    }
+}
+
+/// Adam moments and direction.
+pub fn adam_direction_step<E: Exec>(
+    e: &E,
+    [u, m, v]: [DevMut<f32>; 3],
+    grads: Dev<f32>,
+    hp: AdamStep,
+) -> Result<()> {
+    let n = u.len;
+    let named = [("m", m.len), ("v", v.len), ("grads", grads.len)];
+    same_len("adam_direction_step", n, &named);
+    let k = AdamCoeffs::<f32>::new(&hp);
+    // SAFETY: module comment above.
+    unsafe { launch::adam_direction_step(e, flat(n), u, m, v, grads, k, n as i64) }
+}
+
+/// SGD momentum and direction.
+pub fn sgd_direction_step<E: Exec>(
+    e: &E,
+    [u, buf]: [DevMut<f32>; 2],
+    grads: Dev<f32>,
+    momentum: f64,
+) -> Result<()> {
+    let n = u.len;
+    same_len(
+        "sgd_direction_step",
+        n,
+        &[("momentum_buf", buf.len), ("grads", grads.len)],
+    );
+    // SAFETY: module comment above.
+    unsafe { launch::sgd_direction_step(e, flat(n), u, buf, grads, momentum as f32, n as i64) }
+}
+
+/// Mean of squares per block.
+pub fn block_mean_squares<E: Exec>(
+    e: &E,
+    out: DevMut<f32>,
+    x: Dev<f32>,
+    block: usize,
+) -> Result<()> {
+    assert!(block > 0, "block_mean_squares: block must be > 0");
+    check_len("block_mean_squares", "x", x.len, out.len * block);
+    let geo = Geometry::blocks(out.len, BLOCK);
+    // SAFETY: module comment above.
+    unsafe { launch::block_mean_squares(e, geo, out, x, block as i64, out.len as i64) }
+}
+
+/// v = β₂v + (1−β₂)s
+pub fn ema_inplace<E: Exec>(e: &E, v: DevMut<f32>, s: Dev<f32>, beta2: f64) -> Result<()> {
+    check_len("ema_inplace", "s", s.len, v.len);
+    let (b, ob) = (beta2 as f32, (1.0 - beta2) as f32);
+    // SAFETY: module comment above.
+    unsafe { launch::ema_inplace(e, flat(v.len), v, s, b, ob, v.len as i64) }
+}
+
+/// Momentum with one second moment per block.
+pub fn block_adam_direction_step<E: Exec>(
+    e: &E,
+    [u, m]: [DevMut<f32>; 2],
+    [v, grads]: [Dev<f32>; 2],
+    block: usize,
+    hp: AdamStep,
+) -> Result<()> {
+    let n = u.len;
+    let op = "block_adam_direction_step";
+    assert!(block > 0, "{op}: block must be > 0");
+    same_len(op, n, &[("m", m.len), ("grads", grads.len)]);
+    check_len(op, "v", v.len * block, n);
+    let k = AdamCoeffs::<f32>::new(&hp);
+    // SAFETY: module comment above.
+    unsafe {
+        launch::block_adam_direction_step(e, flat(n), u, m, v, grads, block as i64, k, n as i64)
+    }
+}
+
+/// p = p·(1 − lr·λ) − lr·u
+pub fn apply_update<E: Exec>(
+    e: &E,
+    params: DevMut<f32>,
+    u: Dev<f32>,
+    lr: f64,
+    weight_decay: f64,
+) -> Result<()> {
+    let n = params.len;
+    check_len("apply_update", "u", u.len, n);
+    let decay = decoupled_decay(lr, weight_decay) as f32;
+    // SAFETY: module comment above.
+    unsafe { launch::apply_update(e, flat(n), params, u, lr as f32, decay, n as i64) }
+}
+
+/// Σ x² in f64: per-block partials, then one block sums them in order.
+pub fn sum_squares<E: Exec>(e: &E, x: Dev<f32>) -> Result<f64> {
+    let parts = x.len.div_ceil(REDUCE_CHUNK).max(1);
+    let mut partial = Mem::<E, f64>::zeros(e, parts)?;
+    let mut out = Mem::<E, f64>::zeros(e, 1)?;
+    // SAFETY: module comment above; `partial` has one f64 per block.
+    unsafe {
+        launch::sum_squares_partial(
+            e,
+            Geometry::blocks(parts, BLOCK),
+            partial.dev_mut(),
+            x,
+            x.len as i64,
+        )?;
+        launch::sum_partials(
+            e,
+            Geometry::blocks(1, 1024),
+            out.dev_mut(),
+            partial.dev(),
+            parts as i32,
+        )?;
+    }
+    Ok(out.download(e)?[0])
+}
