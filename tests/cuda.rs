@@ -14,6 +14,7 @@ mod emu;
 mod emu_optim;
 mod nvrtc;
 mod race;
+mod standin;
 pub mod step;
 
 use rotadam::backend::Backend;

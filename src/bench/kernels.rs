@@ -51,6 +51,9 @@ pub struct OpTiming {
 #[derive(Serialize, Debug, Clone)]
 pub struct KernelBench {
     pub device: String,
+    /// The times are the CPU emulator's (the emulated backend, or CUDA on the driver stand-in), not a
+    /// GPU's: they measure nothing about a GPU.
+    pub emulated: bool,
     pub model: String,
     pub batch_size: usize,
     pub seq_len: usize,
@@ -130,6 +133,7 @@ pub fn bench_ops<BK: Backend<T = f32>>(
     be: &BK,
     o: &KernelOptions,
     bandwidth_peak: f64,
+    emulated: bool,
 ) -> Result<KernelBench> {
     let cfg = ModelConfig::preset(&o.model)?;
     let (b, t, c, nh, v) = (
@@ -477,6 +481,7 @@ pub fn bench_ops<BK: Backend<T = f32>>(
 
     Ok(KernelBench {
         device: be.name(),
+        emulated,
         model: o.model.clone(),
         batch_size: b,
         seq_len: t,
@@ -524,10 +529,10 @@ pub fn run(o: &KernelOptions) -> Result<()> {
         let tk = crate::backend::cuda::nvrtc::Toolkit::locate(std::path::Path::new(".cuda"));
         let be = crate::backend::cuda::CudaBackend::cuda(0, tk, false)?;
         let bw = be.exec().memory_bandwidth_gbs().unwrap_or(f64::NAN);
-        bench_ops(&be, o, bw)?
+        bench_ops(&be, o, bw, crate::backend::cuda::standin::active())?
     } else {
         let be = crate::backend::cpu::CpuBackend::<f32>::new(o.threads, false);
-        bench_ops(&be, o, host_stream_bandwidth())?
+        bench_ops(&be, o, host_stream_bandwidth(), false)?
     };
     if o.json {
         println!("{}", serde_json::to_string(&report).expect("serialise"));
@@ -550,6 +555,12 @@ pub fn run(o: &KernelOptions) -> Result<()> {
             "training step (forward + backward + AdamW) {:.3} ms; the fused rotated AdamW is {:.3} of it",
             report.ms_step, report.rotated_adamw_fraction_of_step
         );
+        if report.emulated {
+            println!(
+                "NOTE: these are the CPU emulator's times (the CUDA stand-in), not a GPU's: they measure \
+                 nothing about a GPU"
+            );
+        }
     }
     Ok(())
 }

@@ -1,4 +1,6 @@
-//! Gradients and Hessian-vector products of GPT-2's loss in f64 on the CPU, in a rotated basis.
+//! Gradients and Hessian-vector products of GPT-2's loss in a rotated basis: in f64 on the CPU for the
+//! diagnostics, on any backend (`Gpt2Hvp::on`: the kernel backend on a GPU or its stand-in) with the
+//! step length of that backend's precision.
 //!
 //! **The function.** f(w) = the mean cross-entropy over a fixed list of minibatches (each batch's mean loss,
 //! averaged over the batches): Xie et al. (App. D.2) "subsample a fixed batch of training data" and probe
@@ -27,6 +29,7 @@
 //! test model: relative error ≤ 1e-6 against a 5-point stencil (tests/diagnose.rs).
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::{Backend, Scalar};
 use crate::config::ModelConfig;
 use crate::data::loader::Batch;
 use crate::error::{Error, Result};
@@ -101,10 +104,13 @@ impl InPlaceBasis {
     }
 }
 
-/// GPT-2's loss over fixed minibatches at fixed weights, seen in a rotated basis.
-pub struct Gpt2Hvp {
-    be: Cpu64,
-    model: Gpt2<Cpu64>,
+/// GPT-2's loss over fixed minibatches at fixed weights, seen in a rotated basis; the gradients run on
+/// `BK` (the f64 CPU backend by default), the basis changes in f64 on the CPU.
+pub struct Gpt2Hvp<BK: Backend = Cpu64> {
+    be: BK,
+    /// The backend of the basis changes.
+    cpu: Cpu64,
+    model: Gpt2<BK>,
     /// The weights, standard basis.
     w: Vec<f64>,
     batches: Vec<Batch>,
@@ -115,7 +121,7 @@ pub struct Gpt2Hvp {
     pub grad_evals: usize,
 }
 
-impl Gpt2Hvp {
+impl Gpt2Hvp<Cpu64> {
     /// `w` in the standard basis; `batches` define f (non-empty, all the same (B, T)); `threads` for the
     /// backend's parallel ops (call inside a rayon pool of that size).
     pub fn new(
@@ -125,17 +131,31 @@ impl Gpt2Hvp {
         basis: InPlaceBasis,
         threads: usize,
     ) -> Result<Self> {
+        Self::on(Cpu64::new(threads, false), cfg, w, batches, basis)
+    }
+}
+
+impl<BK: Backend> Gpt2Hvp<BK> {
+    /// [`Gpt2Hvp::new`] with the gradients on `be`; the step length h is ∛ε of `be`'s precision.
+    pub fn on(
+        be: BK,
+        cfg: &ModelConfig,
+        w: Vec<f64>,
+        batches: Vec<Batch>,
+        basis: InPlaceBasis,
+    ) -> Result<Self> {
         if batches.is_empty() {
             return Err(Error::config("hvp-batches", "must be at least 1"));
         }
-        let be = Cpu64::new(threads, false);
         let mut model = Gpt2::new(&be, cfg, 0)?;
         model.set_params_f64(&be, &w)?;
         let winf = w.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let eps = <BK::T as num_traits::Float>::epsilon().to_f64();
         Ok(Gpt2Hvp {
             be,
+            cpu: Cpu64::new(1, false),
             model,
-            h: cbrt_eps() * winf.max(1.0),
+            h: eps.cbrt() * winf.max(1.0),
             w,
             batches,
             basis,
@@ -157,18 +177,18 @@ impl Gpt2Hvp {
         self.basis.describe()
     }
 
-    pub fn backend(&self) -> &Cpu64 {
+    pub fn backend(&self) -> &BK {
         &self.be
     }
 
     /// P·R·x (into the diagnostics' basis).
     pub fn rotate(&mut self, x: &[f64]) -> Result<Vec<f64>> {
-        self.basis.rotate(&self.be, x)
+        self.basis.rotate(&self.cpu, x)
     }
 
     /// Rᵀ·Pᵀ·z (back to the standard basis).
     pub fn unrotate(&mut self, z: &[f64]) -> Result<Vec<f64>> {
-        self.basis.unrotate(&self.be, z)
+        self.basis.unrotate(&self.cpu, z)
     }
 
     /// Mean loss and its gradient over `batches` at `w`, both in the standard basis.

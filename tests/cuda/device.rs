@@ -1,6 +1,5 @@
-//! `--device` choices, and the paths that need a real GPU. Those are marked by name (`gpu_only_…`) and
-//! return early with a "SKIPPED" message when no CUDA device is usable, so `cargo test` passes on a
-//! machine without one (like the development machine: none of them has run on a GPU).
+//! `--device` choices, and the paths that need a CUDA device: those run on a real GPU when this process
+//! finds one, and under the driver + cuBLAS stand-in otherwise (`super::standin`), so they always run.
 
 use rotadam::backend::cpu::CpuBackend;
 use rotadam::backend::cuda::runtime::CudaRuntime;
@@ -112,27 +111,40 @@ fn auto_uses_a_gpu_only_when_its_self_check_passes() {
     assert!(err.to_string().contains("no usable CUDA device"), "{err}");
 }
 
-#[test]
-fn gpu_only_training_steps_on_the_cuda_backend_match_the_cpu() {
-    if let Some(why) = no_gpu() {
-        eprintln!("SKIPPED gpu_only_training_steps_on_the_cuda_backend_match_the_cpu: {why}");
-        return;
-    }
-    // The comparison `--device auto` runs before using a GPU (fp32 and bf16 tolerances of tests/cuda/step.rs).
-    for bf16 in [false, true] {
-        let r = rotadam::device::self_check(bf16);
-        assert!(r.is_ok(), "bf16={bf16}: {r:?}");
+/// Runs `body` on the GPU this process finds, or under the stand-in when there is none.
+fn on_gpu_or_standin(test: &str, body: impl FnOnce()) {
+    if std::env::var_os("ROTADAM_STANDIN_CHILD").is_none() && no_gpu().is_none() {
+        eprintln!("{test}: on a real GPU");
+        body();
+    } else {
+        super::standin::in_standin(test, false, body);
     }
 }
 
 #[test]
-fn gpu_only_every_kernel_loads_and_fill_and_layernorm_match_the_cpu() {
-    if let Some(why) = no_gpu() {
-        eprintln!(
-            "SKIPPED gpu_only_every_kernel_loads_and_fill_and_layernorm_match_the_cpu: {why}"
-        );
-        return;
-    }
+fn device_self_check_passes_on_the_cuda_backend_in_fp32_and_bf16() {
+    on_gpu_or_standin(
+        "cuda::device::device_self_check_passes_on_the_cuda_backend_in_fp32_and_bf16",
+        || {
+            // The comparison `--device auto` runs before using a GPU (the tolerances of
+            // tests/cuda/step.rs).
+            for bf16 in [false, true] {
+                let r = rotadam::device::self_check(bf16);
+                assert!(r.is_ok(), "bf16={bf16}: {r:?}");
+            }
+        },
+    );
+}
+
+#[test]
+fn device_every_kernel_loads_and_fill_and_layernorm_match_the_cpu() {
+    on_gpu_or_standin(
+        "cuda::device::device_every_kernel_loads_and_fill_and_layernorm_match_the_cpu",
+        every_kernel_loads_and_fill_and_layernorm_match_the_cpu,
+    );
+}
+
+fn every_kernel_loads_and_fill_and_layernorm_match_the_cpu() {
     use cudarc::driver::{LaunchConfig, PushKernelArg};
     let tk = Toolkit::locate(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cuda"));
     let rt = CudaRuntime::new(0, tk).unwrap();
@@ -214,7 +226,7 @@ fn kernel_bench_runs_on_the_cpu_and_reports_every_family() {
         device: DeviceKind::Cpu,
         json: true,
     };
-    let r = bench_ops(&CpuBackend::<f32>::new(1, false), &o, 10.0).unwrap();
+    let r = bench_ops(&CpuBackend::<f32>::new(1, false), &o, 10.0, false).unwrap();
     assert!(r.gemm_peak_gflops > 0.0);
     for family in [
         "layernorm",
@@ -242,6 +254,7 @@ fn kernel_bench_runs_on_the_cpu_and_reports_every_family() {
         &rotadam::backend::emu::EmuBackend::emulated(1, false),
         &o,
         10.0,
+        true,
     )
     .unwrap();
     assert!(r.device.starts_with("cuda-emulator"));

@@ -21,12 +21,12 @@ const WHEELS: [&str; 2] = [
 /// Kernel modules whose kernels must not spill (the per-step hot path).
 const HOT: [&str; 4] = ["rotation", "adamw", "attention", "layernorm"];
 
-fn repo() -> PathBuf {
+pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// The toolkit, fetching the wheels first if needed (module docs); NVRTC loaded.
-fn toolkit() -> &'static Toolkit {
+pub fn toolkit() -> &'static Toolkit {
     static TK: OnceLock<Result<Toolkit, String>> = OnceLock::new();
     TK.get_or_init(|| {
         let tk = locate_or_fetch()?;

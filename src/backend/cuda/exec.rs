@@ -26,6 +26,16 @@ impl KernelBackend<CudaExec> {
     }
 }
 
+/// A failed driver or cuBLAS call as an error of `what`, with the stand-in's account of it when the
+/// stand-in is loaded (it names the argument it checked).
+fn failed(e: impl Into<Error>, what: String) -> Error {
+    let err = e.into();
+    match super::standin::last_error() {
+        Some(detail) => err.context(format!("{what} [stand-in: {detail}]")),
+        None => err.context(what),
+    }
+}
+
 /// The CUDA executor (module docs).
 pub struct CudaExec {
     rt: CudaRuntime,
@@ -86,7 +96,10 @@ impl Exec for CudaExec {
         format!("cuda ({dev})")
     }
     fn alloc(&self, bytes: usize) -> Result<CudaSlice<u8>> {
-        Ok(self.rt.stream().alloc_zeros::<u8>(bytes)?)
+        self.rt
+            .stream()
+            .alloc_zeros::<u8>(bytes)
+            .map_err(|e| failed(e, format!("cuMemAlloc of {bytes} bytes")))
     }
     fn addr(&self, mem: &CudaSlice<u8>) -> u64 {
         let (ptr, _sync) = mem.device_ptr(self.rt.stream());
@@ -126,7 +139,7 @@ impl Exec for CudaExec {
                 &mut params,
             )
         }
-        .map_err(|e| Error::from(e).context(what()))
+        .map_err(|e| failed(e, what()))
     }
     unsafe fn gemm(&self, g: &Gemm) -> Result<()> {
         // Row-major C (m×n) = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: B first, m and n swapped.
@@ -198,6 +211,6 @@ impl Exec for CudaExec {
             Operands::Bf16 => "cublasGemmEx",
             Operands::F32 => "cublasSgemm",
         };
-        r.map_err(|e| Error::from(e).context(call))
+        r.map_err(|e| failed(e, call.to_string()))
     }
 }

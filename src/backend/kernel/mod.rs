@@ -76,6 +76,10 @@ macro_rules! dev_common {
             pub fn len(&self) -> usize {
                 self.len
             }
+            /// The address kernels read (a device address; a host address under the emulator).
+            pub fn addr(&self) -> u64 {
+                self.addr
+            }
             /// True when the tensor has no elements.
             pub fn is_empty(&self) -> bool {
                 self.len == 0

@@ -1,0 +1,475 @@
+//! The CUDA host path run end to end without a GPU: the CUDA backend (`CudaExec`: cudarc's driver calls,
+//! cuBLAS, the PTX NVRTC compiled) on the driver + cuBLAS stand-in (`kernels/standin`, loaded with
+//! `ROTADAM_CUDA_STANDIN=1`; `docs/cuda.md`).
+//!
+//! The stand-in replaces the driver for a whole process, so each test runs in a process of its own: the
+//! command line (`rotadam gpt2 --device cuda …`, the built binary), or this test binary again with the
+//! stand-in loaded ([`in_standin`]), which afterwards fails the test if the stand-in reported any misuse
+//! (a pointer outside live memory, a leaked buffer, …) the test did not plant. Four tests plant one each
+//! — swapped kernel arguments, a wrong leading dimension, a device-to-host read without a synchronize, a
+//! leaked buffer — and require the stand-in to report it.
+
+use super::nvrtc::{repo, toolkit};
+use crate::util::{synthetic_data, tiny_config, tmp};
+use rotadam::backend::cuda::{standin, CudaBackend, CudaExec};
+use rotadam::backend::kernel::{Exec, Geometry, Mem, BLOCK};
+use rotadam::config::{Precision, RunConfig};
+use rotadam::kernels::{EmuArg, Kernel};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Set in a child that runs one test under the stand-in: the test's name.
+const CHILD: &str = "ROTADAM_STANDIN_CHILD";
+
+/// Runs `body` under the stand-in: in a child process of this test binary (`test` is the test's name,
+/// `module::fn`) with `ROTADAM_CUDA_STANDIN=1`; in the child, after `body`, the stand-in's report must be
+/// empty unless `planted` (the test then checks it itself).
+pub fn in_standin(test: &str, planted: bool, body: impl FnOnce()) {
+    if std::env::var(CHILD).as_deref() == Ok(test) {
+        assert!(
+            rotadam::backend::cuda::probe().is_ok() && standin::active(),
+            "the child of {test} did not load the stand-in"
+        );
+        body();
+        if !planted {
+            let (n, report) = standin::errors().unwrap();
+            assert_eq!(n, 0, "the stand-in reported misuses:\n{report}");
+        }
+        return;
+    }
+    toolkit(); // the NVRTC wheels, fetched once for every process
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(standin::ENV, "1")
+        .env(CHILD, test)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{test} under the stand-in failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `rotadam` with `args` under the stand-in (from the repository, where NVRTC's wheels are).
+fn rotadam_on_standin(args: &[&str]) -> Output {
+    toolkit();
+    let out = Command::new(env!("CARGO_BIN_EXE_rotadam"))
+        .args(args)
+        .env(standin::ENV, "1")
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rotadam {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("cuda stand-in:"),
+        "the stand-in reported misuses:\n{err}"
+    );
+    out
+}
+
+/// The losses of a run directory's metrics.jsonl.
+fn losses(dir: &Path) -> Vec<(f64, Option<f64>)> {
+    rotadam::run::metrics::read(&dir.join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .map(|r| (r.train_loss, r.val_loss))
+        .collect()
+}
+
+/// A config file of the tiny test run (synthetic data, 4 steps) under `rotation` in `precision`.
+fn tiny_run(root: &Path, rotation: &str, precision: Precision) -> PathBuf {
+    let mut cfg: RunConfig = tiny_config(root, &root.join("unused"), 4);
+    cfg.model.bias = true;
+    cfg.rotation.kind = rotation.parse().unwrap();
+    cfg.rotation.block = 7;
+    cfg.precision = precision;
+    cfg.train.checkpoint_every = 2;
+    let path = root.join(format!("{rotation}-{precision}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    path
+}
+
+/// `rotadam gpt2 --device cuda` on the stand-in trains the tiny GPT-2 as the CPU backend does, under
+/// `none` and `global` (fused rotated AdamW), fp32 and bf16 (the emulator tests' tolerances).
+#[test]
+fn cli_training_on_the_cuda_backend_matches_the_cpu() {
+    let root = tmp("standin-cli");
+    synthetic_data(&root);
+    for (rotation, precision, tol) in [
+        ("none", Precision::Fp32, 1e-5),
+        ("global", Precision::Fp32, 1e-5),
+        ("none", Precision::Bf16, 2e-3),
+        ("global", Precision::Bf16, 2e-3),
+    ] {
+        let cfg = tiny_run(&root, rotation, precision);
+        let run = |device: &str| {
+            let out = root.join(format!("{rotation}-{precision}-{device}"));
+            let (c, o) = (cfg.to_str().unwrap(), out.to_str().unwrap());
+            let res = rotadam_on_standin(&["gpt2", "--config", c, "--device", device, "--out", o]);
+            (out, String::from_utf8_lossy(&res.stderr).into_owned())
+        };
+        let ((cuda, log), (cpu, _)) = (run("cuda"), run("cpu"));
+        assert!(
+            log.contains("device: cuda") && log.contains("stand-in"),
+            "{log}"
+        );
+        let (a, b) = (losses(&cuda), losses(&cpu));
+        assert_eq!(a.len(), 4);
+        for (step, ((ta, va), (tb, vb))) in a.iter().zip(&b).enumerate() {
+            let rel = (ta - tb).abs() / tb.abs();
+            assert!(
+                rel <= tol,
+                "{rotation} {precision} step {}: train loss {ta} on cuda, {tb} on the cpu",
+                step + 1
+            );
+            assert_eq!(va.is_some(), vb.is_some());
+            if let (Some(va), Some(vb)) = (va, vb) {
+                assert!((va - vb).abs() <= tol * vb.abs(), "val {va} vs {vb}");
+            }
+        }
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// A run resumed from a checkpoint written on the (stand-in) GPU continues bit for bit: the same
+/// checkpoint files as the run that was not interrupted.
+#[test]
+fn cli_resume_on_the_cuda_backend_is_bit_identical() {
+    let root = tmp("standin-resume");
+    synthetic_data(&root);
+    let cfg = tiny_run(&root, "global", Precision::Fp32);
+    let c = cfg.to_str().unwrap();
+    let (straight, first) = (root.join("straight"), root.join("first"));
+    let (s, f) = (straight.to_str().unwrap(), first.to_str().unwrap());
+    rotadam_on_standin(&["gpt2", "--config", c, "--device", "cuda", "--out", s]);
+    rotadam_on_standin(&[
+        "gpt2", "--config", c, "--device", "cuda", "--out", f, "--steps", "2",
+    ]);
+    rotadam_on_standin(&["gpt2", "--resume", f, "--device", "cuda", "--steps", "4"]);
+    for file in ["model.safetensors", "optim.safetensors"] {
+        let read = |dir: &Path| {
+            std::fs::read(rotadam::run::checkpoint::step_dir(dir, 4).join(file)).unwrap()
+        };
+        assert!(
+            read(&straight) == read(&first),
+            "{file}: the resumed run differs from the straight one"
+        );
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// `--device auto` runs the real self-check on the stand-in and picks CUDA; `bench kernels --device cuda`
+/// runs, and says its times are the emulator's.
+#[test]
+fn auto_picks_cuda_after_its_self_check_and_the_kernel_bench_runs() {
+    let root = tmp("standin-auto");
+    synthetic_data(&root);
+    let cfg = tiny_run(&root, "none", Precision::Fp32);
+    let out = root.join("auto");
+    let res = rotadam_on_standin(&[
+        "gpt2",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--device",
+        "auto",
+        "--steps",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let log = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        log.contains("device: auto -> cuda") && log.contains("self-check against the CPU passed"),
+        "{log}"
+    );
+    let res = rotadam_on_standin(&[
+        "bench",
+        "kernels",
+        "--device",
+        "cuda",
+        "--model",
+        "tiny",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "8",
+        "--rotation-block",
+        "16",
+        "--reps",
+        "1",
+        "--threads",
+        "2",
+        "--json",
+    ]);
+    let j: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    assert!(j["device"].as_str().unwrap().contains("stand-in"), "{j}");
+    assert_eq!(j["emulated"], true, "{j}");
+    assert!(j["ops"].as_array().unwrap().len() >= 10, "{j}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+fn cuda() -> CudaBackend {
+    CudaBackend::cuda(0, Some(toolkit().clone()), false).unwrap()
+}
+
+#[test]
+fn cauchy_kernels_through_the_cuda_executor_match_the_cpu() {
+    in_standin(
+        "cuda::standin::cauchy_kernels_through_the_cuda_executor_match_the_cpu",
+        false,
+        || {
+            let be = cuda();
+            super::emu_optim::check_cauchy_fill(be.exec());
+            super::emu_optim::check_median_and_streaming(be.exec());
+        },
+    );
+}
+
+/// Hessian-vector products of diagnose's estimator (`Gpt2Hvp`, gradients on the backend, the basis in
+/// f64) agree between the CUDA backend and the CPU backend in f32: the same central difference of the
+/// same gradients, which differ by f32 rounding only.
+#[test]
+fn hessian_vector_products_through_the_cuda_executor_match_the_cpu() {
+    in_standin(
+        "cuda::standin::hessian_vector_products_through_the_cuda_executor_match_the_cpu",
+        false,
+        || {
+            use rotadam::backend::cpu::CpuBackend;
+            use rotadam::data::loader::Batch;
+            use rotadam::diagnose::hvp::{Gpt2Hvp, InPlaceBasis};
+            use rotadam::model::ParamTable;
+            use rotadam::rotation::basis::Basis;
+            let cfg = rotadam::device::check_model();
+            let table = ParamTable::new(&cfg);
+            let mut rng = rotadam::rng::Rng::new(4);
+            let w = table.init(&cfg, &mut rng);
+            let (b, t) = (2, 8);
+            let tokens = |rng: &mut rotadam::rng::Rng| -> Vec<u32> {
+                (0..b * t)
+                    .map(|_| rng.below(cfg.vocab_size as u64) as u32)
+                    .collect()
+            };
+            let batches = vec![Batch {
+                inputs: tokens(&mut rng),
+                targets: tokens(&mut rng),
+                b,
+                t,
+            }];
+            let cpu64 = CpuBackend::<f64>::new(1, false);
+            let basis = || InPlaceBasis::new(Basis::identity(&cpu64, &table).unwrap());
+            let mut on_cuda =
+                Gpt2Hvp::on(cuda(), &cfg, w.clone(), batches.clone(), basis()).unwrap();
+            let mut on_cpu =
+                Gpt2Hvp::on(CpuBackend::<f32>::new(1, false), &cfg, w, batches, basis()).unwrap();
+            let d = table.total;
+            let v: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
+            let (mut hc, mut hg) = (vec![0.0; d], vec![0.0; d]);
+            on_cuda.hvp(&v, &mut hg).unwrap();
+            on_cpu.hvp(&v, &mut hc).unwrap();
+            let scale = hc.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            crate::util::assert_close_scaled("hvp cuda vs cpu", &hg, &hc, 1e-2);
+            assert!(scale > 0.0);
+        },
+    );
+}
+
+/// Buffers of no elements (an optimizer without a second moment, an empty residual block) never reach the
+/// driver, which refuses a zero-byte allocation: allocating, viewing, filling and reading them back work.
+#[test]
+fn empty_buffers_never_reach_the_driver() {
+    in_standin(
+        "cuda::standin::empty_buffers_never_reach_the_driver",
+        false,
+        || {
+            use rotadam::backend::Backend;
+            let be = cuda();
+            let mut empty = be.alloc(0).unwrap();
+            be.fill(be.view_mut(&mut empty, 0..0), 1.0).unwrap();
+            be.upload(&mut empty, &[]).unwrap();
+            assert!(be.download(&empty).unwrap().is_empty());
+            assert_eq!(be.sum_squares(be.view(&empty, 0..0)).unwrap(), 0.0);
+        },
+    );
+}
+
+// ---- planted misuses: each must be reported by the stand-in ----------------------------------------------
+
+/// Two kernel arguments swapped (a pointer where the length goes, the length where the pointer goes),
+/// through the executor's raw launch (the typed launchers cannot express it): the launch fails, naming
+/// the kernel, the parameter and the address.
+#[test]
+fn planted_swapped_kernel_arguments_are_reported() {
+    in_standin(
+        "cuda::standin::planted_swapped_kernel_arguments_are_reported",
+        true,
+        || {
+            let be = cuda();
+            let ex = be.exec();
+            let x = Mem::<CudaExec, f32>::zeros(ex, 1000).unwrap();
+            let (ptr, value, n) = (x.dev().addr(), 2.5f32, 1000i64);
+            // fill(float* out, float value, long long n) with out and n swapped
+            let args = [EmuArg::of(&n), EmuArg::of(&value), EmuArg::of(&ptr)];
+            // SAFETY: deliberately wrong (the stand-in checks pointers before anything runs); no real
+            // device is touched in this process.
+            let err = unsafe { ex.launch(Kernel::Fill, Geometry::linear(1000, BLOCK), &[], &args) }
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("kernel fill") && err.contains("parameter 0"),
+                "{err}"
+            );
+            let (count, report) = standin::errors().unwrap();
+            assert!(
+                count >= 1 && report.contains("not in any live device allocation"),
+                "{report}"
+            );
+            standin::clear_errors().unwrap();
+        },
+    );
+}
+
+/// A cuBLAS call whose leading dimension is too small for its matrix is refused with
+/// CUBLAS_STATUS_INVALID_VALUE, and the report names the argument and the shapes.
+#[test]
+fn planted_wrong_leading_dimension_is_reported() {
+    in_standin(
+        "cuda::standin::planted_wrong_leading_dimension_is_reported",
+        true,
+        || {
+            use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
+            use cudarc::driver::{CudaContext, DevicePtr, DevicePtrMut};
+            let ctx = CudaContext::new(0).unwrap();
+            let stream = ctx.default_stream();
+            let handle = CudaBlas::new(stream.clone()).unwrap();
+            let (m, n, k) = (48usize, 64usize, 16usize);
+            let a = stream.alloc_zeros::<f32>(m * k).unwrap();
+            let b = stream.alloc_zeros::<f32>(k * n).unwrap();
+            let mut c = stream.alloc_zeros::<f32>(m * n).unwrap();
+            let (alpha, beta) = (1.0f32, 0.0f32);
+            let op = blas_sys::cublasOperation_t::CUBLAS_OP_N;
+            let (ap, _ga) = a.device_ptr(&stream);
+            let (bp, _gb) = b.device_ptr(&stream);
+            let (cp, _gc) = c.device_ptr_mut(&stream);
+            // column-major m×k A needs lda ≥ m: pass m − 1
+            // SAFETY: the buffers hold the elements the shapes name; lda is deliberately wrong, which
+            // cuBLAS (here the stand-in) must refuse before reading anything.
+            let r = unsafe {
+                blas::sgemm(
+                    *handle.handle(),
+                    op,
+                    op,
+                    m as i32,
+                    n as i32,
+                    k as i32,
+                    &alpha,
+                    ap as *const f32,
+                    m as i32 - 1,
+                    bp as *const f32,
+                    k as i32,
+                    &beta,
+                    cp as *mut f32,
+                    m as i32,
+                )
+            };
+            let err = format!("{:?}", r.unwrap_err());
+            assert!(err.contains("INVALID_VALUE"), "{err}");
+            let (count, report) = standin::errors().unwrap();
+            assert!(count >= 1 && report.contains("lda"), "{report}");
+            standin::clear_errors().unwrap();
+        },
+    );
+}
+
+/// A device-to-host copy into pinned memory is asynchronous: read before the stream is synchronized, the
+/// host sees the stand-in's NaN poison instead of the data (a GPU would show stale bytes); after the
+/// synchronize, the data.
+#[test]
+fn planted_read_without_a_synchronize_sees_poison() {
+    in_standin(
+        "cuda::standin::planted_read_without_a_synchronize_sees_poison",
+        true,
+        || {
+            use cudarc::driver::{result, CudaContext, DevicePtr};
+            let ctx = CudaContext::new(0).unwrap();
+            let stream = ctx.default_stream();
+            let n = 256usize;
+            let data: Vec<f32> = (0..n).map(|i| i as f32 + 0.5).collect();
+            let dev = stream.clone_htod(&data).unwrap();
+            stream.synchronize().unwrap();
+            let (dp, _g) = dev.device_ptr(&stream);
+            // SAFETY: pinned host memory of n f32, freed below; the copy writes exactly n f32 into it.
+            unsafe {
+                let host = result::malloc_host(n * 4, 0).unwrap() as *mut f32;
+                let dst = std::slice::from_raw_parts_mut(host, n);
+                result::memcpy_dtoh_async(dst, dp, stream.cu_stream()).unwrap();
+                // the planted bug: reading before the stream is synchronized
+                let early: Vec<f32> = std::slice::from_raw_parts(host, n).to_vec();
+                assert!(
+                    early.iter().all(|v| v.is_nan()),
+                    "a read before the synchronize saw data: {:?}",
+                    &early[..4]
+                );
+                stream.synchronize().unwrap();
+                let late = std::slice::from_raw_parts(host, n).to_vec();
+                assert_eq!(late, data, "after the synchronize");
+                result::free_host(host.cast()).unwrap();
+            }
+        },
+    );
+}
+
+/// Device memory still allocated when its context is destroyed is reported, naming the allocation and
+/// the call that destroyed the context.
+#[test]
+fn planted_leaked_buffer_is_reported() {
+    in_standin(
+        "cuda::standin::planted_leaked_buffer_is_reported",
+        true,
+        || {
+            let ctx = cudarc::driver::CudaContext::new(0).unwrap();
+            // SAFETY: a raw allocation, deliberately never freed (the planted leak).
+            let _leak = unsafe { cudarc::driver::result::malloc_sync(4096) }.unwrap();
+            drop(ctx);
+            let (count, report) = standin::errors().unwrap();
+            assert!(
+                count >= 1 && report.contains("4096") && report.contains("still live"),
+                "{report}"
+            );
+            standin::clear_errors().unwrap();
+        },
+    );
+}
+
+/// The entry points the stand-in implements (the count `docs/cuda.md` gives).
+#[test]
+fn the_standin_lists_its_entry_points() {
+    in_standin(
+        "cuda::standin::the_standin_lists_its_entry_points",
+        false,
+        || {
+            let e = standin::entry_points().unwrap();
+            let driver = e
+                .iter()
+                .filter(|n| n.starts_with("cu") && !n.starts_with("cublas"))
+                .count();
+            let blas = e.iter().filter(|n| n.starts_with("cublas")).count();
+            println!("stand-in entry points: {driver} driver, {blas} cuBLAS");
+            for name in [
+                "cuLaunchKernel",
+                "cuModuleLoadData",
+                "cuMemAlloc_v2",
+                "cublasGemmEx",
+            ] {
+                assert!(e.iter().any(|n| n == name), "{name} missing from {e:?}");
+            }
+        },
+    );
+}
