@@ -1,10 +1,11 @@
 //! Device selection. `--device auto` probes for a GPU without ever panicking (cudarc panics when libcuda is
-//! missing unless guarded, STACK.md §1). When one is present it runs the CUDA backend's self-check
+//! missing unless guarded). When one is present it runs the CUDA backend's self-check
 //! ([`self_check`]: a tiny GPT-2 forward/backward on the GPU against the CPU) and
 //! trains on the GPU if that passes, on the CPU otherwise, saying which and why. `--device cuda` uses the
 //! GPU whenever one is present (no self-check, so its failures show) and is a clear error otherwise.
 //! fp64 runs on the CPU only. The CUDA backend has not been run on a GPU by its authors: the line printed
-//! says so.
+//! says so, and under the driver stand-in (`ROTADAM_CUDA_STANDIN=1`, `docs/cuda.md`) it says that the
+//! kernels run on the CPU emulator.
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::nvrtc::Toolkit;
@@ -48,9 +49,15 @@ pub fn decide(
     probe: impl FnOnce() -> Result<String, String>,
     self_check: impl FnOnce() -> Result<String, String>,
 ) -> Result<(Resolved, String)> {
-    const UNVERIFIED: &str =
-        "this backend's kernels are verified by NVRTC and the CPU emulator, but it \
-                              has not been run on a GPU by its authors";
+    let unverified = || {
+        if crate::backend::cuda::standin::active() {
+            "the CUDA driver stand-in: the real host code, with the kernels run by the CPU emulator, \
+             not a GPU"
+        } else {
+            "this backend's kernels are verified by NVRTC and the CPU emulator, but it has not been \
+             run on a GPU by its authors"
+        }
+    };
     match kind {
         DeviceKind::Cpu => Ok((Resolved::Cpu, "device: cpu (requested)".into())),
         DeviceKind::Auto if precision == Precision::Fp64 => Ok((
@@ -64,7 +71,8 @@ pub fn decide(
                     Resolved::Cuda,
                     format!(
                         "device: auto -> cuda ({found}; self-check against the CPU passed: {check}; \
-                         {UNVERIFIED})"
+                         {})",
+                        unverified()
                     ),
                 ),
                 Err(why) => (
@@ -81,7 +89,10 @@ pub fn decide(
             "fp64 runs on the CPU only; use --device cpu or --device auto",
         )),
         DeviceKind::Cuda => match probe() {
-            Ok(found) => Ok((Resolved::Cuda, format!("device: cuda ({found}; {UNVERIFIED})"))),
+            Ok(found) => Ok((
+                Resolved::Cuda,
+                format!("device: cuda ({found}; {})", unverified()),
+            )),
             Err(why) => Err(Error::Device(format!(
                 "--device cuda: no usable CUDA device ({why}); use --device auto or --device cpu"
             ))),

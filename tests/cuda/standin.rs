@@ -187,7 +187,9 @@ fn auto_picks_cuda_after_its_self_check_and_the_kernel_bench_runs() {
     ]);
     let log = String::from_utf8_lossy(&res.stderr);
     assert!(
-        log.contains("device: auto -> cuda") && log.contains("self-check against the CPU passed"),
+        log.contains("device: auto -> cuda")
+            && log.contains("self-check against the CPU passed")
+            && log.contains("CPU emulator, not a GPU"),
         "{log}"
     );
     let res = rotadam_on_standin(&[
