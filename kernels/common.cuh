@@ -3,7 +3,7 @@
 //
 // Reductions are butterflies (__shfl_xor_sync): IEEE addition is commutative, so every lane ends with the
 // bitwise-same sum and the result does not depend on thread scheduling (the emulator checks this).
-// Built three ways (ARCHITECTURE.md decision 6): nvcc/NVRTC (this file flattened into each .cu by build.rs)
+// Built three ways (docs/architecture.md, decision 6): nvcc/NVRTC (this file flattened into each .cu by build.rs)
 // and the host C++ compiler with kernels/emu/cuda_emu.h forced in front (ROTADAM_EMU defined).
 #pragma once
 

@@ -1,5 +1,5 @@
 // rotation.cu: batched n×n block rotation with a permutation gather, and its transpose with a scatter
-// (ARCHITECTURE.md decision 3; Maes et al. App. C.1; CPU: src/backend/cpu/rotation.rs).
+// (docs/architecture.md, decision 3; Maes et al. App. C.1; CPU: src/backend/cpu/rotation.rs).
 //   rotate_gather:    out[b·N + i] = Σ_j R[i,j] · inp[index[b·N + j]]       (out (NB,N), `=`)
 //   unrotate_scatter: out[index[b·N + i]] = Σ_j R[j,i] · inp[b·N + j]       (`=` on the indexed entries
 //                     only; index entries are distinct, so no two threads write the same element)

@@ -30,9 +30,9 @@
 //! All runs of one θ advance in lockstep: the rows of X (runs × d) are the iterates, the gradients of all
 //! runs are one GEMM G = (X − X*) H (H is symmetric), then each row takes its optimizer's step.
 //!
-//! Where this deviates from the paper (whose extracted text in `shared/papers/` lost its formulas): the
+//! Where this deviates from the paper (whose text available to us lost its formulas): the
 //! spectrum (i⁻²), the scale of S (1/d, so θ is size-independent), d, the step count, β₂ = 0.99,
-//! momentum 0.9, and the θ and learning-rate grids are this project's choices, stated in the README; the
+//! momentum 0.9, and the θ and learning-rate grids are this project's choices, stated in `docs/experiments.md`; the
 //! procedure (rotation family, rotated start, per-setting lr tuning over seeds, mean ± std) is the paper's.
 
 use crate::backend::cpu::CpuBackend;

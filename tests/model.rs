@@ -152,7 +152,7 @@ fn param_table_layout() {
     let mut cfg = ModelConfig::preset("124m").unwrap();
     cfg.bias = true;
     let t = ParamTable::new(&cfg);
-    // GPT-2 small with biases, unpadded vocabulary: llm.c's count (shared/notes/LLMC.md §7)
+    // GPT-2 small with biases and the unpadded vocabulary of 50,257 (llm.c pads it to 50,304)
     assert_eq!(t.total, 124_439_808);
     cfg.bias = false;
     let t = ParamTable::new(&cfg);

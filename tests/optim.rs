@@ -57,7 +57,7 @@ fn base(root: &Path, optimizer: OptimizerKind, precision: Precision, steps: usiz
 
 /// SGD with momentum reproduces the unrotated loss curve under every scope: f64 to 1e-9 relative over 30
 /// steps (the paper's Fig. 9 check). In f32 the rotations round differently (each rotated coordinate is a
-/// length-n dot product): the curves agree to 1e-4 relative, documented in the README.
+/// length-n dot product): the curves agree to 1e-4 relative (`docs/testing.md`).
 #[test]
 fn sgd_and_adasgd_are_rotation_equivariant() {
     let root = tmp("equivariant");

@@ -1,4 +1,4 @@
-// cuda_emu.h: the CPU emulator's view of CUDA (ARCHITECTURE.md "The emulator").
+// cuda_emu.h: the CPU emulator's view of CUDA (docs/cuda.md, "The emulator").
 //
 // The same kernels/*.cu sources are compiled by the host C++ compiler with this header forced in front
 // (`-include kernels/emu/cuda_emu.h`, `-DROTADAM_EMU`). Execution model:

@@ -2,16 +2,16 @@
 //!
 //! The model (`model::gpt2`) and the optimizers call only these methods. One name per op everywhere:
 //! `Backend::layernorm_forward`, the CPU function `cpu::layernorm::layernorm_forward`, the CUDA kernel
-//! `kernels/layernorm.cu: layernorm_forward` (issue 6) and the test `layernorm_forward_parity`.
+//! `kernels/layernorm.cu: layernorm_forward` and the test `layernorm_forward_parity`.
 //!
-//! Conventions (ARCHITECTURE.md, STYLE.md):
+//! Conventions (`docs/architecture.md`, decision 2):
 //! - argument order: outputs, then inputs, then dims (`n` rows, `c` channels, `oc` output channels,
 //!   `b, t` batch and time, `nh` heads, `v` vocabulary);
 //! - every tensor is row-major; weights are (out, in) as in `nn.Linear`;
 //! - forward ops overwrite their outputs (`=`); **every backward op accumulates (`+=`) into every gradient
 //!   output**, activation gradients included, so the caller zeroes gradient buffers once per step;
 //! - buffers are flat; ops see sub-ranges of them through `View`/`ViewMut`, so one parameter buffer holds
-//!   every tensor (ARCHITECTURE.md decision 1).
+//!   every tensor (`docs/architecture.md`, decision 1).
 
 pub mod cpu;
 pub mod cuda;
@@ -307,7 +307,7 @@ pub trait Backend: Send + Sync {
         v: usize,
     ) -> Result<()>;
 
-    // ---- rotations (ARCHITECTURE.md decision 3; `rotation::Rotation` owns the index lists and R) -------
+    // ---- rotations (`docs/architecture.md`, decision 3; `rotation::Rotation` owns the index lists and R) -------
     /// Prepares an index list for [`Backend::rotate`] / [`Backend::unrotate`] with blocks of `n`: `index`
     /// holds NB·N distinct entries, each < `src_len` (the length of the vector it gathers from / scatters
     /// to). Built once per rotation; an entry out of range or repeated is an error.

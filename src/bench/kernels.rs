@@ -62,7 +62,8 @@ pub struct KernelBench {
     pub ops: Vec<OpTiming>,
     /// One training step at B×T: forward, backward, unrotated AdamW.
     pub ms_step: f64,
-    /// The fused rotated AdamW (global, n = `--rotation-block`) / `ms_step`: issue 6's GPU goal is ≤ 0.05.
+    /// The fused rotated AdamW (global, n = `--rotation-block`) / `ms_step`; the GPU goal is ≤ 0.05
+    /// (`docs/benchmarks.md`).
     pub rotated_adamw_fraction_of_step: f64,
 }
 
@@ -476,7 +477,7 @@ pub fn bench_ops<BK: Backend<T = f32>>(
     );
     drop((grads, p, m, vv, rot, back));
 
-    // one training step (forward + backward + unrotated AdamW), the baseline of issue 6's GPU goal
+    // one training step (forward + backward + unrotated AdamW), the baseline of the rotated optimizer's GPU goal
     let ms_step = time_step(be, &cfg, b, t, reps)?;
 
     Ok(KernelBench {

@@ -1,6 +1,6 @@
 //! `rotadam diagnose <run or checkpoint> <what>…`: the rotation-dependent assumptions of Maes et al. (§4,
 //! App. D.5) and Xie et al. (§3–4, App. D.2), measured at a checkpoint in the rotated basis of its run
-//! (MISSION.md "Diagnostics").
+//! (`docs/diagnostics.md`).
 //!
 //! - `linf`: C̃ = max over K minibatches of ‖R∇f_B(w)‖∞ (Maes et al. Alg. 2; `--batches K`, default 1000).
 //! - `l11`: ‖H‖₍₁,₁₎ by Cauchy probes, median and/or streaming ([`estimators::l11`]); also ‖H‖₍₁,₁₎/d.

@@ -1,4 +1,4 @@
-//! The ParamTable: every GPT-2 tensor as an entry over ONE flat buffer (ARCHITECTURE.md decision 1).
+//! The ParamTable: every GPT-2 tensor as an entry over ONE flat buffer (`docs/architecture.md`, decision 1).
 //!
 //! Entries are (out, in) row-major, with q, k and v as three separate entries that are contiguous thirds of
 //! the fused (3C, C) qkv weight, so rotation scopes see them as separate layers while the forward still runs

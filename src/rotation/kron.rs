@@ -1,6 +1,5 @@
 //! The `kron` rotation: chained permutations and three-factor Kronecker rotations (Xie, Mohamadi & Li,
-//! "Adam exploits ℓ∞-geometry of loss landscape via coordinate-wise adaptivity", App. D.1; MISSION.md
-//! "Rotations").
+//! "Adam exploits ℓ∞-geometry of loss landscape via coordinate-wise adaptivity", App. D.1).
 //!
 //! A d×d Haar rotation is out of reach at d = 124M, so Xie et al. compose cheap orthogonal maps: permute the
 //! vector at random, reshape it to a 3-D tensor, rotate every side by a fixed random orthogonal factor, and
@@ -53,7 +52,7 @@ use crate::error::{Error, Result};
 use crate::rng::{Rng, STREAM_ROTATION};
 use std::fmt;
 
-/// The default number of chained stages k (MISSION.md; Xie et al. App. D.1 chain "a positive number"
+/// The default number of chained stages k (Xie et al. App. D.1 chain "a positive number"
 /// of them).
 pub const DEFAULT_STAGES: usize = 2;
 

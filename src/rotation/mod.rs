@@ -1,6 +1,6 @@
-//! Rotations of the parameter space (MISSION.md "Rotations"; Maes et al. §2.3, App. C, D.1).
+//! Rotations of the parameter space (Maes et al. §2.3, App. C, D.1).
 //!
-//! A rotation is data, not code (ARCHITECTURE.md decision 3): index lists over the flat parameter buffer plus
+//! A rotation is data, not code (`docs/architecture.md`, decision 3): index lists over the flat parameter buffer plus
 //! small Haar-random blocks, applied by two backend ops ([`Backend::rotate`], [`Backend::unrotate`]). Every
 //! scope is just a different way to build the index lists ([`scope::groups`]), so one kernel serves all.
 //!

@@ -1,4 +1,4 @@
-//! The `svd` rotation (MISSION.md "Rotations"; Maes et al., NeurIPS 2025 poster, "Rotate the gradient with
+//! The `svd` rotation (Maes et al., NeurIPS 2025 poster, "Rotate the gradient with
 //! its SVD"): every F steps take U, S, Vᵀ = SVD(G) of each weight's gradient; between refreshes the
 //! optimizer sees g̃ = Uᵀ·G·V and its update Ũ is mapped back as U·Ũ·Vᵀ. Moments are NOT transformed at a
 //! refresh (the poster's algorithm): they simply continue in the new basis.
@@ -31,10 +31,9 @@
 //! **Refresh.** The gradient is downloaded once; the SVDs run one per rayon task (largest first), each
 //! sequential inside faer (`Par::Seq`), so the factors do not depend on the thread count; each task casts
 //! and uploads its own factors. Factors are kept TRANSPOSED on the backend (row-major Uᵀ and Vᵀ, i.e.
-//! faer's column-major U and V copied column by column); the GEMM transpose flags absorb it. GPT-2 124M, f32
-//! backend, 2 threads, quiet machine: one refresh of all 74 matrices takes 18 s (0.07 s per step amortised
-//! at F = 250; 32 s with faer's parallel SVD one tensor at a time), and each rotate or unrotate 2.5–2.8 s
-//! (~600 GFLOP at the machine's GEMM peak); see the ignored test `svd_refresh_time_124m`.
+//! faer's column-major U and V copied column by column); the GEMM transpose flags absorb it. The cost at
+//! 124M (a refresh of all 74 matrices, a rotate or unrotate) is in `docs/benchmarks.md`; the ignored test
+//! `svd_refresh_time_124m` measures it.
 //!
 //! **Cost.** rotate is two GEMMs per matrix, (Uᵀ·G)·V through a scratch buffer of the largest m·n (one GEMM
 //! G·V straight into the output for embeddings); unrotate likewise (U·Ũ)·Vᵀ: m²n + mn² multiply-adds per

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-/// The wheels (STACK.md §2).
+/// The wheels (`docs/cuda.md`).
 const WHEELS: [&str; 2] = [
     "nvidia-cuda-nvrtc-cu12==12.9.86",
     "nvidia-cuda-runtime-cu12==12.9.79",
@@ -195,7 +195,7 @@ fn a_compile_error_names_the_file_and_shows_the_log() {
 
 #[test]
 fn ptxas_report_parser_reads_every_field() {
-    // a report as NVRTC 12.9 prints it (STACK.md §2)
+    // a report as NVRTC 12.9 prints it
     let log = "ptxas info    : Compiling entry function 'sgemm_tiled' for 'sm_90'\n\
                ptxas info    : Function properties for sgemm_tiled\n    \
                8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads\n\

@@ -1,4 +1,4 @@
-//! Batched block rotation with a gather, and its transpose with a scatter (ARCHITECTURE.md decision 3;
+//! Batched block rotation with a gather, and its transpose with a scatter (`docs/architecture.md`, decision 3;
 //! Maes et al. App. C.1: the block-diagonal R_n ⊕ … ⊕ R_n applied to permuted coordinates).
 //!
 //! - `rotate`:   out (NB,N) row b = R · inp[index[b·N .. (b+1)·N]]   i.e. OUT = X·Rᵀ, X the gathered rows;
@@ -16,24 +16,24 @@
 //! **Two ways to move the coordinates** ([`RotIndex`], chosen once per index list by [`prepare`]):
 //! - `Direct`: x[i] = inp[index[i]] and out[index[i]] = y[i]. Right for lists whose chunks read from a
 //!   cache-sized span (rows of one tensor: the `output` scope), but for a list that scatters over the whole
-//!   model (`global`) nearly every access is a cache and TLB miss: ≈ 165 M elements/s on this 2-core
-//!   machine, so the moves cost more than the GEMMs.
+//!   model (`global`) nearly every access is a cache and TLB miss, so the moves cost more than the GEMMs
+//!   (`docs/benchmarks.md`, "Rotation cost").
 //! - `Bucketed`: the same permutation as a radix partition (as in database hash joins). The rotated layout
 //!   is cut into windows of whole blocks of at most 2^16 coordinates (256 KB in f32: L2-sized). Pass 1
 //!   reads `inp` in order and appends each coordinate to its window's bucket in a staging buffer; with more
 //!   than [`FANOUT`] windows it does so in two levels, because a pass that writes to more than about 64
-//!   streams at once slows down 3× here: first to groups, one per GEMM chunk (≤ 64 groups up to 64 chunks,
+//!   streams at once slows down several times ([`FANOUT`]): first to groups, one per GEMM chunk (≤ 64 groups up to 64 chunks,
 //!   268 M coordinates; beyond, this level writes to more streams), then, right before each chunk's GEMM,
 //!   the group's coordinates to its windows in a chunk-sized buffer. Pass 2, per window, moves the bucket
 //!   into the window's rows (random access, but within 256 KB); with the f32 kernel, windows are the
 //!   kernel's blocks of rows (a whole number of its 12-row tiles: 84 rows at N = 768) and pass 2 is its
 //!   packing (`rotate`: row element k = bucket[inverse[k]]) and its store (`unrotate`: bucket[i] =
-//!   C[offset[i]]). `unrotate` runs the passes backwards. Measured on 124M, n = 768, 2 threads
-//!   (`rotadam bench rotation --gather bucketed|direct`): rotate + unrotate ≈ 1.7–1.8 s with the kernel,
-//!   1.9–2.2 s with faer's GEMM, 3.41 s with the direct moves and faer. It costs, per coordinate, a u32
+//!   C[offset[i]]). `unrotate` runs the passes backwards. `rotadam bench rotation --gather bucketed|direct`
+//!   compares the two (`docs/benchmarks.md`). It costs, per coordinate, a u32
 //!   staging position, a u32 hop with two levels, a u16 window offset and with the kernel its u16
 //!   inverse, plus a staging buffer of the list's length and one chunk (for `global` 124M in f32:
-//!   1.49 GB of plan, 0.5 GB of staging), and building the plan adds ≈ 3 s to `Rotation::new`.
+//!   1.49 GB of plan, 0.5 GB of staging), and building it is a few parallel counting sorts in
+//!   `Rotation::new`.
 //!
 //! Both give bit-identical results: the chunk boundaries (hence every GEMM) are the same, only the order in
 //! which coordinates are moved differs.
@@ -62,9 +62,9 @@ const SCATTER_SPAN_WINDOWS: usize = 16;
 /// Below this many elements the direct scatter runs on the calling thread only.
 const SCATTER_PAR_MIN: usize = 1 << 15;
 
-/// The most write (or read) streams one bucketing pass keeps open. Measured on this machine's Xeon
-/// (124M coordinates, 2 threads): 64 streams ≈ 75 ms a pass, 127 streams ≈ 215 ms (the L1 TLB and line
-/// fill buffers run out), so more windows than this go through two levels.
+/// The most write (or read) streams one bucketing pass keeps open: beyond about 64 the L1 TLB and the
+/// line fill buffers run out and a pass slows down several times (measured: `docs/benchmarks.md`), so
+/// more windows than this go through two levels.
 const FANOUT: usize = 64;
 
 /// Marks a source coordinate that the index list does not name.

@@ -15,10 +15,9 @@
 //!
 //! Every entry of C is one FMA chain over k in increasing order whatever the blocking or thread count, so
 //! results do not depend on either; they differ from faer's in the last bits (another summation order),
-//! which is why the direct and bucketed plans both use this kernel whenever it [`fits`]. Measured on this
-//! machine (2 threads, `bench rotation`'s `kernel_chunk_gflops` and the same shape through faer):
-//! 5,440 × 768 × 768 at 260–290 GFLOP/s against faer's 264–298, 4,096 × 1024 × 1024 at 276–294 against
-//! 279–291: on a par. The gain is in the passes it removes.
+//! which is why the direct and bucketed plans both use this kernel whenever it [`fits`]. Its speed is on a
+//! par with faer's at the rotation's shapes (`bench rotation`: `kernel_chunk_gflops` against
+//! `gemm_chunk_gflops`; figures in `docs/benchmarks.md`): the gain is in the passes it removes.
 
 use super::Scalar;
 use rayon::prelude::*;
@@ -28,9 +27,9 @@ use std::cell::RefCell;
 pub const MR: usize = 12;
 /// Columns of the register tile (two 16-lane vectors); n must be a multiple.
 pub const NR: usize = 32;
-/// k per block. No blocking up to n = 1024 measured fastest here (5,440 × 768 × 768 on 2 threads: 290
-/// GFLOP/s at KC = 768, 281 at 256; 1024³-wide: 294 against 272): the B panel (n·NR·4 ≤ 128 KB) streams
-/// from L2 well, and C is stored once instead of being reloaded per k block.
+/// k per block. No blocking up to n = 1024 measured fastest on the development machine
+/// (`docs/benchmarks.md`): the B panel (n·NR·4 ≤ 128 KB) streams from L2 well, and C is stored once
+/// instead of being reloaded per k block.
 pub const KC: usize = 1024;
 
 /// Whether this kernel computes the rotation GEMM of blocks of `n` in `T`: f32, n a multiple of [`NR`],

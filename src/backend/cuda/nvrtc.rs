@@ -2,10 +2,10 @@
 //!
 //! [`Toolkit::locate`] finds `libnvrtc.so` and the CUDA headers (`cuda_bf16.h`): `ROTADAM_CUDA_HOME` (an
 //! installed toolkit: `lib64/` or `lib/`, `include/`), else the PyPI wheels unpacked in `<dir>/.cuda`
-//! (`nvidia/cuda_nvrtc/lib/libnvrtc.so.12`, `nvidia/cuda_runtime/include`; STACK.md §2), else whatever
+//! (`nvidia/cuda_nvrtc/lib/libnvrtc.so.12`, `nvidia/cuda_runtime/include`; `docs/cuda.md`), else whatever
 //! the dynamic loader finds. [`Toolkit::load`] `dlopen`s the library by absolute path first, so cudarc's
 //! later lookup by bare name (`libnvrtc.so.12`) finds it already loaded — no `LD_LIBRARY_PATH` needed —
-//! and checks `is_culib_present()` (cudarc panics on a missing library otherwise, STACK.md §1).
+//! and checks `is_culib_present()` (cudarc panics on a missing library otherwise).
 //! [`compile`] returns PTX (`compute_XX`) or a cubin (`sm_XX`, with ptxas's `-v` report in the log);
 //! [`parse_ptxas_report`] reads registers, spills and shared memory per kernel from that report.
 //! Compile errors carry the NVRTC log and the module's file name.

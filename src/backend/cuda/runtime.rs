@@ -1,12 +1,13 @@
 //! The device side of the kernel stack: a CUDA context and stream, and the kernel modules loaded on it —
-//! from nvcc's PTX when build.rs found nvcc, else compiled by NVRTC at start-up from the flattened
+//! from nvcc's PTX when the build found nvcc, else compiled by NVRTC at start-up from the flattened
 //! sources (for `compute_80`: the driver JIT-compiles that PTX for the actual GPU, sm_80 and newer).
-//! Launches go through cudarc (`stream.launch_builder(&f)…launch(cfg)`) with the geometry each kernel
-//! file documents.
+//! Launches go through cudarc's `launch_kernel` ([`super::exec::CudaExec`]) with the argument lists of the
+//! generated typed launchers (`backend::kernel::launch`) and the geometry each kernel file documents.
 //!
-//! Not measured: this code has never run on a GPU (none was available); it compiles, and its GPU test
-//! (`tests/cuda/device.rs`) skips with a message when no device is present. The driver must be at least as
-//! new as the NVRTC that wrote the PTX (12.9 wheels: PTX 8.8, a 12.9+ driver; STACK.md §2).
+//! Not run on a GPU (none was available): it runs in the tests on the driver stand-in
+//! (`tests/cuda/standin.rs`, `docs/cuda.md`), which executes the PTX's kernels on the CPU emulator. The
+//! driver must be at least as new as the NVRTC that wrote the PTX (12.9 wheels: PTX 8.8, a 12.9+ driver;
+//! `docs/cuda.md`).
 
 use super::nvrtc::{self, Toolkit};
 use crate::error::{Error, Result};
