@@ -124,7 +124,7 @@ pub fn check_model() -> crate::config::ModelConfig {
 /// backend could not run). `--device auto` uses the GPU only when this passes (`crate::device`).
 pub fn self_check(bf16: bool) -> Result<String, String> {
     let cfg = check_model();
-    let tk = Toolkit::locate(std::path::Path::new(".cuda"));
+    let tk = Toolkit::find();
     let gpu = CudaBackend::cuda(0, tk, bf16).map_err(|e| e.to_string())?;
     let cpu = CpuBackend::<f32>::new(1, bf16);
     let (b, t) = (3, 8);

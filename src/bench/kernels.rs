@@ -527,7 +527,7 @@ fn time_step<BK: Backend<T = f32>>(
 /// Runs the benchmark on the best device present (module docs) and prints it.
 pub fn run(o: &KernelOptions) -> Result<()> {
     let report = if o.device == DeviceKind::Cuda {
-        let tk = crate::backend::cuda::nvrtc::Toolkit::locate(std::path::Path::new(".cuda"));
+        let tk = crate::backend::cuda::nvrtc::Toolkit::find();
         let be = crate::backend::cuda::CudaBackend::cuda(0, tk, false)?;
         let bw = be.exec().memory_bandwidth_gbs().unwrap_or(f64::NAN);
         bench_ops(&be, o, bw, crate::backend::cuda::standin::active())?

@@ -46,7 +46,7 @@ pub fn train_observed(
     let (device, line) = crate::device::resolve(cfg.device, cfg.precision)?;
     say(cfg, line);
     if device == crate::device::Resolved::Cuda {
-        let tk = crate::backend::cuda::nvrtc::Toolkit::locate(std::path::Path::new(".cuda"));
+        let tk = crate::backend::cuda::nvrtc::Toolkit::find();
         let be = crate::backend::cuda::CudaBackend::cuda(0, tk, cfg.precision == Precision::Bf16)?;
         return pool.install(|| train_on(&be, cfg, resume, on_step));
     }

@@ -6,18 +6,13 @@
 //! concurrent test processes; installed into a temporary directory, then renamed). Set `ROTADAM_CUDA_HOME`
 //! to an installed CUDA 12 toolkit to use it instead.
 
-use rotadam::backend::cuda::nvrtc::{self, parse_ptxas_report, Toolkit, CUDA_HOME_VAR};
+use rotadam::backend::cuda::nvrtc::{self, parse_ptxas_report, Toolkit, CUDA_HOME_VAR, WHEELS};
 use rotadam::kernels::Module;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-/// The wheels (`docs/cuda.md`).
-const WHEELS: [&str; 2] = [
-    "nvidia-cuda-nvrtc-cu12==12.9.86",
-    "nvidia-cuda-runtime-cu12==12.9.79",
-];
 /// Kernel modules whose kernels must not spill (the per-step hot path).
 const HOT: [&str; 4] = ["rotation", "adamw", "attention", "layernorm"];
 

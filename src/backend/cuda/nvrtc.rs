@@ -1,9 +1,9 @@
 //! NVRTC: compiling the kernel modules at run time, without a GPU and without a CUDA installation.
 //!
-//! [`Toolkit::locate`] finds `libnvrtc.so` and the CUDA headers (`cuda_bf16.h`): `ROTADAM_CUDA_HOME` (an
-//! installed toolkit: `lib64/` or `lib/`, `include/`), else the PyPI wheels unpacked in `<dir>/.cuda`
-//! (`nvidia/cuda_nvrtc/lib/libnvrtc.so.12`, `nvidia/cuda_runtime/include`; `docs/cuda.md`), else whatever
-//! the dynamic loader finds. [`Toolkit::load`] `dlopen`s the library by absolute path first, so cudarc's
+//! [`Toolkit::find`] finds `libnvrtc.so` and the CUDA headers (`cuda_bf16.h`): `ROTADAM_CUDA_HOME` (an
+//! installed toolkit: `lib64/` or `lib/`, `include/`), else the PyPI wheels ([`WHEELS`]) unpacked in
+//! `.cuda/` (`nvidia/cuda_nvrtc/lib/libnvrtc.so.12`, `nvidia/cuda_runtime/include`; `docs/cuda.md`), else
+//! whatever the dynamic loader finds. [`Toolkit::load`] `dlopen`s the library by absolute path first, so cudarc's
 //! later lookup by bare name (`libnvrtc.so.12`) finds it already loaded — no `LD_LIBRARY_PATH` needed —
 //! and checks `is_culib_present()` (cudarc panics on a missing library otherwise).
 //! [`compile`] returns PTX (`compute_XX`) or a cubin (`sm_XX`, with ptxas's `-v` report in the log);
@@ -27,6 +27,13 @@ pub struct Toolkit {
 /// The environment variable naming an installed CUDA toolkit to use instead of the wheels.
 pub const CUDA_HOME_VAR: &str = "ROTADAM_CUDA_HOME";
 
+/// The PyPI wheels that stand in for a toolkit: libnvrtc and the headers (`cuda_bf16.h`) it compiles
+/// against (`docs/cuda.md`).
+pub const WHEELS: [&str; 2] = [
+    "nvidia-cuda-nvrtc-cu12==12.9.86",
+    "nvidia-cuda-runtime-cu12==12.9.79",
+];
+
 impl Toolkit {
     /// The toolkit under `ROTADAM_CUDA_HOME` if set, else the wheels under `wheel_dir` (normally
     /// `<repo>/.cuda`) if unpacked there, else None.
@@ -35,6 +42,14 @@ impl Toolkit {
             return Some(Self::from_toolkit(Path::new(&home)));
         }
         Self::from_wheels(wheel_dir)
+    }
+
+    /// What the binary uses: [`Toolkit::locate`] with the wheels in `./.cuda`, else in the `.cuda/` of
+    /// the source tree it was built from (where `cargo test` fetches them), else None (the dynamic
+    /// loader's search path).
+    pub fn find() -> Option<Toolkit> {
+        Self::locate(Path::new(".cuda"))
+            .or_else(|| Self::from_wheels(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".cuda")))
     }
 
     /// An installed toolkit at `home`: `lib64/libnvrtc.so` (or `lib/`), `include/`.
@@ -75,8 +90,10 @@ impl Toolkit {
             Ok(())
         } else {
             Err(Error::Device(format!(
-                "no NVRTC library found (set {CUDA_HOME_VAR} to a CUDA toolkit, or install the \
-                 nvidia-cuda-nvrtc-cu12 wheel into .cuda/)"
+                "no NVRTC library found: set {CUDA_HOME_VAR} to a CUDA 12 toolkit, or fetch the \
+                 wheels once with `python3 -m pip install --no-deps --target .cuda {}` in the \
+                 repository (`cargo test` does it too)",
+                WHEELS.join(" ")
             )))
         }
     }

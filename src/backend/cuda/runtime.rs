@@ -38,11 +38,25 @@ impl CudaRuntime {
         super::probe().map_err(|why| Error::Device(format!("no usable CUDA device: {why}")))?;
         let ctx = CudaContext::new(ordinal).map_err(|e| dev_err("CudaContext::new", e))?;
         let stream = ctx.default_stream();
-        Ok(CudaRuntime {
+        let rt = CudaRuntime {
             ctx,
             stream,
             toolkit,
             modules: Mutex::new(HashMap::new()),
+        };
+        // Without nvcc's PTX the modules are compiled at first use: a missing NVRTC is said now, before
+        // a run starts, not at its first launch.
+        if Module::ALL.iter().any(|m| m.prebuilt_ptx().is_none()) {
+            rt.nvrtc().load()?;
+        }
+        Ok(rt)
+    }
+
+    /// The toolkit NVRTC comes from (the dynamic loader's search path when none was found).
+    fn nvrtc(&self) -> Toolkit {
+        self.toolkit.clone().unwrap_or(Toolkit {
+            nvrtc_lib: None,
+            include_dirs: Vec::new(),
         })
     }
 
@@ -61,10 +75,7 @@ impl CudaRuntime {
         if let Some(ptx) = module.prebuilt_ptx() {
             return Ok(ptx.to_string());
         }
-        let tk = self.toolkit.clone().unwrap_or(Toolkit {
-            nvrtc_lib: None,
-            include_dirs: Vec::new(),
-        });
+        let tk = self.nvrtc();
         tk.load()?;
         Ok(nvrtc::compile(module, PTX_ARCH, &tk, &[])?.ptx)
     }
