@@ -7,7 +7,11 @@
 //! - `nvrtc`: every module compiled by NVRTC (PyPI wheels fetched into `.cuda/` on first use) for
 //!   compute_80 and compute_90, and ptxas's register/spill report for sm_90 with a no-spill budget on the
 //!   hot kernels;
-//! - `device`: the `--device cuda` paths that need a real GPU, skipped with a message when there is none.
+//! - `device`: `--device` choices and the paths that need a CUDA device, on a GPU when there is one and on
+//!   the driver + cuBLAS stand-in otherwise;
+//! - `standin`: the CUDA host path end to end on the stand-in (`docs/cuda.md`): training from the command
+//!   line against the CPU, resume, `--device auto`, the kernel benchmark, the diagnostics' kernels, and
+//!   planted misuses the stand-in must report.
 
 mod device;
 mod emu;
