@@ -60,13 +60,23 @@ pub fn emulator(kdir: &Path, emu_dir: &Path, modules: &[Module]) -> (Vec<PathBuf
     (emu_objects, fixtures)
 }
 
+/// The files of the driver stand-in in `kernels/standin` (with the private header driver.h), in the order
+/// their entry points are listed.
+const STANDIN_DRIVER: [&str; 5] = [
+    "context.cpp",
+    "memory.cpp",
+    "streams.cpp",
+    "modules.cpp",
+    "report.cpp",
+];
+
 /// The CUDA driver and cuBLAS stand-in (`kernels/standin`): `OUT_DIR/standin/libcuda.so` (SONAME
 /// `libcuda.so`: the driver subset, the emulator's objects compiled above — every kernel — and a generated
 /// table of the kernels' launchers) and `OUT_DIR/standin/libcublas.so` (SONAME `libcublas.so`, needing the
 /// former). Loaded in place of NVIDIA's libraries they run the CUDA backend's host code on the emulator.
 /// Exports are limited by `-fvisibility=hidden` and the version scripts `kernels/standin/*.map`; the
-/// entry-point list (`rotadam_standin_entry_points`) is every `STANDIN_API` line of driver.cpp and
-/// cublas.cpp. `ROTADAM_STANDIN_DIR` (compile-time env) names the directory.
+/// entry-point list (`rotadam_standin_entry_points`) is every `STANDIN_API` line of the driver's files
+/// ([`STANDIN_DRIVER`]) and cublas.cpp. `ROTADAM_STANDIN_DIR` (compile-time env) names the directory.
 pub fn standin(out: &Path, kdir: &Path, modules: &[Module], emu_objects: &[PathBuf]) {
     let dir = out.join("standin");
     let src = kdir.join("standin");
@@ -111,7 +121,7 @@ pub fn standin(out: &Path, kdir: &Path, modules: &[Module], emu_objects: &[PathB
     )
     .unwrap();
     writeln!(w, "const char* const kEntryPoints =").unwrap();
-    for file in ["driver.cpp", "cublas.cpp"] {
+    for file in STANDIN_DRIVER.iter().chain(&["cublas.cpp"]) {
         let text = fs::read_to_string(src.join(file)).unwrap();
         for rest in text.lines().filter_map(|l| l.strip_prefix("STANDIN_API ")) {
             let name = rest
@@ -141,10 +151,10 @@ pub fn standin(out: &Path, kdir: &Path, modules: &[Module], emu_objects: &[PathB
         .flag_if_supported("-Wno-unused-parameter")
         .warnings(true);
     let mut driver = base.clone();
-    driver
-        .file(src.join("driver.cpp"))
-        .file(src.join("ptx.cpp"))
-        .file(&table);
+    for file in STANDIN_DRIVER {
+        driver.file(src.join(file));
+    }
+    driver.file(src.join("ptx.cpp")).file(&table);
     let mut cublas = base.clone();
     // -O3: the GEMM's inner loop is vectorized
     cublas.opt_level(3).file(src.join("cublas.cpp"));

@@ -1,7 +1,8 @@
 // standin.h: shared declarations of the CUDA driver and cuBLAS stand-in (kernels/standin/*.cpp).
 //
-// The stand-in is two shared libraries built by build.rs: `libcuda.so` (driver.cpp, ptx.cpp, the generated
-// kernel table and the CPU emulator with every kernel of kernels/*.cu) and `libcublas.so` (cublas.cpp),
+// The stand-in is two shared libraries built by build.rs: `libcuda.so` (the driver: context.cpp, memory.cpp,
+// streams.cpp, modules.cpp and report.cpp, which share driver.h; ptx.cpp; the generated kernel table; and the
+// CPU emulator with every kernel of kernels/*.cu) and `libcublas.so` (cublas.cpp),
 // with the SONAMEs of the real libraries, so that cudarc's dlopen("libcuda.so") / dlopen("libcublas.so")
 // returns them when they are preloaded. Device memory is host memory; kernels run on the emulator
 // (kernels/emu) when the stream they were queued on is synchronized.

@@ -1,0 +1,292 @@
+// streams.cpp: the driver stand-in's streams (the legacy default stream, per-thread default streams, created
+// ones), the per-stream queue of work (launches, copies, memsets, cuBLAS calls) with the legacy stream's
+// implicit synchronization, running that work where a GPU would guarantee completion to the host (stream,
+// event and context synchronization, queries), and events (record, wait, elapsed time). driver.h has the
+// overview of the stand-in.
+#include "driver.h"
+
+#include <algorithm>
+#include <chrono>
+
+namespace rotadam_standin {
+
+// ---- streams and the work queue -------------------------------------------------------------------------
+std::shared_ptr<Stream> new_stream(State& s, Context* c, Stream::Kind kind, unsigned flags) {
+  auto st = std::make_shared<Stream>();
+  st->kind = kind;
+  st->flags = flags;
+  st->ctx = c;
+  st->serial = s.next_serial++;
+  c->streams.push_back(st);
+  return st;
+}
+
+CUresult resolve_stream(Api& a, Context* c, CUstream h, std::shared_ptr<Stream>* out) {
+  if (h == nullptr || h == STANDIN_STREAM_LEGACY) {
+    *out = c->legacy;
+    return CUDA_SUCCESS;
+  }
+  if (h == STANDIN_STREAM_PER_THREAD) {
+    auto& st = c->per_thread[std::this_thread::get_id()];
+    if (!st) st = new_stream(a.s, c, Stream::PER_THREAD, 0);
+    *out = st;
+    return CUDA_SUCCESS;
+  }
+  auto it = a.s.streams.find(h);
+  if (it == a.s.streams.end())
+    return a.fail(CUDA_ERROR_INVALID_HANDLE, "stream handle " + hex(reinterpret_cast<uint64_t>(h)) +
+                                                 " is not a live stream (never created, or destroyed)");
+  if (it->second->ctx != c)
+    return a.fail(CUDA_ERROR_INVALID_HANDLE,
+                  it->second->name() + " belongs to " + it->second->ctx->name() + ", not to the current context");
+  *out = it->second;
+  return CUDA_SUCCESS;
+}
+
+uint64_t enqueue(State& s, const std::shared_ptr<Stream>& st, std::string what, std::function<std::string()> run,
+                 std::vector<Dep> deps) {
+  Work w;
+  w.seq = s.next_seq++;
+  w.what = std::move(what);
+  w.run = std::move(run);
+  w.deps = std::move(deps);
+  Context* c = st->ctx;
+  if (st->kind == Stream::LEGACY) {
+    for (const auto& o : c->streams)
+      if (o != st && o->blocking() && !o->queue.empty()) w.deps.push_back({o, o->last_seq});
+  } else if (st->blocking() && !c->legacy->queue.empty()) {
+    w.deps.push_back({c->legacy, c->legacy->last_seq});
+  }
+  st->last_seq = w.seq;
+  const uint64_t seq = w.seq;
+  st->queue.push_back(std::move(w));
+  return seq;
+}
+
+namespace {
+
+// Runs the work queued on `st` with sequence numbers up to `upto`, each after what it waits for. A failure
+// makes the context sticky; a failed context discards what is left (a GPU runs nothing more in it).
+void run_until(State& s, const char* call, Stream& st, uint64_t upto) {
+  while (!st.queue.empty() && st.queue.front().seq <= upto) {
+    Work w = std::move(st.queue.front());
+    st.queue.pop_front();
+    for (const Dep& d : w.deps) run_until(s, call, *d.stream, d.seq);
+    Context* c = st.ctx;
+    if (c->sticky != CUDA_SUCCESS) continue;
+    install_fault_handler(s);
+    t_running = w.what.c_str();
+    std::string err = w.run();
+    t_running = nullptr;
+    if (!err.empty())
+      make_sticky(s, c, CUDA_ERROR_LAUNCH_FAILED,
+                  std::string(call) + ": " + w.what + " failed: " + err + " [" +
+                      error_name(CUDA_ERROR_LAUNCH_FAILED) + "]");
+  }
+}
+
+// Drops streams that were destroyed and have nothing left to run.
+void collect_streams(Context* c) {
+  auto& v = c->streams;
+  v.erase(std::remove_if(v.begin(), v.end(),
+                         [](const std::shared_ptr<Stream>& st) { return st->destroyed && st->queue.empty(); }),
+          v.end());
+}
+
+}  // namespace
+
+CUresult sync_context(Api& a, Context* c) {
+  std::vector<std::shared_ptr<Stream>> all = c->streams;
+  for (const auto& st : all) run_until(a.s, a.name, *st, st->last_seq);
+  collect_streams(c);
+  return c->sticky;
+}
+
+CUresult sync_stream(Api& a, const std::shared_ptr<Stream>& st, uint64_t upto) {
+  run_until(a.s, a.name, *st, upto);
+  return st->ctx->sticky;
+}
+
+CUresult after_run(Api& a, Context* c) {
+  if (c->sticky == CUDA_SUCCESS) return CUDA_SUCCESS;
+  if (t_last_error != c->sticky_msg) a.sticky(c);  // unless this very call failed it
+  return c->sticky;
+}
+
+}  // namespace rotadam_standin
+
+using namespace rotadam_standin;
+
+// ==== exported: streams and events ========================================================================
+STANDIN_API CUresult cuStreamCreate(CUstream* ph, unsigned int flags) {
+  Api a("cuStreamCreate");
+  Context* c = nullptr;
+  if (CUresult r = current(a, &c)) return r;
+  if (ph == nullptr) return a.fail(CUDA_ERROR_INVALID_VALUE, "phStream is NULL");
+  if ((flags & ~1u) != 0) return a.fail(CUDA_ERROR_INVALID_VALUE, "unknown flags " + hex(flags));
+  auto st = new_stream(a.s, c, Stream::CREATED, flags);
+  CUstream h = reinterpret_cast<CUstream>(st.get());
+  a.s.streams[h] = st;
+  *ph = h;
+  return CUDA_SUCCESS;
+}
+
+STANDIN_API CUresult cuStreamDestroy_v2(CUstream h) {
+  Api a("cuStreamDestroy_v2");
+  Context* c = nullptr;
+  if (CUresult r = current(a, &c, true)) return r;
+  if (h == nullptr || h == STANDIN_STREAM_LEGACY || h == STANDIN_STREAM_PER_THREAD)
+    return a.fail(CUDA_ERROR_INVALID_HANDLE, "a default stream cannot be destroyed");
+  std::shared_ptr<Stream> st;
+  if (CUresult r = resolve_stream(a, c, h, &st)) return r;
+  st->destroyed = true;  // its queued work still runs (when synchronized or waited for)
+  a.s.streams.erase(h);
+  collect_streams(c);
+  return CUDA_SUCCESS;
+}
+
+STANDIN_API CUresult cuStreamSynchronize(CUstream h) {
+  Api a("cuStreamSynchronize");
+  Context* c = nullptr;
+  if (CUresult r = current(a, &c)) return r;
+  std::shared_ptr<Stream> st;
+  if (CUresult r = resolve_stream(a, c, h, &st)) return r;
+  sync_stream(a, st, st->last_seq);
+  return after_run(a, c);
+}
+
+STANDIN_API CUresult cuStreamQuery(CUstream h) {
+  Api a("cuStreamQuery");
+  Context* c = nullptr;
+  if (CUresult r = current(a, &c)) return r;
+  std::shared_ptr<Stream> st;
+  if (CUresult r = resolve_stream(a, c, h, &st)) return r;
+  sync_stream(a, st, st->last_seq);  // the stand-in finishes what is asked about
+  return after_run(a, c);
+}
+
+STANDIN_API CUresult cuStreamWaitEvent(CUstream h, CUevent e, unsigned int flags) {
+  Api a("cuStreamWaitEvent");
+  Context* c = nullptr;
+  if (CUresult r = current(a, &c)) return r;
+  std::shared_ptr<Stream> st;
+  if (CUresult r = resolve_stream(a, c, h, &st)) return r;
+  if (flags > 1) return a.fail(CUDA_ERROR_INVALID_VALUE, "unknown flags " + hex(flags));
+  auto it = a.s.events.find(e);
+  if (it == a.s.events.end())
+    return a.fail(CUDA_ERROR_INVALID_HANDLE, "event " + hex(reinterpret_cast<uint64_t>(e)) + " is not live");
+  const Event& ev = *it->second;
+  if (!ev.recorded) return CUDA_SUCCESS;  // waiting for an event never recorded waits for nothing
+  std::vector<Dep> deps{{ev.stream, ev.seq}};
+  enqueue(a.s, st, a.where() + " (wait for event #" + std::to_string(ev.serial) + ")", [] { return std::string(); },
+          std::move(deps));
+  return CUDA_SUCCESS;
+}
+
+STANDIN_API CUresult cuEventCreate(CUevent* ph, unsigned int flags) {
+  Api a("cuEventCreate");
+  Context* c = nullptr;
+  if (CUresult r = current(a, &c)) return r;
+  if (ph == nullptr) return a.fail(CUDA_ERROR_INVALID_VALUE, "phEvent is NULL");
+  if ((flags & ~0x7u) != 0) return a.fail(CUDA_ERROR_INVALID_VALUE, "unknown flags " + hex(flags));
+  if ((flags & 0x4u) != 0 && (flags & 0x2u) == 0)
+    return a.fail(CUDA_ERROR_INVALID_VALUE, "CU_EVENT_INTERPROCESS requires CU_EVENT_DISABLE_TIMING");
+  auto ev = std::make_shared<Event>();
+  ev->serial = a.s.next_serial++;
+  ev->ctx = c;
+  ev->flags = flags;
+  CUevent h = reinterpret_cast<CUevent>(ev.get());
+  a.s.events[h] = ev;
+  *ph = h;
+  return CUDA_SUCCESS;
+}
+
+STANDIN_API CUresult cuEventRecord(CUevent e, CUstream h) {
+  Api a("cuEventRecord");
+  Context* c = nullptr;
+  if (CUresult r = current(a, &c)) return r;
+  auto it = a.s.events.find(e);
+  if (it == a.s.events.end())
+    return a.fail(CUDA_ERROR_INVALID_HANDLE, "event " + hex(reinterpret_cast<uint64_t>(e)) + " is not live");
+  std::shared_ptr<Stream> st;
+  if (CUresult r = resolve_stream(a, c, h, &st)) return r;
+  std::shared_ptr<Event> ev = it->second;
+  if (ev->ctx != c)
+    return a.fail(CUDA_ERROR_INVALID_HANDLE, "event #" + std::to_string(ev->serial) + " belongs to another context");
+  const uint64_t gen = ++ev->generation;
+  ev->recorded = true;
+  ev->stamped = false;
+  ev->stream = st;
+  ev->seq = enqueue(a.s, st, a.where() + " (event #" + std::to_string(ev->serial) + ")", [ev, gen] {
+    if (ev->generation == gen) {
+      ev->stamped = true;
+      const auto now = std::chrono::steady_clock::now().time_since_epoch();
+      ev->time_ms = std::chrono::duration<double, std::milli>(now).count();
+    }
+    return std::string();
+  });
+  return CUDA_SUCCESS;
+}
+
+namespace {
+CUresult event_of(Api& a, CUevent e, std::shared_ptr<Event>* out) {
+  auto it = a.s.events.find(e);
+  if (it == a.s.events.end())
+    return a.fail(CUDA_ERROR_INVALID_HANDLE, "event " + hex(reinterpret_cast<uint64_t>(e)) + " is not live");
+  *out = it->second;
+  return CUDA_SUCCESS;
+}
+bool event_done(const Event& ev) {
+  return !ev.recorded || ev.stream->queue.empty() || ev.stream->queue.front().seq > ev.seq;
+}
+}  // namespace
+
+STANDIN_API CUresult cuEventSynchronize(CUevent e) {
+  Api a("cuEventSynchronize");
+  Context* c = nullptr;
+  if (CUresult r = current(a, &c)) return r;
+  std::shared_ptr<Event> ev;
+  if (CUresult r = event_of(a, e, &ev)) return r;
+  if (ev->recorded) sync_stream(a, ev->stream, ev->seq);
+  return after_run(a, ev->ctx);
+}
+
+STANDIN_API CUresult cuEventQuery(CUevent e) {
+  Api a("cuEventQuery");
+  Context* c = nullptr;
+  if (CUresult r = current(a, &c)) return r;
+  std::shared_ptr<Event> ev;
+  if (CUresult r = event_of(a, e, &ev)) return r;
+  if (ev->recorded) sync_stream(a, ev->stream, ev->seq);  // the stand-in finishes what is asked about
+  return after_run(a, ev->ctx);
+}
+
+STANDIN_API CUresult cuEventElapsedTime(float* ms, CUevent start, CUevent end) {
+  Api a("cuEventElapsedTime");
+  Context* c = nullptr;
+  if (CUresult r = current(a, &c)) return r;
+  if (ms == nullptr) return a.fail(CUDA_ERROR_INVALID_VALUE, "pMilliseconds is NULL");
+  std::shared_ptr<Event> s0, s1;
+  if (CUresult r = event_of(a, start, &s0)) return r;
+  if (CUresult r = event_of(a, end, &s1)) return r;
+  for (const auto* ev : {s0.get(), s1.get()}) {
+    if ((ev->flags & 0x2u) != 0)
+      return a.fail(CUDA_ERROR_INVALID_HANDLE,
+                    "event #" + std::to_string(ev->serial) + " was created with CU_EVENT_DISABLE_TIMING");
+    if (!ev->recorded)
+      return a.fail(CUDA_ERROR_INVALID_HANDLE, "event #" + std::to_string(ev->serial) + " was never recorded");
+  }
+  if (!event_done(*s0) || !event_done(*s1) || !s0->stamped || !s1->stamped) return CUDA_ERROR_NOT_READY;
+  *ms = static_cast<float>(s1->time_ms - s0->time_ms);
+  return CUDA_SUCCESS;
+}
+
+STANDIN_API CUresult cuEventDestroy_v2(CUevent e) {
+  Api a("cuEventDestroy_v2");
+  Context* c = nullptr;
+  if (CUresult r = current(a, &c, true)) return r;
+  std::shared_ptr<Event> ev;
+  if (CUresult r = event_of(a, e, &ev)) return r;
+  a.s.events.erase(e);  // a pending record still completes; nothing can wait for it any more
+  return CUDA_SUCCESS;
+}
