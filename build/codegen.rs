@@ -382,10 +382,24 @@ pub fn launchers(modules: &[Module], structs: &[CStruct]) -> String {
                 args.join(", ")
             )
             .unwrap();
-            writeln!(w, "    // SAFETY: this function's contract; the argument list is the kernel's own (generated from its").unwrap();
             writeln!(
                 w,
-                "    // signature) and the outputs are its non-const pointer parameters."
+                "    // SAFETY: the caller guarantees every address is valid for what the kernel accesses at"
+            )
+            .unwrap();
+            writeln!(
+                w,
+                "    // `geometry` (this launcher's # Safety); the arguments are the kernel's own, in order"
+            )
+            .unwrap();
+            writeln!(
+                w,
+                "    // and type (generated from its signature), and the outputs are exactly its non-const"
+            )
+            .unwrap();
+            writeln!(
+                w,
+                "    // pointer parameters: what `Exec::launch` requires."
             )
             .unwrap();
             writeln!(

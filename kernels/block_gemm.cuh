@@ -9,7 +9,8 @@
 // tiles staged through shared memory (R_n is read once per 64 rotation blocks instead of once per block);
 // each thread accumulates a 4×4 sub-tile at rows ty + 16r and columns tx + 16c (conflict-free reads).
 // Every bound is checked, so N and NB need not be multiples of the tile (n not dividing d is the residual
-// block: a separate call with its own p×p R). Launch: block (256), grid (⌈N/64⌉, ⌈NB/64⌉).
+// block: a separate call with its own p×p R). Launch: block (256), grid (⌈NB/64⌉, ⌈N/64⌉): the number of
+// blocks on x, whose limit is 2^31 − 1 (y allows 65,535: 124M coordinates at n = 16 would exceed it).
 // The K loop runs in ascending order for every output: results do not depend on scheduling.
 #pragma once
 #include "common.cuh"
@@ -31,8 +32,8 @@ __device__ __forceinline__ void block_gemm(BlockGemmSmem& sm, const float* __res
   float(&as)[BG_BK][BG_BM] = sm.as;
   float(&bs)[BG_BK][BG_BN] = sm.bs;
   const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
-  const long long b0 = static_cast<long long>(blockIdx.y) * BG_BM;
-  const int i0 = blockIdx.x * BG_BN;
+  const long long b0 = static_cast<long long>(blockIdx.x) * BG_BM;
+  const int i0 = blockIdx.y * BG_BN;
   float acc[4][4];
   for (int a = 0; a < 4; ++a)
     for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;

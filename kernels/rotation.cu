@@ -5,7 +5,7 @@
 //                     only; index entries are distinct, so no two threads write the same element)
 // R is (N,N) row-major, shared by every block (the residual p×p block is a second call with its own R).
 // Every scope (global, layer, output, input) is just a different index list, so one kernel serves all.
-// Launch: block_gemm.cuh: block (256), grid (⌈N/64⌉, ⌈NB/64⌉).
+// Launch: block_gemm.cuh: block (256), grid (⌈NB/64⌉, ⌈N/64⌉).
 #include "block_gemm.cuh"
 
 extern "C" __global__ void __launch_bounds__(256)

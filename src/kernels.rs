@@ -89,13 +89,17 @@ unsafe extern "C" {
 /// Element `i` of the counter-based stream: the i-th (0-based) SplitMix64 output of a generator seeded
 /// with `seed` (`kernels/counter_rng.cuh`, compiled for the host).
 pub fn counter_u64(seed: u64, i: u64) -> u64 {
-    // SAFETY: a pure function of two integers (no pointers, no global state).
+    // SAFETY: `rotadam_counter_u64` is defined in kernels/emu/host_rng.cpp as extern "C"
+    // `unsigned long long(unsigned long long, unsigned long long)`, which the declaration here matches, and
+    // is a pure function of two integers (no pointers, no global state).
     unsafe { rotadam_counter_u64(seed, i) }
 }
 
 /// u = ((z >> 11) + ½)·2⁻⁵³ ∈ (0, 1) with z = [`counter_u64`]`(seed, i)`.
 pub fn counter_uniform(seed: u64, i: u64) -> f64 {
-    // SAFETY: a pure function of two integers.
+    // SAFETY: `rotadam_counter_uniform` is defined in kernels/emu/host_rng.cpp as extern "C"
+    // `double(unsigned long long, unsigned long long)`, which the declaration here matches, and is a pure
+    // function of two integers (no pointers, no global state).
     unsafe { rotadam_counter_uniform(seed, i) }
 }
 
@@ -103,6 +107,8 @@ pub fn counter_uniform(seed: u64, i: u64) -> f64 {
 /// probe stream that `kernels/cauchy.cu: cauchy_fill` writes on the device (probe k of a d-vector uses
 /// i = k·d + j).
 pub fn cauchy_probe(seed: u64, i: u64) -> f64 {
-    // SAFETY: a pure function of two integers.
+    // SAFETY: `rotadam_cauchy_probe` is defined in kernels/emu/host_rng.cpp as extern "C"
+    // `double(unsigned long long, unsigned long long)`, which the declaration here matches, and is a pure
+    // function of two integers (no pointers, no global state).
     unsafe { rotadam_cauchy_probe(seed, i) }
 }

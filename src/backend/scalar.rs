@@ -132,8 +132,9 @@ pub(crate) fn clear_upper_vector_state() {
         fn vzeroupper() {
             std::arch::x86_64::_mm256_zeroupper();
         }
-        // SAFETY: the CPU supports AVX (checked just above), which is all `vzeroupper` requires; it only
-        // zeroes the upper halves of the vector registers, which the compiler treats as clobbered.
+        // SAFETY: the enclosing `if` saw AVX on this CPU (is_x86_feature_detected!), which is all
+        // `vzeroupper` requires; it only zeroes the upper halves of the vector registers, which the compiler
+        // treats as clobbered.
         unsafe { vzeroupper() }
     }
 }

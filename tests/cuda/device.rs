@@ -166,7 +166,8 @@ fn every_kernel_loads_and_fill_and_layernorm_match_the_cpu() {
     };
     let mut b = s.launch_builder(&f);
     b.arg(&mut x).arg(&v).arg(&nl);
-    // SAFETY: fill(float*, float, long long) with n elements allocated.
+    // SAFETY: fill(float*, float, long long) gets x (n f32), v and n as i64; threads i < n (the kernel's
+    // guard) write x[i] only.
     unsafe { b.launch(cfg) }.unwrap();
     assert!(s.clone_dtoh(&x).unwrap().iter().all(|&y| y == 2.5));
     // layernorm_forward vs the CPU backend
@@ -198,7 +199,9 @@ fn every_kernel_loads_and_fill_and_layernorm_match_the_cpu() {
         .arg(&ni)
         .arg(&ci)
         .arg(&bf);
-    // SAFETY: layernorm_forward's parameters in order; a null bias (u64 0 for the pointer).
+    // SAFETY: layernorm_forward's nine parameters in order: out rows·c, mean and rstd rows, inp rows·c,
+    // weight c floats, a null bias (u64 0, tested by the kernel before use), then n, c, bf16 as i32; one warp
+    // per row (grid ⌈rows/8⌉ of 256) and rows ≥ n return.
     unsafe { b.launch(cfg) }.unwrap();
     let got = s.clone_dtoh(&dout).unwrap();
     let (mut want, mut m, mut r) = (vec![0f32; rows * c], vec![0f32; rows], vec![0f32; rows]);

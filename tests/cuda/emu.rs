@@ -523,3 +523,26 @@ fn to_bf16_matches_half_bit_for_bit() {
         "tie to even"
     );
 }
+
+/// GEMMs with an empty dimension, as the CPU backend computes them: k = 0 writes zeros (or leaves C as it
+/// is when accumulating) and m = 0 writes nothing. Empty operands may have address 0, which the emulated
+/// GEMM must never turn into a slice.
+#[test]
+fn gemm_with_an_empty_dimension_matches_the_cpu() {
+    let cpu = CpuBackend::<f32>::new(1, false);
+    let be = emu();
+    let c0: Vec<f32> = (0..6).map(|i| i as f32 + 0.5).collect();
+    for (m, n, k) in [(2, 3, 0), (0, 3, 4), (2, 0, 4)] {
+        let a = vec![1.0f32; m * k];
+        let b = vec![2.0f32; k * n];
+        for accumulate in [false, true] {
+            let [want] = on(&cpu, [&c0[..m * n]], [&a, &b], |be, [c], [a, b]| {
+                be.gemm(c, a, b, m, n, k, false, false, accumulate)
+            });
+            let [got] = on(&be, [&c0[..m * n]], [&a, &b], |be, [c], [a, b]| {
+                be.gemm(c, a, b, m, n, k, false, false, accumulate)
+            });
+            assert_eq!(got, want, "m {m} n {n} k {k} accumulate {accumulate}");
+        }
+    }
+}

@@ -353,3 +353,18 @@ pub fn check_median_and_streaming<E: Exec>(ex: &E) {
         g,
     );
 }
+
+/// The rotation GEMM's grid stays inside sm_90's limits (x < 2^31, y and z ≤ 65,535) for every block size
+/// of a 124M-parameter model, the smallest blocks giving the most of them (n = 16: 7.8M blocks).
+#[test]
+fn rotation_grid_fits_the_device_limits_at_every_block_size() {
+    let d = 124_337_664usize;
+    for n in [1, 2, 16, 64, 768, 2048, 4096] {
+        let g = rotadam::backend::kernel::gemm_grid(d / n, n);
+        assert!(
+            g.grid[0] < (1 << 31) && g.grid[1] <= 65_535 && g.grid[2] <= 65_535,
+            "n = {n}: grid {:?}",
+            g.grid
+        );
+    }
+}

@@ -101,7 +101,8 @@ fn emulator_rejects_bad_launches_with_a_message() {
     let (op, v, n) = (out.as_mut_ptr(), 1.5f32, 4i64);
     // a wrong argument size (i32 where the kernel takes long long)
     let bad_n = 4i32;
-    // SAFETY: the launcher rejects the call before running the kernel.
+    // SAFETY: the launcher's size check (argument 2 has 4 bytes, fill's `long long n` 8) rejects the call
+    // before the kernel runs, so no argument is dereferenced.
     let err = unsafe {
         launch(
             Kernel::Fill,
@@ -116,7 +117,8 @@ fn emulator_rejects_bad_launches_with_a_message() {
         err.contains("fill: argument 2 has 4 bytes, the kernel's parameter has 8"),
         "{err}"
     );
-    // SAFETY: as above (argument count).
+    // SAFETY: the launcher's argument-count check (1 given, fill takes 3) rejects the call before the kernel
+    // runs, so no argument is dereferenced.
     let err = unsafe {
         launch(
             Kernel::Fill,

@@ -284,7 +284,8 @@ fn hessian_vector_products_through_the_cuda_executor_match_the_cpu() {
 }
 
 /// Buffers of no elements (an optimizer without a second moment, an empty residual block) never reach the
-/// driver, which refuses a zero-byte allocation: allocating, viewing, filling and reading them back work.
+/// driver, which refuses a zero-byte allocation: allocating, viewing, filling and reading them back work;
+/// nor does a GEMM with k = 0.
 #[test]
 fn empty_buffers_never_reach_the_driver() {
     in_standin(
@@ -298,6 +299,15 @@ fn empty_buffers_never_reach_the_driver() {
             be.upload(&mut empty, &[]).unwrap();
             assert!(be.download(&empty).unwrap().is_empty());
             assert_eq!(be.sum_squares(be.view(&empty, 0..0)).unwrap(), 0.0);
+            // a GEMM over an empty sum (k = 0) never reaches cuBLAS, which refuses a leading dimension of 0
+            let c0: Vec<f32> = (0..6).map(|i| i as f32 + 0.5).collect();
+            for accumulate in [false, true] {
+                let [got] = super::on(&be, [&c0], [&[], &[]], |be, [c], [a, b]| {
+                    be.gemm(c, a, b, 2, 3, 0, false, false, accumulate)
+                });
+                let want = if accumulate { c0.clone() } else { vec![0.0; 6] };
+                assert_eq!(got, want, "k = 0, accumulate {accumulate}");
+            }
         },
     );
 }
@@ -407,7 +417,10 @@ fn planted_read_without_a_synchronize_sees_poison() {
             let dev = stream.clone_htod(&data).unwrap();
             stream.synchronize().unwrap();
             let (dp, _g) = dev.device_ptr(&stream);
-            // SAFETY: pinned host memory of n f32, freed below; the copy writes exactly n f32 into it.
+            // SAFETY: `host` is pinned memory of n f32 (malloc_host), freed at the end of this block, and the
+            // async copy writes exactly n f32 into it; the early read races with nothing, because the
+            // stand-in runs queued work only at a synchronization, on the calling thread (`dst` is not used
+            // after the copy call).
             unsafe {
                 let host = result::malloc_host(n * 4, 0).unwrap() as *mut f32;
                 let dst = std::slice::from_raw_parts_mut(host, n);

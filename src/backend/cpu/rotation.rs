@@ -219,7 +219,10 @@ impl BucketPlan {
                 |j| j / group,
                 |g| g * group,
                 |first, j| {
-                    // SAFETY: as for `offset` above: distinct positions < len.
+                    // SAFETY: `stage` lists each rotated position j < len exactly once, and bucket_slots
+                    // hands every one a distinct `first` < len (bucket g holds positions g·group up to
+                    // min((g + 1)·group, len), exclusive), so tasks write distinct in-bounds elements of
+                    // `hop`, which lives and is not otherwise borrowed during this call.
                     unsafe { *hops.ptr().add(first) = j as u32 };
                 },
             );
@@ -567,7 +570,9 @@ struct SharedMut<T>(*mut T);
 // SAFETY: only used by `bucket_scatter` and the plan's construction (`BucketPlan::new`), whose tasks write
 // pairwise distinct elements (module docs, `bucket_slots`).
 unsafe impl<T: Send> Send for SharedMut<T> {}
-// SAFETY: as above.
+// SAFETY: a shared `&SharedMut` only lets rayon tasks copy the raw pointer out; its users (`bucket_scatter`,
+// `BucketPlan::new`) write pairwise distinct elements through it while the buffer's `&mut` borrow is held, so
+// no element is accessed by two threads.
 unsafe impl<T: Send> Sync for SharedMut<T> {}
 
 impl<T> SharedMut<T> {

@@ -190,8 +190,9 @@ fn tile_kernel(kl: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, rows:
     assert!((1..=MR).contains(&rows) && a.len() >= kl * MR && b.len() >= kl * NR);
     assert!(c.len() >= (rows - 1) * ldc + NR);
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `gemm_rows` only runs when `fits` saw AVX-512F on this CPU; the asserts above bound every
-    // access the kernel makes (a: kl·MR, b: kl·NR, c: rows rows of NR at stride ldc).
+    // SAFETY: tile_kernel's only caller, `block`, runs only inside `gemm_rows`, which first asserts
+    // `fits::<f32>(n)` (AVX-512F detected on this CPU); the two asserts at the top of this function bound
+    // every access the kernel makes (a: kl·MR, b: kl·NR, c: `rows` rows of NR at stride ldc).
     unsafe {
         avx512_kernel(kl, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), ldc, rows, add)
     }
@@ -216,7 +217,9 @@ unsafe fn avx512_kernel(
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     if add {
         for (i, acc) in acc.iter_mut().enumerate().take(rows) {
-            // SAFETY: row i < rows of c (caller).
+            // SAFETY: i < rows, and the caller guarantees c readable for `rows` rows of NR = 32 floats at
+            // stride ldc, so the two 16-lane loads at c[i·ldc] and c[i·ldc + 16] are in bounds (unaligned
+            // loads: no alignment needed).
             unsafe {
                 acc[0] = _mm512_loadu_ps(c.add(i * ldc));
                 acc[1] = _mm512_loadu_ps(c.add(i * ldc + 16));
@@ -224,7 +227,8 @@ unsafe fn avx512_kernel(
         }
     }
     for k in 0..kl {
-        // SAFETY: k < kl, so b[k·NR .. k·NR + 32] and a[k·MR + i] (i < MR) are in bounds (caller).
+        // SAFETY: k < kl, and the caller guarantees a readable for kl·MR and b for kl·NR floats, so the loads
+        // of b[k·NR .. k·NR + 32] and of a[k·MR + i], i < MR, are in bounds (unaligned loads).
         unsafe {
             let b0 = _mm512_loadu_ps(b.add(k * NR));
             let b1 = _mm512_loadu_ps(b.add(k * NR + 16));
@@ -236,7 +240,9 @@ unsafe fn avx512_kernel(
         }
     }
     for (i, acc) in acc.iter().enumerate().take(rows) {
-        // SAFETY: row i < rows of c (caller).
+        // SAFETY: i < rows, and the caller guarantees c writable for `rows` rows of NR = 32 floats at stride
+        // ldc, so the two 16-lane stores at c[i·ldc] and c[i·ldc + 16] are in bounds (unaligned stores: no
+        // alignment needed).
         unsafe {
             _mm512_storeu_ps(c.add(i * ldc), acc[0]);
             _mm512_storeu_ps(c.add(i * ldc + 16), acc[1]);

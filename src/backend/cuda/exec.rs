@@ -126,9 +126,10 @@ impl Exec for CudaExec {
         let what = || format!("kernel {} ({geo})", kernel.name());
         let f = self.function(kernel).map_err(|e| e.context(what()))?;
         let mut params: Vec<*mut std::ffi::c_void> = args.iter().map(|a| a.ptr).collect();
-        // SAFETY: forwarded contract (Exec::launch): the argument list is the kernel's own (the typed
-        // launchers are generated from its signature) and the addresses are device addresses of checked
-        // sizes.
+        // SAFETY: the caller upholds Exec::launch: `args` are the kernel's parameters in order and size (the
+        // typed launchers are generated from its signature) and every address is a live device allocation
+        // covering what the kernel accesses at `geo`; each `params` entry points at a value that outlives
+        // this call, and `f` was loaded into this executor's context, whose stream runs it.
         unsafe {
             cudarc::driver::result::launch_kernel(
                 f.cu_function(),

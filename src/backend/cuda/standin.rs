@@ -82,7 +82,9 @@ fn driver() -> Result<&'static libloading::Library> {
 /// The misuses the stand-in detected so far (one line each, naming the call) and their count.
 pub fn errors() -> Result<(usize, String)> {
     let lib = driver()?;
-    // SAFETY: the stand-in exports this function with this signature (kernels/standin/driver.cpp).
+    // SAFETY: the stand-in's libcuda.so exports `rotadam_standin_errors` as `int(char*, uint64_t)`
+    // (extern "C"), which this fn type matches; `lib`, the stand-in loaded for the whole process, keeps the
+    // symbol valid.
     let f = unsafe {
         lib.get::<unsafe extern "C" fn(*mut c_char, u64) -> i32>(b"rotadam_standin_errors\0")
     }
@@ -90,7 +92,8 @@ pub fn errors() -> Result<(usize, String)> {
     let mut buf = vec![0 as c_char; 1 << 16];
     // SAFETY: the buffer is writable for its length; the function NUL-terminates within it.
     let n = unsafe { f(buf.as_mut_ptr(), buf.len() as u64) };
-    // SAFETY: NUL-terminated above.
+    // SAFETY: `buf` was zero-filled and the call wrote at most buf.len() − 1 bytes plus a NUL, so a NUL ends
+    // the string within `buf`.
     let text = unsafe { CStr::from_ptr(buf.as_ptr()) }
         .to_string_lossy()
         .into_owned();
@@ -100,7 +103,8 @@ pub fn errors() -> Result<(usize, String)> {
 /// Forgets the misuses reported so far.
 pub fn clear_errors() -> Result<()> {
     let lib = driver()?;
-    // SAFETY: exported with this signature (kernels/standin/driver.cpp).
+    // SAFETY: the stand-in's libcuda.so exports `rotadam_standin_clear_errors` as `void(void)` (extern "C"),
+    // which this fn type matches; `lib`, the stand-in loaded for the whole process, keeps the symbol valid.
     let f = unsafe { lib.get::<unsafe extern "C" fn()>(b"rotadam_standin_clear_errors\0") }
         .map_err(|e| Error::Device(format!("stand-in: {e}")))?;
     // SAFETY: no arguments; the stand-in guards its state with its own mutex.
@@ -111,7 +115,9 @@ pub fn clear_errors() -> Result<()> {
 /// The CUDA driver and cuBLAS entry points the stand-in implements.
 pub fn entry_points() -> Result<Vec<String>> {
     let lib = driver()?;
-    // SAFETY: exported with this signature (kernels/standin/driver.cpp).
+    // SAFETY: the stand-in's libcuda.so exports `rotadam_standin_entry_points` as `const char*(void)`
+    // (extern "C"), which this fn type matches; `lib`, the stand-in loaded for the whole process, keeps the
+    // symbol valid.
     let f = unsafe {
         lib.get::<unsafe extern "C" fn() -> *const c_char>(b"rotadam_standin_entry_points\0")
     }
@@ -127,7 +133,9 @@ pub fn entry_points() -> Result<Vec<String>> {
 /// the stand-in is loaded and a call failed.
 pub fn last_error() -> Option<String> {
     let lib = driver().ok()?;
-    // SAFETY: exported with this signature (kernels/standin/driver.cpp).
+    // SAFETY: the stand-in's libcuda.so exports `rotadam_standin_last_error` as `const char*(void)`
+    // (extern "C"), which this fn type matches; `lib`, the stand-in loaded for the whole process, keeps the
+    // symbol valid.
     let f = unsafe {
         lib.get::<unsafe extern "C" fn() -> *const c_char>(b"rotadam_standin_last_error\0")
     }

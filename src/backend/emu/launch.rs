@@ -40,8 +40,9 @@ pub unsafe fn launch<K: Launchable>(
         },
     };
     let mut err = vec![0 as std::ffi::c_char; 512];
-    // SAFETY: cfg and args outlive the call; the launcher checks the argument count and sizes; the caller
-    // guarantees the pointers' validity (this function's contract); err is a writable buffer of err.len().
+    // SAFETY: cfg, args and err outlive the call; the launcher rejects a wrong argument count or size before
+    // the kernel runs; the caller guarantees every pointer argument covers what the kernel reads or writes at
+    // `geo` (`launch`'s # Safety); err is writable for err.len() bytes.
     let rc = unsafe {
         (kernel.launcher())(
             &cfg,
@@ -54,7 +55,8 @@ pub unsafe fn launch<K: Launchable>(
     if rc == 0 {
         return Ok(());
     }
-    // SAFETY: the launcher NUL-terminates err within its length on failure.
+    // SAFETY: `err` was zero-filled and the launcher's error writer copies at most err.len() − 1 bytes
+    // followed by a NUL, so `err` holds a NUL within its 512 bytes.
     let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }
         .to_string_lossy()
         .into_owned();
@@ -76,27 +78,36 @@ pub unsafe fn launch_both_orders<K: Launchable>(
 ) -> Result<()> {
     // An output of no bytes (an absent optional tensor) may be a null pointer: nothing to compare.
     let outs: Vec<OutBuf> = outs.iter().copied().filter(|o| o.bytes > 0).collect();
-    // SAFETY (for every from_raw_parts below): each OutBuf is valid for `bytes` bytes (this function's
-    // contract), is not null (bytes > 0) and no reference to it is alive outside this function.
+    // SAFETY: each `o` in `outs` is non-null (bytes > 0, filtered at the top) and, by the caller's guarantee
+    // (launch_both_orders' # Safety), valid for reads and writes of `o.bytes` bytes with no other live
+    // reference to it; nothing runs while the snapshot is copied.
     let snapshot: Vec<Vec<u8>> = outs
         .iter()
         .map(|o| unsafe { std::slice::from_raw_parts(o.ptr, o.bytes) }.to_vec())
         .collect();
-    // SAFETY: forwarded contract.
+    // SAFETY: the caller guarantees (launch_both_orders' # Safety, which includes launch's) that `args` are
+    // the kernel's parameters and that every pointer argument covers what the kernel accesses at `geo`.
     unsafe { launch(kernel, geo, Order::Ascending, args)? };
-    // SAFETY: as for the snapshot above.
+    // SAFETY: each `o` in `outs` is non-null (bytes > 0, filtered at the top) and, by the caller's guarantee
+    // (launch_both_orders' # Safety), valid for reads and writes of `o.bytes` bytes with no other live
+    // reference to it; the ascending launch has returned, so nothing writes it during the copy.
     let ascending: Vec<Vec<u8>> = outs
         .iter()
         .map(|o| unsafe { std::slice::from_raw_parts(o.ptr, o.bytes) }.to_vec())
         .collect();
     for (o, s) in outs.iter().zip(&snapshot) {
-        // SAFETY: see above.
+        // SAFETY: each `o` in `outs` is non-null (bytes > 0, filtered at the top) and, by the caller's
+        // guarantee (launch_both_orders' # Safety), valid for reads and writes of `o.bytes` bytes with no
+        // other live reference to it; `s` is its snapshot, a separate Vec of exactly `o.bytes` bytes.
         unsafe { std::slice::from_raw_parts_mut(o.ptr, o.bytes) }.copy_from_slice(s);
     }
-    // SAFETY: forwarded contract.
+    // SAFETY: the caller guarantees (launch_both_orders' # Safety, which includes launch's) that `args` are
+    // the kernel's parameters and that every pointer argument covers what the kernel accesses at `geo`.
     unsafe { launch(kernel, geo, Order::Descending, args)? };
     for (o, a) in outs.iter().zip(&ascending) {
-        // SAFETY: see above.
+        // SAFETY: each `o` in `outs` is non-null (bytes > 0, filtered at the top) and, by the caller's
+        // guarantee (launch_both_orders' # Safety), valid for reads and writes of `o.bytes` bytes with no
+        // other live reference to it; the launch has returned, so nothing writes it while `d` lives.
         let d = unsafe { std::slice::from_raw_parts(o.ptr, o.bytes) };
         if let Some(pos) = d.iter().zip(a).position(|(x, y)| x != y) {
             let word = pos / 4;

@@ -29,15 +29,25 @@ pub struct EmuExec {
     threads: usize,
 }
 
-/// Host memory standing in for device memory: 8-byte aligned, zeroed.
-pub struct HostMem(Vec<u64>);
+/// Host memory standing in for device memory: 8-byte aligned, zeroed. Kernels and GEMMs write through
+/// its address, so the address is taken once from a mutable borrow (`as_mut_ptr`); the Vec is never
+/// resized, so it stays valid.
+pub struct HostMem {
+    words: Vec<u64>,
+    addr: u64,
+}
 
 impl HostMem {
+    fn zeroed(bytes: usize) -> HostMem {
+        let mut words = vec![0u64; bytes.div_ceil(8)];
+        let addr = words.as_mut_ptr() as u64;
+        HostMem { words, addr }
+    }
     fn bytes(&self) -> &[u8] {
-        bytemuck::cast_slice(&self.0)
+        bytemuck::cast_slice(&self.words)
     }
     fn bytes_mut(&mut self) -> &mut [u8] {
-        bytemuck::cast_slice_mut(&mut self.0)
+        bytemuck::cast_slice_mut(&mut self.words)
     }
 }
 
@@ -46,10 +56,17 @@ impl HostMem {
 /// # Safety
 /// `addr` must hold `len` elements of `operands`' type.
 unsafe fn widened(addr: u64, len: usize, operands: Operands) -> Vec<f32> {
+    if len == 0 {
+        return Vec::new(); // an empty tensor may have address 0, which no slice may have
+    }
     match operands {
-        // SAFETY: this function's contract.
+        // SAFETY: the caller guarantees `addr` holds `len` f32 (`widened`'s contract), 4-byte aligned as
+        // every executor address of an f32 tensor is, and non-null since len > 0 (the return above); the
+        // slice is only read, and copied before returning.
         Operands::F32 => unsafe { std::slice::from_raw_parts(addr as *const f32, len) }.to_vec(),
-        // SAFETY: this function's contract.
+        // SAFETY: the caller guarantees `addr` holds `len` bf16 (`widened`'s contract), 2-byte aligned as
+        // every executor address of a bf16 tensor is, and non-null since len > 0 (the return above); the
+        // slice is only read, and converted before returning.
         Operands::Bf16 => unsafe { std::slice::from_raw_parts(addr as *const half::bf16, len) }
             .iter()
             .map(|x| x.to_f32())
@@ -63,10 +80,10 @@ impl Exec for EmuExec {
         format!("cuda-emulator (GEMMs on the CPU, {} threads)", self.threads)
     }
     fn alloc(&self, bytes: usize) -> Result<HostMem> {
-        Ok(HostMem(vec![0u64; bytes.div_ceil(8)]))
+        Ok(HostMem::zeroed(bytes))
     }
     fn addr(&self, mem: &HostMem) -> u64 {
-        mem.0.as_ptr() as u64
+        mem.addr
     }
     fn upload(&self, dst: &mut HostMem, src: &[u8]) -> Result<()> {
         dst.bytes_mut()[..src.len()].copy_from_slice(src);
@@ -83,14 +100,18 @@ impl Exec for EmuExec {
         outs: &[OutBuf],
         args: &[EmuArg],
     ) -> Result<()> {
-        // SAFETY: forwarded contract (Exec::launch): the outputs cover what the kernel writes and the
-        // arguments point at memory these host allocations own.
+        // SAFETY: the caller upholds Exec::launch: `args` are the kernel's parameters (the emulator also
+        // checks their count and sizes), every address is a live HostMem range covering what the kernel
+        // accesses at `geo`, and `outs` (the launch's DevMut tensors, the pointers it writes through) cover
+        // every byte it writes, as launch_both_orders requires.
         unsafe { launch_both_orders(kernel, geo, outs, args) }
             .map_err(|e| e.context(format!("kernel {} ({geo})", kernel.name())))
     }
     unsafe fn gemm(&self, g: &Gemm) -> Result<()> {
         let (m, n, k) = (g.m, g.n, g.k);
-        // SAFETY: the contract of Exec::gemm: A and B hold m·k and k·n elements of their type.
+        // SAFETY: the caller upholds Exec::gemm: g.a and g.b address m·k and k·n live elements of
+        // `g.operands` (element-aligned HostMem ranges), which is what `widened` needs; it copies them into
+        // owned Vecs.
         let (a, b) = unsafe {
             (
                 widened(g.a, m * k, g.operands),
@@ -100,7 +121,12 @@ impl Exec for EmuExec {
         if g.c.len() < m * n {
             return Err(Error::Device(format!("gemm: C holds {} < m·n", g.c.len())));
         }
-        // SAFETY: C holds m·n f32 (checked), distinct from the copies of A and B taken above.
+        if m * n == 0 {
+            return Ok(()); // nothing to write (and an empty C may have address 0)
+        }
+        // SAFETY: C holds m·n f32 (g.c.len() ≥ m·n, else the error return just before) at a live, 4-byte
+        // aligned HostMem address; A and B were copied into the owned Vecs `a` and `b`, so this is the only
+        // reference to C's memory while the GEMM runs.
         let c = unsafe { std::slice::from_raw_parts_mut(g.c.addr as *mut f32, m * n) };
         f32::gemm(
             c,

@@ -90,8 +90,17 @@ impl<E: Exec> KernelBackend<E> {
         if g.m == 0 || g.n == 0 {
             return Ok(());
         }
-        // SAFETY: every caller checked that A, B and C hold the elements the shapes name (matmul_*,
-        // gemm), and the bf16 copies are made with the lengths of their f32 originals.
+        if g.k == 0 {
+            // an empty sum: C = 0, or C as it is when accumulating (cuBLAS refuses a leading dimension of 0)
+            return match g.accumulate {
+                true => Ok(()),
+                false => transformer::fill(&self.exec, g.c.slice(0..g.m * g.n), 0.0),
+            };
+        }
+        // SAFETY: gemm_raw's only caller, `matmul`, is reached from `gemm` (asserts C ≥ m·n, A ≥ m·k,
+        // B ≥ k·n) and from matmul_forward and matmul_backward (check_len on every operand at the shape they
+        // pass), and its bf16 copies of A and B have their originals' lengths; so A, B and C hold what the
+        // shapes name.
         unsafe { self.exec.gemm(&g) }.map_err(|e| e.context(format!("GEMM {}", g.describe())))
     }
 }

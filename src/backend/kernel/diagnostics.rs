@@ -14,7 +14,8 @@ use crate::error::Result;
 
 /// out[i] = the standard Cauchy variate of element `offset + i` of the probe stream of `seed`.
 pub fn cauchy_fill<E: Exec>(e: &E, out: DevMut<f32>, seed: u64, offset: u64) -> Result<()> {
-    // SAFETY: module comment above.
+    // SAFETY: `out` is the kernel's only tensor and it writes out[i] only for i < n = out.len (its guard), so
+    // every access is inside `out`; the generated launcher passes cauchy_fill's own arguments.
     unsafe { launch::cauchy_fill(e, flat(out.len), out, seed, offset, out.len as i64) }
 }
 
@@ -28,14 +29,17 @@ pub fn median_abs_select<E: Exec>(
     let chunk = out.len;
     check_len("median_abs_select", "samples", samples.len, k * chunk);
     let ki = dim("median_abs_select", "K", k);
-    // SAFETY: module comment above.
+    // SAFETY: check_len: samples = K·chunk with chunk = out.len, and K fits an int (dim); thread j < chunk
+    // (the guard) reads and reorders samples[q·chunk + j], q < K, and writes out[j]; the generated launcher
+    // passes median_abs_select's own arguments.
     unsafe { launch::median_abs_select(e, flat(chunk), out, samples, ki, chunk as i64) }
 }
 
 /// acc += log|x| elementwise (one probe of the streaming estimator).
 pub fn log_abs_accumulate<E: Exec>(e: &E, acc: DevMut<f32>, x: Dev<f32>) -> Result<()> {
     check_len("log_abs_accumulate", "x", x.len, acc.len);
-    // SAFETY: module comment above.
+    // SAFETY: check_len: x has acc.len elements; threads i < n = acc.len (the guard) update acc[i] from x[i];
+    // the generated launcher passes log_abs_accumulate's own arguments.
     unsafe { launch::log_abs_accumulate(e, flat(acc.len), acc, x, acc.len as i64) }
 }
 
@@ -43,13 +47,15 @@ pub fn log_abs_accumulate<E: Exec>(e: &E, acc: DevMut<f32>, x: Dev<f32>) -> Resu
 pub fn log_abs_finalize<E: Exec>(e: &E, out: DevMut<f32>, acc: Dev<f32>, k: usize) -> Result<()> {
     check_len("log_abs_finalize", "acc", acc.len, out.len);
     let ki = dim("log_abs_finalize", "K", k);
-    // SAFETY: module comment above.
+    // SAFETY: check_len: acc has out.len elements; threads i < n = out.len (the guard) read acc[i] and write
+    // out[i]; the generated launcher passes log_abs_finalize's own arguments.
     unsafe { launch::log_abs_finalize(e, flat(out.len), out, acc, ki, out.len as i64) }
 }
 
 /// x *= max_norm/(√sumsq + 1e-6) when that is < 1, with Σx² read from the device (`sumsq`, one f64).
 pub fn clip_by_norm<E: Exec>(e: &E, x: DevMut<f32>, sumsq: Dev<f64>, max_norm: f32) -> Result<()> {
     check_len("clip_by_norm", "sumsq", sumsq.len, 1);
-    // SAFETY: module comment above.
+    // SAFETY: check_len: sumsq holds 1 f64; threads i < n = x.len (the guard) read sumsq[0] and scale x[i];
+    // the generated launcher passes clip_by_norm's own arguments.
     unsafe { launch::clip_by_norm(e, flat(x.len), x, sumsq, max_norm, x.len as i64) }
 }

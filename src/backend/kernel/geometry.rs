@@ -63,12 +63,13 @@ pub fn warp_rows(rows: usize) -> Geometry {
     Geometry::blocks(rows.div_ceil((BLOCK / 32) as usize), BLOCK)
 }
 
-/// The block-rotation GEMM grid of `block_gemm.cuh`.
+/// The block-rotation GEMM grid of `block_gemm.cuh`: tiles of blocks on x (up to 2^31 − 1), tiles of
+/// coordinates on y (up to 65,535 of 64: n < 4.2M).
 pub fn gemm_grid(nb: usize, n: usize) -> Geometry {
     Geometry {
         grid: [
-            n.div_ceil(GEMM_TILE).max(1) as u32,
             nb.div_ceil(GEMM_TILE).max(1) as u32,
+            n.div_ceil(GEMM_TILE).max(1) as u32,
             1,
         ],
         block: [BLOCK, 1, 1],

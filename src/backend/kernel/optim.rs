@@ -97,13 +97,19 @@ pub fn rotate_or_unrotate<E: Exec>(
         let Some((nb, n)) = rb.check("unrotate", &[("inp", inp.len)], ("out", out.len)) else {
             return Ok(());
         };
-        // SAFETY: module comment above.
+        // SAFETY: rb.check: inp, index NB·N, r N·N, and the list (distinct, each < src_len, checked when its
+        // IndexList was made; rb.index is its device copy) has src_len ≤ out.len. block_gemm's bounds
+        // (b < NB; i, j < N) keep reads of inp[b·N + j], r[j·N + i], index[b·N + i] and writes of
+        // out[index[b·N + i]] inside; the generated launcher passes unrotate_scatter's own arguments.
         unsafe { launch::unrotate_scatter(e, geo, out, inp, rb.index, rb.r, nb, n) }
     } else {
         let Some((nb, n)) = rb.check("rotate", &[("out", out.len)], ("inp", inp.len)) else {
             return Ok(());
         };
-        // SAFETY: module comment above.
+        // SAFETY: rb.check: out, index NB·N, r N·N, and the list (distinct, each < src_len, checked when its
+        // IndexList was made; rb.index is its device copy) has src_len ≤ inp.len. block_gemm's bounds
+        // (b < NB; i, j < N) keep reads of inp[index[b·N + j]], r[i·N + j] and writes of out[b·N + i] inside;
+        // the generated launcher passes rotate_gather's own arguments.
         unsafe { launch::rotate_gather(e, geo, out, inp, rb.index, rb.r, nb, n) }
     }
 }
@@ -123,7 +129,10 @@ pub fn rotate_adam_direction<E: Exec>(
     };
     let k = AdamCoeffs::<f32>::new(&hp);
     let geo = gemm_grid(rb.nb, rb.n);
-    // SAFETY: module comment above.
+    // SAFETY: rb.check: u, m, v, index NB·N, r N·N, and the list (distinct, each < src_len, checked when its
+    // IndexList was made; rb.index is its device copy) has src_len ≤ grads.len. block_gemm's bounds
+    // (b < NB; i, j < N) keep grads[index[b·N + j]], r[i·N + j] and u/m/v[b·N + i] inside; the generated
+    // launcher passes the kernel's own arguments (AdamCoeffs layout asserted at compile time).
     unsafe { launch::rotate_adam_direction(e, geo, u, m, v, grads, rb.index, rb.r, k, nb, n) }
 }
 
@@ -141,7 +150,10 @@ pub fn unrotate_apply_update<E: Exec>(
         return Ok(());
     };
     let geo = gemm_grid(rb.nb, rb.n);
-    // SAFETY: module comment above.
+    // SAFETY: rb.check: u, index NB·N, r N·N, and the list (distinct, each < src_len, checked when its
+    // IndexList was made; rb.index is its device copy) has src_len ≤ params.len. block_gemm's bounds
+    // (b < NB; i, j < N) keep u[b·N + j], r[j·N + i] and params[index[b·N + i]] inside; the generated
+    // launcher passes the kernel's own arguments.
     unsafe { launch::unrotate_apply_update(e, geo, params, u, rb.index, rb.r, lr as f32, nb, n) }
 }
 
@@ -166,7 +178,9 @@ pub fn adamw_step<E: Exec>(
         &[("m", m.len), ("v", v.len), ("grads", grads.len)],
     );
     let k = AdamCoeffs::<f32>::new(&hp);
-    // SAFETY: module comment above.
+    // SAFETY: same_len: m, v, grads have n = params.len elements; threads i < n (the guard) touch
+    // params/m/v/grads[i] only; the generated launcher passes adamw_step's own arguments (AdamCoeffs by
+    // value, its layout asserted against the C struct at compile time).
     unsafe { launch::adamw_step(e, flat(n), params, m, v, grads, k, n as i64) }
 }
 
@@ -186,7 +200,8 @@ pub fn sgd_step<E: Exec>(
         &[("momentum_buf", buf.len), ("grads", grads.len)],
     );
     let decay = decoupled_decay(lr, weight_decay) as f32;
-    // SAFETY: module comment above.
+    // SAFETY: same_len: momentum_buf and grads have n = params.len elements; threads i < n (the guard) touch
+    // params/momentum_buf/grads[i] only; the generated launcher passes sgd_step's own arguments.
     unsafe {
         launch::sgd_step(
             e,
@@ -213,7 +228,9 @@ pub fn adam_direction_step<E: Exec>(
     let named = [("m", m.len), ("v", v.len), ("grads", grads.len)];
     same_len("adam_direction_step", n, &named);
     let k = AdamCoeffs::<f32>::new(&hp);
-    // SAFETY: module comment above.
+    // SAFETY: same_len: m, v, grads have n = u.len elements; threads i < n (the guard) touch u/m/v/grads[i]
+    // only; the generated launcher passes adam_direction_step's own arguments (AdamCoeffs layout asserted at
+    // compile time).
     unsafe { launch::adam_direction_step(e, flat(n), u, m, v, grads, k, n as i64) }
 }
 
@@ -230,7 +247,8 @@ pub fn sgd_direction_step<E: Exec>(
         n,
         &[("momentum_buf", buf.len), ("grads", grads.len)],
     );
-    // SAFETY: module comment above.
+    // SAFETY: same_len: momentum_buf and grads have n = u.len elements; threads i < n (the guard) touch
+    // u/momentum_buf/grads[i] only; the generated launcher passes sgd_direction_step's own arguments.
     unsafe { launch::sgd_direction_step(e, flat(n), u, buf, grads, momentum as f32, n as i64) }
 }
 
@@ -244,7 +262,9 @@ pub fn block_mean_squares<E: Exec>(
     assert!(block > 0, "block_mean_squares: block must be > 0");
     check_len("block_mean_squares", "x", x.len, out.len * block);
     let geo = Geometry::blocks(out.len, BLOCK);
-    // SAFETY: module comment above.
+    // SAFETY: block > 0 and x.len = out.len·block (check_len); one block per element of out, blocks
+    // bi ≥ out.len return, so block bi reads x[bi·block + i], i < block, and writes out[bi]; the generated
+    // launcher passes block_mean_squares's own arguments.
     unsafe { launch::block_mean_squares(e, geo, out, x, block as i64, out.len as i64) }
 }
 
@@ -252,7 +272,8 @@ pub fn block_mean_squares<E: Exec>(
 pub fn ema_inplace<E: Exec>(e: &E, v: DevMut<f32>, s: Dev<f32>, beta2: f64) -> Result<()> {
     check_len("ema_inplace", "s", s.len, v.len);
     let (b, ob) = (beta2 as f32, (1.0 - beta2) as f32);
-    // SAFETY: module comment above.
+    // SAFETY: check_len: s has v.len elements; threads i < n = v.len (the guard) update v[i] from s[i]; the
+    // generated launcher passes ema_inplace's own arguments.
     unsafe { launch::ema_inplace(e, flat(v.len), v, s, b, ob, v.len as i64) }
 }
 
@@ -270,7 +291,9 @@ pub fn block_adam_direction_step<E: Exec>(
     same_len(op, n, &[("m", m.len), ("grads", grads.len)]);
     check_len(op, "v", v.len * block, n);
     let k = AdamCoeffs::<f32>::new(&hp);
-    // SAFETY: module comment above.
+    // SAFETY: same_len: m, grads have n = u.len elements; block > 0 and v.len·block = n (check_len), so
+    // threads i < n (the guard) read v[i / block] < v.len and touch u/m/grads[i]; the generated launcher
+    // passes the kernel's own arguments.
     unsafe {
         launch::block_adam_direction_step(e, flat(n), u, m, v, grads, block as i64, k, n as i64)
     }
@@ -287,7 +310,8 @@ pub fn apply_update<E: Exec>(
     let n = params.len;
     check_len("apply_update", "u", u.len, n);
     let decay = decoupled_decay(lr, weight_decay) as f32;
-    // SAFETY: module comment above.
+    // SAFETY: check_len: u has n = params.len elements; threads i < n (the guard) update params[i] from u[i];
+    // the generated launcher passes apply_update's own arguments.
     unsafe { launch::apply_update(e, flat(n), params, u, lr as f32, decay, n as i64) }
 }
 
@@ -296,7 +320,10 @@ pub fn sum_squares<E: Exec>(e: &E, x: Dev<f32>) -> Result<f64> {
     let parts = x.len.div_ceil(REDUCE_CHUNK).max(1);
     let mut partial = Mem::<E, f64>::zeros(e, parts)?;
     let mut out = Mem::<E, f64>::zeros(e, 1)?;
-    // SAFETY: module comment above; `partial` has one f64 per block.
+    // SAFETY: `partial` holds parts = ⌈x.len / REDUCE_CHUNK⌉ (≥ 1) f64, one per block of the first grid:
+    // block b reads x[b·REDUCE_CHUNK + i] below n = x.len and writes partial[b]. The single 1024-thread block
+    // then reads partial[i], i < nparts = parts (< 2^31: Geometry::blocks asserted it), and writes out[0]
+    // (1 f64). The generated launchers pass each kernel's own arguments.
     unsafe {
         launch::sum_squares_partial(
             e,

@@ -37,13 +37,15 @@ fn same_len<T>(op: &str, n: usize, named: &[(&str, Dev<T>)]) {
 
 /// out = value
 pub fn fill<E: Exec>(e: &E, out: DevMut<f32>, value: f32) -> Result<()> {
-    // SAFETY: module comment above.
+    // SAFETY: `out` is the kernel's only tensor and it writes out[i] only for i < n = out.len (its guard), so
+    // every access is inside `out`; the generated launcher passes fill's own argument list.
     unsafe { launch::fill(e, flat(out.len), out, value, out.len as i64) }
 }
 
 /// out *= s
 pub fn scale<E: Exec>(e: &E, out: DevMut<f32>, s: f32) -> Result<()> {
-    // SAFETY: module comment above.
+    // SAFETY: `out` is the kernel's only tensor and it scales out[i] only for i < n = out.len (its guard), so
+    // every access is inside `out`; the generated launcher passes scale's own argument list.
     unsafe { launch::scale(e, flat(out.len), out, s, out.len as i64) }
 }
 
@@ -64,7 +66,10 @@ pub fn encoder_forward<E: Exec>(
     check_index(op, tokens, wte.len / c);
     let tokens = Mem::from_host(e, tokens)?;
     let (bt, ti, ci) = (dim(op, "B·T", b * t), dim(op, "T", t), dim(op, "C", c));
-    // SAFETY: module comment above.
+    // SAFETY: checked: out B·T·C, tokens B·T (staged; freed in stream order, after the kernel), wpe ≥ T·C,
+    // tokens < wte.len / C (check_index). Threads i < B·T·C (guard) read tokens[i / C],
+    // wte[tok·C + ch] < wte.len, wpe[(row % T)·C + ch] < T·C, write out[i]; the generated launcher passes the
+    // kernel's own arguments.
     unsafe {
         launch::encoder_forward(
             e,
@@ -96,7 +101,9 @@ pub fn encoder_backward<E: Exec>(
     assert!(dwpe.len >= t * c && c > 0, "{op}: dwpe too short or C = 0");
     check_index(op, tokens, dwte.len / c);
     let (bi, ti, ci) = (dim(op, "B", b), dim(op, "T", t), dim(op, "C", c));
-    // SAFETY: module comment above.
+    // SAFETY: dwpe.slice(0..T·C) is in bounds (dwpe.len ≥ T·C asserted) and dout holds B·T·C (check_len);
+    // threads i < T·C (the guard) update dwpe[i] and read dout[(b·T + t)·C + ch] < B·T·C for b < B; the
+    // generated launcher passes encoder_backward_wpe's own argument list.
     unsafe {
         launch::encoder_backward_wpe(e, flat(t * c), dwpe.slice(0..t * c), dout, bi, ti, ci)?;
     }
@@ -114,12 +121,17 @@ pub fn encoder_backward<E: Exec>(
     }
     runs.push(order.len() as u32);
     let nruns = runs.len() - 1;
+    let nruns_i = dim(op, "runs", nruns);
     let (tokens, order, runs) = (
         Mem::from_host(e, tokens)?,
         Mem::from_host(e, &order)?,
         Mem::from_host(e, &runs)?,
     );
-    // SAFETY: module comment above.
+    // SAFETY: staged, B·T u32 each: tokens (each < dwte.len / C, check_index) and order (a permutation of
+    // 0..B·T); runs: nruns + 1 strictly rising entries from 0 to B·T. Thread (r < nruns, ch < C) reads
+    // runs[r], runs[r + 1], order[lo..hi], tokens[order[lo]] and dout[order[j]·C + ch] < B·T·C and updates
+    // dwte[tok·C + ch] < dwte.len: all inside (nruns ≤ B·T fits an int: `dim`); the generated launcher
+    // passes encoder_backward_wte's own argument list.
     unsafe {
         launch::encoder_backward_wte(
             e,
@@ -129,7 +141,7 @@ pub fn encoder_backward<E: Exec>(
             tokens.dev(),
             order.dev(),
             runs.dev(),
-            nruns as i32,
+            nruns_i,
             ci,
         )
     }
@@ -155,7 +167,9 @@ pub fn layernorm_forward<E: Exec>(
         check_len(op, "bias", bb.len, c);
     }
     let (ni, ci) = (dim(op, "N", n), dim(op, "C", c));
-    // SAFETY: module comment above.
+    // SAFETY: check_len: out, inp N·C; mean, rstd N; weight, bias (if any) C. warp_rows(N): one warp per row,
+    // rows ≥ N return, so row < N touches inp/out[row·C + i], weight/bias[i] (i < C), mean/rstd[row]; a null
+    // bias is tested before use. The generated launcher passes the kernel's own arguments.
     unsafe {
         launch::layernorm_forward(
             e,
@@ -193,7 +207,10 @@ pub fn layernorm_backward<E: Exec>(
         check_len(op, "dbias", db.len, c);
     }
     let (ni, ci) = (dim(op, "N", n), dim(op, "C", c));
-    // SAFETY: module comment above.
+    // SAFETY: check_len: dinp, dout, inp N·C; weight, dweight, dbias (if any) C; mean, rstd N. dinp: a warp
+    // per row < N (warp_rows(N)) at row·C + i, i < C; dweight: thread ch < C (guarded) reads [row·C + ch],
+    // row < N, updates dweight/dbias[ch] (null dbias tested). The generated launchers pass each kernel's own
+    // arguments.
     unsafe {
         launch::layernorm_backward_dinp(
             e,
@@ -250,13 +267,17 @@ pub fn attention_forward<E: Exec>(
     let (b, t, c, nh) = shape;
     check_attention(op, att.len, qkv, shape);
     check_len(op, "out", out.len, b * t * c);
+    dim(op, "3·C", 3 * c); // the kernels form 3C as an int
     let (bi, ti, ci, nhi) = (
         dim(op, "B", b),
         dim(op, "T", t),
         dim(op, "C", c),
         dim(op, "NH", nh),
     );
-    // SAFETY: module comment above.
+    // SAFETY: checked: NH > 0 divides C, att B·NH·T·T, qkv B·T·3C, out B·T·C. Softmax: one warp per
+    // row < B·NH·T (warp_rows) writes att[row·T + t2], t2 < T, and reads q and k of its (b, h) in qkv; value:
+    // thread i < B·T·C (flat, guarded) reads its att row and v column and writes out[i]. The kernels form
+    // 3C as an int, which `dim` checked to fit. The generated launchers pass each kernel's own argument list.
     unsafe {
         launch::attention_softmax_forward(e, warp_rows(b * nh * t), att, qkv, bi, ti, ci, nhi)?;
         launch::attention_value_forward(
@@ -288,13 +309,17 @@ pub fn attention_backward<E: Exec>(
     check_len(op, "dout", dout.len, b * t * c);
     check_len(op, "scratch", scratch.len, b * nh * t * t);
     check_len(op, "dqkv", dqkv.len, b * t * 3 * c);
+    dim(op, "3·C", 3 * c); // the kernels form 3C as an int
     let (bi, ti, ci, nhi) = (
         dim(op, "B", b),
         dim(op, "T", t),
         dim(op, "C", c),
         dim(op, "NH", nh),
     );
-    // SAFETY: module comment above.
+    // SAFETY: checked: NH > 0 divides C; att, scratch B·NH·T·T; qkv, dqkv B·T·3C; dout B·T·C. datt: one warp
+    // per row < B·NH·T writes scratch[row·T + t2], t2 < T; dqkv: thread i < B·T·C reads scratch and att below
+    // B·NH·T·T and qkv and dout of its b, and updates dqkv[(b·T + t)·3C + ch + {0, C, 2C}]; 3C, an int in the kernels, fits (`dim`). The generated
+    // launchers pass each kernel's own argument list.
     unsafe {
         launch::attention_backward_datt(
             e,
@@ -327,7 +352,8 @@ pub fn attention_backward<E: Exec>(
 /// GELU forward (`=`, bf16-rounded when `bf16`).
 pub fn gelu_forward<E: Exec>(e: &E, out: DevMut<f32>, inp: Dev<f32>, bf16: bool) -> Result<()> {
     same_len("gelu_forward", out.len, &[("inp", inp)]);
-    // SAFETY: module comment above.
+    // SAFETY: same_len: inp has out.len elements; threads i < n = out.len (the guard) read inp[i] and write
+    // out[i]; the generated launcher passes gelu_forward's own argument list.
     unsafe { launch::gelu_forward(e, flat(out.len), out, inp, out.len as i64, bf16 as i32) }
 }
 
@@ -339,7 +365,8 @@ pub fn gelu_backward<E: Exec>(
     dout: Dev<f32>,
 ) -> Result<()> {
     same_len("gelu_backward", dinp.len, &[("inp", inp), ("dout", dout)]);
-    // SAFETY: module comment above.
+    // SAFETY: same_len: inp and dout have dinp.len elements; threads i < n = dinp.len (the guard) read inp[i]
+    // and dout[i] and update dinp[i]; the generated launcher passes gelu_backward's own argument list.
     unsafe { launch::gelu_backward(e, flat(dinp.len), dinp, inp, dout, dinp.len as i64) }
 }
 
@@ -353,28 +380,32 @@ pub fn residual_forward<E: Exec>(
 ) -> Result<()> {
     same_len("residual_forward", out.len, &[("a", a), ("b", b)]);
     let n = out.len as i64;
-    // SAFETY: module comment above.
+    // SAFETY: same_len: a and b have out.len elements; threads i < n = out.len (the guard) read a[i], b[i]
+    // and write out[i]; the generated launcher passes residual_forward's own argument list.
     unsafe { launch::residual_forward(e, flat(out.len), out, a, b, n, bf16 as i32) }
 }
 
 /// dx += dout
 pub fn add_inplace<E: Exec>(e: &E, dx: DevMut<f32>, dout: Dev<f32>) -> Result<()> {
     same_len("add_inplace", dx.len, &[("dout", dout)]);
-    // SAFETY: module comment above.
+    // SAFETY: same_len: dout has dx.len elements; threads i < n = dx.len (the guard) update dx[i] from
+    // dout[i]; the generated launcher passes add_inplace's own argument list.
     unsafe { launch::add_inplace(e, flat(dx.len), dx, dout, dx.len as i64) }
 }
 
 /// out = bf16(inp), widened (in place when `out` and `inp` are one tensor).
 pub fn round_bf16_copy<E: Exec>(e: &E, out: DevMut<f32>, inp: Dev<f32>) -> Result<()> {
     same_len("round_bf16_copy", out.len, &[("inp", inp)]);
-    // SAFETY: module comment above.
+    // SAFETY: same_len: inp has out.len elements; threads i < n = out.len (the guard) read inp[i], then write
+    // out[i] (the same element in place); the generated launcher passes round_bf16_copy's own arguments.
     unsafe { launch::round_bf16_copy(e, flat(out.len), out, inp, out.len as i64) }
 }
 
 /// out = bf16(inp), round-to-nearest-even, stored as bf16: the operands of the bf16 GEMMs.
 pub fn to_bf16<E: Exec>(e: &E, out: DevMut<half::bf16>, inp: Dev<f32>) -> Result<()> {
     check_len("to_bf16", "out", out.len, inp.len);
-    // SAFETY: module comment above.
+    // SAFETY: check_len: out holds inp.len bf16; threads i < n = inp.len (the guard) read inp[i] and write
+    // out[i]; the generated launcher passes to_bf16's own argument list (out as `__nv_bfloat16*`).
     unsafe { launch::to_bf16(e, flat(inp.len), out, inp, inp.len as i64) }
 }
 
@@ -389,7 +420,8 @@ pub fn bias_forward<E: Exec>(
     check_len("bias_forward", "out", out.len, n * oc);
     check_len("bias_forward", "bias", bias.len, oc);
     let oci = dim("bias_forward", "OC", oc);
-    // SAFETY: module comment above.
+    // SAFETY: check_len: out N·OC, bias OC; threads i < N·OC (the guard) update out[i] from bias[i % OC]; the
+    // generated launcher passes bias_forward's own argument list.
     unsafe { launch::bias_forward(e, flat(n * oc), out, bias, n as i64, oci) }
 }
 
@@ -405,7 +437,8 @@ pub fn bias_backward<E: Exec>(
     check_len("bias_backward", "dout", dout.len, n * oc);
     check_len("bias_backward", "dbias", dbias.len, oc);
     let oci = dim("bias_backward", "OC", oc);
-    // SAFETY: module comment above.
+    // SAFETY: check_len: dout N·OC, dbias OC; thread j < OC (flat(OC), guarded) reads dout[r·OC + j] for
+    // r < N and updates dbias[j]; the generated launcher passes bias_backward's own argument list.
     unsafe { launch::bias_backward(e, flat(oc), dbias, dout, n as i64, oci, bf16 as i32) }
 }
 
@@ -428,7 +461,10 @@ pub fn crossentropy_forward<E: Exec>(
     }
     let targets = Mem::from_host(e, targets)?;
     let (ni, vi) = (dim(op, "N", n), dim(op, "V", v));
-    // SAFETY: module comment above.
+    // SAFETY: check_len: losses N, logits N·V, targets N (staged; freed in stream order, after the kernel);
+    // check_index: targets < V. Block row < N (grid N, guarded) rewrites logits[row·V + j], j < V, reads
+    // targets[row], logits[row·V + target], writes losses[row]; the launcher passes the kernel's own
+    // arguments.
     unsafe {
         launch::crossentropy_forward(
             e,
