@@ -71,7 +71,12 @@ impl CudaExec {
 
     /// Waits for every queued operation.
     pub fn synchronize(&self) -> Result<()> {
-        Ok(self.rt.stream().synchronize()?)
+        self.rt.stream().synchronize().map_err(|e| {
+            failed(
+                e,
+                "synchronizing the stream (an error of the work queued before)".into(),
+            )
+        })
     }
 
     fn function(&self, k: Kernel) -> Result<CudaFunction> {
@@ -107,14 +112,22 @@ impl Exec for CudaExec {
     }
     fn upload(&self, dst: &mut CudaSlice<u8>, src: &[u8]) -> Result<()> {
         let mut view = dst.slice_mut(0..src.len());
-        Ok(self.rt.stream().memcpy_htod(src, &mut view)?)
+        let n = src.len();
+        self.rt
+            .stream()
+            .memcpy_htod(src, &mut view)
+            .map_err(|e| failed(e, format!("cuMemcpyHtoD of {n} bytes")))
     }
     fn download(&self, src: &CudaSlice<u8>, dst: &mut [u8]) -> Result<()> {
         let view = src.slice(0..dst.len());
-        self.rt.stream().memcpy_dtoh(&view, dst)?;
+        let n = dst.len();
+        self.rt
+            .stream()
+            .memcpy_dtoh(&view, dst)
+            .map_err(|e| failed(e, format!("cuMemcpyDtoH of {n} bytes")))?;
         // a pageable destination is complete when the copy returns; the synchronize makes it so for
         // every destination and reports an error of the work before it here
-        Ok(self.rt.stream().synchronize()?)
+        self.synchronize()
     }
     unsafe fn launch(
         &self,

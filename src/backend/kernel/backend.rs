@@ -2,6 +2,7 @@
 //! (module docs of `kernel`).
 
 use super::{optim, transformer, Dev, DevMut, Exec, Gemm, Mem, Operands};
+use crate::backend::cpu::check_len;
 use crate::backend::{AdamStep, Backend};
 use crate::error::Result;
 use std::marker::PhantomData;
@@ -10,14 +11,14 @@ use std::ops::Range;
 /// A read-only view of a [`KernelBackend`] buffer.
 #[derive(Clone, Copy, Debug)]
 pub struct DevView<'a> {
-    dev: Dev<f32>,
+    dev: Dev<'a, f32>,
     _l: PhantomData<&'a ()>,
 }
 
 /// A writable view of a [`KernelBackend`] buffer.
 #[derive(Debug)]
 pub struct DevViewMut<'a> {
-    dev: DevMut<f32>,
+    dev: DevMut<'a, f32>,
     _l: PhantomData<&'a mut ()>,
 }
 
@@ -105,21 +106,16 @@ impl<E: Exec> KernelBackend<E> {
     }
 }
 
-fn v(x: DevView<'_>) -> Dev<f32> {
+fn v(x: DevView<'_>) -> Dev<'_, f32> {
     x.dev
 }
-fn vm(x: DevViewMut<'_>) -> DevMut<f32> {
+fn vm(x: DevViewMut<'_>) -> DevMut<'_, f32> {
     x.dev
 }
 
 /// `Err` of `r` in op `op` with its shapes.
 fn in_op<T>(r: Result<T>, op: &str, shapes: impl FnOnce() -> String) -> Result<T> {
     r.map_err(|e| e.context(format!("{op} ({})", shapes())))
-}
-
-#[track_caller]
-fn check_len(op: &str, name: &str, got: usize, want: usize) {
-    crate::backend::cpu::check_len(op, name, got, want)
 }
 
 impl<E: Exec> Backend for KernelBackend<E> {
@@ -182,10 +178,14 @@ impl<E: Exec> Backend for KernelBackend<E> {
     }
 
     fn fill(&self, out: DevViewMut<'_>, value: f32) -> Result<()> {
-        transformer::fill(&self.exec, vm(out), value)
+        let n = out.dev.len;
+        let r = transformer::fill(&self.exec, vm(out), value);
+        in_op(r, "fill", || format!("n = {n}"))
     }
     fn scale(&self, out: DevViewMut<'_>, s: f32) -> Result<()> {
-        transformer::scale(&self.exec, vm(out), s)
+        let n = out.dev.len;
+        let r = transformer::scale(&self.exec, vm(out), s);
+        in_op(r, "scale", || format!("n = {n}"))
     }
     fn gemm(
         &self,
@@ -207,7 +207,9 @@ impl<E: Exec> Backend for KernelBackend<E> {
         self.matmul(c, a, b, (m, n, k), trans_a, trans_b, accumulate, false)
     }
     fn sum_squares(&self, x: DevView<'_>) -> Result<f64> {
-        optim::sum_squares(&self.exec, v(x))
+        let n = x.dev.len;
+        let r = optim::sum_squares(&self.exec, v(x));
+        in_op(r, "sum_squares", || format!("n = {n}"))
     }
     fn encoder_forward(
         &self,
@@ -411,7 +413,9 @@ impl<E: Exec> Backend for KernelBackend<E> {
         })
     }
     fn gelu_forward(&self, out: DevViewMut<'_>, inp: DevView<'_>) -> Result<()> {
-        transformer::gelu_forward(&self.exec, vm(out), v(inp), self.bf16)
+        let n = out.dev.len;
+        let r = transformer::gelu_forward(&self.exec, vm(out), v(inp), self.bf16);
+        in_op(r, "gelu_forward", || format!("n = {n}"))
     }
     fn gelu_backward(
         &self,
@@ -419,13 +423,19 @@ impl<E: Exec> Backend for KernelBackend<E> {
         inp: DevView<'_>,
         dout: DevView<'_>,
     ) -> Result<()> {
-        transformer::gelu_backward(&self.exec, vm(dinp), v(inp), v(dout))
+        let n = dinp.dev.len;
+        let r = transformer::gelu_backward(&self.exec, vm(dinp), v(inp), v(dout));
+        in_op(r, "gelu_backward", || format!("n = {n}"))
     }
     fn residual_forward(&self, out: DevViewMut<'_>, a: DevView<'_>, b: DevView<'_>) -> Result<()> {
-        transformer::residual_forward(&self.exec, vm(out), v(a), v(b), self.bf16)
+        let n = out.dev.len;
+        let r = transformer::residual_forward(&self.exec, vm(out), v(a), v(b), self.bf16);
+        in_op(r, "residual_forward", || format!("n = {n}"))
     }
     fn add_inplace(&self, dx: DevViewMut<'_>, dout: DevView<'_>) -> Result<()> {
-        transformer::add_inplace(&self.exec, vm(dx), v(dout))
+        let n = dx.dev.len;
+        let r = transformer::add_inplace(&self.exec, vm(dx), v(dout));
+        in_op(r, "add_inplace", || format!("n = {n}"))
     }
     fn crossentropy_forward(
         &self,
@@ -472,7 +482,8 @@ impl<E: Exec> Backend for KernelBackend<E> {
         n: usize,
     ) -> Result<()> {
         let rb = optim::RotBlocks::new(index, v(r), nb, n);
-        optim::rotate_or_unrotate(&self.exec, false, vm(out), v(inp), rb)
+        let r = optim::rotate_or_unrotate(&self.exec, false, vm(out), v(inp), rb);
+        in_op(r, "rotate", || format!("NB = {nb}, N = {n}"))
     }
     fn unrotate(
         &self,
@@ -484,7 +495,8 @@ impl<E: Exec> Backend for KernelBackend<E> {
         n: usize,
     ) -> Result<()> {
         let rb = optim::RotBlocks::new(index, v(r), nb, n);
-        optim::rotate_or_unrotate(&self.exec, true, vm(out), v(inp), rb)
+        let r = optim::rotate_or_unrotate(&self.exec, true, vm(out), v(inp), rb);
+        in_op(r, "unrotate", || format!("NB = {nb}, N = {n}"))
     }
     fn rotate_adam_direction(
         &self,
@@ -499,7 +511,8 @@ impl<E: Exec> Backend for KernelBackend<E> {
         hp: AdamStep,
     ) -> Result<()> {
         let rb = optim::RotBlocks::new(index, v(r), nb, n);
-        optim::rotate_adam_direction(&self.exec, [vm(u), vm(m), vm(vv)], v(grads), rb, hp)
+        let r = optim::rotate_adam_direction(&self.exec, [vm(u), vm(m), vm(vv)], v(grads), rb, hp);
+        in_op(r, "rotate_adam_direction", || format!("NB = {nb}, N = {n}"))
     }
     fn unrotate_apply_update(
         &self,
@@ -512,7 +525,8 @@ impl<E: Exec> Backend for KernelBackend<E> {
         lr: f64,
     ) -> Result<()> {
         let rb = optim::RotBlocks::new(index, v(r), nb, n);
-        optim::unrotate_apply_update(&self.exec, vm(params), v(u), rb, lr)
+        let r = optim::unrotate_apply_update(&self.exec, vm(params), v(u), rb, lr);
+        in_op(r, "unrotate_apply_update", || format!("NB = {nb}, N = {n}"))
     }
     fn adamw_step(
         &self,
@@ -522,7 +536,9 @@ impl<E: Exec> Backend for KernelBackend<E> {
         grads: DevView<'_>,
         hp: AdamStep,
     ) -> Result<()> {
-        optim::adamw_step(&self.exec, [vm(params), vm(m), vm(vv)], v(grads), hp)
+        let n = params.dev.len;
+        let r = optim::adamw_step(&self.exec, [vm(params), vm(m), vm(vv)], v(grads), hp);
+        in_op(r, "adamw_step", || format!("n = {n}"))
     }
     fn sgd_step(
         &self,
@@ -533,14 +549,16 @@ impl<E: Exec> Backend for KernelBackend<E> {
         momentum: f64,
         weight_decay: f64,
     ) -> Result<()> {
-        optim::sgd_step(
+        let n = params.dev.len;
+        let r = optim::sgd_step(
             &self.exec,
             [vm(params), vm(momentum_buf)],
             v(grads),
             lr,
             momentum,
             weight_decay,
-        )
+        );
+        in_op(r, "sgd_step", || format!("n = {n}"))
     }
     fn adam_direction_step(
         &self,
@@ -550,7 +568,9 @@ impl<E: Exec> Backend for KernelBackend<E> {
         grads: DevView<'_>,
         hp: AdamStep,
     ) -> Result<()> {
-        optim::adam_direction_step(&self.exec, [vm(u), vm(m), vm(vv)], v(grads), hp)
+        let n = u.dev.len;
+        let r = optim::adam_direction_step(&self.exec, [vm(u), vm(m), vm(vv)], v(grads), hp);
+        in_op(r, "adam_direction_step", || format!("n = {n}"))
     }
     fn sgd_direction_step(
         &self,
@@ -559,13 +579,22 @@ impl<E: Exec> Backend for KernelBackend<E> {
         grads: DevView<'_>,
         momentum: f64,
     ) -> Result<()> {
-        optim::sgd_direction_step(&self.exec, [vm(u), vm(momentum_buf)], v(grads), momentum)
+        let n = u.dev.len;
+        let r =
+            optim::sgd_direction_step(&self.exec, [vm(u), vm(momentum_buf)], v(grads), momentum);
+        in_op(r, "sgd_direction_step", || format!("n = {n}"))
     }
     fn block_mean_squares(&self, out: DevViewMut<'_>, x: DevView<'_>, block: usize) -> Result<()> {
-        optim::block_mean_squares(&self.exec, vm(out), v(x), block)
+        let n = x.dev.len;
+        let r = optim::block_mean_squares(&self.exec, vm(out), v(x), block);
+        in_op(r, "block_mean_squares", || {
+            format!("n = {n}, block = {block}")
+        })
     }
     fn ema_inplace(&self, vv: DevViewMut<'_>, s: DevView<'_>, beta2: f64) -> Result<()> {
-        optim::ema_inplace(&self.exec, vm(vv), v(s), beta2)
+        let n = vv.dev.len;
+        let r = optim::ema_inplace(&self.exec, vm(vv), v(s), beta2);
+        in_op(r, "ema_inplace", || format!("n = {n}"))
     }
     fn block_adam_direction_step(
         &self,
@@ -576,7 +605,17 @@ impl<E: Exec> Backend for KernelBackend<E> {
         block: usize,
         hp: AdamStep,
     ) -> Result<()> {
-        optim::block_adam_direction_step(&self.exec, [vm(u), vm(m)], [v(vv), v(grads)], block, hp)
+        let n = u.dev.len;
+        let r = optim::block_adam_direction_step(
+            &self.exec,
+            [vm(u), vm(m)],
+            [v(vv), v(grads)],
+            block,
+            hp,
+        );
+        in_op(r, "block_adam_direction_step", || {
+            format!("n = {n}, block = {block}")
+        })
     }
     fn apply_update(
         &self,
@@ -585,6 +624,8 @@ impl<E: Exec> Backend for KernelBackend<E> {
         lr: f64,
         weight_decay: f64,
     ) -> Result<()> {
-        optim::apply_update(&self.exec, vm(params), v(u), lr, weight_decay)
+        let n = params.dev.len;
+        let r = optim::apply_update(&self.exec, vm(params), v(u), lr, weight_decay);
+        in_op(r, "apply_update", || format!("n = {n}"))
     }
 }

@@ -68,8 +68,15 @@ pub fn warp_rows(rows: usize) -> Geometry {
 pub fn gemm_grid(nb: usize, n: usize) -> Geometry {
     Geometry {
         grid: [
-            nb.div_ceil(GEMM_TILE).max(1) as u32,
-            n.div_ceil(GEMM_TILE).max(1) as u32,
+            grid_dim(nb.div_ceil(GEMM_TILE).max(1)),
+            {
+                let y = n.div_ceil(GEMM_TILE).max(1);
+                assert!(
+                    y <= 65_535,
+                    "rotation block n = {n} exceeds the grid's y limit"
+                );
+                y as u32
+            },
             1,
         ],
         block: [BLOCK, 1, 1],

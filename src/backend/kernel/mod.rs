@@ -31,34 +31,35 @@ use bytemuck::Pod;
 use std::marker::PhantomData;
 use std::ops::Range;
 
-/// A device tensor a kernel reads: its address and its length in elements of `T`.
-pub struct Dev<T> {
+/// A device tensor a kernel reads: its address and its length in elements of `T`, borrowed from the
+/// [`Mem`] that owns it for `'a`, so it cannot outlive the memory.
+pub struct Dev<'a, T> {
     pub(crate) addr: u64,
     pub(crate) len: usize,
-    _t: PhantomData<fn() -> T>,
+    _t: PhantomData<(fn() -> T, &'a ())>,
 }
 
-/// A device tensor a kernel writes.
-pub struct DevMut<T> {
+/// A device tensor a kernel writes, borrowed mutably from its [`Mem`] for `'a`.
+pub struct DevMut<'a, T> {
     pub(crate) addr: u64,
     pub(crate) len: usize,
-    _t: PhantomData<fn() -> T>,
+    _t: PhantomData<(fn() -> T, &'a ())>,
 }
 
 macro_rules! dev_common {
     ($t:ident) => {
-        impl<T> Clone for $t<T> {
+        impl<T> Clone for $t<'_, T> {
             fn clone(&self) -> Self {
                 *self
             }
         }
-        impl<T> Copy for $t<T> {}
-        impl<T> std::fmt::Debug for $t<T> {
+        impl<T> Copy for $t<'_, T> {}
+        impl<T> std::fmt::Debug for $t<'_, T> {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 write!(f, "{}({:#x}, {})", stringify!($t), self.addr, self.len)
             }
         }
-        impl<T> $t<T> {
+        impl<T> $t<'_, T> {
             /// No tensor (a null pointer, for an optional argument such as an absent bias).
             pub const NULL: Self = Self {
                 addr: 0,
@@ -102,27 +103,26 @@ macro_rules! dev_common {
 dev_common!(Dev);
 dev_common!(DevMut);
 
-impl<T> Dev<T> {
+impl<'a, T> Dev<'a, T> {
     /// The tensor at a host slice (the emulator's addresses).
     ///
     /// # Safety
-    /// `x` must outlive every use of the returned `Dev`, and no `&mut` to it may be used meanwhile.
-    pub unsafe fn host(x: &[T]) -> Self {
+    /// No `&mut` to `x` may be used while the returned `Dev` is.
+    pub unsafe fn host(x: &'a [T]) -> Self {
         Self::at(x.as_ptr() as u64, x.len())
     }
 }
 
-impl<T> DevMut<T> {
+impl<'a, T> DevMut<'a, T> {
     /// The tensor at a mutable host slice (the emulator's addresses).
     ///
     /// # Safety
-    /// `x` must outlive every use of the returned `DevMut`, and no other reference to it may be used
-    /// meanwhile.
-    pub unsafe fn host_mut(x: &mut [T]) -> Self {
+    /// No other reference to `x` may be used while the returned `DevMut` (or a copy of it) is.
+    pub unsafe fn host_mut(x: &'a mut [T]) -> Self {
         Self::at(x.as_mut_ptr() as u64, x.len())
     }
     /// The same tensor, for a kernel that reads it.
-    pub fn read(self) -> Dev<T> {
+    pub fn read(self) -> Dev<'a, T> {
         Dev::at(self.addr, self.len)
     }
     /// The output record of a launch writing this tensor.
@@ -169,8 +169,8 @@ pub enum Operands {
 /// A row-major GEMM: C (m×n) = op(A)·op(B), or C += op(A)·op(B) when `accumulate`; op(A) is m×k (A stored
 /// k×m when `trans_a`), op(B) is k×n (B stored n×k when `trans_b`).
 #[derive(Clone, Copy, Debug)]
-pub struct Gemm {
-    pub c: DevMut<f32>,
+pub struct Gemm<'a> {
+    pub c: DevMut<'a, f32>,
     /// Address of A, `m·k` elements of `operands`.
     pub a: u64,
     /// Address of B, `k·n` elements of `operands`.
@@ -184,7 +184,7 @@ pub struct Gemm {
     pub accumulate: bool,
 }
 
-impl Gemm {
+impl Gemm<'_> {
     /// The shapes, for error messages.
     pub fn describe(&self) -> String {
         format!(
@@ -231,6 +231,27 @@ pub trait Exec: Send + Sync {
 
 /// `len` elements of `T` in an executor's memory; nothing is allocated when `len` is 0 (the driver
 /// refuses a zero-byte allocation).
+///
+/// Kernels get its tensor as a [`Dev`] or [`DevMut`], which borrow the `Mem`:
+/// ```
+/// # use rotadam::backend::emu::EmuBackend;
+/// # use rotadam::backend::kernel::{transformer, Mem};
+/// let be = EmuBackend::emulated(1, false);
+/// let mut m = Mem::<_, f32>::zeros(be.exec(), 4).unwrap();
+/// transformer::fill(be.exec(), m.dev_mut(), 1.0).unwrap();
+/// assert_eq!(m.download(be.exec()).unwrap(), vec![1.0; 4]);
+/// ```
+/// so a handle cannot outlive its memory (the same code with `m` freed first does not compile):
+/// ```compile_fail
+/// # use rotadam::backend::emu::EmuBackend;
+/// # use rotadam::backend::kernel::{transformer, Mem};
+/// let be = EmuBackend::emulated(1, false);
+/// let d = {
+///     let mut m = Mem::<_, f32>::zeros(be.exec(), 4).unwrap();
+///     m.dev_mut()
+/// }; // m is freed here
+/// transformer::fill(be.exec(), d, 1.0).unwrap();
+/// ```
 pub struct Mem<E: Exec, T> {
     raw: Option<E::Mem>,
     addr: u64,
@@ -270,11 +291,11 @@ impl<E: Exec, T: Pod> Mem<E, T> {
         self.len == 0
     }
     /// The tensor, for a kernel that reads it.
-    pub fn dev(&self) -> Dev<T> {
+    pub fn dev(&self) -> Dev<'_, T> {
         Dev::at(self.addr, self.len)
     }
     /// The tensor, for a kernel that writes it.
-    pub fn dev_mut(&mut self) -> DevMut<T> {
+    pub fn dev_mut(&mut self) -> DevMut<'_, T> {
         DevMut::at(self.addr, self.len)
     }
     /// Overwrites the elements with `host` (the same length).

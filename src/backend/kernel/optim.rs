@@ -2,16 +2,18 @@
 //! `kernels/adamw.cu`, `kernels/reduce.cu`), as [`super::transformer`]'s: shapes checked, then the typed
 //! launches. The coefficients are converted on the host once ([`AdamCoeffs`], [`decoupled_decay`]).
 
-use super::transformer::dim;
+use super::transformer::{dim, same_len};
 use super::{flat, gemm_grid, launch, Dev, DevMut, Exec, Geometry, KernelRotIndex, Mem};
 use super::{BLOCK, REDUCE_CHUNK};
 use crate::backend::cpu::check_len;
 use crate::backend::{check_rotation_index, decoupled_decay, AdamCoeffs, AdamStep};
 use crate::error::Result;
 
-// SAFETY (for every `unsafe` launch below): lengths checked against the shapes, index arrays against the
-// tensors they index (a rotation list once, when its `IndexList` is made, then its bound against the
-// tensor per launch); the typed launcher supplies the kernel's own argument list.
+// SAFETY (for every `unsafe` launch below): every tensor is live (a `Dev`/`DevMut` borrows its `Mem`);
+// lengths checked against the shapes, index arrays against the tensors they index (a rotation list once,
+// when its `IndexList` is made, then its bound against the tensor per launch); the typed launcher supplies
+// the kernel's own argument list. What remains is the executor: a tensor must belong to the `e` it is
+// launched on.
 
 /// A rotation index list checked once, when it is prepared (`Backend::rotation_index`): distinct
 /// entries, each < `src_len`. A launch then checks `src_len` against the tensor it gathers from or
@@ -37,16 +39,21 @@ impl IndexList {
 /// The block structure of a rotation launch: the index list (checked on the host, resident on the
 /// device), the shared block matrix R (N,N), and NB blocks of N.
 #[derive(Clone, Copy, Debug)]
-pub struct RotBlocks {
-    index: Dev<u32>,
+pub struct RotBlocks<'a> {
+    index: Dev<'a, u32>,
     src_len: usize,
-    r: Dev<f32>,
+    r: Dev<'a, f32>,
     nb: usize,
     n: usize,
 }
 
-impl RotBlocks {
-    pub fn new<E: Exec>(index: &KernelRotIndex<E>, r: Dev<f32>, nb: usize, n: usize) -> Self {
+impl<'a> RotBlocks<'a> {
+    pub fn new<E: Exec>(
+        index: &'a KernelRotIndex<E>,
+        r: Dev<'a, f32>,
+        nb: usize,
+        n: usize,
+    ) -> Self {
         RotBlocks {
             index: index.dev.dev(),
             src_len: index.host.src_len,
@@ -155,13 +162,6 @@ pub fn unrotate_apply_update<E: Exec>(
     // (b < NB; i, j < N) keep u[b·N + j], r[j·N + i] and params[index[b·N + i]] inside; the generated
     // launcher passes the kernel's own arguments.
     unsafe { launch::unrotate_apply_update(e, geo, params, u, rb.index, rb.r, lr as f32, nb, n) }
-}
-
-#[track_caller]
-fn same_len(op: &str, n: usize, named: &[(&str, usize)]) {
-    for (name, len) in named {
-        check_len(op, name, *len, n);
-    }
 }
 
 /// Fused AdamW over one tensor.

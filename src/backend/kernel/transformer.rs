@@ -8,10 +8,11 @@ use super::{flat, launch, warp_rows, Dev, DevMut, Exec, Geometry, Mem, BLOCK};
 use crate::backend::cpu::check_len;
 use crate::error::Result;
 
-// SAFETY (for every `unsafe` launch below): the lengths of all tensors are checked against the shapes
-// first and the index arrays (tokens, targets) against the tensors they index, so every address the
-// kernel forms at this geometry is inside a tensor; the typed launcher supplies the kernel's own argument
-// list.
+// SAFETY (for every `unsafe` launch below): every tensor is live (a `Dev`/`DevMut` borrows its `Mem`);
+// the lengths of all tensors are checked against the shapes first and the index arrays (tokens, targets)
+// against the tensors they index, so every address the kernel forms at this geometry is inside a tensor;
+// the typed launcher supplies the kernel's own argument list. What remains is the executor: a tensor
+// must belong to the `e` it is launched on.
 
 /// `x` as a CUDA `int` dimension (panics with the op and name if it does not fit).
 #[track_caller]
@@ -29,9 +30,9 @@ pub(crate) fn check_index(op: &str, index: &[u32], len: usize) {
 
 /// Checks that every tensor has `n` elements.
 #[track_caller]
-fn same_len<T>(op: &str, n: usize, named: &[(&str, Dev<T>)]) {
-    for (name, d) in named {
-        check_len(op, name, d.len, n);
+pub(crate) fn same_len(op: &str, n: usize, named: &[(&str, usize)]) {
+    for (name, len) in named {
+        check_len(op, name, *len, n);
     }
 }
 
@@ -351,7 +352,7 @@ pub fn attention_backward<E: Exec>(
 
 /// GELU forward (`=`, bf16-rounded when `bf16`).
 pub fn gelu_forward<E: Exec>(e: &E, out: DevMut<f32>, inp: Dev<f32>, bf16: bool) -> Result<()> {
-    same_len("gelu_forward", out.len, &[("inp", inp)]);
+    same_len("gelu_forward", out.len, &[("inp", inp.len)]);
     // SAFETY: same_len: inp has out.len elements; threads i < n = out.len (the guard) read inp[i] and write
     // out[i]; the generated launcher passes gelu_forward's own argument list.
     unsafe { launch::gelu_forward(e, flat(out.len), out, inp, out.len as i64, bf16 as i32) }
@@ -364,7 +365,11 @@ pub fn gelu_backward<E: Exec>(
     inp: Dev<f32>,
     dout: Dev<f32>,
 ) -> Result<()> {
-    same_len("gelu_backward", dinp.len, &[("inp", inp), ("dout", dout)]);
+    same_len(
+        "gelu_backward",
+        dinp.len,
+        &[("inp", inp.len), ("dout", dout.len)],
+    );
     // SAFETY: same_len: inp and dout have dinp.len elements; threads i < n = dinp.len (the guard) read inp[i]
     // and dout[i] and update dinp[i]; the generated launcher passes gelu_backward's own argument list.
     unsafe { launch::gelu_backward(e, flat(dinp.len), dinp, inp, dout, dinp.len as i64) }
@@ -378,7 +383,7 @@ pub fn residual_forward<E: Exec>(
     b: Dev<f32>,
     bf16: bool,
 ) -> Result<()> {
-    same_len("residual_forward", out.len, &[("a", a), ("b", b)]);
+    same_len("residual_forward", out.len, &[("a", a.len), ("b", b.len)]);
     let n = out.len as i64;
     // SAFETY: same_len: a and b have out.len elements; threads i < n = out.len (the guard) read a[i], b[i]
     // and write out[i]; the generated launcher passes residual_forward's own argument list.
@@ -387,7 +392,7 @@ pub fn residual_forward<E: Exec>(
 
 /// dx += dout
 pub fn add_inplace<E: Exec>(e: &E, dx: DevMut<f32>, dout: Dev<f32>) -> Result<()> {
-    same_len("add_inplace", dx.len, &[("dout", dout)]);
+    same_len("add_inplace", dx.len, &[("dout", dout.len)]);
     // SAFETY: same_len: dout has dx.len elements; threads i < n = dx.len (the guard) update dx[i] from
     // dout[i]; the generated launcher passes add_inplace's own argument list.
     unsafe { launch::add_inplace(e, flat(dx.len), dx, dout, dx.len as i64) }
@@ -395,7 +400,7 @@ pub fn add_inplace<E: Exec>(e: &E, dx: DevMut<f32>, dout: Dev<f32>) -> Result<()
 
 /// out = bf16(inp), widened (in place when `out` and `inp` are one tensor).
 pub fn round_bf16_copy<E: Exec>(e: &E, out: DevMut<f32>, inp: Dev<f32>) -> Result<()> {
-    same_len("round_bf16_copy", out.len, &[("inp", inp)]);
+    same_len("round_bf16_copy", out.len, &[("inp", inp.len)]);
     // SAFETY: same_len: inp has out.len elements; threads i < n = out.len (the guard) read inp[i], then write
     // out[i] (the same element in place); the generated launcher passes round_bf16_copy's own arguments.
     unsafe { launch::round_bf16_copy(e, flat(out.len), out, inp, out.len as i64) }
