@@ -41,8 +41,20 @@ const char* error_name(CUresult r) {
   return nullptr;
 }
 
+namespace {
+
+// The error of a call made before a successful cuInit: CUDA_ERROR_NOT_INITIALIZED, saying why when cuInit
+// was called and failed (a malformed setting), so that later calls do not claim it was never called.
+CUresult not_initialized(Api& a) {
+  return a.fail(CUDA_ERROR_NOT_INITIALIZED, a.s.init_error == CUDA_SUCCESS
+                                                ? std::string("cuInit has not been called")
+                                                : "cuInit failed: " + a.s.init_message);
+}
+
+}  // namespace
+
 CUresult current(Api& a, Context** out, bool allow_sticky) {
-  if (!a.s.initialized) return a.fail(CUDA_ERROR_NOT_INITIALIZED, "cuInit has not been called");
+  if (!a.s.initialized) return not_initialized(a);
   Context* c = t_current;
   if (c == nullptr) return a.fail(CUDA_ERROR_INVALID_CONTEXT, "no current context on this thread");
   if (c->refcount == 0)
@@ -84,7 +96,7 @@ const char* error_string(CUresult r) {
 }
 
 CUresult device_of(Api& a, CUdevice dev) {
-  if (!a.s.initialized) return a.fail(CUDA_ERROR_NOT_INITIALIZED, "cuInit has not been called");
+  if (!a.s.initialized) return not_initialized(a);
   if (dev < 0 || dev >= a.s.device_count)
     return a.fail(CUDA_ERROR_INVALID_DEVICE, "device " + std::to_string(dev) + " does not exist (" +
                                                  std::to_string(a.s.device_count) + " device(s))");
@@ -212,21 +224,56 @@ bool attribute(int attrib, int* value) {
   return false;
 }
 
-uint64_t parse_bytes(const char* s, uint64_t fallback) {
-  if (s == nullptr || *s == '\0') return fallback;
-  char* end = nullptr;
-  unsigned long long v = std::strtoull(s, &end, 10);
-  uint64_t mult = 1;
-  if (end != nullptr && *end != '\0') {
-    switch (*end) {
-      case 'k': case 'K': mult = 1ull << 10; break;
-      case 'm': case 'M': mult = 1ull << 20; break;
-      case 'g': case 'G': mult = 1ull << 30; break;
-      case 't': case 'T': mult = 1ull << 40; break;
-      default: return fallback;
-    }
+// Reads one of the stand-in's settings from the environment into *out: `fallback` when the variable is unset
+// or empty, else decimal digits and nothing more, or with `suffixes` one of K, M, G, T (binary units) right
+// after them, giving a value in [lo, hi]. Anything else, an overflow included, returns false with a reason
+// naming the variable, its value and what is expected: a typo must fail cuInit, not become another size
+// (16777216T once wrapped to 0 bytes, and "80GB" silently read as 80G).
+bool read_setting(const char* var, uint64_t fallback, uint64_t lo, uint64_t hi, bool suffixes, const char* expected,
+                  uint64_t* out, std::string* why) {
+  const char* text = std::getenv(var);
+  if (text == nullptr || *text == '\0') {
+    *out = fallback;
+    return true;
   }
-  return v == 0 ? fallback : v * mult;
+  const std::string head = std::string(var) + "=\"" + text + "\" ";
+  const std::string tail = " (expected " + std::string(expected) + ")";
+  uint64_t v = 0;
+  const char* p = text;
+  for (; *p >= '0' && *p <= '9'; ++p) {
+    const uint64_t digit = static_cast<uint64_t>(*p - '0');
+    if (v > (UINT64_MAX - digit) / 10) {
+      *why = head + "overflows 64 bits" + tail;
+      return false;
+    }
+    v = v * 10 + digit;
+  }
+  int shift = 0;
+  if (suffixes && p != text) {
+    switch (*p) {
+      case 'k': case 'K': shift = 10; break;
+      case 'm': case 'M': shift = 20; break;
+      case 'g': case 'G': shift = 30; break;
+      case 't': case 'T': shift = 40; break;
+      default: break;
+    }
+    if (shift != 0) ++p;
+  }
+  if (p == text || *p != '\0') {
+    *why = head + "is not " + (suffixes ? "a number with an optional unit" : "a whole number") + tail;
+    return false;
+  }
+  if (v > (UINT64_MAX >> shift)) {
+    *why = head + "overflows 64 bits" + tail;
+    return false;
+  }
+  v <<= shift;
+  if (v < lo || v > hi) {
+    *why = head + "is out of range" + tail;
+    return false;
+  }
+  *out = v;
+  return true;
 }
 
 }  // namespace
@@ -238,23 +285,37 @@ using namespace rotadam_standin;
 STANDIN_API CUresult cuInit(unsigned int flags) {
   Api a("cuInit");
   if (flags != 0) return a.fail(CUDA_ERROR_INVALID_VALUE, "flags must be 0, got " + std::to_string(flags));
-  if (!a.s.initialized) {
-    const char* n = std::getenv("ROTADAM_STANDIN_DEVICES");
-    if (n != nullptr && *n != '\0') a.s.device_count = std::max(0, std::atoi(n));
-    a.s.total_mem = parse_bytes(std::getenv("ROTADAM_STANDIN_TOTAL_MEM"), kDefaultTotalMem);
-    for (int d = 0; d < a.s.device_count; ++d) {
-      a.s.contexts.push_back(std::make_unique<Context>());
-      a.s.contexts.back()->device = d;
+  if (!a.s.initialized && a.s.init_error == CUDA_SUCCESS) {
+    uint64_t devices = 0, total = 0;
+    std::string why;
+    if (!read_setting("ROTADAM_STANDIN_DEVICES", 1, 0, kMaxDevices, false,
+                      ("a whole number of devices from 0 to " + std::to_string(kMaxDevices)).c_str(), &devices,
+                      &why) ||
+        !read_setting("ROTADAM_STANDIN_TOTAL_MEM", kDefaultTotalMem, 1, UINT64_MAX, true,
+                      "a positive number of bytes below 2^64: digits, optionally followed by K, M, G or T for "
+                      "2^10, 2^20, 2^30 or 2^40, e.g. 80G",
+                      &total, &why)) {
+      // Kept, as the driver keeps the outcome of its first cuInit: every later cuInit fails alike.
+      a.s.init_error = CUDA_ERROR_INVALID_VALUE;
+      a.s.init_message = why;
+    } else {
+      a.s.device_count = static_cast<int>(devices);
+      a.s.total_mem = total;
+      for (int d = 0; d < a.s.device_count; ++d) {
+        a.s.contexts.push_back(std::make_unique<Context>());
+        a.s.contexts.back()->device = d;
+      }
+      a.s.initialized = true;
     }
-    a.s.initialized = true;
   }
+  if (a.s.init_error != CUDA_SUCCESS) return a.fail(a.s.init_error, a.s.init_message);
   if (a.s.device_count == 0) return a.fail(CUDA_ERROR_NO_DEVICE, "ROTADAM_STANDIN_DEVICES=0: no device");
   return CUDA_SUCCESS;
 }
 
 STANDIN_API CUresult cuDeviceGetCount(int* count) {
   Api a("cuDeviceGetCount");
-  if (!a.s.initialized) return a.fail(CUDA_ERROR_NOT_INITIALIZED, "cuInit has not been called");
+  if (!a.s.initialized) return not_initialized(a);
   if (count == nullptr) return a.fail(CUDA_ERROR_INVALID_VALUE, "count is NULL");
   *count = a.s.device_count;
   return CUDA_SUCCESS;
@@ -326,7 +387,7 @@ STANDIN_API CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
 
 STANDIN_API CUresult cuCtxSetCurrent(CUcontext ctx) {
   Api a("cuCtxSetCurrent");
-  if (!a.s.initialized) return a.fail(CUDA_ERROR_NOT_INITIALIZED, "cuInit has not been called");
+  if (!a.s.initialized) return not_initialized(a);
   if (ctx == nullptr) {
     t_current = nullptr;
     return CUDA_SUCCESS;
@@ -343,7 +404,7 @@ STANDIN_API CUresult cuCtxSetCurrent(CUcontext ctx) {
 
 STANDIN_API CUresult cuCtxGetCurrent(CUcontext* pctx) {
   Api a("cuCtxGetCurrent");
-  if (!a.s.initialized) return a.fail(CUDA_ERROR_NOT_INITIALIZED, "cuInit has not been called");
+  if (!a.s.initialized) return not_initialized(a);
   if (pctx == nullptr) return a.fail(CUDA_ERROR_INVALID_VALUE, "pctx is NULL");
   *pctx = reinterpret_cast<CUcontext>(t_current);
   return CUDA_SUCCESS;

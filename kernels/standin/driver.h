@@ -16,8 +16,11 @@
 // project's CUDA backend on a machine without a GPU, with the kernels executed by the CPU emulator.
 //
 // What it models:
-//   - one or more devices (ROTADAM_STANDIN_DEVICES, default 1) that claim to be sm_90 GPUs, each with a
-//     refcounted primary context; the current context is per thread;
+//   - one or more devices (ROTADAM_STANDIN_DEVICES, default 1) that claim to be sm_90 GPUs with
+//     ROTADAM_STANDIN_TOTAL_MEM bytes each (default 80G), each with a refcounted primary context; the current
+//     context is per thread. cuInit reads both settings strictly: a malformed or overflowing value fails it
+//     with CUDA_ERROR_INVALID_VALUE, naming the variable and what is expected (later calls fail with
+//     CUDA_ERROR_NOT_INITIALIZED and the same reason);
 //   - device memory: every cuMemAlloc_v2 is its own mapping of host memory (device pointers are host
 //     pointers), 256-byte aligned, ending at a PROT_NONE guard page, filled with 0xFF bytes (NaN as
 //     floats). A free makes the whole mapping PROT_NONE and keeps it in a bounded quarantine, so a freed
@@ -26,7 +29,10 @@
 //     memsets, cuBLAS calls) is queued per stream and runs only where a GPU would guarantee completion to the
 //     host: stream, event and context synchronization, blocking copies, copies into pageable memory,
 //     cuMemFree_v2 / cuMemFreeHost, and queries (cuStreamQuery / cuEventQuery run what they ask about and
-//     report it done). A stream waiting on an event runs that event's work when the waiting stream is run;
+//     report it done). A stream waiting on an event runs that event's work when the waiting stream is run.
+//     A device-to-host copy into pinned memory fills its destination with 0xFF when queued (a host read
+//     before the synchronization sees NaN), after running the queued copies that still read or write those
+//     bytes, with what precedes them (run_host_users);
 //   - modules from PTX text (ptx.cpp), bound by name to the emulator's kernels with the parameter sizes
 //     checked against the C++ signatures; launches copy exactly the bytes each PTX parameter declares and
 //     check that every pointer argument is NULL or inside a live allocation;
@@ -63,6 +69,7 @@ namespace rotadam_standin __attribute__((visibility("hidden"))) {
 
 constexpr uint64_t kAllocAlign = 256;                        // cuMemAlloc's alignment guarantee
 constexpr uint64_t kDefaultTotalMem = 80ull << 30;           // an 80 GiB H100
+constexpr uint64_t kMaxDevices = 64;                         // ROTADAM_STANDIN_DEVICES' bound: more than a node has
 constexpr size_t kQuarantineEntries = 4096;                  // freed mappings kept PROT_NONE …
 constexpr uint64_t kQuarantineBytes = 256ull << 30;          // … up to this much address space
 constexpr unsigned kMaxDynamicSmem = 48 * 1024;              // without cuFuncSetAttribute (not exported)
@@ -99,12 +106,21 @@ struct Dep {
   uint64_t seq;
 };
 
+// Pinned host bytes [begin, end) that queued work reads or writes when it runs; empty (0, 0) for none. A
+// device-to-host copy into pinned memory poisons its destination when queued, so it first runs the queued
+// work whose range overlaps that destination (run_host_users).
+struct HostRange {
+  uint64_t begin = 0, end = 0;
+  bool overlaps(uint64_t p, uint64_t n) const { return p < end && begin < p + n; }
+};
+
 // One queued operation. `run` returns "" or what went wrong (the context then fails, sticky).
 struct Work {
   uint64_t seq = 0;  // process-wide enqueue order
   std::string what;  // "cuLaunchKernel(adamw_step), API call #55"
   std::vector<Dep> deps;
   std::function<std::string()> run;
+  HostRange host;  // the pinned host memory it copies from or into (copies only)
 };
 
 struct Stream {
@@ -172,6 +188,8 @@ struct Context {
 struct State {
   std::mutex mu;
   bool initialized = false;
+  CUresult init_error = CUDA_SUCCESS;  // a failed cuInit (a malformed setting), kept for every later call …
+  std::string init_message;            // … with its reason
   int device_count = 1;
   uint64_t total_mem = kDefaultTotalMem;
   std::vector<std::unique_ptr<Context>> contexts;  // one primary context per device, never freed
@@ -266,9 +284,14 @@ std::shared_ptr<Stream> new_stream(State& s, Context* c, Stream::Kind kind, unsi
 // CU_STREAM_PER_THREAD this thread's default stream, anything else a handle from cuStreamCreate.
 CUresult resolve_stream(Api& a, Context* c, CUstream h, std::shared_ptr<Stream>* out);
 // Queues `run` on `st` after everything already queued there; work on the legacy stream also waits for
-// every blocking stream, and work on a blocking stream for the legacy stream. Returns its sequence number.
+// every blocking stream, and work on a blocking stream for the legacy stream. `host` is the pinned host
+// memory it reads or writes. Returns its sequence number.
 uint64_t enqueue(State& s, const std::shared_ptr<Stream>& st, std::string what, std::function<std::string()> run,
-                 std::vector<Dep> deps = {});
+                 std::vector<Dep> deps = {}, HostRange host = {});
+// Runs, in every active context, the queued work that reads or writes pinned host bytes [p, p + n) (n > 0),
+// with what precedes it on its stream and what it waits for: running work before a synchronization asks for
+// it is a schedule a GPU could have chosen, and it must read or write those bytes before they are poisoned.
+void run_host_users(Api& a, uint64_t p, uint64_t n);
 // Runs everything queued in context c; returns its sticky error (CUDA_SUCCESS if none).
 CUresult sync_context(Api& a, Context* c);
 // Runs the work queued on `st` up to sequence number `upto` (and what it waits for); returns the sticky error

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 
@@ -71,27 +72,39 @@ void install_fault_handler(State& s) {
 // ---- memory ---------------------------------------------------------------------------------------------
 namespace {
 
-uint64_t round_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
+// x rounded up to a multiple of a, or false where that overflows 64 bits (a huge size must fail, not wrap to a
+// small mapping).
+bool round_up(uint64_t x, uint64_t a, uint64_t* out) {
+  if (x > UINT64_MAX - (a - 1)) return false;
+  *out = (x + a - 1) / a * a;
+  return true;
+}
 
-// Maps `size` bytes ending just before a PROT_NONE guard page, 256-byte aligned, filled with 0xFF.
-bool map_memory(uint64_t size, Allocation* a) {
+// Maps `size` bytes ending just before a PROT_NONE guard page, 256-byte aligned, filled with 0xFF. Returns ""
+// or, for the caller's CUDA_ERROR_OUT_OF_MEMORY, why not, starting with the size.
+std::string map_memory(uint64_t size, Allocation* a) {
   const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-  const uint64_t rounded = round_up(size, kAllocAlign);
-  const uint64_t body = round_up(rounded, page);
+  uint64_t rounded = 0, body = 0;
+  if (!round_up(size, kAllocAlign, &rounded) || !round_up(rounded, page, &body) || body > UINT64_MAX - page)
+    return std::to_string(size) + " bytes requested: rounded up to a multiple of " + std::to_string(kAllocAlign) +
+           " bytes and of the page size, plus a guard page, the mapping's size overflows 64 bits";
   const uint64_t len = body + page;
   void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (m == MAP_FAILED) return false;
+  if (m == MAP_FAILED)
+    return std::to_string(size) + " bytes requested: the host could not map them (" + std::strerror(errno) + ")";
   char* base = static_cast<char*>(m);
   if (mprotect(base + body, page, PROT_NONE) != 0) {
+    const int err = errno;
     munmap(m, len);
-    return false;
+    return std::to_string(size) + " bytes requested: the host could not protect their guard page (" +
+           std::strerror(err) + ")";
   }
   a->map = base;
   a->map_len = len;
   a->base = reinterpret_cast<uint64_t>(base + (body - rounded));
   a->size = size;
   std::memset(reinterpret_cast<void*>(a->base), 0xff, rounded);
-  return true;
+  return "";
 }
 
 // Frees an allocation into the quarantine: inaccessible, its address space kept for a while.
@@ -230,12 +243,22 @@ CUresult copy(Api& a, CopyKind kind, uint64_t dst, uint64_t src, size_t n, CUstr
     };
   }
   if (kind == CopyKind::DtoH && !sync) {
-    if (pinned)
-      std::memset(d, 0xff, n);  // not written until the stream runs: a read before a synchronization sees NaN
-    else
+    if (pinned) {
+      // Not written until the stream runs: a read before a synchronization sees NaN. Queued work that still
+      // reads these bytes (an upload from them) or writes them runs first, so that it sees what the program
+      // put there, not the poison.
+      run_host_users(a, dst, n);
+      if (CUresult r = after_run(a, c)) return r;
+      std::memset(d, 0xff, n);
+    } else {
       drain = true;  // into pageable memory the call returns only when the copy is done
+    }
   }
-  const uint64_t seq = enqueue(a.s, st, a.where() + " (" + std::to_string(n) + " bytes)", std::move(run));
+  // Copies from or into pinned memory touch it when they run; the range lets a later poisoning run them first.
+  HostRange host;
+  if (pinned) host = kind == CopyKind::HtoD ? HostRange{src, src + n} : HostRange{dst, dst + n};
+  const uint64_t seq =
+      enqueue(a.s, st, a.where() + " (" + std::to_string(n) + " bytes)", std::move(run), {}, host);
   if (!drain) return CUDA_SUCCESS;
   sync_stream(a, st, seq);
   return after_run(a, c);
@@ -273,8 +296,8 @@ CUresult host_alloc(Api& a, void** pp, size_t bytesize, unsigned flags) {
   if ((flags & ~0x7u) != 0) return a.fail(CUDA_ERROR_INVALID_VALUE, "unknown flags " + hex(flags));
   if (bytesize == 0) return a.fail(CUDA_ERROR_INVALID_VALUE, "a zero-byte allocation");
   Allocation al;
-  if (!map_memory(bytesize, &al))
-    return a.fail(CUDA_ERROR_OUT_OF_MEMORY, "the host could not map " + std::to_string(bytesize) + " bytes");
+  const std::string why = map_memory(bytesize, &al);
+  if (!why.empty()) return a.fail(CUDA_ERROR_OUT_OF_MEMORY, why);
   al.serial = a.s.next_serial++;
   al.origin = a.where();
   al.ctx = c;
@@ -296,13 +319,14 @@ STANDIN_API CUresult cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytesize) {
   if (CUresult r = current(a, &c)) return r;
   if (dptr == nullptr) return a.fail(CUDA_ERROR_INVALID_VALUE, "dptr is NULL");
   if (bytesize == 0) return a.fail(CUDA_ERROR_INVALID_VALUE, "a zero-byte allocation (the driver rejects bytesize 0)");
-  if (bytesize > a.s.total_mem - std::min(a.s.used_bytes, a.s.total_mem))
+  const uint64_t free_bytes = a.s.total_mem - std::min(a.s.used_bytes, a.s.total_mem);
+  if (bytesize > free_bytes)
     return a.fail(CUDA_ERROR_OUT_OF_MEMORY, std::to_string(bytesize) + " bytes requested, " +
-                                                std::to_string(a.s.total_mem - a.s.used_bytes) + " of " +
-                                                std::to_string(a.s.total_mem) + " free");
+                                                std::to_string(free_bytes) + " of " + std::to_string(a.s.total_mem) +
+                                                " free");
   Allocation al;
-  if (!map_memory(bytesize, &al))
-    return a.fail(CUDA_ERROR_OUT_OF_MEMORY, "the host could not map " + std::to_string(bytesize) + " bytes");
+  const std::string why = map_memory(bytesize, &al);
+  if (!why.empty()) return a.fail(CUDA_ERROR_OUT_OF_MEMORY, why);
   al.serial = a.s.next_serial++;
   al.origin = a.where();
   al.ctx = c;

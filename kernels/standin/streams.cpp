@@ -44,12 +44,13 @@ CUresult resolve_stream(Api& a, Context* c, CUstream h, std::shared_ptr<Stream>*
 }
 
 uint64_t enqueue(State& s, const std::shared_ptr<Stream>& st, std::string what, std::function<std::string()> run,
-                 std::vector<Dep> deps) {
+                 std::vector<Dep> deps, HostRange host) {
   Work w;
   w.seq = s.next_seq++;
   w.what = std::move(what);
   w.run = std::move(run);
   w.deps = std::move(deps);
+  w.host = host;
   Context* c = st->ctx;
   if (st->kind == Stream::LEGACY) {
     for (const auto& o : c->streams)
@@ -100,6 +101,20 @@ CUresult sync_context(Api& a, Context* c) {
   for (const auto& st : all) run_until(a.s, a.name, *st, st->last_seq);
   collect_streams(c);
   return c->sticky;
+}
+
+void run_host_users(Api& a, uint64_t p, uint64_t n) {
+  for (const auto& c : a.s.contexts) {
+    if (c->refcount == 0) continue;  // an inactive context has no queued work
+    std::vector<std::shared_ptr<Stream>> all = c->streams;
+    for (const auto& st : all) {
+      uint64_t upto = 0;  // the last queued item on st that touches the range (queues are in seq order)
+      for (const Work& w : st->queue)
+        if (w.host.overlaps(p, n)) upto = w.seq;
+      if (upto != 0) run_until(a.s, a.name, *st, upto);
+    }
+    collect_streams(c.get());
+  }
 }
 
 CUresult sync_stream(Api& a, const std::shared_ptr<Stream>& st, uint64_t upto) {

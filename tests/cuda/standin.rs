@@ -5,9 +5,10 @@
 //! The stand-in replaces the driver for a whole process, so each test runs in a process of its own: the
 //! command line (`rotadam gpt2 --device cuda …`, the built binary), or this test binary again with the
 //! stand-in loaded ([`in_standin`]), which afterwards fails the test if the stand-in reported any misuse
-//! (a pointer outside live memory, a leaked buffer, …) the test did not plant. Four tests plant one each
+//! (a pointer outside live memory, a leaked buffer, …) the test did not plant. Six tests plant one each
 //! — swapped kernel arguments, a wrong leading dimension, a device-to-host read without a synchronize, a
-//! leaked buffer — and require the stand-in to report it.
+//! leaked buffer, allocations too large to map, malformed stand-in settings — and require the stand-in to
+//! report it.
 
 use super::nvrtc::{repo, toolkit};
 use crate::util::{synthetic_data, tiny_config, tmp};
@@ -25,9 +26,23 @@ const CHILD: &str = "ROTADAM_STANDIN_CHILD";
 /// `module::fn`) with `ROTADAM_CUDA_STANDIN=1`; in the child, after `body`, the stand-in's report must be
 /// empty unless `planted` (the test then checks it itself).
 pub fn in_standin(test: &str, planted: bool, body: impl FnOnce()) {
+    in_standin_with(test, planted, &[], body);
+}
+
+/// [`in_standin`] with the variables `env` (name, value) set in the child only, for the stand-in's own
+/// settings. A test may call it several times, each with its own non-empty `env`: each call starts a
+/// child, and in a child only the call whose `env` it was started with runs its body.
+pub fn in_standin_with(test: &str, planted: bool, env: &[(&str, &str)], body: impl FnOnce()) {
     if std::env::var(CHILD).as_deref() == Ok(test) {
+        if !env
+            .iter()
+            .all(|(k, v)| std::env::var(k).as_deref() == Ok(*v))
+        {
+            return; // another call of this test started this child
+        }
+        // Loaded, not probed: a test of a setting cuInit refuses must be able to run its body.
         assert!(
-            rotadam::backend::cuda::probe().is_ok() && standin::active(),
+            matches!(standin::activate(), Ok(Some(_))) && standin::active(),
             "the child of {test} did not load the stand-in"
         );
         body();
@@ -42,6 +57,7 @@ pub fn in_standin(test: &str, planted: bool, body: impl FnOnce()) {
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(standin::ENV, "1")
         .env(CHILD, test)
+        .envs(env.iter().copied())
         .current_dir(repo())
         .output()
         .unwrap();
@@ -312,6 +328,70 @@ fn empty_buffers_never_reach_the_driver() {
     );
 }
 
+/// Work queued before a device-to-host copy into pinned memory that still reads that memory runs before
+/// the copy's poison lands: uploading from a pinned buffer and then downloading into it, in stream order
+/// (on the same stream, or on another stream made to wait with an event), moves the data, not NaN.
+#[test]
+fn pinned_memory_reused_in_stream_order_keeps_its_data() {
+    in_standin(
+        "cuda::standin::pinned_memory_reused_in_stream_order_keeps_its_data",
+        false,
+        || {
+            use cudarc::driver::result::{self, stream::StreamKind};
+            use cudarc::driver::{sys, CudaContext};
+            let ctx = CudaContext::new(0).unwrap();
+            let n = 64usize;
+            // SAFETY: `host` is pinned memory of n f32 (malloc_host) and `a`, `b` device buffers of n f32
+            // (malloc_sync); every copy moves exactly n f32 between them. `pinned` is not read or written
+            // while a copy that uses it is queued: only after cuCtxSynchronize (the stand-in runs queued work
+            // on the calling thread, so nothing else touches it meanwhile). All handles are released here.
+            unsafe {
+                let host = result::malloc_host(n * 4, 0).unwrap() as *mut f32;
+                let pinned = std::slice::from_raw_parts_mut(host, n);
+                let (a, b) = (
+                    result::malloc_sync(n * 4).unwrap(),
+                    result::malloc_sync(n * 4).unwrap(),
+                );
+                let s1 = result::stream::create(StreamKind::NonBlocking).unwrap();
+                let s2 = result::stream::create(StreamKind::NonBlocking).unwrap();
+                let read = |d| {
+                    let mut v = vec![0.0f32; n];
+                    result::memcpy_dtoh_sync(&mut v, d).unwrap();
+                    v
+                };
+
+                // one stream: upload 42 from the pinned buffer, then download it back into that buffer
+                pinned.fill(42.0);
+                result::memcpy_htod_async(a, &*pinned, s1).unwrap();
+                result::memcpy_dtoh_async(&mut *pinned, a, s1).unwrap();
+                result::ctx::synchronize().unwrap();
+                assert_eq!(read(a), vec![42.0; n], "one stream: the upload");
+                assert_eq!(*pinned, vec![42.0; n], "one stream: the download");
+
+                // two streams: upload 7 into b on s1; s2 waits for it, then downloads a (42) into the buffer
+                pinned.fill(7.0);
+                let e = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING).unwrap();
+                result::memcpy_htod_async(b, &*pinned, s1).unwrap();
+                result::event::record(e, s1).unwrap();
+                result::stream::wait_event(s2, e, sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT)
+                    .unwrap();
+                result::memcpy_dtoh_async(&mut *pinned, a, s2).unwrap();
+                result::ctx::synchronize().unwrap();
+                assert_eq!(read(b), vec![7.0; n], "two streams: the upload");
+                assert_eq!(*pinned, vec![42.0; n], "two streams: the download");
+
+                result::event::destroy(e).unwrap();
+                result::stream::destroy(s1).unwrap();
+                result::stream::destroy(s2).unwrap();
+                result::free_sync(a).unwrap();
+                result::free_sync(b).unwrap();
+                result::free_host(host.cast()).unwrap();
+            }
+            drop(ctx);
+        },
+    );
+}
+
 // ---- planted misuses: each must be reported by the stand-in ----------------------------------------------
 
 /// Two kernel arguments swapped (a pointer where the length goes, the length where the pointer goes),
@@ -461,6 +541,103 @@ fn planted_leaked_buffer_is_reported() {
             standin::clear_errors().unwrap();
         },
     );
+}
+
+/// Allocations whose size cannot be mapped (rounded up to the alignment, whole pages and a guard page, it
+/// overflows 64 bits) fail with CUDA_ERROR_OUT_OF_MEMORY, as on a GPU, naming the call and the size: pinned
+/// memory, and device memory under a total (`ROTADAM_STANDIN_TOTAL_MEM`) that would allow them.
+#[test]
+fn planted_allocations_too_large_to_map_are_refused() {
+    in_standin_with(
+        "cuda::standin::planted_allocations_too_large_to_map_are_refused",
+        true,
+        &[("ROTADAM_STANDIN_TOTAL_MEM", &u64::MAX.to_string())],
+        || {
+            use cudarc::driver::{result, sys, CudaContext};
+            let ctx = CudaContext::new(0).unwrap();
+            // wrapping in each step of the mapping's size (the alignment, the page, the guard page with 4 KiB
+            // pages), and one that does not wrap but cannot be mapped
+            for size in [
+                usize::MAX,
+                usize::MAX - 255,
+                usize::MAX - 5000,
+                usize::MAX / 2,
+            ] {
+                // SAFETY: allocations the stand-in must refuse; one it grants (the stand-in's bug) is
+                // freed at once, its memory never touched.
+                let (host, dev) = unsafe {
+                    let host = result::malloc_host(size, 0);
+                    if let Ok(p) = host {
+                        result::free_host(p).unwrap();
+                    }
+                    let dev = result::malloc_sync(size);
+                    if let Ok(p) = dev {
+                        result::free_sync(p).unwrap();
+                    }
+                    (host.map(drop), dev.map(drop))
+                };
+                for (call, r) in [("cuMemHostAlloc", host), ("cuMemAlloc_v2", dev)] {
+                    assert_eq!(
+                        r,
+                        Err(result::DriverError(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY)),
+                        "{call} of {size} bytes"
+                    );
+                    let (_, report) = standin::errors().unwrap();
+                    assert!(
+                        report.contains(&format!("{call}: {size} bytes")),
+                        "{call} of {size} bytes: {report}"
+                    );
+                }
+            }
+            standin::clear_errors().unwrap();
+            drop(ctx);
+        },
+    );
+}
+
+/// The stand-in's settings are read strictly at cuInit: a well-formed value takes effect; a malformed or
+/// overflowing one fails cuInit with CUDA_ERROR_INVALID_VALUE, naming the variable, the value and what is
+/// expected, instead of wrapping (16777216T is 2^64 bytes) or ignoring what follows the number.
+#[test]
+fn planted_malformed_settings_fail_cuinit() {
+    const TEST: &str = "cuda::standin::planted_malformed_settings_fail_cuinit";
+    const MEM: &str = "ROTADAM_STANDIN_TOTAL_MEM";
+    const DEVICES: &str = "ROTADAM_STANDIN_DEVICES";
+    in_standin_with(TEST, false, &[(MEM, "3G"), (DEVICES, "2")], || {
+        use cudarc::driver::result;
+        result::init().unwrap();
+        assert_eq!(result::device::get_count().unwrap(), 2);
+        // SAFETY: device 0 exists (two were asked for).
+        assert_eq!(unsafe { result::device::total_mem(0) }.unwrap(), 3 << 30);
+    });
+    for (var, value) in [
+        (MEM, "16777216T"),
+        (MEM, "80GB"),
+        (MEM, "-1"),
+        (MEM, "0"),
+        (DEVICES, "2x"),
+        (DEVICES, "99999999999"),
+    ] {
+        in_standin_with(TEST, true, &[(var, value)], || {
+            use cudarc::driver::{result, sys};
+            let refused = Err(result::DriverError(sys::CUresult::CUDA_ERROR_INVALID_VALUE));
+            assert_eq!(result::init(), refused, "{var}={value}");
+            let (count, report) = standin::errors().unwrap();
+            assert!(
+                count == 1 && report.contains(&format!("cuInit: {var}={value:?}")),
+                "{var}={value}: {report}"
+            );
+            // the failure stays: cuInit again fails alike, and a later call says why it cannot run
+            assert_eq!(result::init(), refused, "{var}={value}, again");
+            assert!(result::device::get_count().is_err());
+            let (_, report) = standin::errors().unwrap();
+            assert!(
+                report.contains("cuDeviceGetCount: cuInit failed"),
+                "{report}"
+            );
+            standin::clear_errors().unwrap();
+        });
+    }
 }
 
 /// The entry points the stand-in implements (the count `docs/cuda.md` gives).
