@@ -423,9 +423,13 @@ pub fn launchers(modules: &[Module], structs: &[CStruct]) -> String {
         )
         .unwrap();
         writeln!(w, "const _: () = {{").unwrap();
+        // C layout: each field at the next multiple of its alignment (a scalar's alignment is its size);
+        // the struct's size is the end of the last field rounded up to the largest alignment.
         let mut offset = 0usize;
+        let mut align = 1usize;
         for (ty, field) in &c.fields {
             let size = if ty == "double" { 8 } else { 4 };
+            align = align.max(size);
             offset = offset.div_ceil(size) * size;
             writeln!(
                 w,
@@ -435,9 +439,10 @@ pub fn launchers(modules: &[Module], structs: &[CStruct]) -> String {
             .unwrap();
             offset += size;
         }
+        let size = offset.div_ceil(align) * align;
         writeln!(
             w,
-            "    assert!(std::mem::size_of::<{rust}>() == {offset}, \"{} has another size in the kernels\");",
+            "    assert!(std::mem::size_of::<{rust}>() == {size}, \"{} has another size in the kernels\");",
             c.name
         )
         .unwrap();

@@ -20,6 +20,10 @@ pub fn emulator(kdir: &Path, emu_dir: &Path, modules: &[Module]) -> (Vec<PathBuf
         .define("ROTADAM_EMU", "1")
         .flag("-include")
         .flag(kdir.join("emu/cuda_emu.h").to_str().unwrap())
+        // One rounding per multiply and per add, as the CPU backend's Rust (which never contracts): without
+        // it g++ fuses `a*m + b*g` into an FMA wherever the target has one (aarch64, `-march=haswell` in
+        // CXXFLAGS), and the optimizer kernels would no longer equal the CPU backend bit for bit.
+        .flag_if_supported("-ffp-contract=off")
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-unused-variable")
         // getcontext/swapcontext return twice; the scheduler's frame is never modified while suspended.

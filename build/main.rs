@@ -7,10 +7,14 @@
 //!    with their parameter lists.
 //! 2. If `nvcc` is on PATH (or `ROTADAM_NVCC` names one), every flattened module is compiled to PTX for
 //!    compute_80 (`OUT_DIR/ptx/<module>.ptx`); a compile error fails the build with nvcc's message. Without
-//!    nvcc the CUDA backend compiles the flattened sources with NVRTC at start-up.
+//!    nvcc the CUDA backend compiles the flattened sources with NVRTC at start-up. Both keep their default
+//!    `--fmad=true` for every module (the GEMM kernels want FMA), so on a GPU the optimizer kernels may
+//!    round differently from the CPU backend: agreement to f32 rounding, not bit for bit (the module docs
+//!    of `src/backend/cuda/nvrtc.rs`).
 //! 3. [`emulator`]: the same sources compiled by the host C++ compiler with `kernels/emu/cuda_emu.h`
 //!    forced in front: the static library of the CPU emulator, and from the same objects the CUDA driver
-//!    + cuBLAS stand-in (`kernels/standin`) in `OUT_DIR/standin`.
+//!    and cuBLAS stand-in (`kernels/standin`) in `OUT_DIR/standin`. Compiled with `-ffp-contract=off`,
+//!    so the emulated optimizer kernels equal the CPU backend bit for bit whatever the host's FMA support.
 //! 4. [`codegen`]: `OUT_DIR/kernels_gen.rs` (the typed index of modules and kernels) and
 //!    `OUT_DIR/launchers.rs` (one typed launch function per kernel, from its signature).
 

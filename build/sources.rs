@@ -29,6 +29,9 @@ pub struct Param {
     pub name: String,
     pub base: String,
     pub pointer: bool,
+    /// For a pointer: the pointee is `const` (`const float* p`, `float const* p`); a `const` after the
+    /// `*` (`float* const p`) makes only the pointer itself read-only and does not count. For a value:
+    /// declared `const` (no effect on the launcher).
     pub is_const: bool,
 }
 
@@ -222,12 +225,14 @@ fn split_params(list: &str) -> Vec<String> {
 /// One parameter declaration, e.g. `const unsigned int* __restrict__ index`.
 fn param(decl: &str, kernel: &str, file: &str) -> Param {
     let pointer = decl.contains('*');
+    // The pointee's qualifiers are those before the first `*` ([`Param::is_const`]).
+    let pointee = decl.split('*').next().unwrap_or_default();
+    let is_const = pointee.split_whitespace().any(|w| w == "const");
     let spaced = decl.replace('*', " ");
     let mut words: Vec<&str> = spaced
         .split_whitespace()
         .filter(|w| *w != "__restrict__")
         .collect();
-    let is_const = words.contains(&"const");
     words.retain(|w| *w != "const");
     let name = words
         .pop()

@@ -5,6 +5,7 @@
 //   second_moment:    v = β₂v + (1−β₂)g·g
 //   adam_denominator, adam_ratio:  u = (m/bc1) / (√(v/bc2) + ε)      bc1 = 1 − β₁ᵗ, bc2 = 1 − β₂ᵗ (host)
 //   momentum:         buf = μ·buf + g                                   (torch SGD, dampening 0)
+//   ema:              v = β₂v + (1−β₂)s                                 (blockwise second moments, s = mean g²)
 //   decayed_step:     p = p·(1 − lr·λ) − lr·u                           (decoupled decay, then the step)
 // Kernels:
 //   adamw_step:                  the fused AdamW step over one tensor (Maes et al. Alg. 1);
@@ -18,7 +19,9 @@
 //   sgd_step / sgd_direction_step: momentum, then the decayed step / the direction;
 //   block_adam_direction_step:   one second moment per block (AdaSGD = one block over all coordinates, Xie
 //                                et al.; blockwise Adam, Alg. 3): first_moment, then adam_ratio with the
-//                                block's denominator; v comes from reduce.cu's block_mean_squares + ema_inplace;
+//                                block's denominator; v comes from reduce.cu's block_mean_squares, then
+//                                ema_inplace;
+//   ema_inplace:                 v = ema(v, s) elementwise (s: the block mean squares);
 //   apply_update:                the decayed step.
 // Launch: elementwise kernels 256-thread blocks, one element per thread; the rotated two as block_gemm.cuh.
 #include "block_gemm.cuh"
@@ -45,6 +48,9 @@ __device__ __forceinline__ float adam_direction(float& m, float& v, float g, con
   return adam_ratio(m, adam_denominator(v, k), k);
 }
 __device__ __forceinline__ float momentum(float buf, float g, float mu) { return mu * buf + g; }
+__device__ __forceinline__ float ema(float v, float s, float beta, float one_minus_beta) {
+  return beta * v + one_minus_beta * s;
+}
 __device__ __forceinline__ float decayed_step(float p, float u, float lr, float decay) { return p * decay - lr * u; }
 
 extern "C" __global__ void __launch_bounds__(256)
@@ -123,6 +129,12 @@ extern "C" __global__ void __launch_bounds__(256)
   const float mi = first_moment(m[i], grads[i], hp);
   m[i] = mi;
   u[i] = adam_ratio(mi, denominator, hp);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    ema_inplace(float* v, const float* s, float beta2, float one_minus_beta2, long long n) {
+  const unsigned long long i = global_index();
+  if (i < static_cast<unsigned long long>(n)) v[i] = ema(v[i], s[i], beta2, one_minus_beta2);
 }
 
 extern "C" __global__ void __launch_bounds__(256)

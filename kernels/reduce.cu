@@ -1,5 +1,5 @@
-// reduce.cu: flat reductions (CPU: src/backend/cpu/elementwise.rs sum_squares, optim.rs block_mean_squares,
-// ema_inplace) and gradient clipping on the device.
+// reduce.cu: flat reductions (CPU: src/backend/cpu/elementwise.rs sum_squares, optim.rs block_mean_squares)
+// and gradient clipping on the device.
 //   sum_squares_partial: partial[blk] = Σ x² over elements blk·CHUNK .. (blk+1)·CHUNK, in f64;
 //   sum_partials:        out[0] = Σ partial[i] in index order (one block) → ‖g‖² deterministic for any
 //                        grid size (the CPU sums fixed 65,536-element chunks in order too, but with 8
@@ -7,7 +7,8 @@
 //   clip_by_norm:        x *= max_norm/(√sumsq + 1e-6) when that is < 1 (torch clip_grad_norm_), reading
 //                        ‖g‖² from device memory, so no host round trip;
 //   block_mean_squares:  out[i] = mean(x[i·block .. (i+1)·block]²) in f64 (one 256-thread block per out);
-//   ema_inplace:         v = β₂v + (1−β₂)s.
+//                        the optimizer then folds it into its second moments with adamw.cu's ema_inplace
+//                        (the formula lives with the other optimizer formulas).
 // Launch: sum_squares_partial: 256-thread blocks, grid ⌈n/REDUCE_CHUNK⌉; sum_partials: one 1024-thread
 // block; the elementwise ones 256-thread blocks, one element per thread.
 #include "common.cuh"
@@ -59,10 +60,4 @@ extern "C" __global__ void __launch_bounds__(256)
   }
   acc = block_sum(acc, sh);
   if (threadIdx.x == 0) out[bi] = static_cast<float>(acc / static_cast<double>(block));
-}
-
-extern "C" __global__ void __launch_bounds__(256)
-    ema_inplace(float* v, const float* s, float beta2, float one_minus_beta2, long long n) {
-  const unsigned long long i = global_index();
-  if (i < static_cast<unsigned long long>(n)) v[i] = beta2 * v[i] + one_minus_beta2 * s[i];
 }

@@ -3,12 +3,13 @@
 
 use rotadam::backend::cpu::CpuBackend;
 use rotadam::backend::cuda::runtime::CudaRuntime;
-use rotadam::backend::cuda::CudaBackend;
 use rotadam::backend::cuda::{nvrtc::Toolkit, probe};
+use rotadam::backend::cuda::{CudaBackend, CudaExec};
+use rotadam::backend::kernel::{transformer, Mem};
 use rotadam::backend::Backend;
 use rotadam::config::{DeviceKind, Precision};
 use rotadam::device::{decide, resolve, Resolved};
-use rotadam::kernels::{Kernel, Module};
+use rotadam::kernels::Module;
 
 /// None when a GPU is usable, else the reason (printed as the skip message).
 fn no_gpu() -> Option<String> {
@@ -145,74 +146,67 @@ fn device_every_kernel_loads_and_fill_and_layernorm_match_the_cpu() {
 }
 
 fn every_kernel_loads_and_fill_and_layernorm_match_the_cpu() {
-    use cudarc::driver::{LaunchConfig, PushKernelArg};
     let tk = Toolkit::locate(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cuda"));
-    let rt = CudaRuntime::new(0, tk).unwrap();
-    for &m in Module::ALL {
-        for &k in m.kernels() {
-            rt.function(k).unwrap_or_else(|e| panic!("{e}"));
+    // every module loads on the device, and every kernel in it is found by name
+    {
+        let rt = CudaRuntime::new(0, tk.clone()).unwrap();
+        for &m in Module::ALL {
+            for &k in m.kernels() {
+                rt.function(k).unwrap_or_else(|e| panic!("{e}"));
+            }
         }
     }
-    let s = rt.stream();
+    // the launches go through the generated typed launchers (argument lists from the kernels' signatures)
+    let be = CudaBackend::cuda(0, tk, false).unwrap();
     // fill
     let n = 1000usize;
-    let mut x = s.alloc_zeros::<f32>(n).unwrap();
-    let f = rt.function(Kernel::Fill).unwrap();
-    let (v, nl) = (2.5f32, n as i64);
-    let cfg = LaunchConfig {
-        grid_dim: (n.div_ceil(256) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let mut b = s.launch_builder(&f);
-    b.arg(&mut x).arg(&v).arg(&nl);
-    // SAFETY: fill(float*, float, long long) gets x (n f32), v and n as i64; threads i < n (the kernel's
-    // guard) write x[i] only.
-    unsafe { b.launch(cfg) }.unwrap();
-    assert!(s.clone_dtoh(&x).unwrap().iter().all(|&y| y == 2.5));
-    // layernorm_forward vs the CPU backend
+    let mut x = Mem::<CudaExec, f32>::zeros(be.exec(), n).unwrap();
+    transformer::fill(be.exec(), x.dev_mut(), 2.5).unwrap();
+    let got = x.download(be.exec()).unwrap();
+    assert!(got.iter().all(|&y| y == 2.5), "fill: {got:?}");
+    // layernorm_forward (no bias) vs the CPU backend
     let (rows, c) = (37usize, 100usize);
     let inp: Vec<f32> = (0..rows * c)
         .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
         .collect();
     let w: Vec<f32> = (0..c).map(|i| 1.0 + i as f32 / 100.0).collect();
-    let (di, dw) = (s.clone_htod(&inp).unwrap(), s.clone_htod(&w).unwrap());
-    let (mut dout, mut dmean, mut drstd) = (
-        s.alloc_zeros::<f32>(rows * c).unwrap(),
-        s.alloc_zeros::<f32>(rows).unwrap(),
-        s.alloc_zeros::<f32>(rows).unwrap(),
-    );
-    let f = rt.function(Kernel::LayernormForward).unwrap();
-    let (ni, ci, bf, nullp) = (rows as i32, c as i32, 0i32, 0u64);
-    let cfg = LaunchConfig {
-        grid_dim: (rows.div_ceil(8) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
+    let upload = |host: &[f32]| {
+        let mut buf = be.alloc(host.len()).unwrap();
+        be.upload(&mut buf, host).unwrap();
+        buf
     };
-    let mut b = s.launch_builder(&f);
-    b.arg(&mut dout)
-        .arg(&mut dmean)
-        .arg(&mut drstd)
-        .arg(&di)
-        .arg(&dw)
-        .arg(&nullp)
-        .arg(&ni)
-        .arg(&ci)
-        .arg(&bf);
-    // SAFETY: layernorm_forward's nine parameters in order: out rows·c, mean and rstd rows, inp rows·c,
-    // weight c floats, a null bias (u64 0, tested by the kernel before use), then n, c, bf16 as i32; one warp
-    // per row (grid ⌈rows/8⌉ of 256) and rows ≥ n return.
-    unsafe { b.launch(cfg) }.unwrap();
-    let got = s.clone_dtoh(&dout).unwrap();
+    let (di, dw) = (upload(&inp), upload(&w));
+    let (mut dout, mut dmean, mut drstd) = (
+        be.alloc(rows * c).unwrap(),
+        be.alloc(rows).unwrap(),
+        be.alloc(rows).unwrap(),
+    );
+    be.layernorm_forward(
+        be.view_mut(&mut dout, 0..rows * c),
+        be.view_mut(&mut dmean, 0..rows),
+        be.view_mut(&mut drstd, 0..rows),
+        be.view(&di, 0..rows * c),
+        be.view(&dw, 0..c),
+        None,
+        rows,
+        c,
+    )
+    .unwrap();
     let (mut want, mut m, mut r) = (vec![0f32; rows * c], vec![0f32; rows], vec![0f32; rows]);
     CpuBackend::<f32>::new(1, false)
         .layernorm_forward(&mut want, &mut m, &mut r, &inp, &w, None, rows, c)
         .unwrap();
-    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert!(
-            (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
-            "layernorm_forward[{i}]: gpu {g} cpu {w}"
-        );
+    for (what, got, want) in [
+        ("out", be.download(&dout).unwrap(), want),
+        ("mean", be.download(&dmean).unwrap(), m),
+        ("rstd", be.download(&drstd).unwrap(), r),
+    ] {
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "layernorm_forward {what}[{i}]: gpu {g} cpu {w}"
+            );
+        }
     }
 }
 

@@ -9,6 +9,16 @@
 //! [`compile`] returns PTX (`compute_XX`) or a cubin (`sm_XX`, with ptxas's `-v` report in the log);
 //! [`parse_ptxas_report`] reads registers, spills and shared memory per kernel from that report.
 //! Compile errors carry the NVRTC log and the module's file name.
+//!
+//! Floating-point contraction: every module is compiled with NVRTC's default `--fmad=true` (nvcc's PTX
+//! too, `build/main.rs`), so the device compiler may fuse a product and the sum it feeds into one FMA,
+//! one rounding instead of two. The GEMM kernels want that, so it stays on for every module, the
+//! optimizer formulas of `kernels/adamw.cu` included: `β₁m + (1−β₁)g` may become `fma(β₁, m, (1−β₁)·g)`.
+//! So on a GPU the optimizer kernels agree with `CpuBackend<f32>` to f32 rounding (an ulp or so per
+//! formula and step), not bit for bit. The bit-for-bit comparisons of those kernels with the CPU backend
+//! (`docs/cuda.md`, "What runs in `cargo test`") run on the emulator, whose host C++ build is compiled
+//! with `-ffp-contract=off` and so rounds every product and sum as the CPU backend's Rust does (Rust
+//! never contracts, and the optimizer formulas there use no `mul_add`).
 
 use crate::error::{Error, Result};
 use crate::kernels::Module;
@@ -122,6 +132,34 @@ pub fn compile(module: Module, arch: &str, toolkit: &Toolkit, extra: &[&str]) ->
     )
 }
 
+/// An NVRTC program, destroyed when dropped, so that every exit of [`compile_source`] (errors included)
+/// frees it; [`Program::destroy`] does it on the success path and reports a failure.
+struct Program(Option<cudarc::nvrtc::sys::nvrtcProgram>);
+
+impl Program {
+    fn get(&self) -> cudarc::nvrtc::sys::nvrtcProgram {
+        self.0.expect("NVRTC program used after destroy")
+    }
+
+    fn destroy(mut self) -> std::result::Result<(), cudarc::nvrtc::result::NvrtcError> {
+        match self.0.take() {
+            // SAFETY: the program came from `create_program` and `take` leaves nothing to destroy again.
+            Some(prog) => unsafe { cudarc::nvrtc::result::destroy_program(prog) },
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        if let Some(prog) = self.0.take() {
+            // SAFETY: as in `destroy`: created by `create_program`, destroyed exactly once. A failure here
+            // is on an error path already being reported, so it is not reported again.
+            let _ = unsafe { cudarc::nvrtc::result::destroy_program(prog) };
+        }
+    }
+}
+
 /// [`compile`] for any source; `file` names it in errors and in NVRTC's log.
 pub fn compile_source(
     file: &str,
@@ -142,9 +180,13 @@ pub fn compile_source(
     opts.extend(extra.iter().map(|s| s.to_string()));
     let err =
         |what: &str, e: result::NvrtcError| Error::Device(format!("NVRTC {what} of {file}: {e:?}"));
-    let prog = result::create_program(&src, Some(&name)).map_err(|e| err("create", e))?;
-    // SAFETY: `prog` was just created from `src`/`name`, which outlive it; it is destroyed exactly once
-    // below, after its last use; buffers passed to the getters have the sizes NVRTC reported.
+    let program = Program(Some(
+        result::create_program(&src, Some(&name)).map_err(|e| err("create", e))?,
+    ));
+    let prog = program.get();
+    // SAFETY: `prog` was just created from `src`/`name`, which outlive it; `program` destroys it exactly
+    // once, after its last use (on every return: `Program`'s Drop); buffers passed to the getters have
+    // the sizes NVRTC reported.
     unsafe {
         let compiled = result::compile_program(prog, &opts);
         let log = result::get_program_log(prog)
@@ -158,7 +200,6 @@ pub fn compile_source(
             })
             .unwrap_or_default();
         if let Err(e) = compiled {
-            let _ = result::destroy_program(prog);
             return Err(Error::Device(format!(
                 "NVRTC failed to compile {file} for {arch} ({e:?}):\n{log}"
             )));
@@ -187,7 +228,7 @@ pub fn compile_source(
                 .collect();
             out.ptx = String::from_utf8_lossy(&bytes).into_owned();
         }
-        result::destroy_program(prog).map_err(|e| err("destroy", e))?;
+        program.destroy().map_err(|e| err("destroy", e))?;
         Ok(out)
     }
 }
