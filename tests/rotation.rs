@@ -12,7 +12,7 @@ use rotadam::backend::{AdamStep, Backend, Scalar};
 use rotadam::config::ModelConfig;
 use rotadam::model::{ParamTable, Role};
 use rotadam::rng::Rng;
-use rotadam::rotation::{groups, haar, qr_q_unsigned, Rotation, Scope};
+use rotadam::rotation::{groups, haar, qr_q_unsigned, shuffle, Rotation, Scope};
 
 // ---- helpers -------------------------------------------------------------------------------------------
 
@@ -554,9 +554,7 @@ fn check_ops_with<S: Scalar>(
     let inp = randn(&mut rng, len, 1.0);
     let r = randn(&mut rng, n * n, 1.0);
     let mut perm: Vec<u32> = (0..len as u32).collect();
-    for i in (1..len).rev() {
-        perm.swap(i, rng.below(i as u64 + 1) as usize);
-    }
+    shuffle(&mut perm, &mut rng);
     let index = &perm[..nb * n];
     let be = CpuBackend::<S>::new(threads, false).with_gather(mode);
     let ix = be.rotation_index(index.to_vec(), n, len).unwrap();
@@ -600,81 +598,130 @@ fn check_ops_with<S: Scalar>(
     check_fused_adamw(&be, &ix, &inp_s, &r_s, nb, n, &mut rng, &label);
 }
 
+/// `x` in a new buffer of `be`.
+fn upload<BK: Backend>(be: &BK, x: &[BK::T]) -> BK::Buf {
+    let mut b = be.alloc(x.len()).unwrap();
+    be.upload(&mut b, x).unwrap();
+    b
+}
+
 /// `apply_update` with λ = 0 on the `listed` coordinates of `p` only (p[i] −= lr·dir[i]), the others
 /// untouched: the split reference of `unrotate_apply_update`.
-pub fn apply_on_listed<S: Scalar>(
-    be: &CpuBackend<S>,
-    p: &mut [S],
-    dir: &[S],
+pub fn apply_on_listed<BK: Backend>(
+    be: &BK,
+    p: &mut [BK::T],
+    dir: &[BK::T],
     listed: &[u32],
     lr: f64,
 ) {
-    let mut sub: Vec<S> = listed.iter().map(|&i| p[i as usize]).collect();
-    let d: Vec<S> = listed.iter().map(|&i| dir[i as usize]).collect();
-    be.apply_update(&mut sub, &d, lr, 0.0).unwrap();
-    for (k, &i) in listed.iter().enumerate() {
-        p[i as usize] = sub[k];
+    let k = listed.len();
+    let sub: Vec<BK::T> = listed.iter().map(|&i| p[i as usize]).collect();
+    let d: Vec<BK::T> = listed.iter().map(|&i| dir[i as usize]).collect();
+    let (mut sub, d) = (upload(be, &sub), upload(be, &d));
+    be.apply_update(be.view_mut(&mut sub, 0..k), be.view(&d, 0..k), lr, 0.0)
+        .unwrap();
+    for (&i, x) in listed.iter().zip(be.download(&sub).unwrap()) {
+        p[i as usize] = x;
     }
 }
 
-/// The fused rotated-AdamW ops give the bits of the split ops they fuse: `rotate_adam_direction` =
-/// `rotate` then `adam_direction_step`; `unrotate_apply_update` = `unrotate` then `apply_update` with
-/// λ = 0 on the listed entries, the others untouched.
+/// Panics unless `got` and `want` hold the same bits, naming how many entries differ, the first, and the
+/// largest difference.
+#[track_caller]
+fn assert_same_bits<S: Scalar>(what: &str, got: &[S], want: &[S]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let (got, want): (Vec<f64>, Vec<f64>) = (back(got), back(want));
+    let differ: Vec<usize> = (0..got.len())
+        .filter(|&i| got[i].to_bits() != want[i].to_bits())
+        .collect();
+    if let Some(&i) = differ.first() {
+        let abs = |j: usize| (got[j] - want[j]).abs();
+        let max = differ.iter().map(|&j| abs(j)).fold(0.0, f64::max);
+        let rel = differ
+            .iter()
+            .map(|&j| abs(j) / want[j].abs())
+            .fold(0.0, f64::max);
+        panic!(
+            "{what}: {} of {} entries differ; first [{i}]: {:e} vs {:e}; max |diff| {max:e}, max relative {rel:e}",
+            differ.len(),
+            got.len(),
+            got[i],
+            want[i]
+        );
+    }
+}
+
+/// The fused rotated-AdamW ops give the bits of the split ops they fuse, on any backend:
+/// `rotate_adam_direction` = `rotate` then `adam_direction_step`; `unrotate_apply_update` = `unrotate`
+/// then `apply_update` with λ = 0 on the listed entries, the others untouched.
 #[allow(clippy::too_many_arguments)]
-fn check_fused_adamw<S: Scalar>(
-    be: &CpuBackend<S>,
-    ix: &cpu::RotIndex,
-    g: &[S],
-    r: &[S],
+pub fn check_fused_adamw<BK: Backend>(
+    be: &BK,
+    ix: &BK::RotIndex,
+    g: &[BK::T],
+    r: &[BK::T],
     nb: usize,
     n: usize,
     rng: &mut Rng,
     label: &str,
 ) {
-    let len = g.len();
-    let hp = AdamStep {
-        lr: 3e-3,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.0,
-        bias_correction1: 1.0 - 0.9f64.powi(4),
-        bias_correction2: 1.0 - 0.95f64.powi(4),
-    };
-    let m0: Vec<S> = cast(&randn(rng, nb * n, 1.0));
-    let v0: Vec<S> = cast(
-        &randn(rng, nb * n, 1.0)
-            .iter()
-            .map(|x| x * x)
-            .collect::<Vec<_>>(),
-    );
+    let (len, k) = (g.len(), nb * n);
+    let hp = AdamStep::new(4, 3e-3, 0.9, 0.95, 1e-8, 0.0);
+    let m0: Vec<BK::T> = cast(&randn(rng, k, 1.0));
+    let v0: Vec<BK::T> = cast(&randn(rng, k, 1.0).iter().map(|x| x * x).collect::<Vec<_>>());
+    let (g, r) = (upload(be, g), upload(be, r));
+    let (g, r) = (be.view(&g, 0..len), be.view(&r, 0..n * n));
+    let down = |b: &BK::Buf| be.download(b).unwrap();
     // split
-    let mut gt = vec![S::zero(); nb * n];
-    be.rotate(&mut gt, g, ix, r, nb, n).unwrap();
-    let (mut u, mut m, mut v) = (vec![S::zero(); nb * n], m0.clone(), v0.clone());
-    be.adam_direction_step(&mut u, &mut m, &mut v, &gt, hp)
+    let mut gt = be.alloc(k).unwrap();
+    be.rotate(be.view_mut(&mut gt, 0..k), g, ix, r, nb, n)
+        .unwrap();
+    let (mut u, mut m, mut v) = (be.alloc(k).unwrap(), upload(be, &m0), upload(be, &v0));
+    let [u_, m_, v_] = [&mut u, &mut m, &mut v].map(|b| be.view_mut(b, 0..k));
+    be.adam_direction_step(u_, m_, v_, be.view(&gt, 0..k), hp)
         .unwrap();
     // fused
-    let (mut uf, mut mf, mut vf) = (vec![S::zero(); nb * n], m0, v0);
-    be.rotate_adam_direction(&mut uf, &mut mf, &mut vf, g, ix, r, nb, n, hp)
+    let (mut uf, mut mf, mut vf) = (be.alloc(k).unwrap(), upload(be, &m0), upload(be, &v0));
+    let [u_, m_, v_] = [&mut uf, &mut mf, &mut vf].map(|b| be.view_mut(b, 0..k));
+    be.rotate_adam_direction(u_, m_, v_, g, ix, r, nb, n, hp)
         .unwrap();
-    assert!(
-        (&uf, &mf, &vf) == (&u, &m, &v),
-        "rotate_adam_direction differs from rotate + adam_direction_step: {label}"
-    );
+    for (name, fused, split) in [("u", &uf, &u), ("m", &mf, &m), ("v", &vf, &v)] {
+        assert_same_bits(
+            &format!("rotate_adam_direction vs rotate + adam_direction_step, {name}: {label}"),
+            &down(fused),
+            &down(split),
+        );
+    }
     // split: the unrotated direction, then the update on the listed entries
-    let p0: Vec<S> = cast(&randn(rng, len, 1.0));
+    let p0: Vec<BK::T> = cast(&randn(rng, len, 1.0));
     let listed = be.rotation_index_list(ix);
-    let mut dir = vec![S::zero(); len];
-    be.unrotate(&mut dir, &u, ix, r, nb, n).unwrap();
+    let mut dir = be.alloc(len).unwrap();
+    be.unrotate(
+        be.view_mut(&mut dir, 0..len),
+        be.view(&u, 0..k),
+        ix,
+        r,
+        nb,
+        n,
+    )
+    .unwrap();
     let mut want = p0.clone();
-    apply_on_listed(be, &mut want, &dir, &listed, hp.lr);
-    let mut p = p0;
-    be.unrotate_apply_update(&mut p, &u, ix, r, nb, n, hp.lr)
-        .unwrap();
-    assert!(
-        p == want,
-        "unrotate_apply_update differs from unrotate + apply_update: {label}"
+    apply_on_listed(be, &mut want, &down(&dir), &listed, hp.lr);
+    let mut p = upload(be, &p0);
+    be.unrotate_apply_update(
+        be.view_mut(&mut p, 0..len),
+        be.view(&u, 0..k),
+        ix,
+        r,
+        nb,
+        n,
+        hp.lr,
+    )
+    .unwrap();
+    assert_same_bits(
+        &format!("unrotate_apply_update vs unrotate + apply_update: {label}"),
+        &down(&p),
+        &want,
     );
 }
 
@@ -708,9 +755,7 @@ fn rotate_unrotate_ops_match_naive_loop() {
 /// A random permutation of 0..len.
 fn random_perm(rng: &mut Rng, len: usize) -> Vec<u32> {
     let mut perm: Vec<u32> = (0..len as u32).collect();
-    for i in (1..len).rev() {
-        perm.swap(i, rng.below(i as u64 + 1) as usize);
-    }
+    shuffle(&mut perm, rng);
     perm
 }
 
@@ -786,9 +831,7 @@ fn gather_auto_buckets_only_scattered_long_lists() {
     let mut rows: Vec<u32> = (0..len as u32).collect();
     let mut rng = Rng::new(6);
     for row in rows.chunks_mut(n) {
-        for i in (1..row.len()).rev() {
-            row.swap(i, rng.below(i as u64 + 1) as usize);
-        }
+        shuffle(row, &mut rng);
     }
     assert!(!be.rotation_index(rows, n, len).unwrap().is_bucketed());
     // short lists stay direct however scattered

@@ -35,6 +35,19 @@ pub struct KernelOptions {
     pub json: bool,
 }
 
+impl KernelOptions {
+    /// Every count and size at least 1 (`--rotation-block` divides the parameter count).
+    pub fn validate(&self) -> Result<()> {
+        super::at_least_one(&[
+            ("--batch-size", self.batch_size),
+            ("--seq-len", self.seq_len),
+            ("--rotation-block", self.rotation_block),
+            ("--threads", self.threads),
+            ("--reps", self.reps),
+        ])
+    }
+}
+
 /// One op's measurement.
 #[derive(Serialize, Debug, Clone)]
 pub struct OpTiming {
@@ -73,8 +86,7 @@ fn randn(rng: &mut Rng, n: usize, scale: f64) -> Vec<f32> {
 
 /// Median wall time in ms of `f` over `reps` runs after one warm-up, synchronising with `sync`.
 fn time(reps: usize, f: impl FnMut() -> Result<()>, sync: &dyn Fn() -> Result<()>) -> Result<f64> {
-    let v = times(reps, f, sync)?;
-    Ok(v[v.len() / 2])
+    Ok(super::median(times(reps, f, sync)?))
 }
 
 /// The wall times in ms of `reps` runs of `f` (at least one) after one warm-up, in increasing order.
@@ -92,7 +104,7 @@ fn times(
         sync()?;
         v.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(|a, b| a.total_cmp(b));
     Ok(v)
 }
 
@@ -136,6 +148,7 @@ pub fn bench_ops<BK: Backend<T = f32>>(
     bandwidth_peak: f64,
     emulated: bool,
 ) -> Result<KernelBench> {
+    o.validate()?;
     let cfg = ModelConfig::preset(&o.model)?;
     let (b, t, c, nh, v) = (
         o.batch_size,
@@ -351,15 +364,7 @@ pub fn bench_ops<BK: Backend<T = f32>>(
     // optimizer and reductions over all d parameters
     let grads = buf(&randn(&mut rng, d, 1e-3))?;
     let (mut p, mut m, mut vv) = (buf(&randn(&mut rng, d, 0.02))?, be.alloc(d)?, be.alloc(d)?);
-    let hp = AdamStep {
-        lr: 6e-4,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.1,
-        bias_correction1: 0.1,
-        bias_correction2: 0.05,
-    };
+    let hp = AdamStep::new(1, 6e-4, 0.9, 0.95, 1e-8, 0.1);
     let ms = time(
         reps,
         || {
@@ -397,9 +402,7 @@ pub fn bench_ops<BK: Backend<T = f32>>(
     let rn = o.rotation_block.min(d);
     let nb = d / rn;
     let mut perm: Vec<u32> = (0..d as u32).collect();
-    for i in (1..d).rev() {
-        perm.swap(i, rng.below(i as u64 + 1) as usize);
-    }
+    crate::rotation::shuffle(&mut perm, &mut rng);
     perm.truncate(nb * rn);
     let index = &be.rotation_index(perm, rn, d)?;
     let r = buf(&crate::rotation::haar(rn, &mut rng)
@@ -526,6 +529,7 @@ fn time_step<BK: Backend<T = f32>>(
 
 /// Runs the benchmark on the best device present (module docs) and prints it.
 pub fn run(o: &KernelOptions) -> Result<()> {
+    o.validate()?;
     let report = if o.device == DeviceKind::Cuda {
         let tk = crate::backend::cuda::nvrtc::Toolkit::find();
         let be = crate::backend::cuda::CudaBackend::cuda(0, tk, false)?;

@@ -42,6 +42,33 @@ pub struct StepOptions {
     pub json: bool,
 }
 
+impl StepOptions {
+    /// The counts and sizes `bench step` uses are at least 1 (`--warmup` may be 0).
+    pub fn validate(&self) -> Result<()> {
+        self.validate_shape()?;
+        at_least_one(&[("--steps", self.steps)])
+    }
+
+    /// The options `bench gemm` uses (`--batch-size`, `--seq-len`, `--threads`) are at least 1.
+    fn validate_shape(&self) -> Result<()> {
+        at_least_one(&[
+            ("--batch-size", self.batch_size),
+            ("--seq-len", self.seq_len),
+            ("--threads", self.threads),
+        ])
+    }
+}
+
+/// `Error::config(flag, "must be at least 1")` for the first `(flag, value)` whose value is 0: a count of
+/// timed runs (a median of none), a block size (a division by it), a batch or sequence of no tokens (a
+/// step that measures nothing), or no threads.
+pub(crate) fn at_least_one(options: &[(&str, usize)]) -> Result<()> {
+    match options.iter().find(|(_, v)| *v == 0) {
+        Some((flag, _)) => Err(Error::config(*flag, "must be at least 1")),
+        None => Ok(()),
+    }
+}
+
 /// CPU time counters from /proc/stat (all CPUs) and /proc/self/stat, in clock ticks.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct CpuTicks {
@@ -90,7 +117,10 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The median of `v` (the mean of the two middle values for an even count); `v` must not be empty (the
+/// options' checks, [`at_least_one`], keep every timed count ≥ 1).
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    assert!(!v.is_empty(), "median of no values");
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
     if n % 2 == 1 {
@@ -191,14 +221,14 @@ pub fn step_flops(cfg: &ModelConfig, n_params_matmul: usize, b: usize, t: usize)
 }
 
 pub fn bench_step(o: &StepOptions) -> Result<StepResult> {
-    let mut cfg = ModelConfig::preset(&o.model)?;
+    o.validate()?;
+    let cfg = ModelConfig::preset(&o.model)?;
     if o.seq_len > cfg.seq_len {
         return Err(Error::config(
             "--seq-len",
             format!("{} exceeds the model's context {}", o.seq_len, cfg.seq_len),
         ));
     }
-    cfg.seq_len = cfg.seq_len.max(o.seq_len);
     let (b, t) = (o.batch_size, o.seq_len);
     let gemm = bench_gemm(&cfg, b * t, o.threads);
     let peak = gemm.iter().map(|g| g.gflops).fold(0.0, f64::max);
@@ -252,6 +282,7 @@ pub fn bench_step(o: &StepOptions) -> Result<StepResult> {
 
 /// `rotadam bench gemm`: prints the table (or JSON).
 pub fn run_gemm(o: &StepOptions) -> Result<()> {
+    o.validate_shape()?;
     let cfg = ModelConfig::preset(&o.model)?;
     let r = bench_gemm(&cfg, o.batch_size * o.seq_len, o.threads);
     if o.json {
@@ -297,4 +328,107 @@ pub fn run_step(o: &StepOptions) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernels::{bench_ops, KernelOptions};
+    use super::rotation::{measure, RotationOptions};
+    use super::*;
+    use crate::backend::cpu::GatherMode;
+    use crate::config::{DeviceKind, Scope};
+
+    /// The flag a `Config` error names; panics on success or another error.
+    fn flag<T: std::fmt::Debug>(r: Result<T>) -> String {
+        match r {
+            Err(Error::Config { field, .. }) => field,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn zero_counts_and_sizes_are_config_errors_not_panics() {
+        let step = StepOptions {
+            model: "tiny".into(),
+            batch_size: 2,
+            seq_len: 8,
+            threads: 1,
+            steps: 1,
+            warmup: 0,
+            json: true,
+        };
+        type Zero<O> = (&'static str, fn(&mut O));
+        let zeros: [Zero<StepOptions>; 4] = [
+            ("--batch-size", |o| o.batch_size = 0),
+            ("--seq-len", |o| o.seq_len = 0),
+            ("--threads", |o| o.threads = 0),
+            ("--steps", |o| o.steps = 0),
+        ];
+        for (want, zero) in zeros {
+            let mut o = step.clone();
+            zero(&mut o);
+            assert_eq!(flag(bench_step(&o)), want);
+            if want != "--steps" {
+                assert_eq!(flag(run_gemm(&o)), want, "bench gemm");
+            }
+        }
+
+        let kernels = KernelOptions {
+            model: "tiny".into(),
+            batch_size: 2,
+            seq_len: 8,
+            rotation_block: 16,
+            threads: 1,
+            reps: 1,
+            device: DeviceKind::Cpu,
+            json: true,
+        };
+        let zeros: [Zero<KernelOptions>; 5] = [
+            ("--batch-size", |o| o.batch_size = 0),
+            ("--seq-len", |o| o.seq_len = 0),
+            ("--rotation-block", |o| o.rotation_block = 0),
+            ("--threads", |o| o.threads = 0),
+            ("--reps", |o| o.reps = 0),
+        ];
+        let be = CpuBackend::<f32>::new(1, false);
+        for (want, zero) in zeros {
+            let mut o = kernels.clone();
+            zero(&mut o);
+            assert_eq!(flag(bench_ops(&be, &o, 1.0, false)), want);
+        }
+
+        let rotation = RotationOptions {
+            model: "tiny".into(),
+            scope: Scope::Global,
+            n: vec![16],
+            batch_size: 2,
+            seq_len: 8,
+            threads: 1,
+            reps: 1,
+            steps: 1,
+            gather: GatherMode::Auto,
+            json: true,
+        };
+        let zeros: [Zero<RotationOptions>; 7] = [
+            ("--n", |o| o.n = vec![16, 0]),
+            ("--n", |o| o.n.clear()),
+            ("--batch-size", |o| o.batch_size = 0),
+            ("--seq-len", |o| o.seq_len = 0),
+            ("--threads", |o| o.threads = 0),
+            ("--reps", |o| o.reps = 0),
+            ("--steps", |o| o.steps = 0),
+        ];
+        for (want, zero) in zeros {
+            let mut o = rotation.clone();
+            zero(&mut o);
+            assert_eq!(flag(measure(&o)), want);
+        }
+    }
+
+    #[test]
+    fn median_takes_the_middle_or_the_mean_of_the_two_middle_values() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![7.0]), 7.0);
+    }
 }

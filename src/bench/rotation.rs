@@ -17,8 +17,8 @@
 //! The top-level fields are those of the first `--n`; `results` holds every n.
 
 use super::{
-    bench_step, best_gflops, cpu_ticks, gemm_gflops, median, other_load, peak_rss_bytes,
-    StepOptions,
+    at_least_one, bench_step, best_gflops, cpu_ticks, gemm_gflops, median, other_load,
+    peak_rss_bytes, StepOptions,
 };
 use crate::backend::cpu::rotation::{chunk_rows, window_rows};
 use crate::backend::cpu::{rotgemm, CpuBackend, GatherMode};
@@ -55,6 +55,25 @@ pub struct RotationOptions {
     pub gather: GatherMode,
     /// Print one JSON object instead of a table.
     pub json: bool,
+}
+
+impl RotationOptions {
+    /// At least one block size, and every block size, count and size at least 1.
+    pub fn validate(&self) -> Result<()> {
+        if self.n.is_empty() || self.n.contains(&0) {
+            return Err(crate::Error::config(
+                "--n",
+                "block sizes must be at least 1",
+            ));
+        }
+        at_least_one(&[
+            ("--batch-size", self.batch_size),
+            ("--seq-len", self.seq_len),
+            ("--threads", self.threads),
+            ("--reps", self.reps),
+            ("--steps", self.steps),
+        ])
+    }
 }
 
 /// The figures for one block size.
@@ -135,7 +154,7 @@ fn time_one(
     let mut y = be.alloc(d)?;
     let mut back = be.alloc(d)?;
     let (mut tr, mut tu) = (Vec::new(), Vec::new());
-    for rep in 0..=o.reps.max(1) {
+    for rep in 0..=o.reps {
         let t = Instant::now();
         rot.rotate(be, &mut y, g)?;
         tr.push(ms_since(t));
@@ -222,7 +241,7 @@ fn time_adamw(
     let tr = TrainConfig::default();
     let mut params = be.alloc(table.total)?;
     let mut times = Vec::new();
-    for rep in 0..=o.reps.max(1) {
+    for rep in 0..=o.reps {
         let t = Instant::now();
         opt.step(be, table, &mut params, g, tr.lr)?;
         if rep > 0 {
@@ -234,6 +253,7 @@ fn time_adamw(
 
 /// Runs the benchmark (on the caller's rayon pool) and returns the report.
 pub fn measure(o: &RotationOptions) -> Result<RotationBenchResult> {
+    o.validate()?;
     let cfg = ModelConfig::preset(&o.model)?;
     let table = ParamTable::new(&cfg);
     let c0 = cpu_ticks();
@@ -287,12 +307,6 @@ pub fn measure(o: &RotationOptions) -> Result<RotationBenchResult> {
 
 /// `rotadam bench rotation`: JSON with `--json`, else a short table.
 pub fn run(o: &RotationOptions) -> Result<()> {
-    if o.n.is_empty() || o.n.contains(&0) {
-        return Err(crate::Error::config(
-            "--n",
-            "block sizes must be at least 1",
-        ));
-    }
     let r = measure(o)?;
     if o.json {
         println!("{}", serde_json::to_string(&r).expect("serialise"));

@@ -85,8 +85,9 @@ pub struct Rotation<BK: Backend> {
     classes: Vec<BlockClass<BK>>,
 }
 
-/// Fisher–Yates shuffle of `x` with `rng` (uniform over all permutations).
-fn shuffle(x: &mut [u32], rng: &mut Rng) {
+/// Fisher–Yates shuffle of `x` with `rng` (uniform over all permutations): for i from len − 1 down to 1,
+/// j = `rng.below(i + 1)` and x[i] ↔ x[j], so a seed gives the permutation [`Rotation::new`] draws.
+pub fn shuffle(x: &mut [u32], rng: &mut Rng) {
     for i in (1..x.len()).rev() {
         let j = rng.below(i as u64 + 1) as usize;
         x.swap(i, j);
