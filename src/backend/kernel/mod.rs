@@ -31,19 +31,22 @@ use bytemuck::Pod;
 use std::marker::PhantomData;
 use std::ops::Range;
 
+/// The element type and the borrow of a tensor handle.
+type Borrowed<'a, T> = PhantomData<(fn() -> T, &'a ())>;
+
 /// A device tensor a kernel reads: its address and its length in elements of `T`, borrowed from the
 /// [`Mem`] that owns it for `'a`, so it cannot outlive the memory.
 pub struct Dev<'a, T> {
     pub(crate) addr: u64,
     pub(crate) len: usize,
-    _t: PhantomData<(fn() -> T, &'a ())>,
+    _t: Borrowed<'a, T>,
 }
 
 /// A device tensor a kernel writes, borrowed mutably from its [`Mem`] for `'a`.
 pub struct DevMut<'a, T> {
     pub(crate) addr: u64,
     pub(crate) len: usize,
-    _t: PhantomData<(fn() -> T, &'a ())>,
+    _t: Borrowed<'a, T>,
 }
 
 macro_rules! dev_common {
