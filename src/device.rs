@@ -106,8 +106,7 @@ const SELF_CHECK_TOL: [(f64, f64); 2] = [(1e-5, 1e-4), (2e-2, 5e-2)];
 
 /// The tiny GPT-2 of [`self_check`] and of the emulator's full-step tests (`tests/cuda/step.rs`): 2 layers,
 /// 2 heads, width 16, context 8, a vocabulary of 37 (odd: no dimension is a multiple of a warp), biases on.
-pub fn check_model() -> crate::config::ModelConfig {
-    use crate::config::ModelConfig;
+pub fn check_model() -> ModelConfig {
     ModelConfig {
         n_layer: 2,
         n_head: 2,
@@ -121,7 +120,8 @@ pub fn check_model() -> crate::config::ModelConfig {
 /// One forward/backward of a tiny GPT-2 (2 layers, width 16, biases on) on device 0 and on the CPU
 /// backend, same weights and batch: Ok(the differences) when the loss agrees to a relative 1e-5 and every
 /// gradient entry to 1e-6 + 1e-4·|cpu| (fp32; bf16: 2e-2 and 5e-2), else Err(what differed, or why the
-/// backend could not run). `--device auto` uses the GPU only when this passes (`crate::device`).
+/// backend could not run; a non-finite loss or gradient entry fails, [`compare`]). `--device auto` uses
+/// the GPU only when this passes (`crate::device`).
 pub fn self_check(bf16: bool) -> Result<String, String> {
     let cfg = check_model();
     let tk = Toolkit::find();
@@ -148,17 +148,49 @@ pub fn self_check(bf16: bool) -> Result<String, String> {
     }
     let (lg, gg) = loss_and_grads(&gpu, &cfg, (&x, &y, b, t))?;
     let (lc, gc) = loss_and_grads(&cpu, &cfg, (&x, &y, b, t))?;
+    compare((lg, &gg), (lc, &gc), bf16)
+}
+
+/// [`self_check`]'s verdict on the GPU's (loss, gradient) against the CPU's: Ok(the differences) when
+/// both are finite everywhere, the loss agrees to a relative `loss_tol` and every gradient entry to
+/// 1e-6 + `rtol`·|cpu| ([`SELF_CHECK_TOL`]); else Err(what differed). A NaN or an infinity anywhere is a
+/// failure that names it (a max over the entries would skip a NaN).
+pub fn compare(
+    (lg, gg): (f64, &[f64]),
+    (lc, gc): (f64, &[f64]),
+    bf16: bool,
+) -> Result<String, String> {
+    if gg.len() != gc.len() {
+        return Err(format!(
+            "the GPU gave {} gradient entries, the CPU {}",
+            gg.len(),
+            gc.len()
+        ));
+    }
+    for (side, loss, grads) in [("GPU", lg, gg), ("CPU", lc, gc)] {
+        if !loss.is_finite() {
+            return Err(format!("the {side}'s loss is {loss}"));
+        }
+        let mut bad = grads.iter().enumerate().filter(|(_, g)| !g.is_finite());
+        if let Some((i, g)) = bad.next() {
+            let n = 1 + bad.count();
+            let entries = if n == 1 { "entry" } else { "entries" };
+            return Err(format!(
+                "the {side}'s gradient has {n} non-finite {entries}, the first at index {i}: {g}"
+            ));
+        }
+    }
     let (loss_tol, rtol) = SELF_CHECK_TOL[bf16 as usize];
     let loss_err = (lg - lc).abs() / lc.abs().max(f64::MIN_POSITIVE);
     let grad_err = gg
         .iter()
-        .zip(&gc)
+        .zip(gc)
         .map(|(g, c)| (g - c).abs() / (1e-6 / rtol + c.abs()))
         .fold(0.0f64, f64::max);
     let summary = format!(
         "loss {lg:.6} vs {lc:.6} (rel. {loss_err:.1e}), worst gradient entry {grad_err:.1e} of |cpu|"
     );
-    if gg.len() == gc.len() && loss_err <= loss_tol && grad_err <= rtol && lg.is_finite() {
+    if loss_err <= loss_tol && grad_err <= rtol {
         Ok(summary)
     } else {
         Err(summary)

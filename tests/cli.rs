@@ -88,3 +88,28 @@ fn kinds_parse_once_at_the_edge() {
         "{e}"
     );
 }
+
+/// The scopes' names and descriptions are one table: `--rotation`'s rows of the scopes are `Scope`'s.
+#[test]
+fn every_scope_has_one_description() {
+    let scope_rows: Vec<_> = RotationKind::VALUES
+        .iter()
+        .filter_map(|&(k, name, help)| match k {
+            RotationKind::Scope(s) => Some((s, name, help)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(scope_rows, Scope::VALUES.to_vec());
+}
+
+/// `--json` output of a value that cannot be JSON (a path that is not UTF-8) is an error, not a panic.
+#[cfg(unix)]
+#[test]
+fn json_of_a_non_utf8_path_is_an_error() {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b"run-\xff"));
+    let r = std::panic::catch_unwind(|| rotadam::cli::to_json(&p).map(|_| ()));
+    let e = r.expect("to_json panicked").unwrap_err().to_string();
+    assert!(e.contains("UTF-8"), "{e}");
+    assert!(rotadam::cli::to_json(&vec![1, 2]).unwrap().contains('1'));
+}

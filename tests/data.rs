@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::util::tmp;
 use rotadam::data::shard::LLMC_HEADER_BYTES;
 use rotadam::data::{
     demo_corpus, fixed_batches, prepare, read_meta, write_flat, write_llmc_shard, BatchSampler,
@@ -15,27 +16,6 @@ use rotadam::rng::splitmix64;
 const VOCAB: usize = 50257;
 const GPT2_TEST_TEXT: &str = "Hello world, this is GPT-2.";
 const GPT2_TEST_IDS: [u16; 10] = [15496, 995, 11, 428, 318, 402, 11571, 12, 17, 13];
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("rotadam-data-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Tokens `0, 1, 2, …` offset by `base` (all below the vocab).
 fn ramp(base: u16, n: usize) -> Vec<u16> {
@@ -70,11 +50,11 @@ fn read_u16(path: &Path) -> Vec<u16> {
 
 #[test]
 fn flat_round_trip() {
-    let d = TempDir::new("flat");
+    let d = tmp("data-flat");
     let (train, val) = (ramp(0, 5000), ramp(40000, 300));
-    write_flat(&d.path("train.bin"), &train).unwrap();
-    write_flat(&d.path("val.bin"), &val).unwrap();
-    let ds = Dataset::open(&d.0, VOCAB, 64).unwrap();
+    write_flat(&d.join("train.bin"), &train).unwrap();
+    write_flat(&d.join("val.bin"), &val).unwrap();
+    let ds = Dataset::open(&d, VOCAB, 64).unwrap();
     assert_eq!(ds.format(), DataFormat::NanoGpt);
     assert_eq!(ds.train.shards().len(), 1);
     assert_eq!(ds.train.shards()[0].tokens(), &train[..]);
@@ -83,22 +63,23 @@ fn flat_round_trip() {
     let desc = ds.describe();
     assert!(desc.starts_with("nanoGPT flat uint16 at "), "{desc}");
     assert!(desc.ends_with(": 5,000 train / 300 val tokens"), "{desc}");
+    fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
 fn llmc_round_trip_sorted_shards() {
-    let d = TempDir::new("llmc");
+    let d = tmp("data-llmc");
     // Written out of order; a decoy that only looks like a shard and a nanoGPT-less directory.
     let parts: Vec<Vec<u16>> = (0..3)
         .map(|k| ramp(1000 * k as u16, 100 + 37 * k))
         .collect();
     for k in [2, 0, 1] {
-        write_llmc_shard(&d.path(&format!("corpus_train_{k:06}.bin")), &parts[k]).unwrap();
+        write_llmc_shard(&d.join(format!("corpus_train_{k:06}.bin")), &parts[k]).unwrap();
     }
-    write_llmc_shard(&d.path("corpus_val_000000.bin"), &ramp(9, 50)).unwrap();
-    fs::write(d.path("corpus_train_000009.bin.tmp"), b"junk").unwrap();
-    fs::write(d.path("README"), b"not a shard").unwrap();
-    let ds = Dataset::open(&d.0, VOCAB, 16).unwrap();
+    write_llmc_shard(&d.join("corpus_val_000000.bin"), &ramp(9, 50)).unwrap();
+    fs::write(d.join("corpus_train_000009.bin.tmp"), b"junk").unwrap();
+    fs::write(d.join("README"), b"not a shard").unwrap();
+    let ds = Dataset::open(&d, VOCAB, 16).unwrap();
     assert_eq!(ds.format(), DataFormat::LlmC);
     // Sorted by name: shard 0's tokens, then 1's, then 2's.
     let all: Vec<u16> = ds
@@ -114,182 +95,186 @@ fn llmc_round_trip_sorted_shards() {
         .describe()
         .contains("411 train tokens in 3 shard(s) / 50 val tokens in 1 shard(s)"));
     // The header is exactly 256 int32 and the file exactly 1024 + 2·N bytes.
-    let bytes = fs::read(d.path("corpus_val_000000.bin")).unwrap();
+    let bytes = fs::read(d.join("corpus_val_000000.bin")).unwrap();
     assert_eq!(bytes.len(), LLMC_HEADER_BYTES + 100);
     assert_eq!(
         &bytes[..12],
         [20240520i32, 1, 50].map(i32::to_le_bytes).concat()
     );
+    fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
 fn llmc_single_file_names() {
     // llm.c's tinyshakespeare prep writes `tiny_shakespeare_train.bin` / `tiny_shakespeare_val.bin`.
-    let d = TempDir::new("llmc-names");
-    write_llmc_shard(&d.path("tiny_shakespeare_train.bin"), &ramp(0, 40)).unwrap();
-    write_llmc_shard(&d.path("tiny_shakespeare_val.bin"), &ramp(0, 20)).unwrap();
-    let ds = Dataset::open(&d.0, VOCAB, 8).unwrap();
+    let d = tmp("data-llmc-names");
+    write_llmc_shard(&d.join("tiny_shakespeare_train.bin"), &ramp(0, 40)).unwrap();
+    write_llmc_shard(&d.join("tiny_shakespeare_val.bin"), &ramp(0, 20)).unwrap();
+    let ds = Dataset::open(&d, VOCAB, 8).unwrap();
     assert_eq!((ds.train.len(), ds.val.len()), (40, 20));
+    fs::remove_dir_all(&d).unwrap();
 }
 
 // ---- bad inputs: each names the file and the field ---------------------------------------------------
 
 #[test]
 fn missing_dir_and_missing_files() {
-    let d = TempDir::new("missing");
+    let d = tmp("data-missing");
     assert_err(
-        Dataset::open(&d.path("nope"), VOCAB, 8),
+        Dataset::open(&d.join("nope"), VOCAB, 8),
         "nope|data directory|does not exist",
     );
     assert_err(
-        Dataset::open(&d.0, VOCAB, 8),
-        "rotadam-data-missing|data files|train.bin|*_train_*.bin",
+        Dataset::open(&d, VOCAB, 8),
+        "data-missing|data files|train.bin|*_train_*.bin",
     );
-    write_flat(&d.path("train.bin"), &ramp(0, 100)).unwrap();
+    write_flat(&d.join("train.bin"), &ramp(0, 100)).unwrap();
     assert_err(
-        Dataset::open(&d.0, VOCAB, 8),
+        Dataset::open(&d, VOCAB, 8),
         "data files|train.bin without val.bin",
     );
+    fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
 fn short_long_and_bad_header_shards() {
-    let d = TempDir::new("header");
-    let good = d.path("x_train_000000.bin");
+    let d = tmp("data-header");
+    let good = d.join("x_train_000000.bin");
     write_llmc_shard(&good, &ramp(0, 10)).unwrap();
     let bytes = fs::read(&good).unwrap();
     let open = |p: &Path| TokenShard::open(p, DataFormat::LlmC, VOCAB);
     assert_eq!(open(&good).unwrap().tokens(), &ramp(0, 10)[..]);
 
-    let short = d.path("short.bin");
+    let short = d.join("short.bin");
     fs::write(&short, &bytes[..bytes.len() - 4]).unwrap();
     assert_err(
         open(&short),
         "short.bin|length|header says 10 tokens (1044 bytes) but the file has 1040 bytes",
     );
-    let long = d.path("long.bin");
+    let long = d.join("long.bin");
     fs::write(&long, [&bytes[..], &[0, 0]].concat()).unwrap();
     assert_err(open(&long), "long.bin|length|1046 bytes");
-    let tiny = d.path("tiny.bin");
+    let tiny = d.join("tiny.bin");
     fs::write(&tiny, &bytes[..100]).unwrap();
     assert_err(open(&tiny), "tiny.bin|header|1024-byte");
 
     let mut magic = bytes.clone();
     magic[..4].copy_from_slice(&20240326i32.to_le_bytes());
-    fs::write(d.path("magic.bin"), &magic).unwrap();
+    fs::write(d.join("magic.bin"), &magic).unwrap();
     assert_err(
-        open(&d.path("magic.bin")),
+        open(&d.join("magic.bin")),
         "magic.bin|header[0] magic|expected 20240520|20240326",
     );
 
     let mut version = bytes.clone();
     version[4..8].copy_from_slice(&7i32.to_le_bytes());
-    fs::write(d.path("version.bin"), &version).unwrap();
+    fs::write(d.join("version.bin"), &version).unwrap();
     assert_err(
-        open(&d.path("version.bin")),
+        open(&d.join("version.bin")),
         "version.bin|header[1] version|expected 1, found 7",
     );
 
     // Through Dataset::open too: the bad shard is named.
-    fs::write(d.path("x_val_000000.bin"), &version).unwrap();
+    fs::write(d.join("x_val_000000.bin"), &version).unwrap();
     assert_err(
-        Dataset::open(&d.0, VOCAB, 4),
+        Dataset::open(&d, VOCAB, 4),
         "x_val_000000.bin|header[1] version",
     );
+    fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
 fn odd_empty_and_out_of_vocab_flat_files() {
-    let d = TempDir::new("flatbad");
-    write_flat(&d.path("train.bin"), &ramp(0, 100)).unwrap();
-    fs::write(d.path("val.bin"), [1u8, 0, 2]).unwrap();
-    assert_err(
-        Dataset::open(&d.0, VOCAB, 4),
-        "val.bin|length|3 bytes is odd",
-    );
-    fs::write(d.path("val.bin"), []).unwrap();
-    assert_err(Dataset::open(&d.0, VOCAB, 4), "val.bin|length|empty");
+    let d = tmp("data-flatbad");
+    write_flat(&d.join("train.bin"), &ramp(0, 100)).unwrap();
+    fs::write(d.join("val.bin"), [1u8, 0, 2]).unwrap();
+    assert_err(Dataset::open(&d, VOCAB, 4), "val.bin|length|3 bytes is odd");
+    fs::write(d.join("val.bin"), []).unwrap();
+    assert_err(Dataset::open(&d, VOCAB, 4), "val.bin|length|empty");
     let mut val = ramp(0, 100);
     val[7] = 50257;
     val[60] = 65535;
-    write_flat(&d.path("val.bin"), &val).unwrap();
+    write_flat(&d.join("val.bin"), &val).unwrap();
     assert_err(
-        Dataset::open(&d.0, VOCAB, 4),
+        Dataset::open(&d, VOCAB, 4),
         "val.bin|token id|token 7 (byte offset 14) is 50257, not below the vocab size 50257",
     );
     // A larger vocab (GPT-2's padded 50304) accepts 50257 but not 65535.
-    assert_err(Dataset::open(&d.0, 50304, 4), "val.bin|token 60|65535");
+    assert_err(Dataset::open(&d, 50304, 4), "val.bin|token 60|65535");
     // In an llm.c shard the byte offset counts the header; the bound is exact (EOT 50256 is fine).
-    let p = d.path("s.bin");
+    let p = d.join("s.bin");
     write_llmc_shard(&p, &[1, 50256]).unwrap();
     assert!(TokenShard::open(&p, DataFormat::LlmC, VOCAB).is_ok());
     write_llmc_shard(&p, &[1, 2, 50257]).unwrap();
     let r = TokenShard::open(&p, DataFormat::LlmC, VOCAB);
     assert_err(r, "s.bin|token 2 (byte offset 1028) is 50257");
+    fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
 fn seq_len_too_large() {
-    let d = TempDir::new("seqlen");
-    write_flat(&d.path("train.bin"), &ramp(0, 5000)).unwrap();
-    write_flat(&d.path("val.bin"), &ramp(0, 800)).unwrap();
-    assert!(Dataset::open(&d.0, VOCAB, 799).is_ok());
+    let d = tmp("data-seqlen");
+    write_flat(&d.join("train.bin"), &ramp(0, 5000)).unwrap();
+    write_flat(&d.join("val.bin"), &ramp(0, 800)).unwrap();
+    assert!(Dataset::open(&d, VOCAB, 799).is_ok());
     assert_err(
-        Dataset::open(&d.0, VOCAB, 1024),
+        Dataset::open(&d, VOCAB, 1024),
         "val.bin|seq-len|seq-len 1024 needs at least 1025 tokens in one shard; val has 800",
     );
+    fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
 fn bad_jsonl_and_invalid_utf8() {
-    let d = TempDir::new("badtext");
+    let d = tmp("data-badtext");
     let run = |input: &str| {
         let opts = PrepareOptions {
-            inputs: vec![d.path(input)],
-            out: d.path("out"),
+            inputs: vec![d.join(input)],
+            out: d.join("out"),
             quiet: true,
             ..PrepareOptions::default()
         };
         prepare(&opts)
     };
-    fs::write(d.path("a.jsonl"), "{\"text\": \"ok\"}\n{\"text\": \"ok\"\n").unwrap();
+    fs::write(d.join("a.jsonl"), "{\"text\": \"ok\"}\n{\"text\": \"ok\"\n").unwrap();
     assert_err(run("a.jsonl"), "a.jsonl|line 2|not JSON");
     fs::write(
-        d.path("b.jsonl"),
+        d.join("b.jsonl"),
         "{\"text\": \"ok\"}\n\n{\"body\": \"x\"}\n",
     )
     .unwrap();
     assert_err(run("b.jsonl"), "b.jsonl|line 3|no \"text\" field");
-    fs::write(d.path("c.jsonl"), "{\"text\": 3}\n").unwrap();
+    fs::write(d.join("c.jsonl"), "{\"text\": 3}\n").unwrap();
     assert_err(
         run("c.jsonl"),
         "c.jsonl|line 1|\"text\" field is not a string: 3",
     );
     fs::write(
-        d.path("d.jsonl"),
+        d.join("d.jsonl"),
         b"{\"text\": \"ok\"}\n{\"text\": \"\xff\"}\n",
     )
     .unwrap();
     assert_err(run("d.jsonl"), "d.jsonl|line 2|UTF-8");
-    fs::write(d.path("e.txt"), b"fine text, then \xc3\x28 bad").unwrap();
+    fs::write(d.join("e.txt"), b"fine text, then \xc3\x28 bad").unwrap();
     assert_err(
         run("e.txt"),
         "e.txt|text|not valid UTF-8 (first bad byte at offset 16)",
     );
     assert_err(run("missing.txt"), "missing.txt");
     // A failed prepare leaves nothing behind in the output directory.
-    assert_eq!(listing(&d.path("out")), Vec::<String>::new());
+    assert_eq!(listing(&d.join("out")), Vec::<String>::new());
+    fs::remove_dir_all(&d).unwrap();
 }
 
 // ---- sampler ---------------------------------------------------------------------------------------------
 
 /// Shards whose tokens encode (shard id, position): token = 10000·(k+1) + position.
-fn labelled_split(d: &TempDir, lens: &[usize]) -> TokenSplit {
+fn labelled_split(d: &Path, lens: &[usize]) -> TokenSplit {
     let shards = lens
         .iter()
         .enumerate()
         .map(|(k, &n)| {
-            let p = d.path(&format!("l_train_{k:03}.bin"));
+            let p = d.join(format!("l_train_{k:03}.bin"));
             let tokens: Vec<u16> = (0..n).map(|i| (10000 * (k + 1) + i) as u16).collect();
             write_llmc_shard(&p, &tokens).unwrap();
             TokenShard::open(&p, DataFormat::LlmC, 65536).unwrap()
@@ -300,7 +285,7 @@ fn labelled_split(d: &TempDir, lens: &[usize]) -> TokenSplit {
 
 #[test]
 fn sampler_is_reproducible_and_resumable() {
-    let d = TempDir::new("sampler");
+    let d = tmp("data-sampler");
     let split = labelled_split(&d, &[300, 50, 1000]);
     let draw = |s: &mut BatchSampler, n: usize| {
         (0..n)
@@ -323,11 +308,12 @@ fn sampler_is_reproducible_and_resumable() {
     assert_eq!(restored.batches_drawn(), 3);
     assert_eq!(draw(&mut restored, 6), ahead);
     assert_eq!((restored.batches_drawn(), live.batches_drawn()), (9, 9));
+    fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
 fn batches_are_shifted_windows_inside_one_shard() {
-    let d = TempDir::new("windows");
+    let d = tmp("data-windows");
     let (t, lens) = (3, [5usize, 7, 3]);
     let split = labelled_split(&d, &lens);
     let mut sampler = BatchSampler::new(1);
@@ -366,17 +352,19 @@ fn batches_are_shifted_windows_inside_one_shard() {
             "start {k:?} drawn {c} times of 6000, expected ~1000"
         );
     }
+    fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
 fn fixed_batches_repeat() {
-    let d = TempDir::new("fixed");
+    let d = tmp("data-fixed");
     let split = labelled_split(&d, &[500, 500]);
     let a = fixed_batches(&split, 3, 32, 4, 0);
     assert_eq!(a.len(), 4);
     assert_eq!(a, fixed_batches(&split, 3, 32, 4, 0));
     assert_ne!(a, fixed_batches(&split, 3, 32, 4, 1));
     assert_ne!(a[0], a[1]);
+    fs::remove_dir_all(&d).unwrap();
 }
 
 // ---- prepare -----------------------------------------------------------------------------------------
@@ -414,8 +402,8 @@ fn encode(text: &str) -> Vec<u16> {
 
 #[test]
 fn prepare_matches_tiktoken_and_the_split_rule() {
-    let d = TempDir::new("prepare");
-    let src = d.path("src");
+    let d = tmp("data-prepare");
+    let src = d.join("src");
     fs::create_dir_all(src.join("sub")).unwrap();
     fs::write(src.join("a.txt"), GPT2_TEST_TEXT).unwrap();
     let lines = [
@@ -447,7 +435,7 @@ fn prepare_matches_tiktoken_and_the_split_rule() {
     let (seed, vf) = (11, 0.3);
     let opts = PrepareOptions {
         inputs: vec![src.clone()],
-        out: d.path("out"),
+        out: d.join("out"),
         val_fraction: vf,
         seed,
         quiet: true,
@@ -462,14 +450,14 @@ fn prepare_matches_tiktoken_and_the_split_rule() {
 
     let rule = split_rule(seed, docs.len(), vf);
     assert!(rule.iter().any(|&v| v) && rule.iter().any(|&v| !v));
-    assert_outputs(&d.path("out"), &encoded, &rule);
+    assert_outputs(&d.join("out"), &encoded, &rule);
     let n_val = rule.iter().filter(|&&v| v).count() as u64;
     assert_eq!((summary.files, summary.documents), (11, 13));
     assert_eq!(
         (summary.train_documents, summary.val_documents),
         (13 - n_val, n_val)
     );
-    let out = d.path("out");
+    let out = d.join("out");
     assert_eq!(
         summary.train_tokens as usize,
         read_u16(&out.join("train.bin")).len()
@@ -502,12 +490,13 @@ fn prepare_matches_tiktoken_and_the_split_rule() {
     assert_err(prepare(&opts), "zz.jsonl|line 1");
     assert_eq!(listing(&out), ["meta.json", "train.bin", "val.bin"]);
     assert_eq!(contents(), before);
+    fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
 fn prepare_streams_many_documents_in_order() {
     // 700 jsonl lines: three chunks of at most 256 documents, each tokenized in parallel.
-    let d = TempDir::new("many");
+    let d = tmp("data-many");
     let texts: Vec<String> = (0..700)
         .map(|i| format!("line {i}: {}", "la ".repeat(i % 13)))
         .collect();
@@ -515,10 +504,10 @@ fn prepare_streams_many_documents_in_order() {
         .iter()
         .map(|t| serde_json::json!({ "text": t }).to_string() + "\n")
         .collect();
-    fs::write(d.path("many.jsonl"), jsonl).unwrap();
+    fs::write(d.join("many.jsonl"), jsonl).unwrap();
     let opts = PrepareOptions {
-        inputs: vec![d.path("many.jsonl")],
-        out: d.path("out"),
+        inputs: vec![d.join("many.jsonl")],
+        out: d.join("out"),
         val_fraction: 0.1,
         seed: 3,
         quiet: true,
@@ -529,27 +518,28 @@ fn prepare_streams_many_documents_in_order() {
     assert_eq!(summary.val_documents as usize, n_val);
     assert!((45..95).contains(&summary.val_documents), "{summary:?}");
     let encoded: Vec<Vec<u16>> = texts.iter().map(|t| encode(t)).collect();
-    assert_outputs(&d.path("out"), &encoded, &rule);
+    assert_outputs(&d.join("out"), &encoded, &rule);
+    fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
 fn split_fallbacks() {
-    let d = TempDir::new("fallback");
+    let d = tmp("data-fallback");
     for i in 0..3 {
-        fs::write(d.path(&format!("{i}.txt")), format!("document number {i}")).unwrap();
+        fs::write(d.join(format!("{i}.txt")), format!("document number {i}")).unwrap();
     }
     let opts = |vf: f64, inputs: Vec<PathBuf>| PrepareOptions {
         inputs,
-        out: d.path("out"),
+        out: d.join("out"),
         val_fraction: vf,
         seed: 5,
         quiet: true,
     };
-    let three: Vec<PathBuf> = (0..3).map(|i| d.path(&format!("{i}.txt"))).collect();
+    let three: Vec<PathBuf> = (0..3).map(|i| d.join(format!("{i}.txt"))).collect();
     // val_fraction 0: nothing hashes to val, so the last document goes there.
     let (val_bin, train_bin) = (
-        || read_u16(&d.path("out/val.bin")),
-        || read_u16(&d.path("out/train.bin")),
+        || read_u16(&d.join("out/val.bin")),
+        || read_u16(&d.join("out/train.bin")),
     );
     let s = prepare(&opts(0.0, three.clone())).unwrap();
     assert_eq!((s.train_documents, s.val_documents), (2, 1));
@@ -560,14 +550,15 @@ fn split_fallbacks() {
     assert_eq!(train_bin(), encode("document number 2"));
     // One document: its last val_fraction of tokens (rounded) go to val.
     let text = "one single document with a handful of words in it, long enough to split.";
-    fs::write(d.path("one.txt"), text).unwrap();
-    let s = prepare(&opts(0.25, vec![d.path("one.txt")])).unwrap();
+    fs::write(d.join("one.txt"), text).unwrap();
+    let s = prepare(&opts(0.25, vec![d.join("one.txt")])).unwrap();
     let all = encode(text);
     let n_val = (all.len() as f64 * 0.25).round() as usize;
     assert!(s.single_document_split && n_val >= 1);
     assert_eq!(val_bin(), all[all.len() - n_val..]);
     assert_eq!(train_bin(), all[..all.len() - n_val]);
     assert_err(prepare(&opts(1.0, three)), "val-fraction|[0, 1)");
+    fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]

@@ -762,3 +762,26 @@ fn diagnose_all_on_an_sgd_run_skips_what_needs_adam() {
     let e = diagnose::run(&DiagnoseOptions::new(&out, vec![What::UpdateCv])).unwrap_err();
     assert!(e.to_string().contains("AdamW"), "{e}");
 }
+
+/// An svd checkpoint without `rotation.safetensors`: the checkpoint's optimizer (the last update,
+/// update-cv) says what is missing and why, as the basis of the HVPs does.
+#[test]
+fn an_svd_checkpoint_without_its_rotation_file_is_a_clear_error() {
+    let run = trained_run("svd-missing", "svd", rotadam::config::Precision::Fp32);
+    let dir = checkpoint::step_dir(&run, 3);
+    std::fs::remove_file(dir.join("rotation.safetensors")).unwrap();
+    let t = diagnose::open_target(&dir).unwrap();
+    let table = ParamTable::new(&t.state.model);
+    let w = diagnose::load_weights(&t, &table).unwrap();
+    let e = diagnose::last_update(&t, &table, &w)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("rotation.safetensors") && e.contains("svd basis needs"),
+        "{e}"
+    );
+    let mut args = DiagnoseOptions::new(&dir, vec![What::UpdateCv]);
+    args.threads = Some(1);
+    let e = diagnose::run(&args).unwrap_err().to_string();
+    assert!(e.contains("svd basis needs"), "{e}");
+}

@@ -297,3 +297,60 @@ fn fused_plans_are_bit_identical_to_the_chain() {
         check::<f64>(kind, "none", GatherMode::Auto);
     }
 }
+
+/// A chain's rotate/unrotate links and its basis go together: a chain without them in a rotated basis
+/// (the basis would be ignored) and a chain with them in the standard basis are refused, naming both.
+#[test]
+fn a_chain_must_match_its_basis() {
+    use rotadam::backend::cpu::CpuBackend;
+    use rotadam::config::{RotationConfig, TrainConfig};
+    use rotadam::model::ParamTable;
+    use rotadam::optim::{Optimizer, Transform};
+    use rotadam::rotation::basis::Basis;
+    let be = CpuBackend::<f64>::new(1, false);
+    let table = ParamTable::new(&tiny_config(Path::new("."), Path::new("."), 1).model);
+    let tr = TrainConfig::default();
+    for kind in [
+        OptimizerKind::Adamw,
+        OptimizerKind::Sgd,
+        OptimizerKind::Adasgd,
+        OptimizerKind::BlockwiseAdam,
+    ] {
+        for rotation in ["layer", "global", "svd", "kron"] {
+            let rc = RotationConfig {
+                kind: rotation.parse().unwrap(),
+                block: 8,
+                seed: 3,
+                ..Default::default()
+            };
+            let rotated = || Basis::new(&be, &rc, &table).unwrap();
+            let plain = Transform::chain(kind, &tr, false);
+            let e = Optimizer::new(&be, kind, plain, rotated(), &table)
+                .err()
+                .unwrap_or_else(|| panic!("{kind:?} without rotate links under {rotation}"))
+                .to_string();
+            assert!(e.contains("rotate") && e.contains(rotation), "{e}");
+            // the matching chain is fine
+            Optimizer::new(
+                &be,
+                kind,
+                Transform::chain(kind, &tr, true),
+                rotated(),
+                &table,
+            )
+            .unwrap();
+        }
+        let identity = Basis::identity(&be, &table).unwrap();
+        let e = Optimizer::new(
+            &be,
+            kind,
+            Transform::chain(kind, &tr, true),
+            identity,
+            &table,
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{kind:?} with rotate links in the standard basis"))
+        .to_string();
+        assert!(e.contains("rotate") && e.contains("standard basis"), "{e}");
+    }
+}

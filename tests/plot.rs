@@ -1,20 +1,13 @@
 //! Figures: PNGs decode at the requested size and show the series' colours, SVGs carry the legend labels,
 //! bad paths are errors naming the path, and the max-|v| downsampling keeps every column's maximum.
 
+use crate::util::tmp;
 use rotadam::plot::{
     aggregate, column_start, downsample_max_abs, Axes, BarChart, BarGroup, LineChart, Marker,
     RowPlot, RowValues, Series, Spread, PALETTE,
 };
 use rotadam::rng::Rng;
 use std::collections::HashSet;
-use std::path::PathBuf;
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("rotadam-plot-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn decode(path: &std::path::Path) -> image::RgbImage {
     let bytes = std::fs::read(path).unwrap();
@@ -75,7 +68,7 @@ fn loss_chart() -> LineChart {
 
 #[test]
 fn line_chart_png_has_size_and_series_colours() {
-    let d = tmp("lines");
+    let d = tmp("plot-lines");
     let p = d.join("loss.png");
     loss_chart().save(&p).unwrap();
     let img = decode(&p);
@@ -101,7 +94,7 @@ fn line_chart_png_has_size_and_series_colours() {
 
 #[test]
 fn line_chart_svg_has_legend_labels_and_log_axis() {
-    let d = tmp("svg");
+    let d = tmp("plot-svg");
     let mut c = loss_chart();
     c.axes = c.axes.log_y();
     let (png, svg) = c.save_png_svg(&d.join("loss")).unwrap();
@@ -161,7 +154,7 @@ fn error_bars_and_nonpositive_values_on_log_axis() {
             Series::new("sgd", vec![(0.0, 0.0), (1.0, 1e-3)]).markers(),
         ],
     };
-    let d = tmp("errbars");
+    let d = tmp("plot-errbars");
     c.save(&d.join("q.png")).unwrap();
     let img = decode(&d.join("q.png"));
     assert_eq!(img.dimensions(), (1000, 600));
@@ -171,7 +164,7 @@ fn error_bars_and_nonpositive_values_on_log_axis() {
 
 #[test]
 fn bar_chart_png_svg_and_length_check() {
-    let d = tmp("bars");
+    let d = tmp("plot-bars");
     let c = BarChart {
         axes: Axes::new("L-inf bound", "rotation", "C").size(500, 300),
         categories: ["none", "output", "global"].map(String::from).to_vec(),
@@ -205,7 +198,7 @@ fn bar_chart_png_svg_and_length_check() {
 
 #[test]
 fn bad_paths_name_the_path() {
-    let d = tmp("badpath");
+    let d = tmp("plot-badpath");
     let c = loss_chart();
     let missing = d.join("no/such/dir/fig.png");
     let e = c.save(&missing).unwrap_err().to_string();
@@ -287,7 +280,7 @@ fn row_plot_shows_an_isolated_spike() {
         values: RowValues::F32(&v),
         markers,
     };
-    let d = tmp("row");
+    let d = tmp("plot-row");
     let (png, svg) = plot.save_png_svg(&d.join("row")).unwrap();
     let img = decode(&png);
     assert_eq!(img.dimensions(), (800, 400));
@@ -338,7 +331,7 @@ fn categorical_x_axis_shows_the_names() {
             Series::new("adam", (0..4).map(|i| (i as f64, 10f64.powi(-i))).collect()).markers(),
         ],
     };
-    let d = tmp("cats");
+    let d = tmp("plot-cats");
     let (png, svg) = c.save_png_svg(&d.join("c")).unwrap();
     assert!(count_near(&decode(&png), pal(0), 0) > 50);
     let texts = svg_texts(&std::fs::read_to_string(svg).unwrap());
@@ -354,7 +347,7 @@ fn categorical_x_axis_shows_the_names() {
 
 #[test]
 fn empty_and_degenerate_inputs_still_render() {
-    let d = tmp("empty");
+    let d = tmp("plot-empty");
     LineChart::default().save(&d.join("lines.png")).unwrap();
     let flat = LineChart {
         axes: Axes::new("flat", "x", "y").log_y(),

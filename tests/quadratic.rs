@@ -7,6 +7,7 @@
 //! each basis, and the stable linear iteration does not amplify it, so after T = 300 steps at d = 40 the
 //! final losses agree to ~T·d·u ≈ 1.3e-12 relative; 1e-9 is the bound used (×~1000 margin).
 
+use crate::util::tmp;
 use clap::Parser;
 use faer::Mat;
 use rotadam::cli::{Cli, Command};
@@ -38,12 +39,6 @@ fn max_diff(a: &[f64], b: &[f64]) -> f64 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f64::max)
-}
-
-fn tmp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("rotadam-quad-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
 }
 
 #[test]
@@ -328,7 +323,7 @@ fn small_run_writes_table_json_and_figure() {
         assert_ne!(sgd.best_lr, Some(1e3));
         assert_eq!(sgd.mean_by_lr[2], None);
     }
-    let dir = tmp("out");
+    let dir = tmp("quad-out");
     write_outputs(&res, &dir).unwrap();
     let md = std::fs::read_to_string(dir.join("table.md")).unwrap();
     let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| ")).collect();

@@ -6,7 +6,7 @@
 //! 1e-10 relative to ‖G‖_F, per the brief); rotate∘unrotate and norms at 1e-12 in f64 (unit roundoff
 //! 1.1e-16 times dot products of length ≤ 24 in two GEMMs) and 1e-5 in f32 (unit roundoff 6e-8, same).
 
-use crate::util::{assert_close, randn};
+use crate::util::{assert_close, back, randn};
 use rotadam::backend::cpu::CpuBackend;
 use rotadam::backend::{Backend, Scalar};
 use rotadam::config::ModelConfig;
@@ -35,9 +35,6 @@ fn upload<S: Scalar>(be: &CpuBackend<S>, x: &[f64]) -> Vec<S> {
     let mut buf = be.alloc(x.len()).unwrap();
     be.upload(&mut buf, &host).unwrap();
     buf
-}
-fn back<S: Scalar>(x: &[S]) -> Vec<f64> {
-    x.iter().map(|&v| Scalar::to_f64(v)).collect()
 }
 fn norm(x: &[f64]) -> f64 {
     x.iter().map(|v| v * v).sum::<f64>().sqrt()

@@ -289,3 +289,96 @@ fn short_run_on_demo_corpus_lowers_the_loss() {
     );
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// A Trainer built from a config with `init_from` starts from that file's weights (not the seed's), so
+/// any user of the Trainer gets the run config.json describes.
+#[test]
+fn a_trainer_starts_from_the_weights_of_init_from() {
+    use rotadam::backend::cpu::CpuBackend;
+    use rotadam::model::ParamTable;
+    let root = tmp("trainer-init");
+    synthetic_data(&root);
+    let mut a = tiny_config(&root, &root.join("a"), 1);
+    a.train.checkpoint_every = 1;
+    train::train(&a, false).unwrap();
+    let file = checkpoint::step_dir(&a.out, 1).join("model.safetensors");
+    let mut b = tiny_config(&root, &root.join("b"), 1);
+    b.init_from = Some(file.clone());
+    let be = CpuBackend::<f32>::new(1, false);
+    let t = rotadam::run::trainer::Trainer::new(&be, &b).unwrap();
+    let table = ParamTable::new(&b.model);
+    let tensors = rotadam::tensors::read(&file).unwrap();
+    let (want, _) = rotadam::model::hf::from_hf(&file, &b.model, &table, &tensors).unwrap();
+    assert!(
+        t.model.params_f64(&be).unwrap() == want,
+        "the Trainer's weights are not those of --init-from"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// A resumed run takes its step from the checkpoint's state.json (the optimizer's step count), not from
+/// the directory's name: a checkpoint found under another step's name still resumes bit-identically.
+#[test]
+fn resume_takes_the_step_from_state_json() {
+    let root = tmp("resume-state-step");
+    synthetic_data(&root);
+    let straight = tiny_config(&root, &root.join("straight"), 8);
+    train::train(&straight, false).unwrap();
+    let mut first = straight.clone();
+    first.out = root.join("resumed");
+    first.train.steps = 4;
+    train::train(&first, false).unwrap();
+    // step 4's checkpoint under the name of step 6
+    let (from, to) = (
+        checkpoint::step_dir(&first.out, 4),
+        checkpoint::step_dir(&first.out, 6),
+    );
+    std::fs::rename(&from, &to).unwrap();
+    let mut second = first.clone();
+    second.train.steps = 8;
+    let o = train::train(&second, true).unwrap();
+    assert_eq!(o.start_step, 4);
+    for f in ["model.safetensors", "optim.safetensors"] {
+        let a = read(&checkpoint::step_dir(&straight.out, 8).join(f));
+        let b = read(&checkpoint::step_dir(&first.out, 8).join(f));
+        assert!(a == b, "{f} differs between straight and resumed runs");
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// The CUDA self-check's comparison fails on a NaN or an infinity in the loss or any gradient entry, and
+/// `--device auto` then stays on the CPU, saying why.
+#[test]
+fn the_cuda_self_check_fails_on_a_non_finite_loss_or_gradient() {
+    use rotadam::config::DeviceKind;
+    use rotadam::device::{compare, decide, Resolved};
+    let cpu: Vec<f64> = (0..40).map(|i| (i as f64 - 20.0) * 1e-3).collect();
+    assert!(compare((2.5, &cpu), (2.5, &cpu), false).is_ok());
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        for at in [0, 17, 39] {
+            let mut gpu = cpu.clone();
+            gpu[at] = bad;
+            let e = compare((2.5, &gpu), (2.5, &cpu), false).unwrap_err();
+            assert!(
+                e.contains("gradient") && e.contains(&format!("{bad}")),
+                "{e}"
+            );
+        }
+        let e = compare((bad, &cpu), (2.5, &cpu), true).unwrap_err();
+        assert!(e.contains("loss") && e.contains(&format!("{bad}")), "{e}");
+    }
+    let mut gpu = cpu.clone();
+    gpu[3] = f64::NAN;
+    let (dev, line) = decide(
+        DeviceKind::Auto,
+        Precision::Fp32,
+        || Ok("a planted GPU".into()),
+        || compare((2.5, &gpu), (2.5, &cpu), false),
+    )
+    .unwrap();
+    assert_eq!(dev, Resolved::Cpu, "{line}");
+    assert!(
+        line.contains("NaN") && line.contains("self-check"),
+        "{line}"
+    );
+}

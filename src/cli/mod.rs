@@ -83,7 +83,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 seed: a.seed,
                 quiet: a.quiet,
             })?;
-            println!("{}", to_json(&summary));
+            println!("{}", to_json(&summary)?);
         }
         Command::Bench(a) => bench::run(&a)?,
         Command::Sweep(a) => {
@@ -100,7 +100,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Diagnose(a) if a.sweep => {
             let rows = crate::sweep::diagnostics::run(&a.options())?;
             if a.json {
-                println!("{}", to_json(&rows));
+                println!("{}", to_json(&rows)?);
             } else {
                 println!("{}", a.path.join("report.md").display());
             }
@@ -108,7 +108,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Diagnose(a) => {
             let report = crate::diagnose::run(&a.options())?;
             if a.json {
-                println!("{}", to_json(&report));
+                println!("{}", to_json(&report)?);
             } else if !a.quiet {
                 print!("{}", crate::diagnose::table(&report));
             }
@@ -117,8 +117,13 @@ pub fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn to_json<T: serde::Serialize>(x: &T) -> String {
-    serde_json::to_string_pretty(x).expect("reports serialise")
+/// `x` as the pretty JSON the commands print; an error (not a panic) for what JSON cannot hold, e.g. a
+/// path that is not UTF-8.
+pub fn to_json<T: serde::Serialize>(x: &T) -> Result<String> {
+    serde_json::to_string_pretty(x).map_err(|source| crate::error::Error::Json {
+        path: "standard output".into(),
+        source,
+    })
 }
 
 /// The value parser of a [`Choice`]: accepts its names, lists them with their descriptions in `--help`.

@@ -19,7 +19,7 @@ pub struct SweepArgs {
     #[arg(long, value_parser = choice::<Ablation>())]
     pub ablation: Option<Ablation>,
     /// Learning rate of the SGD variants of the `optimizers` and `sgd-validation` ablations (SGD needs a
-    /// far larger step than Adam's --lr; 0.1 was the best of 0.1, 0.5, 1.5 for 60 steps of the `small` model).
+    /// far larger step than Adam's --lr).
     #[arg(long, default_value_t = DEFAULT_SGD_LR)]
     pub sgd_lr: f64,
     /// Options of every run (`rotadam gpt2 --help`); --out is the sweep directory, --seed the first seed.

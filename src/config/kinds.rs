@@ -213,31 +213,39 @@ pub enum Scope {
     Input,
 }
 
+/// The scopes' rows, the one place their names and descriptions are written: `Scope`'s table, and the
+/// first rows of [`RotationKind`]'s.
+const SCOPES: [(Scope, &str, &str); 5] = [
+    (
+        Scope::None,
+        "none",
+        "the identity: Adam in the standard basis",
+    ),
+    (
+        Scope::Global,
+        "global",
+        "all parameters as one vector, permuted and rotated in Haar blocks of n",
+    ),
+    (
+        Scope::Layer,
+        "layer",
+        "within each tensor (q, k and v separately)",
+    ),
+    (
+        Scope::Output,
+        "output",
+        "within the weights leading to one output neuron",
+    ),
+    (
+        Scope::Input,
+        "input",
+        "within the weights leaving one input neuron",
+    ),
+];
+
 impl Choice for Scope {
     const WHAT: &'static str = "rotation";
-    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
-        (
-            Scope::None,
-            "none",
-            "the identity: Adam in the standard basis",
-        ),
-        (Scope::Global, "global", "all parameters as one vector"),
-        (
-            Scope::Layer,
-            "layer",
-            "within each tensor (q, k and v separately)",
-        ),
-        (
-            Scope::Output,
-            "output",
-            "within the weights leading to one output neuron",
-        ),
-        (
-            Scope::Input,
-            "input",
-            "within the weights leaving one input neuron",
-        ),
-    ];
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &SCOPES;
 }
 
 /// The rotation of the optimizer's basis (`--rotation`): a block rotation of some scope (Maes et al. §2.3,
@@ -263,45 +271,31 @@ impl RotationKind {
     }
 }
 
+/// [`SCOPES`] as rotations, then the rotations that are not block rotations.
+const ROTATIONS: [(RotationKind, &str, &str); SCOPES.len() + 2] = {
+    let mut rows = [(RotationKind::Svd, "", ""); SCOPES.len() + 2];
+    let mut i = 0;
+    while i < SCOPES.len() {
+        let (scope, name, help) = SCOPES[i];
+        rows[i] = (RotationKind::Scope(scope), name, help);
+        i += 1;
+    }
+    rows[i] = (
+        RotationKind::Svd,
+        "svd",
+        "each 2-D weight by its gradient's singular vectors, refreshed every --svd-every steps (poster)",
+    );
+    rows[i + 1] = (
+        RotationKind::Kron,
+        "kron",
+        "chained permutations and three-factor Kronecker rotations of all parameters (Xie et al. App. D.1)",
+    );
+    rows
+};
+
 impl Choice for RotationKind {
     const WHAT: &'static str = "rotation";
-    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
-        (
-            RotationKind::Scope(Scope::None),
-            "none",
-            "the identity: Adam in the standard basis",
-        ),
-        (
-            RotationKind::Scope(Scope::Global),
-            "global",
-            "all parameters as one vector, permuted and rotated in Haar blocks of n",
-        ),
-        (
-            RotationKind::Scope(Scope::Layer),
-            "layer",
-            "within each tensor (q, k and v separately)",
-        ),
-        (
-            RotationKind::Scope(Scope::Output),
-            "output",
-            "within the weights leading to one output neuron",
-        ),
-        (
-            RotationKind::Scope(Scope::Input),
-            "input",
-            "within the weights leaving one input neuron",
-        ),
-        (
-            RotationKind::Svd,
-            "svd",
-            "each 2-D weight by its gradient's singular vectors, refreshed every --svd-every steps (poster)",
-        ),
-        (
-            RotationKind::Kron,
-            "kron",
-            "chained permutations and three-factor Kronecker rotations of all parameters (Xie et al. App. D.1)",
-        ),
-    ];
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &ROTATIONS;
 }
 
 pub(crate) use choice_impls;

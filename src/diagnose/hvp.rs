@@ -19,14 +19,16 @@
 //!
 //! **The HVP** is a central difference of analytic gradients along the unit probe v̂ = v/‖v‖:
 //!
-//!   H v ≈ ‖v‖ · (∇f(w + h v̂) − ∇f(w − h v̂)) / (2h),   h = ∛ε_mach · max(1, ‖w‖∞) ≈ 6.06e-6 · max(1, ‖w‖∞).
+//!   H v ≈ ‖v‖ · (∇f(w + h v̂) − ∇f(w − h v̂)) / (2h),   h = ∛ε_mach · max(1, ‖w‖∞),
 //!
-//! Its error is O(h²·f''') from truncation plus O(ε_mach·|∇f|/h) from rounding; h ∝ ∛ε_mach balances the two
-//! (the classical optimum for a central difference) in units of the scale of the coordinates, which
-//! ‖w‖∞ bounds (GPT-2's LayerNorm gains are ≈ 1, weights ≈ 0.02–1). Scaling the step to ‖v‖ makes the HVP
+//! with ε_mach of the precision the gradients are computed in: h ≈ 6.06e-6 · max(1, ‖w‖∞) in f64 (the
+//! diagnostics; ε = 2⁻⁵²), h ≈ 4.9e-3 · max(1, ‖w‖∞) on an f32 backend (ε = 2⁻²³). Its error is
+//! O(h²·f''') from truncation plus O(ε_mach·|∇f|/h) from rounding; h ∝ ∛ε_mach balances the two (the
+//! classical optimum for a central difference) in units of the scale of the coordinates, which ‖w‖∞
+//! bounds (GPT-2's LayerNorm gains are ≈ 1, weights ≈ 0.02–1). Scaling the step to ‖v‖ makes the HVP
 //! exactly linear in the probe's length, and using ‖w‖∞ rather than ‖w‖₂ keeps h from growing with √d
-//! (‖w‖₂ ≈ 260 for GPT-2 124M would move a single weight by 1.6e-3 for a one-hot probe). Measured on the
-//! test model: relative error ≤ 1e-6 against a 5-point stencil (tests/diagnose.rs).
+//! (‖w‖₂ ≈ 260 for GPT-2 124M would move a single weight by 1.6e-3 in f64 for a one-hot probe). Measured
+//! on the test model: relative error ≤ 1e-6 against a 5-point stencil (tests/diagnose.rs).
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, Scalar};
@@ -38,11 +40,6 @@ use crate::rotation::basis::Basis;
 
 /// The f64 CPU backend the diagnostics run on.
 pub type Cpu64 = CpuBackend<f64>;
-
-/// ∛ε_mach for f64 (ε = 2⁻⁵²): the relative central-difference step.
-pub fn cbrt_eps() -> f64 {
-    f64::EPSILON.cbrt()
-}
 
 /// A rotation written "in place": x ↦ P·R·x with P putting every rotated coordinate at the standard index
 /// it was gathered from (module docs).
@@ -108,7 +105,7 @@ impl InPlaceBasis {
 /// `BK` (the f64 CPU backend by default), the basis changes in f64 on the CPU.
 pub struct Gpt2Hvp<BK: Backend = Cpu64> {
     be: BK,
-    /// The backend of the basis changes.
+    /// The backend of the basis changes, with the threads of the rayon pool the probe was built in.
     cpu: Cpu64,
     model: Gpt2<BK>,
     /// The weights, standard basis.
@@ -136,7 +133,8 @@ impl Gpt2Hvp<Cpu64> {
 }
 
 impl<BK: Backend> Gpt2Hvp<BK> {
-    /// [`Gpt2Hvp::new`] with the gradients on `be`; the step length h is ∛ε of `be`'s precision.
+    /// [`Gpt2Hvp::new`] with the gradients on `be`; the step length h is ∛ε of `be`'s precision. The basis
+    /// changes use the threads of the current rayon pool (call inside the pool the diagnostics run in).
     pub fn on(
         be: BK,
         cfg: &ModelConfig,
@@ -153,7 +151,7 @@ impl<BK: Backend> Gpt2Hvp<BK> {
         let eps = <BK::T as num_traits::Float>::epsilon().to_f64();
         Ok(Gpt2Hvp {
             be,
-            cpu: Cpu64::new(1, false),
+            cpu: Cpu64::new(rayon::current_num_threads(), false),
             model,
             h: eps.cbrt() * winf.max(1.0),
             w,
@@ -173,12 +171,16 @@ impl<BK: Backend> Gpt2Hvp<BK> {
         self.h
     }
 
-    pub fn describe_basis(&self) -> String {
-        self.basis.describe()
+    /// The HVP's method in words, in the precision of `BK`'s gradients (`Settings::hvp`).
+    pub fn method() -> String {
+        let t = <BK::T as Scalar>::NAME;
+        format!(
+            "central difference of {t} gradients along v/|v|, step h = cbrt(eps_{t}) * max(1, |w|_inf)"
+        )
     }
 
-    pub fn backend(&self) -> &BK {
-        &self.be
+    pub fn describe_basis(&self) -> String {
+        self.basis.describe()
     }
 
     /// P·R·x (into the diagnostics' basis).

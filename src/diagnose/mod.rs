@@ -12,7 +12,7 @@
 //!   `--rows`, the neuron / layer / non-layer decomposition of ⟨d, Hᵢ⟩ for the last update and for random
 //!   directions (Tables 2 and 5), and a plot per row (Fig. 7 style).
 //! - `update-cv`: the coefficient of variation of the singular values of Adam's update per 2-D weight
-//!   ([`update_cv`]).
+//!   ([`update_cv`](crate::optim::update_cv)).
 //!
 //! **What is held fixed.** H is the Hessian of the mean loss over `--hvp-batches` minibatches (default 1,
 //! Xie et al.'s "fixed batch"); the L∞ bound uses `--batches` minibatches. Both lists come from
@@ -48,7 +48,7 @@ pub use report::{
     table, L11Section, LinfReport, Report, RowMass, RowReport, RowsReport, Settings,
     SpectralReport, UpdateCvReport,
 };
-pub use target::{last_update, load_weights, open_target, Target};
+pub use target::{last_update, load_weights, open_target, CheckpointAdam, Target};
 
 use crate::config::{OptimizerKind, RotationConfig, RotationKind, Scope};
 use crate::data::loader::{fixed_batches, Batch};
@@ -60,7 +60,7 @@ use estimators::L11Method;
 use hvp::{Gpt2Hvp, InPlaceBasis};
 use std::path::PathBuf;
 use std::time::Instant;
-use target::{build_basis, checkpoint_update};
+use target::build_basis;
 
 /// Default `--seed` of the diagnostic minibatches.
 pub const DEFAULT_SEED: u64 = 1000;
@@ -257,6 +257,8 @@ struct Context<'a> {
     /// `step<N>_<basis>`, the stem of the output files.
     tag: String,
     probe: Option<Probe>,
+    /// The checkpoint's AdamW, opened at most once (the last update of hessian-rows, update-cv).
+    adam: Option<Result<CheckpointAdam>>,
 }
 
 /// The model's loss where the diagnostics probe it.
@@ -273,6 +275,13 @@ impl Context<'_> {
         self.probe
             .as_mut()
             .expect("the loss is built for every estimator that needs it")
+    }
+
+    /// The checkpoint's AdamW, opened on first use.
+    fn adam(&mut self) -> &Result<CheckpointAdam> {
+        let (t, table) = (self.t, &self.table);
+        self.adam
+            .get_or_insert_with(|| CheckpointAdam::open(t, table))
     }
 }
 
@@ -341,7 +350,7 @@ fn run_on(args: &DiagnoseOptions, t: &Target, threads: usize) -> Result<Report> 
             max_memory_gb: args.max_memory,
             lanczos_iters: args.lanczos_iters,
             random_dirs: args.random_dirs,
-            hvp: "central difference of f64 gradients along v/|v|, step h = cbrt(eps) * max(1, |w|_inf)".into(),
+            hvp: Gpt2Hvp::<hvp::Cpu64>::method(),
             hvp_step: 0.0,
             loss: None,
             threads,
@@ -391,13 +400,17 @@ fn run_on(args: &DiagnoseOptions, t: &Target, threads: usize) -> Result<Report> 
         out_dir,
         tag,
         probe,
+        adam: None,
     };
     for (what, _, estimate) in ESTIMATORS {
         if args.wants(what) {
             estimate(&mut cx, &mut report)?;
         }
     }
-    let json = serde_json::to_vec_pretty(&report).expect("report serialises");
+    let json = serde_json::to_vec_pretty(&report).map_err(|source| Error::Json {
+        path: report.json_path.clone(),
+        source,
+    })?;
     crate::files::write_atomic(&report.json_path, &json)?;
     say(args, format!("wrote {}", report.json_path.display()));
     Ok(report)
@@ -492,15 +505,21 @@ fn spectral(cx: &mut Context<'_>, report: &mut Report) -> Result<()> {
 fn hessian_rows(cx: &mut Context<'_>, report: &mut Report) -> Result<()> {
     let t0 = Instant::now();
     let (args, t) = (cx.args, cx.t);
+    cx.adam();
     let Context {
         table,
         out_dir,
         tag,
         probe,
+        adam,
         ..
     } = cx;
     let Probe { f, w, .. } = probe.as_mut().expect("hessian-rows probes the loss");
-    let mut r = rows::measure(args, t, table, w, f, out_dir, tag)?;
+    let last_update = match adam.as_ref().expect("opened above") {
+        Ok(a) => Ok(a.last_update(t, table, w)),
+        Err(e) => Err(e.to_string()),
+    };
+    let mut r = rows::measure(args, t, table, last_update, f, out_dir, tag)?;
     r.seconds = t0.elapsed().as_secs_f64();
     report.hessian_rows = Some(r);
     Ok(())
@@ -522,8 +541,12 @@ fn update_cv(cx: &mut Context<'_>, report: &mut Report) -> Result<()> {
         return Ok(());
     }
     let t0 = Instant::now();
-    let u = checkpoint_update(t, &cx.table)?;
-    let weights = update_cv::per_weight(&cx.table, &u)?;
+    // the last estimator: take the optimizer hessian-rows opened (its error is this one's), or open it
+    let adam = match cx.adam.take() {
+        Some(opened) => opened?,
+        None => CheckpointAdam::open(t, &cx.table)?,
+    };
+    let weights = update_cv::per_weight(&cx.table, &adam.direction)?;
     report.update_cv = Some(UpdateCvReport {
         summary: update_cv::summarize(&weights),
         weights,

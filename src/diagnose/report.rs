@@ -116,7 +116,7 @@ pub struct Settings {
     pub max_memory_gb: f64,
     pub lanczos_iters: usize,
     pub random_dirs: usize,
-    /// `central difference of f64 gradients`, step h.
+    /// The HVP's method: a central difference of the gradients (in their precision), step h.
     pub hvp: String,
     pub hvp_step: f64,
     /// Mean loss over the HVP batches at w.

@@ -31,7 +31,7 @@
 
 use super::estimators::{decompose, Contribution};
 use super::hvp::Gpt2Hvp;
-use super::target::{last_update, Target};
+use super::target::Target;
 use super::{say, DiagnoseOptions, RowMass, RowReport, RowsReport, STREAM_RANDOM_DIRS};
 use crate::error::{Error, Result};
 use crate::model::{ParamEntry, ParamTable, Role};
@@ -234,11 +234,13 @@ pub fn boundaries(table: &ParamTable, min_len: usize) -> Vec<(usize, String)> {
         .collect()
 }
 
+/// The rows of `args` (or the default positions) and their decomposition along the checkpoint's last
+/// update (`last_update`: standard layout, or why there is none) and random directions.
 pub(super) fn measure(
     args: &DiagnoseOptions,
     t: &Target,
     table: &ParamTable,
-    w: &[f64],
+    last_update: std::result::Result<Vec<f64>, String>,
     f: &mut Gpt2Hvp,
     out_dir: &Path,
     tag: &str,
@@ -256,7 +258,7 @@ pub(super) fn measure(
             })
             .collect::<Result<_>>()?
     };
-    let (update, update_desc) = match last_update(t, table, w) {
+    let (update, update_desc) = match last_update {
         Ok(u) => (
             Some(f.rotate(&u)?),
             "last-update (w_t - w_{t-1} rebuilt from the checkpoint's AdamW moments)".to_string(),

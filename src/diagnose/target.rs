@@ -65,13 +65,18 @@ pub fn load_weights(t: &Target, table: &ParamTable) -> Result<Vec<f64>> {
     Ok(crate::model::hf::from_hf(&mp, &t.state.model, table, &tensors)?.0)
 }
 
+/// The f64 CPU backend of the basis changes, with the threads of the current rayon pool (`--threads`).
+fn pool_cpu() -> Cpu64 {
+    Cpu64::new(rayon::current_num_threads(), false)
+}
+
 /// Build the basis of `rc` on the f64 CPU backend; `svd` loads its factors from the checkpoint.
 pub(super) fn build_basis(
     t: &Target,
     rc: &RotationConfig,
     table: &ParamTable,
 ) -> Result<Basis<Cpu64>> {
-    let be = Cpu64::new(1, false);
+    let be = pool_cpu();
     let mut basis = Basis::new(&be, rc, table)?;
     if basis.has_state() {
         let rp = t.dir.join("rotation.safetensors");
@@ -88,30 +93,43 @@ pub(super) fn build_basis(
     Ok(basis)
 }
 
-/// The run's optimizer as the checkpoint left it, in f64 on the CPU: the run's chain in the run's basis,
-/// with the checkpoint's moments and step count. Only AdamW keeps the per-coordinate moments the
-/// diagnostics read.
-fn checkpoint_optimizer(t: &Target, table: &ParamTable) -> Result<(Cpu64, Optimizer<Cpu64>)> {
-    if t.state.optimizer != OptimizerKind::Adamw {
-        return Err(Error::config(
-            "update-cv",
-            format!(
-                "needs AdamW's per-coordinate second moment; the run's optimizer is {}",
-                t.state.optimizer.name()
-            ),
-        ));
-    }
-    let be = Cpu64::new(1, false);
-    let basis = Basis::new(&be, &t.state.rotation, table)?;
-    let mut opt = Optimizer::for_run(&be, &t.config.train, basis, table)?;
-    checkpoint::load_optimizer(&be, &t.dir, &mut opt, t.state.step)?;
-    Ok((be, opt))
+/// The run's AdamW as the checkpoint left it, in f64 on the CPU (the run's chain in the run's basis, with
+/// the checkpoint's moments and step count), and its direction Rᵀ(m̂/(√v̂+ε)) in the standard layout.
+/// Built once per `diagnose` (the last update of `hessian-rows` and `update-cv` both read it).
+pub struct CheckpointAdam {
+    opt: Optimizer<Cpu64>,
+    /// Adam's direction at the checkpoint, standard layout.
+    pub direction: Vec<f64>,
 }
 
-/// Adam's direction Rᵀ(m̂/(√v̂+ε)) in the standard layout, as the checkpoint's optimizer gives it.
-pub(super) fn checkpoint_update(t: &Target, table: &ParamTable) -> Result<Vec<f64>> {
-    let (be, mut opt) = checkpoint_optimizer(t, table)?;
-    opt.direction(&be)
+impl CheckpointAdam {
+    /// Only AdamW keeps the per-coordinate moments the diagnostics read: another optimizer is an error.
+    pub fn open(t: &Target, table: &ParamTable) -> Result<Self> {
+        if t.state.optimizer != OptimizerKind::Adamw {
+            return Err(Error::config(
+                "update-cv",
+                format!(
+                    "needs AdamW's per-coordinate second moment; the run's optimizer is {}",
+                    t.state.optimizer.name()
+                ),
+            ));
+        }
+        let be = pool_cpu();
+        let basis = build_basis(t, &t.state.rotation, table)?;
+        let mut opt = Optimizer::for_run(&be, &t.config.train, basis, table)?;
+        checkpoint::load_optimizer(&be, &t.dir, &mut opt, t.state.step)?;
+        let direction = opt.direction(&be)?;
+        Ok(CheckpointAdam { opt, direction })
+    }
+
+    /// d = w_t − w_{t−1} of the checkpoint's last AdamW step (module docs of `diagnose`): the optimizer
+    /// inverts its step at the step's learning rate.
+    pub fn last_update(&self, t: &Target, table: &ParamTable, w: &[f64]) -> Vec<f64> {
+        let prev = self
+            .opt
+            .previous_params(table, w, &self.direction, step_lr(t));
+        w.iter().zip(&prev).map(|(w, p)| w - p).collect()
+    }
 }
 
 /// The learning rate of step t: from metrics.jsonl when it has the row, else the schedule.
@@ -132,10 +150,7 @@ fn step_lr(t: &Target) -> f64 {
     )
 }
 
-/// d = w_t − w_{t−1} of the checkpoint's last AdamW step (module docs): the optimizer inverts its step.
+/// d = w_t − w_{t−1} of the checkpoint's last AdamW step ([`CheckpointAdam::last_update`]).
 pub fn last_update(t: &Target, table: &ParamTable, w: &[f64]) -> Result<Vec<f64>> {
-    let (be, mut opt) = checkpoint_optimizer(t, table)?;
-    let u = opt.direction(&be)?;
-    let prev = opt.previous_params(table, w, &u, step_lr(t));
-    Ok(w.iter().zip(&prev).map(|(w, p)| w - p).collect())
+    Ok(CheckpointAdam::open(t, table)?.last_update(t, table, w))
 }

@@ -162,6 +162,32 @@ impl<BK: Backend> Optimizer<BK> {
                 ),
             ));
         }
+        // The basis acts only through the rotate/unrotate links (a plan without them never reads it):
+        // they come together, and exactly when the basis is not the standard one.
+        let has = |t: Transform| chain.contains(&t);
+        let (rotate, unrotate) = (has(Transform::Rotate), has(Transform::Unrotate));
+        let mismatch = if rotate != unrotate {
+            Some("has one of rotate and unrotate without the other".to_string())
+        } else if !rotate && !basis.is_identity() {
+            Some(format!(
+                "has no rotate/unrotate links, so it would ignore its basis ({}): a rotated basis needs \
+                 the chain between rotate and unrotate",
+                basis.describe()
+            ))
+        } else if rotate && basis.is_identity() {
+            Some(
+                "has rotate/unrotate links, but its basis is the standard basis: build it without them"
+                    .to_string(),
+            )
+        } else {
+            None
+        };
+        if let Some(why) = mismatch {
+            return Err(Error::config(
+                "optimizer",
+                format!("the chain {} {why}", Transform::describe(&chain)),
+            ));
+        }
         let mut opt = Optimizer {
             kind,
             step: 0,
@@ -214,11 +240,6 @@ impl<BK: Backend> Optimizer<BK> {
     /// How the steps run.
     pub fn plan(&self) -> Plan {
         self.plan
-    }
-
-    /// The chain of transforms.
-    pub fn chain(&self) -> &[Transform] {
-        &self.chain
     }
 
     /// The chain in words, with the basis of its rotate/unrotate links.
@@ -296,7 +317,7 @@ impl<BK: Backend> Optimizer<BK> {
         }
     }
 
-    /// λ of entry `e` of the decay group, 0 for the others.
+    /// λ for a tensor of the decay group (`decayed`), 0 for the others.
     fn decay_of(weight_decay: f64, decayed: bool) -> f64 {
         if decayed {
             weight_decay
@@ -567,7 +588,7 @@ pub fn clip_grads<BK: Backend>(
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {
             let n = be.buf_len(grads);
-            be.scale(be.view_mut(grads, 0..n), num_traits::cast(coef).unwrap())?;
+            be.scale(be.view_mut(grads, 0..n), <BK::T as Scalar>::from_f64(coef))?;
         }
     }
     Ok(())

@@ -100,7 +100,10 @@ fn prepare_run_dir(cfg: &RunConfig, resume: bool) -> Result<()> {
         ));
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let json = serde_json::to_vec_pretty(cfg).expect("config serialises");
+    let json = serde_json::to_vec_pretty(cfg).map_err(|source| Error::Json {
+        path: config_path.clone(),
+        source,
+    })?;
     crate::files::write_atomic(&config_path, &json)
 }
 
@@ -115,20 +118,21 @@ fn train_on<BK: Backend>(
     let mut trainer = if resume {
         Trainer::resume(be, cfg)?
     } else {
-        let mut t = Trainer::new(be, cfg)?;
-        if let Some(path) = &cfg.init_from {
-            let ignored = t.init_from(path)?;
-            say(cfg, format!("init: weights from {}", path.display()));
-            if ignored > 0 {
-                say(
-                    cfg,
-                    format!("init: {ignored} non-zero bias tensors in the file were ignored (the model has no biases; pass --bias to use them)"),
-                );
-            }
-        }
-        t
+        Trainer::new(be, cfg)?
     };
-    let start = trainer.step;
+    if let Some(init) = &trainer.init {
+        say(cfg, format!("init: weights from {}", init.path.display()));
+        if init.ignored_biases > 0 {
+            say(
+                cfg,
+                format!(
+                    "init: {} non-zero bias tensors in the file were ignored (the model has no biases; pass --bias to use them)",
+                    init.ignored_biases
+                ),
+            );
+        }
+    }
+    let start = trainer.steps_done();
     prepare_run_dir(cfg, resume)?;
     let mut metrics = MetricsWriter::open(&cfg.out.join("metrics.jsonl"), resume.then_some(start))?;
 

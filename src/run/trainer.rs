@@ -47,16 +47,39 @@ pub struct Trainer<'a, BK: Backend> {
     sampler: BatchSampler,
     /// The fixed val batches of every evaluation.
     eval: Vec<Batch>,
-    /// Optimizer steps completed.
-    pub step: usize,
+    /// What `cfg.init_from` loaded (None without it, and on resume).
+    pub init: Option<InitFrom>,
     /// The newest checkpoint written (or resumed from).
     pub last_checkpoint: Option<PathBuf>,
 }
 
+/// The weights a run started from with `--init-from`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitFrom {
+    /// The Hugging Face GPT-2 `model.safetensors`.
+    pub path: PathBuf,
+    /// Non-zero bias tensors of the file that a model without biases ignored.
+    pub ignored_biases: usize,
+}
+
 impl<'a, BK: Backend> Trainer<'a, BK> {
-    /// `cfg`'s run at step 0: weights from the seed (or `--init-from`), the rotation, the optimizer, the
-    /// data (the demo corpus prepared on first use).
+    /// `cfg`'s run at step 0: weights from the seed, or from `cfg.init_from` when it is set
+    /// ([`Trainer::init`] says what was loaded), the rotation, the optimizer, the data (the demo corpus
+    /// prepared on first use).
     pub fn new(be: &'a BK, cfg: &'a RunConfig) -> Result<Self> {
+        let mut t = Self::from_seed(be, cfg)?;
+        if let Some(path) = &cfg.init_from {
+            let ignored_biases = t.init_from(path)?;
+            t.init = Some(InitFrom {
+                path: path.clone(),
+                ignored_biases,
+            });
+        }
+        Ok(t)
+    }
+
+    /// `cfg`'s run at step 0 with the seed's weights.
+    fn from_seed(be: &'a BK, cfg: &'a RunConfig) -> Result<Self> {
         let (m, tr) = (&cfg.model, &cfg.train);
         let data_dir = crate::data::resolve(&cfg.data, cfg.quiet)?;
         let data = Dataset::open(&data_dir, m.vocab_size, m.seq_len)?;
@@ -79,16 +102,17 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
             data,
             sampler: BatchSampler::new(tr.seed),
             eval,
-            step: 0,
+            init: None,
             last_checkpoint: None,
         })
     }
 
     /// `cfg`'s run restored from the latest checkpoint of its directory (weights, moments, step, data
-    /// cursor, the rotation's state): continuing it gives the bits an uninterrupted run gives.
+    /// cursor, the rotation's state): continuing it gives the bits an uninterrupted run gives. The step
+    /// is the one in the checkpoint's `state.json` (the optimizer's count), whatever the directory's name.
     pub fn resume(be: &'a BK, cfg: &'a RunConfig) -> Result<Self> {
-        let mut t = Self::new(be, cfg)?;
-        let Some((step, dir)) = checkpoint::latest(&cfg.out)? else {
+        let mut t = Self::from_seed(be, cfg)?;
+        let Some((_, dir)) = checkpoint::latest(&cfg.out)? else {
             return Err(Error::bad_file(
                 cfg.out.join("checkpoints"),
                 "checkpoints",
@@ -107,14 +131,18 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
             ));
         }
         t.sampler = state.sampler;
-        t.step = step;
         t.last_checkpoint = Some(dir);
         Ok(t)
     }
 
+    /// Optimizer steps completed: the optimizer's step count, the one counter of the run.
+    pub fn steps_done(&self) -> usize {
+        self.opt.step
+    }
+
     /// Weights from a Hugging Face GPT-2 `model.safetensors`; returns how many non-zero bias tensors of
     /// the file a model without biases ignored.
-    pub fn init_from(&mut self, path: &std::path::Path) -> Result<usize> {
+    fn init_from(&mut self, path: &std::path::Path) -> Result<usize> {
         let tensors = crate::tensors::read(path)?;
         let (flat, ignored) =
             crate::model::hf::from_hf(path, &self.model.cfg, &self.model.table, &tensors)?;
@@ -127,7 +155,7 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
     /// the optimizer at the schedule's learning rate.
     pub fn step(&mut self) -> Result<StepReport> {
         let (be, tr, t) = (self.be, &self.cfg.train, self.cfg.model.seq_len);
-        let it = self.step;
+        let it = self.steps_done();
         let step = it + 1;
         let ts = Instant::now();
         let lr = schedule::lr_at(it, tr.lr, tr.min_lr, tr.warmup, tr.decay_steps());
@@ -168,7 +196,7 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
             &self.model.grads,
             lr,
         )?;
-        self.step = step;
+        debug_assert_eq!(self.steps_done(), step);
         Ok(StepReport {
             step,
             loss,
@@ -190,7 +218,7 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
     /// Writes the checkpoint of the current step (atomically); returns its directory.
     pub fn checkpoint(&mut self, train_loss: f64, val_loss: Option<f64>) -> Result<PathBuf> {
         let state = TrainState {
-            step: self.step,
+            step: self.steps_done(),
             sampler: self.sampler.clone(),
             optimizer: self.cfg.train.optimizer,
             rotation: self.cfg.rotation.clone(),
@@ -228,7 +256,7 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
             final_train: f64::NAN,
             final_val: None,
         };
-        while self.step < tr.steps {
+        while self.steps_done() < tr.steps {
             let s = self.step()?;
             let val = if s.step.is_multiple_of(tr.eval_every) || s.step == tr.steps {
                 Some(self.evaluate()?)

@@ -194,14 +194,16 @@ pub fn run(args: &DiagnoseOptions) -> Result<Vec<VariantDiagnostics>> {
         variants: &'a [VariantDiagnostics],
         runs: Vec<RunDiagnostics<'a>>,
     }
-    crate::files::write_atomic(
-        &dir.join("diagnostics.json"),
-        &serde_json::to_vec_pretty(&Out {
-            variants: &rows,
-            runs: all,
-        })
-        .expect("diagnostics serialise"),
-    )?;
+    let path = dir.join("diagnostics.json");
+    let json = serde_json::to_vec_pretty(&Out {
+        variants: &rows,
+        runs: all,
+    })
+    .map_err(|source| Error::Json {
+        path: path.clone(),
+        source,
+    })?;
+    crate::files::write_atomic(&path, &json)?;
     if !args.quiet {
         eprintln!("diagnostics added to {}", report_path.display());
     }

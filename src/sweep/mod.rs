@@ -86,19 +86,6 @@ pub struct SweepOptions {
     pub run: RunOptions,
 }
 
-impl SweepOptions {
-    /// A plain sweep of `rotations` with `seeds` seeds and the defaults of everything else.
-    pub fn new(rotations: Vec<RotationKind>, seeds: usize, run: RunOptions) -> Self {
-        SweepOptions {
-            rotations,
-            seeds,
-            ablation: None,
-            sgd_lr: DEFAULT_SGD_LR,
-            run,
-        }
-    }
-}
-
 /// One line of a sweep: what differs from the base run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Variant {
@@ -158,7 +145,7 @@ pub fn variants(args: &SweepOptions) -> Result<Vec<Variant>> {
             for p in [Precision::Fp32, Precision::Bf16] {
                 for r in [NONE, GLOBAL] {
                     v.push(Variant {
-                        label: format!("sgd-{r}-{}", precision_name(p)),
+                        label: format!("sgd-{r}-{}", p.name()),
                         optimizer: Some(OptimizerKind::Sgd),
                         precision: Some(p),
                         lr: Some(args.sgd_lr),
@@ -173,7 +160,7 @@ pub fn variants(args: &SweepOptions) -> Result<Vec<Variant>> {
             for p in [Precision::Fp32, Precision::Bf16] {
                 for r in [NONE, GLOBAL] {
                     v.push(Variant {
-                        label: format!("{r}-{}", precision_name(p)),
+                        label: format!("{r}-{}", p.name()),
                         precision: Some(p),
                         ..Variant::rotation(r)
                     });
@@ -202,14 +189,6 @@ pub fn variants(args: &SweepOptions) -> Result<Vec<Variant>> {
         }
     };
     Ok(v)
-}
-
-fn precision_name(p: Precision) -> &'static str {
-    match p {
-        Precision::Fp32 => "fp32",
-        Precision::Fp64 => "fp64",
-        Precision::Bf16 => "bf16",
-    }
 }
 
 /// One run of the sweep: its variant, seed, directory and config.
@@ -466,10 +445,12 @@ pub fn run(args: &SweepOptions) -> Result<PathBuf> {
             })
             .collect(),
     };
-    crate::files::write_atomic(
-        &dir.join("sweep.json"),
-        &serde_json::to_vec_pretty(&record).expect("sweep record serialises"),
-    )?;
+    let path = dir.join("sweep.json");
+    let json = serde_json::to_vec_pretty(&record).map_err(|source| Error::Json {
+        path: path.clone(),
+        source,
+    })?;
+    crate::files::write_atomic(&path, &json)?;
 
     let total: u64 = runs.iter().map(|r| r.cfg.train.steps as u64).sum();
     let progress = SweepProgress::new(total, args.run.quiet);
@@ -659,13 +640,7 @@ fn write_report(
     let steps = runs.first().map_or(0, |r| r.cfg.train.steps);
     let mut md = String::new();
     let title = match args.ablation {
-        Some(a) => format!(
-            "Ablation `{}`",
-            serde_json::to_value(a)
-                .expect("ablation serialises")
-                .as_str()
-                .unwrap_or("?")
-        ),
+        Some(a) => format!("Ablation `{a}`"),
         None => "Rotation sweep".into(),
     };
     md += &format!("# {title}\n\n");
@@ -686,7 +661,7 @@ fn write_report(
                 .map(|r| r.seed.to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
-            precision_name(c.precision),
+            c.precision.name(),
             c.train.optimizer.name()
         );
     }
