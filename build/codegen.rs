@@ -402,6 +402,14 @@ pub fn launchers(modules: &[Module], structs: &[CStruct]) -> String {
                 "    // pointer parameters: what `Exec::launch` requires."
             )
             .unwrap();
+            for p in k.params.iter().filter(|p| p.pointer) {
+                writeln!(
+                    w,
+                    "    {0}.check_space(exec, \"{1}\", \"{0}\");",
+                    p.name, k.name
+                )
+                .unwrap();
+            }
             writeln!(
                 w,
                 "    unsafe {{ exec.launch(Kernel::{}, geometry, &[{}], &[{}]) }}",

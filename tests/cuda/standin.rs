@@ -392,6 +392,44 @@ fn pinned_memory_reused_in_stream_order_keeps_its_data() {
     );
 }
 
+/// Memory of one executor never reaches another's launch: an emulator buffer given to a CUDA launch, or a
+/// CUDA buffer to an emulator launch, or one CUDA executor's buffer to another's, is refused before the
+/// launch (a device would read a host address as a device address, or another context's memory).
+#[test]
+fn memory_of_another_executor_is_refused() {
+    in_standin(
+        "cuda::standin::memory_of_another_executor_is_refused",
+        false,
+        || {
+            use rotadam::backend::emu::EmuBackend;
+            use rotadam::backend::kernel::transformer;
+            let (gpu, other, emu) = (cuda(), cuda(), EmuBackend::emulated(1, false));
+            let refused = |what: &str, f: &mut dyn FnMut()| {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+                let msg = r.expect_err(what);
+                let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+                assert!(msg.contains("memory of another executor"), "{what}: {msg}");
+            };
+            let mut host = Mem::<_, f32>::zeros(emu.exec(), 4).unwrap();
+            let mut dev = Mem::<_, f32>::zeros(gpu.exec(), 4).unwrap();
+            refused("emulator memory on the device", &mut || {
+                let _ = transformer::fill(gpu.exec(), host.dev_mut(), 1.0);
+            });
+            refused("device memory on the emulator", &mut || {
+                let _ = transformer::fill(emu.exec(), dev.dev_mut(), 1.0);
+            });
+            refused("one CUDA executor's memory on another", &mut || {
+                let _ = transformer::fill(other.exec(), dev.dev_mut(), 1.0);
+            });
+            // each on its own executor: fine
+            transformer::fill(gpu.exec(), dev.dev_mut(), 2.0).unwrap();
+            transformer::fill(emu.exec(), host.dev_mut(), 3.0).unwrap();
+            assert_eq!(dev.download(gpu.exec()).unwrap(), vec![2.0; 4]);
+            assert_eq!(host.download(emu.exec()).unwrap(), vec![3.0; 4]);
+        },
+    );
+}
+
 // ---- planted misuses: each must be reported by the stand-in ----------------------------------------------
 
 /// Two kernel arguments swapped (a pointer where the length goes, the length where the pointer goes),
@@ -640,7 +678,7 @@ fn planted_malformed_settings_fail_cuinit() {
     }
 }
 
-/// The entry points the stand-in implements (the count `docs/cuda.md` gives).
+/// The entry points the stand-in implements are exactly those `docs/cuda.md` lists (names and counts).
 #[test]
 fn the_standin_lists_its_entry_points() {
     in_standin(
@@ -654,14 +692,32 @@ fn the_standin_lists_its_entry_points() {
                 .count();
             let blas = e.iter().filter(|n| n.starts_with("cublas")).count();
             println!("stand-in entry points: {driver} driver, {blas} cuBLAS");
-            for name in [
-                "cuLaunchKernel",
-                "cuModuleLoadData",
-                "cuMemAlloc_v2",
-                "cublasGemmEx",
-            ] {
-                assert!(e.iter().any(|n| n == name), "{name} missing from {e:?}");
-            }
+            // the page's list: every `cu…` name between "**The entry points**" and "**What it cannot check.**"
+            let page = std::fs::read_to_string(repo().join("docs/cuda.md")).unwrap();
+            let from = page
+                .find("**The entry points**")
+                .expect("docs/cuda.md: the entry points");
+            let to = from + page[from..].find("**What it cannot check.**").unwrap();
+            let mut listed: Vec<&str> = page[from..to]
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .filter(|w| {
+                    w.starts_with("cu") && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                })
+                .collect();
+            listed.sort_unstable();
+            let mut exported: Vec<&str> = e.iter().map(String::as_str).collect();
+            exported.sort_unstable();
+            assert_eq!(
+                listed, exported,
+                "docs/cuda.md's list against the stand-in's exports"
+            );
+            let counts = format!("{driver} of the driver API and {blas} of cuBLAS");
+            assert!(
+                page[from..to].contains(&counts),
+                "docs/cuda.md does not say {counts}"
+            );
         },
     );
 }

@@ -8,7 +8,7 @@
 
 use super::nvrtc::Toolkit;
 use super::runtime::CudaRuntime;
-use crate::backend::kernel::{Exec, Gemm, Geometry, KernelBackend, Operands, OutBuf};
+use crate::backend::kernel::{Exec, Gemm, Geometry, KernelBackend, Operands, OutBuf, HOST};
 use crate::error::{Error, Result};
 use crate::kernels::{EmuArg, Kernel};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
@@ -41,7 +41,12 @@ pub struct CudaExec {
     rt: CudaRuntime,
     blas: CudaBlas,
     functions: Mutex<HashMap<Kernel, CudaFunction>>,
+    /// Its memory space ([`Exec::space`]): one per executor, never host memory's.
+    space: u64,
 }
+
+/// The next executor's memory space.
+static NEXT_SPACE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(HOST + 1);
 
 impl CudaExec {
     /// Opens device `ordinal` (an error, never a panic, without a driver, a device or cuBLAS).
@@ -57,6 +62,7 @@ impl CudaExec {
             rt,
             blas,
             functions: Mutex::new(HashMap::new()),
+            space: NEXT_SPACE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -99,6 +105,9 @@ impl Exec for CudaExec {
             .name()
             .unwrap_or_else(|_| "unknown".into());
         format!("cuda ({dev})")
+    }
+    fn space(&self) -> u64 {
+        self.space
     }
     fn alloc(&self, bytes: usize) -> Result<CudaSlice<u8>> {
         self.rt

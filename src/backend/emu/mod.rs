@@ -7,7 +7,7 @@
 
 pub mod launch;
 
-use super::kernel::{Exec, Gemm, Geometry, KernelBackend, Operands, OutBuf};
+use super::kernel::{Exec, Gemm, Geometry, KernelBackend, Operands, OutBuf, HOST};
 use super::Scalar;
 use crate::error::{Error, Result};
 use crate::kernels::{EmuArg, Kernel};
@@ -78,6 +78,9 @@ impl Exec for EmuExec {
     type Mem = HostMem;
     fn describe(&self) -> String {
         format!("cuda-emulator (GEMMs on the CPU, {} threads)", self.threads)
+    }
+    fn space(&self) -> u64 {
+        HOST // host memory: every emulator instance can use it
     }
     fn alloc(&self, bytes: usize) -> Result<HostMem> {
         Ok(HostMem::zeroed(bytes))

@@ -65,6 +65,9 @@ impl<E: Exec> KernelBackend<E> {
         accumulate: bool,
         bf16: bool,
     ) -> Result<()> {
+        for (x, name) in [(c.read(), "C"), (a, "A"), (b, "B")] {
+            x.check_space(&self.exec, "GEMM", name);
+        }
         let (a16, b16);
         let (a_addr, b_addr, operands) = if bf16 {
             a16 = self.to_bf16(a)?;

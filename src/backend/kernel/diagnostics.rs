@@ -9,9 +9,9 @@ use super::{flat, launch, Dev, DevMut, Exec};
 use crate::backend::cpu::check_len;
 use crate::error::Result;
 
-// SAFETY (for every `unsafe` launch below): every tensor is live (a `Dev`/`DevMut` borrows its `Mem`);
-// the lengths are checked against the shapes first; the typed launcher supplies the kernel's own argument
-// list. What remains is the executor: a tensor must belong to the `e` it is launched on.
+// SAFETY (for every `unsafe` launch below): every tensor is live (a `Dev`/`DevMut` borrows its `Mem`) and
+// the typed launcher checks that it is memory of `e` (`Dev::check_space`); the lengths are checked against
+// the shapes first; the typed launcher supplies the kernel's own argument list.
 
 /// out[i] = the standard Cauchy variate of element `offset + i` of the probe stream of `seed`.
 pub fn cauchy_fill<E: Exec>(e: &E, out: DevMut<f32>, seed: u64, offset: u64) -> Result<()> {

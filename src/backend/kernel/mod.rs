@@ -31,6 +31,9 @@ use bytemuck::Pod;
 use std::marker::PhantomData;
 use std::ops::Range;
 
+/// The memory space of host memory ([`Exec::space`]).
+pub const HOST: u64 = 0;
+
 /// The element type and the borrow of a tensor handle.
 type Borrowed<'a, T> = PhantomData<(fn() -> T, &'a ())>;
 
@@ -39,6 +42,8 @@ type Borrowed<'a, T> = PhantomData<(fn() -> T, &'a ())>;
 pub struct Dev<'a, T> {
     pub(crate) addr: u64,
     pub(crate) len: usize,
+    /// The memory space of the address ([`Exec::space`]).
+    pub(crate) space: u64,
     _t: Borrowed<'a, T>,
 }
 
@@ -46,6 +51,8 @@ pub struct Dev<'a, T> {
 pub struct DevMut<'a, T> {
     pub(crate) addr: u64,
     pub(crate) len: usize,
+    /// The memory space of the address ([`Exec::space`]).
+    pub(crate) space: u64,
     _t: Borrowed<'a, T>,
 }
 
@@ -67,14 +74,26 @@ macro_rules! dev_common {
             pub const NULL: Self = Self {
                 addr: 0,
                 len: 0,
+                space: HOST,
                 _t: PhantomData,
             };
-            pub(crate) fn at(addr: u64, len: usize) -> Self {
+            pub(crate) fn at(space: u64, addr: u64, len: usize) -> Self {
                 Self {
                     addr,
                     len,
+                    space,
                     _t: PhantomData,
                 }
+            }
+            /// Panics unless the tensor can be used by `e`: no tensor (NULL), or memory of `e`'s space.
+            #[track_caller]
+            pub fn check_space<E: Exec>(&self, e: &E, kernel: &str, name: &str) {
+                assert!(
+                    self.addr == 0 || self.space == e.space(),
+                    "{kernel}: {name} is memory of another executor (space {}, the launch's {})",
+                    self.space,
+                    e.space()
+                );
             }
             /// Length in elements.
             pub fn len(&self) -> usize {
@@ -96,6 +115,7 @@ macro_rules! dev_common {
                     self.len
                 );
                 Self::at(
+                    self.space,
                     self.addr + (range.start * std::mem::size_of::<T>()) as u64,
                     range.len(),
                 )
@@ -112,7 +132,7 @@ impl<'a, T> Dev<'a, T> {
     /// # Safety
     /// No `&mut` to `x` may be used while the returned `Dev` is.
     pub unsafe fn host(x: &'a [T]) -> Self {
-        Self::at(x.as_ptr() as u64, x.len())
+        Self::at(HOST, x.as_ptr() as u64, x.len())
     }
 }
 
@@ -122,11 +142,11 @@ impl<'a, T> DevMut<'a, T> {
     /// # Safety
     /// No other reference to `x` may be used while the returned `DevMut` (or a copy of it) is.
     pub unsafe fn host_mut(x: &'a mut [T]) -> Self {
-        Self::at(x.as_mut_ptr() as u64, x.len())
+        Self::at(HOST, x.as_mut_ptr() as u64, x.len())
     }
     /// The same tensor, for a kernel that reads it.
     pub fn read(self) -> Dev<'a, T> {
-        Dev::at(self.addr, self.len)
+        Dev::at(self.space, self.addr, self.len)
     }
     /// The output record of a launch writing this tensor.
     pub fn out(self, name: &'static str) -> OutBuf {
@@ -204,6 +224,10 @@ pub trait Exec: Send + Sync {
     type Mem: Send + Sync;
     /// The device in words, e.g. `cuda-emulator`.
     fn describe(&self) -> String;
+    /// The memory space its addresses live in: [`HOST`] for host memory (the emulator's, which any
+    /// emulator instance can use), a number of its own for each device context. A launch checks that
+    /// every tensor is of its executor's space, so memory of one executor never reaches another.
+    fn space(&self) -> u64;
     /// `bytes` (> 0) zeroed bytes.
     fn alloc(&self, bytes: usize) -> Result<Self::Mem>;
     /// The address kernels use for `mem`.
@@ -259,6 +283,8 @@ pub struct Mem<E: Exec, T> {
     raw: Option<E::Mem>,
     addr: u64,
     len: usize,
+    /// The space of the executor that allocated it ([`Exec::space`]).
+    space: u64,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -278,6 +304,7 @@ impl<E: Exec, T: Pod> Mem<E, T> {
             raw,
             addr,
             len,
+            space: e.space(),
             _t: PhantomData,
         })
     }
@@ -295,11 +322,11 @@ impl<E: Exec, T: Pod> Mem<E, T> {
     }
     /// The tensor, for a kernel that reads it.
     pub fn dev(&self) -> Dev<'_, T> {
-        Dev::at(self.addr, self.len)
+        Dev::at(self.space, self.addr, self.len)
     }
     /// The tensor, for a kernel that writes it.
     pub fn dev_mut(&mut self) -> DevMut<'_, T> {
-        DevMut::at(self.addr, self.len)
+        DevMut::at(self.space, self.addr, self.len)
     }
     /// Overwrites the elements with `host` (the same length).
     pub fn upload(&mut self, e: &E, host: &[T]) -> Result<()> {

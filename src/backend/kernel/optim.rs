@@ -9,11 +9,10 @@ use crate::backend::cpu::check_len;
 use crate::backend::{check_rotation_index, decoupled_decay, AdamCoeffs, AdamStep};
 use crate::error::Result;
 
-// SAFETY (for every `unsafe` launch below): every tensor is live (a `Dev`/`DevMut` borrows its `Mem`);
-// lengths checked against the shapes, index arrays against the tensors they index (a rotation list once,
-// when its `IndexList` is made, then its bound against the tensor per launch); the typed launcher supplies
-// the kernel's own argument list. What remains is the executor: a tensor must belong to the `e` it is
-// launched on.
+// SAFETY (for every `unsafe` launch below): every tensor is live (a `Dev`/`DevMut` borrows its `Mem`) and
+// the typed launcher checks that it is memory of `e` (`Dev::check_space`); lengths checked against the
+// shapes, index arrays against the tensors they index (a rotation list once, when its `IndexList` is made,
+// then its bound against the tensor per launch); the typed launcher supplies the kernel's own arguments.
 
 /// A rotation index list checked once, when it is prepared (`Backend::rotation_index`): distinct
 /// entries, each < `src_len`. A launch then checks `src_len` against the tensor it gathers from or

@@ -8,11 +8,11 @@ use super::{flat, launch, warp_rows, Dev, DevMut, Exec, Geometry, Mem, BLOCK};
 use crate::backend::cpu::check_len;
 use crate::error::Result;
 
-// SAFETY (for every `unsafe` launch below): every tensor is live (a `Dev`/`DevMut` borrows its `Mem`);
-// the lengths of all tensors are checked against the shapes first and the index arrays (tokens, targets)
-// against the tensors they index, so every address the kernel forms at this geometry is inside a tensor;
-// the typed launcher supplies the kernel's own argument list. What remains is the executor: a tensor
-// must belong to the `e` it is launched on.
+// SAFETY (for every `unsafe` launch below): every tensor is live (a `Dev`/`DevMut` borrows its `Mem`) and
+// the typed launcher checks that it is memory of `e` (`Dev::check_space`); the lengths of all tensors are
+// checked against the shapes first and the index arrays (tokens, targets) against the tensors they index,
+// so every address the kernel forms at this geometry is inside a tensor; the typed launcher supplies the
+// kernel's own argument list.
 
 /// `x` as a CUDA `int` dimension (panics with the op and name if it does not fit).
 #[track_caller]
