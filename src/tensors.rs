@@ -1,6 +1,8 @@
 //! Safetensors files: every tensor read as f64 whatever its stored dtype, and named tensors written in one
 //! dtype. The format's own crate does the parsing; this module adds the project's error messages (each
-//! names the file and the tensor) and the dtype conversions.
+//! names the file and the tensor) and the dtype conversions. Files are written by `std::fs`, so they get
+//! the permissions of any other file the process creates (the umask's), not the crate's private 0600
+//! temporary files.
 
 use crate::error::{Error, Result};
 use safetensors::tensor::TensorView;
@@ -14,7 +16,8 @@ pub type TensorMap = BTreeMap<String, (Vec<usize>, Vec<f64>)>;
 /// A tensor to write: its name, shape and little-endian bytes in the file's dtype.
 pub type Encoded = (String, Vec<usize>, Vec<u8>);
 
-/// Writes named tensors, all of dtype `dtype`, as a safetensors file with `metadata`.
+/// Writes named tensors, all of dtype `dtype`, as a safetensors file with `metadata` (serialised in
+/// memory, then written with `std::fs::write`: a plain file, created or truncated).
 pub fn write(
     path: &Path,
     dtype: Dtype,
@@ -32,14 +35,22 @@ pub fn write(
             Ok((name.clone(), view))
         })
         .collect::<Result<_>>()?;
-    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| Error::SafeTensors {
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::SafeTensors {
         path: path.into(),
         msg: e.to_string(),
-    })
+    })?;
+    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
 }
 
 /// Read every tensor of a safetensors file as f64 (F32, F64, BF16 and F16 accepted), keyed by name.
 pub fn read(path: &Path) -> Result<TensorMap> {
+    if path.is_dir() {
+        return Err(Error::bad_file(
+            path,
+            "safetensors",
+            "is a directory; expected a .safetensors file",
+        ));
+    }
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: the file is opened read-only and only read during this function; a concurrent writer
     // truncating it is outside our contract (checkpoints are written to a temp dir and renamed).

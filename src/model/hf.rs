@@ -1,12 +1,17 @@
 //! The Hugging Face GPT-2 layout of the parameters: names (`transformer.h.0.attn.c_attn.weight`), Conv1D
 //! weights stored (in, out), q/k/v fused into `c_attn`, the LM head tied to `wte` and not stored. A model
-//! without biases exports zero biases, which is exactly what it computes.
+//! without biases exports zero biases, which is exactly what it computes (`transformers` needs every
+//! bias tensor: one missing would be initialised at random). [`hf_config`] is the `config.json` that goes
+//! with such a file.
 
 use super::ParamTable;
+use crate::backend::cpu::layernorm::LN_EPS;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::tensors::TensorMap;
-use std::path::Path;
+use safetensors::Dtype;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
 /// The prefix of every tensor name in a `GPT2LMHeadModel` state dict.
 pub const HF_PREFIX: &str = "transformer.";
@@ -111,9 +116,121 @@ pub fn to_hf(cfg: &ModelConfig, tb: &ParamTable, flat: &[f64]) -> Vec<HfTensor> 
         .collect()
 }
 
+/// GPT-2's end-of-text token, `transformers`' default `bos_token_id` and `eos_token_id`.
+const EOT: usize = 50256;
+
+/// The `torch_dtype` of a `config.json` for weights stored as `dtype`.
+fn torch_dtype(dtype: Dtype) -> &'static str {
+    match dtype {
+        Dtype::F64 => "float64",
+        Dtype::F32 => "float32",
+        Dtype::F16 => "float16",
+        Dtype::BF16 => "bfloat16",
+        other => panic!("no floating-point torch dtype for {other:?}"),
+    }
+}
+
+/// The Hugging Face `config.json` (a `GPT2Config`) of a model of shape `cfg` whose weights are stored as
+/// `dtype`: with it beside a `model.safetensors` from [`to_hf`], `GPT2LMHeadModel.from_pretrained(dir)`
+/// (and the Flax one) builds the model this crate computes: GELU with the tanh approximation
+/// (`gelu_new`), a 4·n_embd MLP (`n_inner: null`), LayerNorm epsilon [`LN_EPS`], attention scaled by
+/// 1/√head_size, the LM head tied to `wte`, no dropout. `bos_token_id`/`eos_token_id` are GPT-2's
+/// end-of-text token when the vocabulary has it and `null` otherwise (`GPT2Config` would default them to
+/// 50256, an id such a model does not have).
+pub fn hf_config(cfg: &ModelConfig, dtype: Dtype) -> serde_json::Value {
+    let eot = (cfg.vocab_size > EOT).then_some(EOT);
+    serde_json::json!({
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.seq_len,
+        "n_ctx": cfg.seq_len,
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": null,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": LN_EPS,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "initializer_range": 0.02,
+        "scale_attn_weights": true,
+        "scale_attn_by_inverse_layer_idx": false,
+        "reorder_and_upcast_attn": false,
+        "tie_word_embeddings": true,
+        "use_cache": true,
+        "torch_dtype": torch_dtype(dtype),
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+    })
+}
+
+/// The weights file `path` names: `path` itself when it is a file, `path/model.safetensors` when it is a
+/// directory holding one (a checkpoint `checkpoints/step_N`, or a model saved by `transformers`).
+pub fn weights_file(path: &Path) -> Result<PathBuf> {
+    const EXPECTED: &str =
+        "expected a Hugging Face GPT-2 model.safetensors, or a directory holding one \
+                            (such as a checkpoint, RUN/checkpoints/step_N)";
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if path.is_dir() {
+        let file = path.join("model.safetensors");
+        if file.is_file() {
+            return Ok(file);
+        }
+        return Err(Error::bad_file(
+            path,
+            "weights",
+            format!("a directory without model.safetensors; {EXPECTED}"),
+        ));
+    }
+    let what = match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_string(),
+        Err(e) => format!("cannot be read ({e})"),
+        Ok(_) => "is neither a file nor a directory".to_string(),
+    };
+    Err(Error::bad_file(
+        path,
+        "weights",
+        format!("{what}; {EXPECTED}"),
+    ))
+}
+
+/// HF GPT-2 weights for `cfg` from `path`, a `model.safetensors` or a directory holding one
+/// ([`weights_file`]), read with [`from_hf`]: the flat buffer and the count of non-zero biases ignored.
+pub fn load(path: &Path, cfg: &ModelConfig, tb: &ParamTable) -> Result<(Vec<f64>, usize)> {
+    let file = weights_file(path)?;
+    let tensors = crate::tensors::read(&file)?;
+    from_hf(&file, cfg, tb, &tensors)
+}
+
+/// Tensors of a GPT-2 file that hold no parameter of the model and are skipped: the causal-mask buffers
+/// older `transformers` saved (`h.N.attn.bias`, `h.N.attn.masked_bias`) of the model's layers, and an
+/// `lm_head.weight` equal to `wte` (the tied head stored anyway).
+fn skippable(name: &str, cfg: &ModelConfig, tensors: &TensorMap, wte: Option<&str>) -> bool {
+    let bare = name.strip_prefix(HF_PREFIX).unwrap_or(name);
+    if let Some(rest) = bare.strip_prefix("h.") {
+        if let Some((layer, tail)) = rest.split_once('.') {
+            return matches!(tail, "attn.bias" | "attn.masked_bias")
+                && layer.parse::<usize>().is_ok_and(|l| l < cfg.n_layer);
+        }
+    }
+    if name == "lm_head.weight" {
+        let (Some(head), Some(wte)) = (tensors.get(name), wte.and_then(|w| tensors.get(w))) else {
+            return false;
+        };
+        return head == wte;
+    }
+    false
+}
+
 /// Load HF GPT-2 tensors (with or without the `transformer.` prefix) into a flat buffer for `cfg`.
 /// Shapes must match the model; biases in the file are used when the model has biases and ignored
-/// otherwise (the returned count says how many were ignored because they were non-zero).
+/// otherwise (the returned count says how many were ignored because they were non-zero). A tensor the
+/// model has no place for (a layer beyond `n_layer`, an unknown name) is an error listing them, except
+/// the buffers [`skippable`] names.
 pub fn from_hf(
     path: &Path,
     cfg: &ModelConfig,
@@ -122,10 +239,16 @@ pub fn from_hf(
 ) -> Result<(Vec<f64>, usize)> {
     let mut flat = vec![0.0; tb.total];
     let mut ignored_nonzero = 0;
+    let mut used: BTreeSet<&str> = BTreeSet::new();
     for m in hf_layout(cfg, tb) {
-        let found = tensors
-            .get(&format!("{HF_PREFIX}{}", m.name))
-            .or_else(|| tensors.get(&m.name));
+        let prefixed = format!("{HF_PREFIX}{}", m.name);
+        let key = [prefixed.as_str(), m.name.as_str()]
+            .into_iter()
+            .find_map(|k| tensors.get_key_value(k));
+        if let Some((k, _)) = key {
+            used.insert(k.as_str());
+        }
+        let found = key.map(|(_, v)| v);
         let expected: Vec<usize> = if m.cols == 1 {
             vec![m.rows]
         } else if m.conv1d {
@@ -161,6 +284,32 @@ pub fn from_hf(
             }
             Some(r) => flat[r.clone()].copy_from_slice(values),
         }
+    }
+    let wte = used.iter().copied().find(|k| k.ends_with("wte.weight"));
+    let unused: Vec<&str> = tensors
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !used.contains(k) && !skippable(k, cfg, tensors, wte))
+        .collect();
+    if !unused.is_empty() {
+        const SHOWN: usize = 24;
+        let more = match unused.len().saturating_sub(SHOWN) {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
+        return Err(Error::bad_file(
+            path,
+            "tensors",
+            format!(
+                "{} tensor(s) that a GPT-2 of {} layers (n_embd {}, bias {}) does not use: {}{more}; \
+                 the file is for another model",
+                unused.len(),
+                cfg.n_layer,
+                cfg.n_embd,
+                cfg.bias,
+                unused[..unused.len().min(SHOWN)].join(", "),
+            ),
+        ));
     }
     Ok((flat, ignored_nonzero))
 }

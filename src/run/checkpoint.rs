@@ -1,15 +1,18 @@
-//! Checkpoints: `checkpoints/step_N/{model.safetensors, optim.safetensors, state.json}`, written into a
-//! temporary directory and renamed into place, so a crash never leaves a half-written checkpoint.
+//! Checkpoints: `checkpoints/step_N/{model.safetensors, config.json, optim.safetensors, state.json}`,
+//! written into a temporary directory and renamed into place, so a crash never leaves a half-written
+//! checkpoint (a temporary directory left by a killed process is removed by the next save).
 //!
-//! `model.safetensors` uses Hugging Face GPT-2 names and layouts ([`crate::model::hf`]), with
-//! `{"format": "pt"}` metadata, so `transformers`' `GPT2LMHeadModel.from_pretrained` loads it. Weights are stored in the
-//! run's precision (F32, or F64 for `--precision fp64`) so a resume is bit-identical.
+//! `model.safetensors` uses Hugging Face GPT-2 names and layouts ([`crate::model::hf`], zero biases for a
+//! model without biases), with `{"format": "pt"}` metadata, and `config.json` is its `GPT2Config`
+//! ([`hf_config`]), so `transformers`' `GPT2LMHeadModel.from_pretrained(step_dir)` (and the Flax one) loads
+//! the directory as it is. Weights are stored in the run's precision (F32, or F64 for `--precision fp64`)
+//! so a resume is bit-identical; every file gets the permissions the umask gives.
 
 use crate::backend::{Backend, Scalar};
 use crate::config::{ModelConfig, OptimizerKind, RotationConfig};
 use crate::data::loader::BatchSampler;
 use crate::error::{Error, Result};
-use crate::model::hf::{from_hf, to_hf, HF_PREFIX};
+use crate::model::hf::{from_hf, hf_config, to_hf, HF_PREFIX};
 use crate::model::Gpt2;
 use crate::optim::Optimizer;
 use crate::tensors;
@@ -75,7 +78,34 @@ fn buf_f64<BK: Backend>(be: &BK, buf: &BK::Buf) -> Result<Vec<f64>> {
         .collect())
 }
 
-/// Write a checkpoint atomically; returns its directory.
+/// Prefix and suffix of the temporary directory a checkpoint is written into (`.step_N.tmp`).
+const TMP_PREFIX: &str = ".step_";
+const TMP_SUFFIX: &str = ".tmp";
+
+/// Removes the temporary directories (`.step_N.tmp`) of `checkpoints/` that a killed process left,
+/// best effort: one that cannot be removed is left for the next save.
+fn remove_stale_tmp(checkpoints: &Path) {
+    let Ok(entries) = std::fs::read_dir(checkpoints) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let is_tmp = name
+            .strip_prefix(TMP_PREFIX)
+            .and_then(|s| s.strip_suffix(TMP_SUFFIX))
+            .is_some_and(|n| n.parse::<usize>().is_ok());
+        if is_tmp && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Write a checkpoint atomically; returns its directory. The files are written into
+/// `checkpoints/.step_N.tmp`, renamed to `step_N` when complete; a failed save removes its temporary
+/// directory (best effort) and returns the error, and every save first removes those a killed process
+/// left. Besides the tensors and `state.json`, the directory holds a Hugging Face `config.json`
+/// ([`hf_config`]), so `transformers` loads it as is.
 pub fn save<BK: Backend>(
     be: &BK,
     run_dir: &Path,
@@ -83,15 +113,35 @@ pub fn save<BK: Backend>(
     opt: &Optimizer<BK>,
     state: &TrainState,
 ) -> Result<PathBuf> {
+    let checkpoints = run_dir.join("checkpoints");
     let final_dir = step_dir(run_dir, state.step);
-    let tmp = run_dir
-        .join("checkpoints")
-        .join(format!(".step_{}.tmp", state.step));
+    let tmp = checkpoints.join(format!("{TMP_PREFIX}{}{TMP_SUFFIX}", state.step));
+    remove_stale_tmp(&checkpoints);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let written = write_files(be, &tmp, model, opt, state).and_then(|()| {
+        if final_dir.exists() {
+            std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
+        }
+        std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    Ok(final_dir)
+}
 
+/// The files of a checkpoint, written into the (temporary) directory `dir`.
+fn write_files<BK: Backend>(
+    be: &BK,
+    dir: &Path,
+    model: &Gpt2<BK>,
+    opt: &Optimizer<BK>,
+    state: &TrainState,
+) -> Result<()> {
     let flat = model.params_f64(be)?;
     let encoded: Vec<tensors::Encoded> = to_hf(&model.cfg, &model.table, &flat)
         .into_iter()
@@ -103,11 +153,18 @@ pub fn save<BK: Backend>(
             )
         })
         .collect();
+    drop(flat);
     // ONE metadata key per file: safetensors serialises the metadata map in hash order, so a second key
     // would make the file bytes differ from run to run (the model config is in state.json instead).
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    tensors::write(&tmp.join("model.safetensors"), BK::T::DTYPE, &encoded, meta)?;
+    tensors::write(&dir.join("model.safetensors"), BK::T::DTYPE, &encoded, meta)?;
+    drop(encoded);
+
+    let hf =
+        serde_json::to_vec_pretty(&hf_config(&model.cfg, BK::T::DTYPE)).expect("config serialises");
+    let p = dir.join("config.json");
+    std::fs::write(&p, hf).map_err(|e| Error::io(&p, e))?;
 
     let mut opt_tensors = Vec::new();
     for (name, buf) in opt.state_tensors() {
@@ -117,11 +174,12 @@ pub fn save<BK: Backend>(
     let mut meta = HashMap::new();
     meta.insert("optimizer_step".to_string(), opt.step.to_string());
     tensors::write(
-        &tmp.join("optim.safetensors"),
+        &dir.join("optim.safetensors"),
         BK::T::DTYPE,
         &opt_tensors,
         meta,
     )?;
+    drop(opt_tensors);
 
     // A basis that changes during training (svd: U, V and the last refresh) is saved in f64.
     if opt.basis.has_state() {
@@ -134,7 +192,7 @@ pub fn save<BK: Backend>(
         let mut meta = HashMap::new();
         meta.insert("rotation".to_string(), state.rotation.kind.to_string());
         tensors::write(
-            &tmp.join("rotation.safetensors"),
+            &dir.join("rotation.safetensors"),
             f64::DTYPE,
             &encoded,
             meta,
@@ -142,14 +200,8 @@ pub fn save<BK: Backend>(
     }
 
     let json = serde_json::to_vec_pretty(state).expect("state serialises");
-    let p = tmp.join("state.json");
-    std::fs::write(&p, json).map_err(|e| Error::io(&p, e))?;
-
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
-    }
-    std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
-    Ok(final_dir)
+    let p = dir.join("state.json");
+    std::fs::write(&p, json).map_err(|e| Error::io(&p, e))
 }
 
 /// Restore weights, optimizer state and the train state from a checkpoint directory.
