@@ -14,14 +14,19 @@
 //!
 //! Every figure has `save(path)`: the format is chosen by the extension (`.png` or `.svg`; anything else
 //! is an error naming the path), the image is rendered in memory and written through a temporary file
-//! that is renamed into place ([`crate::files::write_atomic`]). `save_png_svg(stem)` writes both.
+//! that is renamed into place ([`crate::files::write_atomic`]). `save_png_svg(stem)` writes both
+//! (`stem.png` and `stem.svg`; a stem that already ends in `.png` or `.svg` loses that extension first).
 //!
 //! Text is rendered with the vendored DejaVu Sans (`assets/fonts/`, Bitstream Vera licence), registered
 //! once as plotters' "sans-serif" through `ab_glyph`, so PNGs need no system fonts. A log axis is drawn as
-//! a linear axis over log₁₀(y) whose tick labels show 10^tick; values ≤ 0 (and the lower ends of bands or
-//! error bars that reach ≤ 0) are clamped to the bottom of the axis. Non-finite values are skipped.
+//! a linear axis over log₁₀(y); values ≤ 0 (and the lower ends of bands or error bars that reach ≤ 0) are
+//! clamped to the bottom of the axis. Non-finite values are skipped. The y ticks of every figure are
+//! round data values ([`axis_ticks`]: 1-2-5 steps, or powers of ten on a log axis over decades). An
+//! axis over a single value is widened around it, and a series with one point is drawn as a marker.
 
 use crate::error::{Error, Result};
+use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
@@ -137,7 +142,7 @@ pub struct Series {
     /// Palette index; `None` = the series' position in the chart.
     pub color: Option<usize>,
     pub dashed: bool,
-    /// Draw a filled circle at each point.
+    /// Draw a filled circle at each point (a series with a single drawable point always gets one).
     pub markers: bool,
 }
 
@@ -339,7 +344,8 @@ impl LineChart {
     pub fn save(&self, path: &Path) -> Result<()> {
         save_fig(Fig::Lines(self), &self.axes, path)
     }
-    /// Write `stem.png` and `stem.svg`; returns their paths.
+    /// Write `stem.png` and `stem.svg` (a `stem` ending in `.png` or `.svg` loses it first, see
+    /// [`figure_stem`]); returns their paths.
     pub fn save_png_svg(&self, stem: &Path) -> Result<(PathBuf, PathBuf)> {
         save_both(Fig::Lines(self), &self.axes, stem)
     }
@@ -352,7 +358,8 @@ impl BarChart {
         self.check()?;
         save_fig(Fig::Bars(self), &self.axes, path)
     }
-    /// Write `stem.png` and `stem.svg`; returns their paths.
+    /// Write `stem.png` and `stem.svg` (a `stem` ending in `.png` or `.svg` loses it first, see
+    /// [`figure_stem`]); returns their paths.
     pub fn save_png_svg(&self, stem: &Path) -> Result<(PathBuf, PathBuf)> {
         self.check()?;
         save_both(Fig::Bars(self), &self.axes, stem)
@@ -392,7 +399,8 @@ impl RowPlot<'_> {
     pub fn save(&self, path: &Path) -> Result<()> {
         save_fig(Fig::Row(self), &self.axes, path)
     }
-    /// Write `stem.png` and `stem.svg`; returns their paths.
+    /// Write `stem.png` and `stem.svg` (a `stem` ending in `.png` or `.svg` loses it first, see
+    /// [`figure_stem`]); returns their paths.
     pub fn save_png_svg(&self, stem: &Path) -> Result<(PathBuf, PathBuf)> {
         save_both(Fig::Row(self), &self.axes, stem)
     }
@@ -406,11 +414,27 @@ enum Fig<'a> {
 }
 
 fn save_both(fig: Fig, axes: &Axes, stem: &Path) -> Result<(PathBuf, PathBuf)> {
-    let png = append_ext(stem, "png");
-    let svg = append_ext(stem, "svg");
+    let stem = figure_stem(stem);
+    let png = append_ext(&stem, "png");
+    let svg = append_ext(&stem, "svg");
     save_fig(fig, axes, &png)?;
     save_fig(fig, axes, &svg)?;
     Ok((png, svg))
+}
+
+/// `path` without a final `.png` or `.svg` (in any case): the stem [`LineChart::save_png_svg`] and the
+/// other figures' `save_png_svg` add both extensions to, so that `fig.png` names `fig.png` and `fig.svg`
+/// (not `fig.png.png`). Other extensions stay: `loss.v2` writes `loss.v2.png` and `loss.v2.svg`.
+pub fn figure_stem(path: &Path) -> PathBuf {
+    let is_figure = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("png") || e.eq_ignore_ascii_case("svg"));
+    if is_figure {
+        path.with_extension("")
+    } else {
+        path.to_path_buf()
+    }
 }
 
 fn append_ext(stem: &Path, ext: &str) -> PathBuf {
@@ -448,12 +472,10 @@ fn save_fig(fig: Fig, axes: &Axes, path: &Path) -> Result<()> {
     .map_err(|msg| Error::bad_file(path, "figure", msg))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
+            // The message names the path once: the directory is its parent.
             return Err(Error::io(
                 path,
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    format!("directory {} does not exist", dir.display()),
-                ),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "its directory does not exist"),
             ));
         }
     }
@@ -534,22 +556,256 @@ impl YMap {
     fn clamp(self, y: f64, floor: f64) -> f64 {
         self.to_axis(y).unwrap_or(floor).max(floor)
     }
-    /// How many y tick labels to ask for: on a log axis over whole decades, one per decade (at most 11),
-    /// so that the ticks fall on powers of ten; else 10.
-    fn n_labels(self, y0: f64, y1: f64) -> usize {
-        let decades = y1 - y0;
-        if self.log && y0.fract() == 0.0 && y1.fract() == 0.0 && decades >= 1.0 {
-            (decades as usize + 1).min(11)
+    /// The y axis over axis coordinates `y0..y1`, its ticks bound as key points: the ticks of
+    /// [`axis_ticks`] for the data range the axis shows, and light grid lines between them.
+    fn coord(self, y0: f64, y1: f64) -> (YAxis, TickLabels) {
+        let scale = if self.log { Scale::Log } else { Scale::Linear };
+        let (lo, hi) = if self.log {
+            (10f64.powf(y0), 10f64.powf(y1))
         } else {
-            10
+            (y0, y1)
+        };
+        let ticks = tick_set(lo, hi, scale, MAX_Y_TICKS);
+        let axis = |v: &f64| self.to_axis(*v);
+        let bold: Vec<f64> = ticks.values.iter().filter_map(axis).collect();
+        let light: Vec<f64> = ticks.light.iter().filter_map(axis).collect();
+        let labels = TickLabels(bold.iter().copied().zip(ticks.labels).collect());
+        let axis = YAxis {
+            inner: (y0..y1).into(),
+            bold,
+            light,
+        };
+        (axis, labels)
+    }
+}
+
+/// A linear axis (over axis coordinates) whose ticks and light grid lines are given, not chosen by
+/// plotters; the labels come from a [`TickLabels`].
+struct YAxis {
+    inner: RangedCoordf64,
+    bold: Vec<f64>,
+    light: Vec<f64>,
+}
+
+impl Ranged for YAxis {
+    type FormatOption = DefaultFormatting;
+    type ValueType = f64;
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        self.inner.map(value, limit)
+    }
+    fn key_points<Hint: KeyPointHint>(&self, hint: Hint) -> Vec<f64> {
+        if hint.weight().allow_light_points() {
+            self.light.clone()
+        } else {
+            self.bold.clone()
         }
     }
-    fn label(self, v: f64) -> String {
-        if self.log {
-            fmt_num(10f64.powf(v))
-        } else {
-            fmt_num(v)
+    fn range(&self) -> std::ops::Range<f64> {
+        self.inner.range()
+    }
+}
+
+/// The most y ticks a figure gets.
+const MAX_Y_TICKS: usize = 10;
+
+/// The labels of an axis' ticks by their axis coordinate; plotters asks for a label by coordinate.
+struct TickLabels(Vec<(f64, String)>);
+
+impl TickLabels {
+    /// The label of the tick nearest to axis coordinate `v` ("" when there are none).
+    fn at(&self, v: f64) -> String {
+        self.0
+            .iter()
+            .min_by(|a, b| (a.0 - v).abs().total_cmp(&(b.0 - v).abs()))
+            .map(|t| t.1.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// The ticks of a y axis over the data range `lo..hi` and their labels; see [`axis_ticks`].
+#[derive(Clone, Debug, PartialEq)]
+struct TickSet {
+    values: Vec<f64>,
+    labels: Vec<String>,
+    /// Where light grid lines go (between the ticks).
+    light: Vec<f64>,
+}
+
+/// `m`·10^`e` as the f64 nearest to that decimal (so 3·10⁻¹ is the same number as `0.3`).
+fn decimal(m: i64, e: i32) -> f64 {
+    format!("{m}e{e}")
+        .parse()
+        .expect("an integer with an exponent is a valid float")
+}
+
+/// Ticks of an axis over the data range `lo..hi` (`lo < hi`; `lo > 0` on a log axis), with their labels.
+/// Every tick lies in the range and there are at least two (for any range wider than ~10⁻¹² of its
+/// magnitude). The values are round numbers, never logarithmically spaced fractions:
+/// - [`Scale::Linear`], or a log axis spanning less than a decade: multiples of the largest step in
+///   {1, 2, 5}·10^k that gives at most ten ticks (e.g. 5.5, 6.0, 6.5), labelled with the
+///   step's decimals;
+/// - a log axis with at least three powers of ten: powers of ten (every second, third, … power when
+///   there are more than ten), e.g. 0.001, 0.01, 0.1, 1;
+/// - a log axis over one to three decades: {1, 2, 5}·10^k, e.g. 2, 5, 10, 20.
+///
+/// Labels are short: plain notation for 10⁻³ ≤ |v| < 10⁵, else scientific (`1e-6`, `2.5e6`).
+pub fn axis_ticks(lo: f64, hi: f64, scale: Scale) -> Vec<(f64, String)> {
+    let t = tick_set(lo, hi, scale, MAX_Y_TICKS);
+    t.values.into_iter().zip(t.labels).collect()
+}
+
+fn tick_set(lo: f64, hi: f64, scale: Scale, max_ticks: usize) -> TickSet {
+    let empty = TickSet {
+        values: Vec::new(),
+        labels: Vec::new(),
+        light: Vec::new(),
+    };
+    if !(lo.is_finite() && hi.is_finite() && lo < hi) || (scale == Scale::Log && lo <= 0.0) {
+        return empty;
+    }
+    if scale == Scale::Log && hi / lo >= 10.0 {
+        if let Some(t) = log_ticks(lo, hi) {
+            return t;
         }
+    }
+    linear_ticks(lo, hi, max_ticks)
+}
+
+/// Whether `v` lies in `lo..=hi`, allowing the rounding of the range's ends.
+fn in_range(v: f64, lo: f64, hi: f64) -> bool {
+    let eps = 1e-9 * (hi - lo).abs().max(lo.abs().max(hi.abs()) * 1e-6);
+    v >= lo - eps && v <= hi + eps
+}
+
+/// Powers of ten, or {1, 2, 5}·10^k; `None` when neither gives two ticks.
+fn log_ticks(lo: f64, hi: f64) -> Option<TickSet> {
+    let (e0, e1) = (lo.log10().floor() as i32 - 1, hi.log10().ceil() as i32 + 1);
+    let all = |mantissas: &[i64]| -> Vec<(i64, i32)> {
+        (e0..=e1)
+            .flat_map(|e| mantissas.iter().map(move |&m| (m, e)))
+            .filter(|&(m, e)| in_range(decimal(m, e), lo, hi))
+            .collect()
+    };
+    let powers = all(&[1]);
+    if powers.len() >= 3 {
+        // At most ten labelled powers: every stride-th one, at exponents divisible by the stride.
+        let stride = powers.len().div_ceil(MAX_Y_TICKS) as i32;
+        let (bold, skipped): (Vec<_>, Vec<_>) = powers
+            .iter()
+            .partition(|&&(_, e)| e.rem_euclid(stride) == 0);
+        let values: Vec<f64> = bold.iter().map(|&&(m, e)| decimal(m, e)).collect();
+        let light: Vec<f64> = if stride == 1 {
+            all(&[2, 3, 4, 5, 6, 7, 8, 9])
+                .into_iter()
+                .map(|(m, e)| decimal(m, e))
+                .collect()
+        } else {
+            skipped.iter().map(|&&(m, e)| decimal(m, e)).collect()
+        };
+        return Some(TickSet {
+            labels: values.iter().map(|&v| fmt_num(v)).collect(),
+            values,
+            light,
+        });
+    }
+    let values: Vec<f64> = all(&[1, 2, 5])
+        .into_iter()
+        .map(|(m, e)| decimal(m, e))
+        .collect();
+    if values.len() < 2 {
+        return None;
+    }
+    let light = all(&[3, 4, 6, 7, 8, 9])
+        .into_iter()
+        .map(|(m, e)| decimal(m, e))
+        .collect();
+    Some(TickSet {
+        labels: values.iter().map(|&v| fmt_num(v)).collect(),
+        values,
+        light,
+    })
+}
+
+/// Multiples of the smallest step in {1, 2, 5}·10^k that gives at most `max_ticks` ticks in `lo..=hi`.
+fn linear_ticks(lo: f64, hi: f64, max_ticks: usize) -> TickSet {
+    let max_ticks = max_ticks.max(2) as f64;
+    let mut e = ((hi - lo) / max_ticks).log10().floor() as i32 - 1;
+    // The step m·10^e: the first of 1, 2, 5, 10, 20, … whose multiples in the range are few enough.
+    let (m, e) = loop {
+        let fits = [1i64, 2, 5].into_iter().find(|&m| {
+            let step = decimal(m, e);
+            ((hi / step).floor() - (lo / step).ceil() + 1.0) <= max_ticks
+        });
+        match fits {
+            Some(m) => break (m, e),
+            None => e += 1,
+        }
+    };
+    let step = decimal(m, e);
+    let (k0, k1) = (
+        (lo / step).ceil() as i64 - 1,
+        (hi / step).floor() as i64 + 1,
+    );
+    let multiples = |k: i64, half: bool| {
+        if half {
+            // halfway between tick k and k + 1: (2k + 1)·m/2 · 10^e = (2k + 1)·5m · 10^(e−1)
+            decimal((2 * k + 1) * 5 * m, e - 1)
+        } else {
+            decimal(k * m, e)
+        }
+    };
+    let values: Vec<f64> = (k0..=k1)
+        .map(|k| multiples(k, false))
+        .filter(|&v| in_range(v, lo, hi))
+        .collect();
+    let light: Vec<f64> = (k0 - 1..=k1)
+        .map(|k| multiples(k, true))
+        .filter(|&v| in_range(v, lo, hi))
+        .collect();
+    // Decimals of the step (a step 5·10⁻¹ labels 5.5, 6.0, 6.5); scientific for large or tiny values.
+    let top = values.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+    let labels = values
+        .iter()
+        .map(|&v| {
+            if top == 0.0 || (1e-3..1e5).contains(&top) {
+                let decimals = (-e).max(0) as usize;
+                let s = format!("{v:.decimals$}");
+                // "-0.0" is 0.0
+                if s.trim_start_matches('-')
+                    .chars()
+                    .all(|c| c == '0' || c == '.')
+                {
+                    s.trim_start_matches('-').to_string()
+                } else {
+                    s
+                }
+            } else if v == 0.0 {
+                "0".to_string()
+            } else {
+                let digits = (v.abs().log10().floor() as i32 - e).max(0) as usize;
+                trim_sci(&format!("{v:.digits$e}"))
+            }
+        })
+        .collect();
+    TickSet {
+        values,
+        labels,
+        light,
+    }
+}
+
+/// `1.50e-3` → `1.5e-3`, `1.00e5` → `1e5`.
+fn trim_sci(s: &str) -> String {
+    match s.split_once('e') {
+        Some((m, e)) => {
+            let m = if m.contains('.') {
+                m.trim_end_matches('0').trim_end_matches('.')
+            } else {
+                m
+            };
+            format!("{m}e{e}")
+        }
+        None => s.to_string(),
     }
 }
 
@@ -568,24 +824,25 @@ fn fmt_num(v: f64) -> String {
             s
         }
     } else {
-        let s = format!("{v:.2e}");
-        // 1.00e-3 → 1e-3
-        match s.split_once('e') {
-            Some((m, e)) => {
-                let m = if m.contains('.') {
-                    m.trim_end_matches('0').trim_end_matches('.')
-                } else {
-                    m
-                };
-                format!("{m}e{e}")
-            }
-            None => s,
-        }
+        trim_sci(&format!("{v:.2e}"))
     }
 }
 
+/// Whether `lo..hi` (finite) is too narrow to draw: empty, or narrower than 10⁻⁹ of its magnitude (ticks and
+/// pixels could not tell its ends apart).
+fn degenerate(lo: f64, hi: f64) -> bool {
+    hi - lo <= 1e-9 * lo.abs().max(hi.abs()) || hi - lo < 1e-300
+}
+
+/// A linear range around `v` for an axis over one value: ±10% of |v| (±1 around 0).
+fn around(v: f64) -> (f64, f64) {
+    let pad = if v == 0.0 { 1.0 } else { 0.1 * v.abs() };
+    (v - pad, v + pad)
+}
+
 /// The axis range covering `vals` (axis coordinates): padded by 5% on a linear axis, widened to whole
-/// decades on a log axis; a degenerate range is widened to ±1 (linear) or ±½ decade (log).
+/// decades on a log axis; a range over one value (or one so narrow its ends cannot be told apart) is
+/// widened to ±10% of the value, ±1 around 0 (linear) or ±½ decade (log).
 fn axis_range(vals: impl Iterator<Item = f64>, log: bool, include_zero: bool) -> (f64, f64) {
     let (mut lo, mut hi) = vals
         .filter(|v| v.is_finite())
@@ -600,8 +857,9 @@ fn axis_range(vals: impl Iterator<Item = f64>, log: bool, include_zero: bool) ->
         return if log { (-1.0, 1.0) } else { (0.0, 1.0) };
     }
     if log {
-        if hi - lo < 1e-12 {
-            return (lo - 0.5, hi + 0.5);
+        if hi - lo < 1e-9 {
+            let mid = 0.5 * (lo + hi);
+            return (mid - 0.5, mid + 0.5);
         }
         let (flo, chi) = (lo.floor(), hi.ceil());
         // Whole decades unless that more than doubles a narrow span.
@@ -612,8 +870,8 @@ fn axis_range(vals: impl Iterator<Item = f64>, log: bool, include_zero: bool) ->
             (lo - pad, hi + pad)
         }
     } else {
-        if hi - lo < 1e-300 {
-            return (lo - 1.0, hi + 1.0);
+        if degenerate(lo, hi) {
+            return around(0.5 * (lo + hi));
         }
         let pad = 0.05 * (hi - lo);
         let lo = if include_zero && lo == 0.0 {
@@ -625,6 +883,7 @@ fn axis_range(vals: impl Iterator<Item = f64>, log: bool, include_zero: bool) ->
     }
 }
 
+/// The x range covering `xs`, unpadded; (0, 1) for none; a single value is widened as in [`axis_range`].
 fn x_range(xs: impl Iterator<Item = f64>) -> (f64, f64) {
     let (lo, hi) = xs
         .filter(|v| v.is_finite())
@@ -633,8 +892,8 @@ fn x_range(xs: impl Iterator<Item = f64>) -> (f64, f64) {
         });
     if lo > hi {
         (0.0, 1.0)
-    } else if hi - lo < 1e-300 {
-        (lo - 1.0, hi + 1.0)
+    } else if degenerate(lo, hi) {
+        around(0.5 * (lo + hi))
     } else {
         (lo, hi)
     }
@@ -672,14 +931,15 @@ fn draw_lines<DB: DrawingBackend>(
     });
     let (y0, y1) = axis_range(ys, ym.log, false);
 
+    let (y_coord, y_labels) = ym.coord(y0, y1);
     let mut chart = ChartBuilder::on(root)
         .caption(&c.axes.title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(45)
         .y_label_area_size(70)
-        .build_cartesian_2d(x0..x1, y0..y1)
+        .build_cartesian_2d(x0..x1, y_coord)
         .map_err(err)?;
-    let yfmt = move |v: &f64| ym.label(*v);
+    let yfmt = |v: &f64| y_labels.at(*v);
     let xfmt = |v: &f64| {
         if cats.is_empty() {
             fmt_num(*v)
@@ -695,7 +955,6 @@ fn draw_lines<DB: DrawingBackend>(
         .y_desc(&c.axes.y_label)
         .x_label_formatter(&xfmt)
         .y_label_formatter(&yfmt)
-        .y_labels(ym.n_labels(y0, y1))
         .label_style(("sans-serif", 14))
         .light_line_style(RGBColor(235, 235, 235))
         .max_light_lines(2)
@@ -770,7 +1029,8 @@ fn draw_lines<DB: DrawingBackend>(
                 PathElement::new(seg, color.stroke_width(2))
             });
         }
-        if s.markers {
+        // A lone point draws no line: it gets a marker whatever `markers` says.
+        if s.markers || pts.len() == 1 {
             chart
                 .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
                 .map_err(err)?;
@@ -861,16 +1121,17 @@ fn draw_bars<DB: DrawingBackend>(
         // Headroom for the legend above the tallest bar.
         y1 += 0.12 * c.groups.len() as f64 * (y1 - y0);
     }
+    let (y_coord, y_labels) = ym.coord(y0, y1);
     let mut chart = ChartBuilder::on(root)
         .caption(&c.axes.title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(45)
         .y_label_area_size(70)
-        .build_cartesian_2d(-0.5..(n as f64 - 0.5), y0..y1)
+        .build_cartesian_2d(-0.5..(n as f64 - 0.5), y_coord)
         .map_err(err)?;
     let cats = c.categories.clone();
     let xfmt = move |v: &f64| category_label(&cats, *v);
-    let yfmt = move |v: &f64| ym.label(*v);
+    let yfmt = |v: &f64| y_labels.at(*v);
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -879,7 +1140,6 @@ fn draw_bars<DB: DrawingBackend>(
         .y_desc(&c.axes.y_label)
         .x_label_formatter(&xfmt)
         .y_label_formatter(&yfmt)
-        .y_labels(ym.n_labels(y0, y1))
         .label_style(("sans-serif", 14))
         .light_line_style(RGBColor(235, 235, 235))
         .max_light_lines(2)
@@ -968,7 +1228,7 @@ fn draw_row<DB: DrawingBackend>(
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(70)
-            .build_cartesian_2d(0.0..x1, y0..y1)
+            .build_cartesian_2d(0.0..x1, ym.coord(y0, y1).0)
             .map_err(err)
     };
     let width = {
@@ -980,7 +1240,8 @@ fn draw_row<DB: DrawingBackend>(
     // Nothing drawn yet except the probe's (empty) layout: clear it.
     root.fill(&WHITE).map_err(err)?;
     let mut chart = chart_builder(y0, y1)?;
-    let yfmt = move |v: &f64| ym.label(*v);
+    let y_labels = ym.coord(y0, y1).1;
+    let yfmt = |v: &f64| y_labels.at(*v);
     let xfmt = |v: &f64| fmt_num(*v);
     chart
         .configure_mesh()
@@ -989,7 +1250,6 @@ fn draw_row<DB: DrawingBackend>(
         .y_desc(&c.axes.y_label)
         .x_label_formatter(&xfmt)
         .y_label_formatter(&yfmt)
-        .y_labels(ym.n_labels(y0, y1))
         .label_style(("sans-serif", 14))
         .light_line_style(RGBColor(235, 235, 235))
         .max_light_lines(2)

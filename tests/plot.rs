@@ -1,13 +1,16 @@
 //! Figures: PNGs decode at the requested size and show the series' colours, SVGs carry the legend labels,
-//! bad paths are errors naming the path, and the max-|v| downsampling keeps every column's maximum.
+//! bad paths are errors naming the path, and the max-|v| downsampling keeps every column's maximum; y ticks
+//! are round numbers, a lone point is drawn, and `rotadam plot` takes `--out y.png` and torn metrics.
 
 use crate::util::tmp;
 use rotadam::plot::{
-    aggregate, column_start, downsample_max_abs, Axes, BarChart, BarGroup, LineChart, Marker,
-    RowPlot, RowValues, Series, Spread, PALETTE,
+    aggregate, axis_ticks, column_start, downsample_max_abs, figure_stem, Axes, BarChart, BarGroup,
+    LineChart, Marker, RowPlot, RowValues, Scale, Series, Spread, PALETTE,
 };
 use rotadam::rng::Rng;
+use rotadam::sweep::plot_runs::{self, Metric, PlotOptions};
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 
 fn decode(path: &std::path::Path) -> image::RgbImage {
     let bytes = std::fs::read(path).unwrap();
@@ -369,4 +372,270 @@ fn empty_and_degenerate_inputs_still_render() {
     for f in ["lines.png", "bars.png", "row.png"] {
         assert_eq!(decode(&d.join(f)).dimensions(), (1000, 600), "{f}");
     }
+}
+
+// ---- ticks, lone points, output names, `rotadam plot` -----------------------------------------------
+
+/// The significant digits of a tick label: "8.318" → 4, "6.0" → 1, "0.05" → 1, "100" → 1, "2.5e-4" → 2.
+fn significant_digits(label: &str) -> usize {
+    let mantissa = label
+        .trim_start_matches('-')
+        .split(['e', 'E'])
+        .next()
+        .unwrap();
+    let digits: String = mantissa.chars().filter(|c| c.is_ascii_digit()).collect();
+    digits
+        .trim_start_matches('0')
+        .trim_end_matches('0')
+        .len()
+        .max(1)
+}
+
+/// The SVG's texts that are numbers (tick labels), as (text, value).
+fn numeric_texts(svg: &str) -> Vec<(String, f64)> {
+    svg_texts(svg)
+        .into_iter()
+        .filter_map(|t| t.parse::<f64>().ok().map(|v| (t, v)))
+        .collect()
+}
+
+#[test]
+fn axis_ticks_are_round_numbers_inside_the_range() {
+    assert_eq!(significant_digits("8.318"), 4);
+    assert_eq!(significant_digits("6.0"), 1);
+    assert_eq!(significant_digits("2.5e-4"), 2);
+    let ranges: &[(f64, f64)] = &[
+        // loss curves on a log axis: narrower than a decade (the old ticks were 10^0.92 = 8.318, …)
+        (7.9, 20.5),
+        (8.2, 8.9),
+        (5.2, 8.9),
+        (3.05, 3.4),
+        (2.4, 11.0),
+        (0.93, 1.07),
+        // a decade or more
+        (1.0, 10.0),
+        (1.0, 100.0),
+        (3.0, 900.0),
+        (1e-4, 10.0),
+        (1e-12, 1e12),
+        (2e-7, 3e-6),
+        (1e5, 3e8),
+    ];
+    for scale in [Scale::Log, Scale::Linear] {
+        for &(lo, hi) in ranges {
+            let ticks = axis_ticks(lo, hi, scale);
+            let what = format!("{scale:?} {lo}..{hi}: {ticks:?}");
+            assert!(ticks.len() >= 2, "fewer than 2 ticks: {what}");
+            assert!(ticks.len() <= 11, "too many ticks: {what}");
+            let tol = 1e-9 * (hi - lo);
+            for (v, label) in &ticks {
+                assert!(*v >= lo - tol && *v <= hi + tol, "tick {v} outside: {what}");
+                assert!(significant_digits(label) <= 3, "label {label:?}: {what}");
+                let parsed: f64 = label
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{label:?}: {what}"));
+                assert!(
+                    (parsed - v).abs() <= 1e-9 * v.abs().max(hi - lo),
+                    "label {label:?} is not the tick {v}: {what}"
+                );
+            }
+            // increasing, so the labels are distinct
+            assert!(ticks.windows(2).all(|w| w[0].0 < w[1].0), "{what}");
+            let labels: HashSet<&String> = ticks.iter().map(|t| &t.1).collect();
+            assert_eq!(labels.len(), ticks.len(), "repeated label: {what}");
+        }
+    }
+    let labels = |lo, hi, scale| -> Vec<String> {
+        axis_ticks(lo, hi, scale).into_iter().map(|t| t.1).collect()
+    };
+    // A log axis over decades: powers of ten; over one decade: 1-2-5; narrower: linear steps.
+    assert_eq!(
+        labels(1e-4, 10.0, Scale::Log),
+        ["1e-4", "0.001", "0.01", "0.1", "1", "10"]
+    );
+    assert_eq!(labels(1.0, 10.0, Scale::Log), ["1", "2", "5", "10"]);
+    assert_eq!(
+        labels(5.2, 8.9, Scale::Log),
+        ["5.5", "6.0", "6.5", "7.0", "7.5", "8.0", "8.5"]
+    );
+    // More than ten decades: every second power.
+    let wide = labels(1e-12, 1e12, Scale::Log);
+    assert!(
+        wide.len() <= 10 && wide.contains(&"1".to_string()),
+        "{wide:?}"
+    );
+    // A degenerate or impossible range has no ticks rather than a panic.
+    assert!(axis_ticks(3.0, 3.0, Scale::Linear).is_empty());
+    assert!(axis_ticks(-1.0, 3.0, Scale::Log).is_empty());
+}
+
+#[test]
+fn log_axis_tick_labels_in_a_figure_are_round() {
+    // Losses from 8.2 to 20: the log axis is padded, not whole decades, and its ticks used to be
+    // logarithmically spaced fractions (8.318, 8.511, …).
+    let c = LineChart {
+        axes: Axes::new("val", "step", "loss").log_y(),
+        series: vec![Series::new("run", curve(12.0, 8.0))],
+    };
+    let d = tmp("plot-logticks");
+    let (_, svg) = c.save_png_svg(&d.join("log")).unwrap();
+    let texts = numeric_texts(&std::fs::read_to_string(svg).unwrap());
+    let ys: Vec<&(String, f64)> = texts.iter().filter(|t| t.1 >= 8.0 && t.1 <= 21.0).collect();
+    assert!(ys.len() >= 2, "too few y ticks: {texts:?}");
+    for (t, _) in &texts {
+        assert!(significant_digits(t) <= 3, "tick label {t:?} in {texts:?}");
+    }
+}
+
+#[test]
+fn a_lone_point_is_drawn_on_non_degenerate_axes() {
+    let d = tmp("plot-lone");
+    for log in [false, true] {
+        let mut axes = Axes::new("one evaluation", "step", "val loss").size(400, 300);
+        if log {
+            axes = axes.log_y();
+        }
+        // No label: no legend swatch in the series' colour, so any such pixel is the point itself.
+        let c = LineChart {
+            axes,
+            series: vec![Series::new("", vec![(250.0, 6.2)])],
+        };
+        let (png, svg) = c.save_png_svg(&d.join(format!("lone-{log}"))).unwrap();
+        let n = count_near(&decode(&png), pal(0), 0);
+        assert!(n >= 20, "log {log}: the lone point covers {n} pixels");
+        // Both axes span a range around the point: at least two distinct ticks each, around 250 and 6.2.
+        let texts = numeric_texts(&std::fs::read_to_string(svg).unwrap());
+        let (xs, ys): (Vec<f64>, Vec<f64>) = texts.iter().map(|t| t.1).partition(|&v| v > 100.0);
+        assert!(
+            xs.len() >= 2 && xs.iter().any(|&x| x < 250.0) && xs.iter().any(|&x| x > 250.0),
+            "{texts:?}"
+        );
+        assert!(
+            ys.len() >= 2 && ys.iter().any(|&y| y < 6.2) && ys.iter().any(|&y| y > 6.2),
+            "{texts:?}"
+        );
+    }
+}
+
+/// A run directory with a metrics.jsonl of `rows` (step, train loss, val loss) followed by `tail`.
+fn run_dir(dir: &Path, rows: &[(usize, f64, Option<f64>)], tail: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut text = String::new();
+    for &(step, train, val) in rows {
+        let mut row = serde_json::json!({
+            "step": step, "train_loss": train, "lr": 6e-4, "grad_norm": 1.0,
+            "tokens_per_s": 1000.0, "ms_per_step": 10.0, "optimizer": "adamw", "rotation": "none",
+        });
+        if let Some(v) = val {
+            row["val_loss"] = v.into();
+        }
+        text.push_str(&format!("{row}\n"));
+    }
+    text.push_str(tail);
+    std::fs::write(dir.join("metrics.jsonl"), text).unwrap();
+    dir.to_path_buf()
+}
+
+fn plot_options(runs: Vec<PathBuf>, out: PathBuf) -> PlotOptions {
+    PlotOptions {
+        runs,
+        out,
+        metric: Metric::Val,
+        ema: 0.0,
+        log_y: false,
+        title: "loss curves".into(),
+    }
+}
+
+#[test]
+fn out_ending_in_png_or_svg_is_not_doubled() {
+    let d = tmp("plot-out-ext");
+    assert_eq!(figure_stem(Path::new("a/y.png")), Path::new("a/y"));
+    assert_eq!(figure_stem(Path::new("y.SVG")), Path::new("y"));
+    assert_eq!(figure_stem(Path::new("loss.v2")), Path::new("loss.v2"));
+    assert_eq!(figure_stem(Path::new(".png")), Path::new(".png"));
+    let run = run_dir(
+        &d.join("run"),
+        &[(0, 9.0, Some(9.5)), (10, 7.0, Some(7.5))],
+        "",
+    );
+    for (out, png, svg) in [
+        ("y.png", "y.png", "y.svg"),
+        ("z.svg", "z.png", "z.svg"),
+        ("w", "w.png", "w.svg"),
+        ("loss.v2", "loss.v2.png", "loss.v2.svg"),
+    ] {
+        let got = plot_runs::run(&plot_options(vec![run.clone()], d.join(out))).unwrap();
+        assert_eq!(got, (d.join(png), d.join(svg)), "--out {out}");
+        assert_eq!(decode(&got.0).dimensions(), (1000, 600));
+        assert!(std::fs::read_to_string(&got.1).unwrap().contains("</svg>"));
+    }
+    for doubled in ["y.png.png", "y.png.svg", "z.svg.png", "z.svg.svg"] {
+        assert!(!d.join(doubled).exists(), "{doubled} written");
+    }
+    // The figures' own save_png_svg takes such a stem as well.
+    let (png, svg) = loss_chart().save_png_svg(&d.join("chart.png")).unwrap();
+    assert_eq!((png, svg), (d.join("chart.png"), d.join("chart.svg")));
+}
+
+#[test]
+fn plot_of_a_run_with_one_evaluation_shows_the_point() {
+    let d = tmp("plot-one-eval");
+    let run = run_dir(
+        &d.join("run"),
+        &[(0, 10.0, None), (1, 9.0, None), (2, 8.0, Some(8.5))],
+        "",
+    );
+    let (_, svg) = plot_runs::run(&plot_options(vec![run], d.join("one"))).unwrap();
+    let text = std::fs::read_to_string(svg).unwrap();
+    assert!(
+        text.contains("<circle"),
+        "no marker for the lone evaluation"
+    );
+}
+
+#[test]
+fn plot_survives_a_torn_last_metrics_line() {
+    // A crash or a full disk can cut the last row of metrics.jsonl short: the rows before it still plot.
+    let d = tmp("plot-torn");
+    let rows: Vec<(usize, f64, Option<f64>)> = (0..20)
+        .map(|i| {
+            (
+                i * 10,
+                10.0 - 0.2 * i as f64,
+                (i % 5 == 4).then_some(9.0 - 0.2 * i as f64),
+            )
+        })
+        .collect();
+    let run = run_dir(
+        &d.join("run"),
+        &rows,
+        "{\"step\":200,\"train_loss\":6.0,\"lr\":0.0",
+    );
+    let (png, _) = plot_runs::run(&plot_options(vec![run], d.join("torn"))).unwrap();
+    assert!(count_near(&decode(&png), pal(0), 0) > 50);
+}
+
+#[test]
+fn plot_errors_name_each_path_once() {
+    let d = tmp("plot-errors");
+    // A run directory without metrics.jsonl: the directory, then the file it lacks, once each.
+    let missing = d.join("not-a-run");
+    std::fs::create_dir_all(&missing).unwrap();
+    let e = plot_runs::run(&plot_options(vec![missing.clone()], d.join("x")))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&missing.display().to_string()), "{e}");
+    assert_eq!(e.matches("metrics.jsonl").count(), 1, "{e}");
+    // A figure in a directory that does not exist: that directory is named once (the path includes it).
+    let dir = d.join("no/such/dir");
+    let e = loss_chart()
+        .save(&dir.join("fig.png"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&dir.join("fig.png").display().to_string()),
+        "{e}"
+    );
+    assert_eq!(e.matches(&dir.display().to_string()).count(), 1, "{e}");
 }

@@ -45,7 +45,8 @@ pub struct PlotArgs {
     /// Run directories (each with a metrics.jsonl).
     #[arg(required = true, num_args = 1..)]
     pub runs: Vec<PathBuf>,
-    /// Output path without extension: writes OUT.png and OUT.svg.
+    /// Output path: writes OUT.png and OUT.svg (a trailing .png or .svg is dropped first, so
+    /// `--out y.png` writes y.png and y.svg).
     #[arg(long, default_value = "loss")]
     pub out: PathBuf,
     /// Which curve to draw.

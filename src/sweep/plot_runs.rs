@@ -30,7 +30,8 @@ crate::config::choice_impls!(Metric);
 pub struct PlotOptions {
     /// Run directories (each with a metrics.jsonl).
     pub runs: Vec<PathBuf>,
-    /// Output path without extension: writes OUT.png and OUT.svg.
+    /// Output path: writes OUT.png and OUT.svg; an OUT ending in `.png` or `.svg` loses that extension
+    /// first (`y.png` writes `y.png` and `y.svg`; see [`crate::plot::figure_stem`]).
     pub out: PathBuf,
     pub metric: Metric,
     /// EMA decay of the training loss (0 = raw).
@@ -47,7 +48,7 @@ fn label(dir: &Path) -> String {
         .unwrap_or_else(|| dir.display().to_string())
 }
 
-/// Draws the figure; returns the PNG and SVG paths.
+/// Draws the figure; returns the PNG and SVG paths (OUT.png and OUT.svg, see [`PlotOptions::out`]).
 pub fn run(a: &PlotOptions) -> Result<(PathBuf, PathBuf)> {
     if !(0.0..1.0).contains(&a.ema) {
         return Err(Error::config("--ema", "must be in [0, 1)"));
@@ -56,8 +57,9 @@ pub fn run(a: &PlotOptions) -> Result<(PathBuf, PathBuf)> {
     for dir in &a.runs {
         let path = dir.join("metrics.jsonl");
         if !path.is_file() {
+            // Named once: the run directory, then the file it lacks.
             return Err(Error::bad_file(
-                &path,
+                dir,
                 "metrics.jsonl",
                 "missing: expected a run directory written by `rotadam gpt2`",
             ));
