@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use crate::util::tmp;
 use rotadam::data::shard::LLMC_HEADER_BYTES;
 use rotadam::data::{
-    demo_corpus, fixed_batches, prepare, read_meta, write_flat, write_llmc_shard, BatchSampler,
-    DataFormat, Dataset, PrepareOptions, TokenShard, TokenSplit, GPT2_EOT,
+    dataset_tokens, demo_corpus, fixed_batches, meta_vocab_size, prepare, read_meta, resolve,
+    vocab_usage, write_flat, write_llmc_shard, BatchSampler, DataFormat, Dataset, PrepareOptions,
+    TokenShard, TokenSplit, VocabUsage, GPT2_EOT,
 };
 use rotadam::rng::splitmix64;
 
@@ -197,7 +198,7 @@ fn odd_empty_and_out_of_vocab_flat_files() {
     write_flat(&d.join("val.bin"), &val).unwrap();
     assert_err(
         Dataset::open(&d, VOCAB, 4),
-        "val.bin|token id|token 7 (byte offset 14) is 50257, not below the vocab size 50257",
+        "val.bin|token id|token 7 (byte offset 14) is 50257, not below the model's vocab size 50257|largest token id is 65535, so the model needs --vocab-size 65536",
     );
     // A larger vocab (GPT-2's padded 50304) accepts 50257 but not 65535.
     assert_err(Dataset::open(&d, 50304, 4), "val.bin|token 60|65535");
@@ -438,6 +439,7 @@ fn prepare_matches_tiktoken_and_the_split_rule() {
         out: d.join("out"),
         val_fraction: vf,
         seed,
+        compact_vocab: false,
         quiet: true,
     };
     let summary = prepare(&opts).unwrap();
@@ -510,6 +512,7 @@ fn prepare_streams_many_documents_in_order() {
         out: d.join("out"),
         val_fraction: 0.1,
         seed: 3,
+        compact_vocab: false,
         quiet: true,
     };
     let summary = prepare(&opts).unwrap();
@@ -533,6 +536,7 @@ fn split_fallbacks() {
         out: d.join("out"),
         val_fraction: vf,
         seed: 5,
+        compact_vocab: false,
         quiet: true,
     };
     let three: Vec<PathBuf> = (0..3).map(|i| d.join(format!("{i}.txt"))).collect();
@@ -602,5 +606,377 @@ fn demo_corpus_builds() {
     };
     let before = mtime();
     assert_eq!(demo_corpus(true).unwrap(), dir);
+    assert_eq!(mtime(), before);
+}
+
+/// Runs the `rotadam` binary with `args`; returns (status success, stdout, stderr).
+fn rotadam_bin(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rotadam"))
+        .args(args)
+        .output()
+        .expect("run the rotadam binary");
+    let text = |b: Vec<u8>| String::from_utf8(b).expect("UTF-8 output");
+    (out.status.success(), text(out.stdout), text(out.stderr))
+}
+
+#[test]
+fn prepare_quiet_prints_only_the_summary() {
+    // `--quiet`: nothing on stderr; stdout is the JSON summary alone. Without it the progress lines go
+    // to stderr (which is what makes the quiet check meaningful).
+    let d = tmp("data-quiet");
+    fs::write(d.join("a.txt"), "First document, with a few words.").unwrap();
+    fs::write(
+        d.join("b.jsonl"),
+        "{\"text\": \"second\"}\n\n{\"text\": \"third\"}\n",
+    )
+    .unwrap();
+    let run = |out: &str, quiet: bool| {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "prepare".into(),
+            "--input".into(),
+            d.join("a.txt").into(),
+            d.join("b.jsonl").into(),
+            "--out".into(),
+            d.join(out).into(),
+        ];
+        if quiet {
+            args.push("--quiet".into());
+        }
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        rotadam_bin(&refs)
+    };
+    let (ok, stdout, stderr) = run("quiet", true);
+    assert!(ok, "prepare --quiet failed: {stderr}");
+    assert_eq!(stderr, "", "prepare --quiet wrote to stderr");
+    let summary: serde_json::Value =
+        serde_json::from_str(&stdout).expect("stdout is the JSON summary");
+    assert_eq!(summary["documents"], 3, "{stdout}");
+
+    let (ok, loud_stdout, loud_stderr) = run("loud", false);
+    assert!(ok, "{loud_stderr}");
+    assert!(
+        loud_stderr.contains("prepare:"),
+        "no progress: {loud_stderr:?}"
+    );
+    let loud: serde_json::Value = serde_json::from_str(&loud_stdout).unwrap();
+    assert_eq!(loud["train_tokens"], summary["train_tokens"]);
+    fs::remove_dir_all(&d).unwrap();
+}
+
+// ---- compact vocabulary ------------------------------------------------------------------------------
+
+/// Three documents, the last in val (val fraction 0: the fallback), each with words the others lack.
+fn compact_corpus(d: &Path) -> PrepareOptions {
+    let src = d.join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("0.txt"), "The quick brown fox, a fox of foxes.").unwrap();
+    fs::write(
+        src.join("1.jsonl"),
+        "{\"text\": \"jumps over the lazy dog\"}\n{\"text\": \"Ünïcödé 日本語\"}\n",
+    )
+    .unwrap();
+    fs::write(src.join("2.txt"), "Quixotic xylophone zeugma, only in val.").unwrap();
+    PrepareOptions {
+        inputs: vec![src],
+        out: d.join("plain"),
+        val_fraction: 0.0,
+        seed: 0,
+        compact_vocab: false,
+        quiet: true,
+    }
+}
+
+#[test]
+fn compact_vocab_preserves_the_sequence_under_the_mapping() {
+    let d = tmp("data-compact");
+    let plain_opts = compact_corpus(&d);
+    let compact_opts = PrepareOptions {
+        out: d.join("compact"),
+        compact_vocab: true,
+        ..plain_opts.clone()
+    };
+    let plain_summary = prepare(&plain_opts).unwrap();
+    let summary = prepare(&compact_opts).unwrap();
+    let (plain, compact) = (d.join("plain"), d.join("compact"));
+    let bins = |dir: &Path| {
+        (
+            read_u16(&dir.join("train.bin")),
+            read_u16(&dir.join("val.bin")),
+        )
+    };
+    let (plain_train, plain_val) = bins(&plain);
+    let (train, val) = bins(&compact);
+    // The corpus has ids only val holds (so a compaction that looks at train alone loses them).
+    assert!(plain_val.iter().any(|t| !plain_train.contains(t)));
+
+    let meta = read_meta(&compact).unwrap();
+    let ids: Vec<u32> = meta.gpt2_ids.clone().expect("gpt2_ids in meta.json");
+    let distinct: std::collections::BTreeSet<u16> =
+        plain_train.iter().chain(&plain_val).copied().collect();
+    let k = distinct.len();
+    // K is the number of distinct ids, and the mapping is exactly those ids in increasing order.
+    assert_eq!(ids.len(), k);
+    assert_eq!((meta.vocab_size, summary.vocab_size), (Some(k), Some(k)));
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "not sorted: {ids:?}");
+    assert_eq!(
+        ids,
+        distinct.iter().map(|&t| u32::from(t)).collect::<Vec<_>>()
+    );
+    // The sequence is preserved: mapping the new ids back gives the GPT-2 ids, in both splits.
+    let back =
+        |toks: &[u16]| -> Vec<u16> { toks.iter().map(|&t| ids[t as usize] as u16).collect() };
+    assert_eq!(back(&train), plain_train, "train");
+    assert_eq!(back(&val), plain_val, "val");
+    // Dense: every id 0..K occurs, none at or above K.
+    let used: std::collections::BTreeSet<u16> = train.iter().chain(&val).copied().collect();
+    assert_eq!(used, (0..k as u16).collect());
+    // EOT is the largest GPT-2 id, so its new id is K − 1, and meta.json's eot is the new id.
+    assert_eq!(meta.eot as usize, k - 1);
+    assert_eq!(meta.to_gpt2(meta.eot), Some(GPT2_EOT));
+    assert_eq!(meta.to_gpt2(k as u32), None);
+    // Everything else is what the plain preparation did; no temporary file is left.
+    let same = rotadam::data::PrepareSummary {
+        seconds: summary.seconds,
+        vocab_size: None,
+        ..summary.clone()
+    };
+    assert_eq!(
+        same,
+        rotadam::data::PrepareSummary {
+            seconds: summary.seconds,
+            ..plain_summary
+        }
+    );
+    assert!(meta.options.compact_vocab && meta.options.same_recipe(&compact_opts));
+    assert!(!meta.options.same_recipe(&PrepareOptions {
+        compact_vocab: false,
+        ..compact_opts.clone()
+    }));
+    assert_eq!(listing(&compact), ["meta.json", "train.bin", "val.bin"]);
+    // The mapping is one line of meta.json, after everything else.
+    let text = fs::read_to_string(compact.join("meta.json")).unwrap();
+    let last = text.lines().rev().nth(1).unwrap();
+    assert!(
+        last.starts_with("  \"gpt2_ids\": [") && last.ends_with(']'),
+        "{last}"
+    );
+
+    // The plain meta.json says nothing about compaction (the default output is unchanged).
+    let plain_text = fs::read_to_string(plain.join("meta.json")).unwrap();
+    for key in ["compact_vocab", "vocab_size", "gpt2_ids"] {
+        assert!(!plain_text.contains(key), "{key} in {plain_text}");
+    }
+    let plain_meta = read_meta(&plain).unwrap();
+    assert_eq!(
+        (plain_meta.eot, plain_meta.compact_vocab()),
+        (GPT2_EOT, None)
+    );
+    assert_eq!(plain_meta.to_gpt2(123), Some(123));
+
+    // Opening: K is exposed, and a model vocabulary below K is refused by name.
+    let ds = Dataset::open(&compact, k, 4).unwrap();
+    assert_eq!(ds.meta_vocab(), Some(k));
+    assert_eq!(ds.gpt2_ids(), Some(&ids[..]));
+    assert_eq!(meta_vocab_size(&compact).unwrap(), Some(k));
+    assert_err(
+        Dataset::open(&compact, k - 1, 4),
+        &format!("meta.json|vocab_size|compacted to {k} ids|--vocab-size {k} or more"),
+    );
+    let ds = Dataset::open(&plain, VOCAB, 4).unwrap();
+    assert_eq!((ds.meta_vocab(), ds.gpt2_ids()), (None, None));
+    assert_eq!(meta_vocab_size(&plain).unwrap(), None);
+    fs::remove_dir_all(&d).unwrap();
+}
+
+/// A `meta.json` as `prepare` wrote it before compact vocabularies existed.
+const OLD_META: &str = r#"{
+  "prepare_version": 1,
+  "tokenizer": "gpt2 (r50k_base)",
+  "eot": 50256,
+  "format": "nanoGPT flat little-endian uint16",
+  "options": {
+    "inputs": [
+      "/somewhere/data/shakespeare/alls_well_that_ends_well_gut.txt"
+    ],
+    "out": "/somewhere/data/cache/shakespeare",
+    "val_fraction": 0.1,
+    "seed": 0
+  },
+  "summary": {
+    "files": 1,
+    "documents": 1,
+    "train_documents": 1,
+    "val_documents": 1,
+    "train_tokens": 900,
+    "val_tokens": 100,
+    "bytes_read": 4000,
+    "seconds": 0.287869063,
+    "single_document_split": true
+  }
+}"#;
+
+#[test]
+fn old_meta_json_still_parses() {
+    let d = tmp("data-old-meta");
+    fs::write(d.join("meta.json"), OLD_META).unwrap();
+    let meta = read_meta(&d).unwrap();
+    assert!(!meta.options.compact_vocab);
+    assert_eq!((meta.vocab_size, meta.compact_vocab()), (None, None));
+    assert_eq!(meta.summary.vocab_size, None);
+    assert_eq!(meta.summary.train_tokens, 900);
+    // It describes the recipe it always did: equal to today's options with compact_vocab off.
+    let today = PrepareOptions {
+        inputs: vec!["/somewhere/data/shakespeare/alls_well_that_ends_well_gut.txt".into()],
+        out: "/somewhere/data/cache/shakespeare".into(),
+        ..PrepareOptions::default()
+    };
+    assert!(meta.options.same_recipe(&today));
+    // A dataset beside it opens as GPT-2 ids.
+    write_flat(&d.join("train.bin"), &ramp(0, 64)).unwrap();
+    write_flat(&d.join("val.bin"), &ramp(50000, 64)).unwrap();
+    let ds = Dataset::open(&d, VOCAB, 8).unwrap();
+    assert_eq!(ds.meta_vocab(), None);
+
+    // Another tool's meta.json (no prepare_version) is not ours: ignored.
+    fs::write(d.join("meta.json"), r#"{"vocab_size": 3, "itos": ["a"]}"#).unwrap();
+    assert_eq!(Dataset::open(&d, VOCAB, 8).unwrap().meta_vocab(), None);
+    // Ours with inconsistent compact fields is an error naming the field.
+    let with = |extra: &str| {
+        let text = OLD_META.trim_end().trim_end_matches('}').to_string() + extra + "}";
+        fs::write(d.join("meta.json"), text).unwrap();
+    };
+    with(r#", "vocab_size": 3, "gpt2_ids": [5, 9, 7]"#);
+    assert_err(
+        read_meta(&d),
+        "meta.json|gpt2_ids|not strictly increasing|entry 1 is 9",
+    );
+    assert_err(
+        Dataset::open(&d, VOCAB, 8),
+        "gpt2_ids|not strictly increasing",
+    );
+    with(r#", "vocab_size": 4, "gpt2_ids": [5, 7, 9]"#);
+    assert_err(read_meta(&d), "vocab_size|is 4 but gpt2_ids has 3 entries");
+    with(r#", "gpt2_ids": [5, 7, 50257]"#);
+    assert_err(read_meta(&d), "vocab_size|missing");
+    with(r#", "vocab_size": 3, "gpt2_ids": [5, 7, 50257]"#);
+    assert_err(read_meta(&d), "gpt2_ids|50257|not a GPT-2 id");
+    with(r#", "vocab_size": 3, "gpt2_ids": [5, 7, 50256]"#);
+    assert_eq!(read_meta(&d).unwrap().to_gpt2(2), Some(50256));
+    assert_eq!(meta_vocab_size(&d).unwrap(), Some(3));
+    fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn prepare_compact_vocab_through_the_cli() {
+    let d = tmp("data-compact-cli");
+    let opts = compact_corpus(&d);
+    let out = d.join("out");
+    let args: Vec<std::ffi::OsString> = vec![
+        "prepare".into(),
+        "--input".into(),
+        opts.inputs[0].clone().into(),
+        "--out".into(),
+        out.clone().into(),
+        "--val-fraction".into(),
+        "0".into(),
+        "--compact-vocab".into(),
+        "--quiet".into(),
+    ];
+    let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let (ok, stdout, stderr) = rotadam_bin(&refs);
+    assert!(ok, "prepare --compact-vocab failed: {stderr}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let meta = read_meta(&out).unwrap();
+    assert!(meta.options.compact_vocab);
+    let ids = meta.compact_vocab().expect("the mapping in meta.json");
+    assert_eq!(summary["vocab_size"], ids.len());
+    assert_eq!(meta.vocab_size, Some(ids.len()));
+    // The same as the library call.
+    prepare(&opts).unwrap();
+    let plain = read_u16(&d.join("plain/train.bin"));
+    let compact = read_u16(&out.join("train.bin"));
+    let back: Vec<u16> = compact.iter().map(|&t| ids[t as usize] as u16).collect();
+    assert_eq!(back, plain);
+    fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn vocab_usage_counts_distinct_ids() {
+    let d = tmp("data-usage");
+    // Ids on the edges of the bitmap's words (63, 64) and its ends (0, 65535), spread over more than one
+    // parallel chunk; 77 and 50256 only in val.
+    let pattern = [0u16, 1, 63, 64, 1000, 65535, 1, 1, 64];
+    let train: Vec<u16> = pattern.iter().copied().cycle().take(200_000).collect();
+    let val = [77u16, 0, 50256, 77, 1];
+    write_flat(&d.join("train.bin"), &train).unwrap();
+    write_flat(&d.join("val.bin"), &val).unwrap();
+    let ds = Dataset::open(&d, 65536, 4).unwrap();
+    let want = [0u16, 1, 63, 64, 77, 1000, 50256, 65535];
+    assert_eq!(dataset_tokens(&ds).iter().collect::<Vec<_>>(), want);
+    assert_eq!(
+        vocab_usage(&ds, 65536),
+        VocabUsage {
+            vocab_size: 65536,
+            present: 8,
+            train_present: 6,
+            never_seen: 65536 - 8
+        }
+    );
+    // Only ids below the vocabulary asked about count: 65535 is not below 50257, 64 not below 64.
+    assert_eq!(vocab_usage(&ds, 50257).present, 7);
+    assert_eq!(vocab_usage(&ds, 64).present, 3);
+    assert_eq!(vocab_usage(&ds, 65).present, 4);
+
+    // llm.c shards: every shard of each split counts (2 only in the last train shard, 3 only in val).
+    let l = d.join("llmc");
+    fs::create_dir_all(&l).unwrap();
+    write_llmc_shard(&l.join("c_train_000000.bin"), &[0, 1, 0, 1, 0]).unwrap();
+    write_llmc_shard(&l.join("c_train_000001.bin"), &[1, 2, 1, 2, 1]).unwrap();
+    write_llmc_shard(&l.join("c_val_000000.bin"), &[3, 0, 3, 0, 3]).unwrap();
+    let ds = Dataset::open(&l, 10, 2).unwrap();
+    let usage = vocab_usage(&ds, 10);
+    assert_eq!(
+        (usage.present, usage.train_present, usage.never_seen),
+        (4, 3, 6)
+    );
+    fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn demo_compact_is_the_demo_corpus_renumbered() {
+    let dir = resolve("demo-compact", true).unwrap();
+    assert!(dir.ends_with("data/cache/shakespeare-compact"), "{dir:?}");
+    let plain_dir = resolve("demo", true).unwrap();
+    assert_eq!(plain_dir, demo_corpus(true).unwrap());
+    let meta = read_meta(&dir).unwrap();
+    let k = meta.vocab_size.expect("compacted");
+    let plain = Dataset::open(&plain_dir, VOCAB, 128).unwrap();
+    let usage = vocab_usage(&plain, VOCAB);
+    // data/README.md: 18,559 of GPT-2's 50,257 ids occur in the demo corpus, 18,199 of them in train.
+    assert_eq!(
+        (k, usage.present, usage.train_present),
+        (18_559, 18_559, 18_199)
+    );
+    assert_eq!(usage.never_seen, VOCAB - 18_559);
+    let compact = Dataset::open(&dir, k, 128).unwrap();
+    assert_eq!(compact.meta_vocab(), Some(k));
+    assert_eq!(vocab_usage(&compact, k).never_seen, 0);
+    let ids = compact.gpt2_ids().unwrap();
+    for (c, p) in [(&compact.train, &plain.train), (&compact.val, &plain.val)] {
+        let (c, p) = (c.shards()[0].tokens(), p.shards()[0].tokens());
+        assert_eq!(c.len(), p.len());
+        assert!(c
+            .iter()
+            .zip(p)
+            .all(|(&c, &p)| ids[c as usize] == u32::from(p)));
+    }
+    // A second call finds it prepared.
+    let mtime = || {
+        fs::metadata(dir.join("train.bin"))
+            .and_then(|m| m.modified())
+            .unwrap()
+    };
+    let before = mtime();
+    assert_eq!(resolve("demo-compact", true).unwrap(), dir);
     assert_eq!(mtime(), before);
 }

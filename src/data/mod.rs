@@ -6,7 +6,10 @@
 //! - [`loader`]: [`BatchSampler`], nanoGPT-style uniformly random windows that never cross a shard boundary,
 //!   serialisable so a resumed run draws the same batches; [`fixed_batches`] for evaluation.
 //! - [`mod@prepare`]: text and jsonl → `train.bin`/`val.bin`/`meta.json` with GPT-2's BPE, streaming and
-//!   parallel; [`demo_corpus`] builds the bundled Shakespeare corpus on first use.
+//!   parallel, optionally with the vocabulary compacted to the ids that occur; [`demo_corpus`] and
+//!   [`demo_corpus_compact`] build the bundled Shakespeare corpus on first use.
+//! - [`vocab_usage`]: how many of a vocabulary's ids a dataset uses; [`meta_vocab_size`]: the compacted
+//!   vocabulary a directory's `meta.json` records, read before the model is built.
 //!
 //! Formats, the demo corpus and the val split are described for users in `data/README.md`.
 
@@ -16,17 +19,21 @@ pub mod shard;
 
 pub use loader::{fixed_batches, Batch, BatchSampler, EVAL_SEED};
 pub use prepare::{
-    demo_corpus, is_val_document, prepare, read_meta, PrepareMeta, PrepareOptions, PrepareSummary,
-    GPT2_EOT,
+    demo_corpus, demo_corpus_compact, is_val_document, meta_vocab_size, prepare, read_meta,
+    read_meta_if_any, PrepareMeta, PrepareOptions, PrepareSummary, DEMO, DEMO_COMPACT, GPT2_EOT,
+    GPT2_VOCAB_SIZE,
 };
-pub use shard::{write_flat, write_llmc_shard, DataFormat, Dataset, TokenShard, TokenSplit};
+pub use shard::{
+    dataset_tokens, split_tokens, vocab_usage, write_flat, write_llmc_shard, DataFormat, Dataset,
+    TokenSet, TokenShard, TokenSplit, VocabUsage,
+};
 
-/// The directory of token data a config names: `demo` is the embedded corpus (prepared on first use),
-/// anything else a directory.
+/// The directory of token data a config names: `demo` is the embedded corpus and `demo-compact` the same
+/// with a compact vocabulary (each prepared on first use), anything else a directory.
 pub fn resolve(data: &str, quiet: bool) -> crate::error::Result<std::path::PathBuf> {
-    if data == "demo" {
-        demo_corpus(quiet)
-    } else {
-        Ok(std::path::PathBuf::from(data))
+    match data {
+        DEMO => demo_corpus(quiet),
+        DEMO_COMPACT => demo_corpus_compact(quiet),
+        _ => Ok(std::path::PathBuf::from(data)),
     }
 }

@@ -20,9 +20,16 @@
 //! order, so memory is bounded by a chunk whatever the corpus size. Outputs are written under temporary
 //! names in the output directory and renamed into place at the end (`meta.json` last, after deleting the
 //! old one), so a reader sees complete files or none, and a crash leaves no half-written `train.bin`.
+//!
+//! **Compact vocabulary** (`compact_vocab`, off by default). The token ids that occur in train ∪ val,
+//! K of them, are renumbered 0..K−1 in increasing order of their GPT-2 id, and both files are rewritten
+//! with the new ids (a second streaming pass, from one temporary file into another). `meta.json` then
+//! records `vocab_size: K` and `gpt2_ids` (new id → GPT-2 id), and `eot` is the end-of-text token's new
+//! id. A model trained on such data needs a vocabulary of at least K, and row `i` of its embedding is
+//! GPT-2 token `gpt2_ids[i]`. Without the option the output, `meta.json` included, is what it always was.
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, BufWriter, IsTerminal};
+use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -33,12 +40,14 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tiktoken_rs::CoreBPE;
 
-use super::shard::{group_digits, write_u16_le};
+use super::shard::{group_digits, write_u16_le, TokenSet};
 use crate::error::{Error, Result};
 use crate::rng::splitmix64;
 
 /// GPT-2's `<|endoftext|>`, appended after every document.
 pub const GPT2_EOT: u32 = 50256;
+/// The number of GPT-2 token ids (`r50k_base`): 0..=50256.
+pub const GPT2_VOCAB_SIZE: usize = 50257;
 /// The tokenizer name recorded in `meta.json`.
 pub const TOKENIZER: &str = "gpt2 (r50k_base)";
 /// Bumped when the output of [`prepare`] changes for the same options; recorded in `meta.json`.
@@ -61,6 +70,10 @@ pub struct PrepareOptions {
     pub val_fraction: f64,
     /// Seed of the val split.
     pub seed: u64,
+    /// Renumber the token ids that occur to 0..K−1 (see the module docs). Absent from a `meta.json` written
+    /// without it, older ones included, which therefore read as `false`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub compact_vocab: bool,
     /// No progress output at all.
     #[serde(skip)]
     pub quiet: bool,
@@ -73,9 +86,14 @@ impl Default for PrepareOptions {
             out: PathBuf::new(),
             val_fraction: DEFAULT_VAL_FRACTION,
             seed: DEFAULT_SEED,
+            compact_vocab: false,
             quiet: false,
         }
     }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl PrepareOptions {
@@ -85,6 +103,7 @@ impl PrepareOptions {
             && self.out == other.out
             && self.val_fraction == other.val_fraction
             && self.seed == other.seed
+            && self.compact_vocab == other.compact_vocab
     }
 }
 
@@ -101,6 +120,9 @@ pub struct PrepareSummary {
     pub seconds: f64,
     /// True when there was one document and its tail went to val (it then counts in both splits).
     pub single_document_split: bool,
+    /// K, the number of distinct token ids, when the vocabulary was compacted; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab_size: Option<usize>,
 }
 
 /// The contents of `meta.json`.
@@ -108,17 +130,103 @@ pub struct PrepareSummary {
 pub struct PrepareMeta {
     pub prepare_version: u32,
     pub tokenizer: String,
+    /// The end-of-text id as it appears in the token files: [`GPT2_EOT`], or its new id when compacted.
     pub eot: u32,
     pub format: String,
     pub options: PrepareOptions,
     pub summary: PrepareSummary,
+    /// Compacted data only: K, the vocabulary of the token files (ids 0..K−1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab_size: Option<usize>,
+    /// Compacted data only: `gpt2_ids[i]` is the GPT-2 id of token `i` (K entries, strictly increasing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpt2_ids: Option<Vec<u32>>,
 }
 
-/// Reads `dir/meta.json`.
+impl PrepareMeta {
+    /// The mapping new id → GPT-2 id when the data is compacted (checked by [`read_meta`]).
+    pub fn compact_vocab(&self) -> Option<&[u32]> {
+        self.gpt2_ids.as_deref()
+    }
+
+    /// The token files' id mapped back to GPT-2's: itself when not compacted; `None` when out of range.
+    pub fn to_gpt2(&self, id: u32) -> Option<u32> {
+        match &self.gpt2_ids {
+            Some(ids) => ids.get(id as usize).copied(),
+            None => (id < GPT2_VOCAB_SIZE as u32).then_some(id),
+        }
+    }
+
+    /// The compact fields must agree: both or neither, `vocab_size` = `gpt2_ids.len()`, ids strictly
+    /// increasing and below [`GPT2_VOCAB_SIZE`].
+    fn check(&self, path: &Path) -> Result<()> {
+        let bad = |field: &str, msg: String| Err(Error::bad_file(path, field, msg));
+        match (self.vocab_size, &self.gpt2_ids) {
+            (None, None) => Ok(()),
+            (Some(_), None) => bad("gpt2_ids", "missing, though vocab_size is set".into()),
+            (None, Some(_)) => bad("vocab_size", "missing, though gpt2_ids is set".into()),
+            (Some(k), Some(ids)) => {
+                if k != ids.len() || k == 0 {
+                    return bad(
+                        "vocab_size",
+                        format!("is {k} but gpt2_ids has {} entries", ids.len()),
+                    );
+                }
+                if let Some(i) = ids.windows(2).position(|w| w[0] >= w[1]) {
+                    let msg = format!(
+                        "not strictly increasing: entry {} is {}, entry {} is {}",
+                        i,
+                        ids[i],
+                        i + 1,
+                        ids[i + 1]
+                    );
+                    return bad("gpt2_ids", msg);
+                }
+                let last = ids[k - 1];
+                if last as usize >= GPT2_VOCAB_SIZE {
+                    let msg = format!("holds {last}, not a GPT-2 id (below {GPT2_VOCAB_SIZE})");
+                    return bad("gpt2_ids", msg);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Reads and checks `dir/meta.json` (a `meta.json` written before the compact fields existed reads with
+/// them absent).
 pub fn read_meta(dir: &Path) -> Result<PrepareMeta> {
     let path = dir.join("meta.json");
     let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    serde_json::from_str(&text).map_err(|source| Error::Json { path, source })
+    let meta: PrepareMeta = serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: path.clone(),
+        source,
+    })?;
+    meta.check(&path)?;
+    Ok(meta)
+}
+
+/// `dir/meta.json` when `prepare` wrote it: `None` when there is none or when it is another tool's (a
+/// JSON object without `prepare_version`); an error when it is `prepare`'s and malformed.
+pub fn read_meta_if_any(dir: &Path) -> Result<Option<PrepareMeta>> {
+    let path = dir.join("meta.json");
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    let ours = serde_json::from_str::<serde_json::Value>(&text)
+        .is_ok_and(|v| v.get("prepare_version").is_some());
+    if !ours {
+        return Ok(None);
+    }
+    read_meta(dir).map(Some)
+}
+
+/// K when `dir` holds compacted data (its `meta.json` records `vocab_size`), else `None`: what a run's
+/// `--vocab-size` defaults to. Reads `meta.json` only, not the token files.
+pub fn meta_vocab_size(dir: &Path) -> Result<Option<usize>> {
+    Ok(read_meta_if_any(dir)?.and_then(|m| m.vocab_size))
 }
 
 /// The val-split rule: document `index` goes to val when the top 53 bits of the `index`-th output of
@@ -199,7 +307,29 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary> {
     }
     splitter.push_chunk(&mut chunk)?;
     let documents = splitter.documents;
-    let (train, val, single_document_split) = splitter.finish()?;
+    let (mut train, mut val, single_document_split) = splitter.finish()?;
+    let mut eot = GPT2_EOT;
+    let gpt2_ids = if opts.compact_vocab {
+        let mut seen = train.seen.clone();
+        seen.union_with(&val.seen);
+        let gpt2_ids: Vec<u32> = seen.iter().map(u32::from).collect();
+        let mut table = vec![0u16; 1 << 16];
+        for (new, &old) in gpt2_ids.iter().enumerate() {
+            // K ≤ 65536 distinct uint16 values, so every new id fits uint16.
+            table[old as usize] = new as u16;
+        }
+        eot = u32::from(table[GPT2_EOT as usize]);
+        train = train.remap(&table)?;
+        val = val.remap(&table)?;
+        progress.line(format!(
+            "prepare: compacted the vocabulary to the {} of {GPT2_VOCAB_SIZE} GPT-2 tokens that occur",
+            group_digits(gpt2_ids.len() as u64)
+        ));
+        Some(gpt2_ids)
+    } else {
+        None
+    };
+    let vocab_size = gpt2_ids.as_ref().map(Vec::len);
 
     let mut summary = PrepareSummary {
         files: files.len(),
@@ -211,6 +341,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary> {
         bytes_read,
         seconds: 0.0,
         single_document_split,
+        vocab_size,
     };
     // Commit: the old meta.json goes first, so no meta.json ever describes bins it did not produce.
     let meta_path = opts.out.join("meta.json");
@@ -224,12 +355,14 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary> {
     let meta = PrepareMeta {
         prepare_version: PREPARE_VERSION,
         tokenizer: TOKENIZER.to_string(),
-        eot: GPT2_EOT,
+        eot,
         format: "nanoGPT flat little-endian uint16".to_string(),
         options: opts.clone(),
         summary: summary.clone(),
+        vocab_size,
+        gpt2_ids,
     };
-    let json = serde_json::to_vec_pretty(&meta).map_err(|source| Error::Json {
+    let json = meta_json(&meta).map_err(|source| Error::Json {
         path: meta_path.clone(),
         source,
     })?;
@@ -248,11 +381,47 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary> {
     Ok(summary)
 }
 
+/// `meta` as pretty JSON, except `gpt2_ids`, written on one line at the end rather than one line per id.
+fn meta_json(meta: &PrepareMeta) -> serde_json::Result<String> {
+    let ids = meta.gpt2_ids.as_ref();
+    let without_ids = PrepareMeta {
+        gpt2_ids: None,
+        ..meta.clone()
+    };
+    let mut json = serde_json::to_string_pretty(&without_ids)?;
+    if let Some(ids) = ids {
+        // A pretty object ends with "\n}"; the ids go in as its last field.
+        let end = json.rfind('}').expect("a JSON object");
+        json.truncate(end);
+        let body = json.trim_end().to_string();
+        json = format!(
+            "{body},\n  \"gpt2_ids\": {}\n}}",
+            serde_json::to_string(ids)?
+        );
+    }
+    Ok(json)
+}
+
+/// `--data demo`: the demo corpus as GPT-2 tokens ([`demo_corpus`]).
+pub const DEMO: &str = "demo";
+/// `--data demo-compact`: the demo corpus with a compact vocabulary ([`demo_corpus_compact`]).
+pub const DEMO_COMPACT: &str = "demo-compact";
+
 /// The demo corpus (35 Shakespeare plays and poems, `data/shakespeare/*_gut.txt`), tokenized into
 /// `data/cache/shakespeare/` under the crate root (or under `.` when the compiled-in root is gone).
 /// Prepares it only when `train.bin`, `val.bin` or `meta.json` is missing or `meta.json` records other
 /// options; returns the directory, ready for [`super::Dataset::open`].
 pub fn demo_corpus(quiet: bool) -> Result<PathBuf> {
+    demo(false, quiet)
+}
+
+/// The demo corpus with a compact vocabulary (`compact_vocab`), in `data/cache/shakespeare-compact/`;
+/// otherwise as [`demo_corpus`].
+pub fn demo_corpus_compact(quiet: bool) -> Result<PathBuf> {
+    demo(true, quiet)
+}
+
+fn demo(compact_vocab: bool, quiet: bool) -> Result<PathBuf> {
     // Threads of one process (parallel tests) take turns; separate processes are safe anyway, since every
     // output is replaced by an atomic rename of identical content.
     static LOCK: Mutex<()> = Mutex::new(());
@@ -264,7 +433,12 @@ pub fn demo_corpus(quiet: bool) -> Result<PathBuf> {
         PathBuf::from(".")
     };
     let src = root.join("data").join("shakespeare");
-    let out = root.join("data").join("cache").join("shakespeare");
+    let name = if compact_vocab {
+        "shakespeare-compact"
+    } else {
+        "shakespeare"
+    };
+    let out = root.join("data").join("cache").join(name);
     let mut inputs = Vec::new();
     for entry in fs::read_dir(&src).map_err(|e| Error::io(&src, e))? {
         let path = entry.map_err(|e| Error::io(&src, e))?.path();
@@ -281,6 +455,7 @@ pub fn demo_corpus(quiet: bool) -> Result<PathBuf> {
         out: out.clone(),
         val_fraction: DEFAULT_VAL_FRACTION,
         seed: DEFAULT_SEED,
+        compact_vocab,
         quiet,
     };
     let ready = out.join("train.bin").is_file()
@@ -480,6 +655,8 @@ struct SplitOut {
     writer: BufWriter<File>,
     documents: u64,
     tokens: u64,
+    /// The token ids written so far.
+    seen: TokenSet,
 }
 
 impl SplitOut {
@@ -492,16 +669,68 @@ impl SplitOut {
             dest: dir.join(name),
             documents: 0,
             tokens: 0,
+            seen: TokenSet::new(),
         })
     }
 
     fn write_document(&mut self, tokens: &[u32]) -> Result<()> {
         // GPT-2 ids are < 50257, so they fit uint16.
-        write_u16_le(&mut self.writer, tokens.iter().map(|&t| t as u16))
-            .map_err(|e| Error::io(&self.tmp.path, e))?;
+        let tokens16 = tokens.iter().map(|&t| t as u16);
+        self.seen.extend(tokens16.clone());
+        write_u16_le(&mut self.writer, tokens16).map_err(|e| Error::io(&self.tmp.path, e))?;
         self.documents += 1;
         self.tokens += tokens.len() as u64;
         Ok(())
+    }
+
+    /// The same file with every id `t` replaced by `table[t]`, streamed into a new temporary file (the
+    /// old one is deleted); the counts carry over, `seen` becomes the new ids.
+    fn remap(self, table: &[u16]) -> Result<SplitOut> {
+        let SplitOut {
+            tmp: old,
+            dest,
+            writer,
+            documents,
+            tokens,
+            seen,
+        } = self;
+        let file = writer.into_inner();
+        drop(file.map_err(|e| Error::io(&old.path, e.into_error()))?);
+        let mut reader = File::open(&old.path).map_err(|e| Error::io(&old.path, e))?;
+        let tmp = TempFile::new(
+            dest.parent().expect("an output file has a directory"),
+            &dest.file_name().expect("a file name").to_string_lossy(),
+        );
+        let file = File::create(&tmp.path).map_err(|e| Error::io(&tmp.path, e))?;
+        let mut writer = BufWriter::with_capacity(1 << 20, file);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = fill(&mut reader, &mut buf).map_err(|e| Error::io(&old.path, e))?;
+            if n % 2 != 0 {
+                let msg = "odd length: the temporary token file changed while being written";
+                return Err(Error::bad_file(&old.path, "length", msg));
+            }
+            for pair in buf[..n].chunks_exact_mut(2) {
+                let t = table[usize::from(u16::from_le_bytes([pair[0], pair[1]]))];
+                pair.copy_from_slice(&t.to_le_bytes());
+            }
+            writer
+                .write_all(&buf[..n])
+                .map_err(|e| Error::io(&tmp.path, e))?;
+            if n < buf.len() {
+                break;
+            }
+        }
+        let mut new_seen = TokenSet::new();
+        new_seen.extend(seen.iter().map(|t| table[usize::from(t)]));
+        Ok(SplitOut {
+            tmp,
+            dest,
+            writer,
+            documents,
+            tokens,
+            seen: new_seen,
+        })
     }
 
     fn commit(mut self) -> Result<()> {
@@ -510,6 +739,20 @@ impl SplitOut {
         file.sync_all().map_err(|e| Error::io(&self.tmp.path, e))?;
         self.tmp.rename_to(&self.dest)
     }
+}
+
+/// Reads into `buf` until it is full or the input ends; returns the bytes read.
+fn fill(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// A file under a unique temporary name, deleted on drop unless renamed into place.
@@ -544,9 +787,10 @@ impl Drop for TempFile {
 }
 
 /// A byte-count progress bar on a terminal; on a non-terminal stderr a few plain lines instead; nothing
-/// when quiet.
+/// at all when quiet (`prepare --quiet` prints only errors and, from the command line, the summary).
 struct Progress {
     bar: ProgressBar,
+    quiet: bool,
     plain: bool,
     total: u64,
     done: u64,
@@ -569,6 +813,7 @@ impl Progress {
         };
         Progress {
             bar,
+            quiet,
             plain: !quiet && !terminal,
             total,
             done: 0,
@@ -576,8 +821,11 @@ impl Progress {
         }
     }
 
-    /// A plain line on a non-terminal; above the bar on a terminal (a hidden bar prints nothing).
+    /// A plain line on a non-terminal; above the bar on a terminal; nothing when quiet.
     fn line(&self, msg: String) {
+        if self.quiet {
+            return;
+        }
         if self.plain {
             eprintln!("{msg}");
         } else {

@@ -13,6 +13,10 @@
 //! Every check that can be made when a file is opened is made then, with a message naming the file, the
 //! field and the expectation: sizes against the header, magic, version, and every token id against the
 //! vocabulary (one parallel max over the mapping).
+//!
+//! A directory that `prepare --compact-vocab` wrote says so in its `meta.json` (`vocab_size: K` and the
+//! mapping `gpt2_ids`); [`Dataset::open`] reads it ([`Dataset::meta_vocab`], [`Dataset::gpt2_ids`]) and
+//! refuses a model vocabulary below K. [`vocab_usage`] counts the distinct ids that occur.
 
 use std::fmt;
 use std::fs::File;
@@ -188,9 +192,12 @@ impl TokenShard {
             &self.path,
             "token id",
             format!(
-                "token {pos} (byte offset {}) is {}, not below the vocab size {vocab_size}",
+                "token {pos} (byte offset {}) is {}, not below the model's vocab size {vocab_size}; \
+                 the file's largest token id is {max}, so the model needs --vocab-size {} or more \
+                 (50257 for GPT-2's tokenizer; the `tiny` preset's vocabulary is 64)",
                 self.offset + 2 * pos,
-                tokens[pos]
+                tokens[pos],
+                usize::from(max) + 1
             ),
         ))
     }
@@ -302,6 +309,8 @@ pub struct Dataset {
     pub val: TokenSplit,
     dir: PathBuf,
     format: DataFormat,
+    /// `gpt2_ids` of a compacted directory's `meta.json`.
+    gpt2_ids: Option<Vec<u32>>,
 }
 
 impl Dataset {
@@ -322,6 +331,21 @@ impl Dataset {
                 return Err(Error::bad_file(dir, "data directory", "does not exist"))
             }
             Err(e) => return Err(Error::io(dir, e)),
+        }
+        let meta = super::prepare::read_meta_if_any(dir)?;
+        let gpt2_ids = meta.and_then(|m| m.gpt2_ids);
+        if let Some(ids) = &gpt2_ids {
+            if vocab_size < ids.len() {
+                return Err(Error::bad_file(
+                    dir.join("meta.json"),
+                    "vocab_size",
+                    format!(
+                        "the token files are compacted to {k} ids (prepare --compact-vocab), more than \
+                         the model's vocab size {vocab_size}; the model needs --vocab-size {k} or more",
+                        k = ids.len()
+                    ),
+                ));
+            }
         }
         let (train_bin, val_bin) = (dir.join("train.bin"), dir.join("val.bin"));
         let (format, train, val) = if train_bin.is_file() && val_bin.is_file() {
@@ -391,7 +415,19 @@ impl Dataset {
             val,
             dir: dir.to_path_buf(),
             format,
+            gpt2_ids,
         })
+    }
+
+    /// K when the directory's `meta.json` says the data is compacted (`prepare --compact-vocab`): the
+    /// token files hold ids 0..K−1, every one of which occurs. `None` for GPT-2 ids.
+    pub fn meta_vocab(&self) -> Option<usize> {
+        self.gpt2_ids.as_ref().map(Vec::len)
+    }
+
+    /// The compacted data's mapping: token `i` of the files is GPT-2 token `gpt2_ids()[i]`.
+    pub fn gpt2_ids(&self) -> Option<&[u32]> {
+        self.gpt2_ids.as_deref()
     }
 
     pub fn format(&self) -> DataFormat {
@@ -419,6 +455,137 @@ impl Dataset {
                 self.val.shards().len()
             ),
         }
+    }
+}
+
+/// How much of a vocabulary a dataset uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VocabUsage {
+    /// The vocabulary size asked about.
+    pub vocab_size: usize,
+    /// Distinct token ids below `vocab_size` that occur in train ∪ val.
+    pub present: usize,
+    /// Of those, the ones that occur in train (the rest occur only in val).
+    pub train_present: usize,
+    /// Ids below `vocab_size` that occur in neither split: `vocab_size − present`.
+    pub never_seen: usize,
+}
+
+/// Counts the distinct token ids of `dataset` (train ∪ val, every shard) below `vocab_size`: one
+/// parallel pass per split that ORs per-chunk bitmaps of all 65,536 uint16 ids.
+pub fn vocab_usage(dataset: &Dataset, vocab_size: usize) -> VocabUsage {
+    let mut all = split_tokens(&dataset.train);
+    let train_present = all.count_below(vocab_size);
+    all.union_with(&split_tokens(&dataset.val));
+    let present = all.count_below(vocab_size);
+    VocabUsage {
+        vocab_size,
+        present,
+        train_present,
+        never_seen: vocab_size - present,
+    }
+}
+
+/// The set of token ids that occur in train ∪ val.
+pub fn dataset_tokens(dataset: &Dataset) -> TokenSet {
+    let mut all = split_tokens(&dataset.train);
+    all.union_with(&split_tokens(&dataset.val));
+    all
+}
+
+/// The set of token ids that occur in one split (every shard).
+pub fn split_tokens(split: &TokenSplit) -> TokenSet {
+    let slices: Vec<&[u16]> = split.shards().iter().map(TokenShard::tokens).collect();
+    slices
+        .par_iter()
+        .flat_map(|t| t.par_chunks(1 << 16))
+        .fold(TokenSet::new, |mut set, chunk| {
+            set.extend(chunk.iter().copied());
+            set
+        })
+        .reduce(TokenSet::new, |mut a, b| {
+            a.union_with(&b);
+            a
+        })
+}
+
+/// A set of uint16 token ids: a bitmap of 65,536 bits.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenSet {
+    bits: Box<[u64; 1024]>,
+}
+
+impl Default for TokenSet {
+    fn default() -> Self {
+        TokenSet::new()
+    }
+}
+
+impl fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenSet({} ids)", self.len())
+    }
+}
+
+impl TokenSet {
+    pub fn new() -> TokenSet {
+        TokenSet {
+            bits: Box::new([0; 1024]),
+        }
+    }
+
+    pub fn insert(&mut self, t: u16) {
+        self.bits[usize::from(t >> 6)] |= 1 << (t & 63);
+    }
+
+    pub fn extend(&mut self, tokens: impl IntoIterator<Item = u16>) {
+        for t in tokens {
+            self.insert(t);
+        }
+    }
+
+    pub fn contains(&self, t: u16) -> bool {
+        self.bits[usize::from(t >> 6)] >> (t & 63) & 1 == 1
+    }
+
+    pub fn union_with(&mut self, other: &TokenSet) {
+        for (a, b) in self.bits.iter_mut().zip(other.bits.iter()) {
+            *a |= b;
+        }
+    }
+
+    /// Number of ids in the set.
+    pub fn len(&self) -> usize {
+        self.bits.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bits.iter().all(|&w| w == 0)
+    }
+
+    /// Number of ids in the set below `n`.
+    pub fn count_below(&self, n: usize) -> usize {
+        let n = n.min(1 << 16);
+        let (words, rest) = (n / 64, n % 64);
+        let full: usize = self.bits[..words]
+            .iter()
+            .map(|w| w.count_ones() as usize)
+            .sum();
+        let partial = if rest == 0 {
+            0
+        } else {
+            (self.bits[words] & ((1u64 << rest) - 1)).count_ones() as usize
+        };
+        full + partial
+    }
+
+    /// The ids in increasing order.
+    pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+        self.bits.iter().enumerate().flat_map(|(i, &w)| {
+            (0..64u16)
+                .filter(move |b| w >> b & 1 == 1)
+                .map(move |b| (i as u16) << 6 | b)
+        })
     }
 }
 
