@@ -10,6 +10,7 @@ pub mod data;
 pub mod device;
 pub mod diagnose;
 pub mod error;
+pub mod eval;
 pub mod files;
 pub mod kernels;
 pub mod model;
