@@ -1,19 +1,22 @@
 //! Diagnostics: every estimator against a Hessian known exactly — quadratics in closed form, and a tiny
 //! GPT-2 whose Hessian is built column by column from a 5-point stencil of analytic f64 gradients — plus
 //! end-to-end `diagnose` runs on a tiny trained run (L∞ bound vs a direct computation, the rebuilt update
-//! direction vs two consecutive checkpoints, update CV).
+//! direction vs two consecutive checkpoints, update CV), and the papers' protocol: H over a token budget
+//! is the mean of the micro-batch HVPs, Lanczos residuals and convergence, the Hessian-row files in the
+//! checkpoint's layout, and Table 5's expectation over batches.
 
 use crate::model::{batch, tiny};
-use crate::util::{synthetic_data, tiny_config, tmp};
+use crate::util::{assert_close_scaled, synthetic_data, tiny_config, tmp};
 use rotadam::backend::cpu::CpuBackend;
 use rotadam::config::ModelConfig;
 use rotadam::data::loader::{fixed_batches, Batch};
 use rotadam::data::shard::Dataset;
 use rotadam::diagnose::estimators::{
-    self, decompose, hessian_row, l11, lanczos, standard_cauchy, L11Method,
+    self, decompose, hessian_row, l11, lanczos, standard_cauchy, L11Method, LanczosOptions,
+    LanczosStop,
 };
 use rotadam::diagnose::hvp::{Gpt2Hvp, InPlaceBasis};
-use rotadam::diagnose::{self, rows, DiagnoseOptions, What};
+use rotadam::diagnose::{self, rows, DiagnoseOptions, RowExpectation, What};
 use rotadam::model::ParamTable;
 use rotadam::optim::update_cv;
 use rotadam::rng::Rng;
@@ -32,6 +35,14 @@ fn dense_hvp(h: &[f64], d: usize) -> impl FnMut(&[f64], &mut [f64]) -> rotadam::
             out[i] = (0..d).map(|j| h[i * d + j] * v[j]).sum();
         }
         Ok(())
+    }
+}
+
+/// Lanczos for exactly `n` steps (tolerance 0: only an invariant subspace stops it earlier).
+fn steps(n: usize) -> LanczosOptions {
+    LanczosOptions {
+        max_steps: n,
+        tol: 0.0,
     }
 }
 
@@ -180,14 +191,14 @@ fn lanczos_rows_and_decomposition_on_a_known_hessian() {
     let ev = eigenvalues(&h, d);
     // the top of this spectrum is well separated (λ = −1 + 11(i/d)³): 30 steps pin λ_max; the bottom is
     // a tight cluster near −1, which needs the full Krylov space (d steps: exact up to rounding)
-    let lz = lanczos(dense_hvp(&h, d), d, 30, 3).unwrap();
+    let lz = lanczos(dense_hvp(&h, d), d, steps(30), 3).unwrap();
     assert!(
         rel(lz.lambda_max, ev[d - 1]) < 1e-10,
         "{} vs {}",
         lz.lambda_max,
         ev[d - 1]
     );
-    let lz = lanczos(dense_hvp(&h, d), d, d, 3).unwrap();
+    let lz = lanczos(dense_hvp(&h, d), d, steps(d), 3).unwrap();
     assert_eq!(lz.iterations, d);
     assert!(
         rel(lz.lambda_max, ev[d - 1]) < 1e-10,
@@ -207,7 +218,7 @@ fn lanczos_rows_and_decomposition_on_a_known_hessian() {
     );
     // an invariant subspace stops early with the exact eigenvalues of a 3x3 diagonal
     let diag = [2.0, 0.0, 0.0, 0.0, -5.0, 0.0, 0.0, 0.0, 1.0];
-    let lz3 = lanczos(dense_hvp(&diag, 3), 3, 50, 1).unwrap();
+    let lz3 = lanczos(dense_hvp(&diag, 3), 3, steps(50), 1).unwrap();
     assert!(lz3.iterations <= 3);
     assert!((lz3.lambda_max - 2.0).abs() < 1e-12 && (lz3.lambda_min + 5.0).abs() < 1e-12);
     assert_eq!(lz3.spectral_norm, lz3.lambda_min.abs());
@@ -443,7 +454,7 @@ fn gpt2_l11_and_lanczos_match_the_exact_hessian() {
     );
 
     let ev = eigenvalues(&fx.h, d);
-    let lz = lanczos(|v, o| f.hvp(v, o), d, 120, 5).unwrap();
+    let lz = lanczos(|v, o| f.hvp(v, o), d, steps(120), 5).unwrap();
     assert!(
         rel(lz.lambda_max, ev[d - 1]) < 1e-6,
         "Lanczos {} vs exact {}",
@@ -784,4 +795,504 @@ fn an_svd_checkpoint_without_its_rotation_file_is_a_clear_error() {
     args.threads = Some(1);
     let e = diagnose::run(&args).unwrap_err().to_string();
     assert!(e.contains("svd basis needs"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// the papers' protocol: H over a token budget, Lanczos residuals, row files, Table 5's expectation
+
+/// The checkpoint of `run` as diagnose sees it: the target, its table, its weights (standard basis), its
+/// train split's first `count` fixed batches of the run's shape, and a builder of diagnose's basis.
+struct Opened {
+    t: diagnose::Target,
+    table: ParamTable,
+    w: Vec<f64>,
+    batches: Vec<Batch>,
+}
+
+fn open_run(run: &std::path::Path, count: usize) -> Opened {
+    let t = diagnose::open_target(run).unwrap();
+    let cfg = t.state.model.clone();
+    let table = ParamTable::new(&cfg);
+    let w = diagnose::load_weights(&t, &table).unwrap();
+    let data = Dataset::open(
+        std::path::Path::new(&t.config.data),
+        cfg.vocab_size,
+        cfg.seq_len,
+    )
+    .unwrap();
+    let batches = fixed_batches(
+        &data.train,
+        t.config.train.batch_size,
+        cfg.seq_len,
+        count,
+        diagnose::DEFAULT_SEED,
+    );
+    Opened {
+        t,
+        table,
+        w,
+        batches,
+    }
+}
+
+impl Opened {
+    /// A Gpt2Hvp over `batches` in the run's basis (in place), as diagnose builds it.
+    fn hvp(&self, batches: &[Batch]) -> Gpt2Hvp {
+        let be = CpuBackend::<f64>::new(1, false);
+        let basis = Basis::new(&be, &self.t.state.rotation, &self.table).unwrap();
+        Gpt2Hvp::new(
+            &self.t.state.model,
+            self.w.clone(),
+            batches.to_vec(),
+            InPlaceBasis::new(basis),
+            1,
+        )
+        .unwrap()
+    }
+}
+
+/// The row file of a report's row, read back into the flat layout by the checkpoint's own reader.
+fn row_from_file(o: &Opened, path: &std::path::Path) -> Vec<f64> {
+    let tensors = rotadam::tensors::read(path).unwrap();
+    rotadam::model::hf::from_hf(path, &o.t.state.model, &o.table, &tensors)
+        .unwrap()
+        .0
+}
+
+/// (1) H over a budget of k micro-batches is the mean of the k single-batch HVPs, and the JSON and the
+/// table say the budget. Planted bugs checked: `Gpt2Hvp::hvp_on` using only the first micro-batch, and
+/// diagnose taking H over one micro-batch (`all[..1]`) whatever the budget.
+#[test]
+fn hvp_over_a_token_budget_is_the_mean_of_the_micro_batch_hvps() {
+    let run = trained_run("budget", "output", rotadam::config::Precision::Fp32);
+    let o = open_run(&run, 3);
+    let (b, t) = (o.t.config.train.batch_size, o.t.state.model.seq_len);
+    // the default budget is the run's effective batch: B·accum·T tokens in accum micro-batches
+    let default = diagnose::hvp_budget(&DiagnoseOptions::new(&run, vec![What::L11]), &o.t);
+    let accum = o.t.config.train.grad_accum;
+    assert_eq!(default.requested_tokens, b * accum * t);
+    assert_eq!(
+        (default.tokens, default.micro_batches),
+        (b * accum * t, accum)
+    );
+    assert!(default.source.contains("grad_accum"), "{}", default.source);
+
+    // the Gpt2Hvp over 3 micro-batches against the mean of 3 single-batch ones, on a random probe
+    let d = o.w.len();
+    let mut rng = Rng::new(77);
+    let v: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
+    let mut got = vec![0.0; d];
+    o.hvp(&o.batches).hvp(&v, &mut got).unwrap();
+    let mut mean = vec![0.0; d];
+    for one in o.batches.chunks(1) {
+        let mut hv = vec![0.0; d];
+        o.hvp(one).hvp(&v, &mut hv).unwrap();
+        mean.iter_mut().zip(&hv).for_each(|(m, x)| *m += x / 3.0);
+    }
+    assert_close_scaled("H_budget v vs mean of H_j v", &got, &mean, 1e-12);
+    // and not the first micro-batch's alone: the check can fail
+    let mut first = vec![0.0; d];
+    o.hvp(&o.batches[..1]).hvp(&v, &mut first).unwrap();
+    let diff = first
+        .iter()
+        .zip(&mean)
+        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff > 1e-6 * crate::util::max_abs(&mean), "{diff}");
+
+    // end to end: 67 tokens asked = 3 micro-batches of 3x8 (72 tokens); the row diagnose writes is the
+    // mean of the 3 single-batch rows
+    let mut args = DiagnoseOptions::new(&run, vec![What::HessianRows]);
+    args.hvp_tokens = Some(3 * b * t - 5);
+    args.batches = 3;
+    args.random_dirs = 1;
+    let i = o.table.find("h.1.attn.q.weight").unwrap().offset + 5;
+    args.rows = vec![i];
+    args.threads = Some(1);
+    let r = diagnose::run(&args).unwrap();
+    let bud = &r.settings.hvp_budget;
+    assert_eq!(
+        (bud.requested_tokens, bud.tokens, bud.micro_batches),
+        (3 * b * t - 5, 3 * b * t, 3)
+    );
+    assert_eq!((bud.batch_size, bud.seq_len), (b, t));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&r.json_path).unwrap()).unwrap();
+    let jb = &json["settings"]["hvp_budget"];
+    assert_eq!(jb["tokens"].as_u64(), Some((3 * b * t) as u64));
+    assert_eq!(jb["micro_batches"].as_u64(), Some(3));
+    assert_eq!(
+        jb["requested_tokens"].as_u64(),
+        Some((3 * b * t - 5) as u64)
+    );
+    assert!(json["settings"].get("hvp_batches").is_none());
+    let table = diagnose::table(&r);
+    assert!(
+        table.contains(&format!(
+            "{} tokens: 3 fixed train micro-batches of {b}x{t}",
+            3 * b * t
+        )),
+        "{table}"
+    );
+    let row = row_from_file(&o, &r.hessian_rows.as_ref().unwrap().rows[0].tensors);
+    let mut mean_row = vec![0.0; d];
+    for one in o.batches.chunks(1) {
+        let hr = hessian_row(|v, out| o.hvp(one).hvp(v, out), d, i).unwrap();
+        mean_row
+            .iter_mut()
+            .zip(&hr)
+            .for_each(|(m, x)| *m += x / 3.0);
+    }
+    assert_close_scaled(
+        "diagnose's row vs mean of single-batch rows",
+        &row,
+        &mean_row,
+        1e-12,
+    );
+    // a budget of 0 tokens names the flag
+    let mut bad = DiagnoseOptions::new(&run, vec![What::L11]);
+    bad.hvp_tokens = Some(0);
+    let e = diagnose::run(&bad).unwrap_err().to_string();
+    assert!(e.contains("--hvp-tokens"), "{e}");
+}
+
+/// (2) Lanczos reports the residual ‖Hy − θy‖ of its extreme Ritz pairs (recomputed here from the returned
+/// vectors), stops on the tolerance, and says "not converged" when the steps run out first. Planted bug
+/// checked: the residual computed as 0 (then `converged` is true after 5 steps and the recomputed
+/// residual disagrees).
+#[test]
+fn lanczos_residuals_say_whether_it_converged() {
+    let d = 60;
+    let h = test_matrix(d, 5);
+    let ev = eigenvalues(&h, d);
+    let residual = |y: &[f64], theta: f64| -> f64 {
+        let mut hy = vec![0.0; d];
+        dense_hvp(&h, d)(y, &mut hy).unwrap();
+        hy.iter()
+            .zip(y)
+            .map(|(a, b)| (a - theta * b).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let check_pair = |p: &estimators::RitzPair, tol: f64| {
+        assert!((estimators::norm2(&p.vector) - 1.0).abs() < 1e-12);
+        let r = residual(&p.vector, p.value);
+        assert!(
+            (p.residual - r).abs() <= 1e-12 * p.value.abs().max(1.0),
+            "reported {} vs recomputed {r}",
+            p.residual
+        );
+        assert_eq!(p.converged, r <= tol * p.value.abs());
+        // some eigenvalue lies within the residual of θ
+        let near = ev
+            .iter()
+            .map(|l| (l - p.value).abs())
+            .fold(f64::MAX, f64::min);
+        assert!(near <= r * (1.0 + 1e-9) + 1e-14, "{near} > {r}");
+    };
+    // converged: enough steps for the tight bottom cluster, stopped on the tolerance
+    let tol = 1e-8;
+    let lz = lanczos(dense_hvp(&h, d), d, LanczosOptions { max_steps: d, tol }, 3).unwrap();
+    assert!(lz.converged, "{lz:?}");
+    assert!(lz.stop != LanczosStop::MaxSteps, "{:?}", lz.stop);
+    for p in [&lz.max_pair, &lz.min_pair] {
+        check_pair(p, tol);
+        assert!(p.residual <= tol * p.value.abs(), "{}", p.residual);
+    }
+    assert!(rel(lz.lambda_max, ev[d - 1]) < 1e-10 && rel(lz.lambda_min, ev[0]) < 1e-8);
+    // a looser tolerance stops earlier, on the tolerance, still converged
+    let loose = lanczos(
+        dense_hvp(&h, d),
+        d,
+        LanczosOptions {
+            max_steps: d,
+            tol: 1e-2,
+        },
+        3,
+    )
+    .unwrap();
+    assert_eq!(loose.stop, LanczosStop::Tolerance);
+    assert!(
+        loose.converged && loose.iterations < lz.iterations,
+        "{loose:?}"
+    );
+    check_pair(&loose.max_pair, 1e-2);
+    check_pair(&loose.min_pair, 1e-2);
+    // too few steps: λ_min of the cluster is still off, and the report says so
+    let short = lanczos(
+        dense_hvp(&h, d),
+        d,
+        LanczosOptions {
+            max_steps: 5,
+            tol: 1e-3,
+        },
+        3,
+    )
+    .unwrap();
+    assert_eq!((short.iterations, short.stop), (5, LanczosStop::MaxSteps));
+    assert!(!short.converged && !short.min_pair.converged, "{short:?}");
+    assert!(short.min_pair.residual > 1e-3 * short.min_pair.value.abs());
+    check_pair(&short.max_pair, 1e-3);
+    check_pair(&short.min_pair, 1e-3);
+    assert!(short.min_pair.relative_residual > 1e-3);
+
+    // end to end on GPT-2: 3 steps do not converge, and the JSON and the table say so
+    let run = trained_run("lanczos", "none", rotadam::config::Precision::Fp32);
+    let mut args = DiagnoseOptions::new(&run, vec![What::Spectral]);
+    args.lanczos_iters = 3;
+    args.threads = Some(1);
+    let r = diagnose::run(&args).unwrap();
+    let lz = &r.spectral.as_ref().unwrap().lanczos;
+    assert_eq!((lz.iterations, lz.max_steps), (3, 3));
+    assert!(!lz.converged && lz.min_pair.residual > 0.0 && lz.max_pair.residual > 0.0);
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&r.json_path).unwrap()).unwrap();
+    let sp = &json["spectral"];
+    assert_eq!(sp["converged"].as_bool(), Some(false));
+    assert_eq!(sp["stop"].as_str(), Some("max-steps"));
+    assert_eq!(sp["iterations"].as_u64(), Some(3));
+    assert_eq!(sp["tol"].as_f64(), Some(diagnose::DEFAULT_LANCZOS_TOL));
+    assert!(sp["min_pair"]["residual"].as_f64().unwrap() > 0.0);
+    assert!(sp["max_pair"]["relative_residual"].as_f64().is_some());
+    assert!(diagnose::table(&r).contains("NOT CONVERGED"));
+}
+
+/// (3) The Hessian-row files: one tensor per parameter tensor of the checkpoint, with the checkpoint's
+/// names and shapes, and the file read back into the flat layout equals H eᵢ computed directly. Planted
+/// bugs checked: the Conv1D weights written untransposed (flat slices reshaped to the checkpoint's
+/// shapes), and the row written from a different index.
+#[test]
+fn hessian_row_files_are_in_the_checkpoints_layout_and_equal_h_e_i() {
+    let run = trained_run("rowfile", "none", rotadam::config::Precision::Fp32);
+    let o = open_run(&run, 2);
+    let mut args = DiagnoseOptions::new(&run, vec![What::HessianRows]);
+    args.batches = 2;
+    args.random_dirs = 1;
+    args.threads = Some(1);
+    let r = diagnose::run(&args).unwrap();
+    let rows = &r.hessian_rows.as_ref().unwrap().rows;
+    assert_eq!(rows.len(), 8);
+    // the checkpoint's tensors: the row files carry exactly those that are parameters
+    let ckpt = rotadam::tensors::read(&o.t.dir.join("model.safetensors")).unwrap();
+    let cfg = &o.t.state.model;
+    assert!(!cfg.bias);
+    let params: Vec<(&String, &Vec<usize>)> = ckpt
+        .iter()
+        .filter(|(n, _)| !n.ends_with(".bias"))
+        .map(|(n, (shape, _))| (n, shape))
+        .collect();
+    assert_eq!(params.len(), 2 + 6 * cfg.n_layer + 1);
+    // H of the default budget: the run's effective batch (2 micro-batches of 3x8)
+    assert_eq!(r.settings.hvp_budget.micro_batches, 2);
+    let mut f = o.hvp(&o.batches);
+    let d = o.w.len();
+    for row in rows {
+        let path = &row.tensors;
+        assert_eq!(path.parent(), row.plot.as_ref().unwrap().parent());
+        assert_eq!(path.extension().unwrap(), "safetensors");
+        let file = rotadam::tensors::read(path).unwrap();
+        let names: Vec<(&String, &Vec<usize>)> =
+            file.iter().map(|(n, (shape, _))| (n, shape)).collect();
+        assert_eq!(names, params, "row {}", row.position.index);
+        let flat = row_from_file(&o, path);
+        let i = row.position.index;
+        let direct = hessian_row(|v, out| f.hvp(v, out), d, i).unwrap();
+        assert_close_scaled(&format!("row file {i} vs H e_i"), &flat, &direct, 1e-12);
+        assert_eq!(flat[i], row.diagonal);
+        // the metadata says where e_i's 1 sits in the checkpoint's tensors
+        let bytes = std::fs::read(path).unwrap();
+        let (_, st) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let md = st.metadata().as_ref().unwrap();
+        assert_eq!(md.len(), 1);
+        let meta: rows::RowFileMeta = serde_json::from_str(&md["hessian_row"]).unwrap();
+        assert_eq!(
+            (meta.index, meta.tensor.as_str()),
+            (i, row.position.tensor.as_str())
+        );
+        let (shape, values) = &file[&meta.hf_tensor];
+        let at = meta
+            .hf_position
+            .iter()
+            .zip(shape)
+            .fold(0, |acc, (&p, &n)| acc * n + p);
+        assert_eq!(values[at], direct[i], "{meta:?}");
+        assert!(meta.hessian.contains("48 tokens"), "{}", meta.hessian);
+    }
+    // the q weights sit inside the fused c_attn of the checkpoint
+    let q = rows
+        .iter()
+        .find(|r| r.position.tensor.ends_with("attn.q.weight"))
+        .unwrap();
+    let bytes = std::fs::read(&q.tensors).unwrap();
+    let (_, st) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta: rows::RowFileMeta =
+        serde_json::from_str(&st.metadata().as_ref().unwrap()["hessian_row"]).unwrap();
+    assert!(meta.hf_tensor.ends_with("attn.c_attn.weight"), "{meta:?}");
+    assert_eq!(meta.hf_position, vec![q.position.col, q.position.row]);
+}
+
+/// (4) Table 5's expectation: with `--row-expectation batches` every contribution ⟨d, Hᵢ⟩ is the mean of
+/// the per-batch values over the `--batches` minibatches, each equal to the contribution of that batch's
+/// row computed directly; the default is the token budget. Planted bugs checked: the expectation taken
+/// over the first batch only, and over the budget's H instead of the batches.
+#[test]
+fn table5_expectation_over_batches_is_the_mean_of_the_per_batch_values() {
+    let run = trained_run("table5", "output", rotadam::config::Precision::Fp32);
+    let k = 3;
+    let o = open_run(&run, k);
+    let defaults = DiagnoseOptions::new(&run, vec![What::HessianRows]);
+    assert_eq!(defaults.row_expectation, RowExpectation::Budget);
+    let mut args = defaults.clone();
+    args.row_expectation = RowExpectation::Batches;
+    args.batches = k;
+    args.random_dirs = 2;
+    let (q, fc) = (
+        o.table.find("h.0.attn.q.weight").unwrap(),
+        o.table.find("h.1.mlp.c_fc.weight").unwrap(),
+    );
+    args.rows = vec![q.offset + 3 * q.cols + 1, fc.offset + 7];
+    args.threads = Some(1);
+    let r = diagnose::run(&args).unwrap();
+    let h = r.hessian_rows.as_ref().unwrap();
+    assert_eq!(
+        (h.expectation, h.expectation_batches),
+        (RowExpectation::Batches, Some(k))
+    );
+    let u = diagnose::last_update(&o.t, &o.table, &o.w).unwrap();
+    let d = o.w.len();
+    let as_vec = |c: &estimators::Contribution| vec![c.neuron, c.layer, c.non_layer, c.total];
+    for row in &h.rows {
+        let i = row.position.index;
+        let pb = row.batches.as_ref().expect("per-batch values");
+        assert_eq!((pb.count, pb.update.len(), pb.random_mean.len()), (k, k, k));
+        let mut want = Vec::new();
+        let mut mean_row = vec![0.0; d];
+        for (j, one) in o.batches.chunks(1).enumerate() {
+            let mut f = o.hvp(one);
+            let hr = hessian_row(|v, out| f.hvp(v, out), d, i).unwrap();
+            let du = f.rotate(&u).unwrap();
+            let c = rows::contribution(&o.table, i, &hr, &du);
+            assert_close_scaled(
+                &format!("row {i}, batch {j}"),
+                &as_vec(&pb.update[j]),
+                &as_vec(&c),
+                1e-12,
+            );
+            want.push(c);
+            mean_row
+                .iter_mut()
+                .zip(&hr)
+                .for_each(|(m, x)| *m += x / k as f64);
+        }
+        let mean = rows::mean_contribution(&want, false);
+        let got = row.update.expect("an AdamW run has an update direction");
+        assert_close_scaled(
+            &format!("row {i}: E_B"),
+            &as_vec(&got),
+            &as_vec(&mean),
+            1e-12,
+        );
+        // not any single batch's value: the check can fail
+        assert!(want.iter().all(|c| as_vec(c) != as_vec(&got)));
+        let rm = rows::mean_contribution(&pb.random_mean, false);
+        assert_close_scaled(
+            "random mean",
+            &as_vec(&row.random_mean),
+            &as_vec(&rm),
+            1e-12,
+        );
+        let sd = pb.update_std.expect("3 batches have a std");
+        assert!(sd.total > 0.0);
+        // the row summarised and written is the mean row
+        assert_close_scaled(
+            "mean row",
+            &row_from_file(&o, &row.tensors),
+            &mean_row,
+            1e-12,
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&r.json_path).unwrap()).unwrap();
+    assert_eq!(
+        json["settings"]["row_expectation"].as_str(),
+        Some("batches")
+    );
+    assert_eq!(
+        json["hessian_rows"]["expectation"].as_str(),
+        Some("batches")
+    );
+    assert_eq!(
+        json["hessian_rows"]["rows"][0]["batches"]["update"]
+            .as_array()
+            .unwrap()
+            .len(),
+        k
+    );
+    // the default: H over the budget, no per-batch values
+    let mut budget = defaults;
+    budget.rows = vec![args.rows[0]];
+    budget.random_dirs = 1;
+    budget.batches = k;
+    budget.threads = Some(1);
+    let rb = diagnose::run(&budget).unwrap();
+    let hb = rb.hessian_rows.unwrap();
+    assert_eq!(
+        (hb.expectation, hb.expectation_batches),
+        (RowExpectation::Budget, None)
+    );
+    assert!(hb.rows[0].batches.is_none());
+}
+
+/// The command line: `--hvp-batches` is refused with a pointer to `--hvp-tokens`, and the defaults of the
+/// new options are the library's (50 probes, H over the run's batch, Lanczos tolerance, budget rows).
+#[test]
+fn the_command_line_refuses_hvp_batches_and_shares_the_defaults() {
+    use clap::Parser;
+    use rotadam::cli::{Cli, Command};
+    let e = Cli::try_parse_from(["rotadam", "diagnose", "run", "l11", "--hvp-batches", "4"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--hvp-tokens") && e.contains("removed"), "{e}");
+    let cli = Cli::try_parse_from(["rotadam", "diagnose", "run", "l11"]).unwrap();
+    let Command::Diagnose(a) = cli.command else {
+        panic!("a diagnose command")
+    };
+    let (got, lib) = (a.options(), DiagnoseOptions::new("run", vec![What::L11]));
+    assert_eq!(got.probes, diagnose::DEFAULT_PROBES);
+    assert_eq!(diagnose::DEFAULT_PROBES, 50);
+    assert_eq!(
+        (
+            got.hvp_tokens,
+            got.lanczos_iters,
+            got.lanczos_tol,
+            got.row_expectation
+        ),
+        (
+            lib.hvp_tokens,
+            lib.lanczos_iters,
+            lib.lanczos_tol,
+            lib.row_expectation
+        )
+    );
+    assert_eq!(got.hvp_tokens, None);
+    let cli = Cli::try_parse_from([
+        "rotadam",
+        "diagnose",
+        "run",
+        "hessian-rows",
+        "--hvp-tokens",
+        "4096",
+        "--lanczos-tol",
+        "1e-5",
+        "--row-expectation",
+        "batches",
+    ])
+    .unwrap();
+    let Command::Diagnose(a) = cli.command else {
+        panic!("a diagnose command")
+    };
+    let o = a.options();
+    assert_eq!(
+        (o.hvp_tokens, o.lanczos_tol, o.row_expectation),
+        (Some(4096), 1e-5, RowExpectation::Batches)
+    );
 }

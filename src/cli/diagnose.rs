@@ -3,7 +3,10 @@
 use super::{choice, threads_help};
 use crate::config::RotationKind;
 use crate::diagnose::estimators::L11Method;
-use crate::diagnose::{DiagnoseOptions, What, DEFAULT_SEED};
+use crate::diagnose::{
+    DiagnoseOptions, RowExpectation, What, DEFAULT_LANCZOS_STEPS, DEFAULT_LANCZOS_TOL,
+    DEFAULT_PROBES, DEFAULT_SEED,
+};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -18,17 +21,22 @@ pub struct DiagnoseArgs {
     /// Minibatches of the L∞ gradient bound.
     #[arg(long, default_value_t = 1000)]
     pub batches: usize,
-    /// Minibatches whose mean loss's Hessian is probed (l11, spectral, hessian-rows).
-    #[arg(long, default_value_t = 1)]
-    pub hvp_batches: usize,
+    /// Tokens of the mean loss whose Hessian is probed (l11, spectral, hessian-rows), in fixed train
+    /// micro-batches of --batch-size x the model's context, rounded up to whole micro-batches [default:
+    /// the run's batch, batch_size x grad_accum x seq_len].
+    #[arg(long)]
+    pub hvp_tokens: Option<usize>,
+    /// Removed: H is now taken over a token budget. Refused with a pointer to --hvp-tokens.
+    #[arg(long, hide = true, value_parser = removed_hvp_batches)]
+    pub hvp_batches: Option<usize>,
     /// Rows per minibatch (default: the run's batch size).
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// Seed of the diagnostic minibatches, probes, Lanczos start and random directions.
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
-    /// Cauchy probes (HVPs) of the (1,1)-norm estimator.
-    #[arg(long, default_value_t = 1000)]
+    /// Cauchy probes (HVPs) of the (1,1)-norm estimator (default: Xie et al.'s 50, App. D.2).
+    #[arg(long, default_value_t = DEFAULT_PROBES)]
     pub probes: usize,
     /// Reduction of the Cauchy probes: auto (median if it fits in --max-memory, plus streaming), median,
     /// streaming, both.
@@ -37,9 +45,13 @@ pub struct DiagnoseArgs {
     /// Memory the median estimator may use for its K x d values, in GB.
     #[arg(long, default_value_t = 4.0)]
     pub max_memory: f64,
-    /// Lanczos iterations of the spectral norm.
-    #[arg(long, default_value_t = 50)]
+    /// Most Lanczos steps of the spectral norm.
+    #[arg(long, default_value_t = DEFAULT_LANCZOS_STEPS)]
     pub lanczos_iters: usize,
+    /// Lanczos stops when both extreme Ritz pairs (θ, y) have |Hy - θy| <= tol·|θ|; the report says
+    /// whether they did.
+    #[arg(long, default_value_t = DEFAULT_LANCZOS_TOL)]
+    pub lanczos_tol: f64,
     /// Flat parameter indices of the Hessian rows (comma-separated; default: Maes et al. Table 4's
     /// positions mapped onto the model).
     #[arg(long, value_delimiter = ',')]
@@ -47,6 +59,9 @@ pub struct DiagnoseArgs {
     /// Random directions of the row decomposition.
     #[arg(long, default_value_t = 8)]
     pub random_dirs: usize,
+    /// Which H the row decomposition <d, H_i> uses (Maes et al. Table 5's expectation over batches).
+    #[arg(long, value_parser = choice::<RowExpectation>(), default_value = "budget")]
+    pub row_expectation: RowExpectation,
     /// Probe another basis [default: the run's rotation].
     #[arg(long, value_parser = choice::<RotationKind>())]
     pub rotation: Option<RotationKind>,
@@ -83,15 +98,17 @@ impl DiagnoseArgs {
             path: self.path.clone(),
             what: self.what.clone(),
             batches: self.batches,
-            hvp_batches: self.hvp_batches,
+            hvp_tokens: self.hvp_tokens,
             batch_size: self.batch_size,
             seed: self.seed,
             probes: self.probes,
             l11_method: self.l11_method,
             max_memory: self.max_memory,
             lanczos_iters: self.lanczos_iters,
+            lanczos_tol: self.lanczos_tol,
             rows: self.rows.clone(),
             random_dirs: self.random_dirs,
+            row_expectation: self.row_expectation,
             rotation: self.rotation,
             rotation_block: self.rotation_block,
             rotation_seed: self.rotation_seed,
@@ -101,4 +118,14 @@ impl DiagnoseArgs {
             quiet: self.quiet,
         }
     }
+}
+
+/// `--hvp-batches` is refused: H used to be the Hessian over that many micro-batches; it is now taken over
+/// a token budget (`docs/diagnostics.md`).
+fn removed_hvp_batches(v: &str) -> Result<usize, String> {
+    Err(format!(
+        "--hvp-batches was removed: H is the Hessian of the mean loss over a token budget; for {v} \
+         micro-batches use --hvp-tokens {v}xBxT (B = --batch-size or the run's, T = the model's context); \
+         the default is the run's batch, B x grad_accum x T"
+    ))
 }

@@ -11,7 +11,8 @@
 //!   geometric mean with O(d) memory: for X Cauchy with scale s, E[log|X|] = log s, so
 //!   ŝᵢ = exp(mean_k log|(Hc_k)ᵢ|). Both have the same asymptotic spread per coordinate, π/(2√K) relative
 //!   (median: 1/(2f(s)√K) with density f(s) = 1/(πs) of |X| at its median; log: Var log|X| = π²/4).
-//! - [`lanczos`]: extreme eigenvalues by Lanczos with full re-orthogonalisation (‖H‖₂ = max |λ|).
+//! - [`lanczos`]: extreme eigenvalues by Lanczos with full re-orthogonalisation (‖H‖₂ = max |λ|), stopped on
+//!   a residual tolerance, with the residual ‖Hy − θy‖ of the extreme Ritz pairs.
 //! - [`hessian_row`]: Hᵢ = H·eᵢ (H is symmetric) and [`decompose`]: ⟨d, Hᵢ⟩ split into the neuron / layer /
 //!   non-layer parts of Maes et al. App. D.5.2.
 //! - [`linf`]: ‖x‖∞, the quantity behind the L∞ gradient bound.
@@ -262,63 +263,72 @@ where
     })
 }
 
+/// How far [`lanczos`] goes: at most `max_steps` steps, fewer once both extreme Ritz pairs have a
+/// residual ‖Hy − θy‖ ≤ `tol`·|θ|.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LanczosOptions {
+    pub max_steps: usize,
+    pub tol: f64,
+}
+
+/// One extreme Ritz pair (θ, y) of [`lanczos`] and how well it solves Hy = θy.
+#[derive(Clone, Debug, Serialize)]
+pub struct RitzPair {
+    /// θ, the Ritz value.
+    pub value: f64,
+    /// ‖Hy − θy‖₂ for the unit Ritz vector y = Q·s, with Hy from one more HVP (so it includes the HVP's
+    /// own error, which the Lanczos estimate does not see).
+    pub residual: f64,
+    /// residual / |θ| (∞ for θ = 0 with a non-zero residual).
+    pub relative_residual: f64,
+    /// βₖ·|sₖ|, the residual the Lanczos relation HQₖ = QₖTₖ + βₖqₖ₊₁eₖᵀ gives without an HVP (what the
+    /// early stop looks at).
+    pub residual_lanczos: f64,
+    /// residual ≤ tol·|θ|.
+    pub converged: bool,
+    /// y (not serialised: d numbers).
+    #[serde(skip)]
+    pub vector: Vec<f64>,
+}
+
+/// Why [`lanczos`] stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LanczosStop {
+    /// Both extreme pairs reached the tolerance (by the Lanczos estimate βₖ|sₖ|).
+    Tolerance,
+    /// βₖ ≈ 0: the Krylov space is invariant, the Ritz values are eigenvalues.
+    InvariantSubspace,
+    /// `max_steps` (or d) steps without reaching the tolerance.
+    MaxSteps,
+}
+
 /// The result of [`lanczos`].
 #[derive(Clone, Debug, Serialize)]
 pub struct LanczosResult {
-    /// Lanczos steps taken (fewer than asked when an invariant subspace was found).
+    /// Lanczos steps taken (HVPs, not counting the two of the residuals).
     pub iterations: usize,
+    /// The step limit and the tolerance asked for.
+    pub max_steps: usize,
+    pub tol: f64,
+    pub stop: LanczosStop,
+    /// Both extreme pairs have residual ≤ tol·|θ| (measured with an HVP on the Ritz vectors).
+    pub converged: bool,
     /// The largest and smallest Ritz values (estimates of λ_max, λ_min of H).
     pub lambda_max: f64,
     pub lambda_min: f64,
     /// ‖H‖₂ = max(|λ_max|, |λ_min|).
     pub spectral_norm: f64,
+    /// The Ritz pairs of λ_max and λ_min.
+    pub max_pair: RitzPair,
+    pub min_pair: RitzPair,
     /// The seed of the start vector (`Rng::derive(seed, STREAM_LANCZOS)`, Gaussian).
     pub seed: u64,
 }
 
-/// Extreme eigenvalues of the symmetric H behind `hvp` by `iters` Lanczos steps from a seeded Gaussian start
-/// vector, with full re-orthogonalisation (classical Gram–Schmidt applied twice against every stored
-/// vector, "twice is enough"), so memory is iters·d values. The Ritz values are the eigenvalues of the
-/// tridiagonal T = tridiag(β, α, β) (faer's self-adjoint eigensolver). Stops early when βₖ ≤ 1e-10·maxₖ|αₖ|
-/// (an invariant subspace: the Ritz values are then exact eigenvalues).
-pub fn lanczos<F>(mut hvp: F, d: usize, iters: usize, seed: u64) -> Result<LanczosResult>
-where
-    F: FnMut(&[f64], &mut [f64]) -> Result<()>,
-{
-    if iters == 0 || d == 0 {
-        return Err(Error::config(
-            "lanczos-iters",
-            "need at least 1 iteration and a non-empty H",
-        ));
-    }
-    let m = iters.min(d);
-    let mut rng = Rng::derive(seed, STREAM_LANCZOS);
-    let mut q: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
-    let nq = norm2(&q);
-    q.iter_mut().for_each(|x| *x /= nq);
-    let mut basis: Vec<Vec<f64>> = Vec::with_capacity(m);
-    let mut alpha: Vec<f64> = Vec::with_capacity(m);
-    let mut beta: Vec<f64> = Vec::with_capacity(m);
-    let mut w = vec![0.0; d];
-    for k in 0..m {
-        hvp(&q, &mut w)?;
-        let a = dot(&w, &q);
-        alpha.push(a);
-        basis.push(q.clone());
-        for _ in 0..2 {
-            for b in &basis {
-                let p = dot(&w, b);
-                w.iter_mut().zip(b).for_each(|(x, &y)| *x -= p * y);
-            }
-        }
-        let bnorm = norm2(&w);
-        let scale = alpha.iter().fold(0.0f64, |s, a| s.max(a.abs()));
-        if k + 1 == m || bnorm <= 1e-10 * scale.max(f64::MIN_POSITIVE) {
-            break;
-        }
-        beta.push(bnorm);
-        q.iter_mut().zip(&w).for_each(|(x, &y)| *x = y / bnorm);
-    }
+/// The eigenpairs of the symmetric tridiagonal tridiag(β, α, β): eigenvalues ascending, eigenvectors as
+/// the columns of a row-major n×n matrix.
+fn tridiagonal_eigen(alpha: &[f64], beta: &[f64]) -> Result<(Vec<f64>, Vec<f64>)> {
     let n = alpha.len();
     let t = faer::Mat::<f64>::from_fn(n, n, |i, j| {
         if i == j {
@@ -331,16 +341,136 @@ where
             0.0
         }
     });
-    let ev = t
-        .self_adjoint_eigenvalues(faer::Side::Lower)
+    let e = t
+        .self_adjoint_eigen(faer::Side::Lower)
         .map_err(|e| Error::config("lanczos", format!("eigensolver failed: {e:?}")))?;
-    let lambda_min = ev[0];
-    let lambda_max = ev[n - 1];
+    let values: Vec<f64> = (0..n).map(|i| e.S().column_vector()[i]).collect();
+    let u = e.U();
+    let vectors: Vec<f64> = (0..n * n).map(|k| u[(k / n, k % n)]).collect();
+    Ok((values, vectors))
+}
+
+/// Extreme eigenvalues of the symmetric H behind `hvp` by Lanczos from a seeded Gaussian start vector, with
+/// full re-orthogonalisation (classical Gram–Schmidt applied twice against every stored vector, "twice is
+/// enough"), so memory is steps·d values: the basis Qₖ is kept, which is also what gives the Ritz vectors
+/// y = Qₖs without a second pass. The Ritz values are the eigenvalues of Tₖ = tridiag(β, α, β) (faer's
+/// self-adjoint eigensolver).
+///
+/// **When it stops.** After step k, the Lanczos relation H Qₖ = Qₖ Tₖ + βₖ qₖ₊₁ eₖᵀ gives each Ritz pair's
+/// residual as ‖Hy − θy‖ = βₖ|sₖ| (sₖ the last entry of Tₖ's eigenvector; exact with full
+/// re-orthogonalisation up to rounding). The loop stops when both extreme pairs have βₖ|sₖ| ≤ tol·|θ|, when
+/// βₖ ≤ 1e-10·maxₖ|αₖ| (an invariant subspace: the Ritz values are then exact eigenvalues), or after
+/// `max_steps` (at most d) steps. Then each extreme pair's residual is measured with one more HVP, Hy − θy,
+/// and `converged` says whether both are within tol·|θ|: a λ_min still moving after the last step shows as
+/// `converged: false` with its residual, which bounds the distance from θ to the nearest eigenvalue
+/// (|λ − θ| ≤ ‖Hy − θy‖ for a unit y and symmetric H).
+pub fn lanczos<F>(mut hvp: F, d: usize, opts: LanczosOptions, seed: u64) -> Result<LanczosResult>
+where
+    F: FnMut(&[f64], &mut [f64]) -> Result<()>,
+{
+    if opts.max_steps == 0 || d == 0 {
+        return Err(Error::config(
+            "lanczos-iters",
+            "need at least 1 iteration and a non-empty H",
+        ));
+    }
+    if !(opts.tol.is_finite() && opts.tol >= 0.0) {
+        return Err(Error::config(
+            "lanczos-tol",
+            format!("{} must be a finite number ≥ 0", opts.tol),
+        ));
+    }
+    let m = opts.max_steps.min(d);
+    let mut rng = Rng::derive(seed, STREAM_LANCZOS);
+    let mut q: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
+    let nq = norm2(&q);
+    q.iter_mut().for_each(|x| *x /= nq);
+    let mut basis: Vec<Vec<f64>> = Vec::with_capacity(m);
+    let mut alpha: Vec<f64> = Vec::with_capacity(m);
+    let mut beta: Vec<f64> = Vec::with_capacity(m);
+    let mut w = vec![0.0; d];
+    let stop = loop {
+        let k = alpha.len();
+        hvp(&q, &mut w)?;
+        let a = dot(&w, &q);
+        alpha.push(a);
+        basis.push(q.clone());
+        for _ in 0..2 {
+            for b in &basis {
+                let p = dot(&w, b);
+                w.iter_mut().zip(b).for_each(|(x, &y)| *x -= p * y);
+            }
+        }
+        let bnorm = norm2(&w);
+        let scale = alpha.iter().fold(0.0f64, |s, a| s.max(a.abs()));
+        if bnorm <= 1e-10 * scale.max(f64::MIN_POSITIVE) {
+            break LanczosStop::InvariantSubspace;
+        }
+        // the residual estimates βₖ|sₖ| of the extreme pairs of Tₖ
+        let (theta, s) = tridiagonal_eigen(&alpha, &beta)?;
+        let n = alpha.len();
+        let within = |j: usize| bnorm * s[(n - 1) * n + j].abs() <= opts.tol * theta[j].abs();
+        if within(0) && within(n - 1) {
+            break LanczosStop::Tolerance;
+        }
+        if k + 1 == m {
+            break LanczosStop::MaxSteps;
+        }
+        beta.push(bnorm);
+        q.iter_mut().zip(&w).for_each(|(x, &y)| *x = y / bnorm);
+    };
+    // β of the last step (0 at an invariant subspace): the Lanczos residual estimate's factor
+    let last_beta = match stop {
+        LanczosStop::InvariantSubspace => 0.0,
+        _ => norm2(&w),
+    };
+    let (theta, s) = tridiagonal_eigen(&alpha, &beta)?;
+    let n = alpha.len();
+    let mut pair = |j: usize| -> Result<RitzPair> {
+        let mut y = vec![0.0; d];
+        for (i, qi) in basis.iter().enumerate() {
+            let c = s[i * n + j];
+            y.iter_mut().zip(qi).for_each(|(x, &v)| *x += c * v);
+        }
+        let ny = norm2(&y);
+        y.iter_mut().for_each(|x| *x /= ny);
+        let mut hy = vec![0.0; d];
+        hvp(&y, &mut hy)?;
+        let value = theta[j];
+        let residual = hy
+            .iter()
+            .zip(&y)
+            .map(|(h, v)| (h - value * v).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let relative_residual = if residual == 0.0 {
+            0.0
+        } else {
+            residual / value.abs()
+        };
+        Ok(RitzPair {
+            value,
+            residual,
+            relative_residual,
+            residual_lanczos: last_beta * s[(n - 1) * n + j].abs(),
+            converged: residual <= opts.tol * value.abs(),
+            vector: y,
+        })
+    };
+    let max_pair = pair(n - 1)?;
+    let min_pair = pair(0)?;
+    let (lambda_max, lambda_min) = (max_pair.value, min_pair.value);
     Ok(LanczosResult {
         iterations: n,
+        max_steps: opts.max_steps,
+        tol: opts.tol,
+        stop,
+        converged: max_pair.converged && min_pair.converged,
         lambda_max,
         lambda_min,
         spectral_norm: lambda_max.abs().max(lambda_min.abs()),
+        max_pair,
+        min_pair,
         seed,
     })
 }

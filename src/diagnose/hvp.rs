@@ -2,10 +2,18 @@
 //! diagnostics, on any backend (`Gpt2Hvp::on`: the kernel backend on a GPU or its stand-in) with the
 //! step length of that backend's precision.
 //!
-//! **The function.** f(w) = the mean cross-entropy over a fixed list of minibatches (each batch's mean loss,
-//! averaged over the batches): Xie et al. (App. D.2) "subsample a fixed batch of training data" and probe
-//! the Hessian of the loss on it; Maes et al. average Hessian rows over minibatches, which is the row of
-//! this mean's Hessian.
+//! **The function.** f(w) = the mean cross-entropy over a fixed list of micro-batches (each micro-batch's
+//! mean loss, averaged over the micro-batches): Xie et al. (App. D.2) "subsample a fixed batch of training
+//! data" and probe the Hessian of the loss on it; Maes et al. (§2.1) write f = E_B f_B over minibatches B,
+//! and their Table 5 (App. D.5.3) reports expected contributions ⟨d, Hᵢ⟩ over batches, which by
+//! linearity are the contributions of the rows of such a mean's Hessian. `diagnose` makes the list a
+//! token budget (`--hvp-tokens`, by default the run's effective batch B·accum·T: the loss one optimizer
+//! step sees), cut into micro-batches of the run's shape (`docs/diagnostics.md`).
+//!
+//! **Accumulation.** H = (1/k) Σⱼ Hⱼ over the k micro-batches, so an HVP is the mean of the k micro-batch
+//! HVPs, each the difference below of that micro-batch's gradient (the same points w ± h v̂ and the same
+//! step h for every micro-batch and every probe): one micro-batch at a time in memory, and a budget of k
+//! micro-batches gives exactly the average of the k single-batch HVPs (tests/diagnose.rs).
 //!
 //! **The basis.** For a rotation R (the run's, or `--rotation`), the rotated loss is f̃(x) = f(Rᵀx); its
 //! gradient is R∇f and its Hessian R H Rᵀ, so an HVP unrotates the probe, takes the HVP in the standard
@@ -101,7 +109,7 @@ impl InPlaceBasis {
     }
 }
 
-/// GPT-2's loss over fixed minibatches at fixed weights, seen in a rotated basis; the gradients run on
+/// GPT-2's loss over fixed micro-batches at fixed weights, seen in a rotated basis; the gradients run on
 /// `BK` (the f64 CPU backend by default), the basis changes in f64 on the CPU.
 pub struct Gpt2Hvp<BK: Backend = Cpu64> {
     be: BK,
@@ -143,7 +151,10 @@ impl<BK: Backend> Gpt2Hvp<BK> {
         basis: InPlaceBasis,
     ) -> Result<Self> {
         if batches.is_empty() {
-            return Err(Error::config("hvp-batches", "must be at least 1"));
+            return Err(Error::config(
+                "hvp-tokens",
+                "the Hessian needs at least one micro-batch",
+            ));
         }
         let mut model = Gpt2::new(&be, cfg, 0)?;
         model.set_params_f64(&be, &w)?;
@@ -230,8 +241,23 @@ impl<BK: Backend> Gpt2Hvp<BK> {
         Ok((loss, self.rotate(&g)?))
     }
 
-    /// out = (P R H Rᵀ Pᵀ)·v, v and out in the diagnostics' basis (module docs for the difference formula).
+    /// The fixed micro-batches that define f (and H).
+    pub fn batches(&self) -> &[Batch] {
+        &self.batches
+    }
+
+    /// out = (P R H Rᵀ Pᵀ)·v with H the Hessian of f (the mean over the fixed micro-batches), v and out in
+    /// the diagnostics' basis ([`Self::hvp_on`]).
     pub fn hvp(&mut self, v: &[f64], out: &mut [f64]) -> Result<()> {
+        let batches = std::mem::take(&mut self.batches);
+        let r = self.hvp_on(&batches, v, out);
+        self.batches = batches;
+        r
+    }
+
+    /// out = (P R H_S Rᵀ Pᵀ)·v with H_S the Hessian of the mean loss over the micro-batches `batches`: the
+    /// mean over them of each one's central difference (module docs), in the order given.
+    pub fn hvp_on(&mut self, batches: &[Batch], v: &[f64], out: &mut [f64]) -> Result<()> {
         let d = self.dim();
         if v.len() != d || out.len() != d {
             return Err(Error::Shape {
@@ -240,6 +266,12 @@ impl<BK: Backend> Gpt2Hvp<BK> {
                 got: format!("{} and {}", v.len(), out.len()),
             });
         }
+        if batches.is_empty() {
+            return Err(Error::config(
+                "hvp-tokens",
+                "the Hessian needs at least one micro-batch",
+            ));
+        }
         let nv = v.iter().map(|x| x * x).sum::<f64>().sqrt();
         if nv == 0.0 {
             out.fill(0.0);
@@ -247,27 +279,26 @@ impl<BK: Backend> Gpt2Hvp<BK> {
         }
         let u = self.unrotate(v)?;
         let h = self.h;
-        let (w, batches) = (
-            std::mem::take(&mut self.w),
-            std::mem::take(&mut self.batches),
-        );
         let point = |sign: f64| -> Vec<f64> {
-            w.iter()
+            self.w
+                .iter()
                 .zip(&u)
                 .map(|(&wi, &ui)| wi + sign * h * ui / nv)
                 .collect()
         };
-        let plus = self.loss_grad_at(&point(1.0), &batches);
-        let minus = self.loss_grad_at(&point(-1.0), &batches);
-        self.w = w;
-        self.batches = batches;
-        let ((_, gp), (_, gm)) = (plus?, minus?);
-        let hv: Vec<f64> = gp
-            .iter()
-            .zip(&gm)
-            .map(|(a, b)| nv * (a - b) / (2.0 * h))
-            .collect();
-        let r = self.rotate(&hv)?;
+        let (plus, minus) = (point(1.0), point(-1.0));
+        let mut sum = vec![0.0; d];
+        for b in batches {
+            let one = std::slice::from_ref(b);
+            let (_, gp) = self.loss_grad_at(&plus, one)?;
+            let (_, gm) = self.loss_grad_at(&minus, one)?;
+            for ((s, a), b) in sum.iter_mut().zip(&gp).zip(&gm) {
+                *s += nv * (a - b) / (2.0 * h);
+            }
+        }
+        let k = batches.len() as f64;
+        sum.iter_mut().for_each(|s| *s /= k);
+        let r = self.rotate(&sum)?;
         out.copy_from_slice(&r);
         Ok(())
     }

@@ -4,22 +4,35 @@
 //!
 //! - `linf`: C̃ = max over K minibatches of ‖R∇f_B(w)‖∞ (Maes et al. Alg. 2; `--batches K`, default 1000).
 //! - `l11`: ‖H‖₍₁,₁₎ by Cauchy probes, median and/or streaming ([`estimators::l11`]); also ‖H‖₍₁,₁₎/d.
-//! - `spectral`: λ_max, λ_min and ‖H‖₂ by Lanczos ([`estimators::lanczos`]) and d·‖H‖₂, which Xie et al.
+//!   `--probes` defaults to [`DEFAULT_PROBES`] = 50, the number of Cauchy vectors of Xie et al.'s GPT-2
+//!   measurements (App. D.2, Alg. 4), whose method Maes et al. reuse for their Table 3 (§4.3).
+//! - `spectral`: λ_max, λ_min and ‖H‖₂ by Lanczos ([`estimators::lanczos`]: at most `--lanczos-iters`
+//!   steps, stopped when both extreme Ritz pairs have ‖Hy − θy‖ ≤ `--lanczos-tol`·|θ|; the residuals,
+//!   the steps used and whether it converged are reported) and d·‖H‖₂, which Xie et al.
 //!   compare with ‖H‖₍₁,₁₎: they observe Adam optimizing faster than AdaSGD when ‖H‖₍₁,₁₎/d < ‖H‖₂, as
 //!   their bounds suggest (§3–4, their Table 4). It is a comparison, not a bound: ‖Hᵢ‖₁ ≤ √d·‖Hᵢ‖₂ only gives ‖H‖₍₁,₁₎ ≤ d^{3/2}·‖H‖₂
 //!   (a ±1 Hadamard matrix reaches it), while a diagonal H gives ‖H‖₍₁,₁₎ = tr|H| ≤ d·‖H‖₂.
 //! - `hessian-rows`: rows Hᵢ by one-hot HVPs at the positions of Maes et al. Table 4 ([`rows`]) or
 //!   `--rows`, the neuron / layer / non-layer decomposition of ⟨d, Hᵢ⟩ for the last update and for random
-//!   directions (Tables 2 and 5), and a plot per row (Fig. 7 style).
+//!   directions (Tables 2 and 5), a plot per row (Fig. 7 style) and the row itself as safetensors in the
+//!   checkpoint's tensor names and shapes. Table 5's "expected gradient contribution" is an expectation
+//!   over batches: `--row-expectation budget` (default) takes ⟨d, Hᵢ⟩ with H over the token budget (one
+//!   fixed batch, the H of `l11` and `spectral`); `--row-expectation batches` averages the per-batch
+//!   ⟨d, H_{B,i}⟩ over the `--batches` minibatches of the L∞ bound and reports each batch's value.
 //! - `update-cv`: the coefficient of variation of the singular values of Adam's update per 2-D weight
 //!   ([`update_cv`](crate::optim::update_cv)).
 //!
-//! **What is held fixed.** H is the Hessian of the mean loss over `--hvp-batches` minibatches (default 1,
-//! Xie et al.'s "fixed batch"); the L∞ bound uses `--batches` minibatches. Both lists come from
-//! `fixed_batches` on the TRAIN split with `--seed` (default [`DEFAULT_SEED`]) — the HVP batches are the
-//! first `--hvp-batches` of that list — so they are the same for every checkpoint and every rotation, and
-//! never the val windows the training loop evaluates on (val split, `EVAL_SEED`). Batch size: the run's
-//! unless `--batch-size`; length: the model's context.
+//! **What is held fixed.** H is the Hessian of the mean loss over a token budget, `--hvp-tokens` (default:
+//! the run's effective batch B·accum·T, the loss of one optimizer step: Xie et al.'s "fixed batch", App.
+//! D.2, and the loss Maes et al. optimize, §2.1), cut into k = ⌈tokens / (B·T)⌉ micro-batches of B rows of
+//! T tokens; every HVP is the mean of the k micro-batch HVPs ([`hvp`]), the same micro-batches for every
+//! probe. The budget (tokens asked and used, k, B, T) is in the JSON (`settings.hvp_budget`) and the
+//! table. The L∞ bound uses `--batches` minibatches. Both lists come from `fixed_batches` on the TRAIN
+//! split with `--seed` (default [`DEFAULT_SEED`]) — H's micro-batches are the first k of that list — so
+//! they are the same for every checkpoint and every rotation, and never the val windows the training loop
+//! evaluates on (val split, `EVAL_SEED`). B: the run's batch size unless `--batch-size`; T: the model's
+//! context. `--hvp-batches` (the number of micro-batches of H before the budget) is refused by the command
+//! line with a pointer to `--hvp-tokens` (`docs/diagnostics.md`).
 //!
 //! **The basis** is the run's rotation (`state.json`; for `svd`, the factors in `rotation.safetensors`);
 //! `--rotation KIND` (with `--rotation-block`, `--rotation-seed`) probes another one. Coordinates are
@@ -34,8 +47,9 @@
 //! scaled to ‖d‖ (to 1 without an update direction), the same for every row.
 //!
 //! Output: a table on stdout (or the JSON with `--json`); the JSON is also written, atomically, to
-//! `<out>/diagnose_step<N>_<basis>.json`, and row plots to `<out>/row<i>_step<N>_<basis>.png`
-//! (`--out`, default `<run>/diagnostics`); `<basis>` is `none`, `svd`, `<scope>-n<block>-s<seed>` or
+//! `<out>/diagnose_step<N>_<basis>.json`, row plots to `<out>/row<i>_step<N>_<basis>.png` and the rows
+//! to `<out>/row<i>_step<N>_<basis>.safetensors` (layout in `docs/diagnostics.md`) (`--out`, default
+//! `<run>/diagnostics`); `<basis>` is `none`, `svd`, `<scope>-n<block>-s<seed>` or
 //! `kron-k<stages>-s<seed>`.
 
 pub mod estimators;
@@ -45,8 +59,8 @@ pub mod rows;
 mod target;
 
 pub use report::{
-    table, L11Section, LinfReport, Report, RowMass, RowReport, RowsReport, Settings,
-    SpectralReport, UpdateCvReport,
+    table, HvpBudget, L11Section, LinfReport, Report, RowBatches, RowMass, RowReport, RowsReport,
+    Settings, SpectralReport, UpdateCvReport,
 };
 pub use target::{last_update, load_weights, open_target, CheckpointAdam, Target};
 
@@ -56,7 +70,7 @@ use crate::data::shard::Dataset;
 use crate::error::{Error, Result};
 use crate::model::ParamTable;
 use crate::optim::update_cv;
-use estimators::L11Method;
+use estimators::{L11Method, LanczosOptions};
 use hvp::{Gpt2Hvp, InPlaceBasis};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -64,6 +78,16 @@ use target::build_basis;
 
 /// Default `--seed` of the diagnostic minibatches.
 pub const DEFAULT_SEED: u64 = 1000;
+/// Default `--probes`: Xie et al.'s number of Cauchy vectors for GPT-2 (App. D.2, Alg. 4), also the
+/// estimator behind Maes et al.'s Table 3 (§4.3). Each coordinate's estimate then spreads by
+/// π/(2√50) ≈ 22% ([`estimators::l11`]); the sum over d rows much less when the rows' errors are
+/// independent.
+pub const DEFAULT_PROBES: usize = 50;
+/// Default `--lanczos-iters`, the most Lanczos steps.
+pub const DEFAULT_LANCZOS_STEPS: usize = 50;
+/// Default `--lanczos-tol`: a Ritz pair is converged when ‖Hy − θy‖ ≤ 1e-3·|θ|, which puts an eigenvalue
+/// of H within 0.1% of θ (|λ − θ| ≤ ‖Hy − θy‖ for a unit y).
+pub const DEFAULT_LANCZOS_TOL: f64 = 1e-3;
 /// Stream id ([`Rng::derive`]) of the random directions of `hessian-rows`.
 pub const STREAM_RANDOM_DIRS: u64 = 0xD1A6_0003;
 
@@ -111,6 +135,32 @@ impl crate::config::Choice for What {
 }
 crate::config::choice_impls!(What);
 
+/// Which H the contributions ⟨d, Hᵢ⟩ of `hessian-rows` use (Maes et al. Table 5's expectation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowExpectation {
+    /// H over the token budget (`--hvp-tokens`), the H of `l11` and `spectral`: one fixed batch.
+    Budget,
+    /// The mean over the `--batches` minibatches of the per-batch ⟨d, H_{B,i}⟩ (one row per batch).
+    Batches,
+}
+
+impl crate::config::Choice for RowExpectation {
+    const WHAT: &'static str = "row-expectation";
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            RowExpectation::Budget,
+            "budget",
+            "⟨d, H_i⟩ with H the Hessian of the mean loss over --hvp-tokens (the H of l11 and spectral)",
+        ),
+        (
+            RowExpectation::Batches,
+            "batches",
+            "the mean over the --batches minibatches of each batch's ⟨d, H_B,i⟩ (Maes et al. Table 5's expectation; one HVP per batch and row)",
+        ),
+    ];
+}
+crate::config::choice_impls!(RowExpectation);
+
 /// What to diagnose and how (the command line's `--help` documents each option).
 #[derive(Debug, Clone)]
 pub struct DiagnoseOptions {
@@ -120,8 +170,10 @@ pub struct DiagnoseOptions {
     pub what: Vec<What>,
     /// Minibatches of the L∞ gradient bound.
     pub batches: usize,
-    /// Minibatches whose mean loss's Hessian is probed (l11, spectral, hessian-rows).
-    pub hvp_batches: usize,
+    /// Tokens of the mean loss whose Hessian is probed (l11, spectral, hessian-rows), in micro-batches of
+    /// batch_size x seq_len (rounded up to whole micro-batches) [default: the run's batch_size x
+    /// grad_accum x seq_len].
+    pub hvp_tokens: Option<usize>,
     /// Rows per minibatch (default: the run's batch size).
     pub batch_size: Option<usize>,
     /// Seed of the diagnostic minibatches, probes, Lanczos start and random directions.
@@ -133,13 +185,18 @@ pub struct DiagnoseOptions {
     pub l11_method: L11Method,
     /// Memory the median estimator may use for its K x d values, in GB.
     pub max_memory: f64,
-    /// Lanczos iterations of the spectral norm.
+    /// Most Lanczos steps of the spectral norm.
     pub lanczos_iters: usize,
+    /// Lanczos stops when both extreme Ritz pairs have |Hy - θy| <= tol·|θ|.
+    pub lanczos_tol: f64,
     /// Flat parameter indices of the Hessian rows (comma-separated; default: Maes et al. Table 4's
     /// positions mapped onto the model).
     pub rows: Vec<usize>,
     /// Random directions of the row decomposition.
     pub random_dirs: usize,
+    /// The H of the row decomposition: budget (H over --hvp-tokens) or batches (the mean over --batches
+    /// of each batch's contribution).
+    pub row_expectation: RowExpectation,
     /// Probe another basis: none, global, layer, output, input, svd, kron (default: the run's rotation).
     pub rotation: Option<RotationKind>,
     /// Block size n of an overriding rotation (default: the run's).
@@ -163,15 +220,17 @@ impl DiagnoseOptions {
             path: path.into(),
             what,
             batches: 1000,
-            hvp_batches: 1,
+            hvp_tokens: None,
             batch_size: None,
             seed: DEFAULT_SEED,
-            probes: 1000,
+            probes: DEFAULT_PROBES,
             l11_method: L11Method::Auto,
             max_memory: 4.0,
-            lanczos_iters: 50,
+            lanczos_iters: DEFAULT_LANCZOS_STEPS,
+            lanczos_tol: DEFAULT_LANCZOS_TOL,
             rows: Vec::new(),
             random_dirs: 8,
+            row_expectation: RowExpectation::Budget,
             rotation: None,
             rotation_block: None,
             rotation_seed: None,
@@ -189,7 +248,7 @@ impl DiagnoseOptions {
     fn validate(&self) -> Result<()> {
         for (field, v) in [
             ("--batches", self.batches),
-            ("--hvp-batches", self.hvp_batches),
+            ("--hvp-tokens", self.hvp_tokens.unwrap_or(1)),
             ("--probes", self.probes),
             ("--lanczos-iters", self.lanczos_iters),
         ] {
@@ -201,6 +260,12 @@ impl DiagnoseOptions {
             return Err(Error::config(
                 "--batch-size/--rotation-block/--threads",
                 "must be at least 1",
+            ));
+        }
+        if !(self.lanczos_tol.is_finite() && self.lanczos_tol >= 0.0) {
+            return Err(Error::config(
+                "--lanczos-tol",
+                format!("{} must be a finite number ≥ 0", self.lanczos_tol),
             ));
         }
         if !(self.max_memory.is_finite() && self.max_memory >= 0.0) {
@@ -229,6 +294,35 @@ pub fn run(args: &DiagnoseOptions) -> Result<Report> {
 fn say(args: &DiagnoseOptions, msg: impl AsRef<str>) {
     if !args.quiet {
         eprintln!("{}", msg.as_ref());
+    }
+}
+
+/// The token budget of H for `args` on the checkpoint `t`: `--hvp-tokens` (else the run's effective batch
+/// B·accum·T) in micro-batches of `--batch-size` (else the run's B) rows of the model's T tokens, rounded
+/// up to whole micro-batches.
+pub fn hvp_budget(args: &DiagnoseOptions, t: &Target) -> HvpBudget {
+    let tr = &t.config.train;
+    let seq_len = t.state.model.seq_len;
+    let batch_size = args.batch_size.unwrap_or(tr.batch_size);
+    let (requested_tokens, source) = match args.hvp_tokens {
+        Some(n) => (n, "--hvp-tokens".to_string()),
+        None => (
+            tr.batch_size * tr.grad_accum * seq_len,
+            format!(
+                "the run's batch: batch_size x grad_accum x seq_len = {} x {} x {seq_len}",
+                tr.batch_size, tr.grad_accum
+            ),
+        ),
+    };
+    let per_batch = batch_size * seq_len;
+    let micro_batches = requested_tokens.div_ceil(per_batch).max(1);
+    HvpBudget {
+        tokens: micro_batches * per_batch,
+        requested_tokens,
+        source,
+        micro_batches,
+        batch_size,
+        seq_len,
     }
 }
 
@@ -266,7 +360,8 @@ struct Probe {
     f: Gpt2Hvp,
     /// The weights, standard basis.
     w: Vec<f64>,
-    /// The L∞ bound's minibatches (the HVP batches are the first `hvp_batches` of them).
+    /// The L∞ bound's minibatches (also those of `--row-expectation batches`; H's micro-batches are the
+    /// first `hvp_budget.micro_batches` of the same list).
     batches: Vec<Batch>,
 }
 
@@ -315,7 +410,8 @@ fn run_on(args: &DiagnoseOptions, t: &Target, threads: usize) -> Result<Report> 
             format!("step{}_{k}-n{}-s{}", t.state.step, rc.block, rc.seed)
         }
     };
-    let batch_size = args.batch_size.unwrap_or(t.config.train.batch_size);
+    let budget = hvp_budget(args, t);
+    let batch_size = budget.batch_size;
     let data_name = args.data.clone().unwrap_or_else(|| t.config.data.clone());
     say(
         args,
@@ -339,17 +435,19 @@ fn run_on(args: &DiagnoseOptions, t: &Target, threads: usize) -> Result<Report> 
             rotation: rc.clone(),
             basis: String::new(),
             data: data_name.clone(),
-            batches: "fixed_batches(train split, batch_size, seq_len, count, seed): the HVP batches are the first hvp_batches".into(),
+            batches: "fixed_batches(train split, batch_size, seq_len, count, seed): H's micro-batches are the first hvp_budget.micro_batches, the L∞ bound's (and --row-expectation batches') the first linf_batches".into(),
             batch_size,
             seq_len: model.seq_len,
             seed: args.seed,
             linf_batches: args.batches,
-            hvp_batches: args.hvp_batches,
+            hvp_budget: budget.clone(),
             probes: args.probes,
             l11_method: args.l11_method,
             max_memory_gb: args.max_memory,
             lanczos_iters: args.lanczos_iters,
+            lanczos_tol: args.lanczos_tol,
             random_dirs: args.random_dirs,
+            row_expectation: args.row_expectation,
             hvp: Gpt2Hvp::<hvp::Cpu64>::method(),
             hvp_step: 0.0,
             loss: None,
@@ -369,7 +467,7 @@ fn run_on(args: &DiagnoseOptions, t: &Target, threads: usize) -> Result<Report> 
     let probe = if needs_loss {
         let data_dir = crate::data::resolve(&data_name, args.quiet)?;
         let data = Dataset::open(&data_dir, model.vocab_size, model.seq_len)?;
-        let count = args.batches.max(args.hvp_batches);
+        let count = args.batches.max(budget.micro_batches);
         let all: Vec<Batch> =
             fixed_batches(&data.train, batch_size, model.seq_len, count, args.seed);
         let w = load_weights(t, &table)?;
@@ -377,7 +475,7 @@ fn run_on(args: &DiagnoseOptions, t: &Target, threads: usize) -> Result<Report> 
         let mut f = Gpt2Hvp::new(
             &model,
             w.clone(),
-            all[..args.hvp_batches].to_vec(),
+            all[..budget.micro_batches].to_vec(),
             basis,
             threads,
         )?;
@@ -488,9 +586,25 @@ fn spectral(cx: &mut Context<'_>, report: &mut Report) -> Result<()> {
     let d = f.dim();
     say(
         args,
-        format!("spectral: {} Lanczos steps", args.lanczos_iters),
+        format!(
+            "spectral: at most {} Lanczos steps, tolerance {:e}",
+            args.lanczos_iters, args.lanczos_tol
+        ),
     );
-    let lz = estimators::lanczos(|v, o| f.hvp(v, o), d, args.lanczos_iters, args.seed)?;
+    let opts = LanczosOptions {
+        max_steps: args.lanczos_iters,
+        tol: args.lanczos_tol,
+    };
+    let lz = estimators::lanczos(|v, o| f.hvp(v, o), d, opts, args.seed)?;
+    if !lz.converged {
+        say(
+            args,
+            format!(
+                "spectral: NOT converged after {} steps: relative residuals {:.2e} (lambda_max), {:.2e} (lambda_min) > {:e}",
+                lz.iterations, lz.max_pair.relative_residual, lz.min_pair.relative_residual, lz.tol
+            ),
+        );
+    }
     let dh = d as f64 * lz.spectral_norm;
     report.spectral = Some(SpectralReport {
         d_times_spectral: dh,
@@ -514,12 +628,12 @@ fn hessian_rows(cx: &mut Context<'_>, report: &mut Report) -> Result<()> {
         adam,
         ..
     } = cx;
-    let Probe { f, w, .. } = probe.as_mut().expect("hessian-rows probes the loss");
+    let Probe { f, w, batches } = probe.as_mut().expect("hessian-rows probes the loss");
     let last_update = match adam.as_ref().expect("opened above") {
         Ok(a) => Ok(a.last_update(t, table, w)),
         Err(e) => Err(e.to_string()),
     };
-    let mut r = rows::measure(args, t, table, last_update, f, out_dir, tag)?;
+    let mut r = rows::measure(args, t, table, last_update, f, batches, out_dir, tag)?;
     r.seconds = t0.elapsed().as_secs_f64();
     report.hessian_rows = Some(r);
     Ok(())

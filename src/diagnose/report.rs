@@ -2,7 +2,7 @@
 //! printed without `--json`.
 
 use super::estimators::{Contribution, L11Method, L11Report, LanczosResult};
-use super::{rows, What};
+use super::{rows, RowExpectation, What};
 use crate::config::{ModelConfig, RotationConfig};
 use crate::optim::update_cv;
 use serde::Serialize;
@@ -50,6 +50,23 @@ pub struct RowMass {
     pub non_layer: f64,
 }
 
+/// Table 5's expectation over batches (`--row-expectation batches`): the per-batch values behind a row's
+/// means.
+#[derive(Clone, Debug, Serialize)]
+pub struct RowBatches {
+    /// Batches averaged over (`--batches`).
+    pub count: usize,
+    /// ⟨d, H_{B,i}⟩ parts for the last update, per batch (empty without an update direction); the row's
+    /// `update` is their mean.
+    pub update: Vec<Contribution>,
+    /// Sample standard deviation over batches of the update parts (absent without an update direction or
+    /// with one batch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_std: Option<Contribution>,
+    /// Mean over random directions of the parts, per batch; the row's `random_mean` is their mean.
+    pub random_mean: Vec<Contribution>,
+}
+
 /// One sampled row.
 #[derive(Clone, Debug, Serialize)]
 pub struct RowReport {
@@ -60,18 +77,33 @@ pub struct RowReport {
     pub l1: f64,
     pub linf: f64,
     pub mass: RowMass,
-    /// ⟨d, Hᵢ⟩ parts for the last update direction (AdamW runs).
+    /// ⟨d, Hᵢ⟩ parts for the last update direction (AdamW runs); with `--row-expectation batches`, the
+    /// mean over batches of the per-batch parts (`batches.update`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub update: Option<Contribution>,
-    /// Mean over random directions of the parts, and of their absolute values.
+    /// Mean over random directions of the parts, and of their absolute values (with `--row-expectation
+    /// batches`, also averaged over batches: E_B mean_r of each batch's parts, resp. absolute parts).
     pub random_mean: Contribution,
     pub random_mean_abs: Contribution,
+    /// The per-batch values of `--row-expectation batches`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batches: Option<RowBatches>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plot: Option<PathBuf>,
+    /// The row Hᵢ itself, as safetensors in the checkpoint's tensor names and shapes
+    /// (`docs/diagnostics.md`).
+    pub tensors: PathBuf,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct RowsReport {
+    /// Which H the contributions use: `budget` (H over `settings.hvp_budget`; diagonal, masses, plots
+    /// and files too) or `batches` (contributions averaged over `expectation_batches` minibatches; the
+    /// row, its masses, plot and file are the mean row over those batches).
+    pub expectation: RowExpectation,
+    /// Batches of the expectation (`--batches` with `batches`, absent with `budget`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expectation_batches: Option<usize>,
     /// `last-update` (rebuilt from the checkpoint's moments) or absent with the reason.
     pub update_direction: String,
     /// ‖d‖₂ of the update direction (0 if none).
@@ -87,6 +119,22 @@ pub struct UpdateCvReport {
     pub summary: update_cv::UpdateCvSummary,
     pub weights: Vec<update_cv::WeightCv>,
     pub seconds: f64,
+}
+
+/// The token budget of H: the mean loss over `micro_batches` fixed train micro-batches of
+/// `batch_size` x `seq_len` tokens.
+#[derive(Clone, Debug, Serialize)]
+pub struct HvpBudget {
+    /// Tokens H is taken over: micro_batches · batch_size · seq_len.
+    pub tokens: usize,
+    /// Tokens asked for (`--hvp-tokens`, else the run's effective batch), before rounding up to whole
+    /// micro-batches.
+    pub requested_tokens: usize,
+    /// Where `requested_tokens` comes from.
+    pub source: String,
+    pub micro_batches: usize,
+    pub batch_size: usize,
+    pub seq_len: usize,
 }
 
 /// Every setting of a diagnose run.
@@ -110,16 +158,20 @@ pub struct Settings {
     pub seq_len: usize,
     pub seed: u64,
     pub linf_batches: usize,
-    pub hvp_batches: usize,
+    /// The token budget of H (l11, spectral, hessian-rows).
+    pub hvp_budget: HvpBudget,
     pub probes: usize,
     pub l11_method: L11Method,
     pub max_memory_gb: f64,
+    /// The most Lanczos steps and the residual tolerance relative to |θ|.
     pub lanczos_iters: usize,
+    pub lanczos_tol: f64,
     pub random_dirs: usize,
+    pub row_expectation: RowExpectation,
     /// The HVP's method: a central difference of the gradients (in their precision), step h.
     pub hvp: String,
     pub hvp_step: f64,
-    /// Mean loss over the HVP batches at w.
+    /// Mean loss over H's micro-batches at w.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loss: Option<f64>,
     pub threads: usize,
@@ -163,9 +215,10 @@ pub fn table(r: &Report) -> String {
         }
     );
     if let Some(loss) = s.loss {
+        let b = &s.hvp_budget;
         o += &format!(
-            "f = mean loss over {} fixed train batches of {}x{} (seed {}): {loss:.6}; HVP step h = {:.3e}\n",
-            s.hvp_batches, s.batch_size, s.seq_len, s.seed, s.hvp_step
+            "H = Hessian of f = mean loss over {} tokens: {} fixed train micro-batches of {}x{} (seed {}; asked {} tokens, {}): f = {loss:.6}; HVP step h = {:.3e}\n",
+            b.tokens, b.micro_batches, b.batch_size, b.seq_len, s.seed, b.requested_tokens, b.source, s.hvp_step
         );
     }
     if let Some(l) = &r.linf {
@@ -195,25 +248,43 @@ pub fn table(r: &Report) -> String {
         }
     }
     if let Some(sp) = &r.spectral {
+        let lz = &sp.lanczos;
         o += &format!(
-            "spectral  lambda_max = {}, lambda_min = {}, |H|_2 = {}, d*|H|_2 = {}{}  ({} Lanczos steps)  [{:.1} s]\n",
-            sci(sp.lanczos.lambda_max),
-            sci(sp.lanczos.lambda_min),
-            sci(sp.lanczos.spectral_norm),
+            "spectral  lambda_max = {}, lambda_min = {}, |H|_2 = {}, d*|H|_2 = {}{}  [{:.1} s]\n",
+            sci(lz.lambda_max),
+            sci(lz.lambda_min),
+            sci(lz.spectral_norm),
             sci(sp.d_times_spectral),
             sp.l11_over_d_spectral
                 .map(|x| format!(", |H|_(1,1)/(d*|H|_2) = {x:.4}"))
                 .unwrap_or_default(),
-            sp.lanczos.iterations,
             sp.seconds
+        );
+        o += &format!(
+            "          Lanczos: {} of at most {} steps, {}; {} at tol {:e}: |Hy - ty|/|t| = {:.2e} (max), {:.2e} (min)\n",
+            lz.iterations,
+            lz.max_steps,
+            match lz.stop {
+                super::estimators::LanczosStop::Tolerance => "stopped on the tolerance",
+                super::estimators::LanczosStop::InvariantSubspace => "stopped on an invariant subspace",
+                super::estimators::LanczosStop::MaxSteps => "stopped on the step limit",
+            },
+            if lz.converged { "converged" } else { "NOT CONVERGED" },
+            lz.tol,
+            lz.max_pair.relative_residual,
+            lz.min_pair.relative_residual,
         );
     }
     if let Some(h) = &r.hessian_rows {
         o += &format!(
-            "hessian-rows  direction: {}; |d| = {}; {} random directions  [{:.1} s]\n",
+            "hessian-rows  direction: {}; |d| = {}; {} random directions; <d, H_i> {}  [{:.1} s]\n",
             h.update_direction,
             sci(h.update_norm),
             h.random_dirs,
+            match h.expectation_batches {
+                Some(k) => format!("averaged over {k} minibatches (Table 5's expectation)"),
+                None => "with H over the token budget".to_string(),
+            },
             h.seconds
         );
         o += &format!(
@@ -239,6 +310,17 @@ pub fn table(r: &Report) -> String {
                 sci(row.random_mean.neuron),
                 sci(row.random_mean.layer),
                 sci(row.random_mean.non_layer),
+            );
+        }
+        if let Some(first) = h.rows.first() {
+            o += &format!(
+                "  rows as safetensors (checkpoint names and shapes): {}{}\n",
+                first.tensors.display(),
+                if h.rows.len() > 1 {
+                    format!(" and {} more beside it", h.rows.len() - 1)
+                } else {
+                    String::new()
+                }
             );
         }
     }

@@ -28,12 +28,35 @@
 //! weights leading to the same output neuron: row r of an (out, in) weight, column c of an embedding
 //! (stored (in, out), so its output neuron is a column, as the `output` rotation scope treats it), the
 //! coordinate itself for a 1-D tensor; *non-layer* = everything else. The "layer" part excludes the neuron.
+//!
+//! **Table 5's expectation.** Maes et al. report the "expected gradient contribution" ⟨d, Hᵢ⟩ (Table 5,
+//! App. D.5.3), an expectation over batches B of ⟨d, H_{B,i}⟩. With `--row-expectation budget` (the
+//! default) the expectation is taken by H itself, the Hessian of the mean loss over the token budget
+//! (one HVP per row; by linearity ⟨d, mean_B H_{B,i}⟩ = mean_B ⟨d, H_{B,i}⟩ over the budget's
+//! micro-batches). With `--row-expectation batches` every row is computed on each of the `--batches`
+//! minibatches, each contribution is the mean of the per-batch values (all reported, with their
+//! standard deviation), and the row written, plotted and summarised (Hᵢᵢ, ‖Hᵢ‖₁, masses) is the mean row.
+//!
+//! **The row file** `row<i>_<tag>.safetensors` holds Hᵢ (in the diagnostics' basis) in the layout of the
+//! checkpoint's `model.safetensors` ([`crate::model::hf::to_hf`]): one F64 tensor per parameter tensor
+//! of the model, named as in the checkpoint (`transformer.h.0.attn.c_attn.weight`, …) with its shape
+//! (Conv1D weights (in, out), q/k/v fused in `c_attn`), each row-major. Entry j of the flat row sits
+//! where weight j sits in the checkpoint, so `hf::from_hf` of the file gives Hᵢ in the flat order, and an
+//! HVP taken outside (e.g. on `GPT2LMHeadModel` with the checkpoint's weights) compares tensor by
+//! tensor. A model without biases gets no bias tensors (the checkpoint's zero biases are not parameters).
+//! One metadata key, `hessian_row`, holds [`RowFileMeta`] as JSON (`docs/diagnostics.md`).
 
 use super::estimators::{decompose, Contribution};
 use super::hvp::Gpt2Hvp;
 use super::target::Target;
-use super::{say, DiagnoseOptions, RowMass, RowReport, RowsReport, STREAM_RANDOM_DIRS};
+use super::{
+    say, DiagnoseOptions, RowBatches, RowExpectation, RowMass, RowReport, RowsReport,
+    STREAM_RANDOM_DIRS,
+};
+use crate::config::ModelConfig;
+use crate::data::loader::Batch;
 use crate::error::{Error, Result};
+use crate::model::hf::{to_hf, HF_PREFIX};
 use crate::model::{ParamEntry, ParamTable, Role};
 use crate::rng::Rng;
 use serde::Serialize;
@@ -211,6 +234,25 @@ pub fn contribution(table: &ParamTable, i: usize, row: &[f64], dir: &[f64]) -> C
     decompose(row, dir, &neuron, layer)
 }
 
+/// Element-wise sample standard deviation of contributions (n − 1 in the denominator; None below 2).
+pub fn std_contribution(cs: &[Contribution]) -> Option<Contribution> {
+    if cs.len() < 2 {
+        return None;
+    }
+    let m = mean_contribution(cs, false);
+    let n = (cs.len() - 1) as f64;
+    let sd = |f: fn(&Contribution) -> f64| {
+        let mu = f(&m);
+        (cs.iter().map(|c| (f(c) - mu).powi(2)).sum::<f64>() / n).sqrt()
+    };
+    Some(Contribution {
+        neuron: sd(|c| c.neuron),
+        layer: sd(|c| c.layer),
+        non_layer: sd(|c| c.non_layer),
+        total: sd(|c| c.total),
+    })
+}
+
 /// Element-wise mean of contributions (and of their absolute values when `abs`).
 pub fn mean_contribution(cs: &[Contribution], abs: bool) -> Contribution {
     let n = cs.len().max(1) as f64;
@@ -234,14 +276,99 @@ pub fn boundaries(table: &ParamTable, min_len: usize) -> Vec<(usize, String)> {
         .collect()
 }
 
+/// What the row file's metadata key `hessian_row` holds (JSON): which row, where its index sits in the
+/// checkpoint's tensors, and which Hessian.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct RowFileMeta {
+    /// i, the flat index of the row (this project's layout) and its (tensor, row, col) there.
+    pub index: usize,
+    pub tensor: String,
+    pub row: usize,
+    pub col: usize,
+    /// Where weight i sits in the checkpoint: its tensor and its position (multi-index of that tensor's
+    /// shape), i.e. where the one-hot probe eᵢ has its 1.
+    pub hf_tensor: String,
+    pub hf_position: Vec<usize>,
+    /// The checkpoint's step and the basis the row is written in (`none`: the standard basis).
+    pub step: usize,
+    pub basis: String,
+    /// Which Hessian: the mean loss over the token budget, or the mean of per-batch rows.
+    pub hessian: String,
+}
+
+/// The checkpoint's tensors of the model's parameters, in its names and shapes, holding `flat` (the
+/// flat layout): [`to_hf`] less the bias tensors a model without biases does not have.
+pub fn checkpoint_tensors(
+    cfg: &ModelConfig,
+    table: &ParamTable,
+    flat: &[f64],
+) -> Vec<crate::model::hf::HfTensor> {
+    to_hf(cfg, table, flat)
+        .into_iter()
+        .filter(|t| cfg.bias || !t.name.ends_with(".bias"))
+        .map(|mut t| {
+            t.name = format!("{HF_PREFIX}{}", t.name);
+            t
+        })
+        .collect()
+}
+
+/// (tensor name, multi-index) of flat index `i` in the checkpoint's tensors.
+fn checkpoint_position(cfg: &ModelConfig, table: &ParamTable, i: usize) -> (String, Vec<usize>) {
+    let mut onehot = vec![0.0; table.total];
+    onehot[i] = 1.0;
+    for t in checkpoint_tensors(cfg, table, &onehot) {
+        if let Some(k) = t.values.iter().position(|&x| x == 1.0) {
+            let mut pos = vec![0; t.shape.len()];
+            let mut rest = k;
+            for (p, &n) in pos.iter_mut().zip(&t.shape).rev() {
+                *p = rest % n;
+                rest /= n;
+            }
+            return (t.name, pos);
+        }
+    }
+    unreachable!("every flat index is a weight of a checkpoint tensor")
+}
+
+/// Write `row` (flat layout) to `path` as F64 safetensors in the checkpoint's names and shapes
+/// ([`checkpoint_tensors`]), with `meta` under the one metadata key `hessian_row` (one key, so the bytes
+/// are the same from run to run); written beside and renamed into place.
+pub fn write_row(
+    path: &Path,
+    cfg: &ModelConfig,
+    table: &ParamTable,
+    row: &[f64],
+    meta: &RowFileMeta,
+) -> Result<()> {
+    let encoded: Vec<crate::tensors::Encoded> = checkpoint_tensors(cfg, table, row)
+        .into_iter()
+        .map(|t| {
+            let bytes = t.values.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (t.name, t.shape, bytes)
+        })
+        .collect();
+    let mut md = std::collections::HashMap::new();
+    md.insert(
+        "hessian_row".to_string(),
+        serde_json::to_string(meta).expect("the row's metadata serialises"),
+    );
+    let tmp = path.with_extension("safetensors.tmp");
+    crate::tensors::write(&tmp, safetensors::Dtype::F64, &encoded, md)?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
 /// The rows of `args` (or the default positions) and their decomposition along the checkpoint's last
-/// update (`last_update`: standard layout, or why there is none) and random directions.
+/// update (`last_update`: standard layout, or why there is none) and random directions; H is `f`'s
+/// (the token budget) or, with `--row-expectation batches`, each of `batches[..args.batches]` in turn.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn measure(
     args: &DiagnoseOptions,
     t: &Target,
     table: &ParamTable,
     last_update: std::result::Result<Vec<f64>, String>,
     f: &mut Gpt2Hvp,
+    batches: &[Batch],
     out_dir: &Path,
     tag: &str,
 ) -> Result<RowsReport> {
@@ -275,26 +402,99 @@ pub(super) fn measure(
             g.into_iter().map(|x| x * scale / n).collect()
         })
         .collect();
+    let expectation = match args.row_expectation {
+        RowExpectation::Budget => None,
+        RowExpectation::Batches => Some(&batches[..args.batches.min(batches.len())]),
+    };
+    let hessian = match expectation {
+        None => {
+            let b = super::hvp_budget(args, t);
+            format!(
+                "H of the mean loss over {} tokens ({} fixed train micro-batches of {}x{}, seed {})",
+                b.tokens, b.micro_batches, b.batch_size, b.seq_len, args.seed
+            )
+        }
+        Some(bs) => format!(
+            "mean over {} fixed train minibatches of {}x{} (seed {}) of each one's Hessian row",
+            bs.len(),
+            bs[0].b,
+            bs[0].t,
+            args.seed
+        ),
+    };
+    // the parts of one row along the update and, averaged over the random directions, along those
+    let parts = |i: usize, row: &[f64]| -> (Option<Contribution>, Contribution, Contribution) {
+        let upd = update.as_ref().map(|u| contribution(table, i, row, u));
+        let rc: Vec<Contribution> = random
+            .iter()
+            .map(|r| contribution(table, i, row, r))
+            .collect();
+        (
+            upd,
+            mean_contribution(&rc, false),
+            mean_contribution(&rc, true),
+        )
+    };
     let mut out = Vec::new();
     for p in positions {
         say(
             args,
             format!("hessian-rows: row {} ({})", p.index, p.tensor),
         );
-        let row = super::estimators::hessian_row(|v, o| f.hvp(v, o), d, p.index)?;
+        let (row, upd, random_mean, random_mean_abs, per_batch) = match expectation {
+            None => {
+                let row = super::estimators::hessian_row(|v, o| f.hvp(v, o), d, p.index)?;
+                let (upd, rm, ra) = parts(p.index, &row);
+                (row, upd, rm, ra, None)
+            }
+            Some(bs) => {
+                let mut sum = vec![0.0; d];
+                let (mut ups, mut rms, mut ras) = (Vec::new(), Vec::new(), Vec::new());
+                for (k, b) in bs.iter().enumerate() {
+                    let one = std::slice::from_ref(b);
+                    let row_b =
+                        super::estimators::hessian_row(|v, o| f.hvp_on(one, v, o), d, p.index)?;
+                    let (u, rm, ra) = parts(p.index, &row_b);
+                    ups.extend(u);
+                    rms.push(rm);
+                    ras.push(ra);
+                    sum.iter_mut().zip(&row_b).for_each(|(s, x)| *s += x);
+                    if (k + 1) % 100 == 0 {
+                        say(
+                            args,
+                            format!(
+                                "hessian-rows: row {}: {} / {} batches",
+                                p.index,
+                                k + 1,
+                                bs.len()
+                            ),
+                        );
+                    }
+                }
+                let n = bs.len() as f64;
+                sum.iter_mut().for_each(|s| *s /= n);
+                let upd = (!ups.is_empty()).then(|| mean_contribution(&ups, false));
+                let pb = RowBatches {
+                    count: bs.len(),
+                    update_std: std_contribution(&ups),
+                    update: ups,
+                    random_mean: rms.clone(),
+                };
+                (
+                    sum,
+                    upd,
+                    mean_contribution(&rms, false),
+                    mean_contribution(&ras, false),
+                    Some(pb),
+                )
+            }
+        };
         let (neuron, layer) = groups(table, p.index).expect("position inside the table");
         let abs_sum = |it: &mut dyn Iterator<Item = usize>| it.map(|j| row[j].abs()).sum::<f64>();
         let l1: f64 = row.iter().map(|x| x.abs()).sum();
         let n_mass = abs_sum(&mut neuron.iter().copied());
         let l_mass = abs_sum(&mut layer.clone()) - n_mass;
         let denom = if l1 > 0.0 { l1 } else { 1.0 };
-        let upd = update
-            .as_ref()
-            .map(|u| contribution(table, p.index, &row, u));
-        let rc: Vec<Contribution> = random
-            .iter()
-            .map(|r| contribution(table, p.index, &row, r))
-            .collect();
         let title = format!(
             "Hessian row {} ({} [{}, {}]), basis {}, step {}",
             p.index,
@@ -312,6 +512,21 @@ pub(super) fn measure(
             &title,
             &out_dir.join(format!("row{}_{tag}.png", p.index)),
         );
+        let cfg = &t.state.model;
+        let (hf_tensor, hf_position) = checkpoint_position(cfg, table, p.index);
+        let tensors = out_dir.join(format!("row{}_{tag}.safetensors", p.index));
+        let meta = RowFileMeta {
+            index: p.index,
+            tensor: p.tensor.clone(),
+            row: p.row,
+            col: p.col,
+            hf_tensor,
+            hf_position,
+            step: t.state.step,
+            basis: tag_basis(tag).to_string(),
+            hessian: hessian.clone(),
+        };
+        write_row(&tensors, cfg, table, &row, &meta)?;
         out.push(RowReport {
             diagonal: row[p.index],
             l1,
@@ -322,13 +537,17 @@ pub(super) fn measure(
                 non_layer: (l1 - n_mass - l_mass) / denom,
             },
             update: upd,
-            random_mean: mean_contribution(&rc, false),
-            random_mean_abs: mean_contribution(&rc, true),
+            random_mean,
+            random_mean_abs,
+            batches: per_batch,
             plot,
+            tensors,
             position: p,
         });
     }
     Ok(RowsReport {
+        expectation: args.row_expectation,
+        expectation_batches: expectation.map(<[Batch]>::len),
         update_direction: update_desc,
         update_norm,
         random_dirs: args.random_dirs,
