@@ -1,27 +1,54 @@
 //! Xie, Mohamadi, Li §4.1: Adam, AdaSGD and SGD on a rotated ill-conditioned quadratic.
 //!
 //! The loss is
-//!   f(x) = ½ (x − x*)ᵀ H (x − x*),  H = R(θ)ᵀ Λ R(θ),  Λ = diag(λ₁ … λ_d),  λ_i = i⁻² (i = 1 … d),
-//! so ‖H‖₂ = λ₁ = 1 and, at θ = 0, ‖H‖₍₁,₁₎ = Σ_ij |H_ij| = tr Λ = Σ i⁻² (→ π²/6). The rotation family is
-//! the paper's: R(θ) = exp(θA) with A = S − Sᵀ skew-symmetric and S Gaussian; here S_ij ~ N(0, 1/d), so
-//! the eigenvalues ±iω of A fill [−2√2, 2√2] whatever d is and θ has the same meaning at every size
-//! (θ = 0: R = I; θ ≳ 3: R is, in distribution, close to a Haar-random rotation). R is computed in f64
-//! by scaling and squaring with a Taylor series ([`expm`]); RRᵀ = I and det R = 1 are tested.
+//!   f(x) = ½ (x − x*)ᵀ H (x − x*),  H = R(θ)ᵀ Λ R(θ),  Λ = diag(λ₁ … λ_d),
+//! with the spectrum chosen by `--spectrum` ([`Spectrum`]), λ₁ = 1 the largest in each:
+//! - `inv-square` (the default): λ_i = i⁻². ‖H‖₂ = 1 and, at θ = 0, ‖H‖₍₁,₁₎ = tr Λ = Σ i⁻² (→ π²/6).
+//!   H is dominated by its top eigenvectors (λ₂ = ¼, λ₃ = ⅑), and a rank-one v vᵀ with v a random unit
+//!   vector has ‖v vᵀ‖₍₁,₁₎/d = (Σ_j |v_j|)²/d ≈ 2/π: under every rotation of the default grid
+//!   ‖H‖₍₁,₁₎/d stays below ‖H‖₂ = 1 (0.706 at d = 500, θ = 10), so the regime below is never reached;
+//! - `inv-sqrt`: λ_i = i^(−1/2), condition number √d. At θ = 0, ‖H‖₍₁,₁₎/d = Σ i^(−1/2)/d ≈ 2/√d < 1;
+//!   under a Haar-random rotation the off-diagonal entries are ≈ N(0, (Σλ² − (Σλ)²/d)/d²) (the spread
+//!   of the eigenvalues, not their size: a flat spectrum gives none), so
+//!   ‖H‖₍₁,₁₎/d ≈ Σλ/d + √(2/π)·√(Σλ² − (Σλ)²/d) ≈ 0.09 + 0.80·√(6.79 − 3.75) ≈ 1.48 > ‖H‖₂ = 1 at
+//!   d = 500 (1.44 measured at θ = 10): the regime of Xie et al. §4.1 (after Theorem 3.11) where AdaSGD
+//!   is expected to overtake Adam;
+//! - `flat`: λ_i = 1, H = I at every θ, ‖H‖₍₁,₁₎/d = ‖H‖₂ = 1: the control in which rotating changes only
+//!   the start's direction, not the Hessian.
+//!
+//! ‖H‖₂ is rotation-invariant (H's eigenvalues are Λ at every θ); the table's ‖H‖₂ is measured from the
+//! explicit H (largest |eigenvalue|, [`spectral_norm`]) and tested against λ₁ at every θ.
+//!
+//! The rotation family is the paper's: R(θ) = exp(θA) with A = S − Sᵀ skew-symmetric and S Gaussian
+//! (Xie et al. §4.1, the unnumbered definition of R_θ; the text available to this project lost the
+//! formulas). Xie et al. draw S_ij ~ N(0, 1); here S_ij ~ N(0, 1/d), so the eigenvalues ±iω of A fill
+//! [−2√2, 2√2] whatever d is and θ has the same meaning at every size (θ = 0: R = I; θ ≳ 3: R is, in
+//! distribution, close to a Haar-random rotation). **Mapping to the paper's θ:** our A is the N(0, 1)
+//! generator divided by √d, so exp(θA) here is the paper's R at θ_paper = θ/√d, i.e. θ = √d·θ_paper
+//! (θ scales by √d; at d = 500, θ = 10 here is θ_paper ≈ 0.447 and θ_paper = 1 is θ ≈ 22.4). The table
+//! prints θ/√d next to θ. R is computed in f64 by scaling and squaring with a Taylor series ([`expm`]);
+//! RRᵀ = I and det R = 1 are tested.
 //!
 //! Each seed s draws z₀ ~ N(0, I_d) and x* ~ N(0, I_d) and starts from x₀ = x* + R(θ)ᵀ z₀, so in the
 //! eigenbasis of H every θ starts from the same point z₀ with the same loss ½ Σ λ_i z₀ᵢ² (the paper starts
 //! from the rotated initial point for this reason). The gradient is exact (no noise): ∇f = H (x − x*).
-//! SGD (with momentum) and AdaSGD are rotation-equivariant, so their iterates satisfy
+//! SGD (with or without momentum) and AdaSGD are rotation-equivariant, so their iterates satisfy
 //! R(θ)(x_t − x*) = z_t for every θ and their final losses do not depend on θ (up to roundoff; tested).
 //! Adam's division is coordinate-wise: its loss grows as H stops being diagonal, which is what the
-//! (1,1)-norm measures (Xie et al. Corollary 3.7).
+//! (1,1)-norm measures (Xie et al. Corollary 3.7). At θ = 0, H = Λ is exactly diagonal, while a rotated H
+//! carries roundoff of ~1e-13; Adam's and AdaSGD's late, oscillating phase at a constant learning rate
+//! is sensitive to it, which flatters their θ = 0 cells at β₁ = 0 (measured and bounded in
+//! `docs/experiments.md`).
 //!
 //! Optimizers: the project's own ([`crate::optim`], the chains of transforms the GPT-2 runs use), on the
-//! f64 CPU backend, no weight decay, constant learning rate, bias-corrected moments, t counted from 1:
-//! - Adam with β₁ = 0 and β₁ = 0.9 (β₂ = `--beta2`, ε = `--eps`): scale_by_adam → step;
-//! - AdaSGD (β₁ = 0.9): one second moment v = EMA_β₂ of mean_i g_i², u = m̂ / (√v̂ + ε):
-//!   scale_by_block_adam (one block) → step;
-//! - SGD with momentum μ = `--momentum` (torch semantics): momentum → step.
+//! f64 CPU backend, no weight decay, constant learning rate, bias-corrected moments, t counted from 1.
+//! Every optimizer runs at every β₁ of `--beta1s` (default 0 and 0.9, [`DEFAULT_BETA1S`]):
+//! - Adam (β₂ = `--beta2`, ε = `--eps`): scale_by_adam → step;
+//! - AdaSGD: one second moment v = EMA_β₂ of mean_i g_i², first moment m = EMA_β₁ of g,
+//!   u = m̂ / (√v̂ + ε): scale_by_block_adam (one block) → step;
+//! - SGD with heavy-ball momentum μ = β₁ (torch semantics, buf = μ·buf + g; μ = 0 is plain gradient
+//!   descent): momentum → step. Its buffer sums gradients where Adam's m averages them, so its step is
+//!   1/(1 − μ) times an EMA's at the same lr; the per-cell lr tuning absorbs the factor.
 //!
 //! Each optimizer runs at every learning rate of the grid for every seed; its row in the table is the
 //! learning rate with the lowest mean final loss over seeds (a diverged run counts as +∞), with the mean
@@ -31,9 +58,10 @@
 //! runs are one GEMM G = (X − X*) H (H is symmetric), then each row takes its optimizer's step.
 //!
 //! Where this deviates from the paper (whose text available to us lost its formulas): the
-//! spectrum (i⁻²), the scale of S (1/d, so θ is size-independent), d, the step count, β₂ = 0.99,
-//! momentum 0.9, and the θ and learning-rate grids are this project's choices, stated in `docs/experiments.md`; the
-//! procedure (rotation family, rotated start, per-setting lr tuning over seeds, mean ± std) is the paper's.
+//! spectra, the variance of S (1/d, so θ is size-independent; mapping above), d, the step count,
+//! β₂ = 0.99, and the θ and learning-rate grids are this project's choices, stated in
+//! `docs/experiments.md`; the procedure (rotation family, rotated start, per-setting lr tuning over
+//! seeds, mean ± std) is the paper's.
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Scalar;
@@ -45,15 +73,100 @@ use crate::plot::{mean_std, Axes, LineChart, Series, Stat};
 use crate::rng::Rng;
 use crate::rotation::basis::Basis;
 use rayon::prelude::*;
+use serde::ser::SerializeStruct;
 use serde::Serialize;
 use std::path::Path;
+use std::str::FromStr;
 
 /// Default θ grid: 0 (no rotation), then log-spaced up to a near-random rotation.
 pub const DEFAULT_THETAS: [f64; 8] = [0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0];
 
+/// Default β₁ values, each run by every optimizer (SGD's momentum μ = β₁).
+pub const DEFAULT_BETA1S: [f64; 2] = [0.0, 0.9];
+
 /// Default learning-rate grid: 10^(k/2) for k = −8 … 2, i.e. 1e-4 … 10 in half-decades.
 pub fn default_lrs() -> Vec<f64> {
     (-8..=2).map(|k| 10f64.powf(k as f64 / 2.0)).collect()
+}
+
+/// The spectrum Λ of H (`--spectrum`; module docs). Serialized as `{"name", "formula"}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spectrum {
+    /// λ_i = i⁻² (the default): ‖H‖₍₁,₁₎/d < ‖H‖₂ at every θ.
+    InvSquare,
+    /// λ_i = i^(−1/2): ‖H‖₍₁,₁₎/d > ‖H‖₂ under a random rotation.
+    InvSqrt,
+    /// λ_i = 1: H = I at every θ.
+    Flat,
+}
+
+impl Spectrum {
+    pub const ALL: [Spectrum; 3] = [Spectrum::InvSquare, Spectrum::InvSqrt, Spectrum::Flat];
+
+    /// The `--spectrum` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Spectrum::InvSquare => "inv-square",
+            Spectrum::InvSqrt => "inv-sqrt",
+            Spectrum::Flat => "flat",
+        }
+    }
+
+    /// The formula, in ASCII.
+    pub fn formula(self) -> &'static str {
+        match self {
+            Spectrum::InvSquare => "lambda_i = i^-2, i = 1..d",
+            Spectrum::InvSqrt => "lambda_i = i^-1/2, i = 1..d",
+            Spectrum::Flat => "lambda_i = 1, i = 1..d",
+        }
+    }
+
+    /// λ₁ … λ_d, descending, λ₁ = 1 = ‖H‖₂.
+    pub fn values(self, d: usize) -> Vec<f64> {
+        (1..=d)
+            .map(|i| {
+                let i = i as f64;
+                match self {
+                    Spectrum::InvSquare => 1.0 / (i * i),
+                    Spectrum::InvSqrt => 1.0 / i.sqrt(),
+                    Spectrum::Flat => 1.0,
+                }
+            })
+            .collect()
+    }
+}
+
+impl FromStr for Spectrum {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Spectrum::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                Error::config(
+                    "--spectrum",
+                    format!(
+                        "{s:?} (expected one of {})",
+                        Spectrum::ALL.map(|k| k.name()).join(", ")
+                    ),
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for Spectrum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.formula())
+    }
+}
+
+impl Serialize for Spectrum {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Spectrum", 2)?;
+        st.serialize_field("name", self.name())?;
+        st.serialize_field("formula", self.formula())?;
+        st.end()
+    }
 }
 
 /// Every setting of an experiment (saved in results.json).
@@ -66,13 +179,12 @@ pub struct QuadConfig {
     pub lrs: Vec<f64>,
     pub beta2: f64,
     pub eps: f64,
-    pub momentum: f64,
     pub seed: u64,
     pub threads: usize,
-    /// The spectrum, in words: "lambda_i = i^-2, i = 1..d".
-    pub spectrum: String,
+    pub spectrum: Spectrum,
     /// "S_ij ~ N(0, 1/d), A = S - S^T, R = exp(theta A)".
     pub rotation: String,
+    /// Every optimizer at every β₁ ([`QuadOpt::grid`]).
     pub optimizers: Vec<QuadOpt>,
 }
 
@@ -87,12 +199,11 @@ impl QuadConfig {
             lrs: default_lrs(),
             beta2: 0.99,
             eps: 1e-8,
-            momentum: 0.9,
             seed: 0,
             threads: crate::config::default_threads(),
-            spectrum: "lambda_i = i^-2, i = 1..d".into(),
+            spectrum: Spectrum::InvSquare,
             rotation: "S_ij ~ N(0, 1/d), A = S - S^T, R = exp(theta A)".into(),
-            optimizers: QuadOpt::ALL.to_vec(),
+            optimizers: QuadOpt::grid(&DEFAULT_BETA1S),
         }
     }
 
@@ -119,11 +230,18 @@ impl QuadConfig {
         if !(0.0..1.0).contains(&self.beta2) {
             return bad("--beta2", format!("{} (expected 0 ≤ β₂ < 1)", self.beta2));
         }
-        if !(0.0..1.0).contains(&self.momentum) {
+        let beta1s: Vec<f64> = self.optimizers.iter().map(|o| o.beta1()).collect();
+        if self.optimizers.is_empty() || beta1s.iter().any(|b| !(0.0..1.0).contains(b)) {
             return bad(
-                "--momentum",
-                format!("{} (expected 0 ≤ μ < 1)", self.momentum),
+                "--beta1s",
+                format!("{beta1s:?} (expected at least one, each 0 ≤ β₁ < 1)"),
             );
+        }
+        if let Some(o) = (1..self.optimizers.len())
+            .find(|&i| self.optimizers[..i].contains(&self.optimizers[i]))
+            .map(|i| self.optimizers[i])
+        {
+            return bad("--beta1s", format!("{} appears twice", o.name()));
         }
         if !(self.eps >= 0.0 && self.eps.is_finite()) {
             return bad("--eps", format!("{} (expected ≥ 0)", self.eps));
@@ -135,42 +253,52 @@ impl QuadConfig {
     }
 }
 
-/// The optimizers compared.
+/// The optimizers compared, each with its β₁.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum QuadOpt {
     /// Adam with this β₁ (β₂, ε from the config).
     Adam { beta1: f64 },
-    /// β₁ = 0.9, one scalar second moment (mean of g² over coordinates).
-    AdaSgd,
-    /// SGD with momentum (the config's μ).
-    Sgd,
+    /// AdaSGD with this β₁: one scalar second moment (mean of g² over coordinates).
+    AdaSgd { beta1: f64 },
+    /// SGD with heavy-ball momentum μ (torch semantics), the analogue of β₁.
+    Sgd { momentum: f64 },
 }
 
 impl QuadOpt {
-    /// Adam (β₁ = 0), Adam (β₁ = 0.9), AdaSGD, SGD.
-    pub const ALL: [QuadOpt; 4] = [
-        QuadOpt::Adam { beta1: 0.0 },
-        QuadOpt::Adam { beta1: 0.9 },
-        QuadOpt::AdaSgd,
-        QuadOpt::Sgd,
-    ];
+    /// Adam, AdaSGD and SGD (momentum μ = β₁), each at every β₁ of `beta1s`, in that order.
+    pub fn grid(beta1s: &[f64]) -> Vec<QuadOpt> {
+        let mut v: Vec<QuadOpt> = beta1s.iter().map(|&b| QuadOpt::Adam { beta1: b }).collect();
+        v.extend(beta1s.iter().map(|&b| QuadOpt::AdaSgd { beta1: b }));
+        v.extend(beta1s.iter().map(|&b| QuadOpt::Sgd { momentum: b }));
+        v
+    }
+    /// β₁ (SGD: its momentum μ).
+    pub fn beta1(&self) -> f64 {
+        match *self {
+            QuadOpt::Adam { beta1 } | QuadOpt::AdaSgd { beta1 } => beta1,
+            QuadOpt::Sgd { momentum } => momentum,
+        }
+    }
+    /// "adam", "adasgd" or "sgd" (the JSON tag).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            QuadOpt::Adam { .. } => "adam",
+            QuadOpt::AdaSgd { .. } => "adasgd",
+            QuadOpt::Sgd { .. } => "sgd",
+        }
+    }
     /// Display name.
     pub fn name(&self) -> String {
         match self {
             QuadOpt::Adam { beta1 } => format!("Adam β1={beta1}"),
-            QuadOpt::AdaSgd => "AdaSGD".into(),
-            QuadOpt::Sgd => "SGD".into(),
+            QuadOpt::AdaSgd { beta1 } => format!("AdaSGD β1={beta1}"),
+            QuadOpt::Sgd { momentum } => format!("SGD μ={momentum}"),
         }
     }
 }
 
 // ---- the problem -----------------------------------------------------------------------------------------
-
-/// The spectrum λ_i = i⁻², i = 1 … d (descending; λ₁ = 1 = ‖H‖₂).
-pub fn spectrum(d: usize) -> Vec<f64> {
-    (1..=d).map(|i| 1.0 / (i as f64 * i as f64)).collect()
-}
 
 /// The skew-symmetric generator A = S − Sᵀ, S_ij ~ N(0, 1/d) i.i.d. (row-major d×d), from
 /// `Rng::derive(seed, STREAM_ROTATION)`.
@@ -264,6 +392,22 @@ pub fn norm_11(h: &[f64]) -> f64 {
     h.iter().map(|v| v.abs()).sum()
 }
 
+/// ‖H‖₂ = max |eigenvalue| of the symmetric row-major d×d matrix `h`, from its eigenvalues (faer's
+/// symmetric eigensolver, backward stable: the error is O(d·u·‖H‖₂)).
+pub fn spectral_norm(h: &[f64], d: usize) -> Result<f64> {
+    assert_eq!(
+        h.len(),
+        d * d,
+        "spectral_norm: {} entries for d = {d}",
+        h.len()
+    );
+    let m = faer::Mat::<f64>::from_fn(d, d, |i, j| h[i * d + j]);
+    let ev = m
+        .self_adjoint_eigenvalues(faer::Side::Lower)
+        .map_err(|e| Error::config("quadratic", format!("eigensolver failed: {e:?}")))?;
+    Ok(ev.iter().fold(0.0, |a: f64, v| a.max(v.abs())))
+}
+
 /// One rotated quadratic: Λ, R(θ) and H = RᵀΛR (row-major, d×d).
 pub struct Problem {
     pub d: usize,
@@ -345,12 +489,12 @@ struct RunState {
     diverged: bool,
 }
 
-/// Hyper-parameters shared by the runs of one experiment.
+/// Hyper-parameters shared by the runs of one experiment (β₁ and SGD's momentum are the optimizer's own,
+/// [`QuadOpt`]).
 #[derive(Clone, Copy, Debug)]
 pub struct OptHyper {
     pub beta2: f64,
     pub eps: f64,
-    pub momentum: f64,
 }
 
 impl QuadOpt {
@@ -362,21 +506,16 @@ impl QuadOpt {
                 OptimizerKind::Adamw,
                 Transform::ScaleByAdam { beta1, beta2, eps },
             ),
-            QuadOpt::AdaSgd => (
+            QuadOpt::AdaSgd { beta1 } => (
                 OptimizerKind::Adasgd,
                 Transform::ScaleByBlockAdam {
-                    beta1: 0.9,
+                    beta1,
                     beta2,
                     eps,
                     blocks: Blocks::Whole,
                 },
             ),
-            QuadOpt::Sgd => (
-                OptimizerKind::Sgd,
-                Transform::Momentum {
-                    momentum: hy.momentum,
-                },
-            ),
+            QuadOpt::Sgd { momentum } => (OptimizerKind::Sgd, Transform::Momentum { momentum }),
         };
         (kind, vec![scale, Transform::Step { weight_decay: 0.0 }])
     }
@@ -478,12 +617,16 @@ pub struct OptResult {
 #[derive(Clone, Debug, Serialize)]
 pub struct ThetaResult {
     pub theta: f64,
+    /// θ/√d: the same rotation for Xie et al.'s generator S_ij ~ N(0, 1) (module docs).
+    pub theta_paper: f64,
     /// ‖H‖₍₁,₁₎ from the explicit matrix.
     pub h_norm_11: f64,
     /// ‖H‖₍₁,₁₎ / d.
     pub h_norm_11_over_d: f64,
-    /// ‖H‖₂ = max λ (rotation-invariant).
+    /// ‖H‖₂ = max |eigenvalue| of the explicit matrix ([`spectral_norm`]).
     pub h_norm_2: f64,
+    /// max λ_i of the spectrum: ‖H‖₂ at every θ in exact arithmetic (rotation invariance).
+    pub lambda_max: f64,
     /// max |R Rᵀ − I| of the computed rotation.
     pub orthogonality_error: f64,
     pub initial_loss_mean: f64,
@@ -525,7 +668,6 @@ fn run_in_pool(cfg: &QuadConfig, log: &mut (dyn FnMut(&str) + Send)) -> Result<Q
     let hy = OptHyper {
         beta2: cfg.beta2,
         eps: cfg.eps,
-        momentum: cfg.momentum,
     };
     let mut specs = Vec::new();
     for &opt in &cfg.optimizers {
@@ -541,7 +683,7 @@ fn run_in_pool(cfg: &QuadConfig, log: &mut (dyn FnMut(&str) + Send)) -> Result<Q
     }
     let mut out = Vec::new();
     for &theta in &cfg.thetas {
-        let p = Problem::new(&a, spectrum(d), theta, cfg.threads);
+        let p = Problem::new(&a, cfg.spectrum.values(d), theta, cfg.threads);
         let losses = final_losses(&p, &specs, cfg.steps, cfg.seed, &hy, cfg.threads)?;
         let init: Vec<f64> = (0..cfg.seeds)
             .map(|s| {
@@ -602,15 +744,19 @@ fn run_in_pool(cfg: &QuadConfig, log: &mut (dyn FnMut(&str) + Send)) -> Result<Q
         let n11 = norm_11(&p.h);
         let tr = ThetaResult {
             theta,
+            theta_paper: theta / (d as f64).sqrt(),
             h_norm_11: n11,
             h_norm_11_over_d: n11 / d as f64,
-            h_norm_2: p.lambda.iter().cloned().fold(0.0, f64::max),
+            h_norm_2: spectral_norm(&p.h, d)?,
+            lambda_max: p.lambda.iter().cloned().fold(0.0, f64::max),
             orthogonality_error: orthogonality_error(&p.r, d, cfg.threads),
             initial_loss_mean: mean_std(&init).0,
             results,
         };
         log(&format!(
-            "theta {theta}: |H|_11 = {n11:.4}, {}  ({:.1} s)",
+            "theta {theta}: |H|_11/d = {:.4}, |H|_2 = {:.4}, {}  ({:.1} s)",
+            tr.h_norm_11_over_d,
+            tr.h_norm_2,
             tr.results
                 .iter()
                 .map(|r| format!("{} {:.3e}", r.optimizer, r.mean))
@@ -638,7 +784,8 @@ fn sig3(v: f64) -> String {
             "∞".into()
         };
     }
-    let a = v.abs();
+    // The magnitude as printed (3 significant digits), so that 0.99996 prints as 1.00, not 1.000.
+    let a: f64 = format!("{:.2e}", v.abs()).parse().unwrap_or(v.abs());
     if a != 0.0 && !(1e-3..1e4).contains(&a) {
         format!("{v:.2e}")
     } else {
@@ -651,7 +798,27 @@ fn sig3(v: f64) -> String {
     }
 }
 
-/// The Markdown table: θ, ‖H‖₍₁,₁₎, ‖H‖₍₁,₁₎/d, ‖H‖₂, then per optimizer "mean ± std (lr)".
+/// θ as given, in scientific notation when below 1e-3 (but not 0).
+fn fmt_theta(t: f64) -> String {
+    if t == 0.0 || t >= 1e-3 {
+        format!("{t}")
+    } else {
+        format!("{t:e}")
+    }
+}
+
+/// The θ values at which ‖H‖₍₁,₁₎/d > ‖H‖₂: the regime where Xie et al. (§4.1, after
+/// Theorem 3.11) expect AdaSGD to beat Adam.
+pub fn thetas_l11_over_d_above_spectral(res: &QuadResults) -> Vec<f64> {
+    res.thetas
+        .iter()
+        .filter(|t| t.h_norm_11_over_d > t.h_norm_2)
+        .map(|t| t.theta)
+        .collect()
+}
+
+/// The Markdown table: θ, θ/√d, ‖H‖₍₁,₁₎, ‖H‖₍₁,₁₎/d, ‖H‖₂, then per optimizer "mean ± std (lr)"; a
+/// footer with every setting.
 pub fn markdown_table(res: &QuadResults) -> String {
     let mut s = String::new();
     let opts: Vec<String> = res
@@ -659,20 +826,25 @@ pub fn markdown_table(res: &QuadResults) -> String {
         .first()
         .map(|t| t.results.iter().map(|r| r.optimizer.clone()).collect())
         .unwrap_or_default();
-    s.push_str("| θ | ‖H‖₍₁,₁₎ | ‖H‖₍₁,₁₎/d | ‖H‖₂ |");
+    s.push_str("| θ | θ/√d | ‖H‖₍₁,₁₎ | ‖H‖₍₁,₁₎/d | ‖H‖₂ |");
     for o in &opts {
         s.push_str(&format!(" {o}: final loss (lr) |"));
     }
     s.push('\n');
-    s.push_str("|---|---|---|---|");
+    s.push_str("|---|---|---|---|---|");
     for _ in &opts {
         s.push_str("---|");
     }
     s.push('\n');
     for t in &res.thetas {
         s.push_str(&format!(
-            "| {} | {} | {} | {} |",
-            t.theta,
+            "| {} | {} | {} | {} | {} |",
+            fmt_theta(t.theta),
+            if t.theta_paper == 0.0 {
+                "0".to_string()
+            } else {
+                sig3(t.theta_paper)
+            },
             sig3(t.h_norm_11),
             sig3(t.h_norm_11_over_d),
             sig3(t.h_norm_2)
@@ -692,17 +864,42 @@ pub fn markdown_table(res: &QuadResults) -> String {
         s.push('\n');
     }
     let c = &res.config;
+    let above = thetas_l11_over_d_above_spectral(res);
+    let regime = if above.is_empty() {
+        "at no θ of the grid".to_string()
+    } else {
+        format!(
+            "at θ ∈ {{{}}}",
+            above
+                .iter()
+                .map(|&t| fmt_theta(t))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let mut beta1s: Vec<f64> = Vec::new();
+    for b in c.optimizers.iter().map(|o| o.beta1()) {
+        if !beta1s.contains(&b) {
+            beta1s.push(b);
+        }
+    }
     s.push_str(&format!(
-        "\nd = {}, {} steps, {} seeds, {}; {}; Adam/AdaSGD β₂ = {}, ε = {:e}, AdaSGD β₁ = 0.9, SGD momentum {}; \
+        "\nd = {}, {} steps, {} seeds, spectrum {}; {}; θ/√d is the same rotation for Xie et al.'s \
+         S_ij ~ N(0, 1) (§4.1); ‖H‖₂ measured (max |eigenvalue| of H); ‖H‖₍₁,₁₎/d > ‖H‖₂ {regime}; \
+         β₁ ∈ {{{}}} for every optimizer (SGD: heavy-ball momentum μ = β₁), Adam/AdaSGD β₂ = {}, ε = {:e}; \
          best lr of {} per cell (mean ± sample std over seeds of the final loss f(x_T)); {:.1} s.\n",
         c.dim,
         c.steps,
         c.seeds,
         c.spectrum,
         c.rotation,
+        beta1s
+            .iter()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         c.beta2,
         c.eps,
-        c.momentum,
         c.lrs.iter().map(|l| sig3(*l)).collect::<Vec<_>>().join(", "),
         res.seconds
     ));
@@ -710,12 +907,20 @@ pub fn markdown_table(res: &QuadResults) -> String {
 }
 
 /// The figure: final loss (mean ± std over seeds, at each optimizer's best lr) against θ, log y; θ is
-/// drawn as a category axis (θ = 0 has no place on a log axis).
+/// drawn as a category axis (θ = 0 has no place on a log axis). One colour per optimizer, solid for its
+/// largest β₁ and dashed for the others.
 pub fn figure(res: &QuadResults) -> LineChart {
-    let names: Vec<String> = res.thetas.iter().map(|t| format!("{}", t.theta)).collect();
-    let n_opt = res.thetas.first().map_or(0, |t| t.results.len());
-    let series = (0..n_opt)
-        .map(|oi| {
+    let names: Vec<String> = res.thetas.iter().map(|t| fmt_theta(t.theta)).collect();
+    let opts: Vec<QuadOpt> = res
+        .thetas
+        .first()
+        .map(|t| t.results.iter().map(|r| r.spec).collect())
+        .unwrap_or_default();
+    let kinds = ["adam", "adasgd", "sgd"];
+    let series = opts
+        .iter()
+        .enumerate()
+        .map(|(oi, opt)| {
             let stats: Vec<Stat> = res
                 .thetas
                 .iter()
@@ -739,16 +944,28 @@ pub fn figure(res: &QuadResults) -> LineChart {
                     }
                 })
                 .collect();
-            let name = res.thetas[0].results[oi].optimizer.clone();
-            Series::mean_std_bars(&name, &stats)
+            let colour = kinds.iter().position(|k| *k == opt.kind()).unwrap_or(0);
+            let top = opts
+                .iter()
+                .filter(|o| o.kind() == opt.kind())
+                .map(|o| o.beta1())
+                .fold(f64::NEG_INFINITY, f64::max);
+            let s = Series::mean_std_bars(&opt.name(), &stats).color(colour);
+            if opt.beta1() < top {
+                s.dashed()
+            } else {
+                s
+            }
         })
         .collect();
     let mut axes = Axes::new(
         &format!(
-            "Rotated quadratic (Xie et al. §4.1), d = {}, {} steps",
-            res.config.dim, res.config.steps
+            "Rotated quadratic (Xie et al. §4.1), {}, d = {}, {} steps",
+            res.config.spectrum.name(),
+            res.config.dim,
+            res.config.steps
         ),
-        "θ  (R = exp(θA))",
+        "θ  (R = exp(θA); the paper's θ is θ/√d)",
         "final loss (mean ± std over seeds, best lr)",
     )
     .log_y();
@@ -773,7 +990,8 @@ pub fn write_outputs(res: &QuadResults, dir: &Path) -> Result<()> {
 /// `rotadam quadratic`: run `cfg`, print the table, write the outputs into `out`.
 pub fn run_and_write(cfg: &QuadConfig, out: &Path) -> Result<()> {
     eprintln!(
-        "quadratic: d = {}, {} steps, {} seeds, {} thetas × {} optimizers × {} lrs ({} runs)",
+        "quadratic: spectrum {}, d = {}, {} steps, {} seeds, {} thetas × {} optimizers × {} lrs ({} runs)",
+        cfg.spectrum,
         cfg.dim,
         cfg.steps,
         cfg.seeds,
