@@ -1,6 +1,8 @@
 //! Rotations: the Haar sampler (orthogonality, determinants, moments, and distribution tests that the
-//! sampler without Mezzadri's sign fix must fail), the scope groups, `Rotation` for every scope and block
-//! size (inverse, isometry, linearity, locality, seeding), and the backend ops against a naive f64 loop.
+//! sampler without Mezzadri's sign fix must fail), the scope groups (with what `--vector-rotation` and
+//! `--embedding-rotation` make of 1-D tensors and embeddings, and what an older `config.json` without
+//! them means), `Rotation` for every scope and block size (inverse, isometry, linearity, locality,
+//! seeding), and the backend ops against a naive f64 loop.
 //!
 //! Tolerances: f64 results are checked at 1e-12 relative (unit roundoff 1.1e-16 times the O(n) terms of a
 //! dot product, with margin); f32 at 1e-5 relative (unit roundoff 6e-8 times ~√n·few for n ≤ 1000).
@@ -9,10 +11,13 @@ use crate::util::{assert_close_scaled, back, cast, max_abs, randn};
 use faer::Mat;
 use rotadam::backend::cpu::{self, CpuBackend, GatherMode};
 use rotadam::backend::{AdamStep, Backend, Scalar};
-use rotadam::config::ModelConfig;
+use rotadam::config::{EmbeddingRotation, ModelConfig, VectorRotation};
 use rotadam::model::{ParamTable, Role};
 use rotadam::rng::Rng;
-use rotadam::rotation::{groups, haar, qr_q_unsigned, shuffle, Rotation, Scope};
+use rotadam::rotation::scope::unrotated;
+use rotadam::rotation::{
+    groups, groups_with, haar, qr_q_unsigned, shuffle, Neurons, Rotation, Scope,
+};
 
 // ---- helpers -------------------------------------------------------------------------------------------
 
@@ -245,22 +250,44 @@ const SCOPES: [Scope; 5] = [
     Scope::Input,
 ];
 
+/// Every combination of `--vector-rotation` and `--embedding-rotation`.
+fn all_neurons() -> Vec<Neurons> {
+    let mut out = Vec::new();
+    for vectors in [VectorRotation::Mixed, VectorRotation::Neuron] {
+        for embeddings in [
+            EmbeddingRotation::Paper,
+            EmbeddingRotation::Head,
+            EmbeddingRotation::None,
+        ] {
+            out.push(Neurons {
+                vectors,
+                embeddings,
+            });
+        }
+    }
+    out
+}
+
 #[test]
 fn scope_groups_cover_every_index_once() {
     for cfg in [micro(), tiny()] {
         let table = ParamTable::new(&cfg);
-        for scope in &SCOPES[1..] {
-            let mut seen = vec![0u32; table.total];
-            for g in groups(*scope, &table) {
-                for i in g.indices() {
-                    seen[i] += 1;
+        for neurons in all_neurons() {
+            for scope in &SCOPES[1..] {
+                let mut seen = vec![0u32; table.total];
+                let all = groups_with(*scope, neurons, &table);
+                for g in all.iter().chain(&unrotated(*scope, neurons, &table)) {
+                    for i in g.indices() {
+                        seen[i] += 1;
+                    }
                 }
+                let bad: Vec<usize> = (0..table.total).filter(|&i| seen[i] != 1).take(5).collect();
+                assert!(
+                    bad.is_empty(),
+                    "{scope} {neurons}: indices not covered exactly once: {bad:?}"
+                );
             }
-            let bad: Vec<usize> = (0..table.total).filter(|&i| seen[i] != 1).take(5).collect();
-            assert!(
-                bad.is_empty(),
-                "{scope}: indices not covered exactly once: {bad:?}"
-            );
+            assert!(groups_with(Scope::None, neurons, &table).is_empty());
         }
         assert!(groups(Scope::None, &table).is_empty());
     }
@@ -291,12 +318,24 @@ fn scope_groups_follow_the_paper() {
         .map(|j| wte.offset + 7 * wte.cols + j)
         .collect();
     assert_eq!(find(Scope::Input, wrow7[0]), wrow7);
-    // A 1-D tensor is one group under layer, output and input; q's layer group is q.
-    for scope in [Scope::Layer, Scope::Output, Scope::Input] {
+    // A 1-D tensor is one group under layer; under output and input each of its coordinates is its own
+    // group by default (a gain belongs to its neuron alone), and the tensor is one group with `mixed`.
+    assert_eq!(
+        find(Scope::Layer, ln.offset + 1),
+        ln.range().collect::<Vec<_>>()
+    );
+    let mixed = Neurons {
+        vectors: VectorRotation::Mixed,
+        ..Neurons::default()
+    };
+    for scope in [Scope::Output, Scope::Input] {
+        assert_eq!(find(scope, ln.offset + 1), vec![ln.offset + 1], "{scope}");
+        let g = groups_with(scope, mixed, &table);
+        let g = g.iter().find(|g| g.offset == ln.offset).unwrap();
         assert_eq!(
-            find(scope, ln.offset + 1),
+            g.indices().collect::<Vec<_>>(),
             ln.range().collect::<Vec<_>>(),
-            "{scope}"
+            "{scope} mixed"
         );
     }
     assert_eq!(
@@ -440,7 +479,7 @@ fn rotation_mixes_only_within_groups() {
         let gs = groups(scope, &table);
         let mut rng = Rng::new(8);
         let dscale: Vec<f64> = (0..rot.dim()).map(|_| 0.5 + rng.uniform()).collect();
-        // wte's first group, q's fifth group (row or column), and a 1-D tensor
+        // wte's first group, q's fifth group (row or column), and a 1-D tensor's first coordinate
         let q = &table.entries[table.layers[1].q];
         let pick = [
             0,
@@ -452,7 +491,7 @@ fn rotation_mixes_only_within_groups() {
         for gi in pick {
             let mut x = vec![0.0; rot.dim()];
             for i in gs[gi].indices() {
-                x[i] = rng.normal();
+                x[i] = 1.0 + rng.uniform();
             }
             let mut y = apply(&be, &rot, &x, true);
             y.iter_mut().zip(&dscale).for_each(|(y, s)| *y *= s);
@@ -511,6 +550,277 @@ fn block_one_is_a_signed_permutation() {
     }
 }
 
+/// The position of the rotated layout placed at each standard index (`Rotation::layout_index` inverted).
+fn position_of<S: Scalar>(be: &CpuBackend<S>, rot: &Rotation<CpuBackend<S>>) -> Vec<usize> {
+    let layout = rot.layout_index(be);
+    let mut pos = vec![usize::MAX; layout.len()];
+    for (p, &i) in layout.iter().enumerate() {
+        pos[i] = p;
+    }
+    pos
+}
+
+/// A LayerNorm gain γⱼ under `output` (and `input`) belongs to neuron j alone by default: the rotated
+/// coordinate placed at γⱼ is ±γⱼ, whatever the other gains are; with `--vector-rotation mixed` it mixes
+/// the gains of its LayerNorm (and nothing else). Checked planting the old grouping as the default
+/// (`neuron` building one group per tensor): the first half fails.
+#[test]
+fn layernorm_gain_is_its_neurons_alone_unless_mixed() {
+    let cfg = tiny();
+    let table = ParamTable::new(&cfg);
+    let be = CpuBackend::<f64>::new(1, false);
+    let x = randn(&mut Rng::new(12), table.total, 1.0);
+    let gains: Vec<usize> = table
+        .entries
+        .iter()
+        .filter(|e| e.role.is_layernorm_gain())
+        .flat_map(|e| e.range())
+        .collect();
+    assert_eq!(gains.len(), 5 * cfg.n_embd);
+    for scope in [Scope::Output, Scope::Input] {
+        for n in [4, 7, 16] {
+            let rot = Rotation::new(&be, scope, n, 5, &table).unwrap();
+            let (y, pos) = (apply(&be, &rot, &x, true), position_of(&be, &rot));
+            for &j in &gains {
+                assert!(
+                    (y[pos[j]].abs() - x[j].abs()).abs() <= 1e-15 * x[j].abs(),
+                    "{scope} n={n}: the coordinate at gain {j} is {}, not ±γⱼ = ±{}",
+                    y[pos[j]],
+                    x[j]
+                );
+            }
+            // the same gain with every other coordinate changed: the same rotated coordinate
+            let mut x2 = randn(&mut Rng::new(13), table.total, 1.0);
+            for &j in &gains {
+                x2[j] = x[j];
+            }
+            let y2 = apply(&be, &rot, &x2, true);
+            assert!(gains.iter().all(|&j| y2[pos[j]] == y[pos[j]]), "{scope}");
+
+            let mixed = Neurons {
+                vectors: VectorRotation::Mixed,
+                ..Neurons::default()
+            };
+            let rot = Rotation::with_neurons(&be, scope, n, 5, mixed, &table).unwrap();
+            let (y, pos) = (apply(&be, &rot, &x, true), position_of(&be, &rot));
+            let ln = &table.entries[table.layers[1].ln2_w];
+            let moved = ln
+                .range()
+                .filter(|&j| (y[pos[j]].abs() - x[j].abs()).abs() > 1e-9)
+                .count();
+            assert!(
+                moved > ln.len() / 2,
+                "{scope} n={n} mixed: only {moved} of {} gains were mixed",
+                ln.len()
+            );
+            // mixed only with its own LayerNorm: e_j rotates onto positions placed inside the tensor
+            let layout = rot.layout_index(&be);
+            let mut e = vec![0.0; table.total];
+            e[ln.offset + 3] = 1.0;
+            let ye = apply(&be, &rot, &e, true);
+            for (p, v) in ye.iter().enumerate() {
+                if *v != 0.0 {
+                    assert!(
+                        ln.range().contains(&layout[p]),
+                        "{scope} n={n}: leak to {p}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The standard indices at which `rotate(e_i)` is non-zero, for each i of `indices`.
+fn supports<S: Scalar>(
+    be: &CpuBackend<S>,
+    rot: &Rotation<CpuBackend<S>>,
+    indices: impl Iterator<Item = usize>,
+) -> Vec<Vec<usize>> {
+    let layout = rot.layout_index(be);
+    let mut e = vec![0.0; rot.dim()];
+    indices
+        .map(|i| {
+            e[i] = 1.0;
+            let y = apply(be, rot, &e, true);
+            e[i] = 0.0;
+            (0..y.len())
+                .filter(|&p| y[p] != 0.0)
+                .map(|p| layout[p])
+                .collect()
+        })
+        .collect()
+}
+
+/// `--embedding-rotation` touches what it says, under `output` (and transposed under `input`): `paper`
+/// mixes a column of wte across tokens, `head` a row across channels, `none` leaves wte and wpe exactly
+/// as they are. wpe is transposed under both `paper` and `head`. Checked planting `head` as `paper` and
+/// `none` as `paper`: both fail.
+#[test]
+fn embedding_rotation_modes_touch_what_they_say() {
+    let table = ParamTable::new(&tiny());
+    let be = CpuBackend::<f64>::new(1, false);
+    let wte = table.entries[table.wte].clone();
+    let wpe = table.entries[table.wpe].clone();
+    let c = wte.cols;
+    let token = |i: usize| (i - wte.offset) / c;
+    let channel = |i: usize| (i - wte.offset) % c;
+    let x = randn(&mut Rng::new(3), table.total, 1.0);
+    for scope in [Scope::Output, Scope::Input] {
+        for embeddings in [
+            EmbeddingRotation::Paper,
+            EmbeddingRotation::Head,
+            EmbeddingRotation::None,
+        ] {
+            let neurons = Neurons {
+                embeddings,
+                ..Neurons::default()
+            };
+            let rot = Rotation::with_neurons(&be, scope, 16, 9, neurons, &table).unwrap();
+            let label = format!("{scope} {embeddings}");
+            if embeddings == EmbeddingRotation::None {
+                let (y, pos) = (apply(&be, &rot, &x, true), position_of(&be, &rot));
+                for i in wte.range().chain(wpe.range()) {
+                    assert_eq!(y[pos[i]], x[i], "{label}: embedding coordinate {i} changed");
+                }
+                // 64·16 + 16·16 = 1,280 coordinates
+                assert_eq!(wte.len() + wpe.len(), 1280);
+                assert!(
+                    rot.describe().ends_with(" + 1,280 unrotated"),
+                    "{}",
+                    rot.describe()
+                );
+                continue;
+            }
+            // is a group of wte a column (all tokens of one channel) or a row (all channels of one token)?
+            let column = (scope == Scope::Output) == (embeddings == EmbeddingRotation::Paper);
+            let sup = supports(&be, &rot, wte.range());
+            for (i, s) in wte.range().zip(&sup) {
+                let same = |j: &usize| {
+                    wte.range().contains(j)
+                        && if column {
+                            channel(*j) == channel(i)
+                        } else {
+                            token(*j) == token(i)
+                        }
+                };
+                assert!(s.iter().all(same), "{label}: wte[{i}] leaks to {s:?}");
+                // a block of 16 mixes 16 coordinates: a whole row (16 channels) or 16 of 64 tokens
+                assert_eq!(s.len(), 16, "{label}: wte[{i}] mixed with {s:?}");
+            }
+            // wpe is no head: transposed under paper and head alike (a column under output)
+            let wpe_column = scope == Scope::Output;
+            for (i, s) in wpe.range().zip(supports(&be, &rot, wpe.range())) {
+                let (t, ch) = ((i - wpe.offset) / c, (i - wpe.offset) % c);
+                assert!(
+                    s.iter().all(|&j| wpe.range().contains(&j)
+                        && if wpe_column {
+                            (j - wpe.offset) % c == ch
+                        } else {
+                            (j - wpe.offset) / c == t
+                        }),
+                    "{label}: wpe[{i}] leaks to {s:?}"
+                );
+            }
+        }
+    }
+}
+
+/// A `config.json` written before `rotation.vectors` and `rotation.embeddings` existed reads as what it
+/// ran (`mixed`, `paper`), `--config` replays it so, and a new run gets `neuron`. Checked planting the
+/// serde default of `vectors` as `neuron`: fails.
+#[test]
+fn an_old_config_without_the_neuron_fields_keeps_its_rotation() {
+    use rotadam::config::RunConfig;
+    use rotadam::rotation::basis::Basis;
+    use rotadam::run::options::RunOptions;
+    let root = crate::util::tmp("old-config");
+    let mut cfg = crate::util::tiny_config(&root, &root.join("run"), 4);
+    cfg.rotation.kind = "output".parse().unwrap();
+    cfg.rotation.block = 7;
+    let mut json = serde_json::to_value(&cfg).unwrap();
+    let rot = json["rotation"].as_object_mut().unwrap();
+    assert_eq!(rot["vectors"], "neuron", "a new config records its neurons");
+    assert_eq!(rot["embeddings"], "paper");
+    rot.remove("vectors");
+    rot.remove("embeddings");
+    let path = root.join("config.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+
+    let old = RunConfig::read(&path).unwrap();
+    assert_eq!(old.rotation.vectors, VectorRotation::Mixed);
+    assert_eq!(old.rotation.embeddings, EmbeddingRotation::Paper);
+    let replay = RunOptions {
+        config: Some(path.clone()),
+        out: Some(root.join("again")),
+        quiet: true,
+        ..Default::default()
+    };
+    let (again, _) = replay.to_config().unwrap();
+    assert_eq!(
+        again.rotation, old.rotation,
+        "--config replays the old rotation"
+    );
+    // the rotation it builds mixes each LayerNorm's gains, as the old code did
+    let be = CpuBackend::<f64>::new(1, false);
+    let table = ParamTable::new(&again.model);
+    let basis = Basis::new(&be, &again.rotation, &table).unwrap();
+    assert!(
+        basis.describe().contains("1-D tensors mixed"),
+        "{}",
+        basis.describe()
+    );
+    let Basis::Block(rot) = &basis else {
+        panic!("a block rotation")
+    };
+    assert_eq!(
+        rot.segments(),
+        Rotation::with_neurons(
+            &be,
+            Scope::Output,
+            7,
+            again.rotation.seed,
+            Neurons {
+                vectors: VectorRotation::Mixed,
+                embeddings: EmbeddingRotation::Paper,
+            },
+            &table
+        )
+        .unwrap()
+        .segments()
+    );
+    // a new run gets the paper's neurons, and the options set them
+    let fresh = RunOptions {
+        model: Some("tiny".into()),
+        rotation: Some("output".parse().unwrap()),
+        out: Some(root.join("new")),
+        ..Default::default()
+    };
+    let (new, _) = fresh.to_config().unwrap();
+    assert_eq!(new.rotation.vectors, VectorRotation::Neuron);
+    assert_eq!(new.rotation.embeddings, EmbeddingRotation::Paper);
+    let (set, _) = RunOptions {
+        vector_rotation: Some(VectorRotation::Mixed),
+        embedding_rotation: Some(EmbeddingRotation::Head),
+        ..fresh.clone()
+    }
+    .to_config()
+    .unwrap();
+    assert_eq!(
+        (set.rotation.vectors, set.rotation.embeddings),
+        (VectorRotation::Mixed, EmbeddingRotation::Head)
+    );
+    // and refuses them where nothing has neurons
+    let err = RunOptions {
+        rotation: Some("layer".parse().unwrap()),
+        embedding_rotation: Some(EmbeddingRotation::None),
+        ..fresh.clone()
+    };
+    let (c, _) = err.to_config().unwrap();
+    let e = err.check_used(&c).unwrap_err().to_string();
+    assert!(e.contains("--embedding-rotation"), "{e}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 #[test]
 fn describe_counts_blocks() {
     let (_, rot) = build::<f32>(&micro(), Scope::Global, 100, 0);
@@ -520,6 +830,15 @@ fn describe_counts_blocks() {
     );
     let (_, rot) = build::<f32>(&ModelConfig::preset("124m").unwrap(), Scope::None, 768, 0);
     assert_eq!(rot.describe(), "none (identity), 124,337,664 coordinates");
+    // micro: wte 11×6, wpe 5×6; under output, 12 columns of 11 or 5, 13 gains alone; 6-wide rows
+    let (_, rot) = build::<f32>(&micro(), Scope::Output, 100, 0);
+    assert!(
+        rot.describe().starts_with(
+            "output (1-D tensors per neuron, embeddings paper), n=100: 0 blocks of 100 + "
+        ),
+        "{}",
+        rot.describe()
+    );
     let seg = build::<f32>(&tiny(), Scope::Output, 7, 0).1.segments();
     assert_eq!(seg[0].offset, 0);
     for w in seg.windows(2) {

@@ -1,6 +1,7 @@
 //! The `svd` rotation (`rotation::SvdRotation`): identity before the first refresh, the refresh
 //! diagonalises the gradient it was computed from (and only on the channel side for embeddings), inverse
-//! and isometry, the refresh schedule, checkpoint state round trip, and the documented memory for 124M.
+//! and isometry, the refresh schedule (and its rows in metrics.jsonl), checkpoint state round trip, and
+//! the documented memory for 124M.
 //!
 //! Tolerances: the SVD is computed in f64, so in f64 Uᵀ·G·V matches diag(σ) to ~1e-15·‖G‖ (checked at
 //! 1e-10 relative to ‖G‖_F, per the brief); rotate∘unrotate and norms at 1e-12 in f64 (unit roundoff
@@ -279,6 +280,48 @@ fn svd_refresh_schedule() {
         rot.prepare(&be, 1, &upload(&be, &x[1..])).is_err(),
         "wrong gradient length"
     );
+}
+
+/// A run under `svd` marks each refresh step in metrics.jsonl (`"svd_refresh": true`: steps 1, F+1,
+/// 2F+1, …, the first at the initial weights), also after a resume, and the rows of other runs and other
+/// steps have no such field. Checked planting the flag as `step % F == 0` (the poster's 0-based
+/// formula read 1-based) and as always false: both fail.
+#[test]
+fn svd_refresh_steps_are_marked_in_metrics() {
+    use crate::util::{synthetic_data, tiny_config, tmp};
+    use rotadam::config::RotationKind;
+    use rotadam::run::{metrics, train};
+    let root = tmp("svd-refresh-rows");
+    synthetic_data(&root);
+    let marked = |dir: &Path| -> (Vec<usize>, usize) {
+        let path = dir.join("metrics.jsonl");
+        let rows = metrics::read(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines = text.lines().filter(|l| l.contains("svd_refresh")).count();
+        let steps = rows.iter().filter(|r| r.svd_refresh).map(|r| r.step);
+        (steps.collect(), lines)
+    };
+    let mut a = tiny_config(&root, &root.join("straight"), 8);
+    a.rotation.kind = RotationKind::Svd;
+    a.rotation.svd_every = 3;
+    a.train.checkpoint_every = 5;
+    train::train(&a, false).unwrap();
+    assert_eq!(marked(&a.out), (vec![1, 4, 7], 3));
+    // resumed from step 5: the refresh at 7 comes from the restored schedule
+    let mut b = a.clone();
+    b.out = root.join("resumed");
+    b.train.steps = 5;
+    train::train(&b, false).unwrap();
+    b.train.steps = 8;
+    train::train(&b, true).unwrap();
+    assert_eq!(marked(&b.out), (vec![1, 4, 7], 3));
+    // a run without svd writes the rows it always wrote
+    let mut c = a.clone();
+    c.out = root.join("none");
+    c.rotation.kind = RotationKind::default();
+    train::train(&c, false).unwrap();
+    assert_eq!(marked(&c.out), (vec![], 0));
+    std::fs::remove_dir_all(&root).unwrap();
 }
 
 fn to_map(state: Vec<(String, Vec<usize>, Vec<f64>)>) -> TensorMap {

@@ -137,12 +137,81 @@ impl Choice for BlockPartition {
         (
             BlockPartition::Neuron,
             "neuron",
-            "one block per row of each tensor (an output neuron of an (out,in) weight)",
+            "one block per output neuron: the groups of --rotation output (a row of an (out,in) weight; embeddings and 1-D tensors as --embedding-rotation and --vector-rotation say)",
         ),
         (
             BlockPartition::Coordinate,
             "coordinate",
             "one block per coordinate: blockwise Adam is then Adam (a check, not an experiment)",
+        ),
+    ];
+}
+
+/// What the neuron scopes (`output`, `input`) and blockwise Adam's neuron blocks do with a 1-D tensor (a
+/// LayerNorm gain or bias, a linear bias), which has no (out, in) structure.
+///
+/// A LayerNorm gain γⱼ scales neuron j alone, so under the neuron-wise definition of Maes et al. (§2.3,
+/// Fig. 6; App. D.1: "the weights that lead to the same output neuron") γⱼ is a group by itself: the
+/// paper implies `neuron` (it says nothing of 1-D tensors, and its GPT-2 has no biases, App. D.2).
+/// `mixed` is what this project did before the setting existed; a `config.json` without the field
+/// reads as `mixed` (`RotationConfig`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum VectorRotation {
+    /// One group per tensor: the gains of one LayerNorm are mixed with each other.
+    Mixed,
+    /// One group per coordinate: γⱼ (and a bias bⱼ) stays alone, up to the sign of a 1×1 Haar block.
+    #[default]
+    Neuron,
+}
+
+impl Choice for VectorRotation {
+    const WHAT: &'static str = "vector-rotation";
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            VectorRotation::Mixed,
+            "mixed",
+            "each 1-D tensor is one group: a LayerNorm's gains are mixed with each other",
+        ),
+        (
+            VectorRotation::Neuron,
+            "neuron",
+            "each coordinate of a 1-D tensor is its own group: the gain of neuron j stays with neuron j (Maes et al. §2.3, App. D.1)",
+        ),
+    ];
+}
+
+/// How the neuron scopes (`output`, `input`) and blockwise Adam's neuron blocks split the embeddings
+/// wte (V, C) and wpe (T, C), stored (in, out) as lookup tables.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum EmbeddingRotation {
+    /// Transposed, as the paper does (Maes et al. App. D.1): under `output` a group is a column (the V
+    /// resp. T weights feeding channel j), under `input` a row.
+    #[default]
+    Paper,
+    /// wte as the tied LM head sees it, an (out, in) = (V, C) weight whose output neurons are the tokens:
+    /// under `output` a row (token i's C weights), under `input` a column; wpe as `paper`.
+    Head,
+    /// wte and wpe left unrotated (the rotation is the identity on them).
+    None,
+}
+
+impl Choice for EmbeddingRotation {
+    const WHAT: &'static str = "embedding-rotation";
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            EmbeddingRotation::Paper,
+            "paper",
+            "transposed as in the paper (App. D.1): under output a column of wte/wpe (all tokens feeding one channel), under input a row",
+        ),
+        (
+            EmbeddingRotation::Head,
+            "head",
+            "wte by rows as the tied LM head sees it (an output neuron is a token; under input, columns); wpe as paper",
+        ),
+        (
+            EmbeddingRotation::None,
+            "none",
+            "wte and wpe unrotated",
         ),
     ];
 }
@@ -303,6 +372,8 @@ pub(crate) use choice_impls;
 choice_impls!(
     OptimizerKind,
     BlockPartition,
+    VectorRotation,
+    EmbeddingRotation,
     Precision,
     DeviceKind,
     Scope,

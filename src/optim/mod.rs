@@ -8,8 +8,8 @@
 //! and every optimizer here is the same chain with another scaling link: SGD with momentum
 //! (rotation-equivariant), AdaSGD (one second moment, the mean of g̃² over all coordinates: equivariant
 //! too, Xie et al.) and blockwise Adam (one second moment per tensor or per output neuron, Xie et al. Alg.
-//! 3; blocks are ranges of the optimizer's layout, under `none` the tensors). Without a rotation the chain
-//! has no rotate/unrotate links.
+//! 3; a block is the set of rotated coordinates placed in it, so a rotation that stays inside the blocks
+//! leaves blockwise Adam unchanged: [`blocks`]). Without a rotation the chain has no rotate/unrotate links.
 //!
 //! **Plans.** A chain runs link by link ([`Plan::Chain`], the reference), or, for the chains a backend
 //! has a fused op for, as that op: AdamW and SGD without a rotation in one pass per tensor
@@ -23,6 +23,7 @@
 //! basis ([`Optimizer::direction`], the update-CV of the poster) and the parameters before its last step
 //! ([`Optimizer::previous_params`]).
 
+pub mod blocks;
 pub mod schedule;
 pub mod transform;
 pub mod update_cv;
@@ -35,7 +36,7 @@ use crate::config::{BlockPartition, OptimizerKind, TrainConfig};
 use crate::error::{Error, Result};
 use crate::model::ParamTable;
 use crate::rotation::basis::Basis;
-use std::ops::Range;
+use blocks::Parts;
 
 /// How a step runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,9 +52,6 @@ pub enum Plan {
     Chain,
 }
 
-/// A block partition of the optimizer layout: (coordinates, block size, second moments) per part.
-type Parts = Vec<(Range<usize>, usize, Range<usize>)>;
-
 /// The state of one link of the chain.
 enum State<BK: Backend> {
     Stateless,
@@ -62,9 +60,12 @@ enum State<BK: Backend> {
         m: BK::Buf,
         v: BK::Buf,
     },
-    /// The first moment per coordinate, the second per block, and room for the blocks' mean squares.
+    /// The first moment per coordinate, the second per block, and room for the blocks' mean squares;
+    /// all in block order ([`blocks`]).
     BlockAdam {
         parts: Parts,
+        /// The move into block order, when it is not the layout itself.
+        order: Option<BlockOrder<BK>>,
         m: BK::Buf,
         v: BK::Buf,
         mean_squares: BK::Buf,
@@ -73,6 +74,15 @@ enum State<BK: Backend> {
     Momentum {
         buf: BK::Buf,
     },
+}
+
+/// The move of a d-vector between the optimizer's layout and blockwise Adam's block order: a gather
+/// (`Backend::rotate`) and a scatter (`Backend::unrotate`) with 1×1 blocks holding exactly 1.
+struct BlockOrder<BK: Backend> {
+    index: BK::RotIndex,
+    one: BK::Buf,
+    /// The direction in block order, before it is scattered.
+    scratch: BK::Buf,
 }
 
 /// An optimizer: a chain of transforms with their state, the basis its rotate/unrotate links use, and the
@@ -88,32 +98,6 @@ pub struct Optimizer<BK: Backend> {
     plan: Plan,
     /// Work vectors of the chain's links, allocated at the first step that needs them.
     work: Vec<BK::Buf>,
-}
-
-/// The block partition of `blocks` over the parameters of `table`.
-fn partition(blocks: Blocks, table: &ParamTable) -> Parts {
-    let mut parts = Vec::new();
-    let mut count = 0;
-    let mut push = |r: Range<usize>, block: usize| {
-        let nb = r.len() / block;
-        parts.push((r, block, count..count + nb));
-        count += nb;
-    };
-    match blocks {
-        Blocks::Whole => push(0..table.total, table.total),
-        Blocks::Partition(partition) => {
-            for e in &table.entries {
-                let block = match partition {
-                    BlockPartition::Tensor => e.len(),
-                    BlockPartition::Neuron if e.is_matrix() => e.cols,
-                    BlockPartition::Neuron => e.len(),
-                    BlockPartition::Coordinate => 1,
-                };
-                push(e.range(), block);
-            }
-        }
-    }
-    parts
 }
 
 impl<BK: Backend> Optimizer<BK> {
@@ -134,10 +118,26 @@ impl<BK: Backend> Optimizer<BK> {
                     v: be.alloc(d)?,
                 },
                 Transform::ScaleByBlockAdam { blocks, .. } => {
-                    let parts = partition(blocks, table);
-                    let count = parts.last().map_or(0, |(_, _, v)| v.end);
+                    let placement = basis.placement(be);
+                    let layout =
+                        blocks::layout(blocks, basis.neurons(), table, placement.as_deref());
+                    drop(placement);
+                    let count = layout.count();
+                    let order = match layout.order {
+                        None => None,
+                        Some(order) => {
+                            let mut one = be.alloc(1)?;
+                            be.upload(&mut one, &[<BK::T as Scalar>::from_f64(1.0)])?;
+                            Some(BlockOrder {
+                                index: be.rotation_index(order, 1, d)?,
+                                one,
+                                scratch: be.alloc(d)?,
+                            })
+                        }
+                    };
                     State::BlockAdam {
-                        parts,
+                        parts: layout.parts,
+                        order,
                         m: be.alloc(d)?,
                         v: be.alloc(count)?,
                         mean_squares: be.alloc(count)?,
@@ -242,18 +242,34 @@ impl<BK: Backend> Optimizer<BK> {
         self.plan
     }
 
-    /// The chain in words, with the basis of its rotate/unrotate links.
+    /// The chain in words, with blockwise Adam's blocks and the basis of its rotate/unrotate links.
     pub fn describe(&self) -> String {
-        let chain = Transform::describe(&self.chain);
-        if self.basis.is_identity() {
-            chain
-        } else {
-            format!("{chain}, rotation {}", self.basis.describe())
+        let mut s = Transform::describe(&self.chain);
+        for (link, state) in self.chain.iter().zip(&self.states) {
+            if let (
+                Transform::ScaleByBlockAdam { blocks, .. },
+                State::BlockAdam { parts, order, .. },
+            ) = (link, state)
+            {
+                let count = parts.last().map_or(0, |(_, _, v)| v.end);
+                s += &format!(", {count} block{}", if count == 1 { "" } else { "s" });
+                if *blocks == Blocks::Partition(BlockPartition::Neuron) {
+                    s += &format!(" ({})", self.basis.neurons());
+                }
+                if order.is_some() {
+                    s += ", moved into block order";
+                }
+            }
         }
+        if !self.basis.is_identity() {
+            s += &format!(", rotation {}", self.basis.describe());
+        }
+        s
     }
 
     /// Named state tensors for checkpoints: (name, buffer). The names are those of the checkpoints
-    /// written so far: `m`, `v` for the Adam family, `sgd.momentum` for SGD.
+    /// written so far: `m`, `v` for the Adam family, `sgd.momentum` for SGD. Blockwise Adam's are in its
+    /// block order ([`blocks`]).
     pub fn state_tensors(&self) -> Vec<(&'static str, &BK::Buf)> {
         let mut out = Vec::new();
         for s in &self.states {
@@ -473,31 +489,59 @@ impl<BK: Backend> Optimizer<BK> {
                     },
                     State::BlockAdam {
                         parts,
+                        order,
                         m,
                         v,
                         mean_squares,
                     },
                 ) => {
                     let hp = AdamStep::new(t, lr, beta1, beta2, eps, 0.0);
-                    for (r, block, vr) in parts.iter() {
-                        be.block_mean_squares(
-                            be.view_mut(mean_squares, vr.clone()),
-                            be.view(input, r.clone()),
-                            *block,
-                        )?;
-                        be.ema_inplace(
-                            be.view_mut(v, vr.clone()),
-                            be.view(mean_squares, vr.clone()),
-                            beta2,
-                        )?;
-                        be.block_adam_direction_step(
-                            be.view_mut(output, r.clone()),
-                            be.view_mut(m, r.clone()),
-                            be.view(v, vr.clone()),
-                            be.view(input, r.clone()),
-                            *block,
-                            hp,
-                        )?;
+                    let mut block_step = |u: &mut BK::Buf, g: &BK::Buf| -> Result<()> {
+                        for (r, block, vr) in parts.iter() {
+                            be.block_mean_squares(
+                                be.view_mut(mean_squares, vr.clone()),
+                                be.view(g, r.clone()),
+                                *block,
+                            )?;
+                            be.ema_inplace(
+                                be.view_mut(v, vr.clone()),
+                                be.view(mean_squares, vr.clone()),
+                                beta2,
+                            )?;
+                            be.block_adam_direction_step(
+                                be.view_mut(u, r.clone()),
+                                be.view_mut(m, r.clone()),
+                                be.view(v, vr.clone()),
+                                be.view(g, r.clone()),
+                                *block,
+                                hp,
+                            )?;
+                        }
+                        Ok(())
+                    };
+                    match order {
+                        None => block_step(output, input)?,
+                        Some(o) => {
+                            // the input in block order, in `output` (free until the scatter)
+                            let one = be.view(&o.one, 0..1);
+                            be.rotate(
+                                be.view_mut(output, 0..d),
+                                be.view(input, 0..d),
+                                &o.index,
+                                one,
+                                d,
+                                1,
+                            )?;
+                            block_step(&mut o.scratch, output)?;
+                            be.unrotate(
+                                be.view_mut(output, 0..d),
+                                be.view(&o.scratch, 0..d),
+                                &o.index,
+                                one,
+                                d,
+                                1,
+                            )?;
+                        }
                     }
                 }
                 _ => unreachable!("each link's state is made with it (new)"),

@@ -10,8 +10,14 @@
 //! All are orthogonal maps of the d parameters: `rotate` = R·g into the optimizer's layout, `unrotate` =
 //! Rᵀ·u back to the standard layout. Only `svd` changes over time (`prepare` sees every step's gradient)
 //! and so has checkpoint state beyond its config.
+//!
+//! Every position of the optimizer's layout is *placed* at one standard index ([`Basis::placement`]): a
+//! block rotation's rotated coordinate at the index it was gathered from (`Rotation::layout_index`, which
+//! keeps it inside its group), the other bases' position p at index p (svd keeps each tensor at its own
+//! range). Blockwise Adam reads its blocks through this placement (`optim`), and every basis carries the
+//! run's [`Neurons`] for its neuron blocks.
 
-use super::{KronRotation, Rotation, Scope, SvdRotation};
+use super::{KronRotation, Neurons, Rotation, Scope, SvdRotation};
 use crate::backend::Backend;
 use crate::config::{RotationConfig, RotationKind};
 use crate::error::Result;
@@ -27,27 +33,53 @@ pub enum Basis<BK: Backend> {
 
 impl<BK: Backend> Basis<BK> {
     pub fn new(be: &BK, cfg: &RotationConfig, table: &ParamTable) -> Result<Self> {
+        let neurons = Neurons::of(cfg);
         Ok(match cfg.kind {
-            RotationKind::Svd => Basis::Svd(SvdRotation::new(be, table, cfg.svd_every)?),
-            RotationKind::Kron => Basis::Kron(KronRotation::new(
-                be,
-                table.total,
-                cfg.kron_stages,
-                cfg.seed,
-            )?),
-            RotationKind::Scope(scope) => {
-                Basis::Block(Rotation::new(be, scope, cfg.block, cfg.seed, table)?)
+            RotationKind::Svd => {
+                Basis::Svd(SvdRotation::new(be, table, cfg.svd_every)?.with_neurons(neurons))
             }
+            RotationKind::Kron => Basis::Kron(
+                KronRotation::new(be, table.total, cfg.kron_stages, cfg.seed)?
+                    .with_neurons(neurons),
+            ),
+            RotationKind::Scope(scope) => Basis::Block(Rotation::with_neurons(
+                be, scope, cfg.block, cfg.seed, neurons, table,
+            )?),
         })
     }
 
-    /// The standard basis (`--rotation none`).
+    /// The standard basis (`--rotation none`), with the default [`Neurons`].
     pub fn identity(be: &BK, table: &ParamTable) -> Result<Self> {
         Ok(Basis::Block(Rotation::new(be, Scope::None, 1, 0, table)?))
     }
 
     pub fn is_identity(&self) -> bool {
         matches!(self, Basis::Block(r) if r.is_identity())
+    }
+
+    /// The run's neurons (`--vector-rotation`, `--embedding-rotation`): the groups of `output` and
+    /// `input`, and blockwise Adam's neuron blocks in this basis.
+    pub fn neurons(&self) -> Neurons {
+        match self {
+            Basis::Block(r) => r.neurons(),
+            Basis::Svd(s) => s.neurons(),
+            Basis::Kron(k) => k.neurons(),
+        }
+    }
+
+    /// The standard index each position of the optimizer's layout is placed at (module docs); None when
+    /// position p is placed at index p (the identity, svd, kron).
+    pub fn placement(&self, be: &BK) -> Option<Vec<u32>> {
+        match self {
+            Basis::Block(r) => r.placement(be),
+            Basis::Svd(_) | Basis::Kron(_) => None,
+        }
+    }
+
+    /// Whether the basis was refreshed from the gradient of (1-based) step `step`: svd at steps 1, F+1,
+    /// 2F+1, …, the first from the gradient at the initial weights; never for the fixed bases.
+    pub fn refreshed_at(&self, step: usize) -> bool {
+        matches!(self, Basis::Svd(s) if s.last_refresh() == Some(step))
     }
 
     /// Called before every optimizer step (1-based `step`) with its gradient.

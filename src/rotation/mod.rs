@@ -6,7 +6,8 @@
 //!
 //! Construction, as the paper does it (App. C.1, C.3, D.1), for block size n:
 //! 1. the scope splits the d coordinates into groups (a tensor, a row, a column, or everything; see
-//!    [`scope`] for what each scope does with embeddings and with 1-D parameters);
+//!    [`scope`] for what each scope does with embeddings and with 1-D parameters, which `--vector-rotation`
+//!    and `--embedding-rotation` choose: a [`Neurons`]);
 //! 2. each group's indices are shuffled by a uniformly random permutation π (Fisher–Yates);
 //! 3. the permuted group is cut into consecutive chunks of n, each rotated by the SAME Haar block R_n
 //!    (shared by every group); the last p = len mod n entries form a residual chunk rotated by a p×p Haar
@@ -15,15 +16,20 @@
 //! Memory is O(n² + d) — the index lists, prepared once by the backend (`Backend::rotation_index`: on the
 //! CPU a bucketed plan of 6–10 bytes per coordinate for scattered lists, see `backend::cpu::rotation`),
 //! plus the blocks — and compute O(n·d); no d×d matrix ever exists. Random draws, all from `Rng::derive(seed, STREAM_ROTATION)`, in this order: the n×n
-//! Gaussian of R_n, the permutations group by group (in [`scope::groups`] order), then one p×p Gaussian per
-//! residual size p in ascending p. The matrices are computed in f64 and cast to the backend's type.
+//! Gaussian of R_n, the permutations group by group (in [`scope::groups_with`] order), then one p×p
+//! Gaussian per residual size p in ascending p. The matrices are computed in f64 and cast to the backend's
+//! type. Coordinates in no group ([`scope::unrotated`]: embeddings under `--embedding-rotation none`) draw
+//! nothing: they form a last class of 1×1 blocks holding exactly 1, the identity.
 //!
 //! **The rotated layout.** `rotate` returns a vector of length d laid out for speed, not in the standard
 //! order: first every full n-block of every group (in group order; a block holds the n rotated coordinates
-//! R_n·g[π-chunk]), then the residual blocks grouped by size, ascending p. So rotate is one gather plus
-//! ONE large GEMM (nb×n)·(n×n)ᵀ, plus one per residual size. The permutation is never undone in the
-//! rotated space (App. C.2: Adam is permutation-equivariant, so it does not matter); optimizer state (the
-//! moments) lives in this layout, and `unrotate` maps an update back to the standard layout.
+//! R_n·g[π-chunk]), then the residual blocks grouped by size, ascending p, then the unrotated coordinates
+//! (if any) in index order. So rotate is one gather plus ONE large GEMM (nb×n)·(n×n)ᵀ, plus one per
+//! residual size. The permutation is never undone in the rotated space (App. C.2: Adam is
+//! permutation-equivariant, so it does not matter); optimizer state (the moments) lives in this layout
+//! (blockwise Adam's in a fixed permutation of it, `optim::blocks`), and `unrotate` maps an update back to
+//! the standard layout. Each position is *placed* at the standard index it was gathered from
+//! ([`Rotation::layout_index`]), inside its group: that is how blockwise Adam finds its blocks here.
 //!
 //! `Scope::None` is the identity: no groups, `is_identity()` is true, and rotate/unrotate are plain copies
 //! (optimizers skip them altogether). n = 1 makes R_1 = ±1: a pure permutation with random sign flips, under
@@ -37,7 +43,7 @@ pub mod svd;
 
 pub use haar::{haar, qr_q_unsigned};
 pub use kron::KronRotation;
-pub use scope::{groups, Group};
+pub use scope::{groups, groups_with, Group, Neurons};
 pub use svd::SvdRotation;
 
 pub use crate::config::Scope;
@@ -61,8 +67,10 @@ struct BlockClass<BK: Backend> {
     /// count·size indices into the standard layout (the permuted chunks, one after another), prepared for
     /// the backend.
     index: BK::RotIndex,
-    /// The size×size Haar block, row-major, in the backend's type.
+    /// The size×size Haar block, row-major, in the backend's type (1 for the unrotated class).
     r: BK::Buf,
+    /// The coordinates no group holds: size 1, r = 1 (`scope::unrotated`).
+    unrotated: bool,
 }
 
 /// A span of the rotated layout: `count` consecutive blocks of `size` coordinates starting at `offset`.
@@ -77,6 +85,8 @@ pub struct Segment {
 /// and residual blocks (module docs). `rotate` computes R·g into the rotated layout, `unrotate` Rᵀ·u back.
 pub struct Rotation<BK: Backend> {
     scope: Scope,
+    /// What a neuron is under `output` and `input` (unused by the other scopes).
+    neurons: Neurons,
     n: usize,
     seed: u64,
     d: usize,
@@ -135,8 +145,22 @@ fn upload_f64<BK: Backend>(be: &BK, m: &[f64]) -> Result<BK::Buf> {
 
 impl<BK: Backend> Rotation<BK> {
     /// Builds the rotation of `scope` with block size `n` over the parameters of `table`, drawn from
-    /// `Rng::derive(seed, STREAM_ROTATION)` (module docs for the order of the draws).
+    /// `Rng::derive(seed, STREAM_ROTATION)` (module docs for the order of the draws), with the default
+    /// [`Neurons`] (what a new run gets).
     pub fn new(be: &BK, scope: Scope, n: usize, seed: u64, table: &ParamTable) -> Result<Self> {
+        Self::with_neurons(be, scope, n, seed, Neurons::default(), table)
+    }
+
+    /// [`Rotation::new`] with the neurons `neurons` (what `output` and `input` do with embeddings and
+    /// 1-D tensors; [`scope`]).
+    pub fn with_neurons(
+        be: &BK,
+        scope: Scope,
+        n: usize,
+        seed: u64,
+        neurons: Neurons,
+        table: &ParamTable,
+    ) -> Result<Self> {
         if n == 0 {
             return Err(Error::config("rotation block", "must be at least 1"));
         }
@@ -149,6 +173,7 @@ impl<BK: Backend> Rotation<BK> {
         }
         let mut rot = Rotation {
             scope,
+            neurons,
             n,
             seed,
             d,
@@ -160,7 +185,7 @@ impl<BK: Backend> Rotation<BK> {
         let mut rng = Rng::derive(seed, STREAM_ROTATION);
         let r_n = haar(n, &mut rng);
 
-        let groups = scope::groups(scope, table);
+        let groups = scope::groups_with(scope, neurons, table);
         let full_len: usize = groups.iter().map(|g| g.len - g.len % n).sum();
         // A group is shuffled in place at the end of `full`, then its residual tail moves out.
         let mut full: Vec<u32> = Vec::with_capacity(full_len + n);
@@ -187,6 +212,7 @@ impl<BK: Backend> Rotation<BK> {
             offset: 0,
             index: be.rotation_index(full, n, d)?,
             r: upload_f64(be, &r_n)?,
+            unrotated: false,
         });
         let mut offset = full_len;
         for (p, index) in residual {
@@ -198,8 +224,25 @@ impl<BK: Backend> Rotation<BK> {
                 offset,
                 index: be.rotation_index(index, p, d)?,
                 r: upload_f64(be, &r_p)?,
+                unrotated: false,
             });
             offset += count * p;
+        }
+        let fixed: Vec<u32> = scope::unrotated(scope, neurons, table)
+            .iter()
+            .flat_map(|g| g.indices().map(|i| i as u32))
+            .collect();
+        if !fixed.is_empty() {
+            let count = fixed.len();
+            rot.classes.push(BlockClass {
+                size: 1,
+                count,
+                offset,
+                index: be.rotation_index(fixed, 1, d)?,
+                r: upload_f64(be, &[1.0])?,
+                unrotated: true,
+            });
+            offset += count;
         }
         debug_assert_eq!(offset, d);
         Ok(rot)
@@ -220,6 +263,10 @@ impl<BK: Backend> Rotation<BK> {
     pub fn scope(&self) -> Scope {
         self.scope
     }
+    /// What a neuron is under `output` and `input` (and for blockwise Adam's neuron blocks in this basis).
+    pub fn neurons(&self) -> Neurons {
+        self.neurons
+    }
     pub fn seed(&self) -> u64 {
         self.seed
     }
@@ -239,8 +286,22 @@ impl<BK: Backend> Rotation<BK> {
             .collect()
     }
 
+    /// [`Rotation::layout_index`] as u32 (what an index list holds); None for the identity.
+    pub fn placement(&self, be: &BK) -> Option<Vec<u32>> {
+        if self.is_identity() {
+            return None;
+        }
+        Some(
+            self.classes
+                .iter()
+                .flat_map(|c| be.rotation_index_list(&c.index))
+                .collect(),
+        )
+    }
+
     /// The rotated layout as segments of equal-size blocks: full n-blocks first (present even when empty),
-    /// then residual blocks by ascending size. Empty for the identity (whose layout is the standard one).
+    /// then residual blocks by ascending size, then the unrotated coordinates as blocks of 1 (if any).
+    /// Empty for the identity (whose layout is the standard one).
     pub fn segments(&self) -> Vec<Segment> {
         self.classes
             .iter()
@@ -252,15 +313,26 @@ impl<BK: Backend> Rotation<BK> {
             .collect()
     }
 
-    /// e.g. "global, n=768: 161,894 blocks of 768 + 1 residual block of 512".
+    /// e.g. "global, n=768: 161,894 blocks of 768 + 1 residual block of 512"; the neuron scopes say what
+    /// their neurons are: "output (1-D tensors per neuron, embeddings none), n=768: … + 39,383,808
+    /// unrotated".
     pub fn describe(&self) -> String {
         if self.is_identity() {
             return format!("none (identity), {} coordinates", thousands(self.d));
         }
         let plural = |c: usize| if c == 1 { "" } else { "s" };
-        let mut s = format!("{}, n={}", self.scope, self.n);
+        let mut s = match self.scope {
+            Scope::Output | Scope::Input => {
+                format!("{} ({}), n={}", self.scope, self.neurons, self.n)
+            }
+            _ => format!("{}, n={}", self.scope, self.n),
+        };
         for (i, c) in self.classes.iter().enumerate() {
             s += if i == 0 { ": " } else { " + " };
+            if c.unrotated {
+                s += &format!("{} unrotated", thousands(c.count));
+                continue;
+            }
             let kind = if i == 0 { "" } else { "residual " };
             s += &format!(
                 "{} {kind}block{} of {}",

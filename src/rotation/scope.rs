@@ -12,18 +12,61 @@
 //! - `output`: one group per output neuron of each 2-D weight = one ROW of the (out, in) matrix;
 //! - `input`: one group per input neuron = one COLUMN of the (out, in) matrix.
 //!
-//! Embeddings are lookup tables stored (in, out) — wte (V, C), wpe (T, C): row i is token/position i, column
-//! j is output channel j. As in the paper they are transposed for the neuron scopes, so under `output` a
-//! group is a COLUMN of wte/wpe (the V resp. T weights feeding channel j) and under `input` a ROW (the C
-//! weights leaving token i).
+//! What the neuron scopes do with the tensors that are not (out, in) weights is a [`Neurons`] (from
+//! `--vector-rotation` and `--embedding-rotation`, stored in `RotationConfig`):
 //!
-//! 1-D tensors (LayerNorm gains and biases, linear biases) have no (out, in) structure. Under `output` and
-//! `input` each 1-D tensor is ONE group, exactly as under `layer`. So every scope is a rotation of the whole
-//! parameter space (every coordinate lies in exactly one group), and the 1-D parameters are treated the same
-//! by `layer`, `output` and `input`.
+//! - **Embeddings** are lookup tables stored (in, out) — wte (V, C), wpe (T, C): row i is token/position i,
+//!   column j is channel j. `paper` (the default) transposes them as the paper does (App. D.1): under
+//!   `output` a group is a COLUMN of wte/wpe (the V resp. T weights feeding channel j), under `input` a ROW
+//!   (the C weights leaving token i). `head` reads wte as the tied LM head does, an (out, in) = (V, C)
+//!   weight whose output neurons are the tokens: under `output` a ROW of wte, under `input` a COLUMN (wpe,
+//!   which is no head, stays as `paper`). `none` leaves wte and wpe out of every group: the rotation is the
+//!   identity on them ([`unrotated`]).
+//! - **1-D tensors** (LayerNorm gains and biases, linear biases) have no (out, in) structure. A gain γⱼ
+//!   scales neuron j alone, so under the neuron-wise definition (Maes et al. §2.3, Fig. 6; App. D.1) it is
+//!   a group by itself: `neuron` (the default for new runs) makes every coordinate of a 1-D tensor its own
+//!   group (a bias bⱼ too; the paper's GPT-2 has none, App. D.2). `mixed` makes each 1-D tensor ONE group,
+//!   as under `layer` (what this project did before the setting existed; older `config.json` files read
+//!   as `mixed`).
+//!
+//! `layer` and `global` do not look at a [`Neurons`]. Every index `0..table.total` lies in exactly one
+//! group of [`groups_with`] or of [`unrotated`], for every scope but `none`.
+//!
+//! Blockwise Adam's neuron blocks (Xie et al. Alg. 3, `--blocks neuron`) are the `output` groups of the
+//! same [`Neurons`] ([`neuron_groups`]; embeddings left unrotated are split as `paper` there), so an
+//! `output` rotation never mixes two of its blocks.
 
 use super::Scope;
+use crate::config::{EmbeddingRotation, RotationConfig, VectorRotation};
 use crate::model::{ParamEntry, ParamTable, Role};
+
+/// What a neuron is for the tensors that are not (out, in) weights (module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Neurons {
+    pub vectors: VectorRotation,
+    pub embeddings: EmbeddingRotation,
+}
+
+impl Neurons {
+    /// The neurons of a run's rotation config.
+    pub fn of(cfg: &RotationConfig) -> Self {
+        Neurons {
+            vectors: cfg.vectors,
+            embeddings: cfg.embeddings,
+        }
+    }
+}
+
+impl std::fmt::Display for Neurons {
+    /// e.g. `1-D tensors per neuron, embeddings paper`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let vectors = match self.vectors {
+            VectorRotation::Mixed => "mixed",
+            VectorRotation::Neuron => "per neuron",
+        };
+        write!(f, "1-D tensors {vectors}, embeddings {}", self.embeddings)
+    }
+}
 
 /// The coordinates `offset + k·stride` for `k < len` of the flat parameter buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,9 +111,15 @@ fn cols_of(e: &ParamEntry, out: &mut Vec<Group>) {
     }));
 }
 
-/// The groups of `scope` over `table`. `Scope::None` has no groups (the identity rotates nothing).
-/// Every index `0..table.total` lies in exactly one group for every other scope.
+/// The groups of `scope` over `table` with the default [`Neurons`] (what a new run gets).
 pub fn groups(scope: Scope, table: &ParamTable) -> Vec<Group> {
+    groups_with(scope, Neurons::default(), table)
+}
+
+/// The groups of `scope` over `table`: what the rotation may mix. `Scope::None` has no groups (the
+/// identity rotates nothing). With [`unrotated`], every index `0..table.total` lies in exactly one group
+/// for every other scope.
+pub fn groups_with(scope: Scope, neurons: Neurons, table: &ParamTable) -> Vec<Group> {
     let mut out = Vec::new();
     match scope {
         Scope::None => {}
@@ -85,11 +134,26 @@ pub fn groups(scope: Scope, table: &ParamTable) -> Vec<Group> {
             }
         }
         Scope::Output | Scope::Input => {
+            let output = scope == Scope::Output;
             for e in table.entries.iter().filter(|e| !e.is_empty()) {
                 if !e.is_matrix() {
-                    out.push(Group::contiguous(e.offset, e.len()));
-                } else if (scope == Scope::Output) != is_embedding(e) {
-                    // output of an (out, in) weight, or input of an (in, out) embedding
+                    match neurons.vectors {
+                        VectorRotation::Mixed => out.push(Group::contiguous(e.offset, e.len())),
+                        VectorRotation::Neuron => {
+                            out.extend(e.range().map(|i| Group::contiguous(i, 1)))
+                        }
+                    }
+                    continue;
+                }
+                // is the tensor read (out, in), so that an output neuron is a row?
+                let out_in = match neurons.embeddings {
+                    _ if !is_embedding(e) => true,
+                    EmbeddingRotation::None => continue,
+                    EmbeddingRotation::Head => e.role == Role::Wte,
+                    EmbeddingRotation::Paper => false,
+                };
+                if output == out_in {
+                    // the output of an (out, in) weight, or the input of a transposed embedding
                     rows_of(e, &mut out);
                 } else {
                     cols_of(e, &mut out);
@@ -98,4 +162,37 @@ pub fn groups(scope: Scope, table: &ParamTable) -> Vec<Group> {
         }
     }
     out
+}
+
+/// The coordinates `scope` leaves unrotated: the embeddings under `output` and `input` with
+/// `--embedding-rotation none`, one group per tensor; empty otherwise.
+pub fn unrotated(scope: Scope, neurons: Neurons, table: &ParamTable) -> Vec<Group> {
+    if !matches!(scope, Scope::Output | Scope::Input)
+        || neurons.embeddings != EmbeddingRotation::None
+    {
+        return Vec::new();
+    }
+    table
+        .entries
+        .iter()
+        .filter(|e| !e.is_empty() && e.is_matrix() && is_embedding(e))
+        .map(|e| Group::contiguous(e.offset, e.len()))
+        .collect()
+}
+
+/// Blockwise Adam's neuron blocks: the `output` groups of `neurons`, with embeddings that `none` leaves
+/// unrotated split as `paper` (one block per channel). Every index lies in exactly one of them.
+pub fn neuron_groups(neurons: Neurons, table: &ParamTable) -> Vec<Group> {
+    let embeddings = match neurons.embeddings {
+        EmbeddingRotation::None => EmbeddingRotation::Paper,
+        e => e,
+    };
+    groups_with(
+        Scope::Output,
+        Neurons {
+            embeddings,
+            ..neurons
+        },
+        table,
+    )
 }

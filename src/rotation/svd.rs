@@ -26,7 +26,10 @@
 //!
 //! **Schedule.** `prepare(step, grads)` is called before every optimizer step (1-based) and refreshes all
 //! factors from that step's gradient when (step − 1) mod F = 0, i.e. at steps 1, F+1, 2F+1, … (the poster's
-//! "t mod F = 0" with 0-based t). Before the first refresh the rotation is the identity (plain copies).
+//! "t mod F = 0" with 0-based t). So the first basis comes from the first step's gradient, taken at the
+//! initial weights (the seed's, or `--init-from`'s), and that step is already taken in it; no step runs
+//! in the standard basis. The rotation is the identity (plain copies) only before that first `prepare`.
+//! A run's `metrics.jsonl` marks each refresh step with `"svd_refresh": true` (`docs/usage.md`).
 //!
 //! **Refresh.** The gradient is downloaded once; the SVDs run one per rayon task (largest first), each
 //! sequential inside faer (`Par::Seq`), so the factors do not depend on the thread count; each task casts
@@ -106,6 +109,8 @@ pub struct SvdRotation<BK: Backend> {
     last_refresh: Option<usize>,
     /// Largest m·n over the non-embedding matrices; allocated at the first refresh.
     scratch: Option<BK::Buf>,
+    /// The run's neurons, for blockwise Adam's neuron blocks in this basis (the rotation ignores them).
+    neurons: super::Neurons,
 }
 
 impl<BK: Backend> SvdRotation<BK> {
@@ -141,7 +146,19 @@ impl<BK: Backend> SvdRotation<BK> {
             factors: Vec::new(),
             last_refresh: None,
             scratch: None,
+            neurons: super::Neurons::default(),
         })
+    }
+
+    /// This rotation with the run's neurons (for blockwise Adam's neuron blocks; the rotation itself does
+    /// not depend on them).
+    pub fn with_neurons(mut self, neurons: super::Neurons) -> Self {
+        self.neurons = neurons;
+        self
+    }
+    /// See [`SvdRotation::with_neurons`].
+    pub fn neurons(&self) -> super::Neurons {
+        self.neurons
     }
 
     /// F, the refresh period.
@@ -355,7 +372,11 @@ impl<BK: Backend> SvdRotation<BK> {
         let n_vec: usize = self.vectors.iter().map(|r| r.len()).sum();
         let refresh = match self.last_refresh {
             Some(s) => format!("last refresh at step {s}"),
-            None => "identity until the first refresh".into(),
+            None => {
+                "identity until the first refresh (before step 1, from the gradient at the initial \
+                 weights)"
+                    .into()
+            }
         };
         format!(
             "svd, F={}: {n_mat} matri{} Uᵀ·G·V + {emb} embedding{} G·V, {} 1-D coordinates unrotated; \
