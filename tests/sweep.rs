@@ -186,11 +186,12 @@ fn a_run_directory_with_another_config_is_an_error_not_overwritten() {
         "error names the file and the field: {err}"
     );
     assert_eq!(before, std::fs::read(&metrics).unwrap());
-    // the cosine schedule ends at --steps (no --lr-decay-steps): more steps would be another run
+    // the cosine schedule ends at --steps (no --lr-decay-steps): more steps would be another run,
+    // whose recorded decay step differs
     a.run.lr = None;
     a.run.steps = Some(3);
     let err = sw::run(&a).unwrap_err().to_string();
-    assert!(err.contains("train.steps"), "{err}");
+    assert!(err.contains("train.lr_decay_steps"), "{err}");
 
     // an unknown rotation is refused where it is parsed, naming it and what is accepted
     let e = rotadam::cli::Cli::try_parse_from(["rotadam", "sweep", "--rotations", "none,sideways"])

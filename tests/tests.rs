@@ -1,9 +1,11 @@
 //! The one integration-test binary: one module per topic.
 
+mod checkpoint;
 mod cli;
 mod cuda;
 mod data;
 mod diagnose;
+mod eval;
 mod house;
 mod kron;
 mod model;
@@ -12,6 +14,7 @@ mod optim;
 mod plot;
 mod quadratic;
 mod rotation;
+mod runs;
 mod svd;
 mod sweep;
 mod train;

@@ -211,7 +211,7 @@ fn bad_resume_and_bad_checkpoints_are_clear_errors() {
         err.contains("nothing") && err.contains("config.json"),
         "{err}"
     );
-    // a run directory without checkpoints
+    // a run directory (written by the run, without checkpoints yet: `tests/runs.rs` resumes such a one)
     let cfg = tiny_config(&root, &root.join("run"), 2);
     std::fs::create_dir_all(&cfg.out).unwrap();
     std::fs::write(
@@ -219,11 +219,6 @@ fn bad_resume_and_bad_checkpoints_are_clear_errors() {
         serde_json::to_vec(&cfg).unwrap(),
     )
     .unwrap();
-    let err = train::train(&cfg, true).unwrap_err().to_string();
-    assert!(
-        err.contains("checkpoints") && err.contains("no checkpoint"),
-        "{err}"
-    );
     // run-changing flags are refused on resume
     let args = RunOptions {
         resume: Some(cfg.out.clone()),
@@ -231,7 +226,7 @@ fn bad_resume_and_bad_checkpoints_are_clear_errors() {
         ..Default::default()
     };
     let err = args.to_config().unwrap_err().to_string();
-    assert!(err.contains("--lr"), "{err}");
+    assert!(err.contains("train.lr") && err.contains("to 1"), "{err}");
     // a checkpoint whose shapes do not match the model
     let mut a = tiny_config(&root, &root.join("a"), 1);
     a.train.checkpoint_every = 1;

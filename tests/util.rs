@@ -138,5 +138,6 @@ pub fn tiny_config(data: &Path, out: &Path, steps: usize) -> RunConfig {
         threads: 2,
         init_from: None,
         quiet: true,
+        max_memory: None,
     }
 }

@@ -2,7 +2,10 @@
 //! `--config` file or a resumed run ([`RunOptions`] resolves them).
 
 use super::{choice, model_default, threads_help, train_default};
-use crate::config::{BlockPartition, DeviceKind, OptimizerKind, Precision, RotationKind};
+use crate::config::{
+    BlockPartition, DeviceKind, EmbeddingRotation, OptimizerKind, Precision, RotationKind,
+    VectorRotation,
+};
 use crate::run::options::RunOptions;
 use clap::Args;
 use std::path::PathBuf;
@@ -12,7 +15,9 @@ pub struct Gpt2Args {
     /// Rebuild a run from a config.json (flags given here override it).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Continue the run in this directory from its latest checkpoint (--steps is the new total).
+    /// Continue the run in this directory from its latest checkpoint (--steps is the new total; the
+    /// learning-rate schedule stays the one the run started with). Without a checkpoint yet, the run
+    /// restarts from its config.json.
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Model preset: small (CPU demo), 124m, 350m, 774m, 1558m (GPT-2), tiny (tests) [default: small].
@@ -31,7 +36,8 @@ pub struct Gpt2Args {
     /// Biases in linear layers and LayerNorms (off by default, as in the paper).
     #[arg(long)]
     pub bias: bool,
-    /// Token data: `demo` (embedded corpus) or a directory with train.bin/val.bin or llm.c shards [default: demo].
+    /// Token data: `demo` (the embedded corpus), `demo-compact` (the same with only the token ids it uses,
+    /// which also sets --vocab-size) or a directory with train.bin/val.bin or llm.c shards [default: demo].
     #[arg(long)]
     pub data: Option<String>,
     #[arg(long, help = train_default("Sequences per micro-batch", |t| t.batch_size.to_string()))]
@@ -46,7 +52,8 @@ pub struct Gpt2Args {
     pub min_lr: Option<f64>,
     #[arg(long, help = train_default("Linear warm-up steps", |t| t.warmup.to_string()))]
     pub warmup: Option<usize>,
-    /// Step at which the cosine decay reaches --min-lr [default: --steps].
+    /// Step at which the cosine decay reaches --min-lr, recorded in config.json so that extending the run
+    /// with --resume --steps does not move it [default: --steps].
     #[arg(long)]
     pub lr_decay_steps: Option<usize>,
     #[arg(long, help = train_default("Decoupled weight decay λ (2-D weights only)", |t| t.weight_decay.to_string()))]
@@ -62,7 +69,7 @@ pub struct Gpt2Args {
     /// The optimizer [default: adamw].
     #[arg(long, value_parser = choice::<OptimizerKind>())]
     pub optimizer: Option<OptimizerKind>,
-    /// Blocks of blockwise Adam [default: tensor].
+    /// Blocks of blockwise Adam, in the optimizer's rotated basis [default: tensor].
     #[arg(long, value_parser = choice::<BlockPartition>())]
     pub blocks: Option<BlockPartition>,
     #[arg(long, help = train_default("SGD's momentum μ", |t| t.momentum.to_string()))]
@@ -90,6 +97,14 @@ pub struct Gpt2Args {
     /// `--rotation kron`: number of chained stages [default: 2].
     #[arg(long)]
     pub kron_stages: Option<usize>,
+    /// `--rotation output|input` and `--blocks neuron`: what a neuron is for a 1-D tensor (a LayerNorm
+    /// gain) [default: neuron; a config.json without the setting: mixed].
+    #[arg(long, value_parser = choice::<VectorRotation>())]
+    pub vector_rotation: Option<VectorRotation>,
+    /// `--rotation output|input` and `--blocks neuron`: how the embeddings split into neurons
+    /// [default: paper].
+    #[arg(long, value_parser = choice::<EmbeddingRotation>())]
+    pub embedding_rotation: Option<EmbeddingRotation>,
     /// Run directory [default: runs/gpt2-<model>-<rotation>-s<seed>-<UTC time>].
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -101,7 +116,8 @@ pub struct Gpt2Args {
     pub precision: Option<Precision>,
     #[arg(long, help = threads_help())]
     pub threads: Option<usize>,
-    /// Initialise from a Hugging Face GPT-2 model.safetensors.
+    /// Initialise from a Hugging Face GPT-2 model.safetensors, or a directory holding one (such as a
+    /// checkpoint or a `save_pretrained` directory).
     #[arg(long)]
     pub init_from: Option<PathBuf>,
     /// Print nothing but errors.
@@ -111,6 +127,15 @@ pub struct Gpt2Args {
     /// update) into metrics.jsonl (AdamW only; 0 = off) [default: 0].
     #[arg(long)]
     pub log_update_cv: Option<usize>,
+    /// Refuse the run when its estimated memory (printed at start) exceeds this size, e.g. 8G or 512M
+    /// [default: the memory available on this machine].
+    #[arg(long, value_parser = parse_size)]
+    pub max_memory: Option<u64>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let n = crate::run::memory::parse_size(s)?;
+    u64::try_from(n).map_err(|_| format!("'{s}' is too large"))
 }
 
 impl Gpt2Args {
@@ -151,6 +176,8 @@ impl Gpt2Args {
             rotation_seed: self.rotation_seed,
             svd_every: self.svd_every,
             kron_stages: self.kron_stages,
+            vector_rotation: self.vector_rotation,
+            embedding_rotation: self.embedding_rotation,
             out: self.out.clone(),
             device: self.device,
             precision: self.precision,
@@ -158,6 +185,20 @@ impl Gpt2Args {
             init_from: self.init_from.clone(),
             quiet: self.quiet,
             log_update_cv: self.log_update_cv,
+            max_memory: self.max_memory,
         }
+    }
+
+    /// The run's config and whether it resumes; options the run would not use are refused, or warned of
+    /// on stderr (unless --quiet).
+    pub fn to_config(&self) -> crate::error::Result<(crate::config::RunConfig, bool)> {
+        let opts = self.options();
+        let (cfg, resume) = opts.to_config()?;
+        for w in opts.check_used(&cfg)? {
+            if !self.quiet {
+                eprintln!("warning: {w}");
+            }
+        }
+        Ok((cfg, resume))
     }
 }

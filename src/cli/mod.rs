@@ -4,6 +4,7 @@
 
 mod bench;
 mod diagnose;
+mod eval;
 mod gpt2;
 mod quadratic;
 mod sweep;
@@ -47,6 +48,8 @@ pub enum Command {
     Quadratic(QuadraticArgs),
     /// Diagnostics of a checkpoint in its rotated basis: linf, l11, spectral, hessian-rows, update-cv.
     Diagnose(DiagnoseArgs),
+    /// Mean cross-entropy of a checkpoint over a token file; with --grad, its gradient as safetensors.
+    Eval(eval::EvalArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -63,6 +66,10 @@ pub struct PrepareArgs {
     /// Seed of the document-level val split.
     #[arg(long, default_value_t = crate::data::prepare::DEFAULT_SEED)]
     pub seed: u64,
+    /// Keep only the token ids that occur, renumbered 0..K-1 in GPT-2 order; meta.json records K
+    /// (vocab_size) and the mapping back (gpt2_ids). Train on it with --vocab-size K or more.
+    #[arg(long)]
+    pub compact_vocab: bool,
     /// Print nothing but errors and the summary.
     #[arg(long)]
     pub quiet: bool,
@@ -72,7 +79,7 @@ pub struct PrepareArgs {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Gpt2(args) => {
-            let (cfg, resume) = args.options().to_config()?;
+            let (cfg, resume) = args.to_config()?;
             crate::run::train::train(&cfg, resume)?;
         }
         Command::Prepare(a) => {
@@ -81,6 +88,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 out: a.out,
                 val_fraction: a.val_fraction,
                 seed: a.seed,
+                compact_vocab: a.compact_vocab,
                 quiet: a.quiet,
             })?;
             println!("{}", to_json(&summary)?);
@@ -111,6 +119,14 @@ pub fn run(cli: Cli) -> Result<()> {
                 println!("{}", to_json(&report)?);
             } else if !a.quiet {
                 print!("{}", crate::diagnose::table(&report));
+            }
+        }
+        Command::Eval(a) => {
+            let report = crate::eval::run(&a.options())?;
+            if a.json {
+                println!("{}", to_json(&report)?);
+            } else {
+                println!("{}", crate::eval::line(&report));
             }
         }
     }

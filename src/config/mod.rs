@@ -7,7 +7,8 @@ mod kinds;
 pub(crate) use kinds::choice_impls;
 
 pub use kinds::{
-    BlockPartition, Choice, DeviceKind, OptimizerKind, Precision, RotationKind, Scope,
+    BlockPartition, Choice, DeviceKind, EmbeddingRotation, OptimizerKind, Precision, RotationKind,
+    Scope, VectorRotation,
 };
 
 use crate::error::{Error, Result};
@@ -108,7 +109,11 @@ impl ModelConfig {
     }
 }
 
-/// The rotation of the optimizer's basis (Maes et al. §2.3, App. C): its kind, block size n, seed.
+/// The rotation of the optimizer's basis (Maes et al. §2.3, App. C): its kind, block size n, seed, and
+/// what a neuron is (for the neuron scopes and blockwise Adam's neuron blocks).
+///
+/// `Default` is what a new run gets; a field missing from a file reads as what the code did before the
+/// field existed (each field's serde default), which is not always the same.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RotationConfig {
     pub kind: RotationKind,
@@ -122,6 +127,25 @@ pub struct RotationConfig {
     /// `kron`: number of chained permutation + Kronecker stages (Xie et al. App. D.1).
     #[serde(default = "default_kron_stages")]
     pub kron_stages: usize,
+    /// What a neuron is for the 1-D tensors, under `output` and `input` and for blockwise Adam's neuron
+    /// blocks. New runs get [`VectorRotation::Neuron`] (the `Default` below, the paper's definition); a
+    /// `config.json` or `state.json` written before this field existed was trained with `mixed`, and
+    /// reads so (the serde default), so that it replays what it ran.
+    #[serde(default = "legacy_vectors")]
+    pub vectors: VectorRotation,
+    /// How the embeddings split into neurons, under `output` and `input` and for blockwise Adam's neuron
+    /// blocks. `paper` for new runs and for a `config.json` without the field (the only behaviour then).
+    #[serde(default = "legacy_embeddings")]
+    pub embeddings: EmbeddingRotation,
+}
+
+/// What a config written before `vectors` existed computed: each 1-D tensor one group.
+fn legacy_vectors() -> VectorRotation {
+    VectorRotation::Mixed
+}
+/// What a config written before `embeddings` existed computed: the paper's transposed embeddings.
+fn legacy_embeddings() -> EmbeddingRotation {
+    EmbeddingRotation::Paper
 }
 
 fn default_rotation_block() -> usize {
@@ -142,6 +166,8 @@ impl Default for RotationConfig {
             seed: 0,
             svd_every: default_svd_every(),
             kron_stages: default_kron_stages(),
+            vectors: VectorRotation::default(),
+            embeddings: EmbeddingRotation::default(),
         }
     }
 }
@@ -283,12 +309,49 @@ impl TrainConfig {
                 ),
             ));
         }
-        for (field, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+        for (field, v) in [
+            ("beta1", self.beta1),
+            ("beta2", self.beta2),
+            ("momentum", self.momentum),
+        ] {
             if !(0.0..1.0).contains(&v) {
                 return Err(Error::config(field, format!("{v} must be in [0, 1)")));
             }
         }
+        if self.min_lr > self.lr {
+            return Err(Error::config(
+                "min-lr",
+                format!(
+                    "{} is above the peak --lr {}: the cosine schedule decays from lr to min-lr",
+                    self.min_lr, self.lr
+                ),
+            ));
+        }
+        if self.lr_decay_steps == Some(0) {
+            return Err(Error::config("lr-decay-steps", "must be at least 1"));
+        }
         Ok(())
+    }
+
+    /// Settings a user may mean but probably does not: said at the start of a run.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let decay = self.decay_steps();
+        if self.warmup >= decay.min(self.steps) {
+            w.push(format!(
+                "warmup {} is not below the {} steps{}: the learning rate never reaches its peak {} and \
+                 never decays",
+                self.warmup,
+                decay.min(self.steps),
+                if decay < self.steps {
+                    " of the cosine schedule (--lr-decay-steps)"
+                } else {
+                    " of the run"
+                },
+                self.lr
+            ));
+        }
+        w
     }
 }
 
@@ -300,7 +363,8 @@ pub struct RunConfig {
     pub model: ModelConfig,
     pub train: TrainConfig,
     pub rotation: RotationConfig,
-    /// `demo` (the embedded Shakespeare corpus) or a directory of token shards.
+    /// `demo` (the embedded Shakespeare corpus), `demo-compact` (the same with only the token ids it uses)
+    /// or a directory of token shards.
     pub data: String,
     pub out: PathBuf,
     pub device: DeviceKind,
@@ -308,7 +372,15 @@ pub struct RunConfig {
     pub threads: usize,
     pub init_from: Option<PathBuf>,
     pub quiet: bool,
+    /// `--max-memory`: refuse a run whose estimated memory exceeds this many bytes (None: what the
+    /// machine has available).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<u64>,
 }
+
+/// Fields of a [`RunConfig`] that do not change what a run computes: where it is written, how fast, how
+/// loudly.
+pub const RUNTIME_FIELDS: [&str; 5] = ["out", "threads", "device", "quiet", "max_memory"];
 
 impl RunConfig {
     /// Reads a run's `config.json`, naming the file on any error.
@@ -336,6 +408,77 @@ impl RunConfig {
             }
         }
         Ok(())
+    }
+
+    /// The first field (a dotted path such as `train.lr`) in which two configs differ, leaving out the
+    /// [`RUNTIME_FIELDS`] and the `train` fields named in `train_runtime`. A schedule written before the
+    /// decay step was recorded (`lr_decay_steps: null`) ends at `steps`, and is compared as such.
+    pub fn difference(&self, other: &RunConfig, train_runtime: &[&str]) -> Option<String> {
+        let strip = |c: &RunConfig| {
+            let mut c = c.clone();
+            c.train.lr_decay_steps = Some(c.train.decay_steps());
+            // a path that is not UTF-8 is left to the `!=` below
+            let mut v = serde_json::to_value(&c).unwrap_or(serde_json::Value::Null);
+            if let Some(o) = v.as_object_mut() {
+                for f in RUNTIME_FIELDS {
+                    o.remove(f);
+                }
+                if let Some(t) = o.get_mut("train").and_then(|t| t.as_object_mut()) {
+                    for f in train_runtime {
+                        t.remove(*f);
+                    }
+                }
+            }
+            v
+        };
+        fn first_diff(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> Option<String> {
+            match (a.as_object(), b.as_object()) {
+                (Some(x), Some(y)) => {
+                    let keys: std::collections::BTreeSet<&String> =
+                        x.keys().chain(y.keys()).collect();
+                    keys.into_iter().find_map(|k| {
+                        let p = if path.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{path}.{k}")
+                        };
+                        match (x.get(k), y.get(k)) {
+                            (Some(u), Some(v)) => first_diff(u, v, &p),
+                            _ => Some(p),
+                        }
+                    })
+                }
+                _ => (a != b).then(|| {
+                    if path.is_empty() {
+                        "config".to_string()
+                    } else {
+                        path.to_string()
+                    }
+                }),
+            }
+        }
+        let (a, b) = (strip(self), strip(other));
+        if a.is_null() || b.is_null() {
+            let (mut x, mut y) = (self.clone(), other.clone());
+            for c in [&mut x, &mut y] {
+                c.out = PathBuf::new();
+                c.threads = 1;
+                c.device = DeviceKind::Auto;
+                c.quiet = false;
+                c.max_memory = None;
+            }
+            return (x != y).then(|| "config".to_string());
+        }
+        first_diff(&a, &b, "")
+    }
+
+    /// The value at a dotted path of [`RunConfig::difference`], as JSON text (for error messages).
+    pub fn field_text(&self, path: &str) -> String {
+        let v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        path.split('.')
+            .try_fold(&v, |v, k| v.get(k))
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "(absent)".into())
     }
 
     /// Tokens consumed by one optimizer step.

@@ -51,8 +51,12 @@ impl<BK: Backend> Activations<BK> {
     fn new(be: &BK, cfg: &ModelConfig, b: usize, t: usize) -> Result<Self> {
         let (l, c, v, nh) = (cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.n_head);
         let bt = b * t;
-        let a = |n: usize| be.alloc(n);
-        Ok(Activations {
+        let allocated = std::cell::Cell::new(0u128);
+        let a = |n: usize| {
+            allocated.set(allocated.get() + n as u128);
+            be.alloc(n)
+        };
+        let acts = Activations {
             b,
             t,
             encoded: a(bt * c)?,
@@ -82,8 +86,26 @@ impl<BK: Backend> Activations<BK> {
             dfch: a(bt * 4 * c)?,
             dfch_gelu: a(bt * 4 * c)?,
             datt: a(b * nh * t * t)?,
-        })
+        };
+        debug_assert_eq!(allocated.get(), activation_elements(cfg, b, t));
+        Ok(acts)
     }
+}
+
+/// The elements of the activation buffers a training pass over `b` sequences of `t` tokens allocates
+/// (every field of `Activations`), in u128 so that an absurd batch is counted, not overflowed.
+pub fn activation_elements(cfg: &ModelConfig, b: usize, t: usize) -> u128 {
+    let [l, c, v, nh, b, t] =
+        [cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.n_head, b, t].map(|x| x as u128);
+    let bt = b * t;
+    let att = b * nh * t * t;
+    // per layer: ln1, atty, residual2, ln2, residual3 (C each), qkv (3C), fch and fch_gelu (4C each),
+    // four means/rstds, the attention matrix
+    let per_layer = bt * c * (5 + 3 + 8) + 4 * bt + att;
+    // encoded, lnf, the scratch proj/dres/dln/datty (C each), dqkv (3C), dfch/dfch_gelu (4C each),
+    // lnf mean/rstd and the losses, the logits (V), datt
+    let once = bt * c * (6 + 3 + 8) + 3 * bt + bt * v + att;
+    l * per_layer + once
 }
 
 /// The model: configuration, parameter table, flat parameters and gradients on the backend.

@@ -6,9 +6,19 @@
 //! The command line fills a [`RunOptions`] (`cli::gpt2`); a sweep fills one per run.
 
 use crate::config::{
-    default_threads, BlockPartition, DeviceKind, ModelConfig, OptimizerKind, Precision,
-    RotationKind, RunConfig, TrainConfig,
+    default_threads, BlockPartition, DeviceKind, EmbeddingRotation, ModelConfig, OptimizerKind,
+    Precision, RotationKind, RunConfig, Scope, TrainConfig, VectorRotation,
 };
+
+/// The `train` fields a resume may change (with [`crate::config::RUNTIME_FIELDS`]): how long the run
+/// goes on, how often it is evaluated, checkpointed and logged.
+const RESUME_RUNTIME_TRAIN_FIELDS: [&str; 5] = [
+    "steps",
+    "eval_every",
+    "eval_batches",
+    "checkpoint_every",
+    "log_update_cv",
+];
 use crate::error::{Error, Result};
 use std::path::PathBuf;
 
@@ -49,6 +59,10 @@ pub struct RunOptions {
     pub rotation_seed: Option<u64>,
     pub svd_every: Option<usize>,
     pub kron_stages: Option<usize>,
+    /// `--vector-rotation`: a new run without it gets `neuron` (`RotationConfig`'s default).
+    pub vector_rotation: Option<VectorRotation>,
+    /// `--embedding-rotation`: a new run without it gets `paper`.
+    pub embedding_rotation: Option<EmbeddingRotation>,
     pub out: Option<PathBuf>,
     pub device: Option<DeviceKind>,
     pub precision: Option<Precision>,
@@ -56,6 +70,8 @@ pub struct RunOptions {
     pub init_from: Option<PathBuf>,
     pub quiet: bool,
     pub log_update_cv: Option<usize>,
+    /// `--max-memory` in bytes.
+    pub max_memory: Option<u64>,
 }
 
 /// Seconds since the Unix epoch as `YYYYmmdd-HHMMSS` (UTC), for default run and sweep directory names.
@@ -120,6 +136,8 @@ impl RunOptions {
         chk(self.rotation_seed.is_some(), "--rotation-seed");
         chk(self.svd_every.is_some(), "--svd-every");
         chk(self.kron_stages.is_some(), "--kron-stages");
+        chk(self.vector_rotation.is_some(), "--vector-rotation");
+        chk(self.embedding_rotation.is_some(), "--embedding-rotation");
         chk(self.blocks.is_some(), "--blocks");
         chk(self.out.is_some(), "--out");
         chk(self.precision.is_some(), "--precision");
@@ -128,20 +146,80 @@ impl RunOptions {
     }
 
     /// Builds the run's config. Returns it and whether this is a resume.
+    ///
+    /// A fresh run records its schedule: `lr_decay_steps` is written as a number (default: `steps`), so a
+    /// later `--resume --steps N` extends the run without moving its schedule, and `--config` replays it.
+    /// On resume, a run-changing option is accepted when it equals the stored value and refused, naming
+    /// the field, when it would change it.
     pub fn to_config(&self) -> Result<(RunConfig, bool)> {
         if let Some(dir) = &self.resume {
-            let changing = self.run_changing();
-            if !changing.is_empty() {
+            if self.config.is_some() {
                 return Err(Error::config(
+                    "--config",
+                    "cannot be combined with --resume: a resumed run is rebuilt from its own config.json",
+                ));
+            }
+            let path = dir.join("config.json");
+            if !dir.is_dir() {
+                return Err(Error::bad_file(
+                    dir,
                     "--resume",
+                    "does not exist; --resume takes a run directory (one with a config.json, written by \
+                     `rotadam gpt2 --out DIR`)",
+                ));
+            }
+            if dir.join("state.json").is_file() {
+                return Err(Error::bad_file(
+                    dir,
+                    "--resume",
+                    "is a checkpoint directory; --resume takes the run directory that holds it \
+                     (runs/NAME, whose latest checkpoint is used)",
+                ));
+            }
+            if !path.is_file() {
+                return Err(Error::bad_file(
+                    dir,
+                    "--resume",
+                    "is not a run directory: it has no config.json (--resume takes a directory written by \
+                     `rotadam gpt2 --out DIR`)",
+                ));
+            }
+            if self.out.as_ref().is_some_and(|o| o != dir) {
+                return Err(Error::config(
+                    "--out",
                     format!(
-                        "{} cannot be changed on resume (the run's config.json fixes it); only --steps, --eval-every, --eval-batches, --checkpoint-every, --log-update-cv, --threads, --device and --quiet may be given",
-                        changing.join(", ")
+                        "a resumed run stays in its directory {}; leave --out out",
+                        dir.display()
                     ),
                 ));
             }
-            let mut cfg = RunConfig::read(&dir.join("config.json"))?;
-            cfg.out = dir.clone();
+            let mut stored = RunConfig::read(&path)?;
+            // the schedule as it was: an older config.json without a decay step decayed over its steps
+            stored.train.lr_decay_steps = Some(stored.train.decay_steps());
+            stored.out = dir.clone();
+            if !self.run_changing().is_empty() {
+                let probe = RunOptions {
+                    config: Some(path.clone()),
+                    resume: None,
+                    out: Some(dir.clone()),
+                    ..self.computing()
+                };
+                let (asked, _) = probe.to_config()?;
+                if let Some(field) = stored.difference(&asked, &RESUME_RUNTIME_TRAIN_FIELDS) {
+                    return Err(Error::config(
+                        "--resume",
+                        format!(
+                            "the options given would change {field} from {} to {}; a resumed run keeps \
+                             its config.json (only --steps, --eval-every, --eval-batches, \
+                             --checkpoint-every, --log-update-cv, --threads, --device, --max-memory and \
+                             --quiet may change); to train differently, start a new run with --out",
+                            stored.field_text(&field),
+                            asked.field_text(&field)
+                        ),
+                    ));
+                }
+            }
+            let mut cfg = stored;
             self.apply_runtime(&mut cfg);
             cfg.validate()?;
             return Ok((cfg, true));
@@ -162,6 +240,7 @@ impl RunOptions {
                     threads: default_threads(),
                     init_from: None,
                     quiet: false,
+                    max_memory: None,
                 }
             }
         };
@@ -210,6 +289,17 @@ impl RunOptions {
         }
         if let Some(d) = &self.data {
             cfg.data = d.clone();
+            // Data prepared with a compact vocabulary (`prepare --compact-vocab`, `demo-compact`) sets
+            // the model's vocabulary unless --vocab-size or a --config file does.
+            if self.vocab_size.is_none() && self.config.is_none() && d != crate::data::DEMO {
+                let dir = crate::data::resolve(d, self.quiet)?;
+                if let Some(k) = crate::data::meta_vocab_size(&dir)? {
+                    if cfg.model.vocab_size != k {
+                        cfg.model.vocab_size = k;
+                        cfg.model_preset = format!("{}+vocab{k}", cfg.model_preset);
+                    }
+                }
+            }
         }
         if let Some(r) = self.rotation {
             cfg.rotation.kind = r;
@@ -222,6 +312,14 @@ impl RunOptions {
         }
         if let Some(k) = self.kron_stages {
             cfg.rotation.kron_stages = k;
+        }
+        // a new run's neurons are RotationConfig's defaults; a --config file keeps its own (a file
+        // without them reads as what it ran: `rotation.vectors` mixed)
+        if let Some(v) = self.vector_rotation {
+            cfg.rotation.vectors = v;
+        }
+        if let Some(e) = self.embedding_rotation {
+            cfg.rotation.embeddings = e;
         }
         // the rotation seed follows --seed unless given (or fixed by a --config file)
         match self.rotation_seed {
@@ -236,6 +334,7 @@ impl RunOptions {
             cfg.init_from = Some(p.clone());
         }
         self.apply_runtime(&mut cfg);
+        cfg.train.lr_decay_steps = Some(cfg.train.decay_steps());
         cfg.out = match &self.out {
             Some(o) => o.clone(),
             None => PathBuf::from("runs").join(format!(
@@ -274,6 +373,119 @@ impl RunOptions {
         if let Some(d) = self.device {
             cfg.device = d;
         }
+        if self.max_memory.is_some() {
+            cfg.max_memory = self.max_memory;
+        }
         cfg.quiet = self.quiet;
+    }
+
+    /// These options without the runtime ones (what [`RunOptions::run_changing`] checks).
+    fn computing(&self) -> RunOptions {
+        RunOptions {
+            steps: None,
+            eval_every: None,
+            eval_batches: None,
+            checkpoint_every: None,
+            log_update_cv: None,
+            threads: None,
+            device: None,
+            max_memory: None,
+            quiet: false,
+            ..self.clone()
+        }
+    }
+
+    /// Options given that the run's optimizer or rotation does not use: an error for those that would
+    /// surely be a mistake, a warning (returned) where a script may pass them to every run. A resumed
+    /// run is not checked (its options must equal the stored ones).
+    pub fn check_used(&self, cfg: &RunConfig) -> Result<Vec<String>> {
+        if self.resume.is_some() {
+            return Ok(Vec::new());
+        }
+        let opt = cfg.train.optimizer;
+        let kind = cfg.rotation.kind;
+        let mut unused: Vec<(&str, String)> = Vec::new();
+        let mut given = |set: bool, flag: &'static str, used: bool, by: String| {
+            if set && !used {
+                unused.push((flag, by));
+            }
+        };
+        let by_opt = format!("the optimizer {}", opt.name());
+        let by_rot = format!("--rotation {kind}");
+        given(
+            self.blocks.is_some(),
+            "--blocks",
+            opt == OptimizerKind::BlockwiseAdam,
+            format!("{by_opt} (only blockwise-adam has blocks)"),
+        );
+        given(
+            self.momentum.is_some(),
+            "--momentum",
+            opt == OptimizerKind::Sgd,
+            format!("{by_opt} (only sgd uses it; Adam's momentum is --beta1)"),
+        );
+        for (set, flag) in [
+            (self.beta1.is_some(), "--beta1"),
+            (self.beta2.is_some(), "--beta2"),
+            (self.eps.is_some(), "--eps"),
+        ] {
+            given(
+                set,
+                flag,
+                opt != OptimizerKind::Sgd,
+                format!("{by_opt} (its momentum is --momentum)"),
+            );
+        }
+        given(
+            self.svd_every.is_some(),
+            "--svd-every",
+            kind == RotationKind::Svd,
+            by_rot.clone(),
+        );
+        given(
+            self.kron_stages.is_some(),
+            "--kron-stages",
+            kind == RotationKind::Kron,
+            by_rot.clone(),
+        );
+        given(
+            self.rotation_block.is_some(),
+            "--rotation-block",
+            matches!(kind, RotationKind::Scope(s) if s != Scope::None),
+            by_rot.clone(),
+        );
+        // what a neuron is: the groups of the neuron scopes, and blockwise Adam's neuron blocks
+        let neurons_used = matches!(kind, RotationKind::Scope(Scope::Output | Scope::Input))
+            || (opt == OptimizerKind::BlockwiseAdam && cfg.train.blocks == BlockPartition::Neuron);
+        for (set, flag) in [
+            (self.vector_rotation.is_some(), "--vector-rotation"),
+            (self.embedding_rotation.is_some(), "--embedding-rotation"),
+        ] {
+            given(
+                set,
+                flag,
+                neurons_used,
+                format!(
+                    "{by_rot} with the optimizer {} (only --rotation output or input, and \
+                     blockwise-adam with --blocks neuron, have neurons)",
+                    opt.name()
+                ),
+            );
+        }
+        if let Some((flag, by)) = unused.first() {
+            return Err(Error::config(
+                flag.trim_start_matches('-'),
+                format!("{flag} is not used by {by}; leave it out or choose what uses it"),
+            ));
+        }
+        let mut warnings = Vec::new();
+        let seeded = matches!(kind, RotationKind::Scope(s) if s != Scope::None)
+            || kind == RotationKind::Kron;
+        if self.rotation_seed.is_some() && !seeded {
+            warnings.push(format!(
+                "--rotation-seed has no effect under {by_rot} (it draws no random rotation)"
+            ));
+        }
+        Ok(warnings)
     }
 }

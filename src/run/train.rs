@@ -38,6 +38,28 @@ pub fn train_observed(
     on_step: &mut (dyn FnMut(&StepMetrics) + Send),
 ) -> Result<RunOutcome> {
     cfg.validate()?;
+    for w in cfg.train.warnings() {
+        say(cfg, format!("warning: {w}"));
+    }
+    let cores = crate::config::default_threads();
+    if cfg.threads > cores {
+        say(
+            cfg,
+            format!(
+                "warning: --threads {} is above the {cores} cores of this machine; the extra threads \
+                 only take turns",
+                cfg.threads
+            ),
+        );
+    }
+    // The memory the run needs, before anything is allocated (`run::memory`).
+    let est = super::memory::estimate(cfg);
+    say(cfg, format!("memory: about {}", est.describe()));
+    super::memory::check(
+        &est,
+        cfg.max_memory.map(u128::from),
+        super::memory::available(),
+    )?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.threads)
         .build()
@@ -78,18 +100,32 @@ fn say(cfg: &RunConfig, msg: impl AsRef<str>) {
     }
 }
 
-fn prepare_run_dir(cfg: &RunConfig, resume: bool) -> Result<()> {
-    let dir = &cfg.out;
-    let config_path = dir.join("config.json");
-    if resume {
-        if !config_path.is_file() {
-            return Err(Error::bad_file(
-                &config_path,
-                "config.json",
-                "missing: --resume needs a run directory written by `rotadam gpt2`",
-            ));
+/// How a run directory is entered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Entry {
+    /// A new run: the directory must not hold one.
+    Fresh,
+    /// `--resume` from the latest checkpoint.
+    Resume,
+    /// `--resume` of a run that has no checkpoint yet: trained again from step 0 (what a fresh run of its
+    /// config.json computes).
+    Restart,
+}
+
+impl Entry {
+    fn name(self) -> &'static str {
+        match self {
+            Entry::Fresh => "start",
+            Entry::Resume => "resume",
+            Entry::Restart => "restart",
         }
-    } else if config_path.exists() {
+    }
+}
+
+/// Refuses a fresh run in a directory that already holds one.
+fn check_fresh(cfg: &RunConfig) -> Result<()> {
+    let dir = &cfg.out;
+    if dir.join("config.json").exists() {
         return Err(Error::config(
             "--out",
             format!(
@@ -99,12 +135,38 @@ fn prepare_run_dir(cfg: &RunConfig, resume: bool) -> Result<()> {
             ),
         ));
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    Ok(())
+}
+
+/// Writes config.json (except on a resume that trains nothing, which changes nothing) and appends the
+/// invocation to `history.jsonl`: one line per command that trained the run, from which step to which.
+fn record_run(cfg: &RunConfig, entry: Entry, start: usize) -> Result<()> {
+    let dir = &cfg.out;
+    if entry == Entry::Resume && start >= cfg.train.steps {
+        return Ok(());
+    }
+    let config_path = dir.join("config.json");
     let json = serde_json::to_vec_pretty(cfg).map_err(|source| Error::Json {
         path: config_path.clone(),
         source,
     })?;
-    crate::files::write_atomic(&config_path, &json)
+    crate::files::write_atomic(&config_path, &json)?;
+    let line = serde_json::json!({
+        "utc": super::options::utc_stamp(),
+        "command": entry.name(),
+        "from_step": start,
+        "to_step": cfg.train.steps,
+        "lr_decay_steps": cfg.train.decay_steps(),
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    let path = dir.join("history.jsonl");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    use std::io::Write;
+    writeln!(f, "{line}").map_err(|e| Error::io(&path, e))
 }
 
 fn train_on<BK: Backend>(
@@ -115,11 +177,42 @@ fn train_on<BK: Backend>(
 ) -> Result<RunOutcome> {
     let t0 = Instant::now();
     let (m, tr) = (&cfg.model, &cfg.train);
-    let mut trainer = if resume {
-        Trainer::resume(be, cfg)?
-    } else {
-        Trainer::new(be, cfg)?
+    let entry = match (resume, super::checkpoint::latest(&cfg.out)?) {
+        (false, _) => Entry::Fresh,
+        (true, Some(_)) => Entry::Resume,
+        (true, None) => Entry::Restart,
     };
+    if entry == Entry::Fresh {
+        check_fresh(cfg)?;
+    }
+    let mut trainer = match entry {
+        Entry::Resume => Trainer::resume(be, cfg)?,
+        Entry::Fresh | Entry::Restart => Trainer::new(be, cfg)?,
+    };
+    // One writer per run directory, from here until the run ends (`run::lock`).
+    let _lock = super::lock::DirLock::acquire(&cfg.out, "rotadam gpt2")?;
+    if entry == Entry::Fresh {
+        check_fresh(cfg)?; // again under the lock: another process may have started it meanwhile
+    }
+    match (entry, &trainer.last_checkpoint) {
+        (Entry::Resume, Some(dir)) => say(
+            cfg,
+            format!(
+                "resume: from {} (step {} of {})",
+                dir.display(),
+                trainer.steps_done(),
+                tr.steps
+            ),
+        ),
+        (Entry::Restart, _) => say(
+            cfg,
+            format!(
+                "resume: {} has no checkpoint yet; the run restarts from its config.json at step 0",
+                cfg.out.display()
+            ),
+        ),
+        _ => {}
+    }
     if let Some(init) = &trainer.init {
         say(cfg, format!("init: weights from {}", init.path.display()));
         if init.ignored_biases > 0 {
@@ -133,8 +226,17 @@ fn train_on<BK: Backend>(
         }
     }
     let start = trainer.steps_done();
-    prepare_run_dir(cfg, resume)?;
-    let mut metrics = MetricsWriter::open(&cfg.out.join("metrics.jsonl"), resume.then_some(start))?;
+    record_run(cfg, entry, start)?;
+    let mut metrics = MetricsWriter::open(
+        &cfg.out.join("metrics.jsonl"),
+        (entry != Entry::Fresh).then_some(start),
+    )?;
+    if let Some(torn) = &metrics.torn {
+        say(
+            cfg,
+            format!("warning: a torn last row of metrics.jsonl was dropped ({torn})"),
+        );
+    }
 
     say(cfg, format!("backend: {}", be.name()));
     say(
@@ -152,6 +254,7 @@ fn train_on<BK: Backend>(
         ),
     );
     say(cfg, format!("data: {}", trainer.describe_data()));
+    say(cfg, format!("vocabulary: {}", trainer.describe_vocab()));
     say(
         cfg,
         format!(

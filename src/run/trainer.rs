@@ -56,7 +56,7 @@ pub struct Trainer<'a, BK: Backend> {
 /// The weights a run started from with `--init-from`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InitFrom {
-    /// The Hugging Face GPT-2 `model.safetensors`.
+    /// The Hugging Face GPT-2 `model.safetensors`, or a directory holding one.
     pub path: PathBuf,
     /// Non-zero bias tensors of the file that a model without biases ignored.
     pub ignored_biases: usize,
@@ -140,12 +140,10 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
         self.opt.step
     }
 
-    /// Weights from a Hugging Face GPT-2 `model.safetensors`; returns how many non-zero bias tensors of
-    /// the file a model without biases ignored.
+    /// Weights from a Hugging Face GPT-2 `model.safetensors`, or a directory holding one (a checkpoint);
+    /// returns how many non-zero bias tensors of the file a model without biases ignored.
     fn init_from(&mut self, path: &std::path::Path) -> Result<usize> {
-        let tensors = crate::tensors::read(path)?;
-        let (flat, ignored) =
-            crate::model::hf::from_hf(path, &self.model.cfg, &self.model.table, &tensors)?;
+        let (flat, ignored) = crate::model::hf::load(path, &self.model.cfg, &self.model.table)?;
         self.model.set_params_f64(self.be, &flat)?;
         Ok(ignored)
     }
@@ -238,6 +236,22 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
         self.data.describe()
     }
 
+    /// How much of the vocabulary the data uses, and the share of the parameters in the embedding
+    /// tables, e.g. `18,559 of 50,257 token ids occur (31,698 never); embeddings (wte, wpe) are 89.1% of
+    /// the parameters`: rows of tokens that never occur are trained by weight decay and Adam's ε alone.
+    pub fn describe_vocab(&self) -> String {
+        let m = &self.model.cfg;
+        let u = crate::data::vocab_usage(&self.data, m.vocab_size);
+        let emb = (m.vocab_size + m.seq_len) * m.n_embd;
+        format!(
+            "{} of {} token ids occur ({} never); embeddings (wte, wpe) are {:.1}% of the parameters",
+            crate::data::shard::group_digits(u.present as u64),
+            crate::data::shard::group_digits(m.vocab_size as u64),
+            crate::data::shard::group_digits(u.never_seen as u64),
+            100.0 * emb as f64 / self.model.num_params() as f64
+        )
+    }
+
     /// Trains to `cfg.train.steps`: every step, an evaluation every `eval_every` steps and at the last,
     /// a checkpoint every `checkpoint_every` steps and at the last; each step's metrics row goes through
     /// `observers` in order. Returns the first and last training loss of this call and the last val loss.
@@ -279,6 +293,7 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
                 optimizer: tr.optimizer.name().into(),
                 rotation: self.cfg.rotation.kind,
                 update_cv: None,
+                svd_refresh: self.opt.basis.refreshed_at(s.step),
             };
             for o in observers.iter_mut() {
                 o.on_step(self, &mut row)?;

@@ -264,50 +264,11 @@ pub fn plan(args: &SweepOptions) -> Result<(PathBuf, Vec<Variant>, Vec<PlannedRu
     Ok((dir, variants, runs))
 }
 
-/// Fields that may differ between a run directory's config.json and the sweep's plan of it.
-const RUNTIME_FIELDS: [&str; 4] = ["out", "threads", "device", "quiet"];
+/// Fields of `train` that may differ between a run directory's config.json and the sweep's plan of it
+/// (with [`crate::config::RUNTIME_FIELDS`]): a sweep extends its runs and may evaluate and checkpoint
+/// them at other intervals. The schedule's decay step is compared, so extending a run whose cosine
+/// schedule ended at its old `steps` is refused.
 const RUNTIME_TRAIN_FIELDS: [&str; 3] = ["steps", "eval_every", "checkpoint_every"];
-
-/// The first field (dotted path) in which two configs differ, ignoring the runtime fields.
-pub fn config_difference(a: &RunConfig, b: &RunConfig) -> Option<String> {
-    let strip = |c: &RunConfig| {
-        let mut v = serde_json::to_value(c).expect("config serialises");
-        let o = v.as_object_mut().expect("config is an object");
-        for f in RUNTIME_FIELDS {
-            o.remove(f);
-        }
-        if let Some(t) = o.get_mut("train").and_then(|t| t.as_object_mut()) {
-            // without an explicit lr_decay_steps the cosine schedule ends at `steps`: then steps matter
-            let schedule_follows_steps = t.get("lr_decay_steps").is_none_or(|v| v.is_null());
-            for f in RUNTIME_TRAIN_FIELDS {
-                if !(f == "steps" && schedule_follows_steps) {
-                    t.remove(f);
-                }
-            }
-        }
-        v
-    };
-    fn first_diff(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> Option<String> {
-        match (a.as_object(), b.as_object()) {
-            (Some(x), Some(y)) => {
-                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-                keys.into_iter().find_map(|k| {
-                    let p = if path.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{path}.{k}")
-                    };
-                    match (x.get(k), y.get(k)) {
-                        (Some(u), Some(v)) => first_diff(u, v, &p),
-                        _ => Some(p),
-                    }
-                })
-            }
-            _ => (a != b).then(|| path.to_string()),
-        }
-    }
-    first_diff(&strip(a), &strip(b), "")
-}
 
 /// What happened to one run of the sweep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -325,7 +286,7 @@ fn existing_state(run: &PlannedRun) -> Result<Option<usize>> {
         return Ok(None);
     }
     let old = RunConfig::read(&config_path)?;
-    if let Some(field) = config_difference(&old, &run.cfg) {
+    if let Some(field) = old.difference(&run.cfg, &RUNTIME_TRAIN_FIELDS) {
         return Err(Error::bad_file(
             &config_path,
             field,
@@ -428,6 +389,8 @@ pub struct SweepRecord {
 pub fn run(args: &SweepOptions) -> Result<PathBuf> {
     let (dir, variants, runs) = plan(args)?;
     std::fs::create_dir_all(dir.join("runs")).map_err(|e| Error::io(&dir, e))?;
+    // One sweep writes a sweep directory at a time; each run takes its own run's lock too.
+    let _lock = crate::run::lock::DirLock::acquire(&dir, "rotadam sweep")?;
     let mut seeds: Vec<u64> = runs.iter().map(|r| r.seed).collect();
     seeds.sort_unstable();
     seeds.dedup();
