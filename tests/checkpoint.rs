@@ -10,7 +10,7 @@ use rotadam::model::hf::{hf_config, HF_PREFIX};
 use rotadam::model::{Gpt2, ParamTable};
 use rotadam::optim::Optimizer;
 use rotadam::rng::Rng;
-use rotadam::run::checkpoint::{self, TrainState};
+use rotadam::run::checkpoint;
 use rotadam::run::train;
 use rotadam::run::trainer::Trainer;
 use safetensors::Dtype;
@@ -34,17 +34,7 @@ fn save_seeded(run_dir: &Path, cfg: &ModelConfig, step: usize) -> rotadam::Resul
     let m = Gpt2::new(&be, cfg, 0).unwrap();
     let tr = rotadam::config::TrainConfig::default();
     let opt = Optimizer::unrotated(&be, &tr, &m.table).unwrap();
-    let state = TrainState {
-        step,
-        sampler: rotadam::data::loader::BatchSampler::new(1),
-        optimizer: rotadam::config::OptimizerKind::Adamw,
-        rotation: Default::default(),
-        model: cfg.clone(),
-        dtype: "f32".into(),
-        num_params: m.num_params(),
-        train_loss: 1.0,
-        val_loss: None,
-    };
+    let state = crate::util::train_state(cfg, step, m.num_params(), 1.0);
     checkpoint::save(&be, run_dir, &m, &opt, &state)
 }
 

@@ -244,17 +244,7 @@ fn hf_safetensors_names_shapes_and_round_trip() {
     let _ = std::fs::remove_dir_all(&dir);
     let tr = rotadam::config::TrainConfig::default();
     let opt = rotadam::optim::Optimizer::unrotated(&be, &tr, &m.table).unwrap();
-    let state = checkpoint::TrainState {
-        step: 1,
-        sampler: rotadam::data::loader::BatchSampler::new(1),
-        optimizer: rotadam::config::OptimizerKind::Adamw,
-        rotation: Default::default(),
-        model: cfg.clone(),
-        dtype: "f32".into(),
-        num_params: m.num_params(),
-        train_loss: l0,
-        val_loss: None,
-    };
+    let state = crate::util::train_state(&cfg, 1, m.num_params(), l0);
     let ck = checkpoint::save(&be, &dir, &m, &opt, &state).unwrap();
     let path = ck.join("model.safetensors");
     let tensors = rotadam::tensors::read(&path).unwrap();

@@ -61,6 +61,10 @@ fn sweep_writes_a_report_and_reuses_its_runs() {
         ["global-s1337", "global-s1338", "none-s1337", "none-s1338"]
     );
     let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(
+        report.contains("of 11 token ids occur") && report.contains("embeddings (wte, wpe) are"),
+        "the report says how much of the vocabulary the data uses:\n{report}"
+    );
     let rows: Vec<&str> = report.lines().filter(|l| l.starts_with("| ")).collect();
     assert_eq!(rows.len(), 3, "header + 2 variants:\n{report}");
     assert!(rows[1].starts_with("| none | 2 |") && rows[2].starts_with("| global | 2 |"));
@@ -237,6 +241,11 @@ fn slowdown_on_synthetic_curves() {
         Some(Slowdown::NotReached(p)) => assert!((p - 50.0).abs() < 1e-9),
         other => panic!("{other:?}"),
     }
+    // as the report prints them: a lower bound of 0 is no information, so none is printed
+    let shown = |s: Slowdown| s.to_string();
+    assert_eq!(shown(Slowdown::NotReached(50.0)), "> +50.0% (not reached)");
+    assert_eq!(shown(Slowdown::NotReached(0.0)), "not reached");
+    assert_eq!(shown(Slowdown::Reached(-12.34)), "-12.3%");
     // interpolation between points, and a baseline that dips below its final value earlier
     assert_eq!(
         report::steps_to_reach(&[(0.0, 4.0), (10.0, 2.0)], 3.0),

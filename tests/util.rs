@@ -141,3 +141,24 @@ pub fn tiny_config(data: &Path, out: &Path, steps: usize) -> RunConfig {
         max_memory: None,
     }
 }
+
+/// The `state.json` of a checkpoint of an f32 AdamW model of `model` after `step` steps (for tests that
+/// write checkpoints straight through `checkpoint::save`).
+pub fn train_state(
+    model: &ModelConfig,
+    step: usize,
+    num_params: usize,
+    train_loss: f64,
+) -> rotadam::run::checkpoint::TrainState {
+    rotadam::run::checkpoint::TrainState {
+        step,
+        sampler: rotadam::data::loader::BatchSampler::new(1),
+        optimizer: rotadam::config::OptimizerKind::Adamw,
+        rotation: Default::default(),
+        model: model.clone(),
+        dtype: "f32".into(),
+        num_params,
+        train_loss,
+        val_loss: None,
+    }
+}

@@ -236,20 +236,9 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
         self.data.describe()
     }
 
-    /// How much of the vocabulary the data uses, and the share of the parameters in the embedding
-    /// tables, e.g. `18,559 of 50,257 token ids occur (31,698 never); embeddings (wte, wpe) are 89.1% of
-    /// the parameters`: rows of tokens that never occur are trained by weight decay and Adam's ε alone.
+    /// [`vocab_report`] of this run's model and data.
     pub fn describe_vocab(&self) -> String {
-        let m = &self.model.cfg;
-        let u = crate::data::vocab_usage(&self.data, m.vocab_size);
-        let emb = (m.vocab_size + m.seq_len) * m.n_embd;
-        format!(
-            "{} of {} token ids occur ({} never); embeddings (wte, wpe) are {:.1}% of the parameters",
-            crate::data::shard::group_digits(u.present as u64),
-            crate::data::shard::group_digits(m.vocab_size as u64),
-            crate::data::shard::group_digits(u.never_seen as u64),
-            100.0 * emb as f64 / self.model.num_params() as f64
-        )
+        vocab_report(&self.model.cfg, &self.data)
     }
 
     /// Trains to `cfg.train.steps`: every step, an evaluation every `eval_every` steps and at the last,
@@ -355,4 +344,21 @@ impl<BK: Backend> Observer<BK> for OnStep<'_> {
         (self.0)(row);
         Ok(())
     }
+}
+
+/// How much of the vocabulary `data` uses, and the share of the parameters in the embedding tables, e.g.
+/// `18,559 of 50,257 token ids occur (31,698 never); embeddings (wte, wpe) are 89.1% of the parameters`:
+/// rows of tokens that never occur are trained only as the softmax's negatives (and by weight decay).
+pub fn vocab_report(m: &crate::config::ModelConfig, data: &Dataset) -> String {
+    use crate::data::shard::group_digits;
+    let u = crate::data::vocab_usage(data, m.vocab_size);
+    let emb = (m.vocab_size + m.seq_len) * m.n_embd;
+    let total = crate::model::ParamTable::new(m).total;
+    format!(
+        "{} of {} token ids occur ({} never); embeddings (wte, wpe) are {:.1}% of the parameters",
+        group_digits(u.present as u64),
+        group_digits(m.vocab_size as u64),
+        group_digits(u.never_seen as u64),
+        100.0 * emb as f64 / total as f64
+    )
 }

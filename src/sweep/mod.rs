@@ -16,6 +16,7 @@ pub mod plot_runs;
 pub mod report;
 
 use crate::config::{OptimizerKind, Precision, RotationKind, RunConfig, Scope};
+use crate::data::shard::Dataset;
 use crate::error::{Error, Result};
 use crate::run::options::{utc_stamp, RunOptions};
 use crate::run::{checkpoint, metrics};
@@ -627,6 +628,12 @@ fn write_report(
             c.precision.name(),
             c.train.optimizer.name()
         );
+        let data_dir = crate::data::resolve(&c.data, true)?;
+        let data = Dataset::open(&data_dir, c.model.vocab_size, c.model.seq_len)?;
+        md += &format!(
+            "Vocabulary: {}.\n\n",
+            crate::run::trainer::vocab_report(&c.model, &data)
+        );
     }
     for f in &figures {
         md += &format!("![{}]({})\n\n", f.0, f.1);
@@ -640,7 +647,7 @@ fn write_report(
         "**Slowdown** is measured on the {} curve (mean over seeds) against the baseline `{}`: L* is the \
          baseline's final loss, T_base the first step at which the baseline reaches L*, T the first step at \
          which the variant does (linear interpolation between logged points); slowdown = 100·(T − T_base)/T_base. \
-         Negative is faster; \"> X% (not reached)\" means the variant never reached L* and X is a lower bound.\n\n",
+         Negative is faster; \"> X% (not reached)\" means the variant never reached L* and X is a lower bound (\"not reached\" alone: the bound is 0, as when L* is only reached at the last step).\n\n",
         summary.slowdown_curve, summary.baseline
     );
     md += "## Commands\n\nThe sweep:\n\n```\n";

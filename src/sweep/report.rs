@@ -98,6 +98,8 @@ impl std::fmt::Display for Slowdown {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Slowdown::Reached(p) => write!(f, "{p:+.1}%"),
+            // a bound that rounds to nothing says nothing: the variant never got there
+            Slowdown::NotReached(p) if *p < 0.05 => write!(f, "not reached"),
             Slowdown::NotReached(p) => write!(f, "> {p:+.1}% (not reached)"),
         }
     }
