@@ -52,14 +52,6 @@ pub fn train_observed(
             ),
         );
     }
-    // The memory the run needs, before anything is allocated (`run::memory`).
-    let est = super::memory::estimate(cfg);
-    say(cfg, format!("memory: about {}", est.describe()));
-    super::memory::check(
-        &est,
-        cfg.max_memory.map(u128::from),
-        super::memory::available(),
-    )?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.threads)
         .build()
@@ -67,6 +59,13 @@ pub fn train_observed(
     // Which device, said once at start-up (`crate::device`: auto self-checks a GPU before using it).
     let (device, line) = crate::device::resolve(cfg.device, cfg.precision)?;
     say(cfg, line);
+    // The memory the run needs, before anything is allocated (`run::memory`): checked against the
+    // host's available memory on the CPU; on a GPU only against --max-memory (the device's free memory
+    // is not queried).
+    let est = super::memory::estimate(cfg);
+    say(cfg, format!("memory: about {}", est.describe()));
+    let host = (device != crate::device::Resolved::Cuda).then(super::memory::available);
+    super::memory::check(&est, cfg.max_memory.map(u128::from), host.flatten())?;
     if device == crate::device::Resolved::Cuda {
         let tk = crate::backend::cuda::nvrtc::Toolkit::find();
         let be = crate::backend::cuda::CudaBackend::cuda(0, tk, cfg.precision == Precision::Bf16)?;
