@@ -925,7 +925,13 @@ fn hvp_over_a_token_budget_is_the_mean_of_the_micro_batch_hvps() {
         Some((3 * b * t - 5) as u64)
     );
     assert!(json["settings"].get("hvp_batches").is_none());
+    let vocab = json["settings"]["vocabulary"].as_str().unwrap_or_default();
+    assert!(
+        vocab.contains("token ids occur") && vocab.contains("embeddings (wte, wpe) are"),
+        "{json}"
+    );
     let table = diagnose::table(&r);
+    assert!(table.contains("vocabulary: "), "{table}");
     assert!(
         table.contains(&format!(
             "{} tokens: 3 fixed train micro-batches of {b}x{t}",

@@ -435,6 +435,7 @@ fn run_on(args: &DiagnoseOptions, t: &Target, threads: usize) -> Result<Report> 
             rotation: rc.clone(),
             basis: String::new(),
             data: data_name.clone(),
+            vocabulary: None,
             batches: "fixed_batches(train split, batch_size, seq_len, count, seed): H's micro-batches are the first hvp_budget.micro_batches, the L∞ bound's (and --row-expectation batches') the first linf_batches".into(),
             batch_size,
             seq_len: model.seq_len,
@@ -467,6 +468,7 @@ fn run_on(args: &DiagnoseOptions, t: &Target, threads: usize) -> Result<Report> 
     let probe = if needs_loss {
         let data_dir = crate::data::resolve(&data_name, args.quiet)?;
         let data = Dataset::open(&data_dir, model.vocab_size, model.seq_len)?;
+        report.settings.vocabulary = Some(crate::run::trainer::vocab_report(&model, &data));
         let count = args.batches.max(budget.micro_batches);
         let all: Vec<Batch> =
             fixed_batches(&data.train, batch_size, model.seq_len, count, args.seed);

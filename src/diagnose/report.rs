@@ -152,6 +152,10 @@ pub struct Settings {
     pub rotation: RotationConfig,
     pub basis: String,
     pub data: String,
+    /// How much of the vocabulary the data uses and the embeddings' share of the parameters (when the
+    /// diagnostics read the data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vocabulary: Option<String>,
     /// `fixed_batches(train split, batch_size, seq_len, count, seed)`.
     pub batches: String,
     pub batch_size: usize,
@@ -214,6 +218,9 @@ pub fn table(r: &Report) -> String {
             s.basis.clone()
         }
     );
+    if let Some(v) = &s.vocabulary {
+        o += &format!("vocabulary: {v}\n");
+    }
     if let Some(loss) = s.loss {
         let b = &s.hvp_budget;
         o += &format!(
