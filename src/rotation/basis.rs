@@ -25,22 +25,22 @@ use crate::model::ParamTable;
 use crate::tensors::TensorMap;
 use std::path::Path;
 
+/// `Svd` and `Kron` do not depend on the run's [`Neurons`] and carry them beside the rotation, for
+/// blockwise Adam's neuron blocks; a block rotation's groups are built from them, so it keeps its own.
 pub enum Basis<BK: Backend> {
     Block(Rotation<BK>),
-    Svd(SvdRotation<BK>),
-    Kron(KronRotation<BK>),
+    Svd(SvdRotation<BK>, Neurons),
+    Kron(KronRotation<BK>, Neurons),
 }
 
 impl<BK: Backend> Basis<BK> {
     pub fn new(be: &BK, cfg: &RotationConfig, table: &ParamTable) -> Result<Self> {
         let neurons = Neurons::of(cfg);
         Ok(match cfg.kind {
-            RotationKind::Svd => {
-                Basis::Svd(SvdRotation::new(be, table, cfg.svd_every)?.with_neurons(neurons))
-            }
+            RotationKind::Svd => Basis::Svd(SvdRotation::new(be, table, cfg.svd_every)?, neurons),
             RotationKind::Kron => Basis::Kron(
-                KronRotation::new(be, table.total, cfg.kron_stages, cfg.seed)?
-                    .with_neurons(neurons),
+                KronRotation::new(be, table.total, cfg.kron_stages, cfg.seed)?,
+                neurons,
             ),
             RotationKind::Scope(scope) => Basis::Block(Rotation::with_neurons(
                 be, scope, cfg.block, cfg.seed, neurons, table,
@@ -62,8 +62,7 @@ impl<BK: Backend> Basis<BK> {
     pub fn neurons(&self) -> Neurons {
         match self {
             Basis::Block(r) => r.neurons(),
-            Basis::Svd(s) => s.neurons(),
-            Basis::Kron(k) => k.neurons(),
+            Basis::Svd(_, n) | Basis::Kron(_, n) => *n,
         }
     }
 
@@ -72,65 +71,65 @@ impl<BK: Backend> Basis<BK> {
     pub fn placement(&self, be: &BK) -> Option<Vec<u32>> {
         match self {
             Basis::Block(r) => r.placement(be),
-            Basis::Svd(_) | Basis::Kron(_) => None,
+            Basis::Svd(_, _) | Basis::Kron(_, _) => None,
         }
     }
 
     /// Whether the basis was refreshed from the gradient of (1-based) step `step`: svd at steps 1, F+1,
     /// 2F+1, …, the first from the gradient at the initial weights; never for the fixed bases.
     pub fn refreshed_at(&self, step: usize) -> bool {
-        matches!(self, Basis::Svd(s) if s.last_refresh() == Some(step))
+        matches!(self, Basis::Svd(s, _) if s.last_refresh() == Some(step))
     }
 
     /// Called before every optimizer step (1-based `step`) with its gradient.
     pub fn prepare(&mut self, be: &BK, step: usize, grads: &BK::Buf) -> Result<()> {
         match self {
-            Basis::Svd(s) => s.prepare(be, step, grads),
-            Basis::Block(_) | Basis::Kron(_) => Ok(()),
+            Basis::Svd(s, _) => s.prepare(be, step, grads),
+            Basis::Block(_) | Basis::Kron(_, _) => Ok(()),
         }
     }
 
     pub fn rotate(&mut self, be: &BK, out: &mut BK::Buf, g: &BK::Buf) -> Result<()> {
         match self {
             Basis::Block(r) => r.rotate(be, out, g),
-            Basis::Svd(s) => s.rotate(be, out, g),
-            Basis::Kron(k) => k.rotate(be, out, g),
+            Basis::Svd(s, _) => s.rotate(be, out, g),
+            Basis::Kron(k, _) => k.rotate(be, out, g),
         }
     }
 
     pub fn unrotate(&mut self, be: &BK, out: &mut BK::Buf, u: &BK::Buf) -> Result<()> {
         match self {
             Basis::Block(r) => r.unrotate(be, out, u),
-            Basis::Svd(s) => s.unrotate(be, out, u),
-            Basis::Kron(k) => k.unrotate(be, out, u),
+            Basis::Svd(s, _) => s.unrotate(be, out, u),
+            Basis::Kron(k, _) => k.unrotate(be, out, u),
         }
     }
 
     pub fn describe(&self) -> String {
         match self {
             Basis::Block(r) => r.describe(),
-            Basis::Svd(s) => s.describe(),
-            Basis::Kron(k) => k.describe(),
+            Basis::Svd(s, _) => s.describe(),
+            Basis::Kron(k, _) => k.describe(),
         }
     }
 
     /// State a checkpoint must carry beyond the config (svd: U, V and the last refresh).
     pub fn state(&self, be: &BK) -> Result<Vec<super::svd::StateTensor>> {
         match self {
-            Basis::Svd(s) => s.state(be),
-            Basis::Block(_) | Basis::Kron(_) => Ok(Vec::new()),
+            Basis::Svd(s, _) => s.state(be),
+            Basis::Block(_) | Basis::Kron(_, _) => Ok(Vec::new()),
         }
     }
 
     pub fn load_state(&mut self, be: &BK, path: &Path, tensors: &TensorMap) -> Result<()> {
         match self {
-            Basis::Svd(s) => s.load_state(be, path, tensors),
-            Basis::Block(_) | Basis::Kron(_) => Ok(()),
+            Basis::Svd(s, _) => s.load_state(be, path, tensors),
+            Basis::Block(_) | Basis::Kron(_, _) => Ok(()),
         }
     }
 
     /// Whether `state` is non-empty for this kind (a checkpoint then has `rotation.safetensors`).
     pub fn has_state(&self) -> bool {
-        matches!(self, Basis::Svd(_))
+        matches!(self, Basis::Svd(_, _))
     }
 }

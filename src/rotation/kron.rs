@@ -127,8 +127,6 @@ pub struct KronRotation<BK: Backend> {
     stages: Vec<Stage<BK>>,
     /// d elements of workspace (that is why rotate and unrotate take `&mut self`).
     scratch: BK::Buf,
-    /// The run's neurons, for blockwise Adam's neuron blocks in this basis (the rotation ignores them).
-    neurons: super::Neurons,
 }
 
 /// A Haar-random n×n orthogonal matrix drawn from `rng`, uploaded in the backend's type.
@@ -223,19 +221,7 @@ impl<BK: Backend> KronRotation<BK> {
             permuted: permute,
             stages: built,
             scratch: be.alloc(d)?,
-            neurons: super::Neurons::default(),
         })
-    }
-
-    /// This rotation with the run's neurons (for blockwise Adam's neuron blocks; the rotation itself does
-    /// not depend on them).
-    pub fn with_neurons(mut self, neurons: super::Neurons) -> Self {
-        self.neurons = neurons;
-        self
-    }
-    /// See [`KronRotation::with_neurons`].
-    pub fn neurons(&self) -> super::Neurons {
-        self.neurons
     }
 
     /// d, the length of the vectors rotated.

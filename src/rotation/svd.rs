@@ -109,8 +109,6 @@ pub struct SvdRotation<BK: Backend> {
     last_refresh: Option<usize>,
     /// Largest m·n over the non-embedding matrices; allocated at the first refresh.
     scratch: Option<BK::Buf>,
-    /// The run's neurons, for blockwise Adam's neuron blocks in this basis (the rotation ignores them).
-    neurons: super::Neurons,
 }
 
 impl<BK: Backend> SvdRotation<BK> {
@@ -146,19 +144,7 @@ impl<BK: Backend> SvdRotation<BK> {
             factors: Vec::new(),
             last_refresh: None,
             scratch: None,
-            neurons: super::Neurons::default(),
         })
-    }
-
-    /// This rotation with the run's neurons (for blockwise Adam's neuron blocks; the rotation itself does
-    /// not depend on them).
-    pub fn with_neurons(mut self, neurons: super::Neurons) -> Self {
-        self.neurons = neurons;
-        self
-    }
-    /// See [`SvdRotation::with_neurons`].
-    pub fn neurons(&self) -> super::Neurons {
-        self.neurons
     }
 
     /// F, the refresh period.
