@@ -76,6 +76,9 @@ pub struct TokenShard {
     offset: usize,
     /// Number of tokens.
     len: usize,
+    /// The ids that occur, from the one pass over the tokens at open time (which checks the vocabulary
+    /// and serves [`vocab_usage`] without reading the file again).
+    ids: TokenSet,
 }
 
 impl TokenShard {
@@ -134,13 +137,15 @@ impl TokenShard {
                 ),
             ));
         }
-        let shard = TokenShard {
+        let mut shard = TokenShard {
             path: path.to_path_buf(),
             format,
             map,
             offset,
             len,
+            ids: TokenSet::new(),
         };
+        shard.ids = token_set(shard.tokens());
         shard.check_vocab(vocab_size)?;
         Ok(shard)
     }
@@ -169,18 +174,19 @@ impl TokenShard {
         self.len == 0
     }
 
-    /// Every id must be < `vocab_size`: a parallel max over the mapping, then, only on failure, a search
-    /// for the first offending position.
+    /// The ids that occur in this shard.
+    pub fn ids(&self) -> &TokenSet {
+        &self.ids
+    }
+
+    /// Every id must be < `vocab_size`: the largest id of the set made at open time, then, only on
+    /// failure, a search for the first offending position.
     fn check_vocab(&self, vocab_size: usize) -> Result<()> {
         if vocab_size > usize::from(u16::MAX) {
             return Ok(());
         }
         let tokens = self.tokens();
-        let max = tokens
-            .par_chunks(1 << 16)
-            .map(|c| c.iter().copied().max().unwrap_or(0))
-            .max()
-            .unwrap_or(0);
+        let max = self.ids.max().unwrap_or(0);
         if usize::from(max) < vocab_size {
             return Ok(());
         }
@@ -471,8 +477,8 @@ pub struct VocabUsage {
     pub never_seen: usize,
 }
 
-/// Counts the distinct token ids of `dataset` (train ∪ val, every shard) below `vocab_size`: one
-/// parallel pass per split that ORs per-chunk bitmaps of all 65,536 uint16 ids.
+/// Counts the distinct token ids of `dataset` (train ∪ val, every shard) below `vocab_size`, from the
+/// id sets the shards made when they were opened (no further pass over the tokens).
 pub fn vocab_usage(dataset: &Dataset, vocab_size: usize) -> VocabUsage {
     let mut all = split_tokens(&dataset.train);
     let train_present = all.count_below(vocab_size);
@@ -493,12 +499,19 @@ pub fn dataset_tokens(dataset: &Dataset) -> TokenSet {
     all
 }
 
-/// The set of token ids that occur in one split (every shard).
+/// The set of token ids that occur in one split: the union of its shards' sets.
 pub fn split_tokens(split: &TokenSplit) -> TokenSet {
-    let slices: Vec<&[u16]> = split.shards().iter().map(TokenShard::tokens).collect();
-    slices
-        .par_iter()
-        .flat_map(|t| t.par_chunks(1 << 16))
+    let mut all = TokenSet::new();
+    for shard in split.shards() {
+        all.union_with(shard.ids());
+    }
+    all
+}
+
+/// The ids of `tokens`: one parallel pass.
+fn token_set(tokens: &[u16]) -> TokenSet {
+    tokens
+        .par_chunks(1 << 16)
         .fold(TokenSet::new, |mut set, chunk| {
             set.extend(chunk.iter().copied());
             set
@@ -552,6 +565,12 @@ impl TokenSet {
         for (a, b) in self.bits.iter_mut().zip(other.bits.iter()) {
             *a |= b;
         }
+    }
+
+    /// The largest id in the set; None when it is empty.
+    pub fn max(&self) -> Option<u16> {
+        let (w, bits) = self.bits.iter().enumerate().rev().find(|(_, &b)| b != 0)?;
+        Some((w * 64 + 63 - bits.leading_zeros() as usize) as u16)
     }
 
     /// Number of ids in the set.
