@@ -45,12 +45,12 @@ fn preset_dependent_defaults_are_listed_per_preset() {
         .unwrap()
         .render_long_help()
         .to_string();
-    // from the presets themselves: small 8, tiny 4, the GPT-2 family the paper's 12
+    // from the presets themselves: small 8, experiment 8, tiny 4, the GPT-2 family the paper's 12
     assert!(
-        help.contains("[default: small 8, tiny 4, 124m–1558m 12]"),
+        help.contains("[default: small 8, experiment 8, tiny 4, 124m–1558m 12]"),
         "{help}"
     );
-    assert!(help.contains("[default: small 400, tiny 20, 124m–1558m 100000]"));
+    assert!(help.contains("[default: small 400, experiment 1000, tiny 20, 124m–1558m 100000]"));
 }
 
 #[test]

@@ -440,6 +440,7 @@ fn prepare_matches_tiktoken_and_the_split_rule() {
         val_fraction: vf,
         seed,
         compact_vocab: false,
+        min_count: None,
         quiet: true,
     };
     let summary = prepare(&opts).unwrap();
@@ -513,6 +514,7 @@ fn prepare_streams_many_documents_in_order() {
         val_fraction: 0.1,
         seed: 3,
         compact_vocab: false,
+        min_count: None,
         quiet: true,
     };
     let summary = prepare(&opts).unwrap();
@@ -537,6 +539,7 @@ fn split_fallbacks() {
         val_fraction: vf,
         seed: 5,
         compact_vocab: false,
+        min_count: None,
         quiet: true,
     };
     let three: Vec<PathBuf> = (0..3).map(|i| d.join(format!("{i}.txt"))).collect();
@@ -682,6 +685,7 @@ fn compact_corpus(d: &Path) -> PrepareOptions {
         val_fraction: 0.0,
         seed: 0,
         compact_vocab: false,
+        min_count: None,
         quiet: true,
     }
 }
@@ -740,6 +744,7 @@ fn compact_vocab_preserves_the_sequence_under_the_mapping() {
         vocab_size: None,
         ..summary.clone()
     };
+    assert_eq!((summary.unk_train_tokens, meta.unk), (None, None));
     assert_eq!(
         same,
         rotadam::data::PrepareSummary {
@@ -785,6 +790,115 @@ fn compact_vocab_preserves_the_sequence_under_the_mapping() {
     let ds = Dataset::open(&plain, VOCAB, 4).unwrap();
     assert_eq!((ds.meta_vocab(), ds.gpt2_ids()), (None, None));
     assert_eq!(meta_vocab_size(&plain).unwrap(), None);
+    fs::remove_dir_all(&d).unwrap();
+}
+
+/// A closed vocabulary (`min_count`): the ids occurring at least N times in train keep their order, every
+/// other token (val-only ones included) becomes the last id, `unk`, counted in the summary; mapping the
+/// kept ids back gives the GPT-2 sequence, and a `meta.json` whose `unk` disagrees is refused by name.
+/// Checked planting a count over train ∪ val and an `unk` that is not the last id: both fail.
+#[test]
+fn closed_vocab_keeps_frequent_train_tokens_and_one_unknown() {
+    let d = tmp("data-closed");
+    let plain_opts = compact_corpus(&d);
+    let n = 2;
+    let closed_opts = PrepareOptions {
+        out: d.join("closed"),
+        compact_vocab: true,
+        min_count: Some(n),
+        ..plain_opts.clone()
+    };
+    prepare(&plain_opts).unwrap();
+    let summary = prepare(&closed_opts).unwrap();
+    let (plain, closed) = (d.join("plain"), d.join("closed"));
+    let (plain_train, plain_val) = (
+        read_u16(&plain.join("train.bin")),
+        read_u16(&plain.join("val.bin")),
+    );
+    let (train, val) = (
+        read_u16(&closed.join("train.bin")),
+        read_u16(&closed.join("val.bin")),
+    );
+    let mut count = BTreeMap::<u16, u64>::new();
+    for &t in &plain_train {
+        *count.entry(t).or_default() += 1;
+    }
+    let kept: Vec<u32> = count
+        .iter()
+        .filter(|(&t, &c)| c >= n || u32::from(t) == GPT2_EOT)
+        .map(|(&t, _)| u32::from(t))
+        .collect();
+    // the corpus has train tokens below the threshold and tokens only val holds
+    assert!(count.values().any(|&c| c < n));
+    assert!(plain_val.iter().any(|t| !count.contains_key(t)));
+    let meta = read_meta(&closed).unwrap();
+    let k = kept.len() + 1;
+    assert_eq!(meta.gpt2_ids.as_deref(), Some(&kept[..]));
+    assert_eq!((meta.vocab_size, meta.unk), (Some(k), Some(k as u32 - 1)));
+    assert_eq!(meta.to_gpt2(k as u32 - 1), None, "unk has no GPT-2 id");
+    let unk = (k - 1) as u16;
+    let expect = |toks: &[u16]| -> Vec<u16> {
+        toks.iter()
+            .map(|&t| match kept.binary_search(&u32::from(t)) {
+                Ok(i) => i as u16,
+                Err(_) => unk,
+            })
+            .collect()
+    };
+    assert_eq!(train, expect(&plain_train), "train");
+    assert_eq!(val, expect(&plain_val), "val");
+    let unk_in = |toks: &[u16]| toks.iter().filter(|&&t| t == unk).count() as u64;
+    assert_eq!(
+        (summary.unk_train_tokens, summary.unk_val_tokens),
+        (Some(unk_in(&train)), Some(unk_in(&val)))
+    );
+    assert!(unk_in(&train) > 0 && unk_in(&val) > 0);
+    let ds = Dataset::open(&closed, k, 4).unwrap();
+    assert_eq!((ds.meta_vocab(), ds.gpt2_ids()), (Some(k), Some(&kept[..])));
+    assert_err(
+        Dataset::open(&closed, k - 1, 4),
+        &format!("meta.json|vocab_size|compacted to {k} ids"),
+    );
+    assert!(!meta.options.same_recipe(&PrepareOptions {
+        min_count: Some(3),
+        ..closed_opts.clone()
+    }));
+
+    // meta.json's closed-vocabulary fields must agree with each other
+    let text = fs::read_to_string(closed.join("meta.json")).unwrap();
+    let bad_unk = text.replace(
+        &format!("\"unk\": {}", k - 1),
+        &format!("\"unk\": {}", k - 2),
+    );
+    assert_ne!(bad_unk, text);
+    fs::write(closed.join("meta.json"), bad_unk).unwrap();
+    assert_err(read_meta(&closed), "meta.json|unk|expected the last id");
+    let no_unk = text.replace(&format!(",\n  \"unk\": {}", k - 1), "");
+    assert_ne!(no_unk, text);
+    fs::write(closed.join("meta.json"), no_unk).unwrap();
+    assert_err(read_meta(&closed), "meta.json|vocab_size|gpt2_ids has");
+
+    // --min-count needs --compact-vocab and is at least 1
+    for (opts, needle) in [
+        (
+            PrepareOptions {
+                compact_vocab: false,
+                out: d.join("x"),
+                ..closed_opts.clone()
+            },
+            "min-count|needs --compact-vocab",
+        ),
+        (
+            PrepareOptions {
+                min_count: Some(0),
+                out: d.join("y"),
+                ..closed_opts.clone()
+            },
+            "min-count|at least 1",
+        ),
+    ] {
+        assert_err(prepare(&opts), needle);
+    }
     fs::remove_dir_all(&d).unwrap();
 }
 
@@ -979,4 +1093,34 @@ fn demo_compact_is_the_demo_corpus_renumbered() {
     let before = mtime();
     assert_eq!(resolve("demo-compact", true).unwrap(), dir);
     assert_eq!(mtime(), before);
+}
+
+/// The `experiment` preset's vocabulary is `demo-closed`'s (so its model fits its data without a
+/// `+vocab` suffix), its embeddings are GPT-2 124M's share of the parameters within 2 points, and a new run
+/// of it reads `demo-closed`. Checked planting a vocabulary of 4285: fails.
+#[test]
+fn experiment_preset_matches_demo_closed() {
+    use rotadam::config::ModelConfig;
+    use rotadam::model::ParamTable;
+    let share = |m: &ModelConfig| {
+        let t = ParamTable::new(m);
+        ((m.vocab_size + m.seq_len) * m.n_embd) as f64 / t.total as f64
+    };
+    let m = ModelConfig::preset("experiment").unwrap();
+    let dir = resolve(rotadam::data::DEMO_CLOSED, true).unwrap();
+    assert_eq!(meta_vocab_size(&dir).unwrap(), Some(m.vocab_size));
+    let (exp, gpt2) = (share(&m), share(&ModelConfig::preset("124m").unwrap()));
+    assert!((exp - gpt2).abs() < 0.02, "{exp} vs {gpt2}");
+    let (cfg, _) = rotadam::run::options::RunOptions {
+        model: Some("experiment".into()),
+        out: Some(tmp("experiment-preset").join("run")),
+        quiet: true,
+        ..Default::default()
+    }
+    .to_config()
+    .unwrap();
+    assert_eq!(
+        (cfg.data.as_str(), cfg.model_preset.as_str()),
+        (rotadam::data::DEMO_CLOSED, "experiment")
+    );
 }

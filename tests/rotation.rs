@@ -725,6 +725,54 @@ fn embedding_rotation_modes_touch_what_they_say() {
     }
 }
 
+/// `--embedding-rotation none` keeps wte and wpe out of `layer` and `global` too, which still mix every
+/// other coordinate (global across tensors); there `paper` and `head` are one and the same rotation.
+/// Checked planting the old `global` (one group over everything whatever the setting): fails.
+#[test]
+fn embedding_rotation_none_under_layer_and_global() {
+    let table = ParamTable::new(&tiny());
+    let be = CpuBackend::<f64>::new(1, false);
+    let (wte, wpe) = (&table.entries[table.wte], &table.entries[table.wpe]);
+    let emb = wte.len() + wpe.len();
+    let x = randn(&mut Rng::new(5), table.total, 1.0);
+    let with = |scope, embeddings| {
+        let neurons = Neurons {
+            embeddings,
+            ..Neurons::default()
+        };
+        Rotation::with_neurons(&be, scope, 16, 9, neurons, &table).unwrap()
+    };
+    for scope in [Scope::Layer, Scope::Global] {
+        let rot = with(scope, EmbeddingRotation::None);
+        let (y, pos) = (apply(&be, &rot, &x, true), position_of(&be, &rot));
+        for i in wte.range().chain(wpe.range()) {
+            assert_eq!(y[pos[i]], x[i], "{scope}: embedding coordinate {i} changed");
+        }
+        let d = rot.describe();
+        assert_eq!(emb, 1280);
+        assert!(d.ends_with(" + 1,280 unrotated"), "{d}");
+        // every other coordinate is still mixed, never with an embedding
+        let rest = emb..table.total;
+        for s in supports(&be, &rot, rest.clone()) {
+            assert!(
+                s.len() > 1 && s.iter().all(|j| rest.contains(j)),
+                "{scope}: {s:?}"
+            );
+        }
+        let paper = apply(&be, &with(scope, EmbeddingRotation::Paper), &x, true);
+        let head = apply(&be, &with(scope, EmbeddingRotation::Head), &x, true);
+        assert_eq!(paper, head, "{scope}: paper and head differ");
+    }
+    // global mixes across tensors: some coordinate of the first block leaks into another tensor
+    let rot = with(Scope::Global, EmbeddingRotation::None);
+    let entry_of = |i: usize| table.entries.iter().position(|e| e.range().contains(&i));
+    let crosses = supports(&be, &rot, emb..table.total)
+        .iter()
+        .zip(emb..)
+        .any(|(s, i)| s.iter().any(|&j| entry_of(j) != entry_of(i)));
+    assert!(crosses, "global without embeddings no longer mixes tensors");
+}
+
 /// A `config.json` written before `rotation.vectors` and `rotation.embeddings` existed reads as what it
 /// ran (`mixed`, `paper`), `--config` replays it so, and a new run gets `neuron`. Checked planting the
 /// serde default of `vectors` as `neuron`: fails.
@@ -809,15 +857,53 @@ fn an_old_config_without_the_neuron_fields_keeps_its_rotation() {
         (set.rotation.vectors, set.rotation.embeddings),
         (VectorRotation::Mixed, EmbeddingRotation::Head)
     );
-    // and refuses them where nothing has neurons
-    let err = RunOptions {
-        rotation: Some("layer".parse().unwrap()),
-        embedding_rotation: Some(EmbeddingRotation::None),
-        ..fresh.clone()
-    };
-    let (c, _) = err.to_config().unwrap();
-    let e = err.check_used(&c).unwrap_err().to_string();
-    assert!(e.contains("--embedding-rotation"), "{e}");
+    // and refuses them where nothing uses them: neurons outside the neuron scopes, embeddings under svd
+    for (rotation, vector_rotation, embedding_rotation, flag) in [
+        (
+            "layer",
+            Some(VectorRotation::Mixed),
+            None,
+            "--vector-rotation",
+        ),
+        (
+            "svd",
+            None,
+            Some(EmbeddingRotation::None),
+            "--embedding-rotation",
+        ),
+        (
+            "none",
+            None,
+            Some(EmbeddingRotation::None),
+            "--embedding-rotation",
+        ),
+    ] {
+        let err = RunOptions {
+            rotation: Some(rotation.parse().unwrap()),
+            vector_rotation,
+            embedding_rotation,
+            ..fresh.clone()
+        };
+        let (c, _) = err.to_config().unwrap();
+        let e = err.check_used(&c).unwrap_err().to_string();
+        assert!(e.contains(flag), "{rotation}: {e}");
+    }
+    // layer and global use only whether the embeddings are rotated: none is taken, head warns
+    for rotation in ["layer", "global"] {
+        let with = |e| RunOptions {
+            rotation: Some(rotation.parse().unwrap()),
+            embedding_rotation: Some(e),
+            ..fresh.clone()
+        };
+        let none = with(EmbeddingRotation::None);
+        assert_eq!(
+            none.check_used(&none.to_config().unwrap().0).unwrap(),
+            Vec::<String>::new()
+        );
+        let head = with(EmbeddingRotation::Head);
+        let w = head.check_used(&head.to_config().unwrap().0).unwrap();
+        assert!(w.len() == 1 && w[0].contains("same as paper"), "{w:?}");
+    }
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -20,7 +20,8 @@ pub struct Gpt2Args {
     /// restarts from its config.json.
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// Model preset: small (CPU demo), 124m, 350m, 774m, 1558m (GPT-2), tiny (tests) [default: small].
+    /// Model preset: small (CPU demo), experiment (the committed sweeps' CPU model, on demo-closed), 124m,
+    /// 350m, 774m, 1558m (GPT-2), tiny (tests) [default: small].
     #[arg(long)]
     pub model: Option<String>,
     #[arg(long, help = model_default("Transformer blocks", |m| m.n_layer))]
@@ -37,7 +38,9 @@ pub struct Gpt2Args {
     #[arg(long)]
     pub bias: bool,
     /// Token data: `demo` (the embedded corpus), `demo-compact` (the same with only the token ids it uses,
-    /// which also sets --vocab-size) or a directory with train.bin/val.bin or llm.c shards [default: demo].
+    /// which also sets --vocab-size), `demo-closed` (the tokens occurring 20+ times in train, the rest one
+    /// unknown token; sets --vocab-size) or a directory with train.bin/val.bin or llm.c shards [default:
+    /// demo; demo-closed for --model experiment].
     #[arg(long)]
     pub data: Option<String>,
     #[arg(long, help = train_default("Sequences per micro-batch", |t| t.batch_size.to_string()))]

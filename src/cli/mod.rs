@@ -70,6 +70,10 @@ pub struct PrepareArgs {
     /// (vocab_size) and the mapping back (gpt2_ids). Train on it with --vocab-size K or more.
     #[arg(long)]
     pub compact_vocab: bool,
+    /// With --compact-vocab, a closed vocabulary: keep only the tokens occurring at least N times in
+    /// train; every other token becomes one unknown token, the last id, recorded as `unk` in meta.json.
+    #[arg(long, value_name = "N", requires = "compact_vocab")]
+    pub min_count: Option<u64>,
     /// Print nothing but errors and the summary.
     #[arg(long)]
     pub quiet: bool,
@@ -89,6 +93,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 val_fraction: a.val_fraction,
                 seed: a.seed,
                 compact_vocab: a.compact_vocab,
+                min_count: a.min_count,
                 quiet: a.quiet,
             })?;
             println!("{}", to_json(&summary)?);

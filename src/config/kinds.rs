@@ -181,7 +181,8 @@ impl Choice for VectorRotation {
 }
 
 /// How the neuron scopes (`output`, `input`) and blockwise Adam's neuron blocks split the embeddings
-/// wte (V, C) and wpe (T, C), stored (in, out) as lookup tables.
+/// wte (V, C) and wpe (T, C), stored (in, out) as lookup tables; `None` also keeps them out of `layer` and
+/// `global`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum EmbeddingRotation {
     /// Transposed, as the paper does (Maes et al. App. D.1): under `output` a group is a column (the V
@@ -191,7 +192,7 @@ pub enum EmbeddingRotation {
     /// wte as the tied LM head sees it, an (out, in) = (V, C) weight whose output neurons are the tokens:
     /// under `output` a row (token i's C weights), under `input` a column; wpe as `paper`.
     Head,
-    /// wte and wpe left unrotated (the rotation is the identity on them).
+    /// wte and wpe left unrotated (the rotation is the identity on them), under every scope.
     None,
 }
 
@@ -211,7 +212,7 @@ impl Choice for EmbeddingRotation {
         (
             EmbeddingRotation::None,
             "none",
-            "wte and wpe unrotated",
+            "wte and wpe unrotated, under every scope (layer and global included; there paper and head are the same)",
         ),
     ];
 }

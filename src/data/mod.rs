@@ -19,21 +19,23 @@ pub mod shard;
 
 pub use loader::{fixed_batches, Batch, BatchSampler, EVAL_SEED};
 pub use prepare::{
-    demo_corpus, demo_corpus_compact, is_val_document, meta_vocab_size, prepare, read_meta,
-    read_meta_if_any, PrepareMeta, PrepareOptions, PrepareSummary, DEMO, DEMO_COMPACT, GPT2_EOT,
-    GPT2_VOCAB_SIZE,
+    demo_corpus, demo_corpus_closed, demo_corpus_compact, is_val_document, meta_vocab_size,
+    prepare, read_meta, read_meta_if_any, PrepareMeta, PrepareOptions, PrepareSummary, DEMO,
+    DEMO_CLOSED, DEMO_CLOSED_MIN_COUNT, DEMO_COMPACT, GPT2_EOT, GPT2_VOCAB_SIZE,
 };
 pub use shard::{
     dataset_tokens, split_tokens, vocab_usage, write_flat, write_llmc_shard, DataFormat, Dataset,
     TokenSet, TokenShard, TokenSplit, VocabUsage,
 };
 
-/// The directory of token data a config names: `demo` is the embedded corpus and `demo-compact` the same
-/// with a compact vocabulary (each prepared on first use), anything else a directory.
+/// The directory of token data a config names: `demo` is the embedded corpus, `demo-compact` the same
+/// with a compact vocabulary and `demo-closed` with a closed one (each prepared on first use), anything
+/// else a directory.
 pub fn resolve(data: &str, quiet: bool) -> crate::error::Result<std::path::PathBuf> {
     match data {
         DEMO => demo_corpus(quiet),
         DEMO_COMPACT => demo_corpus_compact(quiet),
+        DEMO_CLOSED => demo_corpus_closed(quiet),
         _ => Ok(std::path::PathBuf::from(data)),
     }
 }

@@ -27,6 +27,14 @@
 //! records `vocab_size: K` and `gpt2_ids` (new id → GPT-2 id), and `eot` is the end-of-text token's new
 //! id. A model trained on such data needs a vocabulary of at least K, and row `i` of its embedding is
 //! GPT-2 token `gpt2_ids[i]`. Without the option the output, `meta.json` included, is what it always was.
+//!
+//! **Closed vocabulary** (`min_count`, with `compact_vocab`). Only the token ids that occur at least
+//! `min_count` times in *train* are kept (end-of-text always), renumbered 0..K−2 as above; every other
+//! token, val-only ones included, becomes one unknown-token id K−1, recorded as `unk` in `meta.json` (it
+//! has no GPT-2 id, so `gpt2_ids` has K−1 entries). This is the closed-vocabulary convention of the Penn
+//! Treebank and WikiText-2 language-model benchmarks (Mikolov et al. 2010; Merity et al. 2016); it shrinks
+//! the embedding so that a small model can have GPT-2 124M's share of parameters in embeddings (see
+//! `docs/experiments.md`). `summary` records how many tokens of each split became `unk`.
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
@@ -74,6 +82,10 @@ pub struct PrepareOptions {
     /// without it, older ones included, which therefore read as `false`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub compact_vocab: bool,
+    /// With `compact_vocab`: keep only the ids occurring at least this often in train, the rest becoming
+    /// one unknown-token id (see the module docs). Absent: keep every id that occurs, no unknown token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_count: Option<u64>,
     /// No progress output at all.
     #[serde(skip)]
     pub quiet: bool,
@@ -87,6 +99,7 @@ impl Default for PrepareOptions {
             val_fraction: DEFAULT_VAL_FRACTION,
             seed: DEFAULT_SEED,
             compact_vocab: false,
+            min_count: None,
             quiet: false,
         }
     }
@@ -104,6 +117,7 @@ impl PrepareOptions {
             && self.val_fraction == other.val_fraction
             && self.seed == other.seed
             && self.compact_vocab == other.compact_vocab
+            && self.min_count == other.min_count
     }
 }
 
@@ -123,6 +137,11 @@ pub struct PrepareSummary {
     /// K, the number of distinct token ids, when the vocabulary was compacted; absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vocab_size: Option<usize>,
+    /// Closed vocabulary only: the train and val tokens that became the unknown token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unk_train_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unk_val_tokens: Option<u64>,
 }
 
 /// The contents of `meta.json`.
@@ -138,9 +157,13 @@ pub struct PrepareMeta {
     /// Compacted data only: K, the vocabulary of the token files (ids 0..K−1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vocab_size: Option<usize>,
-    /// Compacted data only: `gpt2_ids[i]` is the GPT-2 id of token `i` (K entries, strictly increasing).
+    /// Compacted data only: `gpt2_ids[i]` is the GPT-2 id of token `i` (K entries, strictly increasing;
+    /// K−1 with a closed vocabulary, whose last id is `unk`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpt2_ids: Option<Vec<u32>>,
+    /// Closed vocabulary only (`min_count`): the unknown token's id, K−1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unk: Option<u32>,
 }
 
 impl PrepareMeta {
@@ -149,7 +172,8 @@ impl PrepareMeta {
         self.gpt2_ids.as_deref()
     }
 
-    /// The token files' id mapped back to GPT-2's: itself when not compacted; `None` when out of range.
+    /// The token files' id mapped back to GPT-2's: itself when not compacted; `None` when out of range or
+    /// the unknown token.
     pub fn to_gpt2(&self, id: u32) -> Option<u32> {
         match &self.gpt2_ids {
             Some(ids) => ids.get(id as usize).copied(),
@@ -157,21 +181,32 @@ impl PrepareMeta {
         }
     }
 
-    /// The compact fields must agree: both or neither, `vocab_size` = `gpt2_ids.len()`, ids strictly
-    /// increasing and below [`GPT2_VOCAB_SIZE`].
+    /// The compact fields must agree: both or neither, `vocab_size` = `gpt2_ids.len()` (+ 1 with `unk`,
+    /// which must then be the last id), ids strictly increasing and below [`GPT2_VOCAB_SIZE`].
     fn check(&self, path: &Path) -> Result<()> {
         let bad = |field: &str, msg: String| Err(Error::bad_file(path, field, msg));
         match (self.vocab_size, &self.gpt2_ids) {
+            (None, None) if self.unk.is_some() => {
+                bad("unk", "set, though the vocabulary is not compacted".into())
+            }
             (None, None) => Ok(()),
             (Some(_), None) => bad("gpt2_ids", "missing, though vocab_size is set".into()),
             (None, Some(_)) => bad("vocab_size", "missing, though gpt2_ids is set".into()),
             (Some(k), Some(ids)) => {
-                if k != ids.len() || k == 0 {
+                let unk = usize::from(self.unk.is_some());
+                if k != ids.len() + unk || ids.is_empty() {
+                    let with = if unk == 1 { " plus unk" } else { "" };
                     return bad(
                         "vocab_size",
-                        format!("is {k} but gpt2_ids has {} entries", ids.len()),
+                        format!("is {k} but gpt2_ids has {} entries{with}", ids.len()),
                     );
                 }
+                if let Some(u) = self.unk {
+                    if u as usize != k - 1 {
+                        return bad("unk", format!("is {u}; expected the last id, {}", k - 1));
+                    }
+                }
+                let k = ids.len();
                 if let Some(i) = ids.windows(2).position(|w| w[0] >= w[1]) {
                     let msg = format!(
                         "not strictly increasing: entry {} is {}, entry {} is {}",
@@ -247,6 +282,12 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary> {
             format!("{} is not in [0, 1)", opts.val_fraction),
         ));
     }
+    if opts.min_count.is_some() && !opts.compact_vocab {
+        return Err(Error::config("min-count", "needs --compact-vocab"));
+    }
+    if opts.min_count == Some(0) {
+        return Err(Error::config("min-count", "must be at least 1"));
+    }
     fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let out_canon = fs::canonicalize(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let files = collect_files(&opts.inputs, &out_canon)?;
@@ -309,27 +350,57 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary> {
     let documents = splitter.documents;
     let (mut train, mut val, single_document_split) = splitter.finish()?;
     let mut eot = GPT2_EOT;
+    let mut unk = None;
+    let mut unk_counts = None;
     let gpt2_ids = if opts.compact_vocab {
-        let mut seen = train.seen.clone();
-        seen.union_with(&val.seen);
-        let gpt2_ids: Vec<u32> = seen.iter().map(u32::from).collect();
-        let mut table = vec![0u16; 1 << 16];
+        let gpt2_ids: Vec<u32> = match opts.min_count {
+            None => {
+                let mut seen = train.seen.clone();
+                seen.union_with(&val.seen);
+                seen.iter().map(u32::from).collect()
+            }
+            Some(n) => (0..GPT2_VOCAB_SIZE as u32)
+                .filter(|&t| train.counts[t as usize] >= n || t == GPT2_EOT)
+                .collect(),
+        };
+        // K ≤ 50257 ids, so every new id (the unknown token's, K−1, included) fits uint16.
+        let unk_id = gpt2_ids.len() as u16;
+        let mut table = vec![unk_id; 1 << 16];
         for (new, &old) in gpt2_ids.iter().enumerate() {
-            // K ≤ 65536 distinct uint16 values, so every new id fits uint16.
             table[old as usize] = new as u16;
         }
         eot = u32::from(table[GPT2_EOT as usize]);
+        if let Some(n) = opts.min_count {
+            unk = Some(u32::from(unk_id));
+            let dropped = |s: &SplitOut| -> u64 {
+                (0..1usize << 16)
+                    .filter(|&t| table[t] == unk_id)
+                    .map(|t| s.counts[t])
+                    .sum()
+            };
+            unk_counts = Some((dropped(&train), dropped(&val)));
+            progress.line(format!(
+                "prepare: closed vocabulary: the {} GPT-2 tokens occurring at least {n} times in train, \
+                 plus one unknown token (id {unk_id}) for {} train and {} val tokens",
+                group_digits(gpt2_ids.len() as u64),
+                group_digits(unk_counts.unwrap_or_default().0),
+                group_digits(unk_counts.unwrap_or_default().1),
+            ));
+        } else {
+            progress.line(format!(
+                "prepare: compacted the vocabulary to the {} of {GPT2_VOCAB_SIZE} GPT-2 tokens that occur",
+                group_digits(gpt2_ids.len() as u64)
+            ));
+        }
         train = train.remap(&table)?;
         val = val.remap(&table)?;
-        progress.line(format!(
-            "prepare: compacted the vocabulary to the {} of {GPT2_VOCAB_SIZE} GPT-2 tokens that occur",
-            group_digits(gpt2_ids.len() as u64)
-        ));
         Some(gpt2_ids)
     } else {
         None
     };
-    let vocab_size = gpt2_ids.as_ref().map(Vec::len);
+    let vocab_size = gpt2_ids
+        .as_ref()
+        .map(|ids| ids.len() + usize::from(unk.is_some()));
 
     let mut summary = PrepareSummary {
         files: files.len(),
@@ -342,6 +413,8 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary> {
         seconds: 0.0,
         single_document_split,
         vocab_size,
+        unk_train_tokens: unk_counts.map(|c| c.0),
+        unk_val_tokens: unk_counts.map(|c| c.1),
     };
     // Commit: the old meta.json goes first, so no meta.json ever describes bins it did not produce.
     let meta_path = opts.out.join("meta.json");
@@ -361,6 +434,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary> {
         summary: summary.clone(),
         vocab_size,
         gpt2_ids,
+        unk,
     };
     let json = meta_json(&meta).map_err(|source| Error::Json {
         path: meta_path.clone(),
@@ -406,22 +480,33 @@ fn meta_json(meta: &PrepareMeta) -> serde_json::Result<String> {
 pub const DEMO: &str = "demo";
 /// `--data demo-compact`: the demo corpus with a compact vocabulary ([`demo_corpus_compact`]).
 pub const DEMO_COMPACT: &str = "demo-compact";
+/// `--data demo-closed`: the demo corpus with a closed vocabulary ([`demo_corpus_closed`]).
+pub const DEMO_CLOSED: &str = "demo-closed";
+/// The `min_count` of `demo-closed`: the 4,285 tokens occurring 20 times or more in the demo corpus's
+/// train split cover 94% of it.
+pub const DEMO_CLOSED_MIN_COUNT: u64 = 20;
 
 /// The demo corpus (35 Shakespeare plays and poems, `data/shakespeare/*_gut.txt`), tokenized into
 /// `data/cache/shakespeare/` under the crate root (or under `.` when the compiled-in root is gone).
 /// Prepares it only when `train.bin`, `val.bin` or `meta.json` is missing or `meta.json` records other
 /// options; returns the directory, ready for [`super::Dataset::open`].
 pub fn demo_corpus(quiet: bool) -> Result<PathBuf> {
-    demo(false, quiet)
+    demo(false, None, quiet)
 }
 
 /// The demo corpus with a compact vocabulary (`compact_vocab`), in `data/cache/shakespeare-compact/`;
 /// otherwise as [`demo_corpus`].
 pub fn demo_corpus_compact(quiet: bool) -> Result<PathBuf> {
-    demo(true, quiet)
+    demo(true, None, quiet)
 }
 
-fn demo(compact_vocab: bool, quiet: bool) -> Result<PathBuf> {
+/// The demo corpus with a closed vocabulary (`min_count` [`DEMO_CLOSED_MIN_COUNT`]), in
+/// `data/cache/shakespeare-closed/`; otherwise as [`demo_corpus`].
+pub fn demo_corpus_closed(quiet: bool) -> Result<PathBuf> {
+    demo(true, Some(DEMO_CLOSED_MIN_COUNT), quiet)
+}
+
+fn demo(compact_vocab: bool, min_count: Option<u64>, quiet: bool) -> Result<PathBuf> {
     // Threads of one process (parallel tests) take turns; separate processes are safe anyway, since every
     // output is replaced by an atomic rename of identical content.
     static LOCK: Mutex<()> = Mutex::new(());
@@ -433,10 +518,10 @@ fn demo(compact_vocab: bool, quiet: bool) -> Result<PathBuf> {
         PathBuf::from(".")
     };
     let src = root.join("data").join("shakespeare");
-    let name = if compact_vocab {
-        "shakespeare-compact"
-    } else {
-        "shakespeare"
+    let name = match (compact_vocab, min_count) {
+        (_, Some(_)) => "shakespeare-closed",
+        (true, None) => "shakespeare-compact",
+        (false, None) => "shakespeare",
     };
     let out = root.join("data").join("cache").join(name);
     let mut inputs = Vec::new();
@@ -456,6 +541,7 @@ fn demo(compact_vocab: bool, quiet: bool) -> Result<PathBuf> {
         val_fraction: DEFAULT_VAL_FRACTION,
         seed: DEFAULT_SEED,
         compact_vocab,
+        min_count,
         quiet,
     };
     let ready = out.join("train.bin").is_file()
@@ -657,6 +743,8 @@ struct SplitOut {
     tokens: u64,
     /// The token ids written so far.
     seen: TokenSet,
+    /// How often each id was written (before a remap).
+    counts: Vec<u64>,
 }
 
 impl SplitOut {
@@ -670,6 +758,7 @@ impl SplitOut {
             documents: 0,
             tokens: 0,
             seen: TokenSet::new(),
+            counts: vec![0; 1 << 16],
         })
     }
 
@@ -677,6 +766,9 @@ impl SplitOut {
         // GPT-2 ids are < 50257, so they fit uint16.
         let tokens16 = tokens.iter().map(|&t| t as u16);
         self.seen.extend(tokens16.clone());
+        for t in tokens16.clone() {
+            self.counts[usize::from(t)] += 1;
+        }
         write_u16_le(&mut self.writer, tokens16).map_err(|e| Error::io(&self.tmp.path, e))?;
         self.documents += 1;
         self.tokens += tokens.len() as u64;
@@ -693,6 +785,7 @@ impl SplitOut {
             documents,
             tokens,
             seen,
+            counts,
         } = self;
         let file = writer.into_inner();
         drop(file.map_err(|e| Error::io(&old.path, e.into_error()))?);
@@ -730,6 +823,7 @@ impl SplitOut {
             documents,
             tokens,
             seen: new_seen,
+            counts,
         })
     }
 

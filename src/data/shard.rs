@@ -317,6 +317,9 @@ pub struct Dataset {
     format: DataFormat,
     /// `gpt2_ids` of a compacted directory's `meta.json`.
     gpt2_ids: Option<Vec<u32>>,
+    /// `vocab_size` of a compacted directory's `meta.json`: K, one more than `gpt2_ids` when the
+    /// vocabulary is closed (the unknown token).
+    meta_vocab: Option<usize>,
 }
 
 impl Dataset {
@@ -339,16 +342,18 @@ impl Dataset {
             Err(e) => return Err(Error::io(dir, e)),
         }
         let meta = super::prepare::read_meta_if_any(dir)?;
-        let gpt2_ids = meta.and_then(|m| m.gpt2_ids);
-        if let Some(ids) = &gpt2_ids {
-            if vocab_size < ids.len() {
+        let (gpt2_ids, meta_vocab) = match meta {
+            Some(m) => (m.gpt2_ids, m.vocab_size),
+            None => (None, None),
+        };
+        if let Some(k) = meta_vocab {
+            if vocab_size < k {
                 return Err(Error::bad_file(
                     dir.join("meta.json"),
                     "vocab_size",
                     format!(
                         "the token files are compacted to {k} ids (prepare --compact-vocab), more than \
-                         the model's vocab size {vocab_size}; the model needs --vocab-size {k} or more",
-                        k = ids.len()
+                         the model's vocab size {vocab_size}; the model needs --vocab-size {k} or more"
                     ),
                 ));
             }
@@ -422,16 +427,19 @@ impl Dataset {
             dir: dir.to_path_buf(),
             format,
             gpt2_ids,
+            meta_vocab,
         })
     }
 
     /// K when the directory's `meta.json` says the data is compacted (`prepare --compact-vocab`): the
-    /// token files hold ids 0..K−1, every one of which occurs. `None` for GPT-2 ids.
+    /// token files hold ids 0..K−1, every one of which occurs (with a closed vocabulary, the last is the
+    /// unknown token). `None` for GPT-2 ids.
     pub fn meta_vocab(&self) -> Option<usize> {
-        self.gpt2_ids.as_ref().map(Vec::len)
+        self.meta_vocab
     }
 
-    /// The compacted data's mapping: token `i` of the files is GPT-2 token `gpt2_ids()[i]`.
+    /// The compacted data's mapping: token `i` of the files is GPT-2 token `gpt2_ids()[i]` (with a closed
+    /// vocabulary, one entry fewer than [`Dataset::meta_vocab`]: the unknown token has no GPT-2 id).
     pub fn gpt2_ids(&self) -> Option<&[u32]> {
         self.gpt2_ids.as_deref()
     }

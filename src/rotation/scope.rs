@@ -20,8 +20,10 @@
 //!   `output` a group is a COLUMN of wte/wpe (the V resp. T weights feeding channel j), under `input` a ROW
 //!   (the C weights leaving token i). `head` reads wte as the tied LM head does, an (out, in) = (V, C)
 //!   weight whose output neurons are the tokens: under `output` a ROW of wte, under `input` a COLUMN (wpe,
-//!   which is no head, stays as `paper`). `none` leaves wte and wpe out of every group: the rotation is the
-//!   identity on them ([`unrotated`]).
+//!   which is no head, stays as `paper`). `none` leaves wte and wpe out of every group, under `layer` and
+//!   `global` too: the rotation is the identity on them ([`unrotated`]). `paper` and `head` differ only
+//!   under the neuron scopes (`layer` keeps a tensor whole and `global` draws a uniformly random
+//!   permutation of its one group, so the order of a tensor's coordinates does not matter there).
 //! - **1-D tensors** (LayerNorm gains and biases, linear biases) have no (out, in) structure. A gain γⱼ
 //!   scales neuron j alone, so under the neuron-wise definition (Maes et al. §2.3, Fig. 6; App. D.1) it is
 //!   a group by itself: `neuron` (the default for new runs) makes every coordinate of a 1-D tensor its own
@@ -29,7 +31,7 @@
 //!   as under `layer` (what this project did before the setting existed; older `config.json` files read
 //!   as `mixed`).
 //!
-//! `layer` and `global` do not look at a [`Neurons`]. Every index `0..table.total` lies in exactly one
+//! `layer` and `global` look only at whether the embeddings are rotated. Every index `0..table.total` lies in exactly one
 //! group of [`groups_with`] or of [`unrotated`], for every scope but `none`.
 //!
 //! Blockwise Adam's neuron blocks (Xie et al. Alg. 3, `--blocks neuron`) are the `output` groups of the
@@ -120,16 +122,27 @@ pub fn groups(scope: Scope, table: &ParamTable) -> Vec<Group> {
 /// identity rotates nothing). With [`unrotated`], every index `0..table.total` lies in exactly one group
 /// for every other scope.
 pub fn groups_with(scope: Scope, neurons: Neurons, table: &ParamTable) -> Vec<Group> {
-    let mut out = Vec::new();
+    let mut out: Vec<Group> = Vec::new();
     match scope {
         Scope::None => {}
         Scope::Global => {
-            if table.total > 0 {
-                out.push(Group::contiguous(0, table.total));
+            // one group; without the embeddings, the non-embedding coordinates (contiguous ranges merged:
+            // wte and wpe come first, so this is one range)
+            for e in table.entries.iter().filter(|e| !e.is_empty()) {
+                if neurons.embeddings == EmbeddingRotation::None && is_embedding(e) {
+                    continue;
+                }
+                match out.last_mut() {
+                    Some(g) if g.offset + g.len == e.offset => g.len += e.len(),
+                    _ => out.push(Group::contiguous(e.offset, e.len())),
+                }
             }
         }
         Scope::Layer => {
             for e in table.entries.iter().filter(|e| !e.is_empty()) {
+                if neurons.embeddings == EmbeddingRotation::None && is_embedding(e) {
+                    continue;
+                }
                 out.push(Group::contiguous(e.offset, e.len()));
             }
         }
@@ -164,12 +177,10 @@ pub fn groups_with(scope: Scope, neurons: Neurons, table: &ParamTable) -> Vec<Gr
     out
 }
 
-/// The coordinates `scope` leaves unrotated: the embeddings under `output` and `input` with
-/// `--embedding-rotation none`, one group per tensor; empty otherwise.
+/// The coordinates `scope` leaves unrotated: the embeddings with `--embedding-rotation none`, one group
+/// per tensor, under every scope but `none` (which rotates nothing); empty otherwise.
 pub fn unrotated(scope: Scope, neurons: Neurons, table: &ParamTable) -> Vec<Group> {
-    if !matches!(scope, Scope::Output | Scope::Input)
-        || neurons.embeddings != EmbeddingRotation::None
-    {
+    if scope == Scope::None || neurons.embeddings != EmbeddingRotation::None {
         return Vec::new();
     }
     table

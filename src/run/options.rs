@@ -231,9 +231,9 @@ impl RunOptions {
                 RunConfig {
                     model: ModelConfig::preset(&preset)?,
                     train: TrainConfig::for_preset(&preset),
+                    data: crate::config::preset_data(&preset).into(),
                     model_preset: preset,
                     rotation: Default::default(),
-                    data: "demo".into(),
                     out: PathBuf::new(),
                     device: DeviceKind::Auto,
                     precision: Precision::Fp32,
@@ -455,21 +455,32 @@ impl RunOptions {
             by_rot.clone(),
         );
         // what a neuron is: the groups of the neuron scopes, and blockwise Adam's neuron blocks
-        let neurons_used = matches!(kind, RotationKind::Scope(Scope::Output | Scope::Input))
-            || (opt == OptimizerKind::BlockwiseAdam && cfg.train.blocks == BlockPartition::Neuron);
-        for (set, flag) in [
-            (self.vector_rotation.is_some(), "--vector-rotation"),
-            (self.embedding_rotation.is_some(), "--embedding-rotation"),
+        let neuron_blocks =
+            opt == OptimizerKind::BlockwiseAdam && cfg.train.blocks == BlockPartition::Neuron;
+        let neurons_used =
+            matches!(kind, RotationKind::Scope(Scope::Output | Scope::Input)) || neuron_blocks;
+        // `layer` and `global` look at the embeddings too, but only at whether they are rotated
+        let whole_scope = matches!(kind, RotationKind::Scope(Scope::Layer | Scope::Global));
+        for (set, flag, used, which) in [
+            (
+                self.vector_rotation.is_some(),
+                "--vector-rotation",
+                neurons_used,
+                "only --rotation output or input, and blockwise-adam with --blocks neuron, have neurons",
+            ),
+            (
+                self.embedding_rotation.is_some(),
+                "--embedding-rotation",
+                neurons_used || whole_scope,
+                "only --rotation output, input, layer or global, and blockwise-adam with --blocks \
+                 neuron, rotate or split the embeddings",
+            ),
         ] {
             given(
                 set,
                 flag,
-                neurons_used,
-                format!(
-                    "{by_rot} with the optimizer {} (only --rotation output or input, and \
-                     blockwise-adam with --blocks neuron, have neurons)",
-                    opt.name()
-                ),
+                used,
+                format!("{by_rot} with the optimizer {} ({which})", opt.name()),
             );
         }
         if let Some((flag, by)) = unused.first() {
@@ -479,6 +490,14 @@ impl RunOptions {
             ));
         }
         let mut warnings = Vec::new();
+        if whole_scope
+            && !neuron_blocks
+            && self.embedding_rotation == Some(crate::config::EmbeddingRotation::Head)
+        {
+            warnings.push(format!(
+                "--embedding-rotation head is the same as paper under {by_rot} (only none changes it)"
+            ));
+        }
         let seeded = matches!(kind, RotationKind::Scope(s) if s != Scope::None)
             || kind == RotationKind::Kron;
         if self.rotation_seed.is_some() && !seeded {

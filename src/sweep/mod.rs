@@ -15,7 +15,7 @@ pub mod diagnostics;
 pub mod plot_runs;
 pub mod report;
 
-use crate::config::{OptimizerKind, Precision, RotationKind, RunConfig, Scope};
+use crate::config::{EmbeddingRotation, OptimizerKind, Precision, RotationKind, RunConfig, Scope};
 use crate::data::shard::Dataset;
 use crate::error::{Error, Result};
 use crate::run::options::{utc_stamp, RunOptions};
@@ -43,6 +43,7 @@ pub enum Ablation {
     SgdValidation,
     Precision,
     Optimizers,
+    Embeddings,
 }
 
 impl crate::config::Choice for Ablation {
@@ -67,6 +68,11 @@ impl crate::config::Choice for Ablation {
             Ablation::Optimizers,
             "optimizers",
             "AdamW, SGD, AdaSGD and blockwise Adam, under none and global (Xie et al. Fig. 1)",
+        ),
+        (
+            Ablation::Embeddings,
+            "embeddings",
+            "--embedding-rotation paper, head and none under output, paper and none under global (where paper and head are the same), plus the unrotated baseline",
         ),
     ];
 }
@@ -97,6 +103,9 @@ pub struct Variant {
     pub optimizer: Option<OptimizerKind>,
     pub precision: Option<Precision>,
     pub lr: Option<f64>,
+    /// `--embedding-rotation` of the variant (absent from a `sweep.json` written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embeddings: Option<EmbeddingRotation>,
 }
 
 impl Variant {
@@ -108,12 +117,14 @@ impl Variant {
             optimizer: None,
             precision: None,
             lr: None,
+            embeddings: None,
         }
     }
 }
 
 const NONE: RotationKind = RotationKind::Scope(Scope::None);
 const GLOBAL: RotationKind = RotationKind::Scope(Scope::Global);
+use EmbeddingRotation::{Head, None as EmbNone, Paper};
 
 /// The variants a sweep runs, first the baseline (the slowdowns are measured against it).
 pub fn variants(args: &SweepOptions) -> Result<Vec<Variant>> {
@@ -188,6 +199,27 @@ pub fn variants(args: &SweepOptions) -> Result<Vec<Variant>> {
             }
             v
         }
+        Some(Ablation::Embeddings) => {
+            let output = RotationKind::Scope(Scope::Output);
+            let mut v = vec![Variant::rotation(NONE)];
+            for (r, choices) in [
+                (output, &[Paper, Head, EmbNone][..]),
+                (GLOBAL, &[Paper, EmbNone][..]),
+            ] {
+                for &e in choices {
+                    v.push(Variant {
+                        // `paper` is the default: its runs are the plain sweep's (and reusable from it)
+                        label: match e {
+                            Paper => r.to_string(),
+                            _ => format!("{r}-emb-{e}"),
+                        },
+                        embeddings: Some(e),
+                        ..Variant::rotation(r)
+                    });
+                }
+            }
+            v
+        }
     };
     Ok(v)
 }
@@ -246,6 +278,7 @@ pub fn plan(args: &SweepOptions) -> Result<(PathBuf, Vec<Variant>, Vec<PlannedRu
             a.rotation_block = v.rotation_block.or(a.rotation_block);
             a.optimizer = v.optimizer.or(a.optimizer);
             a.precision = v.precision.or(a.precision);
+            a.embedding_rotation = v.embeddings.or(a.embedding_rotation);
             if v.lr.is_some() {
                 a.lr = v.lr;
                 a.min_lr = None;
