@@ -28,6 +28,7 @@ fn args(root: &Path, rotations: &[&str], seeds: usize, steps: usize) -> SweepOpt
             quiet: true,
             ..Default::default()
         },
+        select: Default::default(),
     }
 }
 
@@ -299,5 +300,88 @@ fn sgd_validation_ablation_curves_coincide() {
     }
     let v = sw::variants(&a).unwrap();
     assert_eq!(v.len(), 4);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// A sweep spread over parts (`--list`, `--shard`, `--only`, `--report-only`) gives the whole sweep's
+/// numbers: shards 1/2 and 2/2 are disjoint and cover the plan; `--list` writes each run's config.json
+/// and prints one `gpt2 --resume RUN_DIR` line per run; after one shard the report lists the other's
+/// runs as not started; after the listed commands (parsed and run as a user's shell would) `--report-only`
+/// gives the summary of one whole sweep, row for row. Checked planting the shard rule `k % n == i`: fails.
+#[test]
+fn a_sweep_in_parts_matches_the_whole_sweep() {
+    use rotadam::sweep::Selection;
+    let root = tmp("sweep-parts");
+    synthetic_data(&root);
+    let whole = sw::run(&args(&root, &["none", "global"], 2, 6)).unwrap();
+    let mut parts = args(&root, &["none", "global"], 2, 6);
+    parts.run.out = Some(root.join("parts"));
+    let (_, _, runs) = sw::plan(&parts).unwrap();
+    let shard = |i, n| Selection {
+        shard: Some((i, n)),
+        ..Default::default()
+    };
+    for n in 1..=5 {
+        let mut all: Vec<usize> = (1..=n)
+            .flat_map(|i| shard(i, n).indices(&runs).unwrap())
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..runs.len()).collect::<Vec<_>>(), "{n} shards");
+    }
+    let second = shard(2, 2).indices(&runs).unwrap();
+    assert_eq!(second, [1, 3]);
+
+    parts.select = shard(2, 2);
+    let lines = sw::list(&parts, "rotadam").unwrap();
+    let expect: Vec<String> = second
+        .iter()
+        .map(|&k| format!("rotadam gpt2 --resume {}", runs[k].dir.display()))
+        .collect();
+    assert_eq!(lines, expect);
+    for &k in &second {
+        let cfg = rotadam::config::RunConfig::read(&runs[k].dir.join("config.json")).unwrap();
+        assert_eq!(cfg, runs[k].cfg);
+    }
+    // listing again changes nothing
+    assert_eq!(sw::list(&parts, "rotadam").unwrap(), expect);
+
+    parts.select = shard(1, 2);
+    let dir = sw::run(&parts).unwrap();
+    let summary = |d: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(d.join("summary.json")).unwrap()).unwrap()
+    };
+    let missing: Vec<String> = second
+        .iter()
+        .map(|&k| format!("{} (not started)", runs[k].name()))
+        .collect();
+    assert_eq!(summary(&dir)["missing"], serde_json::json!(missing));
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(report.contains("**Incomplete:** 2 of 4 runs"), "{report}");
+    assert!(
+        !report.contains("--shard"),
+        "the report shows the whole sweep's command"
+    );
+
+    for line in &lines {
+        let cli = rotadam::cli::Cli::try_parse_from(line.split(' ')).unwrap();
+        rotadam::cli::run(cli).unwrap();
+    }
+    parts.select = Selection::default();
+    sw::report_only(&parts).unwrap();
+    let (a, b) = (summary(&whole), summary(&dir));
+    assert_eq!(b["missing"], serde_json::json!([]));
+    assert_eq!(a["rows"], b["rows"]);
+
+    // a run name that is not in the plan is refused, listing the names
+    parts.select = Selection {
+        only: vec!["global-s9".into()],
+        ..Default::default()
+    };
+    let e = sw::run(&parts).unwrap_err().to_string();
+    assert!(e.contains("--only") && e.contains("global-s1338"), "{e}");
+    for bad in ["0/2", "3/2", "2", "a/b"] {
+        let e = Selection::parse_shard(bad).unwrap_err().to_string();
+        assert!(e.contains("--shard") && e.contains(bad), "{e}");
+    }
     std::fs::remove_dir_all(&root).unwrap();
 }

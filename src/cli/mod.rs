@@ -100,8 +100,22 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(a) => bench::run(&a)?,
         Command::Sweep(a) => {
-            let dir = crate::sweep::run(&a.options())?;
-            println!("{}", dir.join("report.md").display());
+            let opts = a.options();
+            if a.list {
+                let program = std::env::current_exe()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| "rotadam".into());
+                for line in crate::sweep::list(&opts, &program)? {
+                    println!("{line}");
+                }
+            } else {
+                let dir = if a.report_only {
+                    crate::sweep::report_only(&opts)?
+                } else {
+                    crate::sweep::run(&opts)?
+                };
+                println!("{}", dir.join("report.md").display());
+            }
         }
         Command::Plot(a) => {
             let (png, svg) = crate::sweep::plot_runs::run(&a.options())?;

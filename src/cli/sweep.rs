@@ -3,7 +3,7 @@
 use super::{choice, Gpt2Args};
 use crate::config::RotationKind;
 use crate::sweep::plot_runs::{Metric, PlotOptions};
-use crate::sweep::{report, Ablation, SweepOptions, DEFAULT_ROTATIONS, DEFAULT_SGD_LR};
+use crate::sweep::{report, Ablation, Selection, SweepOptions, DEFAULT_ROTATIONS, DEFAULT_SGD_LR};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -22,9 +22,30 @@ pub struct SweepArgs {
     /// far larger step than Adam's --lr).
     #[arg(long, default_value_t = DEFAULT_SGD_LR)]
     pub sgd_lr: f64,
+    /// Print one `rotadam gpt2 --resume RUN_DIR` command per run (after writing each run's config.json)
+    /// and train nothing: for a scheduler (a Slurm job array, GNU parallel) to run them anywhere the
+    /// sweep directory is shared. Combines with --only and --shard.
+    #[arg(long, conflicts_with = "report_only")]
+    pub list: bool,
+    /// Only these runs, by name: VARIANT-sSEED (the run directory's name, e.g. global-s1338),
+    /// comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "RUN")]
+    pub only: Vec<String>,
+    /// Only shard I of N (1 ≤ I ≤ N): the runs whose position in the sweep's order is I−1 modulo N. N
+    /// jobs with I = 1..N cover every run once.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<(usize, usize)>,
+    /// Write the report over the runs that have finished (the others are listed as not finished) and
+    /// train nothing.
+    #[arg(long, conflicts_with_all = ["only", "shard"])]
+    pub report_only: bool,
     /// Options of every run (`rotadam gpt2 --help`); --out is the sweep directory, --seed the first seed.
     #[command(flatten)]
     pub gpt2: Gpt2Args,
+}
+
+fn parse_shard(text: &str) -> Result<(usize, usize), String> {
+    Selection::parse_shard(text).map_err(|e| e.to_string())
 }
 
 impl SweepArgs {
@@ -36,6 +57,10 @@ impl SweepArgs {
             ablation: self.ablation,
             sgd_lr: self.sgd_lr,
             run: self.gpt2.options(),
+            select: Selection {
+                only: self.only.clone(),
+                shard: self.shard,
+            },
         }
     }
 }

@@ -91,6 +91,63 @@ pub struct SweepOptions {
     pub sgd_lr: f64,
     /// Options of every run; `out` is the sweep directory, `seed` the first seed.
     pub run: RunOptions,
+    /// Which of the planned runs this invocation handles (all by default).
+    pub select: Selection,
+}
+
+/// A subset of a sweep's runs, for spreading one sweep over several machines or jobs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Run names (`<variant>-s<seed>`, the run directory's name); empty: no restriction.
+    pub only: Vec<String>,
+    /// `(i, n)`, 1 ≤ i ≤ n: the runs whose 0-based index in the plan is ≡ i − 1 (mod n).
+    pub shard: Option<(usize, usize)>,
+}
+
+impl Selection {
+    /// Parses `I/N` (1 ≤ I ≤ N).
+    pub fn parse_shard(text: &str) -> Result<(usize, usize)> {
+        let bad = || {
+            Error::config(
+                "--shard",
+                format!(
+                    "'{text}' is not I/N with 1 ≤ I ≤ N (e.g. 2/8: the second of eight shards)"
+                ),
+            )
+        };
+        let (i, n) = text.split_once('/').ok_or_else(bad)?;
+        let (i, n): (usize, usize) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if i == 0 || i > n {
+            return Err(bad());
+        }
+        Ok((i, n))
+    }
+
+    fn is_all(&self) -> bool {
+        self.only.is_empty() && self.shard.is_none()
+    }
+
+    /// The indices of the selected runs, in plan order; an `only` name that is no run is an error that
+    /// lists the names.
+    pub fn indices(&self, runs: &[PlannedRun]) -> Result<Vec<usize>> {
+        let names: Vec<String> = runs.iter().map(PlannedRun::name).collect();
+        if let Some(unknown) = self.only.iter().find(|o| !names.contains(o)) {
+            return Err(Error::config(
+                "--only",
+                format!(
+                    "'{unknown}' is not a run of this sweep; its runs are {}",
+                    names.join(", ")
+                ),
+            ));
+        }
+        Ok((0..runs.len())
+            .filter(|&k| self.only.is_empty() || self.only.contains(&names[k]))
+            .filter(|&k| self.shard.is_none_or(|(i, n)| k % n == i - 1))
+            .collect())
+    }
 }
 
 /// One line of a sweep: what differs from the base run.
@@ -231,6 +288,39 @@ pub struct PlannedRun {
     pub seed: u64,
     pub dir: PathBuf,
     pub cfg: RunConfig,
+}
+
+impl PlannedRun {
+    /// `<variant>-s<seed>`: the run directory's name, and what `--only` takes.
+    pub fn name(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Whether the run has trained all its steps: its last metrics row is at `steps` or beyond.
+    pub fn progress(&self) -> Result<RunProgress> {
+        let path = self.dir.join("metrics.jsonl");
+        if !path.exists() {
+            return Ok(RunProgress::NotStarted);
+        }
+        let rows = metrics::read(&path)?;
+        let last = rows.last().map_or(0, |r| r.step);
+        Ok(if last >= self.cfg.train.steps {
+            RunProgress::Finished
+        } else {
+            RunProgress::AtStep(last)
+        })
+    }
+}
+
+/// How far a planned run has got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunProgress {
+    NotStarted,
+    AtStep(usize),
+    Finished,
 }
 
 /// The sweep directory and every run's config, built from the base flags (the same validation as `gpt2`).
@@ -419,17 +509,33 @@ pub struct SweepRecord {
     pub runs: Vec<RunEntry>,
 }
 
-/// Run the sweep and write its report. Returns the sweep directory.
-pub fn run(args: &SweepOptions) -> Result<PathBuf> {
+/// The command line of the whole sweep: this process's, without the options that select a part of it
+/// or say what to do with it (`--only`, `--shard`, `--list`, `--report-only`), which every part shares.
+fn whole_sweep_command() -> Vec<String> {
+    let mut out = Vec::new();
+    let mut args = std::env::args();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--only" | "--shard" => {
+                args.next();
+            }
+            "--list" | "--report-only" => {}
+            _ if a.starts_with("--only=") || a.starts_with("--shard=") => {}
+            _ => out.push(a),
+        }
+    }
+    out
+}
+
+/// Plans the sweep, creates its directory and writes `sweep.json` (the same from every part of it).
+fn start(args: &SweepOptions) -> Result<(PathBuf, Vec<Variant>, Vec<PlannedRun>)> {
     let (dir, variants, runs) = plan(args)?;
     std::fs::create_dir_all(dir.join("runs")).map_err(|e| Error::io(&dir, e))?;
-    // One sweep writes a sweep directory at a time; each run takes its own run's lock too.
-    let _lock = crate::run::lock::DirLock::acquire(&dir, "rotadam sweep")?;
     let mut seeds: Vec<u64> = runs.iter().map(|r| r.seed).collect();
     seeds.sort_unstable();
     seeds.dedup();
     let record = SweepRecord {
-        command: std::env::args().collect(),
+        command: whole_sweep_command(),
         ablation: args.ablation,
         seeds,
         variants: variants.clone(),
@@ -448,11 +554,101 @@ pub fn run(args: &SweepOptions) -> Result<PathBuf> {
         source,
     })?;
     crate::files::write_atomic(&path, &json)?;
+    Ok((dir, variants, runs))
+}
 
-    let total: u64 = runs.iter().map(|r| r.cfg.train.steps as u64).sum();
+/// `sweep --list`: writes each selected run's `config.json` (kept when it is already there with the same
+/// settings; an error naming the field when it differs) and returns one command per run that trains it
+/// into its place in the sweep directory, `PROGRAM gpt2 --resume RUN_DIR`. The command is the same
+/// whatever the run's state: it starts a run that has no checkpoint, resumes an interrupted one and
+/// leaves a finished one as it is, so a scheduler may retry it; the run's own lock keeps two copies of
+/// it from training at once. Rerunning `sweep` (or `sweep --report-only`) then writes the report.
+pub fn list(args: &SweepOptions, program: &str) -> Result<Vec<String>> {
+    let (_, _, runs) = start(args)?;
+    let mut lines = Vec::new();
+    for k in args.select.indices(&runs)? {
+        let run = &runs[k];
+        if existing_state(run)?.is_none() && !run.dir.join("config.json").exists() {
+            std::fs::create_dir_all(&run.dir).map_err(|e| Error::io(&run.dir, e))?;
+            let path = run.dir.join("config.json");
+            let json = serde_json::to_vec_pretty(&run.cfg).map_err(|source| Error::Json {
+                path: path.clone(),
+                source,
+            })?;
+            crate::files::write_atomic(&path, &json)?;
+        }
+        lines.push(format!(
+            "{program} gpt2 --resume {}",
+            shell_quote(&run.dir.to_string_lossy())
+        ));
+    }
+    Ok(lines)
+}
+
+/// `s` as one shell word: unchanged when it holds only safe characters, else single-quoted.
+fn shell_quote(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// `sweep --report-only`: the report over the runs that have finished, the others listed as missing;
+/// trains nothing. Returns the sweep directory.
+pub fn report_only(args: &SweepOptions) -> Result<PathBuf> {
+    let (dir, variants, runs) = start(args)?;
+    let _lock = crate::run::lock::DirLock::acquire(&dir, "rotadam sweep --report-only")?;
+    let summary = write_report(&dir, &variants, &runs, args)?;
+    if !args.run.quiet {
+        eprintln!("{}", report_line(&dir, &summary));
+    }
+    Ok(dir)
+}
+
+fn report_line(dir: &Path, summary: &Summary) -> String {
+    let missing = match summary.missing.len() {
+        0 => String::new(),
+        n => format!("; {n} run(s) not finished, listed there"),
+    };
+    format!(
+        "report: {} ({} rows{missing})",
+        dir.join("report.md").display(),
+        summary.rows.len()
+    )
+}
+
+/// Run the sweep (the runs `args.select` picks) and write its report. Returns the sweep directory.
+///
+/// A whole sweep holds the sweep directory's lock throughout. A part of one (`--only`, `--shard`) may run
+/// beside the other parts, on other machines sharing the directory: it holds only its runs' locks, and
+/// writes the report at the end when no other sweep process is writing it (else it says so and leaves
+/// it to the last part, or to `--report-only`).
+pub fn run(args: &SweepOptions) -> Result<PathBuf> {
+    let whole = args.select.is_all();
+    let lock = if whole {
+        let (dir, _, _) = plan(args)?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        Some(crate::run::lock::DirLock::acquire(&dir, "rotadam sweep")?)
+    } else {
+        None
+    };
+    let (dir, variants, runs) = start(args)?;
+    let selected = args.select.indices(&runs)?;
+
+    let total: u64 = selected
+        .iter()
+        .map(|&k| runs[k].cfg.train.steps as u64)
+        .sum();
     let progress = SweepProgress::new(total, args.run.quiet);
+    let part = if whole {
+        String::new()
+    } else {
+        format!(", this part {} of them", selected.len())
+    };
     progress.line(format!(
-        "sweep: {} variants x {} seeds = {} runs of {} steps into {}",
+        "sweep: {} variants x {} seeds = {} runs of {} steps into {}{part}",
         variants.len(),
         args.seeds,
         runs.len(),
@@ -460,11 +656,12 @@ pub fn run(args: &SweepOptions) -> Result<PathBuf> {
         dir.display()
     ));
     let mut done_steps = 0u64;
-    for (i, run) in runs.iter().enumerate() {
+    for (i, &k) in selected.iter().enumerate() {
+        let run = &runs[k];
         let label = format!(
             "run {}/{} {} seed {}",
             i + 1,
-            runs.len(),
+            selected.len(),
             variants[run.variant].label,
             run.seed
         );
@@ -497,12 +694,20 @@ pub fn run(args: &SweepOptions) -> Result<PathBuf> {
     if let Some(b) = &progress.bar {
         b.finish_and_clear();
     }
+    let _lock = match lock {
+        Some(l) => l,
+        None => match crate::run::lock::DirLock::acquire(&dir, "rotadam sweep") {
+            Ok(l) => l,
+            Err(e) => {
+                progress.line(format!(
+                    "report: not written ({e}); `sweep --report-only` with the same options writes it"
+                ));
+                return Ok(dir);
+            }
+        },
+    };
     let summary = write_report(&dir, &variants, &runs, args)?;
-    progress.line(format!(
-        "report: {} ({} rows)",
-        dir.join("report.md").display(),
-        summary.rows.len()
-    ));
+    progress.line(report_line(&dir, &summary));
     Ok(dir)
 }
 
@@ -528,16 +733,34 @@ pub struct Summary {
     pub slowdown_curve: String,
     pub baseline: String,
     pub rows: Vec<SummaryRow>,
+    /// Runs of the plan left out because they have not finished: `<variant>-s<seed>` and how far each
+    /// got ("not started", "at step 500 of 1000").
+    pub missing: Vec<String>,
 }
 
-/// Per variant: its runs' curves.
-fn load_curves(variants: &[Variant], runs: &[PlannedRun]) -> Result<Vec<Vec<RunCurves>>> {
+/// Per variant: the curves of its finished runs; and the runs that have not finished, with how far
+/// each got.
+fn load_curves(
+    variants: &[Variant],
+    runs: &[PlannedRun],
+) -> Result<(Vec<Vec<RunCurves>>, Vec<String>)> {
     let mut per = vec![Vec::new(); variants.len()];
+    let mut missing = Vec::new();
     for r in runs {
-        let rows = metrics::read(&r.dir.join("metrics.jsonl"))?;
-        per[r.variant].push(RunCurves::from_metrics(&rows));
+        match r.progress()? {
+            RunProgress::Finished => {
+                let rows = metrics::read(&r.dir.join("metrics.jsonl"))?;
+                per[r.variant].push(RunCurves::from_metrics(&rows));
+            }
+            RunProgress::NotStarted => missing.push(format!("{} (not started)", r.name())),
+            RunProgress::AtStep(s) => missing.push(format!(
+                "{} (at step {s} of {})",
+                r.name(),
+                r.cfg.train.steps
+            )),
+        }
     }
-    Ok(per)
+    Ok((per, missing))
 }
 
 /// Summary table from the curves (pure: tested on synthetic curves).
@@ -588,6 +811,7 @@ pub fn summarize(labels: &[String], curves: &[Vec<RunCurves>]) -> Summary {
         slowdown_curve,
         baseline: labels.first().cloned().unwrap_or_default(),
         rows,
+        missing: Vec::new(),
     }
 }
 
@@ -599,7 +823,9 @@ pub fn summary_table(s: &Summary) -> String {
     for r in &s.rows {
         // one run has no spread: print the value alone
         let pm = |m: f64, sd: f64| {
-            if r.runs > 1 {
+            if r.runs == 0 {
+                "–".to_string()
+            } else if r.runs > 1 {
                 format!("{m:.4} ± {sd:.4}")
             } else {
                 format!("{m:.4}")
@@ -630,9 +856,10 @@ fn write_report(
     runs: &[PlannedRun],
     args: &SweepOptions,
 ) -> Result<Summary> {
-    let curves = load_curves(variants, runs)?;
+    let (curves, missing) = load_curves(variants, runs)?;
     let labels: Vec<String> = variants.iter().map(|v| v.label.clone()).collect();
-    let summary = summarize(&labels, &curves);
+    let mut summary = summarize(&labels, &curves);
+    summary.missing = missing;
     let figures = figures(dir, &labels, &curves)?;
     let steps = runs.first().map_or(0, |r| r.cfg.train.steps);
     let mut md = String::new();
@@ -671,6 +898,14 @@ fn write_report(
     for f in &figures {
         md += &format!("![{}]({})\n\n", f.0, f.1);
     }
+    if !summary.missing.is_empty() {
+        md += &format!(
+            "**Incomplete:** {} of {} runs have finished; the table and figures use those. Not finished: {}.\n\n",
+            runs.len() - summary.missing.len(),
+            runs.len(),
+            summary.missing.join(", ")
+        );
+    }
     md += &format!(
         "Curves: mean over seeds, shaded min–max. Final train loss: mean of the last 5% of steps per run; both \
          finals are mean ± std over seeds.\n\n{}\n",
@@ -684,7 +919,7 @@ fn write_report(
         summary.slowdown_curve, summary.baseline
     );
     md += "## Commands\n\nThe sweep:\n\n```\n";
-    md += &std::env::args().collect::<Vec<_>>().join(" ");
+    md += &whole_sweep_command().join(" ");
     md += "\n```\n\nEach run is reproducible from its config (exactly the same numbers):\n\n```\n";
     for r in runs {
         md += &format!(
@@ -725,6 +960,7 @@ fn figures(
         let series = labels
             .iter()
             .zip(curves)
+            .filter(|(_, runs)| !runs.is_empty())
             .map(|(label, runs)| {
                 let cs: Vec<report::Curve> = runs.iter().map(|c| c.curve(val)).collect();
                 crate::plot::Series::mean_min_max(label, &crate::plot::aggregate(&cs))
