@@ -9,6 +9,7 @@ mod eval;
 mod house;
 mod kron;
 mod model;
+mod muon;
 mod ops;
 mod optim;
 mod plot;

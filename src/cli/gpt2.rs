@@ -77,6 +77,19 @@ pub struct Gpt2Args {
     pub blocks: Option<BlockPartition>,
     #[arg(long, help = train_default("SGD's momentum μ", |t| t.momentum.to_string()))]
     pub momentum: Option<f64>,
+    /// Muon's peak learning rate on the 2-D hidden weights (the embeddings and 1-D tensors keep --lr; both
+    /// follow one schedule) [default: 0.02, Jordan et al. 2024].
+    #[arg(long)]
+    pub muon_lr: Option<f64>,
+    /// Muon's momentum μ [default: 0.95].
+    #[arg(long)]
+    pub muon_momentum: Option<f64>,
+    /// Muon's Newton–Schulz iterations [default: 5].
+    #[arg(long)]
+    pub muon_ns_steps: Option<usize>,
+    /// Muon with heavy-ball momentum (buf) instead of Nesterov's (g + μ·buf, the default).
+    #[arg(long)]
+    pub muon_heavy_ball: bool,
     #[arg(long, help = train_default("Evaluate the val loss every N steps (and at the last)", |t| t.eval_every.to_string()))]
     pub eval_every: Option<usize>,
     #[arg(long, help = train_default("Val batches per evaluation", |t| t.eval_batches.to_string()))]
@@ -170,6 +183,10 @@ impl Gpt2Args {
             optimizer: self.optimizer,
             blocks: self.blocks,
             momentum: self.momentum,
+            muon_lr: self.muon_lr,
+            muon_momentum: self.muon_momentum,
+            muon_ns_steps: self.muon_ns_steps,
+            muon_heavy_ball: self.muon_heavy_ball,
             eval_every: self.eval_every,
             eval_batches: self.eval_batches,
             checkpoint_every: self.checkpoint_every,

@@ -89,6 +89,7 @@ pub enum OptimizerKind {
     Sgd,
     Adasgd,
     BlockwiseAdam,
+    Muon,
 }
 
 impl Choice for OptimizerKind {
@@ -113,6 +114,11 @@ impl Choice for OptimizerKind {
             OptimizerKind::BlockwiseAdam,
             "blockwise-adam",
             "one second moment per block (Xie et al. Alg. 3); blocks from --blocks",
+        ),
+        (
+            OptimizerKind::Muon,
+            "muon",
+            "Muon (Jordan et al. 2024) on the 2-D hidden weights: momentum orthogonalized by Newton–Schulz; AdamW on embeddings and 1-D tensors",
         ),
     ];
 }

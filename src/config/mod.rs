@@ -228,6 +228,35 @@ pub struct TrainConfig {
     /// `optim::update_cv`) into metrics.jsonl; 0 = off. AdamW only.
     #[serde(default)]
     pub log_update_cv: usize,
+    /// Muon's settings (`optimizer: muon`); absent from configs written before Muon existed.
+    #[serde(default)]
+    pub muon: MuonConfig,
+}
+
+/// Muon's hyper-parameters (Jordan et al. 2024, "Muon: An optimizer for hidden layers in neural
+/// networks"; the defaults are that post's and its modded-nanogpt GPT-2 speedrun's).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MuonConfig {
+    /// Peak learning rate of the Muon matrices; follows the same warmup and cosine schedule as `lr`
+    /// (scaled by muon.lr / lr), which the AdamW part keeps.
+    pub lr: f64,
+    /// Momentum μ of the Muon matrices.
+    pub momentum: f64,
+    /// Nesterov momentum (the update is g + μ·buf instead of buf).
+    pub nesterov: bool,
+    /// Newton–Schulz iterations.
+    pub ns_steps: usize,
+}
+
+impl Default for MuonConfig {
+    fn default() -> Self {
+        MuonConfig {
+            lr: 0.02,
+            momentum: 0.95,
+            nesterov: true,
+            ns_steps: 5,
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -254,6 +283,7 @@ impl Default for TrainConfig {
             checkpoint_every: 5000,
             seed: 1337,
             log_update_cv: 0,
+            muon: MuonConfig::default(),
         }
     }
 }
@@ -346,10 +376,26 @@ impl TrainConfig {
                 ),
             ));
         }
+        if !(self.muon.lr.is_finite() && self.muon.lr >= 0.0) {
+            return Err(Error::config(
+                "muon-lr",
+                format!("{} must be finite and ≥ 0", self.muon.lr),
+            ));
+        }
+        if self.optimizer == OptimizerKind::Muon && self.muon.lr > 0.0 && self.lr == 0.0 {
+            return Err(Error::config(
+                "lr",
+                "is 0, so Muon's schedule (muon-lr × the schedule of lr / lr) is undefined; give lr > 0",
+            ));
+        }
+        if self.muon.ns_steps == 0 {
+            return Err(Error::config("muon-ns-steps", "must be at least 1"));
+        }
         for (field, v) in [
             ("beta1", self.beta1),
             ("beta2", self.beta2),
             ("momentum", self.momentum),
+            ("muon-momentum", self.muon.momentum),
         ] {
             if !(0.0..1.0).contains(&v) {
                 return Err(Error::config(field, format!("{v} must be in [0, 1)")));
@@ -434,6 +480,21 @@ impl RunConfig {
         self.train.validate()?;
         if self.threads == 0 {
             return Err(Error::config("threads", "must be at least 1"));
+        }
+        if self.train.optimizer == OptimizerKind::Muon
+            && !matches!(
+                self.rotation.kind,
+                RotationKind::Scope(Scope::None) | RotationKind::Svd
+            )
+        {
+            return Err(Error::config(
+                "rotation",
+                format!(
+                    "muon orthogonalizes each weight as a matrix, so its basis must keep every tensor in \
+                     place: --rotation none or svd, not {}",
+                    self.rotation.kind
+                ),
+            ));
         }
         for (field, v) in [
             ("rotation-block", self.rotation.block),

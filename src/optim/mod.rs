@@ -24,6 +24,7 @@
 //! ([`Optimizer::previous_params`]).
 
 pub mod blocks;
+pub mod muon;
 pub mod schedule;
 pub mod transform;
 pub mod update_cv;
@@ -73,6 +74,15 @@ enum State<BK: Backend> {
     /// SGD's momentum buffer.
     Momentum {
         buf: BK::Buf,
+    },
+    /// Muon's momentum (on its matrices), Adam's moments (on the rest; both d-sized), the tensors and the
+    /// Newton–Schulz work buffers.
+    Muon {
+        buf: BK::Buf,
+        m: BK::Buf,
+        v: BK::Buf,
+        parts: Vec<muon::Part>,
+        scratch: muon::Scratch<BK>,
     },
 }
 
@@ -144,6 +154,16 @@ impl<BK: Backend> Optimizer<BK> {
                     }
                 }
                 Transform::Momentum { .. } => State::Momentum { buf: be.alloc(d)? },
+                Transform::ScaleByMuon { .. } => {
+                    let parts = muon::parts(&table.entries);
+                    State::Muon {
+                        buf: be.alloc(d)?,
+                        m: be.alloc(d)?,
+                        v: be.alloc(d)?,
+                        scratch: muon::Scratch::new(be, &parts)?,
+                        parts,
+                    }
+                }
                 Transform::Rotate | Transform::Unrotate | Transform::Step { .. } => {
                     State::Stateless
                 }
@@ -182,6 +202,19 @@ impl<BK: Backend> Optimizer<BK> {
         } else {
             None
         };
+        let muon_link = chain
+            .iter()
+            .any(|t| matches!(t, Transform::ScaleByMuon { .. }));
+        let mismatch = mismatch.or_else(|| {
+            // Muon reads each weight as a matrix where it lies: a basis must keep tensors in place
+            (muon_link && !matches!(&basis, Basis::Svd(..)) && !basis.is_identity()).then(|| {
+                format!(
+                    "orthogonalizes each weight as a matrix, which needs a basis that keeps every tensor \
+                     in place (--rotation none or svd), not {}",
+                    basis.describe()
+                )
+            })
+        });
         if let Some(why) = mismatch {
             return Err(Error::config(
                 "optimizer",
@@ -278,6 +311,9 @@ impl<BK: Backend> Optimizer<BK> {
                     out.extend([("m", m), ("v", v)])
                 }
                 State::Momentum { buf } => out.push(("sgd.momentum", buf)),
+                State::Muon { buf, m, v, .. } => {
+                    out.extend([("muon.momentum", buf), ("m", m), ("v", v)])
+                }
                 State::Stateless => {}
             }
         }
@@ -294,6 +330,11 @@ impl<BK: Backend> Optimizer<BK> {
                     out.push(("v", v));
                 }
                 State::Momentum { buf } => out.push(("sgd.momentum", buf)),
+                State::Muon { buf, m, v, .. } => {
+                    out.push(("muon.momentum", buf));
+                    out.push(("m", m));
+                    out.push(("v", v));
+                }
                 State::Stateless => {}
             }
         }
@@ -542,6 +583,69 @@ impl<BK: Backend> Optimizer<BK> {
                                 1,
                             )?;
                         }
+                    }
+                }
+                (
+                    Transform::ScaleByMuon {
+                        momentum,
+                        nesterov,
+                        ns_steps,
+                        lr_ratio,
+                        beta1,
+                        beta2,
+                        eps,
+                    },
+                    State::Muon {
+                        buf,
+                        m,
+                        v,
+                        parts,
+                        scratch,
+                    },
+                ) => {
+                    let hp = AdamStep::new(t, lr, beta1, beta2, eps, 0.0);
+                    for p in parts.iter() {
+                        let r = p.range.clone();
+                        if !p.muon {
+                            be.adam_direction_step(
+                                be.view_mut(output, r.clone()),
+                                be.view_mut(m, r.clone()),
+                                be.view_mut(v, r.clone()),
+                                be.view(input, r),
+                                hp,
+                            )?;
+                            continue;
+                        }
+                        be.sgd_direction_step(
+                            be.view_mut(output, r.clone()),
+                            be.view_mut(buf, r.clone()),
+                            be.view(input, r.clone()),
+                            momentum,
+                        )?;
+                        if nesterov {
+                            // g + μ·buf: buf scaled in place, then the update op adds g (p − (−1)·g)
+                            be.scale(
+                                be.view_mut(output, r.clone()),
+                                <BK::T as Scalar>::from_f64(momentum),
+                            )?;
+                            be.apply_update(
+                                be.view_mut(output, r.clone()),
+                                be.view(input, r.clone()),
+                                -1.0,
+                                0.0,
+                            )?;
+                        }
+                        let shape = (p.rows as f64 / p.cols as f64).max(1.0).sqrt();
+                        muon::orthogonalize(
+                            be,
+                            output,
+                            r,
+                            p.rows,
+                            p.cols,
+                            ns_steps,
+                            lr_ratio * shape,
+                            scratch,
+                        )?;
                     }
                 }
                 _ => unreachable!("each link's state is made with it (new)"),

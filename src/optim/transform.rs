@@ -36,6 +36,19 @@ pub enum Transform {
     },
     /// Heavy-ball momentum, torch's SGD: buf = μ·buf + g, u = buf.
     Momentum { momentum: f64 },
+    /// Muon (Jordan et al. 2024) on the 2-D hidden weights, Adam's direction elsewhere ([`super::muon`]):
+    /// u = (muon_lr/lr)·√max(1, m/n)·NS(g + μ·buf) per hidden weight (buf = μ·buf + g; `buf` alone without
+    /// Nesterov), u = m̂/(√v̂ + ε) on the embeddings and 1-D tensors.
+    ScaleByMuon {
+        momentum: f64,
+        nesterov: bool,
+        ns_steps: usize,
+        /// muon.lr / lr: the step link's learning rate times this is Muon's.
+        lr_ratio: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+    },
     /// u = Rᵀ·ũ: back to the standard basis.
     Unrotate,
     /// The step: p ← p·(1 − lr·λ) − lr·u, with λ on the decay group (nanoGPT's: the 2-D weights) and 0
@@ -63,6 +76,19 @@ impl Transform {
                 beta2,
                 eps,
                 blocks: Blocks::Partition(train.blocks),
+            },
+            OptimizerKind::Muon => Transform::ScaleByMuon {
+                momentum: train.muon.momentum,
+                nesterov: train.muon.nesterov,
+                ns_steps: train.muon.ns_steps,
+                lr_ratio: if train.lr > 0.0 {
+                    train.muon.lr / train.lr
+                } else {
+                    0.0
+                },
+                beta1,
+                beta2,
+                eps,
             },
         };
         let step = Transform::Step {
@@ -108,6 +134,22 @@ impl fmt::Display for Transform {
                 )
             }
             Transform::Momentum { momentum } => write!(f, "momentum(μ={momentum})"),
+            Transform::ScaleByMuon {
+                momentum,
+                nesterov,
+                ns_steps,
+                lr_ratio,
+                beta1,
+                beta2,
+                eps,
+            } => {
+                let kind = if *nesterov { "nesterov" } else { "heavy-ball" };
+                write!(
+                    f,
+                    "scale_by_muon({kind} μ={momentum}, {ns_steps} Newton–Schulz steps, lr ×{lr_ratio} on \
+                     2-D hidden weights; adam(β₁={beta1}, β₂={beta2}, ε={eps:e}) elsewhere)"
+                )
+            }
             Transform::Unrotate => f.write_str("unrotate"),
             Transform::Step { weight_decay } => {
                 write!(

@@ -50,6 +50,11 @@ pub struct RunOptions {
     pub optimizer: Option<OptimizerKind>,
     pub blocks: Option<BlockPartition>,
     pub momentum: Option<f64>,
+    pub muon_lr: Option<f64>,
+    pub muon_momentum: Option<f64>,
+    pub muon_ns_steps: Option<usize>,
+    /// `--muon-heavy-ball`: Muon's momentum without Nesterov.
+    pub muon_heavy_ball: bool,
     pub eval_every: Option<usize>,
     pub eval_batches: Option<usize>,
     pub checkpoint_every: Option<usize>,
@@ -130,6 +135,10 @@ impl RunOptions {
         chk(self.clip.is_some(), "--clip");
         chk(self.optimizer.is_some(), "--optimizer");
         chk(self.momentum.is_some(), "--momentum");
+        chk(self.muon_lr.is_some(), "--muon-lr");
+        chk(self.muon_momentum.is_some(), "--muon-momentum");
+        chk(self.muon_ns_steps.is_some(), "--muon-ns-steps");
+        chk(self.muon_heavy_ball, "--muon-heavy-ball");
         chk(self.seed.is_some(), "--seed");
         chk(self.rotation.is_some(), "--rotation");
         chk(self.rotation_block.is_some(), "--rotation-block");
@@ -278,6 +287,19 @@ impl RunOptions {
         set!(batch_size <- batch_size, grad_accum <- grad_accum, warmup <- warmup,
              weight_decay <- wd, beta1 <- beta1, beta2 <- beta2, eps <- eps, clip <- clip,
              optimizer <- optimizer, blocks <- blocks, momentum <- momentum, seed <- seed);
+        let mu = &mut t.muon;
+        if let Some(v) = self.muon_lr {
+            mu.lr = v;
+        }
+        if let Some(v) = self.muon_momentum {
+            mu.momentum = v;
+        }
+        if let Some(v) = self.muon_ns_steps {
+            mu.ns_steps = v;
+        }
+        if self.muon_heavy_ball {
+            mu.nesterov = false;
+        }
         if let Some(lr) = self.lr {
             t.lr = lr;
             t.min_lr = self.min_lr.unwrap_or(lr / 10.0);
@@ -424,6 +446,19 @@ impl RunOptions {
             opt == OptimizerKind::Sgd,
             format!("{by_opt} (only sgd uses it; Adam's momentum is --beta1)"),
         );
+        for (set, flag) in [
+            (self.muon_lr.is_some(), "--muon-lr"),
+            (self.muon_momentum.is_some(), "--muon-momentum"),
+            (self.muon_ns_steps.is_some(), "--muon-ns-steps"),
+            (self.muon_heavy_ball, "--muon-heavy-ball"),
+        ] {
+            given(
+                set,
+                flag,
+                opt == OptimizerKind::Muon,
+                format!("{by_opt} (only muon uses it)"),
+            );
+        }
         for (set, flag) in [
             (self.beta1.is_some(), "--beta1"),
             (self.beta2.is_some(), "--beta2"),
