@@ -16,7 +16,7 @@
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Scalar;
-use crate::config::{ModelConfig, TrainConfig};
+use crate::config::{ModelConfig, OptimizerKind, TrainConfig};
 use crate::error::{Error, Result};
 use crate::model::Gpt2;
 use crate::optim::{clip_grads, grad_norm, Optimizer};
@@ -40,6 +40,23 @@ pub struct StepOptions {
     pub warmup: usize,
     /// Print one JSON object instead of a table.
     pub json: bool,
+    /// Also time each optimizer's step alone ([`OPTIMIZERS_TIMED`]), in the same run.
+    pub optimizers: bool,
+}
+
+/// The optimizers `bench step --optimizers` times, AdamW first (the baseline of the ratios).
+pub const OPTIMIZERS_TIMED: [OptimizerKind; 2] = [OptimizerKind::Adamw, OptimizerKind::Muon];
+
+/// One optimizer's step alone (no forward or backward), timed in the same run as the training step.
+#[derive(Clone, Debug, Serialize)]
+pub struct OptimizerTiming {
+    pub optimizer: String,
+    /// Median ms of `Optimizer::step` on the model's parameters.
+    pub ms: f64,
+    /// `ms` over AdamW's, measured in the same run.
+    pub vs_adamw: f64,
+    /// `ms` over the same run's whole training step (forward, backward, AdamW).
+    pub vs_training_step: f64,
 }
 
 impl StepOptions {
@@ -211,6 +228,9 @@ pub struct StepResult {
     pub other_load_cores: Option<f64>,
     pub contended: bool,
     pub gemm: Vec<GemmResult>,
+    /// With `--optimizers`: each optimizer's step alone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub optimizers: Vec<OptimizerTiming>,
 }
 
 /// Model FLOPs of one training step: 6·N per token for the matmuls (N without wpe, wte counted once for
@@ -255,8 +275,34 @@ pub fn bench_step(o: &StepOptions) -> Result<StepResult> {
             times.push(s.elapsed().as_secs_f64() * 1e3);
         }
     }
-    let load = other_load(c0, cpu_ticks(), w0.elapsed().as_secs_f64());
     let ms = median(times.clone());
+    let mut optimizers = Vec::new();
+    if o.optimizers {
+        for kind in OPTIMIZERS_TIMED {
+            let tc = TrainConfig {
+                optimizer: kind,
+                ..TrainConfig::default()
+            };
+            let mut opt = Optimizer::unrotated(&be, &tc, &model.table)?;
+            let mut t_opt = Vec::new();
+            for i in 0..o.warmup + o.steps {
+                let s = Instant::now();
+                opt.step(&be, &model.table, &mut model.params, &model.grads, 1e-4)?;
+                if i >= o.warmup {
+                    t_opt.push(s.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            let m = median(t_opt);
+            let base = optimizers.first().map_or(m, |b: &OptimizerTiming| b.ms);
+            optimizers.push(OptimizerTiming {
+                optimizer: kind.name().to_string(),
+                ms: m,
+                vs_adamw: m / base,
+                vs_training_step: m / ms,
+            });
+        }
+    }
+    let load = other_load(c0, cpu_ticks(), w0.elapsed().as_secs_f64());
     let flops = step_flops(&cfg, model.table.num_non_embedding(), b, t);
     Ok(StepResult {
         model: o.model.clone(),
@@ -277,6 +323,7 @@ pub fn bench_step(o: &StepOptions) -> Result<StepResult> {
         other_load_cores: load,
         contended: load.is_some_and(|l| l > 0.1),
         gemm,
+        optimizers,
     })
 }
 
@@ -318,6 +365,12 @@ pub fn run_step(o: &StepOptions) -> Result<()> {
         r.gemm_peak_gflops,
         100.0 * r.mfu
     );
+    for t in &r.optimizers {
+        println!(
+            "optimizer step alone, {}: {:.1} ms = {:.2}× AdamW's, {:.2}× the training step (same run)",
+            t.optimizer, t.ms, t.vs_adamw, t.vs_training_step
+        );
+    }
     if let Some(rss) = r.peak_rss_bytes {
         println!("peak RSS {:.2} GB", rss as f64 / 1e9);
     }
@@ -346,6 +399,29 @@ mod tests {
         }
     }
 
+    /// `--optimizers` times every optimizer of [`OPTIMIZERS_TIMED`] once, AdamW first and its ratio 1.
+    #[test]
+    fn optimizers_are_timed_against_adamw() {
+        let r = bench_step(&StepOptions {
+            model: "tiny".into(),
+            batch_size: 2,
+            seq_len: 8,
+            threads: 1,
+            steps: 2,
+            warmup: 0,
+            json: true,
+            optimizers: true,
+        })
+        .unwrap();
+        let names: Vec<&str> = r.optimizers.iter().map(|t| t.optimizer.as_str()).collect();
+        assert_eq!(names, ["adamw", "muon"]);
+        assert_eq!(r.optimizers[0].vs_adamw, 1.0);
+        for t in &r.optimizers {
+            assert!(t.ms > 0.0 && t.vs_training_step > 0.0, "{t:?}");
+            assert!((t.vs_adamw - t.ms / r.optimizers[0].ms).abs() < 1e-12);
+        }
+    }
+
     #[test]
     fn zero_counts_and_sizes_are_config_errors_not_panics() {
         let step = StepOptions {
@@ -356,6 +432,7 @@ mod tests {
             steps: 1,
             warmup: 0,
             json: true,
+            optimizers: false,
         };
         type Zero<O> = (&'static str, fn(&mut O));
         let zeros: [Zero<StepOptions>; 4] = [

@@ -267,6 +267,7 @@ pub fn measure(o: &RotationOptions) -> Result<RotationBenchResult> {
         steps: o.steps,
         warmup: 1,
         json: false,
+        optimizers: false,
     })?;
     let be = CpuBackend::<f32>::new(o.threads, false).with_gather(o.gather);
     let mut rng = Rng::new(5);

@@ -50,6 +50,10 @@ pub struct StepArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also time each optimizer's step alone (adamw, muon) on the model's parameters, as ratios to
+    /// AdamW's and to the training step of the same run.
+    #[arg(long)]
+    pub optimizers: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -122,6 +126,7 @@ impl StepArgs {
             steps: self.steps,
             warmup: self.warmup,
             json: self.json,
+            optimizers: self.optimizers,
         }
     }
 }
