@@ -298,3 +298,40 @@ fn muon_refuses_what_it_cannot_do() {
     assert!(e.contains("--muon-lr") && e.contains("only muon"), "{e}");
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// Muon's direction (what `--log-update-cv` takes the singular values of) is the one its last step
+/// applied: with λ = 0 it is (W_before − W_after)/lr (≤ 1e-12 relative, f64), and asking before any step
+/// is an error. Checked planting the direction as the work vector the step link did not read: fails.
+#[test]
+fn muon_direction_is_its_last_step() {
+    let be = Be::new(1, false);
+    let table = table();
+    let d = table.total;
+    let tr = TrainConfig {
+        optimizer: OptimizerKind::Muon,
+        lr: 0.01,
+        weight_decay: 0.0,
+        ..TrainConfig::default()
+    };
+    let mut opt = Optimizer::unrotated(&be, &tr, &table).unwrap();
+    assert!(opt.direction(&be).is_err());
+    let mut rng = Rng::new(2);
+    let p0 = randn(&mut rng, d, 0.1);
+    let mut params = be.alloc(d).unwrap();
+    be.upload(&mut params, &p0).unwrap();
+    for _ in 0..2 {
+        let before = be.download(&params).unwrap();
+        let mut grads = be.alloc(d).unwrap();
+        be.upload(&mut grads, &randn(&mut rng, d, 1.0)).unwrap();
+        opt.step(&be, &table, &mut params, &grads, 0.01).unwrap();
+        let after = be.download(&params).unwrap();
+        let want: Vec<f64> = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| (b - a) / 0.01)
+            .collect();
+        let got = opt.direction(&be).unwrap();
+        let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        assert!(max_diff(&got, &want) <= 1e-12 * scale.max(1.0));
+    }
+}

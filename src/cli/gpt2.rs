@@ -139,8 +139,8 @@ pub struct Gpt2Args {
     /// Print nothing but errors.
     #[arg(long)]
     pub quiet: bool,
-    /// Every N steps, log the update CV (per 2-D weight, std/mean of the singular values of Adam's
-    /// update) into metrics.jsonl (AdamW only; 0 = off) [default: 0].
+    /// Every N steps, log the update CV (per 2-D weight, std/mean of the singular values of the
+    /// optimizer's update direction) into metrics.jsonl (AdamW and Muon; 0 = off) [default: 0].
     #[arg(long)]
     pub log_update_cv: Option<usize>,
     /// Refuse the run when its estimated memory (printed at start) exceeds this size, e.g. 8G or 512M

@@ -225,7 +225,7 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     pub seed: u64,
     /// Every N steps, log the update CV (std/mean of the singular values of Adam's update per 2-D weight;
-    /// `optim::update_cv`) into metrics.jsonl; 0 = off. AdamW only.
+    /// `optim::update_cv`) into metrics.jsonl; 0 = off. AdamW and Muon (its last step's direction).
     #[serde(default)]
     pub log_update_cv: usize,
     /// Muon's settings (`optimizer: muon`); absent from configs written before Muon existed.
@@ -367,11 +367,13 @@ impl TrainConfig {
                 return Err(Error::config(field, format!("{v} must be finite and ≥ 0")));
             }
         }
-        if self.log_update_cv > 0 && self.optimizer != OptimizerKind::Adamw {
+        if self.log_update_cv > 0
+            && !matches!(self.optimizer, OptimizerKind::Adamw | OptimizerKind::Muon)
+        {
             return Err(Error::config(
                 "log-update-cv",
                 format!(
-                    "needs AdamW's per-coordinate second moment; the optimizer is {}",
+                    "needs AdamW's per-coordinate second moment or Muon's step; the optimizer is {}",
                     self.optimizer.name()
                 ),
             ));

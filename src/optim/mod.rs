@@ -108,6 +108,8 @@ pub struct Optimizer<BK: Backend> {
     plan: Plan,
     /// Work vectors of the chain's links, allocated at the first step that needs them.
     work: Vec<BK::Buf>,
+    /// The work vector the last chain step fed to its step link (its direction, standard layout).
+    last_direction: Option<usize>,
 }
 
 impl<BK: Backend> Optimizer<BK> {
@@ -229,6 +231,7 @@ impl<BK: Backend> Optimizer<BK> {
             states,
             plan: Plan::Chain,
             work: Vec::new(),
+            last_direction: None,
         };
         opt.plan = opt.fused_plan().unwrap_or(Plan::Chain);
         Ok(opt)
@@ -473,12 +476,14 @@ impl<BK: Backend> Optimizer<BK> {
             states,
             basis,
             work,
+            last_direction,
             ..
         } = self;
         // None: the gradient; Some(i): work vector i
         let mut cur: Option<usize> = None;
         for (link, state) in chain.iter().zip(states.iter_mut()) {
             if let Transform::Step { weight_decay } = *link {
+                *last_direction = cur;
                 let u = cur.map_or(grads, |i| &work[i]);
                 for e in &table.entries {
                     let wd = Self::decay_of(weight_decay, e.decay);
@@ -658,8 +663,24 @@ impl<BK: Backend> Optimizer<BK> {
     /// Adam's current direction Rᵀ(m̂/(√v̂ + ε)) in the standard layout, from the moments of the last step
     /// (bias corrections of step t = `self.step`, at least 1), in f64 with the CPU's per-element formula:
     /// what the poster's update-CV takes the singular values of. Only a chain with a per-coordinate Adam
-    /// link has one.
+    /// link has one; for Muon it is the direction its last step applied (before the learning rate).
     pub fn direction(&mut self, be: &BK) -> Result<Vec<f64>> {
+        if self.kind == OptimizerKind::Muon {
+            // Muon's direction (momentum, Newton–Schulz) needs the step's gradient: the one its last
+            // step applied, kept in the work vector it fed to the step link
+            return match self.last_direction {
+                Some(i) => Ok(be
+                    .download(&self.work[i])?
+                    .into_iter()
+                    .map(Scalar::to_f64)
+                    .collect()),
+                None => Err(Error::config(
+                    "update-cv",
+                    "Muon's direction is the one of its last step, and this optimizer has taken none \
+                     (a checkpoint does not keep it)",
+                )),
+            };
+        }
         let (Some((beta1, beta2, eps)), Some((m, v))) = (
             self.adam_link(),
             self.states.iter().find_map(|s| match s {
