@@ -102,6 +102,26 @@ fn muon_steps_match_the_formulas() {
         };
         tr.muon.nesterov = nesterov;
         let mut opt = Optimizer::unrotated(&be, &tr, &table).unwrap();
+        // the state holds each coordinate once: momentum on the hidden weights, m and v on the rest
+        let n_muon: usize = table
+            .entries
+            .iter()
+            .filter(|e| is_muon_weight(e))
+            .map(|e| e.len())
+            .sum();
+        let lens: Vec<(&str, usize)> = opt
+            .state_tensors()
+            .iter()
+            .map(|(name, b)| (*name, be.buf_len(b)))
+            .collect();
+        assert_eq!(
+            lens,
+            [
+                ("muon.momentum", n_muon),
+                ("m", d - n_muon),
+                ("v", d - n_muon)
+            ]
+        );
         let mut rng = Rng::new(4);
         let p0 = randn(&mut rng, d, 0.1);
         let mut params = be.alloc(d).unwrap();
@@ -179,6 +199,7 @@ fn newton_schulz_is_equivariant_and_lands_in_its_band() {
                 rows: m,
                 cols: n,
                 muon: true,
+                state: 0..m * n,
             }];
             let mut s = muon::Scratch::new(&be, &parts).unwrap();
             let mut b = be.alloc(m * n).unwrap();

@@ -75,8 +75,8 @@ enum State<BK: Backend> {
     Momentum {
         buf: BK::Buf,
     },
-    /// Muon's momentum (on its matrices), Adam's moments (on the rest; both d-sized), the tensors and the
-    /// Newton–Schulz work buffers.
+    /// Muon's momentum (its matrices' coordinates, one tensor after another), Adam's moments (the other
+    /// tensors', likewise), the tensors with their places in those, and the Newton–Schulz work buffers.
     Muon {
         buf: BK::Buf,
         m: BK::Buf,
@@ -158,10 +158,11 @@ impl<BK: Backend> Optimizer<BK> {
                 Transform::Momentum { .. } => State::Momentum { buf: be.alloc(d)? },
                 Transform::ScaleByMuon { .. } => {
                     let parts = muon::parts(&table.entries);
+                    let (n_muon, n_adam) = muon::state_lens(&parts);
                     State::Muon {
-                        buf: be.alloc(d)?,
-                        m: be.alloc(d)?,
-                        v: be.alloc(d)?,
+                        buf: be.alloc(n_muon.max(1))?,
+                        m: be.alloc(n_adam.max(1))?,
+                        v: be.alloc(n_adam.max(1))?,
                         scratch: muon::Scratch::new(be, &parts)?,
                         parts,
                     }
@@ -610,12 +611,12 @@ impl<BK: Backend> Optimizer<BK> {
                 ) => {
                     let hp = AdamStep::new(t, lr, beta1, beta2, eps, 0.0);
                     for p in parts.iter() {
-                        let r = p.range.clone();
+                        let (r, st) = (p.range.clone(), p.state.clone());
                         if !p.muon {
                             be.adam_direction_step(
                                 be.view_mut(output, r.clone()),
-                                be.view_mut(m, r.clone()),
-                                be.view_mut(v, r.clone()),
+                                be.view_mut(m, st.clone()),
+                                be.view_mut(v, st),
                                 be.view(input, r),
                                 hp,
                             )?;
@@ -623,7 +624,7 @@ impl<BK: Backend> Optimizer<BK> {
                         }
                         be.sgd_direction_step(
                             be.view_mut(output, r.clone()),
-                            be.view_mut(buf, r.clone()),
+                            be.view_mut(buf, st),
                             be.view(input, r.clone()),
                             momentum,
                         )?;

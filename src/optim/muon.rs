@@ -43,10 +43,25 @@ pub fn is_muon_weight(e: &ParamEntry) -> bool {
 /// One tensor of the parameters, for Muon or for AdamW.
 #[derive(Clone, Debug)]
 pub struct Part {
+    /// Where the tensor lies in the flat parameter buffer.
     pub range: Range<usize>,
     pub rows: usize,
     pub cols: usize,
     pub muon: bool,
+    /// Where its state lies: in the momentum buffer (Muon's tensors, one after another) or in Adam's m
+    /// and v (the others), so that each holds only the coordinates it serves.
+    pub state: Range<usize>,
+}
+
+/// (coordinates on Muon, coordinates on AdamW) of `parts`: the lengths of the two state buffers.
+pub fn state_lens(parts: &[Part]) -> (usize, usize) {
+    let muon = parts.iter().filter(|p| p.muon).map(|p| p.range.len()).sum();
+    let adam = parts
+        .iter()
+        .filter(|p| !p.muon)
+        .map(|p| p.range.len())
+        .sum();
+    (muon, adam)
 }
 
 /// Work buffers of the iteration: two m·n matrices and two k×k, k = min(m, n), sized for the largest.
@@ -83,16 +98,24 @@ impl<BK: Backend> Scratch<BK> {
     }
 }
 
-/// The tensors of `entries` in order, each marked for Muon or AdamW.
+/// The tensors of `entries` in order, each marked for Muon or AdamW, with its place in its state buffer.
 pub fn parts(entries: &[ParamEntry]) -> Vec<Part> {
+    let (mut at_muon, mut at_adam) = (0, 0);
     entries
         .iter()
         .filter(|e| !e.is_empty())
-        .map(|e| Part {
-            range: e.range(),
-            rows: e.rows,
-            cols: e.cols,
-            muon: is_muon_weight(e),
+        .map(|e| {
+            let muon = is_muon_weight(e);
+            let at = if muon { &mut at_muon } else { &mut at_adam };
+            let state = *at..*at + e.len();
+            *at += e.len();
+            Part {
+                range: e.range(),
+                rows: e.rows,
+                cols: e.cols,
+                muon,
+                state,
+            }
         })
         .collect()
 }

@@ -116,10 +116,12 @@ pub fn estimate(cfg: &RunConfig) -> MemoryEstimate {
         // m, v and the mean squares per block (at most one per coordinate), and the vector gathered into
         // block order when the blocks are not contiguous in the optimizer's layout
         OptimizerKind::BlockwiseAdam => 4 * p,
-        // momentum, Adam's m and v (all d-sized), the Newton–Schulz work matrices
+        // momentum on Muon's matrices, Adam's m and v on the rest, the Newton–Schulz work matrices
         OptimizerKind::Muon => {
             use crate::optim::muon;
-            3 * p + muon::scratch_len(&muon::parts(&table.entries)) as u128
+            let parts = muon::parts(&table.entries);
+            let (n_muon, n_adam) = muon::state_lens(&parts);
+            (n_muon + 2 * n_adam + muon::scratch_len(&parts)) as u128
         }
     };
     // blockwise Adam's gather into block order keeps a u32 index per coordinate
