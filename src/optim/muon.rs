@@ -148,74 +148,38 @@ pub fn orthogonalize<BK: Backend>(
         -1.0 / (norm + NS_EPS),
         0.0,
     )?;
+    // C (m×n) = op(A)·op(B) with op(A) m×k and op(B) k×n, each operand the front of its buffer
+    let gemm = |c: &mut BK::Buf,
+                a: &BK::Buf,
+                b: &BK::Buf,
+                (m, n, k): (usize, usize, usize),
+                trans_a: bool,
+                trans_b: bool| {
+        let (c, a, b) = (
+            be.view_mut(c, 0..m * n),
+            be.view(a, 0..m * k),
+            be.view(b, 0..k * n),
+        );
+        be.gemm(c, a, b, m, n, k, trans_a, trans_b, false)
+    };
     let wide = rows <= cols;
     for _ in 0..steps {
         let Scratch { x, t, a: am, b: bm } = s;
         // A = XXᵀ (k = m) or XᵀX (k = n)
         if wide {
-            be.gemm(
-                be.view_mut(am, 0..kk),
-                be.view(x, 0..n),
-                be.view(x, 0..n),
-                k,
-                k,
-                cols,
-                false,
-                true,
-                false,
-            )?;
+            gemm(am, x, x, (k, k, cols), false, true)?;
         } else {
-            be.gemm(
-                be.view_mut(am, 0..kk),
-                be.view(x, 0..n),
-                be.view(x, 0..n),
-                k,
-                k,
-                rows,
-                true,
-                false,
-                false,
-            )?;
+            gemm(am, x, x, (k, k, rows), true, false)?;
         }
         // B = c·A² + b·A
-        be.gemm(
-            be.view_mut(bm, 0..kk),
-            be.view(am, 0..kk),
-            be.view(am, 0..kk),
-            k,
-            k,
-            k,
-            false,
-            false,
-            false,
-        )?;
+        gemm(bm, am, am, (k, k, k), false, false)?;
         be.scale(be.view_mut(bm, 0..kk), <BK::T as Scalar>::from_f64(c))?;
         be.apply_update(be.view_mut(bm, 0..kk), be.view(am, 0..kk), -b, 0.0)?;
         // T = BX (wide) or XB (tall), then T += a·X
         if wide {
-            be.gemm(
-                be.view_mut(t, 0..n),
-                be.view(bm, 0..kk),
-                be.view(x, 0..n),
-                rows,
-                cols,
-                k,
-                false,
-                false,
-                false,
-            )?;
+            gemm(t, bm, x, (rows, cols, k), false, false)?;
         } else {
-            be.gemm(
-                be.view_mut(t, 0..n),
-                be.view(x, 0..n),
-                be.view(bm, 0..kk),
-                rows,
-                cols,
-                k,
-                false,
-                false,
-                false,
-            )?;
+            gemm(t, x, bm, (rows, cols, k), false, false)?;
         }
         be.apply_update(be.view_mut(t, 0..n), be.view(x, 0..n), -a, 0.0)?;
         std::mem::swap(x, t);
