@@ -9,7 +9,10 @@
 //! (rotation-equivariant), AdaSGD (one second moment, the mean of g̃² over all coordinates: equivariant
 //! too, Xie et al.) and blockwise Adam (one second moment per tensor or per output neuron, Xie et al. Alg.
 //! 3; a block is the set of rotated coordinates placed in it, so a rotation that stays inside the blocks
-//! leaves blockwise Adam unchanged: [`blocks`]). Without a rotation the chain has no rotate/unrotate links.
+//! leaves blockwise Adam unchanged: [`blocks`]). Muon (Jordan et al. 2024, [`muon`]) is one more
+//! scaling link: Newton–Schulz-orthogonalized momentum on the 2-D hidden weights and Adam's direction on
+//! the rest, in a basis that keeps every tensor in place (the standard one or `svd`). Without a rotation
+//! the chain has no rotate/unrotate links.
 //!
 //! **Plans.** A chain runs link by link ([`Plan::Chain`], the reference), or, for the chains a backend
 //! has a fused op for, as that op: AdamW and SGD without a rotation in one pass per tensor

@@ -31,8 +31,8 @@
 //!   as under `layer` (what this project did before the setting existed; older `config.json` files read
 //!   as `mixed`).
 //!
-//! `layer` and `global` look only at whether the embeddings are rotated. Every index `0..table.total` lies in exactly one
-//! group of [`groups_with`] or of [`unrotated`], for every scope but `none`.
+//! `layer` and `global` look only at whether the embeddings are rotated. Every index `0..table.total`
+//! lies in exactly one group of [`groups_with`] or of [`unrotated`], for every scope but `none`.
 //!
 //! Blockwise Adam's neuron blocks (Xie et al. Alg. 3, `--blocks neuron`) are the `output` groups of the
 //! same [`Neurons`] ([`neuron_groups`]; embeddings left unrotated are split as `paper` there), so an

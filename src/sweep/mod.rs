@@ -10,6 +10,9 @@
 //! `eval_every`, `checkpoint_every`, and `steps` when `--lr-decay-steps` fixes the schedule) is reused: finished runs are not retrained, interrupted ones resume
 //! from their latest checkpoint (bit-identically), runs that wrote no checkpoint yet start over. A run
 //! directory with a different config is an error naming the field, never overwritten.
+//!
+//! Parts: a sweep spreads over machines as its runs ([`Selection`]: `--only`, `--shard`; [`list`]: one
+//! `gpt2 --resume` command per run), and [`report_only`] aggregates whatever has finished.
 
 pub mod diagnostics;
 pub mod plot_runs;
@@ -25,6 +28,7 @@ use report::{RunCurves, Slowdown};
 use serde::{Deserialize, Serialize};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use EmbeddingRotation::{Head, None as EmbNone, Paper};
 
 /// The rotations of a plain sweep (Maes et al. Fig. 3), in the order of the paper's legend.
 pub const DEFAULT_ROTATIONS: &str = "none,output,input,layer,global,svd";
@@ -181,7 +185,6 @@ impl Variant {
 
 const NONE: RotationKind = RotationKind::Scope(Scope::None);
 const GLOBAL: RotationKind = RotationKind::Scope(Scope::Global);
-use EmbeddingRotation::{Head, None as EmbNone, Paper};
 
 /// The variants a sweep runs, first the baseline (the slowdowns are measured against it).
 pub fn variants(args: &SweepOptions) -> Result<Vec<Variant>> {
