@@ -14,7 +14,7 @@ use super::nvrtc::{repo, toolkit};
 use crate::util::{synthetic_data, tiny_config, tmp};
 use rotadam::backend::cuda::{standin, CudaBackend, CudaExec};
 use rotadam::backend::kernel::{Exec, Geometry, Mem, BLOCK};
-use rotadam::config::{Precision, RunConfig};
+use rotadam::config::{OptimizerKind, Precision, RunConfig};
 use rotadam::kernels::{EmuArg, Kernel};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -100,34 +100,47 @@ fn losses(dir: &Path) -> Vec<(f64, Option<f64>)> {
         .collect()
 }
 
-/// A config file of the tiny test run (synthetic data, 4 steps) under `rotation` in `precision`.
-fn tiny_run(root: &Path, rotation: &str, precision: Precision) -> PathBuf {
+/// A config file of the tiny test run (synthetic data, 4 steps) under `rotation` in `precision`, with
+/// `optimizer`.
+fn tiny_run(
+    root: &Path,
+    rotation: &str,
+    precision: Precision,
+    optimizer: OptimizerKind,
+) -> PathBuf {
     let mut cfg: RunConfig = tiny_config(root, &root.join("unused"), 4);
     cfg.model.bias = true;
     cfg.rotation.kind = rotation.parse().unwrap();
     cfg.rotation.block = 7;
     cfg.precision = precision;
+    cfg.train.optimizer = optimizer;
     cfg.train.checkpoint_every = 2;
-    let path = root.join(format!("{rotation}-{precision}.json"));
+    let path = root.join(format!("{rotation}-{precision}-{}.json", optimizer.name()));
     std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
     path
 }
 
 /// `rotadam gpt2 --device cuda` on the stand-in trains the tiny GPT-2 as the CPU backend does, under
-/// `none` and `global` (fused rotated AdamW), fp32 and bf16 (the emulator tests' tolerances).
+/// `none` and `global` (fused rotated AdamW), fp32 and bf16 (the emulator tests' tolerances), and with
+/// Muon (its Newton–Schulz GEMMs through cuBLAS).
 #[test]
 fn cli_training_on_the_cuda_backend_matches_the_cpu() {
     let root = tmp("standin-cli");
     synthetic_data(&root);
-    for (rotation, precision, tol) in [
-        ("none", Precision::Fp32, 1e-5),
-        ("global", Precision::Fp32, 1e-5),
-        ("none", Precision::Bf16, 2e-3),
-        ("global", Precision::Bf16, 2e-3),
+    let adamw = OptimizerKind::Adamw;
+    for (rotation, precision, tol, optimizer) in [
+        ("none", Precision::Fp32, 1e-5, adamw),
+        ("global", Precision::Fp32, 1e-5, adamw),
+        ("none", Precision::Bf16, 2e-3, adamw),
+        ("global", Precision::Bf16, 2e-3, adamw),
+        ("none", Precision::Fp32, 1e-5, OptimizerKind::Muon),
     ] {
-        let cfg = tiny_run(&root, rotation, precision);
+        let cfg = tiny_run(&root, rotation, precision, optimizer);
         let run = |device: &str| {
-            let out = root.join(format!("{rotation}-{precision}-{device}"));
+            let out = root.join(format!(
+                "{rotation}-{precision}-{}-{device}",
+                optimizer.name()
+            ));
             let (c, o) = (cfg.to_str().unwrap(), out.to_str().unwrap());
             let res = rotadam_on_standin(&["gpt2", "--config", c, "--device", device, "--out", o]);
             (out, String::from_utf8_lossy(&res.stderr).into_owned())
@@ -161,7 +174,7 @@ fn cli_training_on_the_cuda_backend_matches_the_cpu() {
 fn cli_resume_on_the_cuda_backend_is_bit_identical() {
     let root = tmp("standin-resume");
     synthetic_data(&root);
-    let cfg = tiny_run(&root, "global", Precision::Fp32);
+    let cfg = tiny_run(&root, "global", Precision::Fp32, OptimizerKind::Adamw);
     let c = cfg.to_str().unwrap();
     let (straight, first) = (root.join("straight"), root.join("first"));
     let (s, f) = (straight.to_str().unwrap(), first.to_str().unwrap());
@@ -188,7 +201,7 @@ fn cli_resume_on_the_cuda_backend_is_bit_identical() {
 fn auto_picks_cuda_after_its_self_check_and_the_kernel_bench_runs() {
     let root = tmp("standin-auto");
     synthetic_data(&root);
-    let cfg = tiny_run(&root, "none", Precision::Fp32);
+    let cfg = tiny_run(&root, "none", Precision::Fp32, OptimizerKind::Adamw);
     let out = root.join("auto");
     let res = rotadam_on_standin(&[
         "gpt2",
