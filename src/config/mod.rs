@@ -291,7 +291,8 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Defaults for a model preset: the paper's for the GPT-2 family; for `small` a ~3-minute CPU run on the
     /// demo corpus; for `experiment` 1000 steps of 1024 tokens (about 0.9 epochs of `demo-closed`), with
-    /// the learning rate the better of 2e-3 and 3e-3 for `none`; for `tiny` a few-second test run.
+    /// the learning rate the best of 2e-3, 3e-3 and 5e-3 for `none` (`docs/experiments.md`); for `tiny` a
+    /// few-second test run.
     pub fn for_preset(preset: &str) -> Self {
         let paper = TrainConfig::default();
         match preset {
