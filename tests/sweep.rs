@@ -371,6 +371,14 @@ fn a_sweep_in_parts_matches_the_whole_sweep() {
     let (a, b) = (summary(&whole), summary(&dir));
     assert_eq!(b["missing"], serde_json::json!([]));
     assert_eq!(a["rows"], b["rows"]);
+    // each row's val gap is its mean final val loss minus the baseline's (0 for the baseline)
+    let rows = b["rows"].as_array().unwrap();
+    let val = |r: &serde_json::Value| r["final_val_mean"].as_f64().unwrap();
+    for r in rows {
+        assert_eq!(r["val_gap"].as_f64().unwrap(), val(r) - val(&rows[0]));
+    }
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(report.contains("| +0.0000 |"), "{report}");
 
     // a run name that is not in the plan is refused, listing the names
     parts.select = Selection {

@@ -728,6 +728,9 @@ pub struct SummaryRow {
     pub slowdown_pct: Option<f64>,
     /// True when the variant never reached the baseline's final loss (slowdown_pct is then a lower bound).
     pub slowdown_lower_bound: bool,
+    /// Mean final val loss minus the baseline's: the comparison that stays informative when a variant
+    /// ends just above the baseline (its slowdown then only says "not reached").
+    pub val_gap: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -780,6 +783,14 @@ pub fn summarize(labels: &[String], curves: &[Vec<RunCurves>]) -> Summary {
         .first()
         .map(|r| report::mean_curve(r, use_val))
         .unwrap_or_default();
+    let final_val = |runs: &[RunCurves]| -> Option<f64> {
+        let val: Vec<f64> = runs
+            .iter()
+            .filter_map(|c| c.val.last().map(|p| p.1))
+            .collect();
+        (!val.is_empty() && val.len() == runs.len()).then(|| report::mean_std(&val).0)
+    };
+    let base_val = curves.first().and_then(|r| final_val(r));
     let rows = labels
         .iter()
         .zip(curves)
@@ -807,6 +818,7 @@ pub fn summarize(labels: &[String], curves: &[Vec<RunCurves>]) -> Summary {
                     Slowdown::Reached(p) | Slowdown::NotReached(p) => p,
                 }),
                 slowdown_lower_bound: matches!(sd, Some(Slowdown::NotReached(_))),
+                val_gap: base_val.zip(has_val.then_some(vm)).map(|(b, v)| v - b),
             }
         })
         .collect();
@@ -821,7 +833,7 @@ pub fn summarize(labels: &[String], curves: &[Vec<RunCurves>]) -> Summary {
 /// The markdown table of a summary.
 pub fn summary_table(s: &Summary) -> String {
     let mut t = String::from(
-        "| variant | runs | final train loss | final val loss | slowdown vs baseline |\n|---|---:|---:|---:|---:|\n",
+        "| variant | runs | final train loss | final val loss | val − baseline's | slowdown vs baseline |\n|---|---:|---:|---:|---:|---:|\n",
     );
     for r in &s.rows {
         // one run has no spread: print the value alone
@@ -843,8 +855,9 @@ pub fn summary_table(s: &Summary) -> String {
             Some(p) => Slowdown::Reached(p).to_string(),
             None => "–".into(),
         };
+        let gap = r.val_gap.map_or("–".into(), |g| format!("{g:+.4}"));
         t += &format!(
-            "| {} | {} | {} | {val} | {slow} |\n",
+            "| {} | {} | {} | {val} | {gap} | {slow} |\n",
             r.label,
             r.runs,
             pm(r.final_train_mean, r.final_train_std)
@@ -911,7 +924,7 @@ fn write_report(
     }
     md += &format!(
         "Curves: mean over seeds, shaded min–max. Final train loss: mean of the last 5% of steps per run; both \
-         finals are mean ± std over seeds.\n\n{}\n",
+         finals are mean ± std over seeds; \"val − baseline's\" is the difference of the mean final val losses.\n\n{}\n",
         summary_table(&summary)
     );
     md += &format!(
