@@ -252,6 +252,13 @@ fn slowdown_on_synthetic_curves() {
         report::steps_to_reach(&[(0.0, 4.0), (10.0, 2.0)], 3.0),
         Some(5.0)
     );
+    // the baseline never reaches the half-speed variant's final loss (−5 at step 300); the short one's
+    // (2.5 at step 150) at step 75
+    assert_eq!(report::baseline_steps_to_final(&base, &half), None);
+    assert_eq!(
+        report::baseline_steps_to_final(&base, &short),
+        Some((75.0, 150.0))
+    );
     let dip = vec![(0.0, 5.0), (10.0, 1.0), (20.0, 2.0)];
     // the baseline first reaches its final 2.0 at step 7.5; the variant at step 30: +300%
     close(report::slowdown(&dip, &[(0.0, 5.0), (30.0, 2.0)]), 300.0);
@@ -378,7 +385,7 @@ fn a_sweep_in_parts_matches_the_whole_sweep() {
         assert_eq!(r["val_gap"].as_f64().unwrap(), val(r) - val(&rows[0]));
     }
     let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
-    assert!(report.contains("| +0.0000 |"), "{report}");
+    assert!(report.contains("| +0.0000 | 6 |"), "{report}");
 
     // a run name that is not in the plan is refused, listing the names
     parts.select = Selection {

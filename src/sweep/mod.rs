@@ -731,6 +731,9 @@ pub struct SummaryRow {
     /// Mean final val loss minus the baseline's: the comparison that stays informative when a variant
     /// ends just above the baseline (its slowdown then only says "not reached").
     pub val_gap: Option<f64>,
+    /// The steps at which the baseline's mean curve reaches this variant's final loss
+    /// ([`report::baseline_steps_to_final`]); None when it never does.
+    pub baseline_steps_to_final: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -806,7 +809,9 @@ pub fn summarize(labels: &[String], curves: &[Vec<RunCurves>]) -> Summary {
             let (tm, ts) = report::mean_std(&train);
             let (vm, vs) = report::mean_std(&val);
             let has_val = !val.is_empty() && val.len() == runs.len();
-            let sd = report::slowdown(&base, &report::mean_curve(runs, use_val));
+            let mean = report::mean_curve(runs, use_val);
+            let sd = report::slowdown(&base, &mean);
+            let equivalent = report::baseline_steps_to_final(&base, &mean);
             SummaryRow {
                 label: label.clone(),
                 runs: runs.len(),
@@ -819,6 +824,7 @@ pub fn summarize(labels: &[String], curves: &[Vec<RunCurves>]) -> Summary {
                 }),
                 slowdown_lower_bound: matches!(sd, Some(Slowdown::NotReached(_))),
                 val_gap: base_val.zip(has_val.then_some(vm)).map(|(b, v)| v - b),
+                baseline_steps_to_final: equivalent.map(|e| e.0),
             }
         })
         .collect();
@@ -833,7 +839,7 @@ pub fn summarize(labels: &[String], curves: &[Vec<RunCurves>]) -> Summary {
 /// The markdown table of a summary.
 pub fn summary_table(s: &Summary) -> String {
     let mut t = String::from(
-        "| variant | runs | final train loss | final val loss | val − baseline's | slowdown vs baseline |\n|---|---:|---:|---:|---:|---:|\n",
+        "| variant | runs | final train loss | final val loss | val − baseline's | baseline's steps to it | slowdown vs baseline |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in &s.rows {
         // one run has no spread: print the value alone
@@ -856,8 +862,11 @@ pub fn summary_table(s: &Summary) -> String {
             None => "–".into(),
         };
         let gap = r.val_gap.map_or("–".into(), |g| format!("{g:+.4}"));
+        let steps = r
+            .baseline_steps_to_final
+            .map_or("never".into(), |s| format!("{s:.0}"));
         t += &format!(
-            "| {} | {} | {} | {val} | {gap} | {slow} |\n",
+            "| {} | {} | {} | {val} | {gap} | {steps} | {slow} |\n",
             r.label,
             r.runs,
             pm(r.final_train_mean, r.final_train_std)
@@ -924,7 +933,9 @@ fn write_report(
     }
     md += &format!(
         "Curves: mean over seeds, shaded min–max. Final train loss: mean of the last 5% of steps per run; both \
-         finals are mean ± std over seeds; \"val − baseline's\" is the difference of the mean final val losses.\n\n{}\n",
+         finals are mean ± std over seeds; \"val − baseline's\" is the difference of the mean final val losses, \
+         \"baseline's steps to it\" the first step at which the baseline's mean curve reaches the variant's final \
+         loss (\"never\": the variant ends below the baseline).\n\n{}\n",
         summary_table(&summary)
     );
     md += &format!(

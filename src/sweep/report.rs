@@ -121,6 +121,15 @@ pub fn slowdown(base: &[(f64, f64)], curve: &[(f64, f64)]) -> Option<Slowdown> {
     })
 }
 
+/// The steps the baseline needs to reach the loss `curve` ends at, and the steps `curve` took (its last
+/// point): the comparison that still speaks when a variant never reaches the baseline's final loss (the
+/// baseline reaching the variant's final loss after half the steps means the variant needs about twice
+/// the steps). None when the baseline never gets that low (the variant is better: see the slowdown).
+pub fn baseline_steps_to_final(base: &[(f64, f64)], curve: &[(f64, f64)]) -> Option<(f64, f64)> {
+    let &(end, target) = curve.last()?;
+    Some((steps_to_reach(base, target)?, end))
+}
+
 /// The final training loss of a run: the mean over its last max(1, steps/20) logged steps (one step's loss
 /// is one minibatch, too noisy to compare runs by).
 pub fn final_train_loss(train: &[(f64, f64)]) -> f64 {
