@@ -387,6 +387,17 @@ fn a_sweep_in_parts_matches_the_whole_sweep() {
     let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(report.contains("| +0.0000 | 6 |"), "{report}");
 
+    // a report over runs trained with other settings is refused, naming the field
+    let mut other = parts.clone();
+    other.run.lr = Some(0.123);
+    let record = std::fs::read(dir.join("sweep.json")).unwrap();
+    let e = sw::report_only(&other).unwrap_err().to_string();
+    assert!(e.contains("train.lr"), "{e}");
+    assert_eq!(
+        std::fs::read(dir.join("sweep.json")).unwrap(),
+        record,
+        "sweep.json rewritten"
+    );
     // a run name that is not in the plan is refused, listing the names
     parts.select = Selection {
         only: vec!["global-s9".into()],

@@ -530,9 +530,14 @@ fn whole_sweep_command() -> Vec<String> {
     out
 }
 
-/// Plans the sweep, creates its directory and writes `sweep.json` (the same from every part of it).
+/// Plans the sweep, checks that no run directory holds a run with other settings (an error naming the
+/// field, before anything is written), creates the directory and writes `sweep.json` (the same from
+/// every part of the sweep).
 fn start(args: &SweepOptions) -> Result<(PathBuf, Vec<Variant>, Vec<PlannedRun>)> {
     let (dir, variants, runs) = plan(args)?;
+    for run in &runs {
+        existing_state(run)?;
+    }
     std::fs::create_dir_all(dir.join("runs")).map_err(|e| Error::io(&dir, e))?;
     let mut seeds: Vec<u64> = runs.iter().map(|r| r.seed).collect();
     seeds.sort_unstable();
@@ -599,7 +604,8 @@ fn shell_quote(s: &str) -> String {
 }
 
 /// `sweep --report-only`: the report over the runs that have finished, the others listed as missing;
-/// trains nothing. Returns the sweep directory.
+/// trains nothing. A run directory trained with other settings than these options plan is an error
+/// naming the field, as when the sweep would train it. Returns the sweep directory.
 pub fn report_only(args: &SweepOptions) -> Result<PathBuf> {
     let (dir, variants, runs) = start(args)?;
     let _lock = crate::run::lock::DirLock::acquire(&dir, "rotadam sweep --report-only")?;
