@@ -21,6 +21,7 @@ pub mod report;
 use crate::config::{EmbeddingRotation, OptimizerKind, Precision, RotationKind, RunConfig, Scope};
 use crate::data::shard::Dataset;
 use crate::error::{Error, Result};
+use crate::run::lock::DirLock;
 use crate::run::options::{utc_stamp, RunOptions};
 use crate::run::{checkpoint, metrics};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -530,15 +531,20 @@ fn whole_sweep_command() -> Vec<String> {
     out
 }
 
-/// Plans the sweep, checks that no run directory holds a run with other settings (an error naming the
-/// field, before anything is written), creates the directory and writes `sweep.json` (the same from
-/// every part of the sweep).
-fn start(args: &SweepOptions) -> Result<(PathBuf, Vec<Variant>, Vec<PlannedRun>)> {
+/// What [`start`] returns: the sweep directory, the variants, the planned runs, and the sweep directory's
+/// lock when one was asked for.
+type Started = (PathBuf, Vec<Variant>, Vec<PlannedRun>, Option<DirLock>);
+
+/// Plans the sweep, creates its directory, takes its lock as `lock_as` when given, checks that no run
+/// directory holds a run with other settings (an error naming the field, before anything is written) and
+/// writes `sweep.json` (the same from every part of the sweep).
+fn start(args: &SweepOptions, lock_as: Option<&str>) -> Result<Started> {
     let (dir, variants, runs) = plan(args)?;
+    std::fs::create_dir_all(dir.join("runs")).map_err(|e| Error::io(&dir, e))?;
+    let lock = lock_as.map(|who| DirLock::acquire(&dir, who)).transpose()?;
     for run in &runs {
         existing_state(run)?;
     }
-    std::fs::create_dir_all(dir.join("runs")).map_err(|e| Error::io(&dir, e))?;
     let mut seeds: Vec<u64> = runs.iter().map(|r| r.seed).collect();
     seeds.sort_unstable();
     seeds.dedup();
@@ -562,7 +568,7 @@ fn start(args: &SweepOptions) -> Result<(PathBuf, Vec<Variant>, Vec<PlannedRun>)
         source,
     })?;
     crate::files::write_atomic(&path, &json)?;
-    Ok((dir, variants, runs))
+    Ok((dir, variants, runs, lock))
 }
 
 /// `sweep --list`: writes each selected run's `config.json` (kept when it is already there with the same
@@ -572,7 +578,7 @@ fn start(args: &SweepOptions) -> Result<(PathBuf, Vec<Variant>, Vec<PlannedRun>)
 /// leaves a finished one as it is, so a scheduler may retry it; the run's own lock keeps two copies of
 /// it from training at once. Rerunning `sweep` (or `sweep --report-only`) then writes the report.
 pub fn list(args: &SweepOptions, program: &str) -> Result<Vec<String>> {
-    let (_, _, runs) = start(args)?;
+    let (_, _, runs, _) = start(args, None)?;
     let mut lines = Vec::new();
     for k in args.select.indices(&runs)? {
         let run = &runs[k];
@@ -607,8 +613,7 @@ fn shell_quote(s: &str) -> String {
 /// trains nothing. A run directory trained with other settings than these options plan is an error
 /// naming the field, as when the sweep would train it. Returns the sweep directory.
 pub fn report_only(args: &SweepOptions) -> Result<PathBuf> {
-    let (dir, variants, runs) = start(args)?;
-    let _lock = crate::run::lock::DirLock::acquire(&dir, "rotadam sweep --report-only")?;
+    let (dir, variants, runs, _lock) = start(args, Some("rotadam sweep --report-only"))?;
     let summary = write_report(&dir, &variants, &runs, args)?;
     if !args.run.quiet {
         eprintln!("{}", report_line(&dir, &summary));
@@ -636,14 +641,7 @@ fn report_line(dir: &Path, summary: &Summary) -> String {
 /// it to the last part, or to `--report-only`).
 pub fn run(args: &SweepOptions) -> Result<PathBuf> {
     let whole = args.select.is_all();
-    let lock = if whole {
-        let (dir, _, _) = plan(args)?;
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        Some(crate::run::lock::DirLock::acquire(&dir, "rotadam sweep")?)
-    } else {
-        None
-    };
-    let (dir, variants, runs) = start(args)?;
+    let (dir, variants, runs, lock) = start(args, whole.then_some("rotadam sweep"))?;
     let selected = args.select.indices(&runs)?;
 
     let total: u64 = selected
@@ -705,7 +703,7 @@ pub fn run(args: &SweepOptions) -> Result<PathBuf> {
     }
     let _lock = match lock {
         Some(l) => l,
-        None => match crate::run::lock::DirLock::acquire(&dir, "rotadam sweep") {
+        None => match DirLock::acquire(&dir, "rotadam sweep") {
             Ok(l) => l,
             Err(e) => {
                 progress.line(format!(
