@@ -3,7 +3,7 @@
 //! decay, AdamW on the rest), the iteration's two-sided equivariance and the band its singular values land
 //! in, Muon in the `svd` basis against Muon in the standard one, and the settings it refuses.
 
-use crate::util::{randn, tiny_config};
+use crate::util::{matmul, max_diff, randn, tiny_config};
 use faer::Mat;
 use rotadam::backend::cpu::CpuBackend;
 use rotadam::backend::Backend;
@@ -27,19 +27,6 @@ fn upload(be: &Be, x: &[f64]) -> Vec<f64> {
     let mut b = be.alloc(x.len()).unwrap();
     be.upload(&mut b, x).unwrap();
     be.download(&b).unwrap()
-}
-
-/// Row-major m×k times k×n, plain loops.
-fn matmul(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
-    let mut c = vec![0.0; m * n];
-    for i in 0..m {
-        for p in 0..k {
-            for j in 0..n {
-                c[i * n + j] += a[i * k + p] * b[p * n + j];
-            }
-        }
-    }
-    c
 }
 
 fn transpose(a: &[f64], m: usize, n: usize) -> Vec<f64> {
@@ -76,13 +63,6 @@ fn ns_reference(g: &[f64], m: usize, n: usize, steps: usize) -> Vec<f64> {
     } else {
         x
     }
-}
-
-fn max_diff(a: &[f64], b: &[f64]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
 }
 
 /// Three steps of the optimizer (f64, random gradients) against the reference written from the formulas:

@@ -9,7 +9,7 @@
 //! each basis, and the stable linear iteration does not amplify it, so after T = 300 steps at d = 40 the
 //! final losses agree to ~T·d·u ≈ 1.3e-12 relative; 1e-9 is the bound used (×~1000 margin).
 
-use crate::util::tmp;
+use crate::util::{max_diff, tmp};
 use clap::Parser;
 use faer::Mat;
 use rotadam::cli::{Cli, Command};
@@ -49,23 +49,9 @@ fn small_run(mut cfg: QuadConfig, dim: usize, steps: usize, thetas: &[f64]) -> Q
     rotadam::quadratic::run(&cfg, &mut |_| {}).unwrap()
 }
 
+/// n×n times n×n.
 fn matmul(a: &[f64], b: &[f64], n: usize) -> Vec<f64> {
-    let mut c = vec![0.0; n * n];
-    for i in 0..n {
-        for k in 0..n {
-            for j in 0..n {
-                c[i * n + j] += a[i * n + k] * b[k * n + j];
-            }
-        }
-    }
-    c
-}
-
-fn max_diff(a: &[f64], b: &[f64]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
+    crate::util::matmul(a, b, n, n, n)
 }
 
 #[test]
