@@ -348,37 +348,96 @@ fn structured_rotations_svd_and_kron() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
-/// Resume under `svd` restores U, V and the refresh step: bit-identical continuation.
+/// Resume under `svd` restores U, V and the refresh step, and under `soap` its factors L, R and, in the
+/// original form, M: bit-identical continuation in every form (planted: M left out of the state: the
+/// original form's files differ).
 #[test]
-fn resume_under_svd_restores_the_singular_vectors() {
+fn resume_under_svd_and_soap_restores_their_state() {
+    use rotadam::config::{SoapInit, SoapMoment};
     let root = tmp("svd-resume");
     synthetic_data(&root);
-    let mut a = base(&root, OptimizerKind::Adamw, Precision::Fp32, 8);
-    a.rotation.kind = RotationKind::Svd;
-    a.rotation.svd_every = 3; // refreshes before steps 1, 4, 7
-    a.train.checkpoint_every = 5;
-    a.train.lr_decay_steps = Some(8);
-    a.out = root.join("straight");
-    train::train(&a, false).unwrap();
-    let mut b = a.clone();
-    b.out = root.join("resumed");
-    b.train.steps = 5;
-    train::train(&b, false).unwrap();
-    assert!(checkpoint::step_dir(&b.out, 5)
-        .join("rotation.safetensors")
-        .is_file());
-    b.train.steps = 8;
-    train::train(&b, true).unwrap();
-    for f in [
-        "model.safetensors",
-        "optim.safetensors",
-        "rotation.safetensors",
+    for (name, kind, form, init) in [
+        (
+            "svd",
+            RotationKind::Svd,
+            SoapMoment::Original,
+            SoapInit::Eigh,
+        ),
+        (
+            "soap-original",
+            RotationKind::Soap,
+            SoapMoment::Original,
+            SoapInit::Eigh,
+        ),
+        (
+            "soap-eigenbasis",
+            RotationKind::Soap,
+            SoapMoment::Eigenbasis,
+            SoapInit::Eigh,
+        ),
+        (
+            "soap-positional",
+            RotationKind::Soap,
+            SoapMoment::Positional,
+            SoapInit::Identity,
+        ),
     ] {
-        let x = std::fs::read(checkpoint::step_dir(&a.out, 8).join(f)).unwrap();
-        let y = std::fs::read(checkpoint::step_dir(&b.out, 8).join(f)).unwrap();
-        assert!(x == y, "svd: {f} differs after resume");
+        let mut a = base(&root, OptimizerKind::Adamw, Precision::Fp32, 8);
+        a.rotation.kind = kind;
+        a.rotation.svd_every = 3; // refreshes before steps 1, 4, 7
+        a.rotation.soap.every = 3; // likewise (4 and 7 only under the identity start)
+        a.rotation.soap.first_moment = form;
+        a.rotation.soap.init = init;
+        a.train.checkpoint_every = 5;
+        a.train.lr_decay_steps = Some(8);
+        a.out = root.join(format!("{name}-straight"));
+        train::train(&a, false).unwrap();
+        let mut b = a.clone();
+        b.out = root.join(format!("{name}-resumed"));
+        b.train.steps = 5;
+        train::train(&b, false).unwrap();
+        assert!(checkpoint::step_dir(&b.out, 5)
+            .join("rotation.safetensors")
+            .is_file());
+        b.train.steps = 8;
+        train::train(&b, true).unwrap();
+        for f in [
+            "model.safetensors",
+            "optim.safetensors",
+            "rotation.safetensors",
+        ] {
+            let x = std::fs::read(checkpoint::step_dir(&a.out, 8).join(f)).unwrap();
+            let y = std::fs::read(checkpoint::step_dir(&b.out, 8).join(f)).unwrap();
+            assert!(x == y, "{name}: {f} differs after resume");
+        }
     }
     std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// svd and soap on the emulated kernels (f32: the rotations' GEMMs with both transpose flags, soap's
+/// G·Gᵀ, Gᵀ·G and EMAs as CUDA kernels) against the CPU backend in f32, 3 steps (refreshes at step 1,
+/// soap's factors updated at every step). soap's parameters get atol 5e-5 instead of 1e-5: its bases
+/// are eigenvectors of f32 factors, accurate to ε₃₂·λ₁/gap, so the two backends' roundings move the
+/// vectors of close eigenvalues apart (measured: 2 of 7,312 parameters 1.2e-5 apart).
+#[test]
+fn svd_and_soap_on_the_emulated_kernels() {
+    use crate::cuda::step::train_optimizer;
+    use rotadam::backend::cpu::CpuBackend;
+    use rotadam::backend::emu::EmuBackend;
+    let kind = OptimizerKind::Adamw;
+    for (rot, atol) in [("svd", 1e-5), ("soap", 5e-5)] {
+        let (le, pe) = train_optimizer(&EmuBackend::emulated(1, false), kind, rot, 3, true);
+        let (lc, pc) = train_optimizer(&CpuBackend::<f32>::new(1, false), kind, rot, 3, true);
+        let d = max_rel_diff(&lc, &le);
+        assert!(d <= 1e-5, "{rot}: losses: emulated {le:?} vs cpu {lc:?}");
+        crate::util::assert_close(
+            &format!("{rot}: parameters after 3 steps"),
+            &pe,
+            &pc,
+            atol,
+            1e-4,
+        );
+    }
 }
 
 /// Every fused plan is its chain's arithmetic on the CPU, run link by link (`Optimizer::unfused`): the

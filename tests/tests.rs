@@ -16,6 +16,7 @@ mod plot;
 mod quadratic;
 mod rotation;
 mod runs;
+mod soap;
 mod svd;
 mod sweep;
 mod train;

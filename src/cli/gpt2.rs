@@ -4,7 +4,7 @@
 use super::{choice, model_default, threads_help, train_default};
 use crate::config::{
     BlockPartition, DeviceKind, EmbeddingRotation, OptimizerKind, Precision, RotationKind,
-    VectorRotation,
+    SoapInit, SoapMoment, VectorRotation,
 };
 use crate::run::options::RunOptions;
 use clap::Args;
@@ -113,6 +113,20 @@ pub struct Gpt2Args {
     /// `--rotation kron`: number of chained stages [default: 2].
     #[arg(long)]
     pub kron_stages: Option<usize>,
+    /// `--rotation soap`: decay β of its factors L = EMA(G·Gᵀ), R = EMA(Gᵀ·G) [default: 0.95].
+    #[arg(long)]
+    pub soap_beta: Option<f64>,
+    /// `--rotation soap`: recompute the eigenbases every F steps [default: 10].
+    #[arg(long)]
+    pub soap_every: Option<usize>,
+    /// `--rotation soap`: where Adam's first moment lives: original (Vyas et al. Alg. 3), eigenbasis
+    /// (their released code), positional (the poster's svd rule) [default: original].
+    #[arg(long)]
+    pub soap_first_moment: Option<SoapMoment>,
+    /// `--rotation soap`: the bases before the first refresh: eigh (refresh at step 1) or identity
+    /// (AdamW until step F + 1) [default: eigh].
+    #[arg(long)]
+    pub soap_init: Option<SoapInit>,
     /// `--rotation output|input` and `--blocks neuron`: what a neuron is for a 1-D tensor (a LayerNorm
     /// gain) [default: neuron; a config.json without the setting: mixed].
     #[arg(long, value_parser = choice::<VectorRotation>())]
@@ -196,6 +210,10 @@ impl Gpt2Args {
             rotation_seed: self.rotation_seed,
             svd_every: self.svd_every,
             kron_stages: self.kron_stages,
+            soap_beta: self.soap_beta,
+            soap_every: self.soap_every,
+            soap_first_moment: self.soap_first_moment,
+            soap_init: self.soap_init,
             vector_rotation: self.vector_rotation,
             embedding_rotation: self.embedding_rotation,
             out: self.out.clone(),

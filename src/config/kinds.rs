@@ -223,6 +223,70 @@ impl Choice for EmbeddingRotation {
     ];
 }
 
+/// Where `--rotation soap` keeps Adam's first moment (Vyas et al. 2024, "SOAP", Alg. 3 and their released
+/// code). `original` and `eigenbasis` are equal in exact arithmetic (the first moment is linear in the
+/// gradients); `positional` is the poster's `svd` rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SoapMoment {
+    /// In the original space, M ← β₁M + (1−β₁)G, projected into the current eigenbasis every step (the
+    /// paper's Alg. 3).
+    #[default]
+    Original,
+    /// In the eigenbasis, carried into the new basis at each refresh (Q_newᵀ·Q_old·M̃·Q_oldᵀ·Q_new, as
+    /// the released code does).
+    Eigenbasis,
+    /// In the eigenbasis, not carried across a refresh (the poster's `svd` rotation does this).
+    Positional,
+}
+
+impl Choice for SoapMoment {
+    const WHAT: &'static str = "soap-first-moment";
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            SoapMoment::Original,
+            "original",
+            "kept in the original space and projected every step (Vyas et al. Alg. 3)",
+        ),
+        (
+            SoapMoment::Eigenbasis,
+            "eigenbasis",
+            "kept in the eigenbasis and carried into each new basis (SOAP's released code)",
+        ),
+        (
+            SoapMoment::Positional,
+            "positional",
+            "kept in the eigenbasis, not carried at a refresh (the poster's svd rule)",
+        ),
+    ];
+}
+
+/// The bases `--rotation soap` starts from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SoapInit {
+    /// Eigenvectors of the factors after the first step's gradient: the first refresh is at step 1 (as
+    /// `svd`, and as SOAP's released code, which spends its first step on it).
+    #[default]
+    Eigh,
+    /// The identity: the first refresh is at step F + 1, and until then SOAP is AdamW.
+    Identity,
+}
+
+impl Choice for SoapInit {
+    const WHAT: &'static str = "soap-init";
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            SoapInit::Eigh,
+            "eigh",
+            "the factors' eigenvectors after step 1's gradient (first refresh at step 1)",
+        ),
+        (
+            SoapInit::Identity,
+            "identity",
+            "the standard basis until the first refresh at step F + 1",
+        ),
+    ];
+}
+
 /// The arithmetic of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Precision {
@@ -331,6 +395,7 @@ impl Choice for Scope {
 pub enum RotationKind {
     Scope(Scope),
     Svd,
+    Soap,
     Kron,
 }
 
@@ -348,8 +413,8 @@ impl RotationKind {
 }
 
 /// [`SCOPES`] as rotations, then the rotations that are not block rotations.
-const ROTATIONS: [(RotationKind, &str, &str); SCOPES.len() + 2] = {
-    let mut rows = [(RotationKind::Svd, "", ""); SCOPES.len() + 2];
+const ROTATIONS: [(RotationKind, &str, &str); SCOPES.len() + 3] = {
+    let mut rows = [(RotationKind::Svd, "", ""); SCOPES.len() + 3];
     let mut i = 0;
     while i < SCOPES.len() {
         let (scope, name, help) = SCOPES[i];
@@ -362,6 +427,11 @@ const ROTATIONS: [(RotationKind, &str, &str); SCOPES.len() + 2] = {
         "each 2-D weight by its gradient's singular vectors, refreshed every --svd-every steps (poster)",
     );
     rows[i + 1] = (
+        RotationKind::Soap,
+        "soap",
+        "each 2-D weight by the eigenvectors of EMAs of G·Gᵀ and Gᵀ·G, refreshed every --soap-every steps (SOAP, Vyas et al. 2024)",
+    );
+    rows[i + 2] = (
         RotationKind::Kron,
         "kron",
         "chained permutations and three-factor Kronecker rotations of all parameters (Xie et al. App. D.1)",
@@ -384,5 +454,7 @@ choice_impls!(
     Precision,
     DeviceKind,
     Scope,
-    RotationKind
+    RotationKind,
+    SoapMoment,
+    SoapInit
 );

@@ -8,7 +8,7 @@ pub(crate) use kinds::choice_impls;
 
 pub use kinds::{
     BlockPartition, Choice, DeviceKind, EmbeddingRotation, OptimizerKind, Precision, RotationKind,
-    Scope, VectorRotation,
+    Scope, SoapInit, SoapMoment, VectorRotation,
 };
 
 use crate::error::{Error, Result};
@@ -138,7 +138,7 @@ pub const EXPERIMENT_VOCAB: usize = 4286;
 ///
 /// `Default` is what a new run gets; a field missing from a file reads as what the code did before the
 /// field existed (each field's serde default), which is not always the same.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RotationConfig {
     pub kind: RotationKind,
     /// Size n of the repeated Haar block R_n (the paper's 768).
@@ -151,6 +151,9 @@ pub struct RotationConfig {
     /// `kron`: number of chained permutation + Kronecker stages (Xie et al. App. D.1).
     #[serde(default = "default_kron_stages")]
     pub kron_stages: usize,
+    /// `soap`: its factors' decay, refresh period, first moment and initial bases.
+    #[serde(default)]
+    pub soap: SoapConfig,
     /// What a neuron is for the 1-D tensors, under `output` and `input` and for blockwise Adam's neuron
     /// blocks. New runs get [`VectorRotation::Neuron`] (the `Default` below, the paper's definition); a
     /// `config.json` or `state.json` written before this field existed was trained with `mixed`, and
@@ -190,8 +193,35 @@ impl Default for RotationConfig {
             seed: 0,
             svd_every: default_svd_every(),
             kron_stages: default_kron_stages(),
+            soap: SoapConfig::default(),
             vectors: VectorRotation::default(),
             embeddings: EmbeddingRotation::default(),
+        }
+    }
+}
+
+/// `--rotation soap` (Vyas et al. 2024, "SOAP: Improving and Stabilizing Shampoo using Adam"): the defaults
+/// are the released code's (`precondition_frequency=10`; `shampoo_beta` unset means Adam's β₂, which is
+/// 0.95 here as there).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SoapConfig {
+    /// Decay of the Kronecker factors L = EMA(G·Gᵀ), R = EMA(Gᵀ·G).
+    pub beta: f64,
+    /// Refresh the eigenbases every F steps.
+    pub every: usize,
+    /// Where Adam's first moment lives.
+    pub first_moment: SoapMoment,
+    /// The bases before the first refresh.
+    pub init: SoapInit,
+}
+
+impl Default for SoapConfig {
+    fn default() -> Self {
+        SoapConfig {
+            beta: 0.95,
+            every: 10,
+            first_moment: SoapMoment::default(),
+            init: SoapInit::default(),
         }
     }
 }
@@ -499,9 +529,27 @@ impl RunConfig {
                 ),
             ));
         }
+        if self.rotation.kind == RotationKind::Soap && self.train.optimizer != OptimizerKind::Adamw
+        {
+            return Err(Error::config(
+                "rotation",
+                format!(
+                    "soap runs Adam in the eigenbases of its factors, so it needs --optimizer adamw, not {}",
+                    self.train.optimizer
+                ),
+            ));
+        }
+        let beta = self.rotation.soap.beta;
+        if !(0.0..1.0).contains(&beta) {
+            return Err(Error::config(
+                "soap-beta",
+                format!("must be in [0, 1), got {beta}"),
+            ));
+        }
         for (field, v) in [
             ("rotation-block", self.rotation.block),
             ("svd-every", self.rotation.svd_every),
+            ("soap-every", self.rotation.soap.every),
             ("kron-stages", self.rotation.kron_stages),
         ] {
             if v == 0 {

@@ -402,7 +402,7 @@ fn run_on(args: &DiagnoseOptions, t: &Target, threads: usize) -> Result<Report> 
         .unwrap_or_else(|| t.run_dir.join("diagnostics"));
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
     let tag = match rc.kind {
-        k @ (RotationKind::Svd | RotationKind::Scope(Scope::None)) => {
+        k @ (RotationKind::Svd | RotationKind::Soap | RotationKind::Scope(Scope::None)) => {
             format!("step{}_{k}", t.state.step)
         }
         RotationKind::Kron => format!("step{}_kron-k{}-s{}", t.state.step, rc.kron_stages, rc.seed),

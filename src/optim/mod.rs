@@ -40,6 +40,7 @@ use crate::config::{BlockPartition, OptimizerKind, TrainConfig};
 use crate::error::{Error, Result};
 use crate::model::ParamTable;
 use crate::rotation::basis::Basis;
+use crate::rotation::svd::Moment;
 use blocks::Parts;
 
 /// How a step runs.
@@ -213,12 +214,25 @@ impl<BK: Backend> Optimizer<BK> {
             .any(|t| matches!(t, Transform::ScaleByMuon { .. }));
         let mismatch = mismatch.or_else(|| {
             // Muon reads each weight as a matrix where it lies: a basis must keep tensors in place
-            (muon_link && !matches!(&basis, Basis::Svd(..)) && !basis.is_identity()).then(|| {
+            let in_place = basis.is_identity()
+                || matches!(&basis, Basis::Svd(s, _) if s.soap_config().is_none());
+            (muon_link && !in_place).then(|| {
                 format!(
                     "orthogonalizes each weight as a matrix, which needs a basis that keeps every tensor \
                      in place (--rotation none or svd), not {}",
                     basis.describe()
                 )
+            })
+        });
+        let adam_link = chain
+            .iter()
+            .any(|t| matches!(t, Transform::ScaleByAdam { .. }));
+        let mismatch = mismatch.or_else(|| {
+            // soap's original and eigenbasis forms keep or carry the Adam link's first moment
+            let needs = matches!(&basis, Basis::Svd(s, _) if s.needs_moment());
+            (needs && !adam_link).then(|| {
+                "has no per-coordinate Adam link, whose first moment soap's original and eigenbasis                  forms keep (--soap-first-moment positional, or --optimizer adamw)"
+                    .to_string()
             })
         });
         if let Some(why) = mismatch {
@@ -483,6 +497,20 @@ impl<BK: Backend> Optimizer<BK> {
             last_direction,
             ..
         } = self;
+        if chain.contains(&Transform::Rotate) {
+            // the basis sees every step's gradient first (svd and soap refresh from it; soap's first
+            // moment forms work on the Adam link's m)
+            let moment = chain
+                .iter()
+                .zip(states.iter_mut())
+                .find_map(|(link, state)| match (link, state) {
+                    (Transform::ScaleByAdam { beta1, .. }, State::Adam { m, .. }) => {
+                        Some(Moment { m, beta1: *beta1 })
+                    }
+                    _ => None,
+                });
+            basis.prepare(be, t, grads, moment)?;
+        }
         // None: the gradient; Some(i): work vector i
         let mut cur: Option<usize> = None;
         for (link, state) in chain.iter().zip(states.iter_mut()) {
@@ -513,10 +541,7 @@ impl<BK: Backend> Optimizer<BK> {
                 }
             };
             match (*link, state) {
-                (Transform::Rotate, _) => {
-                    basis.prepare(be, t, grads)?;
-                    basis.rotate(be, output, input)?;
-                }
+                (Transform::Rotate, _) => basis.rotate(be, output, input)?,
                 (Transform::Unrotate, _) => basis.unrotate(be, output, input)?,
                 (Transform::ScaleByAdam { beta1, beta2, eps }, State::Adam { m, v }) => be
                     .adam_direction_step(

@@ -38,6 +38,7 @@ impl<BK: Backend> Basis<BK> {
         let neurons = Neurons::of(cfg);
         Ok(match cfg.kind {
             RotationKind::Svd => Basis::Svd(SvdRotation::new(be, table, cfg.svd_every)?, neurons),
+            RotationKind::Soap => Basis::Svd(SvdRotation::soap(be, table, &cfg.soap)?, neurons),
             RotationKind::Kron => Basis::Kron(
                 KronRotation::new(be, table.total, cfg.kron_stages, cfg.seed)?,
                 neurons,
@@ -81,10 +82,17 @@ impl<BK: Backend> Basis<BK> {
         matches!(self, Basis::Svd(s, _) if s.last_refresh() == Some(step))
     }
 
-    /// Called before every optimizer step (1-based `step`) with its gradient.
-    pub fn prepare(&mut self, be: &BK, step: usize, grads: &BK::Buf) -> Result<()> {
+    /// Called before every optimizer step (1-based `step`) with its gradient and, for soap's `original`
+    /// and `eigenbasis` forms, the first moment of the Adam link ([`SvdRotation::prepare_with`]).
+    pub fn prepare(
+        &mut self,
+        be: &BK,
+        step: usize,
+        grads: &BK::Buf,
+        moment: Option<super::svd::Moment<'_, BK>>,
+    ) -> Result<()> {
         match self {
-            Basis::Svd(s, _) => s.prepare(be, step, grads),
+            Basis::Svd(s, _) => s.prepare_with(be, step, grads, moment),
             Basis::Block(_) | Basis::Kron(_, _) => Ok(()),
         }
     }

@@ -12,7 +12,7 @@
 use crate::config::{OptimizerKind, Precision, RotationKind, RunConfig};
 use crate::error::{Error, Result};
 use crate::model::gpt2::activation_elements;
-use crate::model::ParamTable;
+use crate::model::{ParamTable, Role};
 use serde::Serialize;
 
 /// Bytes, by what holds them.
@@ -136,21 +136,47 @@ pub fn estimate(cfg: &RunConfig) -> MemoryEstimate {
         // the gather plan (an index list and the CPU backend's bucketed offsets: about 16 bytes per
         // coordinate), the Haar block(s), two work vectors
         RotationKind::Scope(_) => 16 * p + elem * (n * n + 2 * p),
-        RotationKind::Svd => {
+        RotationKind::Svd | RotationKind::Soap => {
+            // U (m², not for the embeddings, rotated on their channel side only) and V (n²)
+            let embedding = |e: &&crate::model::ParamEntry| matches!(e.role, Role::Wte | Role::Wpe);
             let factors: u128 = table
                 .entries
                 .iter()
                 .filter(|e| e.is_matrix())
-                .map(|e| (e.rows * e.rows + e.cols * e.cols) as u128)
+                .map(|e| {
+                    let u = if embedding(&e) { 0 } else { e.rows * e.rows };
+                    (u + e.cols * e.cols) as u128
+                })
                 .sum();
             let scratch = table
                 .entries
                 .iter()
-                .filter(|e| e.is_matrix())
+                .filter(|e| e.is_matrix() && !embedding(e))
                 .map(|e| (e.rows * e.cols) as u128)
                 .max()
                 .unwrap_or(0);
-            elem * (factors + scratch + 2 * p)
+            let soap = if cfg.rotation.kind == RotationKind::Soap {
+                // L and R as large as the bases, a G·Gᵀ scratch of the largest, and M (original form)
+                // or the carried moment (eigenbasis form)
+                let gram = table
+                    .entries
+                    .iter()
+                    .filter(|e| e.is_matrix())
+                    .map(|e| {
+                        let u = if embedding(&e) { 0 } else { e.rows * e.rows };
+                        u.max(e.cols * e.cols) as u128
+                    })
+                    .max()
+                    .unwrap_or(0);
+                let moment = match cfg.rotation.soap.first_moment {
+                    crate::config::SoapMoment::Positional => 0,
+                    _ => p,
+                };
+                factors + gram + moment
+            } else {
+                0
+            };
+            elem * (factors + scratch + 2 * p + soap)
         }
         // the stages' small factors are left out; a scratch and two work vectors
         RotationKind::Kron => elem * 3 * p,

@@ -7,7 +7,7 @@
 
 use crate::config::{
     default_threads, BlockPartition, DeviceKind, EmbeddingRotation, ModelConfig, OptimizerKind,
-    Precision, RotationKind, RunConfig, Scope, TrainConfig, VectorRotation,
+    Precision, RotationKind, RunConfig, Scope, SoapInit, SoapMoment, TrainConfig, VectorRotation,
 };
 
 /// The `train` fields a resume may change (with [`crate::config::RUNTIME_FIELDS`]): how long the run
@@ -64,6 +64,10 @@ pub struct RunOptions {
     pub rotation_seed: Option<u64>,
     pub svd_every: Option<usize>,
     pub kron_stages: Option<usize>,
+    pub soap_beta: Option<f64>,
+    pub soap_every: Option<usize>,
+    pub soap_first_moment: Option<SoapMoment>,
+    pub soap_init: Option<SoapInit>,
     /// `--vector-rotation`: a new run without it gets `neuron` (`RotationConfig`'s default).
     pub vector_rotation: Option<VectorRotation>,
     /// `--embedding-rotation`: a new run without it gets `paper`.
@@ -145,6 +149,10 @@ impl RunOptions {
         chk(self.rotation_seed.is_some(), "--rotation-seed");
         chk(self.svd_every.is_some(), "--svd-every");
         chk(self.kron_stages.is_some(), "--kron-stages");
+        chk(self.soap_beta.is_some(), "--soap-beta");
+        chk(self.soap_every.is_some(), "--soap-every");
+        chk(self.soap_first_moment.is_some(), "--soap-first-moment");
+        chk(self.soap_init.is_some(), "--soap-init");
         chk(self.vector_rotation.is_some(), "--vector-rotation");
         chk(self.embedding_rotation.is_some(), "--embedding-rotation");
         chk(self.blocks.is_some(), "--blocks");
@@ -335,6 +343,18 @@ impl RunOptions {
         if let Some(k) = self.kron_stages {
             cfg.rotation.kron_stages = k;
         }
+        if let Some(b) = self.soap_beta {
+            cfg.rotation.soap.beta = b;
+        }
+        if let Some(f) = self.soap_every {
+            cfg.rotation.soap.every = f;
+        }
+        if let Some(m) = self.soap_first_moment {
+            cfg.rotation.soap.first_moment = m;
+        }
+        if let Some(i) = self.soap_init {
+            cfg.rotation.soap.init = i;
+        }
         // a new run's neurons are RotationConfig's defaults; a --config file keeps its own (a file
         // without them reads as what it ran: `rotation.vectors` mixed)
         if let Some(v) = self.vector_rotation {
@@ -483,6 +503,14 @@ impl RunOptions {
             kind == RotationKind::Kron,
             by_rot.clone(),
         );
+        for (set, flag) in [
+            (self.soap_beta.is_some(), "--soap-beta"),
+            (self.soap_every.is_some(), "--soap-every"),
+            (self.soap_first_moment.is_some(), "--soap-first-moment"),
+            (self.soap_init.is_some(), "--soap-init"),
+        ] {
+            given(set, flag, kind == RotationKind::Soap, by_rot.clone());
+        }
         given(
             self.rotation_block.is_some(),
             "--rotation-block",
