@@ -38,6 +38,9 @@ pub const DEFAULT_ROTATIONS: &str = "none,output,input,layer,global,svd";
 /// lr; 0.1 was the best of 0.1, 0.5, 1.5 for 60 steps of the `small` model.
 pub const DEFAULT_SGD_LR: f64 = 0.1;
 
+/// `--ablation orthogonality` logs the update CV every this many steps unless `--log-update-cv` says.
+pub const ORTHOGONALITY_CV_EVERY: usize = 50;
+
 /// Block sizes of `--ablation block-size` (Maes et al. Fig. 8).
 pub const ABLATION_BLOCKS: [usize; 4] = [64, 256, 768, 2048];
 
@@ -49,6 +52,7 @@ pub enum Ablation {
     Precision,
     Optimizers,
     Embeddings,
+    Orthogonality,
 }
 
 impl crate::config::Choice for Ablation {
@@ -78,6 +82,11 @@ impl crate::config::Choice for Ablation {
             Ablation::Embeddings,
             "embeddings",
             "--embedding-rotation paper, head and none under output, paper and none under global (where paper and head are the same), plus the unrotated baseline",
+        ),
+        (
+            Ablation::Orthogonality,
+            "orthogonality",
+            "AdamW under none, global, svd and soap, and Muon, logging the update CV: does the update's orthogonality predict the loss (the poster's claim)?",
         ),
     ];
 }
@@ -281,6 +290,18 @@ pub fn variants(args: &SweepOptions) -> Result<Vec<Variant>> {
             }
             v
         }
+        Some(Ablation::Orthogonality) => {
+            let mut v: Vec<Variant> = [NONE, GLOBAL, RotationKind::Svd, RotationKind::Soap]
+                .into_iter()
+                .map(Variant::rotation)
+                .collect();
+            v.push(Variant {
+                label: "muon".into(),
+                optimizer: Some(OptimizerKind::Muon),
+                ..Variant::rotation(NONE)
+            });
+            v
+        }
     };
     Ok(v)
 }
@@ -376,6 +397,9 @@ pub fn plan(args: &SweepOptions) -> Result<(PathBuf, Vec<Variant>, Vec<PlannedRu
             if v.lr.is_some() {
                 a.lr = v.lr;
                 a.min_lr = None;
+            }
+            if args.ablation == Some(Ablation::Orthogonality) && a.log_update_cv.is_none() {
+                a.log_update_cv = Some(ORTHOGONALITY_CV_EVERY);
             }
             a.seed = Some(seed);
             a.out = Some(run_dir.clone());
