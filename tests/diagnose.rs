@@ -1302,3 +1302,70 @@ fn the_command_line_refuses_hvp_batches_and_shares_the_defaults() {
         (Some(4096), 1e-5, RowExpectation::Batches)
     );
 }
+
+/// `diagnose update-cv` on a Muon run: a checkpoint keeps Muon's momentum but not the gradient of its
+/// last step, so the direction is the next step's. Against the formulas (tests/muon.rs's reference
+/// Newton–Schulz): buf' = μ·buf + g, M = g + μ·buf', (muon.lr/lr)·√max(1, m/n)·NS(M) on each hidden
+/// weight, from the checkpoint's momentum, ≤ 1e-10 in f64. Then `diagnose RUN update-cv` reports it,
+/// with every hidden weight's CV below 0.5 (measured 0.27–0.37: these 16-wide matrices of a few dozen
+/// tokens have small singular values, which five quintic steps do not lift into the band of
+/// tests/muon.rs; AdamW's directions measure above 1). Planted: the momentum not loaded from the
+/// checkpoint: fails.
+#[test]
+fn diagnose_update_cv_of_muon_is_its_next_step() {
+    use rotadam::optim::muon::{is_muon_weight, parts};
+    let root = tmp("diag-muon");
+    synthetic_data(&root);
+    let out = root.join("run");
+    let mut cfg = tiny_config(&root, &out, 3);
+    cfg.train.optimizer = rotadam::config::OptimizerKind::Muon;
+    cfg.train.checkpoint_every = 3;
+    cfg.precision = rotadam::config::Precision::Fp64;
+    train::train(&cfg, false).unwrap();
+    let t = diagnose::open_target(&out).unwrap();
+    let table = ParamTable::new(&t.state.model);
+    let w = diagnose::load_weights(&t, &table).unwrap();
+    let g = crate::util::randn(&mut rotadam::rng::Rng::new(4), table.total, 0.1);
+    let got = diagnose::muon_next_direction(&t, &table, &w, &g).unwrap();
+    let optim = rotadam::tensors::read(&t.dir.join("optim.safetensors")).unwrap();
+    let buf = &optim["muon.momentum"].1;
+    let mu = cfg.train.muon;
+    let ratio = mu.lr / cfg.train.lr;
+    let mut checked = 0;
+    for p in parts(&table.entries).iter().filter(|p| p.muon) {
+        let (gg, b) = (&g[p.range.clone()], &buf[p.state.clone()]);
+        assert!(b.iter().any(|&x| x != 0.0), "the checkpoint's momentum");
+        let m: Vec<f64> = gg
+            .iter()
+            .zip(b)
+            .map(|(&g, &b)| g + mu.momentum * (mu.momentum * b + g))
+            .collect();
+        let scale = ratio * (p.rows as f64 / p.cols as f64).max(1.0).sqrt();
+        let want: Vec<f64> = crate::muon::ns_reference(&m, p.rows, p.cols, mu.ns_steps)
+            .iter()
+            .map(|x| scale * x)
+            .collect();
+        let err = crate::util::max_diff(&got[p.range.clone()], &want);
+        assert!(err <= 1e-10, "{:?}: {err:e}", p.range);
+        checked += 1;
+    }
+    assert_eq!(checked, 2 * 6);
+    let mut args = DiagnoseOptions::new(&out, vec![What::UpdateCv]);
+    args.threads = Some(1);
+    let r = diagnose::run(&args).unwrap();
+    let cv = r.update_cv.unwrap();
+    assert!(cv.source.starts_with("muon"), "{}", cv.source);
+    let hidden: Vec<bool> = table
+        .entries
+        .iter()
+        .filter(|e| e.is_matrix())
+        .map(is_muon_weight)
+        .collect();
+    assert_eq!(cv.weights.len(), hidden.len());
+    for (wcv, h) in cv.weights.iter().zip(hidden) {
+        if h {
+            assert!(wcv.cv < 0.5, "{wcv:?}");
+        }
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}

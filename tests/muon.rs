@@ -41,7 +41,7 @@ fn transpose(a: &[f64], m: usize, n: usize) -> Vec<f64> {
 
 /// The reference iteration: X = M/(‖M‖_F + ε), then X ← aX + (bA + cA²)X with A = XXᵀ, on the transpose
 /// when m > n (Jordan et al. 2024).
-fn ns_reference(g: &[f64], m: usize, n: usize, steps: usize) -> Vec<f64> {
+pub fn ns_reference(g: &[f64], m: usize, n: usize, steps: usize) -> Vec<f64> {
     let (a, b, c) = NS_COEFFS;
     let tall = m > n;
     let (mut x, r, k) = if tall {

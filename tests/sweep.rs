@@ -118,6 +118,22 @@ fn sweep_writes_a_report_and_reuses_its_runs() {
         "a rerun replaces the section"
     );
     assert!(report.contains("| none | 2 |") && report.contains("diag_update_cv.png"));
+    // ρ over the four runs between each run's C̃ and its final val loss, as diagnostics.json has it
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for r in ["none-s1337", "none-s1338", "global-s1337", "global-s1338"] {
+        let run = dir.join("runs").join(r);
+        let mut one = DiagnoseOptions::new(&run, vec![What::Linf]);
+        one.batches = 2;
+        one.threads = Some(2);
+        xs.push(diagnose::run(&one).unwrap().linf.unwrap().bound);
+        let rows = rotadam::run::metrics::read(&run.join("metrics.jsonl")).unwrap();
+        ys.push(rows.iter().rev().find_map(|r| r.val_loss).unwrap());
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("diagnostics.json")).unwrap()).unwrap();
+    let rho = json["spearman_with_final_val"]["linf"].as_f64();
+    assert_eq!(rho, report::spearman(&xs, &ys), "{xs:?} {ys:?}");
+    assert!(report.contains("ρ with the final val loss, over the 4 runs"));
 
     // a second invocation trains nothing, and keeps the diagnostics section
     let metrics: Vec<PathBuf> = runs.iter().map(|r| r.join("metrics.jsonl")).collect();
@@ -409,5 +425,74 @@ fn a_sweep_in_parts_matches_the_whole_sweep() {
         let e = Selection::parse_shard(bad).unwrap_err().to_string();
         assert!(e.contains("--shard") && e.contains(bad), "{e}");
     }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// Spearman's ρ: ±1 on monotone pairs (and unchanged by a monotone transform of one side), a
+/// hand-computed value with a tie (x = 1..5, y = 5, 6, 7, 8, 7: ranks of y 1, 2, 3.5, 5, 3.5, so ρ =
+/// 8/√95), None when a side is constant or with fewer than 3 pairs; the 5% critical |ρ| of the t
+/// approximation (n = 15: 2.160/√(13 + 2.160²) = 0.514).
+#[test]
+fn spearman_rank_correlation() {
+    let x = [1.0, 2.0, 3.0, 4.0, 5.0];
+    let up = [0.1, 0.5, 0.9, 3.0, 40.0];
+    assert!((report::spearman(&x, &up).unwrap() - 1.0).abs() < 1e-15);
+    let down: Vec<f64> = up.iter().map(|v: &f64| -v.exp()).collect();
+    assert!((report::spearman(&x, &down).unwrap() + 1.0).abs() < 1e-15);
+    let tie = [5.0, 6.0, 7.0, 8.0, 7.0];
+    let want = 8.0 / 95f64.sqrt();
+    assert!((report::spearman(&x, &tie).unwrap() - want).abs() < 1e-12);
+    assert_eq!(report::ranks(&tie), vec![1.0, 2.0, 3.5, 5.0, 3.5]);
+    assert!(report::spearman(&x, &[1.0; 5]).is_none());
+    assert!(report::spearman(&x[..2], &up[..2]).is_none());
+    let c = report::spearman_critical(15).unwrap();
+    assert!((c - 0.5139).abs() < 1e-3, "{c}");
+}
+
+/// `--ablation orthogonality` on the tiny model: AdamW under none, global, svd and soap, and Muon, each
+/// logging its update CV (every 50 steps unless told: here every 2); the report's section puts the mean
+/// logged CV against the final val loss of each run, with the scatter figure and ρ, and summary.json
+/// holds the same numbers (each run's mean CV recomputed here from its metrics.jsonl).
+#[test]
+fn orthogonality_ablation_reports_update_cv_against_loss() {
+    let root = tmp("sweep-ortho");
+    synthetic_data(&root);
+    let mut a = args(&root, &[], 1, 4);
+    a.ablation = Some(Ablation::Orthogonality);
+    a.run.log_update_cv = Some(2);
+    let labels: Vec<String> = sw::variants(&a)
+        .unwrap()
+        .into_iter()
+        .map(|v| v.label)
+        .collect();
+    assert_eq!(labels, ["none", "global", "svd", "soap", "muon"]);
+    let dir = sw::run(&a).unwrap();
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("## Update CV against the loss"), "{md}");
+    assert!(dir.join("update_cv_vs_val.png").is_file());
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    let cv = &summary["update_cv"];
+    let runs = cv["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 5);
+    for (r, label) in runs.iter().zip(&labels) {
+        assert_eq!(r["variant"], label.as_str());
+        let rows = rotadam::run::metrics::read(
+            &dir.join("runs")
+                .join(format!("{label}-s1337"))
+                .join("metrics.jsonl"),
+        )
+        .unwrap();
+        let logged: Vec<f64> = rows
+            .iter()
+            .filter_map(|r| r.update_cv.as_ref().map(|u| u.mean))
+            .collect();
+        assert_eq!(logged.len(), 2, "{label}: steps 2 and 4");
+        let mean = logged.iter().sum::<f64>() / 2.0;
+        assert!((r["mean_cv"].as_f64().unwrap() - mean).abs() < 1e-12);
+        assert_eq!(r["last_cv"].as_f64().unwrap(), logged[1]);
+    }
+    let rho = cv["spearman_mean_cv"].as_f64().unwrap();
+    assert!((-1.0..=1.0).contains(&rho));
     std::fs::remove_dir_all(&root).unwrap();
 }

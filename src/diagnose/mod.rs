@@ -62,7 +62,9 @@ pub use report::{
     table, HvpBudget, L11Section, LinfReport, Report, RowBatches, RowMass, RowReport, RowsReport,
     Settings, SpectralReport, UpdateCvReport,
 };
-pub use target::{last_update, load_weights, open_target, CheckpointAdam, Target};
+pub use target::{
+    last_update, load_weights, muon_next_direction, open_target, CheckpointAdam, Target,
+};
 
 use crate::config::{OptimizerKind, RotationConfig, RotationKind, Scope};
 use crate::data::loader::{fixed_batches, Batch};
@@ -462,9 +464,12 @@ fn run_on(args: &DiagnoseOptions, t: &Target, threads: usize) -> Result<Report> 
         json_path: out_dir.join(format!("diagnose_{tag}.json")),
     };
 
-    let needs_loss = ESTIMATORS
-        .iter()
-        .any(|(w, loss, _)| *loss && args.wants(*w));
+    // Muon's update CV needs a gradient (its direction is the next step's: `target::muon_next_direction`)
+    let muon_cv = t.state.optimizer == OptimizerKind::Muon && args.wants(What::UpdateCv);
+    let needs_loss = muon_cv
+        || ESTIMATORS
+            .iter()
+            .any(|(w, loss, _)| *loss && args.wants(*w));
     let probe = if needs_loss {
         let data_dir = crate::data::resolve(&data_name, args.quiet)?;
         let data = Dataset::open(&data_dir, model.vocab_size, model.seq_len)?;
@@ -646,6 +651,26 @@ fn hessian_rows(cx: &mut Context<'_>, report: &mut Report) -> Result<()> {
 fn update_cv(cx: &mut Context<'_>, report: &mut Report) -> Result<()> {
     let (args, t) = (cx.args, cx.t);
     let explicit = args.what.contains(&What::UpdateCv);
+    if t.state.optimizer == OptimizerKind::Muon {
+        let t0 = Instant::now();
+        let table = cx.table.clone();
+        let probe = cx.probe();
+        let batches = probe.f.batches().to_vec();
+        let (_, g) = probe.f.loss_grad_at(&probe.w, &batches)?;
+        let direction = target::muon_next_direction(t, &table, &probe.w, &g)?;
+        let weights = update_cv::per_weight(&table, &direction)?;
+        report.update_cv = Some(UpdateCvReport {
+            summary: update_cv::summarize(&weights),
+            weights,
+            source: format!(
+                "muon: the direction of the step after the checkpoint, from its momentum and the mean \
+                 gradient of H's {} micro-batches",
+                batches.len()
+            ),
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+        return Ok(());
+    }
     if !explicit && t.state.optimizer != OptimizerKind::Adamw {
         say(
             args,
@@ -666,6 +691,8 @@ fn update_cv(cx: &mut Context<'_>, report: &mut Report) -> Result<()> {
     report.update_cv = Some(UpdateCvReport {
         summary: update_cv::summarize(&weights),
         weights,
+        source: "adamw: Rᵀ(m̂/(√v̂ + ε)) from the checkpoint's moments (its last step's direction)"
+            .into(),
         seconds: t0.elapsed().as_secs_f64(),
     });
     Ok(())

@@ -118,6 +118,8 @@ pub struct UpdateCvReport {
     #[serde(flatten)]
     pub summary: update_cv::UpdateCvSummary,
     pub weights: Vec<update_cv::WeightCv>,
+    /// Which direction: AdamW's last step's, or Muon's next step's (`diagnose::target`).
+    pub source: String,
     pub seconds: f64,
 }
 

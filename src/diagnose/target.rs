@@ -2,6 +2,7 @@
 //! weights, its basis, and its optimizer as the checkpoint left it.
 
 use super::hvp::Cpu64;
+use crate::backend::Backend;
 use crate::config::{OptimizerKind, RotationConfig, RunConfig};
 use crate::error::{Error, Result};
 use crate::model::ParamTable;
@@ -130,6 +131,40 @@ impl CheckpointAdam {
             .previous_params(table, w, &self.direction, step_lr(t));
         w.iter().zip(&prev).map(|(w, p)| w - p).collect()
     }
+}
+
+/// Muon's direction at the checkpoint: a checkpoint keeps its momentum (and the AdamW part's moments) but
+/// not the gradient its last step orthogonalized, so this is the direction of the step AFTER the
+/// checkpoint, taken from the checkpoint's state with the gradient `grads` (standard layout) on a copy
+/// of the weights `w`: momentum, Newton–Schulz and the √max(1, m/n) factor on the hidden weights, Adam's
+/// direction elsewhere, as training would take it (before the learning rate).
+pub fn muon_next_direction(
+    t: &Target,
+    table: &ParamTable,
+    w: &[f64],
+    grads: &[f64],
+) -> Result<Vec<f64>> {
+    if t.state.optimizer != OptimizerKind::Muon {
+        return Err(Error::config(
+            "update-cv",
+            format!(
+                "the run's optimizer is {}, not muon",
+                t.state.optimizer.name()
+            ),
+        ));
+    }
+    let be = pool_cpu();
+    let basis = build_basis(t, &t.state.rotation, table)?;
+    let mut opt = Optimizer::for_run(&be, &t.config.train, basis, table)?;
+    checkpoint::load_optimizer(&be, &t.dir, &mut opt, t.state.step)?;
+    let upload = |x: &[f64]| -> Result<Vec<f64>> {
+        let mut b = be.alloc(x.len())?;
+        be.upload(&mut b, x)?;
+        Ok(b)
+    };
+    let (mut params, g) = (upload(w)?, upload(grads)?);
+    opt.step(&be, table, &mut params, &g, step_lr(t))?;
+    opt.direction(&be)
 }
 
 /// The learning rate of step t: from metrics.jsonl when it has the row, else the schedule.

@@ -130,6 +130,29 @@ pub fn run(args: &DiagnoseOptions) -> Result<Vec<VariantDiagnostics>> {
         })
         .collect();
 
+    // Spearman's ρ over runs between each number and the run's final val loss
+    let final_val: Vec<Option<f64>> = record
+        .runs
+        .iter()
+        .map(|r| {
+            crate::run::metrics::read(&r.dir.join("metrics.jsonl"))
+                .ok()
+                .and_then(|rows| rows.iter().rev().find_map(|row| row.val_loss))
+        })
+        .collect();
+    let spearman: std::collections::BTreeMap<String, Option<f64>> = metrics
+        .iter()
+        .map(|m| {
+            let (xs, ys): (Vec<f64>, Vec<f64>) = reports
+                .iter()
+                .zip(&final_val)
+                .filter_map(|(rep, v)| Some(((m.get)(rep)?, (*v)?)))
+                .unzip();
+            (m.key.to_string(), super::report::spearman(&xs, &ys))
+        })
+        .collect();
+    let critical = super::report::spearman_critical(reports.len());
+
     // the bar charts and the report section
     let mut md = format!(
         "{BEGIN}\n## Diagnostics\n\nEach run at its final checkpoint, in its own rotated basis \
@@ -154,7 +177,22 @@ pub fn run(args: &DiagnoseOptions) -> Result<Vec<VariantDiagnostics>> {
         }
         md += "\n";
     }
-    md += "\n";
+    md += &format!(
+        "| ρ with the final val loss, over the {} runs |  |",
+        reports.len()
+    );
+    for m in &metrics {
+        md += &match spearman[m.key] {
+            Some(r) => format!(" {r:+.2} |"),
+            None => " — |".into(),
+        };
+    }
+    md += &format!(
+        "\n\nThe last row is Spearman's rank correlation over runs between each number and the run's final \
+         val loss; |ρ| above {} is significant at the 5% level (two-sided, t approximation), though a \
+         variant's seeds are not independent draws.\n\n",
+        critical.map_or("—".to_string(), |c| format!("{c:.2}"))
+    );
     for m in &metrics {
         let chart = BarChart {
             axes: Axes::new(m.title, "variant", m.key),
@@ -192,11 +230,14 @@ pub fn run(args: &DiagnoseOptions) -> Result<Vec<VariantDiagnostics>> {
     #[derive(Serialize)]
     struct Out<'a> {
         variants: &'a [VariantDiagnostics],
+        /// metric key → Spearman's ρ over runs with the final val loss
+        spearman_with_final_val: &'a std::collections::BTreeMap<String, Option<f64>>,
         runs: Vec<RunDiagnostics<'a>>,
     }
     let path = dir.join("diagnostics.json");
     let json = serde_json::to_vec_pretty(&Out {
         variants: &rows,
+        spearman_with_final_val: &spearman,
         runs: all,
     })
     .map_err(|source| Error::Json {

@@ -21,6 +21,7 @@ pub mod report;
 use crate::config::{EmbeddingRotation, OptimizerKind, Precision, RotationKind, RunConfig, Scope};
 use crate::data::shard::Dataset;
 use crate::error::{Error, Result};
+use crate::plot::{Axes, LineChart, Series};
 use crate::run::lock::DirLock;
 use crate::run::options::{utc_stamp, RunOptions};
 use crate::run::{checkpoint, metrics};
@@ -773,6 +774,120 @@ pub struct Summary {
     /// Runs of the plan left out because they have not finished: `<variant>-s<seed>` and how far each
     /// got ("not started", "at step 500 of 1000").
     pub missing: Vec<String>,
+    /// When every finished run logged its update CV (`--log-update-cv`): the update CV against the loss.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_cv: Option<UpdateCvAgainstLoss>,
+}
+
+/// The poster's predictor tested over a sweep's runs: each run's mean logged update CV (and its last
+/// logged one) against its final val loss, and Spearman's ρ over runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct UpdateCvAgainstLoss {
+    pub runs: Vec<RunUpdateCv>,
+    /// ρ(mean update CV over the logged steps, final val loss) over runs.
+    pub spearman_mean_cv: Option<f64>,
+    /// ρ(update CV at the last logged step, final val loss) over runs.
+    pub spearman_last_cv: Option<f64>,
+    /// The |ρ| above which ρ is significant at 5% (two-sided, t approximation) for this many runs.
+    pub critical_rho: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunUpdateCv {
+    pub variant: String,
+    pub mean_cv: f64,
+    pub last_cv: f64,
+    pub final_val: f64,
+}
+
+/// The report's "update CV against the loss" section and its numbers, with the scatter figure
+/// `update_cv_vs_val.png`; None unless every finished run has val losses and logged update CVs.
+fn update_cv_section(
+    dir: &Path,
+    labels: &[String],
+    curves: &[Vec<RunCurves>],
+    runs: &[PlannedRun],
+) -> Result<Option<(String, UpdateCvAgainstLoss)>> {
+    let all = curves.iter().flatten();
+    if all.clone().next().is_none()
+        || all
+            .clone()
+            .any(|c| c.update_cv.is_empty() || c.val.is_empty())
+    {
+        return Ok(None);
+    }
+    let mut points = Vec::new();
+    for (label, per) in labels.iter().zip(curves) {
+        for c in per {
+            let cvs: Vec<f64> = c.update_cv.iter().map(|p| p.1).collect();
+            points.push(RunUpdateCv {
+                variant: label.clone(),
+                mean_cv: cvs.iter().sum::<f64>() / cvs.len() as f64,
+                last_cv: *cvs.last().expect("non-empty"),
+                final_val: c.val.last().expect("non-empty").1,
+            });
+        }
+    }
+    let xs: Vec<f64> = points.iter().map(|p| p.mean_cv).collect();
+    let last: Vec<f64> = points.iter().map(|p| p.last_cv).collect();
+    let ys: Vec<f64> = points.iter().map(|p| p.final_val).collect();
+    let out = UpdateCvAgainstLoss {
+        spearman_mean_cv: report::spearman(&xs, &ys),
+        spearman_last_cv: report::spearman(&last, &ys),
+        critical_rho: report::spearman_critical(points.len()),
+        runs: points,
+    };
+    let every = runs.first().map_or(0, |r| r.cfg.train.log_update_cv);
+    let mut series = Vec::new();
+    for (i, label) in labels.iter().enumerate() {
+        for (k, p) in out.runs.iter().filter(|p| &p.variant == label).enumerate() {
+            let name = if k == 0 { label.as_str() } else { "" };
+            series.push(Series::new(name, vec![(p.mean_cv, p.final_val)]).color(i));
+        }
+    }
+    LineChart {
+        axes: Axes::new(
+            "final val loss against the mean update CV, one point per run",
+            "mean update CV (std/mean of the update's singular values, mean over 2-D weights)",
+            "final val loss",
+        ),
+        series,
+    }
+    .save_png_svg(&dir.join("update_cv_vs_val"))?;
+    let fmt = |r: Option<f64>| r.map_or("—".to_string(), |r| format!("{r:+.2}"));
+    let mut md = format!(
+        "## Update CV against the loss\n\nThe poster's predictor (Maes et al., NeurIPS 2025 poster): the more \
+         (semi-)orthogonal a run's updates (the lower the CV of their singular values), the better the run. \
+         Each run's update CV was logged every {every} steps (`--log-update-cv`; Muon: the direction its \
+         step applied, AdamW: Rᵀ(m̂/(√v̂+ε))); \"mean\" is over those steps, \"last\" the last of them.\n\n\
+         ![final val loss against the mean update CV](update_cv_vs_val.png)\n\n\
+         | variant | runs | mean update CV | last update CV | final val loss |\n|---|---:|---:|---:|---:|\n"
+    );
+    for label in labels {
+        let mine: Vec<&RunUpdateCv> = out.runs.iter().filter(|p| &p.variant == label).collect();
+        let col = |f: fn(&RunUpdateCv) -> f64| {
+            let (m, s) = report::mean_std(&mine.iter().map(|p| f(p)).collect::<Vec<_>>());
+            format!("{m:.3} ± {s:.3}")
+        };
+        md += &format!(
+            "| {label} | {} | {} | {} | {} |\n",
+            mine.len(),
+            col(|p| p.mean_cv),
+            col(|p| p.last_cv),
+            col(|p| p.final_val)
+        );
+    }
+    md += &format!(
+        "\nSpearman's ρ over the {} runs between the update CV and the final val loss: **{}** (mean CV), \
+         {} (last CV); |ρ| above {} is significant at the 5% level (two-sided, t approximation), but the \
+         runs of one variant share everything except the seed, so they are not independent draws of the \
+         claim: read ρ together with the per-variant table. A positive ρ is what the poster predicts.\n\n",
+        out.runs.len(),
+        fmt(out.spearman_mean_cv),
+        fmt(out.spearman_last_cv),
+        out.critical_rho.map_or("—".to_string(), |c| format!("{c:.2}")),
+    );
+    Ok(Some((md, out)))
 }
 
 /// Per variant: the curves of its finished runs; and the runs that have not finished, with how far
@@ -861,6 +976,7 @@ pub fn summarize(labels: &[String], curves: &[Vec<RunCurves>]) -> Summary {
         baseline: labels.first().cloned().unwrap_or_default(),
         rows,
         missing: Vec::new(),
+        update_cv: None,
     }
 }
 
@@ -973,6 +1089,10 @@ fn write_report(
          Negative is faster; \"> X% (not reached)\" means the variant never reached L* and X is a lower bound (\"not reached\" alone: the bound is 0, as when L* is only reached at the last step).\n\n",
         summary.slowdown_curve, summary.baseline
     );
+    if let Some((section, cv)) = update_cv_section(dir, &labels, &curves, runs)? {
+        md += &section;
+        summary.update_cv = Some(cv);
+    }
     md += "## Commands\n\nThe sweep:\n\n```\n";
     md += &whole_sweep_command().join(" ");
     md += "\n```\n\nEach run is reproducible from its config (exactly the same numbers):\n\n```\n";

@@ -26,6 +26,8 @@ pub type Curve = Vec<(f64, f64)>;
 pub struct RunCurves {
     pub train: Curve,
     pub val: Curve,
+    /// (step, mean update CV over the 2-D weights) at the steps `--log-update-cv` logged.
+    pub update_cv: Curve,
 }
 
 impl RunCurves {
@@ -35,6 +37,10 @@ impl RunCurves {
             val: rows
                 .iter()
                 .filter_map(|r| r.val_loss.map(|v| (r.step as f64, v)))
+                .collect(),
+            update_cv: rows
+                .iter()
+                .filter_map(|r| r.update_cv.as_ref().map(|u| (r.step as f64, u.mean)))
                 .collect(),
         }
     }
@@ -136,4 +142,60 @@ pub fn final_train_loss(train: &[(f64, f64)]) -> f64 {
     let k = (train.len() / 20).max(1).min(train.len());
     let tail = &train[train.len() - k..];
     tail.iter().map(|p| p.1).sum::<f64>() / k as f64
+}
+
+/// Ranks of `x` (1-based), ties sharing the mean of their ranks.
+pub fn ranks(x: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..x.len()).collect();
+    idx.sort_by(|&a, &b| x[a].total_cmp(&x[b]));
+    let mut r = vec![0.0; x.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && x[idx[j + 1]] == x[idx[i]] {
+            j += 1;
+        }
+        let mean = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &idx[i..=j] {
+            r[k] = mean;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+/// Spearman's rank correlation ρ of paired samples: Pearson's correlation of their ranks (ties get mean
+/// ranks). None with fewer than 3 pairs or when one side is constant.
+pub fn spearman(x: &[f64], y: &[f64]) -> Option<f64> {
+    assert_eq!(x.len(), y.len(), "spearman: paired samples");
+    if x.len() < 3 {
+        return None;
+    }
+    let (rx, ry) = (ranks(x), ranks(y));
+    let n = x.len() as f64;
+    let (mx, my) = (rx.iter().sum::<f64>() / n, ry.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in rx.iter().zip(&ry) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx) * (a - mx);
+        syy += (b - my) * (b - my);
+    }
+    (sxx > 0.0 && syy > 0.0).then(|| sxy / (sxx * syy).sqrt())
+}
+
+/// The smallest |ρ| significant at the 5% level (two-sided) for n pairs without ties, by the t
+/// approximation t = ρ·√((n − 2)/(1 − ρ²)) with Student's t quantile for n − 2 degrees of freedom
+/// (table values up to 30, then the normal's 1.96).
+pub fn spearman_critical(n: usize) -> Option<f64> {
+    const T975: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    if n < 4 {
+        return None;
+    }
+    let df = n - 2;
+    let t = T975.get(df - 1).copied().unwrap_or(1.96);
+    Some(t / (df as f64 + t * t).sqrt())
 }
