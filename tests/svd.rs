@@ -456,3 +456,70 @@ fn svd_refresh_time_124m() {
         rot.describe()
     );
 }
+
+/// Runs trained before the canonical bases keep theirs: a config without `svd_basis` reads as `faer`
+/// (new runs get `canonical`), the `faer` bases are faer's SVD as it comes (Uᵀ·G·V = diag(σ) with σ ≥ 0,
+/// U and V signed together), and two configs that differ only in `svd_basis` are the same run unless
+/// the rotation is svd.
+#[test]
+fn svd_bases_of_older_runs_are_faers() {
+    use rotadam::config::{RotationConfig, RunConfig, SvdBasis};
+    assert_eq!(RotationConfig::default().svd_basis, SvdBasis::Canonical);
+    let mut json = serde_json::to_value(RotationConfig::default()).unwrap();
+    json.as_object_mut().unwrap().remove("svd_basis");
+    let old: RotationConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(old.svd_basis, SvdBasis::Faer);
+
+    let table = ParamTable::new(&micro());
+    let be = CpuBackend::<f64>::new(1, false);
+    let g = randn(&mut Rng::new(2), table.total, 1.0);
+    let mut rot = SvdRotation::with_basis(&be, &table, 250, SvdBasis::Faer).unwrap();
+    rot.prepare(&be, 1, &upload(&be, &g)).unwrap();
+    let gt = rotate(&be, &mut rot, &g);
+    let mut negative = 0;
+    for e in table
+        .entries
+        .iter()
+        .filter(|e| e.is_matrix() && !matches!(e.role, Role::Wte | Role::Wpe))
+    {
+        let (m, n) = (e.rows, e.cols);
+        let sv = singular_values(&g[e.range()], m, n);
+        let mut want = vec![0.0; m * n];
+        for (k, s) in sv.iter().enumerate() {
+            want[k * n + k] = *s;
+        }
+        let scale = norm(&g[e.range()]);
+        assert_close(
+            &format!("{}: Uᵀ·G·V = diag(σ)", e.name),
+            &gt[e.range()],
+            &want,
+            1e-10 * scale,
+            0.0,
+        );
+    }
+    // the canonical bases sign U and V apart: some diagonal entries come out negative
+    let mut canon = refreshed(&be, &table, &g);
+    let ct = rotate(&be, &mut canon, &g);
+    for e in table
+        .entries
+        .iter()
+        .filter(|e| e.is_matrix() && !matches!(e.role, Role::Wte | Role::Wpe))
+    {
+        let n = e.cols;
+        negative += (0..e.rows.min(n))
+            .filter(|&k| ct[e.range()][k * n + k] < 0.0)
+            .count();
+    }
+    assert!(
+        negative > 0,
+        "canonical signs should differ from faer's somewhere"
+    );
+
+    let mut a: RunConfig = crate::util::tiny_config(Path::new("."), Path::new("."), 1);
+    let mut b = a.clone();
+    b.rotation.svd_basis = SvdBasis::Faer;
+    assert_eq!(a.difference(&b, &[]), None, "none: svd_basis is not used");
+    a.rotation.kind = "svd".parse().unwrap();
+    b.rotation.kind = a.rotation.kind;
+    assert_eq!(a.difference(&b, &[]).as_deref(), Some("rotation.svd_basis"));
+}

@@ -148,6 +148,10 @@ pub struct RotationConfig {
     /// `svd`: refresh the singular vectors every F steps (the poster's F).
     #[serde(default = "default_svd_every")]
     pub svd_every: usize,
+    /// `svd`: canonical bases for new runs; a `config.json` or `state.json` written before this field
+    /// existed reads as `faer` (faer's signs and null-space completion), which is what it ran.
+    #[serde(default = "legacy_svd_basis")]
+    pub svd_basis: SvdBasis,
     /// `kron`: number of chained permutation + Kronecker stages (Xie et al. App. D.1).
     #[serde(default = "default_kron_stages")]
     pub kron_stages: usize,
@@ -166,9 +170,25 @@ pub struct RotationConfig {
     pub embeddings: EmbeddingRotation,
 }
 
+impl RotationConfig {
+    /// The same rotation with the settings it does not use at their defaults, for comparing two runs'
+    /// rotations: `svd_basis` matters to svd only (a file without it reads as `faer`, whatever its kind).
+    pub fn normalized(&self) -> RotationConfig {
+        let mut c = self.clone();
+        if c.kind != RotationKind::Svd {
+            c.svd_basis = SvdBasis::Canonical;
+        }
+        c
+    }
+}
+
 /// What a config written before `vectors` existed computed: each 1-D tensor one group.
 fn legacy_vectors() -> VectorRotation {
     VectorRotation::Mixed
+}
+/// What a config written before `svd_basis` existed computed: faer's bases.
+fn legacy_svd_basis() -> SvdBasis {
+    SvdBasis::Faer
 }
 /// What a config written before `embeddings` existed computed: the paper's transposed embeddings.
 fn legacy_embeddings() -> EmbeddingRotation {
@@ -192,12 +212,23 @@ impl Default for RotationConfig {
             block: default_rotation_block(),
             seed: 0,
             svd_every: default_svd_every(),
+            svd_basis: SvdBasis::Canonical,
             kron_stages: default_kron_stages(),
             soap: SoapConfig::default(),
             vectors: VectorRotation::default(),
             embeddings: EmbeddingRotation::default(),
         }
     }
+}
+
+/// The bases of the `svd` rotation (`rotation::svd`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SvdBasis {
+    /// Canonical order, signs and null-space completion (the same function as soap's).
+    Canonical,
+    /// faer's full singular vectors as they come: what svd runs trained before the canonical form.
+    Faer,
 }
 
 /// `--rotation soap` (Vyas et al. 2024, "SOAP: Improving and Stabilizing Shampoo using Adam"): the defaults
@@ -566,6 +597,7 @@ impl RunConfig {
         let strip = |c: &RunConfig| {
             let mut c = c.clone();
             c.train.lr_decay_steps = Some(c.train.decay_steps());
+            c.rotation = c.rotation.normalized();
             // a path that is not UTF-8 is left to the `!=` below
             let mut v = serde_json::to_value(&c).unwrap_or(serde_json::Value::Null);
             if let Some(o) = v.as_object_mut() {

@@ -37,7 +37,10 @@ impl<BK: Backend> Basis<BK> {
     pub fn new(be: &BK, cfg: &RotationConfig, table: &ParamTable) -> Result<Self> {
         let neurons = Neurons::of(cfg);
         Ok(match cfg.kind {
-            RotationKind::Svd => Basis::Svd(SvdRotation::new(be, table, cfg.svd_every)?, neurons),
+            RotationKind::Svd => Basis::Svd(
+                SvdRotation::with_basis(be, table, cfg.svd_every, cfg.svd_basis)?,
+                neurons,
+            ),
             RotationKind::Soap => Basis::Svd(SvdRotation::soap(be, table, &cfg.soap)?, neurons),
             RotationKind::Kron => Basis::Kron(
                 KronRotation::new(be, table.total, cfg.kron_stages, cfg.seed)?,

@@ -97,7 +97,7 @@
 
 use super::{thousands, upload_f64};
 use crate::backend::{Backend, Scalar};
-use crate::config::{SoapConfig, SoapInit, SoapMoment};
+use crate::config::{SoapConfig, SoapInit, SoapMoment, SvdBasis};
 use crate::error::{Error, Result};
 use crate::model::{ParamTable, Role};
 use crate::tensors::TensorMap;
@@ -210,12 +210,23 @@ pub struct SvdRotation<BK: Backend> {
     /// Largest m·n over the non-embedding matrices; allocated at the first refresh.
     scratch: Option<BK::Buf>,
     source: Source<BK>,
+    /// svd's bases: canonical, or faer's as they come (runs trained before the canonical form).
+    basis: SvdBasis,
 }
 
 impl<BK: Backend> SvdRotation<BK> {
-    /// The `svd` rotation, the identity until the first refresh. `every` = F (`--svd-every`, default 250).
-    pub fn new(_be: &BK, table: &ParamTable, every: usize) -> Result<Self> {
-        Self::build(table, every, "svd-every")
+    /// The `svd` rotation with canonical bases, the identity until the first refresh. `every` = F
+    /// (`--svd-every`, default 250).
+    pub fn new(be: &BK, table: &ParamTable, every: usize) -> Result<Self> {
+        Self::with_basis(be, table, every, SvdBasis::Canonical)
+    }
+
+    /// [`SvdRotation::new`] with the bases `basis` (`SvdBasis::Faer`: what runs trained before the
+    /// canonical form computed; their config.json has no `svd_basis`).
+    pub fn with_basis(_be: &BK, table: &ParamTable, every: usize, basis: SvdBasis) -> Result<Self> {
+        let mut rot = Self::build(table, every, "svd-every")?;
+        rot.basis = basis;
+        Ok(rot)
     }
 
     /// The `soap` rotation (module docs), with its factors L, R at zero and the identity as bases.
@@ -285,6 +296,7 @@ impl<BK: Backend> SvdRotation<BK> {
             last_refresh: None,
             scratch: None,
             source: Source::Gradient,
+            basis: SvdBasis::Canonical,
         })
     }
 
@@ -476,9 +488,10 @@ impl<BK: Backend> SvdRotation<BK> {
             .zip(stats)
             .collect();
         jobs.sort_by_key(|((mx, _), _)| std::cmp::Reverse(svd_cost(mx)));
+        let canonical_basis = self.basis == SvdBasis::Canonical;
         let done = jobs.into_par_iter().try_for_each(|((mx, f), st)| {
             let (ut, vt) = match (&host, st) {
-                (Some(host), _) => svd_factors(&host[mx.range()], mx, step)?,
+                (Some(host), _) => svd_factors(&host[mx.range()], mx, step, canonical_basis)?,
                 (None, Some((l, r))) => {
                     let l = match l {
                         Some(l) => Some(download_f64(be, l)?),
@@ -878,29 +891,37 @@ fn svd_cost(mx: &Matrix) -> usize {
 }
 
 /// The bases of one gradient block `g` (m×n row-major) from its SVD in f64, sequential (`Par::Seq`: the
-/// result does not depend on the thread count), canonical ([`canonical`]) and TRANSPOSED row-major: (Uᵀ
-/// m×m or None for embeddings, Vᵀ n×n).
+/// result does not depend on the thread count), TRANSPOSED row-major: (Uᵀ m×m or None for embeddings, Vᵀ
+/// n×n). `canonical`: the canonical bases ([`canonical`], from the thin singular vectors); otherwise
+/// faer's full U and V as they come (its signs and null-space completion: what svd runs trained before
+/// the canonical form, whose config.json has no `svd_basis`, computed).
 fn svd_factors<T: Scalar>(
     g: &[T],
     mx: &Matrix,
     step: usize,
+    canonical_basis: bool,
 ) -> Result<(Option<Vec<f64>>, Vec<f64>)> {
     let (m, n) = (mx.m, mx.n);
     let k = m.min(n);
+    let (cols_u, cols_v, which) = if canonical_basis {
+        (k, k, ComputeSvdVectors::Thin)
+    } else {
+        (m, n, ComputeSvdVectors::Full)
+    };
     let a = Mat::<f64>::from_fn(m, n, |i, j| Scalar::to_f64(g[i * n + j]));
     let mut s = Diag::<f64>::zeros(k);
-    let mut u = (!mx.embedding).then(|| Mat::<f64>::zeros(m, k));
-    let mut v = Mat::<f64>::zeros(n, k);
+    let mut u = (!mx.embedding).then(|| Mat::<f64>::zeros(m, cols_u));
+    let mut v = Mat::<f64>::zeros(n, cols_v);
     let compute_u = if mx.embedding {
         ComputeSvdVectors::No
     } else {
-        ComputeSvdVectors::Thin
+        which
     };
     let mut mem = MemBuffer::new(svd_scratch::<f64>(
         m,
         n,
         compute_u,
-        ComputeSvdVectors::Thin,
+        which,
         Par::Seq,
         Default::default(),
     ));
@@ -922,6 +943,17 @@ fn svd_factors<T: Scalar>(
             ),
         )
     })?;
+    if !canonical_basis {
+        // Column j of U is row j of Uᵀ: contiguous copies of faer's column-major storage.
+        let transposed = |x: &Mat<f64>| -> Vec<f64> {
+            let mut out = Vec::with_capacity(x.nrows() * x.ncols());
+            for j in 0..x.ncols() {
+                out.extend_from_slice(x.col_as_slice(j));
+            }
+            out
+        };
+        return Ok((u.as_ref().map(transposed), transposed(&v)));
+    }
     // faer's singular values are non-increasing; the canonical form ranks by σ², as soap by λ
     let sq: Vec<f64> = s.column_vector().iter().map(|x| x * x).collect();
     Ok((

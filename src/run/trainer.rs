@@ -120,7 +120,7 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
             ));
         };
         let state = checkpoint::load(be, &dir, &mut t.model, &mut t.opt)?;
-        if state.rotation != cfg.rotation {
+        if state.rotation.normalized() != cfg.rotation.normalized() {
             return Err(Error::bad_file(
                 dir.join("state.json"),
                 "rotation",
