@@ -16,11 +16,12 @@
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Scalar;
-use crate::config::{ModelConfig, OptimizerKind, TrainConfig};
+use crate::config::{ModelConfig, OptimizerKind, RotationConfig, RotationKind, Scope, TrainConfig};
 use crate::error::{Error, Result};
 use crate::model::Gpt2;
 use crate::optim::{clip_grads, grad_norm, Optimizer};
 use crate::rng::Rng;
+use crate::rotation::basis::Basis;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -44,14 +45,36 @@ pub struct StepOptions {
     pub optimizers: bool,
 }
 
-/// The optimizers `bench step --optimizers` times, AdamW first (the baseline of the ratios).
-pub const OPTIMIZERS_TIMED: [OptimizerKind; 2] = [OptimizerKind::Adamw, OptimizerKind::Muon];
+/// The optimizers `bench step --optimizers` times, AdamW first (the baseline of the ratios): label,
+/// optimizer, rotation (svd and soap at their default refresh periods).
+pub const OPTIMIZERS_TIMED: [(&str, OptimizerKind, RotationKind); 4] = [
+    (
+        "adamw",
+        OptimizerKind::Adamw,
+        RotationKind::Scope(Scope::None),
+    ),
+    (
+        "muon",
+        OptimizerKind::Muon,
+        RotationKind::Scope(Scope::None),
+    ),
+    ("adamw/svd", OptimizerKind::Adamw, RotationKind::Svd),
+    ("adamw/soap", OptimizerKind::Adamw, RotationKind::Soap),
+];
 
 /// One optimizer's step alone (no forward or backward), timed in the same run as the training step.
 #[derive(Clone, Debug, Serialize)]
 pub struct OptimizerTiming {
     pub optimizer: String,
-    /// Median ms of `Optimizer::step` on the model's parameters.
+    /// ms of the first step, untimed by the median: for svd and soap it includes the refresh of every
+    /// basis (their first refresh is at step 1), so `first_ms − ms` is a refresh's cost.
+    pub first_ms: f64,
+    /// The refresh period F of svd and soap (None for the others).
+    pub refresh_every: Option<usize>,
+    /// The state the optimizer and its rotation keep (moments, momentum, bases, factors, work
+    /// buffers), in bytes: `run::memory`'s estimate for this optimizer and rotation.
+    pub state_bytes: u128,
+    /// Median ms of `Optimizer::step` on the model's parameters, over the steps after the first.
     pub ms: f64,
     /// `ms` over AdamW's, measured in the same run.
     pub vs_adamw: f64,
@@ -278,24 +301,55 @@ pub fn bench_step(o: &StepOptions) -> Result<StepResult> {
     let ms = median(times.clone());
     let mut optimizers = Vec::new();
     if o.optimizers {
-        for kind in OPTIMIZERS_TIMED {
+        for (label, kind, rotation) in OPTIMIZERS_TIMED {
             let tc = TrainConfig {
                 optimizer: kind,
                 ..TrainConfig::default()
             };
-            let mut opt = Optimizer::unrotated(&be, &tc, &model.table)?;
-            let mut t_opt = Vec::new();
-            for i in 0..o.warmup + o.steps {
+            let rc = RotationConfig {
+                kind: rotation,
+                ..RotationConfig::default()
+            };
+            let basis = Basis::new(&be, &rc, &model.table)?;
+            let mut opt = Optimizer::for_run(&be, &tc, basis, &model.table)?;
+            let (mut t_opt, mut first_ms) = (Vec::new(), 0.0);
+            // the first step (a refresh under svd and soap) is timed apart, then warmup, then steps
+            for i in 0..1 + o.warmup + o.steps {
                 let s = Instant::now();
                 opt.step(&be, &model.table, &mut model.params, &model.grads, 1e-4)?;
-                if i >= o.warmup {
-                    t_opt.push(s.elapsed().as_secs_f64() * 1e3);
+                let ms = s.elapsed().as_secs_f64() * 1e3;
+                if i == 0 {
+                    first_ms = ms;
+                } else if i > o.warmup {
+                    t_opt.push(ms);
                 }
             }
             let m = median(t_opt);
+            let run = crate::config::RunConfig {
+                model_preset: o.model.clone(),
+                model: cfg.clone(),
+                train: tc,
+                rotation: rc,
+                data: String::new(),
+                out: std::path::PathBuf::new(),
+                device: crate::config::DeviceKind::Cpu,
+                precision: crate::config::Precision::Fp32,
+                threads: o.threads,
+                init_from: None,
+                quiet: true,
+                max_memory: None,
+            };
+            let est = crate::run::memory::estimate(&run);
             let base = optimizers.first().map_or(m, |b: &OptimizerTiming| b.ms);
             optimizers.push(OptimizerTiming {
-                optimizer: kind.name().to_string(),
+                optimizer: label.to_string(),
+                first_ms,
+                refresh_every: match rotation {
+                    RotationKind::Svd => Some(run.rotation.svd_every),
+                    RotationKind::Soap => Some(run.rotation.soap.every),
+                    _ => None,
+                },
+                state_bytes: est.optimizer + est.rotation,
                 ms: m,
                 vs_adamw: m / base,
                 vs_training_step: m / ms,
@@ -367,9 +421,23 @@ pub fn run_step(o: &StepOptions) -> Result<()> {
     );
     for t in &r.optimizers {
         println!(
-            "optimizer step alone, {}: {:.1} ms = {:.2}× AdamW's, {:.2}× the training step (same run)",
-            t.optimizer, t.ms, t.vs_adamw, t.vs_training_step
+            "optimizer step alone, {}: {:.1} ms = {:.2}× AdamW's, {:.2}× the training step (same run); \
+             state {:.2} GB",
+            t.optimizer,
+            t.ms,
+            t.vs_adamw,
+            t.vs_training_step,
+            t.state_bytes as f64 / 1e9
         );
+        if let Some(f) = t.refresh_every {
+            println!(
+                "  its first step, with the refresh of every basis: {:.1} ms; the refresh {:.1} ms, \
+                 {:.1} ms per step at F = {f}",
+                t.first_ms,
+                t.first_ms - t.ms,
+                (t.first_ms - t.ms) / f as f64
+            );
+        }
     }
     if let Some(rss) = r.peak_rss_bytes {
         println!("peak RSS {:.2} GB", rss as f64 / 1e9);
@@ -414,11 +482,13 @@ mod tests {
         })
         .unwrap();
         let names: Vec<&str> = r.optimizers.iter().map(|t| t.optimizer.as_str()).collect();
-        assert_eq!(names, ["adamw", "muon"]);
+        assert_eq!(names, ["adamw", "muon", "adamw/svd", "adamw/soap"]);
         assert_eq!(r.optimizers[0].vs_adamw, 1.0);
         for t in &r.optimizers {
             assert!(t.ms > 0.0 && t.vs_training_step > 0.0, "{t:?}");
             assert!((t.vs_adamw - t.ms / r.optimizers[0].ms).abs() < 1e-12);
+            assert!(t.first_ms > 0.0 && t.state_bytes > 0);
+            assert_eq!(t.refresh_every.is_some(), t.optimizer.contains('/'));
         }
     }
 
