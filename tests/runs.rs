@@ -2,7 +2,7 @@
 //! the first checkpoint, a second writer, a run too large for memory, options that make no sense.
 
 use crate::util::{synthetic_data, tiny_config, tmp};
-use rotadam::config::{BlockPartition, OptimizerKind, RunConfig};
+use rotadam::config::{BlockPartition, OptimizerKind, RotationKind, RunConfig};
 use rotadam::run::lock::DirLock;
 use rotadam::run::memory;
 use rotadam::run::options::RunOptions;
@@ -366,6 +366,42 @@ fn nonsense_options_are_refused_and_equal_ones_accepted_on_resume() {
         ..base.clone()
     });
     assert!(e.contains("--svd-every"), "{e}");
+    // soap's flags need --rotation soap, and soap needs AdamW
+    for soap in [
+        RunOptions {
+            soap_beta: Some(0.5),
+            ..base.clone()
+        },
+        RunOptions {
+            rotation: Some(RotationKind::Svd),
+            soap_every: Some(3),
+            ..base.clone()
+        },
+        RunOptions {
+            soap_first_moment: Some(rotadam::config::SoapMoment::Eigenbasis),
+            ..base.clone()
+        },
+    ] {
+        let e = config_error(&soap);
+        assert!(e.contains("--soap-") && e.contains("soap"), "{e}");
+    }
+    let e = config_error(&RunOptions {
+        rotation: Some(RotationKind::Soap),
+        optimizer: Some(OptimizerKind::Sgd),
+        ..base.clone()
+    });
+    assert!(e.contains("adamw"), "{e}");
+    let (cfg, _) = RunOptions {
+        rotation: Some(RotationKind::Soap),
+        soap_beta: Some(0.0),
+        soap_every: Some(3),
+        soap_init: Some(rotadam::config::SoapInit::Identity),
+        ..base.clone()
+    }
+    .to_config()
+    .unwrap();
+    assert_eq!((cfg.rotation.soap.beta, cfg.rotation.soap.every), (0.0, 3));
+    assert_eq!(cfg.rotation.soap.init, rotadam::config::SoapInit::Identity);
     // a warm-up longer than the run: a warning, not an error
     let (cfg, _) = RunOptions {
         warmup: Some(50),

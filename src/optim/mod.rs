@@ -231,7 +231,8 @@ impl<BK: Backend> Optimizer<BK> {
             // soap's original and eigenbasis forms keep or carry the Adam link's first moment
             let needs = matches!(&basis, Basis::Svd(s, _) if s.needs_moment());
             (needs && !adam_link).then(|| {
-                "has no per-coordinate Adam link, whose first moment soap's original and eigenbasis                  forms keep (--soap-first-moment positional, or --optimizer adamw)"
+                "has no per-coordinate Adam link, whose first moment soap's original and eigenbasis \
+                 forms keep (--soap-first-moment positional, or --optimizer adamw)"
                     .to_string()
             })
         });

@@ -663,7 +663,7 @@ impl<BK: Backend> SvdRotation<BK> {
                     "soap (L, R = EMA_{} of G·Gᵀ, Gᵀ·G; first moment {}; initial bases {})",
                     c.beta, c.first_moment, c.init
                 ),
-                "Q_L,Q_R and L,R hold twice",
+                "Q_L,Q_R (and L,R as many) hold",
             ),
         };
         format!(
