@@ -1305,7 +1305,7 @@ fn the_command_line_refuses_hvp_batches_and_shares_the_defaults() {
 
 /// `diagnose update-cv` on a Muon run: a checkpoint keeps Muon's momentum but not the gradient of its
 /// last step, so the direction is the next step's. Against the formulas (tests/muon.rs's reference
-/// Newton–Schulz): buf' = μ·buf + g, M = g + μ·buf', (muon.lr/lr)·√max(1, m/n)·NS(M) on each hidden
+/// Newton–Schulz): g clipped as the run clips, buf' = μ·buf + g, M = g + μ·buf', (muon.lr/lr)·√max(1, m/n)·NS(M) on each hidden
 /// weight, from the checkpoint's momentum, ≤ 1e-10 in f64. Then `diagnose RUN update-cv` reports it,
 /// with every hidden weight's CV below 0.5 (measured 0.27–0.37: these 16-wide matrices of a few dozen
 /// tokens have small singular values, which five quintic steps do not lift into the band of
@@ -1327,6 +1327,11 @@ fn diagnose_update_cv_of_muon_is_its_next_step() {
     let w = diagnose::load_weights(&t, &table).unwrap();
     let g = crate::util::randn(&mut rotadam::rng::Rng::new(4), table.total, 0.1);
     let got = diagnose::muon_next_direction(&t, &table, &w, &g).unwrap();
+    // clipped as training clips (torch's clip_grad_norm_: × clip/(‖g‖ + 1e-6) when that is below 1)
+    let norm = g.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let coef = cfg.train.clip / (norm + 1e-6);
+    assert!(coef < 1.0, "the test's gradient should be clipped ({norm})");
+    let g: Vec<f64> = g.iter().map(|x| x * coef).collect();
     let optim = rotadam::tensors::read(&t.dir.join("optim.safetensors")).unwrap();
     let buf = &optim["muon.momentum"].1;
     let mu = cfg.train.muon;

@@ -430,8 +430,8 @@ fn a_sweep_in_parts_matches_the_whole_sweep() {
 
 /// Spearman's ρ: ±1 on monotone pairs (and unchanged by a monotone transform of one side), a
 /// hand-computed value with a tie (x = 1..5, y = 5, 6, 7, 8, 7: ranks of y 1, 2, 3.5, 5, 3.5, so ρ =
-/// 8/√95), None when a side is constant or with fewer than 3 pairs; the 5% critical |ρ| of the t
-/// approximation (n = 15: 2.160/√(13 + 2.160²) = 0.514).
+/// 8/√95), None when a side is constant or with fewer than 3 pairs; the 5% critical |ρ|: exact for n = 6
+/// (0.886), by the t approximation for n = 15 (2.160/√(13 + 2.160²) = 0.514), none for n = 4.
 #[test]
 fn spearman_rank_correlation() {
     let x = [1.0, 2.0, 3.0, 4.0, 5.0];
@@ -447,6 +447,8 @@ fn spearman_rank_correlation() {
     assert!(report::spearman(&x[..2], &up[..2]).is_none());
     let c = report::spearman_critical(15).unwrap();
     assert!((c - 0.5139).abs() < 1e-3, "{c}");
+    assert_eq!(report::spearman_critical(6), Some(0.886));
+    assert_eq!(report::spearman_critical(4), None);
 }
 
 /// `--ablation orthogonality` on the tiny model: AdamW under none, global, svd and soap, and Muon, each

@@ -67,7 +67,9 @@ pub const OPTIMIZERS_TIMED: [(&str, OptimizerKind, RotationKind); 4] = [
 pub struct OptimizerTiming {
     pub optimizer: String,
     /// ms of the first step, untimed by the median: for svd and soap it includes the refresh of every
-    /// basis (their first refresh is at step 1), so `first_ms − ms` is a refresh's cost.
+    /// basis (their first refresh is at step 1), so `first_ms − ms` is a refresh's cost (plus the
+    /// first step's allocations of work vectors and bases, small beside it at 124M). Keep `--warmup` +
+    /// `--steps` below F so that no later refresh falls among the timed steps.
     pub first_ms: f64,
     /// The refresh period F of svd and soap (None for the others).
     pub refresh_every: Option<usize>,

@@ -232,8 +232,8 @@ pub enum SvdBasis {
 }
 
 /// `--rotation soap` (Vyas et al. 2024, "SOAP: Improving and Stabilizing Shampoo using Adam"): the defaults
-/// are the released code's (`precondition_frequency=10`; `shampoo_beta` unset means Adam's β₂, which is
-/// 0.95 here as there).
+/// are the released code's (`precondition_frequency=10`; its `shampoo_beta` unset means Adam's β₂, 0.95
+/// there and by default here; `beta` is its own setting and does not follow `--beta2`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SoapConfig {
     /// Decay of the Kronecker factors L = EMA(G·Gᵀ), R = EMA(Gᵀ·G).
@@ -571,7 +571,7 @@ impl RunConfig {
             ));
         }
         let beta = self.rotation.soap.beta;
-        if !(0.0..1.0).contains(&beta) {
+        if self.rotation.kind == RotationKind::Soap && !(0.0..1.0).contains(&beta) {
             return Err(Error::config(
                 "soap-beta",
                 format!("must be in [0, 1), got {beta}"),

@@ -85,7 +85,7 @@ pub(super) fn build_basis(
             return Err(Error::bad_file(
                 &rp,
                 "rotation",
-                "missing: the svd basis needs the run's singular vectors, which only a checkpoint of an svd run carries",
+                "missing: the svd and soap bases are the run's own, which only a checkpoint of an svd or soap run carries",
             ));
         }
         let tensors = crate::tensors::read(&rp)?;
@@ -136,8 +136,9 @@ impl CheckpointAdam {
 /// Muon's direction at the checkpoint: a checkpoint keeps its momentum (and the AdamW part's moments) but
 /// not the gradient its last step orthogonalized, so this is the direction of the step AFTER the
 /// checkpoint, taken from the checkpoint's state with the gradient `grads` (standard layout) on a copy
-/// of the weights `w`: momentum, Newton–Schulz and the √max(1, m/n) factor on the hidden weights, Adam's
-/// direction elsewhere, as training would take it (before the learning rate).
+/// of the weights `w`: the gradient clipped as the run clips, momentum, Newton–Schulz and the √max(1,
+/// m/n) factor on the hidden weights, Adam's direction elsewhere, as training would take it (before the
+/// learning rate).
 pub fn muon_next_direction(
     t: &Target,
     table: &ParamTable,
@@ -162,7 +163,10 @@ pub fn muon_next_direction(
         be.upload(&mut b, x)?;
         Ok(b)
     };
-    let (mut params, g) = (upload(w)?, upload(grads)?);
+    let (mut params, mut g) = (upload(w)?, upload(grads)?);
+    // clipped as training clips before its step
+    let norm = crate::optim::grad_norm(&be, &g)?;
+    crate::optim::clip_grads(&be, &mut g, norm, t.config.train.clip)?;
     opt.step(&be, table, &mut params, &g, step_lr(t))?;
     opt.direction(&be)
 }

@@ -232,7 +232,7 @@ impl<BK: Backend> Optimizer<BK> {
             let needs = matches!(&basis, Basis::Svd(s, _) if s.needs_moment());
             (needs && !adam_link).then(|| {
                 "has no per-coordinate Adam link, whose first moment soap's original and eigenbasis \
-                 forms keep (--soap-first-moment positional, or --optimizer adamw)"
+                 forms keep (soap runs under --optimizer adamw)"
                     .to_string()
             })
         });

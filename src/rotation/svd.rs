@@ -7,7 +7,8 @@
 //! - `soap`: the eigenvectors Q_L, Q_R of L = EMA_β(G·Gᵀ) and R = EMA_β(Gᵀ·G), which every step's
 //!   gradient updates (β = `--soap-beta`), by descending eigenvalue; Adam runs on Q_Lᵀ·G·Q_R with its
 //!   second moment in that basis. With β = 0, L = G·Gᵀ and R = Gᵀ·G, whose eigenvectors are G's
-//!   singular vectors: soap is svd with accumulated statistics instead of one gradient (tested equal).
+//!   singular vectors: soap is svd with accumulated statistics instead of one gradient (tested equal in
+//!   f64; in f32 soap's null tolerance is larger, `soap_null_tol`).
 //!
 //! **soap's first moment** (`--soap-first-moment`): the paper's Alg. 3 keeps M ← β₁M + (1−β₁)G in the
 //! original space and projects it each step (M̃ = Q_Lᵀ·M·Q_R); the released code keeps M̃ in the
@@ -63,7 +64,7 @@
 //! factors from that step's gradient when (step − 1) mod F = 0, i.e. at steps 1, F+1, 2F+1, … (the poster's
 //! "t mod F = 0" with 0-based t). So the first basis comes from the first step's gradient, taken at the
 //! initial weights (the seed's, or `--init-from`'s), and that step is already taken in it; no step runs
-//! in the standard basis. The rotation is the identity (plain copies) only before that first `prepare`.
+//! in the standard basis (except under soap's `--soap-init identity`, below). The rotation is the identity (plain copies) only before that first `prepare`.
 //! A run's `metrics.jsonl` marks each refresh step with `"svd_refresh": true` (`docs/usage.md`), soap's
 //! too.
 //!
@@ -92,8 +93,8 @@
 //!
 //! **soap's cost** per step beyond svd's: G·Gᵀ and Gᵀ·G per matrix (Gᵀ·G only for embeddings) and their
 //! EMAs, the same multiply-adds as a rotate; in the `original` form one more rotate (of M). Memory: L and
-//! R as large as U and V, a scratch of the largest m² or n², and M (d values; `eigenbasis`: the carried
-//! moment during a refresh, d values).
+//! R as large as U and V, a scratch of the largest m² or n², and M (d values; `eigenbasis`: a d-value
+//! buffer for the carried moment, allocated at the first refresh and kept).
 
 use super::{thousands, upload_f64};
 use crate::backend::{Backend, Scalar};
@@ -133,7 +134,7 @@ pub const NULL_TOL: f64 = 1e-11;
 /// soap's null tolerance for a k×k factor accumulated in a type of unit roundoff `unit`: [`NULL_TOL`], or
 /// 4·k·unit where that is larger (the rounding of G·Gᵀ and its EMA puts eigenvalues of that size,
 /// relative to the largest, where exact arithmetic has zeros: f32 factors of 3072² up to 7e-4·λ₁).
-/// In f64 it is `NULL_TOL` up to k = 11,000, svd's tolerance, so soap with β = 0 is svd there.
+/// In f64 it is `NULL_TOL` up to k ≈ 22,000, svd's tolerance, so soap with β = 0 is svd there.
 pub fn soap_null_tol(k: usize, unit: f64) -> f64 {
     NULL_TOL.max(4.0 * k as f64 * unit)
 }
@@ -978,7 +979,9 @@ fn eigen_factors(
                 step,
                 what: format!("an entry of soap's factor {which} of {}", mx.name),
                 value,
-                kept: "the soap bases were not refreshed".into(),
+                kept: "the soap rotation fell back to the identity (its factors hold this step's \
+                       gradient)"
+                    .into(),
             });
         }
         // the lower triangle is read (the factors are symmetric up to rounding)

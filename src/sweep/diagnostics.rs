@@ -131,15 +131,23 @@ pub fn run(args: &DiagnoseOptions) -> Result<Vec<VariantDiagnostics>> {
         .collect();
 
     // Spearman's ρ over runs between each number and the run's final val loss
-    let final_val: Vec<Option<f64>> = record
-        .runs
-        .iter()
-        .map(|r| {
-            crate::run::metrics::read(&r.dir.join("metrics.jsonl"))
-                .ok()
-                .and_then(|rows| rows.iter().rev().find_map(|row| row.val_loss))
-        })
-        .collect();
+    let mut final_val = Vec::with_capacity(record.runs.len());
+    for r in &record.runs {
+        let path = r.dir.join("metrics.jsonl");
+        let rows = crate::run::metrics::read(&path)?;
+        let v = rows
+            .iter()
+            .rev()
+            .find_map(|row| row.val_loss)
+            .ok_or_else(|| {
+                Error::bad_file(
+                    &path,
+                    "val_loss",
+                    "no evaluation in this run: nothing to correlate with",
+                )
+            })?;
+        final_val.push(Some(v));
+    }
     let spearman: std::collections::BTreeMap<String, Option<f64>> = metrics
         .iter()
         .map(|m| {
@@ -189,7 +197,7 @@ pub fn run(args: &DiagnoseOptions) -> Result<Vec<VariantDiagnostics>> {
     }
     md += &format!(
         "\n\nThe last row is Spearman's rank correlation over runs between each number and the run's final \
-         val loss; |ρ| above {} is significant at the 5% level (two-sided, t approximation), though a \
+         val loss; |ρ| above {} is significant at the 5% level (two-sided), though a \
          variant's seeds are not independent draws.\n\n",
         critical.map_or("—".to_string(), |c| format!("{c:.2}"))
     );

@@ -788,7 +788,8 @@ pub struct UpdateCvAgainstLoss {
     pub spearman_mean_cv: Option<f64>,
     /// ρ(update CV at the last logged step, final val loss) over runs.
     pub spearman_last_cv: Option<f64>,
-    /// The |ρ| above which ρ is significant at 5% (two-sided, t approximation) for this many runs.
+    /// The |ρ| above which ρ is significant at 5% (two-sided; `report::spearman_critical`) for this many
+    /// runs.
     pub critical_rho: Option<f64>,
 }
 
@@ -879,7 +880,7 @@ fn update_cv_section(
     }
     md += &format!(
         "\nSpearman's ρ over the {} runs between the update CV and the final val loss: **{}** (mean CV), \
-         {} (last CV); |ρ| above {} is significant at the 5% level (two-sided, t approximation), but the \
+         {} (last CV); |ρ| above {} is significant at the 5% level (two-sided), but the \
          runs of one variant share everything except the seed, so they are not independent draws of the \
          claim: read ρ together with the per-variant table. A positive ρ is what the poster predicts.\n\n",
         out.runs.len(),

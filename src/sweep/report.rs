@@ -183,19 +183,26 @@ pub fn spearman(x: &[f64], y: &[f64]) -> Option<f64> {
     (sxx > 0.0 && syy > 0.0).then(|| sxy / (sxx * syy).sqrt())
 }
 
-/// The smallest |ρ| significant at the 5% level (two-sided) for n pairs without ties, by the t
-/// approximation t = ρ·√((n − 2)/(1 − ρ²)) with Student's t quantile for n − 2 degrees of freedom
-/// (table values up to 30, then the normal's 1.96).
+/// The smallest |ρ| significant at the 5% level (two-sided) for n pairs without ties: the exact values of
+/// the null distribution for 5 ≤ n ≤ 10 (Zar 1972, "Significance testing of the Spearman rank correlation
+/// coefficient", JASA 67: 1.000, 0.886, 0.786, 0.738, 0.700, 0.648), above that the t approximation
+/// t = ρ·√((n − 2)/(1 − ρ²)) with Student's t quantile for n − 2 degrees of freedom (table up to 30,
+/// then 1.96 + 2.4/df, within 0.002 of the quantile at 40, 60 and 120). None below 5 pairs, where no
+/// ρ is significant.
 pub fn spearman_critical(n: usize) -> Option<f64> {
+    const EXACT: [f64; 6] = [1.000, 0.886, 0.786, 0.738, 0.700, 0.648];
     const T975: [f64; 30] = [
         12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
         2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
         2.052, 2.048, 2.045, 2.042,
     ];
-    if n < 4 {
-        return None;
+    match n {
+        0..=4 => None,
+        5..=10 => Some(EXACT[n - 5]),
+        _ => {
+            let df = n - 2;
+            let t = T975.get(df - 1).copied().unwrap_or(1.96 + 2.4 / df as f64);
+            Some(t / (df as f64 + t * t).sqrt())
+        }
     }
-    let df = n - 2;
-    let t = T975.get(df - 1).copied().unwrap_or(1.96);
-    Some(t / (df as f64 + t * t).sqrt())
 }
