@@ -335,7 +335,7 @@ fn soap_bases_are_orthogonal_and_rotate_unrotate_is_the_identity() {
 
 /// soap with β = 0 computes its bases from the current gradient alone: the eigenvectors of G·Gᵀ and
 /// Gᵀ·G are G's singular vectors, so with the poster's positional first moment it IS the `svd` rotation
-/// (any F), and with β₁ = 0 also in the paper's form (F = 1, the statement). Canonical signs,
+/// (any F), and with β₁ = 0 also in the paper's form (F = 1). Canonical signs,
 /// order and null-space completion make the bases equal, not only equivalent: checked with rank-2
 /// gradients at the refreshes (null spaces of dimension up to 62). The bases agree to ~1e-15. Planting
 /// no sign rule: fails (2.8e-2 at step 4).
