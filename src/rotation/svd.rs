@@ -39,7 +39,9 @@
 //! last columns of the Q of a Householder QR of the kept vectors. So U and V are a function of the
 //! gradient (resp. the factors), not of how faer chose signs or completed a null space, and soap with
 //! β = 0 gives svd's bases to ~1e-15 (tested). Signs and the completion matter because moments carry
-//! across refreshes by position.
+//! across refreshes by position. svd runs trained before the canonical form keep faer's full singular
+//! vectors as they come ([`SvdBasis::Faer`], what a config without `rotation.svd_basis` reads as), so
+//! they replay bit for bit.
 //!
 //! **Definition.** For each 2-D weight W stored (out, in) = m×n with gradient block G (m×n, row-major):
 //! - U (m×m) and V (n×n) are the canonical completions (above) of the thin left and right singular
