@@ -788,13 +788,13 @@ fn an_svd_checkpoint_without_its_rotation_file_is_a_clear_error() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("rotation.safetensors") && e.contains("svd basis needs"),
+        e.contains("rotation.safetensors") && e.contains("svd and soap bases are the run's own"),
         "{e}"
     );
     let mut args = DiagnoseOptions::new(&dir, vec![What::UpdateCv]);
     args.threads = Some(1);
     let e = diagnose::run(&args).unwrap_err().to_string();
-    assert!(e.contains("svd basis needs"), "{e}");
+    assert!(e.contains("bases are the run's own"), "{e}");
 }
 
 // ---------------------------------------------------------------------------------------------------
