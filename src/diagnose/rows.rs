@@ -218,7 +218,7 @@ pub fn groups(table: &ParamTable, i: usize) -> Option<(Vec<usize>, Range<usize>)
     let off = i - e.offset;
     let neuron: Vec<usize> = if !e.is_matrix() {
         vec![i]
-    } else if matches!(e.role, Role::Wte | Role::Wpe) {
+    } else if e.role.is_embedding() {
         let c = off % e.cols;
         (0..e.rows).map(|r| e.offset + r * e.cols + c).collect()
     } else {

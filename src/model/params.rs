@@ -51,6 +51,10 @@ impl Role {
     pub fn is_layernorm_gain(self) -> bool {
         matches!(self, Role::Ln1Weight | Role::Ln2Weight | Role::LnfWeight)
     }
+    /// wte or wpe: lookup tables stored (in, out) = (vocabulary or position, channel), not (out, in).
+    pub fn is_embedding(self) -> bool {
+        matches!(self, Role::Wte | Role::Wpe)
+    }
 }
 
 /// One tensor of the flat buffer.

@@ -26,7 +26,7 @@
 
 use crate::backend::{Backend, Scalar};
 use crate::error::Result;
-use crate::model::{ParamEntry, Role};
+use crate::model::ParamEntry;
 use std::ops::Range;
 
 /// (a, b, c) of the quintic Newton–Schulz step X ← aX + (bA + cA²)X (Jordan et al. 2024).
@@ -37,7 +37,7 @@ pub const NS_EPS: f64 = 1e-7;
 
 /// Whether Muon updates this tensor: a 2-D weight that is not an embedding (the tied head is wte).
 pub fn is_muon_weight(e: &ParamEntry) -> bool {
-    e.is_matrix() && !matches!(e.role, Role::Wte | Role::Wpe)
+    e.is_matrix() && !e.role.is_embedding()
 }
 
 /// One tensor of the parameters, for Muon or for AdamW.

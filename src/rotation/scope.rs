@@ -96,7 +96,7 @@ impl Group {
 
 /// Is the entry an embedding, stored (in, out) instead of (out, in)?
 fn is_embedding(e: &ParamEntry) -> bool {
-    matches!(e.role, Role::Wte | Role::Wpe)
+    e.role.is_embedding()
 }
 
 /// The rows of entry `e` (stored row-major `rows × cols`), one group each.

@@ -12,7 +12,7 @@
 use crate::config::{OptimizerKind, Precision, RotationKind, RunConfig};
 use crate::error::{Error, Result};
 use crate::model::gpt2::activation_elements;
-use crate::model::{ParamTable, Role};
+use crate::model::ParamTable;
 use serde::Serialize;
 
 /// Bytes, by what holds them.
@@ -137,37 +137,37 @@ pub fn estimate(cfg: &RunConfig) -> MemoryEstimate {
         // coordinate), the Haar block(s), two work vectors
         RotationKind::Scope(_) => 16 * p + elem * (n * n + 2 * p),
         RotationKind::Svd | RotationKind::Soap => {
-            // U (m², not for the embeddings, rotated on their channel side only) and V (n²)
-            let embedding = |e: &&crate::model::ParamEntry| matches!(e.role, Role::Wte | Role::Wpe);
-            let factors: u128 = table
+            // per 2-D tensor: U (m², none for the embeddings, rotated on their channel side only), V
+            // (n²) and the tensor's m·n
+            let sides: Vec<(u128, u128, u128)> = table
                 .entries
                 .iter()
                 .filter(|e| e.is_matrix())
                 .map(|e| {
-                    let u = if embedding(&e) { 0 } else { e.rows * e.rows };
-                    (u + e.cols * e.cols) as u128
+                    let u = if e.role.is_embedding() {
+                        0
+                    } else {
+                        e.rows * e.rows
+                    };
+                    (
+                        u as u128,
+                        (e.cols * e.cols) as u128,
+                        (e.rows * e.cols) as u128,
+                    )
                 })
-                .sum();
-            let scratch = table
-                .entries
+                .collect();
+            let factors: u128 = sides.iter().map(|&(u, v, _)| u + v).sum();
+            // the rotation's scratch: the largest non-embedding tensor (u = 0 only for embeddings)
+            let scratch = sides
                 .iter()
-                .filter(|e| e.is_matrix() && !embedding(e))
-                .map(|e| (e.rows * e.cols) as u128)
+                .filter(|&&(u, _, _)| u > 0)
+                .map(|&(_, _, mn)| mn)
                 .max()
                 .unwrap_or(0);
             let soap = if cfg.rotation.kind == RotationKind::Soap {
                 // L and R as large as the bases, a G·Gᵀ scratch of the largest, and M (original form)
                 // or the carried moment (eigenbasis form)
-                let gram = table
-                    .entries
-                    .iter()
-                    .filter(|e| e.is_matrix())
-                    .map(|e| {
-                        let u = if embedding(&e) { 0 } else { e.rows * e.rows };
-                        u.max(e.cols * e.cols) as u128
-                    })
-                    .max()
-                    .unwrap_or(0);
+                let gram = sides.iter().map(|&(u, v, _)| u.max(v)).max().unwrap_or(0);
                 let moment = match cfg.rotation.soap.first_moment {
                     crate::config::SoapMoment::Positional => 0,
                     _ => p,
