@@ -246,6 +246,20 @@ pub struct SoapConfig {
     pub init: SoapInit,
 }
 
+impl SoapConfig {
+    /// β must be in [0, 1) (an error naming `soap-beta` otherwise).
+    pub fn check_beta(&self) -> Result<()> {
+        if (0.0..1.0).contains(&self.beta) {
+            Ok(())
+        } else {
+            Err(Error::config(
+                "soap-beta",
+                format!("must be in [0, 1), got {}", self.beta),
+            ))
+        }
+    }
+}
+
 impl Default for SoapConfig {
     fn default() -> Self {
         SoapConfig {
@@ -570,12 +584,8 @@ impl RunConfig {
                 ),
             ));
         }
-        let beta = self.rotation.soap.beta;
-        if self.rotation.kind == RotationKind::Soap && !(0.0..1.0).contains(&beta) {
-            return Err(Error::config(
-                "soap-beta",
-                format!("must be in [0, 1), got {beta}"),
-            ));
+        if self.rotation.kind == RotationKind::Soap {
+            self.rotation.soap.check_beta()?;
         }
         for (field, v) in [
             ("rotation-block", self.rotation.block),

@@ -102,7 +102,7 @@ use super::{thousands, upload_f64};
 use crate::backend::{Backend, Scalar};
 use crate::config::{SoapConfig, SoapInit, SoapMoment, SvdBasis};
 use crate::error::{Error, Result};
-use crate::model::{ParamTable, Role};
+use crate::model::ParamTable;
 use crate::tensors::TensorMap;
 use faer::diag::Diag;
 use faer::dyn_stack::{MemBuffer, MemStack};
@@ -123,9 +123,6 @@ use std::path::Path;
 
 /// One tensor of checkpoint state: name, shape, row-major values.
 pub type StateTensor = (String, Vec<usize>, Vec<f64>);
-
-/// The name of the last-refresh tensor in the checkpoint state of `svd` (`soap.last_refresh` for soap).
-pub const LAST_REFRESH: &str = "svd.last_refresh";
 
 /// A direction whose value (σ² for svd, an eigenvalue for soap) is at most this fraction of the largest
 /// counts as null: its vector is replaced by the canonical completion (module docs). σ below
@@ -234,12 +231,7 @@ impl<BK: Backend> SvdRotation<BK> {
 
     /// The `soap` rotation (module docs), with its factors L, R at zero and the identity as bases.
     pub fn soap(be: &BK, table: &ParamTable, cfg: &SoapConfig) -> Result<Self> {
-        if !(0.0..1.0).contains(&cfg.beta) {
-            return Err(Error::config(
-                "soap-beta",
-                format!("must be in [0, 1), got {}", cfg.beta),
-            ));
-        }
+        cfg.check_beta()?;
         let mut rot = Self::build(table, cfg.every, "soap-every")?;
         let mut stats = Vec::with_capacity(rot.matrices.len());
         let mut gram = 1;
@@ -280,7 +272,7 @@ impl<BK: Backend> SvdRotation<BK> {
                     offset: e.offset,
                     m: e.rows,
                     n: e.cols,
-                    embedding: matches!(e.role, Role::Wte | Role::Wpe),
+                    embedding: e.role.is_embedding(),
                 });
             } else if e.is_empty() {
                 continue;
@@ -328,6 +320,11 @@ impl<BK: Backend> SvdRotation<BK> {
             Source::Gradient => "svd",
             Source::Soap(_) => "soap",
         }
+    }
+    /// The checkpoint tensor holding the step of the last refresh: `svd.last_refresh` or
+    /// `soap.last_refresh`.
+    pub fn last_refresh_name(&self) -> String {
+        format!("{}.last_refresh", self.name())
     }
     /// Whether [`SvdRotation::prepare_with`] needs the Adam link's first moment (soap's `original` and
     /// `eigenbasis` forms).
@@ -492,6 +489,8 @@ impl<BK: Backend> SvdRotation<BK> {
             .collect();
         jobs.sort_by_key(|((mx, _), _)| std::cmp::Reverse(svd_cost(mx)));
         let canonical_basis = self.basis == SvdBasis::Canonical;
+        // the unit roundoff of the type soap's factors are accumulated in
+        let unit = <BK::T as num_traits::Float>::epsilon().to_f64() / 2.0;
         let done = jobs.into_par_iter().try_for_each(|((mx, f), st)| {
             let (ut, vt) = match (&host, st) {
                 (Some(host), _) => svd_factors(&host[mx.range()], mx, step, canonical_basis)?,
@@ -499,13 +498,6 @@ impl<BK: Backend> SvdRotation<BK> {
                     let l = match l {
                         Some(l) => Some(download_f64(be, l)?),
                         None => None,
-                    };
-                    let unit = <BK::T as Scalar>::from_f64(1.0 + f64::EPSILON).to_f64() == 1.0;
-                    // the factors' unit roundoff: f64's, or f32's when the backend rounds 1 + ε₆₄ to 1
-                    let unit = if unit {
-                        f32::EPSILON as f64 / 2.0
-                    } else {
-                        f64::EPSILON / 2.0
                     };
                     eigen_factors(l.as_deref(), &download_f64(be, r)?, mx, step, unit)?
                 }
@@ -688,7 +680,7 @@ impl<BK: Backend> SvdRotation<BK> {
         let p = self.name();
         let mut out = Vec::with_capacity(4 * self.matrices.len() + 2);
         out.push((
-            format!("{p}.last_refresh"),
+            self.last_refresh_name(),
             vec![1],
             vec![self.last_refresh.unwrap_or(0) as f64],
         ));
@@ -732,7 +724,7 @@ impl<BK: Backend> SvdRotation<BK> {
     /// missing or misshapen tensor and the expected shape.
     pub fn load_state(&mut self, be: &BK, path: &Path, tensors: &TensorMap) -> Result<()> {
         let p = self.name();
-        let last_name = format!("{p}.last_refresh");
+        let last_name = self.last_refresh_name();
         let last = get(path, tensors, &last_name, &[1])?[0];
         if !(last >= 0.0 && last.fract() == 0.0 && last < 2f64.powi(53)) {
             return Err(Error::bad_file(
@@ -1013,10 +1005,13 @@ fn eigen_factors(
                 ),
             )
         })?;
-        // faer's eigenvalues are non-decreasing: reverse both
+        // faer's eigenvalues are non-decreasing: reverse both (the vectors as a view)
         let desc: Vec<f64> = vals.column_vector().iter().rev().copied().collect();
-        let rev = Mat::<f64>::from_fn(k, k, |i, j| vecs[(i, k - 1 - j)]);
-        Ok(canonical(rev.as_ref(), &desc, soap_null_tol(k, unit)))
+        Ok(canonical(
+            vecs.as_ref().reverse_cols(),
+            &desc,
+            soap_null_tol(k, unit),
+        ))
     };
     let ut = match l {
         Some(l) => Some(basis(l, mx.m, "L")?),
