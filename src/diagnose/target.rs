@@ -2,7 +2,6 @@
 //! weights, its basis, and its optimizer as the checkpoint left it.
 
 use super::hvp::Cpu64;
-use crate::backend::Backend;
 use crate::config::{OptimizerKind, RotationConfig, RunConfig};
 use crate::error::{Error, Result};
 use crate::model::ParamTable;
@@ -115,10 +114,7 @@ impl CheckpointAdam {
                 ),
             ));
         }
-        let be = pool_cpu();
-        let basis = build_basis(t, &t.state.rotation, table)?;
-        let mut opt = Optimizer::for_run(&be, &t.config.train, basis, table)?;
-        checkpoint::load_optimizer(&be, &t.dir, &mut opt, t.state.step)?;
+        let (be, mut opt) = checkpoint_optimizer(t, table)?;
         let direction = opt.direction(&be)?;
         Ok(CheckpointAdam { opt, direction })
     }
@@ -154,21 +150,24 @@ pub fn muon_next_direction(
             ),
         ));
     }
-    let be = pool_cpu();
-    let basis = build_basis(t, &t.state.rotation, table)?;
-    let mut opt = Optimizer::for_run(&be, &t.config.train, basis, table)?;
-    checkpoint::load_optimizer(&be, &t.dir, &mut opt, t.state.step)?;
-    let upload = |x: &[f64]| -> Result<Vec<f64>> {
-        let mut b = be.alloc(x.len())?;
-        be.upload(&mut b, x)?;
-        Ok(b)
-    };
-    let (mut params, mut g) = (upload(w)?, upload(grads)?);
+    let (be, mut opt) = checkpoint_optimizer(t, table)?;
+    // the f64 CPU backend's buffers are the host vectors themselves
+    let (mut params, mut g) = (w.to_vec(), grads.to_vec());
     // clipped as training clips before its step
     let norm = crate::optim::grad_norm(&be, &g)?;
     crate::optim::clip_grads(&be, &mut g, norm, t.config.train.clip)?;
     opt.step(&be, table, &mut params, &g, step_lr(t))?;
     opt.direction(&be)
+}
+
+/// The run's optimizer (its chain in its basis) with the checkpoint's state and step count, in f64 on
+/// the CPU.
+fn checkpoint_optimizer(t: &Target, table: &ParamTable) -> Result<(Cpu64, Optimizer<Cpu64>)> {
+    let be = pool_cpu();
+    let basis = build_basis(t, &t.state.rotation, table)?;
+    let mut opt = Optimizer::for_run(&be, &t.config.train, basis, table)?;
+    checkpoint::load_optimizer(&be, &t.dir, &mut opt, t.state.step)?;
+    Ok((be, opt))
 }
 
 /// The learning rate of step t: from metrics.jsonl when it has the row, else the schedule.
