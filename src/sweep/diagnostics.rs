@@ -83,6 +83,25 @@ pub fn run(args: &DiagnoseOptions) -> Result<Vec<VariantDiagnostics>> {
         path: record_path.clone(),
         source: e,
     })?;
+    // each run's final val loss, for ρ below: read first, so that a run without one fails before the
+    // diagnostics are spent
+    let mut final_val = Vec::with_capacity(record.runs.len());
+    for r in &record.runs {
+        let path = r.dir.join("metrics.jsonl");
+        let rows = crate::run::metrics::read(&path)?;
+        let v = rows
+            .iter()
+            .rev()
+            .find_map(|row| row.val_loss)
+            .ok_or_else(|| {
+                Error::bad_file(
+                    &path,
+                    "val_loss",
+                    "no evaluation in this run: nothing to correlate with",
+                )
+            })?;
+        final_val.push(v);
+    }
     let mut reports = Vec::new();
     for (i, r) in record.runs.iter().enumerate() {
         if !args.quiet {
@@ -130,31 +149,14 @@ pub fn run(args: &DiagnoseOptions) -> Result<Vec<VariantDiagnostics>> {
         })
         .collect();
 
-    // Spearman's ρ over runs between each number and the run's final val loss
-    let mut final_val = Vec::with_capacity(record.runs.len());
-    for r in &record.runs {
-        let path = r.dir.join("metrics.jsonl");
-        let rows = crate::run::metrics::read(&path)?;
-        let v = rows
-            .iter()
-            .rev()
-            .find_map(|row| row.val_loss)
-            .ok_or_else(|| {
-                Error::bad_file(
-                    &path,
-                    "val_loss",
-                    "no evaluation in this run: nothing to correlate with",
-                )
-            })?;
-        final_val.push(Some(v));
-    }
+    // Spearman's ρ over runs between each number and the run's final val loss (read above)
     let spearman: std::collections::BTreeMap<String, Option<f64>> = metrics
         .iter()
         .map(|m| {
             let (xs, ys): (Vec<f64>, Vec<f64>) = reports
                 .iter()
                 .zip(&final_val)
-                .filter_map(|(rep, v)| Some(((m.get)(rep)?, (*v)?)))
+                .filter_map(|(rep, &v)| Some(((m.get)(rep)?, v)))
                 .unzip();
             (m.key.to_string(), super::report::spearman(&xs, &ys))
         })
