@@ -3,7 +3,7 @@
 //! decay, AdamW on the rest), the iteration's two-sided equivariance and the band its singular values land
 //! in, Muon in the `svd` basis against Muon in the standard one, and the settings it refuses.
 
-use crate::util::{matmul, max_diff, randn, tiny_config};
+use crate::util::{matmul, max_diff, randn, tiny_config, transpose};
 use faer::Mat;
 use rotadam::backend::cpu::CpuBackend;
 use rotadam::backend::Backend;
@@ -27,16 +27,6 @@ fn upload(be: &Be, x: &[f64]) -> Vec<f64> {
     let mut b = be.alloc(x.len()).unwrap();
     be.upload(&mut b, x).unwrap();
     be.download(&b).unwrap()
-}
-
-fn transpose(a: &[f64], m: usize, n: usize) -> Vec<f64> {
-    let mut t = vec![0.0; m * n];
-    for i in 0..m {
-        for j in 0..n {
-            t[j * m + i] = a[i * n + j];
-        }
-    }
-    t
 }
 
 /// The reference iteration: X = M/(‖M‖_F + ε), then X ← aX + (bA + cA²)X with A = XXᵀ, on the transpose

@@ -43,6 +43,34 @@ fn max_rel_diff(a: &[f64], b: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Trains `a` straight to its `steps`, and a copy into `resumed_out` that stops at `stop` (where
+/// `at_stop` looks at it), then resumes to the end; the `files` of both runs' last checkpoints must be the
+/// same bytes. Returns the resumed run's config.
+fn assert_resume_is_bit_identical(
+    a: &RunConfig,
+    resumed_out: &Path,
+    stop: usize,
+    at_stop: impl Fn(&RunConfig),
+    files: &[&str],
+    label: &str,
+) -> RunConfig {
+    train::train(a, false).unwrap();
+    let mut b = a.clone();
+    b.out = resumed_out.to_path_buf();
+    b.train.steps = stop;
+    train::train(&b, false).unwrap();
+    at_stop(&b);
+    b.train.steps = a.train.steps;
+    train::train(&b, true).unwrap();
+    let end = a.train.steps;
+    for f in files {
+        let x = std::fs::read(checkpoint::step_dir(&a.out, end).join(f)).unwrap();
+        let y = std::fs::read(checkpoint::step_dir(&b.out, end).join(f)).unwrap();
+        assert!(x == y, "{label}: {f} differs after resume");
+    }
+    b
+}
+
 fn base(root: &Path, optimizer: OptimizerKind, precision: Precision, steps: usize) -> RunConfig {
     let mut c = tiny_config(root, root, steps);
     c.model.bias = true; // biases and LN gains are rotated too
@@ -292,18 +320,14 @@ fn resume_under_rotations_is_bit_identical() {
         a.train.checkpoint_every = 4;
         a.train.lr_decay_steps = Some(8);
         a.out = root.join(format!("{scope}-{opt:?}-straight"));
-        train::train(&a, false).unwrap();
-        let mut b = a.clone();
-        b.out = root.join(format!("{scope}-{opt:?}-resumed"));
-        b.train.steps = 4;
-        train::train(&b, false).unwrap();
-        b.train.steps = 8;
-        train::train(&b, true).unwrap();
-        for f in ["model.safetensors", "optim.safetensors"] {
-            let x = std::fs::read(checkpoint::step_dir(&a.out, 8).join(f)).unwrap();
-            let y = std::fs::read(checkpoint::step_dir(&b.out, 8).join(f)).unwrap();
-            assert!(x == y, "{scope}/{opt:?}: {f} differs after resume");
-        }
+        let b = assert_resume_is_bit_identical(
+            &a,
+            &root.join(format!("{scope}-{opt:?}-resumed")),
+            4,
+            |_| {},
+            &["model.safetensors", "optim.safetensors"],
+            &format!("{scope}/{opt:?}"),
+        );
         // resuming with another rotation seed is refused
         let mut c = b.clone();
         c.rotation.seed += 1;
@@ -391,25 +415,22 @@ fn resume_under_svd_and_soap_restores_their_state() {
         a.train.checkpoint_every = 5;
         a.train.lr_decay_steps = Some(8);
         a.out = root.join(format!("{name}-straight"));
-        train::train(&a, false).unwrap();
-        let mut b = a.clone();
-        b.out = root.join(format!("{name}-resumed"));
-        b.train.steps = 5;
-        train::train(&b, false).unwrap();
-        assert!(checkpoint::step_dir(&b.out, 5)
-            .join("rotation.safetensors")
-            .is_file());
-        b.train.steps = 8;
-        train::train(&b, true).unwrap();
-        for f in [
-            "model.safetensors",
-            "optim.safetensors",
-            "rotation.safetensors",
-        ] {
-            let x = std::fs::read(checkpoint::step_dir(&a.out, 8).join(f)).unwrap();
-            let y = std::fs::read(checkpoint::step_dir(&b.out, 8).join(f)).unwrap();
-            assert!(x == y, "{name}: {f} differs after resume");
-        }
+        assert_resume_is_bit_identical(
+            &a,
+            &root.join(format!("{name}-resumed")),
+            5,
+            |b| {
+                assert!(checkpoint::step_dir(&b.out, 5)
+                    .join("rotation.safetensors")
+                    .is_file())
+            },
+            &[
+                "model.safetensors",
+                "optim.safetensors",
+                "rotation.safetensors",
+            ],
+            name,
+        );
     }
     std::fs::remove_dir_all(&root).unwrap();
 }

@@ -7,7 +7,7 @@
 //! Tolerances: f64 results are checked at 1e-12 relative (unit roundoff 1.1e-16 times the O(n) terms of a
 //! dot product, with margin); f32 at 1e-5 relative (unit roundoff 6e-8 times ~√n·few for n ≤ 1000).
 
-use crate::util::{assert_close_scaled, back, cast, max_abs, randn};
+use crate::util::{assert_close_scaled, back, cast, identity, max_abs, randn};
 use faer::Mat;
 use rotadam::backend::cpu::{self, CpuBackend, GatherMode};
 use rotadam::backend::{AdamStep, Backend, Scalar};
@@ -38,11 +38,6 @@ fn matmul(a: &[f64], b: &[f64], n: usize, trans_b: bool) -> Vec<f64> {
         }
     }
     c
-}
-fn identity(n: usize) -> Vec<f64> {
-    (0..n * n)
-        .map(|i| if i / n == i % n { 1.0 } else { 0.0 })
-        .collect()
 }
 
 /// Kolmogorov–Smirnov statistic of `x` against the continuous CDF `cdf`.

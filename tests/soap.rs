@@ -9,7 +9,7 @@
 //! GEMMs and one eigendecomposition per refresh, each ~1e-15 relative, amplified by Adam's division
 //! where v is small); 1e-12 for orthogonality (dot products of length ≤ 64).
 
-use crate::util::{matmul, max_diff, randn, tiny_config};
+use crate::util::{identity, matmul, max_diff, randn, tiny_config, transpose};
 use faer::{Mat, Side};
 use rotadam::backend::cpu::CpuBackend;
 use rotadam::backend::Backend;
@@ -97,16 +97,6 @@ fn run(
     out
 }
 
-fn transpose(a: &[f64], m: usize, n: usize) -> Vec<f64> {
-    let mut t = vec![0.0; m * n];
-    for i in 0..m {
-        for j in 0..n {
-            t[j * m + i] = a[i * n + j];
-        }
-    }
-    t
-}
-
 /// Eigenvectors of a symmetric k×k matrix as the columns of a row-major matrix, eigenvalues descending.
 fn eigvecs(a: &[f64], k: usize) -> Vec<f64> {
     let m = Mat::<f64>::from_fn(k, k, |i, j| a[i * k + j]);
@@ -117,14 +107,6 @@ fn eigvecs(a: &[f64], k: usize) -> Vec<f64> {
         for j in 0..k {
             q[i * k + j] = u[(i, k - 1 - j)];
         }
-    }
-    q
-}
-
-fn identity(k: usize) -> Vec<f64> {
-    let mut q = vec![0.0; k * k];
-    for i in 0..k {
-        q[i * k + i] = 1.0;
     }
     q
 }

@@ -49,6 +49,24 @@ pub fn matmul(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
     c
 }
 
+/// The transpose of a row-major m×n matrix (n×m, row-major).
+pub fn transpose(a: &[f64], m: usize, n: usize) -> Vec<f64> {
+    let mut t = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            t[j * m + i] = a[i * n + j];
+        }
+    }
+    t
+}
+
+/// The n×n identity, row-major.
+pub fn identity(n: usize) -> Vec<f64> {
+    (0..n * n)
+        .map(|i| if i / n == i % n { 1.0 } else { 0.0 })
+        .collect()
+}
+
 /// The largest |a_i − b_i|.
 pub fn max_diff(a: &[f64], b: &[f64]) -> f64 {
     a.iter()
