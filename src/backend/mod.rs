@@ -13,12 +13,14 @@
 //! - buffers are flat; ops see sub-ranges of them through `View`/`ViewMut`, so one parameter buffer holds
 //!   every tensor (`docs/architecture.md`, decision 1).
 
+pub mod collective;
 pub mod cpu;
 pub mod cuda;
 pub mod emu;
 pub mod kernel;
 pub mod scalar;
 
+pub use collective::Collective;
 pub use scalar::Scalar;
 
 use crate::error::{Error, Result};

@@ -29,13 +29,14 @@
 pub mod blocks;
 pub mod muon;
 pub mod schedule;
+pub mod shard;
 pub mod transform;
 pub mod update_cv;
 
 pub use transform::{Blocks, Transform};
 
 use crate::backend::cpu::optim::{adam_denominator, adam_ratio};
-use crate::backend::{decoupled_decay, AdamCoeffs, AdamStep, Backend, Scalar};
+use crate::backend::{decoupled_decay, AdamCoeffs, AdamStep, Backend, Collective, Scalar};
 use crate::config::{BlockPartition, OptimizerKind, TrainConfig};
 use crate::error::{Error, Result};
 use crate::model::ParamTable;
@@ -114,6 +115,8 @@ pub struct Optimizer<BK: Backend> {
     work: Vec<BK::Buf>,
     /// The work vector the last chain step fed to its step link (its direction, standard layout).
     last_direction: Option<usize>,
+    /// This data-parallel rank's part of a sharded AdamW ([`shard`]): its moments hold that range only.
+    shard: Option<shard::Sharded<BK>>,
 }
 
 impl<BK: Backend> Optimizer<BK> {
@@ -125,13 +128,37 @@ impl<BK: Backend> Optimizer<BK> {
         basis: Basis<BK>,
         table: &ParamTable,
     ) -> Result<Self> {
+        Self::build(be, kind, chain, basis, table, None)
+    }
+
+    /// [`Optimizer::new`], for rank `rank` of `world` when `shard` is set: an AdamW chain (the ones
+    /// [`Optimizer::shardable`] accepts) then keeps its moments for that rank's range only.
+    fn build(
+        be: &BK,
+        kind: OptimizerKind,
+        chain: Vec<Transform>,
+        basis: Basis<BK>,
+        table: &ParamTable,
+        shard: Option<(usize, usize)>,
+    ) -> Result<Self> {
         let d = table.total;
+        let sharded = match shard {
+            None => None,
+            Some((rank, world)) => {
+                let rotation = match &basis {
+                    Basis::Block(r) if !r.is_identity() => Some(r),
+                    _ => None,
+                };
+                Some(shard::Sharded::new(be, table, rotation, rank, world)?)
+            }
+        };
+        let state_len = sharded.as_ref().map_or(d, |s| s.mine().len());
         let mut states = Vec::with_capacity(chain.len());
         for link in &chain {
             states.push(match *link {
                 Transform::ScaleByAdam { .. } => State::Adam {
-                    m: be.alloc(d)?,
-                    v: be.alloc(d)?,
+                    m: be.alloc(state_len)?,
+                    v: be.alloc(state_len)?,
                 },
                 Transform::ScaleByBlockAdam { blocks, .. } => {
                     let placement = basis.placement(be);
@@ -251,9 +278,73 @@ impl<BK: Backend> Optimizer<BK> {
             plan: Plan::Chain,
             work: Vec::new(),
             last_direction: None,
+            shard: sharded,
         };
         opt.plan = opt.fused_plan().unwrap_or(Plan::Chain);
         Ok(opt)
+    }
+
+    /// Whether `train`'s optimizer in `basis` can be sharded over data-parallel ranks ([`shard`]): AdamW
+    /// without a rotation or under a block rotation (`none`, `global`, `layer`, …). The others (svd, soap
+    /// and kron bases, SGD, blockwise Adam, AdaSGD, Muon) run whole on every rank.
+    pub fn shardable(train: &TrainConfig, basis: &Basis<BK>) -> bool {
+        train.optimizer == OptimizerKind::Adamw && matches!(basis, Basis::Block(_))
+    }
+
+    /// The optimizer of data-parallel rank `rank` of `world`: sharded when [`Optimizer::shardable`] and
+    /// `shard` allow it, whole otherwise (every rank then steps identically on the same gradient).
+    pub fn for_rank(
+        be: &BK,
+        train: &TrainConfig,
+        basis: Basis<BK>,
+        table: &ParamTable,
+        rank: usize,
+        world: usize,
+        shard: bool,
+    ) -> Result<Self> {
+        let split = (shard && world > 1 && Self::shardable(train, &basis)).then_some((rank, world));
+        let chain = Transform::chain(train.optimizer, train, !basis.is_identity());
+        Self::build(be, train.optimizer, chain, basis, table, split)
+    }
+
+    /// This rank's range of the optimizer's layout when its state is sharded ([`shard`]).
+    pub fn shard_range(&self) -> Option<std::ops::Range<usize>> {
+        self.shard.as_ref().map(|s| s.mine())
+    }
+
+    /// The state tensors of [`Optimizer::state_tensors`] whole, on the host: a sharded optimizer gathers
+    /// every rank's range (a collective: every rank calls it), a whole one downloads its own.
+    pub fn state_host(
+        &mut self,
+        be: &BK,
+        comm: Option<&dyn Collective<BK>>,
+    ) -> Result<Vec<(&'static str, Vec<f64>)>> {
+        let mut out = Vec::new();
+        let Optimizer { states, shard, .. } = self;
+        for s in states.iter() {
+            let named: Vec<(&'static str, &BK::Buf)> = match s {
+                State::Adam { m, v } | State::BlockAdam { m, v, .. } => vec![("m", m), ("v", v)],
+                State::Momentum { buf } => vec![("sgd.momentum", buf)],
+                State::Muon { buf, m, v, .. } => {
+                    vec![("muon.momentum", buf), ("m", m), ("v", v)]
+                }
+                State::Stateless => vec![],
+            };
+            for (name, buf) in named {
+                let values =
+                    match (shard.as_mut(), comm) {
+                        (Some(sh), Some(c)) => sh.gather_state(be, buf, c)?,
+                        (Some(_), None) => return Err(Error::config(
+                            "optimizer",
+                            "a sharded optimizer's state is gathered from its ranks: pass their \
+                             collective",
+                        )),
+                        (None, _) => be.download(buf)?.into_iter().map(Scalar::to_f64).collect(),
+                    };
+                out.push((name, values));
+            }
+        }
+        Ok(out)
     }
 
     /// The optimizer of a run: `train.optimizer` with `train`'s hyper-parameters, in `basis`.
@@ -388,7 +479,43 @@ impl<BK: Backend> Optimizer<BK> {
         grads: &BK::Buf,
         lr: f64,
     ) -> Result<()> {
+        self.step_ranked(be, table, params, grads, lr, None)
+    }
+
+    /// [`Optimizer::step`] of one data-parallel rank: a sharded optimizer updates its range and
+    /// all-gathers the parameters through `comm`; a whole one steps as on one device.
+    pub fn step_ranked(
+        &mut self,
+        be: &BK,
+        table: &ParamTable,
+        params: &mut BK::Buf,
+        grads: &BK::Buf,
+        lr: f64,
+        comm: Option<&dyn Collective<BK>>,
+    ) -> Result<()> {
         self.step += 1;
+        if self.shard.is_some() {
+            let Some(comm) = comm else {
+                return Err(Error::config(
+                    "optimizer",
+                    "a sharded optimizer steps with its ranks: pass their collective",
+                ));
+            };
+            let (beta1, beta2, eps) = self.adam_link().expect("a sharded chain has an Adam link");
+            let weight_decay = self.weight_decay();
+            let hp = AdamStep::new(self.step, lr, beta1, beta2, eps, 0.0);
+            let Optimizer { states, shard, .. } = self;
+            let (Some(sh), Some((m, v))) = (
+                shard.as_mut(),
+                states.iter_mut().find_map(|s| match s {
+                    State::Adam { m, v } => Some((m, v)),
+                    _ => None,
+                }),
+            ) else {
+                unreachable!("a sharded chain has an Adam link")
+            };
+            return sh.step(be, table, params, grads, m, v, hp, weight_decay, comm);
+        }
         match self.plan {
             Plan::FusedAdamW | Plan::FusedSgd => self.fused_step(be, table, params, grads, lr),
             Plan::FusedRotatedAdamW => self.fused_rotated_adamw(be, table, params, grads, lr),
@@ -695,6 +822,15 @@ impl<BK: Backend> Optimizer<BK> {
     /// what the poster's update-CV takes the singular values of. Only a chain with a per-coordinate Adam
     /// link has one; for Muon it is the direction its last step applied (before the learning rate).
     pub fn direction(&mut self, be: &BK) -> Result<Vec<f64>> {
+        if let Some(range) = self.shard_range() {
+            return Err(Error::config(
+                "update-cv",
+                format!(
+                    "this data-parallel rank keeps the optimizer state of {range:?} only (sharded); \
+                     --log-update-cv keeps it whole on every rank"
+                ),
+            ));
+        }
         if self.kind == OptimizerKind::Muon {
             // Muon's direction (momentum, Newton–Schulz) needs the step's gradient: the one its last
             // step applied, kept in the work vector it fed to the step link

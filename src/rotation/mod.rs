@@ -89,7 +89,10 @@ pub struct Rotation<BK: Backend> {
     neurons: Neurons,
     n: usize,
     seed: u64,
+    /// The standard side's length: every parameter.
     d: usize,
+    /// The rotated layout's length: d, or the length of the range [`Rotation::restrict`] kept.
+    len: usize,
     /// Full n-blocks first (class 0, size n, possibly 0 blocks), then residual classes by ascending size.
     /// Empty for the identity.
     classes: Vec<BlockClass<BK>>,
@@ -177,6 +180,7 @@ impl<BK: Backend> Rotation<BK> {
             n,
             seed,
             d,
+            len: d,
             classes: Vec::new(),
         };
         if scope == Scope::None {
@@ -346,7 +350,69 @@ impl<BK: Backend> Rotation<BK> {
 
     #[track_caller]
     fn check(&self, be: &BK, op: &str, out: &BK::Buf, inp: &BK::Buf) {
+        assert_eq!(
+            self.len, self.d,
+            "Rotation::{op} on a part of a rotation (restrict): only its fused Adam ops run there"
+        );
         check_lens(be, "Rotation", op, self.d, out, inp);
+    }
+
+    /// Where each block of the rotated layout starts, ascending, then the layout's length: the places the
+    /// layout can be cut without splitting a block (a data-parallel rank owns the blocks between two).
+    pub fn block_starts(&self) -> Vec<usize> {
+        let mut out: Vec<usize> = self
+            .classes
+            .iter()
+            .flat_map(|c| (0..c.count).map(move |j| c.offset + j * c.size))
+            .collect();
+        out.push(self.len);
+        out
+    }
+
+    /// The blocks in `range` of the rotated layout (cut at [`Rotation::block_starts`]) as a rotation of
+    /// their own: its rotated layout is `range`, shifted to start at 0, and its standard side is still all
+    /// d coordinates, so [`Rotation::rotate_adam_direction`] reads the whole gradient and
+    /// [`Rotation::unrotate_apply_update`] writes the parameters at the blocks' indices only. What one
+    /// data-parallel rank of a sharded optimizer runs (`optim::shard`); each block's arithmetic is the
+    /// whole rotation's.
+    pub fn restrict(&self, be: &BK, range: std::ops::Range<usize>) -> Result<Self> {
+        assert!(
+            !self.is_identity() && range.end <= self.len,
+            "Rotation::restrict: {range:?} of a layout of {}",
+            self.len
+        );
+        let mut classes = Vec::new();
+        for c in &self.classes {
+            let (lo, hi) = (c.offset, c.offset + c.count * c.size);
+            let (a, b) = (range.start.max(lo), range.end.min(hi));
+            if a >= b {
+                continue;
+            }
+            assert!(
+                (a - lo).is_multiple_of(c.size) && (b - lo).is_multiple_of(c.size),
+                "Rotation::restrict: {range:?} cuts a block of {}",
+                c.size
+            );
+            let list = be.rotation_index_list(&c.index);
+            let r: Vec<f64> = be.download(&c.r)?.into_iter().map(Scalar::to_f64).collect();
+            classes.push(BlockClass {
+                size: c.size,
+                count: (b - a) / c.size,
+                offset: a - range.start,
+                index: be.rotation_index(list[a - lo..b - lo].to_vec(), c.size, self.d)?,
+                r: upload_f64(be, &r)?,
+                unrotated: c.unrotated,
+            });
+        }
+        Ok(Rotation {
+            scope: self.scope,
+            neurons: self.neurons,
+            n: self.n,
+            seed: self.seed,
+            d: self.d,
+            len: range.len(),
+            classes,
+        })
     }
 
     /// out = g (identity only): a zero fill and an add, so it stays a backend op (−0.0 becomes +0.0).
@@ -413,8 +479,9 @@ impl<BK: Backend> Rotation<BK> {
             !self.is_identity(),
             "Rotation::rotate_adam_direction on the identity"
         );
-        let bufs = [("u", &*u), ("m", &*m), ("v", &*v), ("g", g)];
-        check_named(be, "Rotation", "rotate_adam_direction", self.d, &bufs);
+        let bufs = [("u", &*u), ("m", &*m), ("v", &*v)];
+        check_named(be, "Rotation", "rotate_adam_direction", self.len, &bufs);
+        check_named(be, "Rotation", "rotate_adam_direction", self.d, &[("g", g)]);
         for c in &self.classes {
             let r = c.offset..c.offset + c.count * c.size;
             be.rotate_adam_direction(
@@ -445,8 +512,20 @@ impl<BK: Backend> Rotation<BK> {
             !self.is_identity(),
             "Rotation::unrotate_apply_update on the identity"
         );
-        let bufs = [("params", &*params), ("u", u)];
-        check_named(be, "Rotation", "unrotate_apply_update", self.d, &bufs);
+        check_named(
+            be,
+            "Rotation",
+            "unrotate_apply_update",
+            self.len,
+            &[("u", u)],
+        );
+        check_named(
+            be,
+            "Rotation",
+            "unrotate_apply_update",
+            self.d,
+            &[("params", &*params)],
+        );
         for c in &self.classes {
             be.unrotate_apply_update(
                 be.view_mut(params, 0..self.d),
