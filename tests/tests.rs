@@ -12,6 +12,7 @@ mod model;
 mod muon;
 mod ops;
 mod optim;
+mod parallel;
 mod plot;
 mod quadratic;
 mod rotation;

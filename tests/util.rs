@@ -178,6 +178,7 @@ pub fn tiny_config(data: &Path, out: &Path, steps: usize) -> RunConfig {
         init_from: None,
         quiet: true,
         max_memory: None,
+        parallel: Default::default(),
     }
 }
 

@@ -340,6 +340,7 @@ pub fn bench_step(o: &StepOptions) -> Result<StepResult> {
                 init_from: None,
                 quiet: true,
                 max_memory: None,
+                parallel: Default::default(),
             };
             let est = crate::run::memory::estimate(&run);
             let base = optimizers.first().map_or(m, |b: &OptimizerTiming| b.ms);

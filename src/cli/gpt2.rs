@@ -161,7 +161,51 @@ pub struct Gpt2Args {
     /// [default: the memory available on this machine].
     #[arg(long, value_parser = parse_size)]
     pub max_memory: Option<u64>,
+    /// Data parallel over these devices of this process, one rank each, e.g. 0,1,2,3 (CUDA device
+    /// ordinals, through NCCL; with --device cpu, one rank per entry in this process). --grad-accum
+    /// counts the micro-batches of all ranks and must be a multiple of their number [default: device 0].
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Option<Vec<usize>>,
+    /// Several processes (one rank and one GPU each, through NCCL): the shared directory where rank 0
+    /// leaves the NCCL id for the others. With it, --rank and --world-size, or the variables of the
+    /// launcher (RANK/WORLD_SIZE/LOCAL_RANK, Slurm's SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, Open MPI's
+    /// OMPI_COMM_WORLD_RANK/…_SIZE/…_LOCAL_RANK), say which rank this process is; its device is
+    /// --devices, else the local rank.
+    #[arg(long)]
+    pub rendezvous: Option<PathBuf>,
+    /// This process's rank (with --rendezvous).
+    #[arg(long, requires = "rendezvous")]
+    pub rank: Option<usize>,
+    /// The number of ranks over all processes (with --rendezvous).
+    #[arg(long, requires = "rendezvous")]
+    pub world_size: Option<usize>,
+    /// Keep the whole optimizer state on every data-parallel rank instead of sharding AdamW's by
+    /// rotation blocks.
+    #[arg(long)]
+    pub replicate_optimizer: bool,
 }
+
+/// The first of `vars` set in the environment, as a number (an error names the variable).
+fn env_number(vars: &[&str]) -> crate::error::Result<Option<usize>> {
+    for v in vars {
+        if let Ok(text) = std::env::var(v) {
+            return text.trim().parse().map(Some).map_err(|_| {
+                crate::error::Error::config(*v, format!("'{text}' is not a whole number"))
+            });
+        }
+    }
+    Ok(None)
+}
+
+/// The environment variables launchers set: the rank, the number of ranks, the rank on this node.
+const RANK_VARS: [&str; 4] = ["RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK"];
+const WORLD_VARS: [&str; 4] = [
+    "WORLD_SIZE",
+    "SLURM_NTASKS",
+    "OMPI_COMM_WORLD_SIZE",
+    "PMI_SIZE",
+];
+const LOCAL_VARS: [&str; 3] = ["LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK"];
 
 fn parse_size(s: &str) -> Result<u64, String> {
     let n = crate::run::memory::parse_size(s)?;
@@ -224,13 +268,76 @@ impl Gpt2Args {
             quiet: self.quiet,
             log_update_cv: self.log_update_cv,
             max_memory: self.max_memory,
+            parallel: None,
         }
+    }
+
+    /// The data-parallel settings of the flags and, with --rendezvous, of the launcher's environment
+    /// (None when no data-parallel flag is given).
+    pub fn parallel(&self) -> crate::error::Result<Option<crate::config::Parallel>> {
+        use crate::config::{Parallel, Processes};
+        use crate::error::Error;
+        if self.rendezvous.is_some() && self.out.is_none() && self.resume.is_none() {
+            return Err(Error::config(
+                "out",
+                "every process of a multi-process run must name the same run directory: pass --out \
+                 (the default name holds the start time, which differs between processes)",
+            ));
+        }
+        let Some(dir) = &self.rendezvous else {
+            if self.devices.is_none() && !self.replicate_optimizer {
+                return Ok(None);
+            }
+            return Ok(Some(Parallel {
+                devices: self.devices.clone().unwrap_or_default(),
+                processes: None,
+                replicate_optimizer: self.replicate_optimizer,
+            }));
+        };
+        let rank = match self.rank {
+            Some(r) => r,
+            None => env_number(&RANK_VARS)?.ok_or_else(|| {
+                Error::config(
+                    "rank",
+                    format!(
+                        "--rendezvous needs --rank or one of {}",
+                        RANK_VARS.join(", ")
+                    ),
+                )
+            })?,
+        };
+        let world_size = match self.world_size {
+            Some(w) => w,
+            None => env_number(&WORLD_VARS)?.ok_or_else(|| {
+                Error::config(
+                    "world-size",
+                    format!(
+                        "--rendezvous needs --world-size or one of {}",
+                        WORLD_VARS.join(", ")
+                    ),
+                )
+            })?,
+        };
+        let devices = match &self.devices {
+            Some(d) => d.clone(),
+            None => vec![env_number(&LOCAL_VARS)?.unwrap_or(0)],
+        };
+        Ok(Some(Parallel {
+            devices,
+            processes: Some(Processes {
+                rank,
+                world_size,
+                rendezvous: dir.clone(),
+            }),
+            replicate_optimizer: self.replicate_optimizer,
+        }))
     }
 
     /// The run's config and whether it resumes; options the run would not use are refused, or warned of
     /// on stderr (unless --quiet).
     pub fn to_config(&self) -> crate::error::Result<(crate::config::RunConfig, bool)> {
-        let opts = self.options();
+        let mut opts = self.options();
+        opts.parallel = self.parallel()?;
         let (cfg, resume) = opts.to_config()?;
         for w in opts.check_used(&cfg)? {
             if !self.quiet {

@@ -100,6 +100,13 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(a) => bench::run(&a)?,
         Command::Sweep(a) => {
+            if a.gpt2.devices.is_some() || a.gpt2.rendezvous.is_some() {
+                return Err(crate::error::Error::config(
+                    "devices",
+                    "a sweep trains its runs one after another on one device each; spread a sweep over \
+                     devices or machines with --list or --shard (docs/experiments.md)",
+                ));
+            }
             let opts = a.options();
             if a.list {
                 let program = std::env::current_exe()

@@ -537,11 +537,86 @@ pub struct RunConfig {
     /// machine has available).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_memory: Option<u64>,
+    /// Data parallelism: the devices and ranks the run is spread over (one device when empty).
+    #[serde(default, skip_serializing_if = "Parallel::is_single")]
+    pub parallel: Parallel,
+}
+
+/// Where a data-parallel run's ranks are (`--devices`, `--rank`, `--world-size`, `--rendezvous`;
+/// `docs/usage.md`, "Several devices"). A runtime setting: the ranks sum the same micro-batches in
+/// another order, so a run may resume on another number of devices and computes the same step to
+/// rounding.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parallel {
+    /// The devices this process drives, one rank each (CUDA ordinals; on the CPU, one rank per entry, all
+    /// on the host). Empty: device 0 alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<usize>,
+    /// Several processes (one rank each): this process's rank, the number of ranks, and the shared
+    /// directory where rank 0 leaves the NCCL id for the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<Processes>,
+    /// Keep the whole optimizer state on every rank instead of sharding AdamW's by rotation blocks
+    /// (`--log-update-cv` needs it whole).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replicate_optimizer: bool,
+}
+
+/// One process of a multi-process data-parallel run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Processes {
+    pub rank: usize,
+    pub world_size: usize,
+    pub rendezvous: PathBuf,
+}
+
+impl Parallel {
+    /// One rank on one device.
+    pub fn is_single(&self) -> bool {
+        self.world() == 1
+    }
+    /// W, the number of ranks over all processes.
+    pub fn world(&self) -> usize {
+        match &self.processes {
+            Some(p) => p.world_size,
+            None => self.devices.len().max(1),
+        }
+    }
+    /// "4 ranks (devices 0, 1, 2, 3 of this process)" / "rank 3 of 8 (device 1; rendezvous /shared/x)".
+    pub fn describe(&self) -> String {
+        let list = |d: &[usize]| {
+            d.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match &self.processes {
+            Some(p) => format!(
+                "rank {} of {} (device {}; rendezvous {})",
+                p.rank,
+                p.world_size,
+                list(&self.devices),
+                p.rendezvous.display()
+            ),
+            None => format!(
+                "{} ranks (devices {} of this process)",
+                self.world(),
+                list(&self.devices)
+            ),
+        }
+    }
 }
 
 /// Fields of a [`RunConfig`] that do not change what a run computes: where it is written, how fast, how
-/// loudly.
-pub const RUNTIME_FIELDS: [&str; 5] = ["out", "threads", "device", "quiet", "max_memory"];
+/// loudly, on how many devices.
+pub const RUNTIME_FIELDS: [&str; 6] = [
+    "out",
+    "threads",
+    "device",
+    "quiet",
+    "max_memory",
+    "parallel",
+];
 
 impl RunConfig {
     /// Reads a run's `config.json`, naming the file on any error.
@@ -558,6 +633,42 @@ impl RunConfig {
         self.train.validate()?;
         if self.threads == 0 {
             return Err(Error::config("threads", "must be at least 1"));
+        }
+        let world = self.parallel.world();
+        if world == 0 {
+            return Err(Error::config("world-size", "must be at least 1"));
+        }
+        if let Some(p) = &self.parallel.processes {
+            if p.rank >= p.world_size {
+                return Err(Error::config(
+                    "rank",
+                    format!("{} is not below the world size {}", p.rank, p.world_size),
+                ));
+            }
+            if self.parallel.devices.len() > 1 {
+                return Err(Error::config(
+                    "devices",
+                    "a process of a multi-process run drives one device (one rank per process)",
+                ));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(d) = self.parallel.devices.iter().find(|d| !seen.insert(**d)) {
+            return Err(Error::config(
+                "devices",
+                format!("device {d} is listed twice (one rank per device)"),
+            ));
+        }
+        if !self.train.grad_accum.is_multiple_of(world) {
+            return Err(Error::config(
+                "grad-accum",
+                format!(
+                    "{} micro-batches per step cannot be shared by {world} data-parallel ranks: \
+                     --grad-accum counts the micro-batches of all ranks together and must be a \
+                     multiple of the number of ranks",
+                    self.train.grad_accum
+                ),
+            ));
         }
         if self.train.optimizer == OptimizerKind::Muon
             && !matches!(
@@ -657,6 +768,7 @@ impl RunConfig {
                 c.device = DeviceKind::Auto;
                 c.quiet = false;
                 c.max_memory = None;
+                c.parallel = Parallel::default();
             }
             return (x != y).then(|| "config".to_string());
         }

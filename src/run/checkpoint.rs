@@ -113,6 +113,23 @@ pub fn save<BK: Backend>(
     opt: &Optimizer<BK>,
     state: &TrainState,
 ) -> Result<PathBuf> {
+    let mut opt_state = Vec::new();
+    for (name, buf) in opt.state_tensors() {
+        opt_state.push((name, buf_f64(be, buf)?));
+    }
+    save_state(be, run_dir, model, opt, &opt_state, state)
+}
+
+/// [`save`] with the optimizer's state tensors given whole on the host (a data-parallel run gathers a
+/// sharded optimizer's from its ranks: `Optimizer::state_host`).
+pub fn save_state<BK: Backend>(
+    be: &BK,
+    run_dir: &Path,
+    model: &Gpt2<BK>,
+    opt: &Optimizer<BK>,
+    opt_state: &[(&'static str, Vec<f64>)],
+    state: &TrainState,
+) -> Result<PathBuf> {
     let checkpoints = run_dir.join("checkpoints");
     let final_dir = step_dir(run_dir, state.step);
     let tmp = checkpoints.join(format!("{TMP_PREFIX}{}{TMP_SUFFIX}", state.step));
@@ -121,7 +138,7 @@ pub fn save<BK: Backend>(
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let written = write_files(be, &tmp, model, opt, state).and_then(|()| {
+    let written = write_files(be, &tmp, model, opt, opt_state, state).and_then(|()| {
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
         }
@@ -140,6 +157,7 @@ fn write_files<BK: Backend>(
     dir: &Path,
     model: &Gpt2<BK>,
     opt: &Optimizer<BK>,
+    opt_state: &[(&'static str, Vec<f64>)],
     state: &TrainState,
 ) -> Result<()> {
     let flat = model.params_f64(be)?;
@@ -167,9 +185,8 @@ fn write_files<BK: Backend>(
     std::fs::write(&p, hf).map_err(|e| Error::io(&p, e))?;
 
     let mut opt_tensors = Vec::new();
-    for (name, buf) in opt.state_tensors() {
-        let v = buf_f64(be, buf)?;
-        opt_tensors.push((name.to_string(), vec![v.len()], to_bytes::<BK::T>(&v)));
+    for (name, v) in opt_state {
+        opt_tensors.push((name.to_string(), vec![v.len()], to_bytes::<BK::T>(v)));
     }
     let mut meta = HashMap::new();
     meta.insert("optimizer_step".to_string(), opt.step.to_string());
@@ -258,6 +275,8 @@ pub fn load_optimizer<BK: Backend>(
     let op = dir.join("optim.safetensors");
     let moments = tensors::read(&op)?;
     let kind = opt.kind.name();
+    // a data-parallel rank with a sharded optimizer keeps its range of the whole state
+    let part = opt.shard_range();
     for (name, buf) in opt.state_tensors_mut() {
         let Some((shape, values)) = moments.get(name) else {
             return Err(Error::bad_file(
@@ -266,15 +285,18 @@ pub fn load_optimizer<BK: Backend>(
                 format!("missing: the {kind} optimizer needs it"),
             ));
         };
-        let n = be.buf_len(buf);
-        if shape.as_slice() != [n] {
+        let n = part.as_ref().map_or(be.buf_len(buf), |_| {
+            shape.first().copied().unwrap_or(0).max(be.buf_len(buf))
+        });
+        let whole = part.as_ref().map_or(0..n, |r| r.clone());
+        if shape.as_slice() != [n] || whole.end > n {
             return Err(Error::bad_file(
                 &op,
                 name,
                 format!("shape {shape:?}, but the {kind} optimizer of this model keeps [{n}]"),
             ));
         }
-        let v: Vec<BK::T> = values
+        let v: Vec<BK::T> = values[whole]
             .iter()
             .map(|&x| <BK::T as Scalar>::from_f64(x))
             .collect();

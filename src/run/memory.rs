@@ -1,7 +1,7 @@
 //! The memory a run needs, estimated from its config before anything is allocated, so that a run too
 //! large for the machine is refused with a message instead of being killed by the operating system.
 //!
-//! The estimate counts the buffers the trainer allocates: the parameters, their gradients, the optimizer's
+//! The estimate is per data-parallel rank (one device). It counts the buffers the trainer allocates: the parameters, their gradients, the optimizer's
 //! moments, the activations of one micro-batch (`model::gpt2::activation_elements`) and what the rotation
 //! keeps (its index plan and Haar blocks, or the svd factors, and the rotated work vectors), and the host
 //! copies made while a checkpoint is written. It leaves out the program itself and its tokenizer, the
@@ -124,6 +124,29 @@ pub fn estimate(cfg: &RunConfig) -> MemoryEstimate {
             (n_muon + 2 * n_adam + muon::scratch_len(&parts)) as u128
         }
     };
+    // a data-parallel rank of a sharded AdamW (`optim::shard`) keeps m and v of its range (about p/W) and
+    // one range in transit; under a block rotation also its blocks' direction and two u32 index lists
+    // (its blocks', and every rank's placement: the whole layout)
+    let world = cfg.parallel.world() as u128;
+    let rotated = !matches!(
+        cfg.rotation.kind,
+        RotationKind::Scope(crate::config::Scope::None)
+    );
+    let sharded = world > 1
+        && !cfg.parallel.replicate_optimizer
+        && tr.log_update_cv == 0
+        && tr.optimizer == OptimizerKind::Adamw
+        && matches!(cfg.rotation.kind, RotationKind::Scope(_));
+    let (moments, shard_index) = if sharded {
+        let part = p.div_ceil(world);
+        if rotated {
+            (4 * part, 4 * (part + p))
+        } else {
+            (3 * part, 0)
+        }
+    } else {
+        (moments, 0)
+    };
     // blockwise Adam's gather into block order keeps a u32 index per coordinate
     let block_order = if tr.optimizer == OptimizerKind::BlockwiseAdam {
         4 * p
@@ -186,7 +209,7 @@ pub fn estimate(cfg: &RunConfig) -> MemoryEstimate {
         grads: elem * p,
         optimizer: elem * moments,
         activations: elem * activation_elements(&cfg.model, tr.batch_size, cfg.model.seq_len),
-        rotation: rotation + block_order,
+        rotation: rotation + block_order + shard_index,
         checkpoint: (16 + elem) * p + elem * moments,
     }
 }

@@ -81,6 +81,9 @@ pub struct RunOptions {
     pub log_update_cv: Option<usize>,
     /// `--max-memory` in bytes.
     pub max_memory: Option<u64>,
+    /// `--devices`, `--rank`, `--world-size`, `--rendezvous`, `--replicate-optimizer` (None: one device,
+    /// or what a resumed run's config says).
+    pub parallel: Option<crate::config::Parallel>,
 }
 
 /// Seconds since the Unix epoch as `YYYYmmdd-HHMMSS` (UTC), for default run and sweep directory names.
@@ -228,8 +231,8 @@ impl RunOptions {
                         format!(
                             "the options given would change {field} from {} to {}; a resumed run keeps \
                              its config.json (only --steps, --eval-every, --eval-batches, \
-                             --checkpoint-every, --log-update-cv, --threads, --device, --max-memory and \
-                             --quiet may change); to train differently, start a new run with --out",
+                             --checkpoint-every, --log-update-cv, --threads, --device, --devices and the \
+                             other data-parallel options, --max-memory and --quiet may change); to train differently, start a new run with --out",
                             stored.field_text(&field),
                             asked.field_text(&field)
                         ),
@@ -258,6 +261,7 @@ impl RunOptions {
                     init_from: None,
                     quiet: false,
                     max_memory: None,
+                    parallel: Default::default(),
                 }
             }
         };
@@ -418,6 +422,9 @@ impl RunOptions {
         if self.max_memory.is_some() {
             cfg.max_memory = self.max_memory;
         }
+        if let Some(p) = &self.parallel {
+            cfg.parallel = p.clone();
+        }
         cfg.quiet = self.quiet;
     }
 
@@ -432,6 +439,7 @@ impl RunOptions {
             threads: None,
             device: None,
             max_memory: None,
+            parallel: None,
             quiet: false,
             ..self.clone()
         }

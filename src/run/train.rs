@@ -5,8 +5,9 @@
 use super::metrics::{MetricsWriter, StepMetrics};
 use super::progress::Progress;
 use super::trainer::{OnStep, Trainer, UpdateCvLog};
+use crate::backend::collective::LocalGroup;
 use crate::backend::cpu::CpuBackend;
-use crate::backend::Backend;
+use crate::backend::{Backend, Collective};
 use crate::config::{Precision, RunConfig};
 use crate::error::{Error, Result};
 use std::path::PathBuf;
@@ -67,30 +68,86 @@ pub fn train_observed(
     let host = (device != crate::device::Resolved::Cuda).then(super::memory::available);
     super::memory::check(&est, cfg.max_memory.map(u128::from), host.flatten())?;
     if device == crate::device::Resolved::Cuda {
+        use crate::backend::cuda::{collective, CudaBackend};
         let tk = crate::backend::cuda::nvrtc::Toolkit::find();
-        let be = crate::backend::cuda::CudaBackend::cuda(0, tk, cfg.precision == Precision::Bf16)?;
-        return pool.install(|| train_on(&be, cfg, resume, on_step));
+        let bf16 = cfg.precision == Precision::Bf16;
+        let ordinals = match cfg.parallel.devices.as_slice() {
+            [] => vec![0],
+            d => d.to_vec(),
+        };
+        let bes = ordinals
+            .iter()
+            .map(|&o| CudaBackend::cuda(o, tk.clone(), bf16))
+            .collect::<Result<Vec<_>>>()?;
+        if cfg.parallel.is_single() {
+            return pool.install(|| train_on(&bes[0], cfg, resume, on_step));
+        }
+        let ranks = bes
+            .iter()
+            .zip(collective::connect(&bes, &cfg.parallel)?)
+            .map(|(be, c)| LocalRank {
+                be,
+                comm: Some(Box::new(c) as Box<dyn Collective<CudaBackend>>),
+            })
+            .collect();
+        return pool.install(|| train_ranks(ranks, cfg, resume, on_step));
+    }
+    let world = cfg.parallel.devices.len().max(1);
+    if cfg.parallel.processes.is_some() {
+        return Err(Error::config(
+            "rendezvous",
+            "ranks in several processes exchange through NCCL, which needs --device cuda; on the CPU, \
+             --devices N runs N ranks in this process",
+        ));
     }
     pool.install(|| match cfg.precision {
-        Precision::Fp32 => train_on(
-            &CpuBackend::<f32>::new(cfg.threads, false),
-            cfg,
-            resume,
-            on_step,
-        ),
-        Precision::Bf16 => train_on(
-            &CpuBackend::<f32>::new(cfg.threads, true),
-            cfg,
-            resume,
-            on_step,
-        ),
-        Precision::Fp64 => train_on(
-            &CpuBackend::<f64>::new(cfg.threads, false),
-            cfg,
-            resume,
-            on_step,
-        ),
+        Precision::Fp32 | Precision::Bf16 => {
+            let bf16 = cfg.precision == Precision::Bf16;
+            let bes: Vec<_> = (0..world)
+                .map(|_| CpuBackend::<f32>::new(cfg.threads, bf16))
+                .collect();
+            train_on_cpu(&bes, cfg, resume, on_step)
+        }
+        Precision::Fp64 => {
+            let bes: Vec<_> = (0..world)
+                .map(|_| CpuBackend::<f64>::new(cfg.threads, false))
+                .collect();
+            train_on_cpu(&bes, cfg, resume, on_step)
+        }
     })
+}
+
+/// One rank per backend of `bes`, exchanging through host memory when there are several.
+fn train_on_cpu<BK: Backend>(
+    bes: &[BK],
+    cfg: &RunConfig,
+    resume: bool,
+    on_step: &mut (dyn FnMut(&StepMetrics) + Send),
+) -> Result<RunOutcome> {
+    if bes.len() == 1 {
+        return train_on(&bes[0], cfg, resume, on_step);
+    }
+    let ranks = bes
+        .iter()
+        .zip(LocalGroup::new(bes.len()))
+        .map(|(be, g)| LocalRank {
+            be,
+            comm: Some(Box::new(g) as Box<dyn Collective<BK>>),
+        })
+        .collect();
+    train_ranks(ranks, cfg, resume, on_step)
+}
+
+/// One data-parallel rank of this process: its backend and its link to the other ranks.
+pub struct LocalRank<'a, BK: Backend> {
+    pub be: &'a BK,
+    pub comm: Option<Box<dyn Collective<BK> + 'a>>,
+}
+
+impl<BK: Backend> LocalRank<'_, BK> {
+    fn rank(&self) -> usize {
+        self.comm.as_ref().map_or(0, |c| c.rank())
+    }
 }
 
 fn say(cfg: &RunConfig, msg: impl AsRef<str>) {
@@ -174,19 +231,95 @@ fn train_on<BK: Backend>(
     resume: bool,
     on_step: &mut (dyn FnMut(&StepMetrics) + Send),
 ) -> Result<RunOutcome> {
-    let t0 = Instant::now();
-    let (m, tr) = (&cfg.model, &cfg.train);
+    train_ranks(vec![LocalRank { be, comm: None }], cfg, resume, on_step)
+}
+
+/// Trains with this process's ranks: rank 0 of the run (if it is here) on this thread, writing what a
+/// run writes (config, history, metrics, checkpoints) and printing; every other rank in a thread of its
+/// own, writing nothing. An error of any rank stops them all (their collectives fail); the first rank
+/// that failed for a reason of its own is the one reported.
+pub fn train_ranks<BK: Backend>(
+    mut ranks: Vec<LocalRank<'_, BK>>,
+    cfg: &RunConfig,
+    resume: bool,
+    on_step: &mut (dyn FnMut(&StepMetrics) + Send),
+) -> Result<RunOutcome> {
     let entry = match (resume, super::checkpoint::latest(&cfg.out)?) {
         (false, _) => Entry::Fresh,
         (true, Some(_)) => Entry::Resume,
         (true, None) => Entry::Restart,
     };
+    let lead = ranks
+        .iter()
+        .position(|r| r.rank() == 0)
+        .map(|i| ranks.remove(i));
+    std::thread::scope(|s| {
+        let followers: Vec<_> = ranks
+            .into_iter()
+            .map(|r| {
+                let rank = r.rank();
+                let handle = s.spawn(move || -> Result<super::trainer::RunLosses> {
+                    let mut t = match entry {
+                        Entry::Resume => Trainer::resume_rank(r.be, cfg, r.comm)?,
+                        Entry::Fresh | Entry::Restart => Trainer::new_rank(r.be, cfg, r.comm)?,
+                    };
+                    let losses = t.run(&mut [])?;
+                    t.finish();
+                    Ok(losses)
+                });
+                (rank, handle)
+            })
+            .collect();
+        let led = lead.map(|r| lead_rank(r, entry, cfg, on_step));
+        let mut failed = None;
+        let mut outcome = None;
+        for (rank, h) in followers {
+            match h.join() {
+                Ok(Ok(losses)) => outcome = outcome.or(Some(losses)),
+                Ok(Err(e)) => {
+                    failed = failed.or(Some(e.context(format!("data-parallel rank {rank}"))))
+                }
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        match (led, failed) {
+            (Some(Ok(out)), None) => Ok(out),
+            // a follower's own error explains the leader's failed collective
+            (Some(Err(_)), Some(e)) | (None, Some(e)) => Err(e),
+            (Some(Err(e)), None) => Err(e),
+            (Some(Ok(_)), Some(e)) => Err(e),
+            (None, None) => {
+                let losses = outcome.expect("a process runs at least one rank");
+                Ok(RunOutcome {
+                    run_dir: cfg.out.clone(),
+                    start_step: 0,
+                    steps: cfg.train.steps,
+                    first_train_loss: losses.first_train,
+                    final_train_loss: losses.final_train,
+                    final_val_loss: losses.final_val,
+                    seconds: 0.0,
+                })
+            }
+        }
+    })
+}
+
+/// Rank 0: the run as one device runs it, with its link to the other ranks.
+fn lead_rank<BK: Backend>(
+    rank: LocalRank<'_, BK>,
+    entry: Entry,
+    cfg: &RunConfig,
+    on_step: &mut (dyn FnMut(&StepMetrics) + Send),
+) -> Result<RunOutcome> {
+    let LocalRank { be, comm } = rank;
+    let t0 = Instant::now();
+    let (m, tr) = (&cfg.model, &cfg.train);
     if entry == Entry::Fresh {
         check_fresh(cfg)?;
     }
     let mut trainer = match entry {
-        Entry::Resume => Trainer::resume(be, cfg)?,
-        Entry::Fresh | Entry::Restart => Trainer::new(be, cfg)?,
+        Entry::Resume => Trainer::resume_rank(be, cfg, comm)?,
+        Entry::Fresh | Entry::Restart => Trainer::new_rank(be, cfg, comm)?,
     };
     // One writer per run directory, from here until the run ends (`run::lock`).
     let _lock = super::lock::DirLock::acquire(&cfg.out, "rotadam gpt2")?;
@@ -238,6 +371,23 @@ fn train_on<BK: Backend>(
     }
 
     say(cfg, format!("backend: {}", be.name()));
+    if !cfg.parallel.is_single() {
+        say(
+            cfg,
+            format!(
+                "data parallel: {}; {}",
+                cfg.parallel.describe(),
+                match trainer.opt.shard_range() {
+                    Some(r) => format!(
+                        "AdamW's state sharded by rotation blocks (rank 0 keeps {} of {} coordinates)",
+                        r.len(),
+                        trainer.model.num_params()
+                    ),
+                    None => "the optimizer state whole on every rank".into(),
+                }
+            ),
+        );
+    }
     say(
         cfg,
         format!(
@@ -283,6 +433,7 @@ fn train_on<BK: Backend>(
     };
     let mut caller = OnStep(on_step);
     let losses = trainer.run(&mut [&mut update_cv, &mut metrics, &mut progress, &mut caller])?;
+    trainer.finish();
     let outcome = RunOutcome {
         run_dir: cfg.out.clone(),
         start_step: start,

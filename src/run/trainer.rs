@@ -5,7 +5,7 @@
 
 use super::checkpoint::{self, TrainState};
 use super::metrics::StepMetrics;
-use crate::backend::{Backend, Scalar};
+use crate::backend::{Backend, Collective, Scalar};
 use crate::config::RunConfig;
 use crate::data::loader::{fixed_batches, Batch, BatchSampler, EVAL_SEED};
 use crate::data::shard::Dataset;
@@ -51,6 +51,8 @@ pub struct Trainer<'a, BK: Backend> {
     pub init: Option<InitFrom>,
     /// The newest checkpoint written (or resumed from).
     pub last_checkpoint: Option<PathBuf>,
+    /// This data-parallel rank's link to the others (None: the run has one rank).
+    comm: Option<Box<dyn Collective<BK> + 'a>>,
 }
 
 /// The weights a run started from with `--init-from`.
@@ -67,7 +69,19 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
     /// ([`Trainer::init`] says what was loaded), the rotation, the optimizer, the data (the demo corpus
     /// prepared on first use).
     pub fn new(be: &'a BK, cfg: &'a RunConfig) -> Result<Self> {
-        let mut t = Self::from_seed(be, cfg)?;
+        Self::new_rank(be, cfg, None)
+    }
+
+    /// [`Trainer::new`] for one data-parallel rank, linked to the others by `comm` (None: one rank).
+    /// Every rank starts from the same weights (the same seed or file); rank r computes the gradient of
+    /// its share of each step's micro-batches, and with AdamW under `none` or a block rotation keeps
+    /// the optimizer state of its share of the rotation's blocks (`optim::shard`).
+    pub fn new_rank(
+        be: &'a BK,
+        cfg: &'a RunConfig,
+        comm: Option<Box<dyn Collective<BK> + 'a>>,
+    ) -> Result<Self> {
+        let mut t = Self::from_seed(be, cfg, comm)?;
         if let Some(path) = &cfg.init_from {
             let ignored_biases = t.init_from(path)?;
             t.init = Some(InitFrom {
@@ -79,13 +93,28 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
     }
 
     /// `cfg`'s run at step 0 with the seed's weights.
-    fn from_seed(be: &'a BK, cfg: &'a RunConfig) -> Result<Self> {
+    fn from_seed(
+        be: &'a BK,
+        cfg: &'a RunConfig,
+        comm: Option<Box<dyn Collective<BK> + 'a>>,
+    ) -> Result<Self> {
         let (m, tr) = (&cfg.model, &cfg.train);
         let data_dir = crate::data::resolve(&cfg.data, cfg.quiet)?;
         let data = Dataset::open(&data_dir, m.vocab_size, m.seq_len)?;
         let model = Gpt2::new(be, m, tr.seed)?;
         let basis = Basis::new(be, &cfg.rotation, &model.table)?;
-        let opt = Optimizer::for_run(be, tr, basis, &model.table)?;
+        let opt = match &comm {
+            None => Optimizer::for_run(be, tr, basis, &model.table)?,
+            Some(c) => Optimizer::for_rank(
+                be,
+                tr,
+                basis,
+                &model.table,
+                c.rank(),
+                c.world(),
+                !cfg.parallel.replicate_optimizer && tr.log_update_cv == 0,
+            )?,
+        };
         // The same val windows for every run, whatever its seed, so val curves are comparable across runs.
         let eval = fixed_batches(
             &data.val,
@@ -104,6 +133,7 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
             eval,
             init: None,
             last_checkpoint: None,
+            comm,
         })
     }
 
@@ -111,7 +141,17 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
     /// cursor, the rotation's state): continuing it gives the bits an uninterrupted run gives. The step
     /// is the one in the checkpoint's `state.json` (the optimizer's count), whatever the directory's name.
     pub fn resume(be: &'a BK, cfg: &'a RunConfig) -> Result<Self> {
-        let mut t = Self::from_seed(be, cfg)?;
+        Self::resume_rank(be, cfg, None)
+    }
+
+    /// [`Trainer::resume`] for one data-parallel rank ([`Trainer::new_rank`]). A checkpoint holds the
+    /// whole optimizer state, so a run resumes on any number of ranks; each keeps its own share.
+    pub fn resume_rank(
+        be: &'a BK,
+        cfg: &'a RunConfig,
+        comm: Option<Box<dyn Collective<BK> + 'a>>,
+    ) -> Result<Self> {
+        let mut t = Self::from_seed(be, cfg, comm)?;
         let Some((_, dir)) = checkpoint::latest(&cfg.out)? else {
             return Err(Error::bad_file(
                 cfg.out.join("checkpoints"),
@@ -159,12 +199,29 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
         let lr = schedule::lr_at(it, tr.lr, tr.min_lr, tr.warmup, tr.decay_steps());
         let dloss = 1.0 / (tr.batch_size * t * tr.grad_accum) as f64;
         self.model.zero_grads(be)?;
-        let mut loss = 0.0;
-        for _ in 0..tr.grad_accum {
+        // Rank r of W takes micro-batches r·A/W .. (r+1)·A/W of the step's A; every rank draws all A
+        // from the same sampler, so W ranks see exactly the tokens one rank sees.
+        let (rank, world) = self.comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world()));
+        let share = tr.grad_accum / world;
+        let mine = rank * share..(rank + 1) * share;
+        let mut losses = Vec::with_capacity(share);
+        for i in 0..tr.grad_accum {
             let b = self.sampler.next_batch(&self.data.train, tr.batch_size, t);
-            loss += self
-                .model
-                .forward_backward(be, &b.inputs, &b.targets, b.b, b.t, dloss)?;
+            if mine.contains(&i) {
+                losses.push(
+                    self.model
+                        .forward_backward(be, &b.inputs, &b.targets, b.b, b.t, dloss)?,
+                );
+            }
+        }
+        if let Some(c) = &self.comm {
+            c.all_reduce_sum(be, &mut self.model.grads)?;
+            losses = c.all_gather_host(be, &losses)?;
+        }
+        // summed in micro-batch order, as one rank sums them
+        let mut loss = 0.0;
+        for l in losses {
+            loss += l;
         }
         loss /= tr.grad_accum as f64;
         let norm = grad_norm(be, &self.model.grads)?;
@@ -187,12 +244,13 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
             });
         }
         clip_grads(be, &mut self.model.grads, norm, tr.clip)?;
-        self.opt.step(
+        self.opt.step_ranked(
             be,
             &self.model.table,
             &mut self.model.params,
             &self.model.grads,
             lr,
+            self.comm.as_deref(),
         )?;
         debug_assert_eq!(self.steps_done(), step);
         Ok(StepReport {
@@ -205,12 +263,36 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
     }
 
     /// Mean loss over the fixed evaluation batches.
+    /// Data-parallel ranks share the batches (rank r the r-th run of ⌈E/W⌉) and sum every batch's loss
+    /// in batch order, as one rank does.
     pub fn evaluate(&mut self) -> Result<f64> {
-        let mut sum = 0.0;
-        for b in &self.eval {
-            sum += self.model.loss(self.be, &b.inputs, &b.targets, b.b, b.t)?;
+        let n = self.eval.len();
+        let (rank, world) = self.comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world()));
+        let chunk = n.div_ceil(world);
+        let mut losses = vec![0.0; chunk];
+        for (i, b) in self.eval.iter().enumerate().skip(rank * chunk).take(chunk) {
+            losses[i - rank * chunk] = self.model.loss(self.be, &b.inputs, &b.targets, b.b, b.t)?;
         }
-        Ok(sum / self.eval.len() as f64)
+        if let Some(c) = &self.comm {
+            losses = c.all_gather_host(self.be, &losses)?;
+        }
+        let mut sum = 0.0;
+        for l in &losses[..n] {
+            sum += l;
+        }
+        Ok(sum / n as f64)
+    }
+
+    /// This rank (0 with one rank) and the number of ranks.
+    pub fn rank(&self) -> (usize, usize) {
+        self.comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world()))
+    }
+
+    /// The run ended well on this rank: leaving no longer stops the other ranks.
+    pub fn finish(&mut self) {
+        if let Some(c) = self.comm.as_mut() {
+            c.finish();
+        }
     }
 
     /// Writes the checkpoint of the current step (atomically); returns its directory.
@@ -226,7 +308,20 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
             train_loss,
             val_loss,
         };
-        let dir = checkpoint::save(self.be, &self.cfg.out, &self.model, &self.opt, &state)?;
+        // every rank takes part in gathering a sharded optimizer's state; rank 0 writes
+        let opt_state = self.opt.state_host(self.be, self.comm.as_deref())?;
+        let dir = if self.rank().0 == 0 {
+            checkpoint::save_state(
+                self.be,
+                &self.cfg.out,
+                &self.model,
+                &self.opt,
+                &opt_state,
+                &state,
+            )?
+        } else {
+            checkpoint::step_dir(&self.cfg.out, state.step)
+        };
         self.last_checkpoint = Some(dir.clone());
         Ok(dir)
     }
