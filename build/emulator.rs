@@ -74,13 +74,15 @@ const STANDIN_DRIVER: [&str; 5] = [
     "report.cpp",
 ];
 
-/// The CUDA driver and cuBLAS stand-in (`kernels/standin`): `OUT_DIR/standin/libcuda.so` (SONAME
+/// The CUDA driver, cuBLAS and NCCL stand-in (`kernels/standin`): `OUT_DIR/standin/libcuda.so` (SONAME
 /// `libcuda.so`: the driver subset, the emulator's objects compiled above — every kernel — and a generated
-/// table of the kernels' launchers) and `OUT_DIR/standin/libcublas.so` (SONAME `libcublas.so`, needing the
-/// former). Loaded in place of NVIDIA's libraries they run the CUDA backend's host code on the emulator.
+/// table of the kernels' launchers), `OUT_DIR/standin/libcublas.so` (SONAME `libcublas.so`, needing the
+/// former) and `OUT_DIR/standin/libnccl.so.2` (SONAME `libnccl.so.2`, nccl.cpp, needing libcuda.so too).
+/// Loaded in place of NVIDIA's libraries they run the CUDA backend's host code on the emulator.
 /// Exports are limited by `-fvisibility=hidden` and the version scripts `kernels/standin/*.map`; the
 /// entry-point list (`rotadam_standin_entry_points`) is every `STANDIN_API` line of the driver's files
-/// ([`STANDIN_DRIVER`]) and cublas.cpp. `ROTADAM_STANDIN_DIR` (compile-time env) names the directory.
+/// ([`STANDIN_DRIVER`]) and cublas.cpp (NCCL's are listed by `tests/cuda/nccl.rs` from nccl.cpp).
+/// `ROTADAM_STANDIN_DIR` (compile-time env) names the directory.
 pub fn standin(out: &Path, kdir: &Path, modules: &[Module], emu_objects: &[PathBuf]) {
     let dir = out.join("standin");
     let src = kdir.join("standin");
@@ -162,7 +164,11 @@ pub fn standin(out: &Path, kdir: &Path, modules: &[Module], emu_objects: &[PathB
     let mut cublas = base.clone();
     // -O3: the GEMM's inner loop is vectorized
     cublas.opt_level(3).file(src.join("cublas.cpp"));
+    let mut nccl = base.clone();
+    nccl.file(src.join("nccl.cpp"));
+    // `name` is the file and its SONAME; its version script is kernels/standin/<name up to ".so">.map
     let link = |name: &str, objects: Vec<PathBuf>, extra: &[String]| {
+        let stem = &name[..name.find(".so").expect("a shared library's name")];
         let mut cmd = base.get_compiler().to_command();
         cmd.arg("-shared")
             .arg("-o")
@@ -170,7 +176,7 @@ pub fn standin(out: &Path, kdir: &Path, modules: &[Module], emu_objects: &[PathB
             .arg(format!("-Wl,-soname,{name}"))
             .arg(format!(
                 "-Wl,--version-script={}",
-                src.join(name.replace(".so", ".map")).display()
+                src.join(format!("{stem}.map")).display()
             ))
             .arg("-Wl,-z,defs")
             .args(&objects)
@@ -190,15 +196,16 @@ pub fn standin(out: &Path, kdir: &Path, modules: &[Module], emu_objects: &[PathB
     let mut objects = emu_objects.to_vec();
     objects.extend(driver.compile_intermediates());
     link("libcuda.so", objects, &[]);
-    link(
-        "libcublas.so",
-        cublas.compile_intermediates(),
-        &[
-            format!("-L{}", dir.display()),
-            "-l:libcuda.so".into(),
-            "-Wl,-rpath,$ORIGIN".into(),
-        ],
-    );
+    let on_driver = [
+        format!("-L{}", dir.display()),
+        "-l:libcuda.so".into(),
+        "-Wl,-rpath,$ORIGIN".into(),
+    ];
+    link("libcublas.so", cublas.compile_intermediates(), &on_driver);
+    // shm_open: in libc since glibc 2.34, in librt before
+    let mut nccl_libs = on_driver.to_vec();
+    nccl_libs.push("-lrt".into());
+    link("libnccl.so.2", nccl.compile_intermediates(), &nccl_libs);
 }
 
 /// The flattened `reduce.cu` with the barrier between the per-warp partial writes and their reads removed

@@ -5,10 +5,11 @@
 //     and strings;
 //   - memory.cpp: device and pinned host allocations, guard pages, the quarantine, the fault handler, copies
 //     and memsets;
-//   - streams.cpp: streams, events, the work queue and synchronization;
+//   - streams.cpp: streams, events, the work queue (with collectives that wait for their peers: libnccl.so.2,
+//     nccl.cpp) and synchronization;
 //   - modules.cpp: modules from PTX, function lookup and cuLaunchKernel;
 //   - report.cpp: the state, the error report and the exported rotadam_standin_* functions (observability and
-//     the interface for libcublas.so).
+//     the interface for libcublas.so and libnccl.so.2).
 // Everything here lives in namespace rotadam_standin with hidden visibility; the library exports only the
 // STANDIN_API functions (standin.h, libcuda.map).
 //
@@ -30,6 +31,9 @@
 //     host: stream, event and context synchronization, blocking copies, copies into pageable memory,
 //     cuMemFree_v2 / cuMemFreeHost, and queries (cuStreamQuery / cuEventQuery run what they ask about and
 //     report it done). A stream waiting on an event runs that event's work when the waiting stream is run.
+//     An NCCL collective (libnccl.so.2) that runs before its peers have reached it is "not ready": it stays
+//     queued, the other streams' collectives run, and the synchronizing call waits with the lock released
+//     (the functions that run queued work, below).
 //     A device-to-host copy into pinned memory fills its destination with 0xFF when queued (a host read
 //     before the synchronization sees NaN), after running the queued copies that still read or write those
 //     bytes, with what precedes them (run_host_users);
@@ -52,11 +56,13 @@
 
 #include <signal.h>
 
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <deque>
 #include <functional>
 #include <map>
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -76,6 +82,7 @@ constexpr unsigned kMaxDynamicSmem = 48 * 1024;              // without cuFuncSe
 constexpr int kMaxPtxMajor = 8, kMaxPtxMinor = 8;            // a CUDA 12.9 driver reads PTX ISA 8.8
 constexpr int kDeviceSm = 90;
 constexpr size_t kMaxReportLines = 1000;                     // distinct lines kept; later ones are only counted
+constexpr std::chrono::microseconds kNotReadyPoll{200};      // how long a not-ready collective's caller waits
 
 struct Context;
 struct Stream;
@@ -114,13 +121,19 @@ struct HostRange {
   bool overlaps(uint64_t p, uint64_t n) const { return p < end && begin < p + n; }
 };
 
-// One queued operation. `run` returns "" or what went wrong (the context then fails, sticky).
+// What running a work item did (the statuses of rotadam_standin_work_fn, standin.h).
+constexpr int kWorkDone = 0;      // it ran
+constexpr int kWorkFailed = 1;    // it failed: the context fails (sticky) with its message
+constexpr int kWorkNotReady = 2;  // it cannot run yet (a collective waiting for its peers): try again later
+
+// One queued operation. `run` returns a kWork* status, with what went wrong in *err when it failed.
 struct Work {
   uint64_t seq = 0;  // process-wide enqueue order
   std::string what;  // "cuLaunchKernel(adamw_step), API call #55"
   std::vector<Dep> deps;
-  std::function<std::string()> run;
-  HostRange host;  // the pinned host memory it copies from or into (copies only)
+  std::function<int(std::string* err)> run;
+  HostRange host;           // the pinned host memory it copies from or into (copies only)
+  bool collective = false;  // an NCCL collective: may be not ready; run early while another one waits
 };
 
 struct Stream {
@@ -187,6 +200,10 @@ struct Context {
 // All of the stand-in's state, behind one mutex (the emulator's own globals apart).
 struct State {
   std::mutex mu;
+  // Notified when work is queued or a collective completes: a thread waiting for a collective's peers
+  // (run_until's kWorkNotReady) waits on it with the mutex released, and polls (peers in other processes
+  // notify nobody here).
+  std::condition_variable cv;
   bool initialized = false;
   CUresult init_error = CUDA_SUCCESS;  // a failed cuInit (a malformed setting), kept for every later call …
   std::string init_message;            // … with its reason
@@ -275,19 +292,35 @@ const Allocation* find(const std::map<uint64_t, Allocation>& m, uint64_t p, uint
 // Where `p` points, for a message: into which allocation (live or freed), or nowhere.
 std::string describe_address(State& s, uint64_t p);
 // "" when [p, p + n) lies inside one live device allocation of context c (n may be 0), else why not.
-std::string check_device_range(State& s, Context* c, uint64_t p, uint64_t n, const char* what);
+// `current`: c is the calling thread's current context (the message says so), not one named otherwise.
+std::string check_device_range(State& s, Context* c, uint64_t p, uint64_t n, const char* what, bool current = true);
 
 // ---- streams and the work queue (streams.cpp) -----------------------------------------------------------
 // A new stream of context c, listed in c->streams.
 std::shared_ptr<Stream> new_stream(State& s, Context* c, Stream::Kind kind, unsigned flags);
 // The stream `h` names in context c: NULL and CU_STREAM_LEGACY are the legacy default stream,
 // CU_STREAM_PER_THREAD this thread's default stream, anything else a handle from cuStreamCreate.
-CUresult resolve_stream(Api& a, Context* c, CUstream h, std::shared_ptr<Stream>* out);
+// `current`: c is the calling thread's current context (the message says so), not one named otherwise.
+CUresult resolve_stream(Api& a, Context* c, CUstream h, std::shared_ptr<Stream>* out, bool current = true);
 // Queues `run` on `st` after everything already queued there; work on the legacy stream also waits for
 // every blocking stream, and work on a blocking stream for the legacy stream. `host` is the pinned host
 // memory it reads or writes. Returns its sequence number.
 uint64_t enqueue(State& s, const std::shared_ptr<Stream>& st, std::string what, std::function<std::string()> run,
                  std::vector<Dep> deps = {}, HostRange host = {});
+// The same for a work item that returns a kWork* status: one that may not be ready when first run (an NCCL
+// collective, `collective`), which run_until then keeps at the front of its stream and retries.
+uint64_t enqueue_status(State& s, const std::shared_ptr<Stream>& st, std::string what,
+                        std::function<int(std::string*)> run, bool collective);
+//
+// Running queued work (the three functions below) may wait: a collective that is not ready yet (its peers
+// have not reached it) stays at the front of its stream, the queued collectives of every other stream run
+// (with what precedes them on their streams: a schedule a GPU could choose, which lets one thread drive
+// several devices' collectives), and if none of that makes progress the call waits on State::cv with the
+// lock (a.lock) RELEASED, for at most kNotReadyPoll, and tries again. So another thread may change the state
+// meanwhile: a caller that holds iterators, references or pointers into State's containers across these
+// calls must look them up again. Without collectives nothing waits and the lock is never released. The
+// collective itself bounds the wait: it fails (the context becomes sticky) after its timeout.
+//
 // Runs, in every active context, the queued work that reads or writes pinned host bytes [p, p + n) (n > 0),
 // with what precedes it on its stream and what it waits for: running work before a synchronization asks for
 // it is a schedule a GPU could have chosen, and it must read or write those bytes before they are poisoned.
@@ -297,6 +330,8 @@ CUresult sync_context(Api& a, Context* c);
 // Runs the work queued on `st` up to sequence number `upto` (and what it waits for); returns the sticky error
 // of st's context.
 CUresult sync_stream(Api& a, const std::shared_ptr<Stream>& st, uint64_t upto);
+// The same without waiting (queries): false when a collective in the way is not ready yet.
+bool try_stream(Api& a, const std::shared_ptr<Stream>& st, uint64_t upto);
 // The result of a call that ran queued work: the sticky error (as this thread's last error), or success.
 CUresult after_run(Api& a, Context* c);
 

@@ -149,7 +149,7 @@ std::string describe_address(State& s, uint64_t p) {
   return hex(p) + " is not in any live device allocation";
 }
 
-std::string check_device_range(State& s, Context* c, uint64_t p, uint64_t n, const char* what) {
+std::string check_device_range(State& s, Context* c, uint64_t p, uint64_t n, const char* what, bool current) {
   if (n > 0 && p + n < p) return std::string(what) + ": " + hex(p) + " + " + std::to_string(n) + " bytes overflows";
   const Allocation* a = find(s.device_allocs, p, n);
   if (a == nullptr) {
@@ -160,8 +160,8 @@ std::string check_device_range(State& s, Context* c, uint64_t p, uint64_t n, con
     return std::string(what) + ": " + describe_address(s, p);
   }
   if (a->ctx != c)
-    return std::string(what) + ": " + a->describe() + " belongs to " + a->ctx->name() + ", not to the current " +
-           c->name();
+    return std::string(what) + ": " + a->describe() + " belongs to " + a->ctx->name() + ", not to " +
+           (current ? "the current " : "") + c->name();
   return "";
 }
 
@@ -351,8 +351,13 @@ STANDIN_API CUresult cuMemFree_v2(CUdeviceptr dptr) {
         return a.fail(CUDA_ERROR_INVALID_VALUE, "double free of " + q.describe() + ", already freed by " + q.freed_by);
     return a.fail(CUDA_ERROR_INVALID_VALUE, describe_address(a.s, dptr));
   }
-  // Implicit synchronization: queued work that may use the memory runs first.
+  // Implicit synchronization: queued work that may use the memory runs first. (A collective waiting for its
+  // peers releases the lock meanwhile: the allocation is looked up again.)
   sync_context(a, it->second.ctx);
+  it = a.s.device_allocs.find(dptr);
+  if (it == a.s.device_allocs.end())
+    return a.fail(CUDA_ERROR_INVALID_VALUE, hex(dptr) + " was freed by another thread while this call waited for "
+                                            "the queued work");
   Allocation al = std::move(it->second);
   a.s.device_allocs.erase(it);
   a.s.used_bytes -= al.size;
@@ -384,6 +389,10 @@ STANDIN_API CUresult cuMemFreeHost(void* p) {
     return a.fail(CUDA_ERROR_INVALID_VALUE, hex(v) + " is not the start of a pinned host allocation");
   }
   sync_context(a, it->second.ctx);  // queued copies may still read or write it
+  it = a.s.host_allocs.find(v);     // (looked up again: a waiting collective releases the lock)
+  if (it == a.s.host_allocs.end())
+    return a.fail(CUDA_ERROR_INVALID_VALUE, hex(v) + " was freed by another thread while this call waited for the "
+                                            "queued work");
   Allocation al = std::move(it->second);
   a.s.host_allocs.erase(it);
   quarantine(a.s, std::move(al), a.where());

@@ -1,10 +1,10 @@
-// standin.h: shared declarations of the CUDA driver and cuBLAS stand-in (kernels/standin/*.cpp).
+// standin.h: shared declarations of the CUDA driver, cuBLAS and NCCL stand-in (kernels/standin/*.cpp).
 //
-// The stand-in is two shared libraries built by build.rs: `libcuda.so` (the driver: context.cpp, memory.cpp,
+// The stand-in is three shared libraries built by build.rs: `libcuda.so` (the driver: context.cpp, memory.cpp,
 // streams.cpp, modules.cpp and report.cpp, which share driver.h; ptx.cpp; the generated kernel table; and the
-// CPU emulator with every kernel of kernels/*.cu) and `libcublas.so` (cublas.cpp),
+// CPU emulator with every kernel of kernels/*.cu), `libcublas.so` (cublas.cpp) and `libnccl.so.2` (nccl.cpp),
 // with the SONAMEs of the real libraries, so that cudarc's dlopen("libcuda.so") / dlopen("libcublas.so")
-// returns them when they are preloaded. Device memory is host memory; kernels run on the emulator
+// returns them when they are preloaded (and src/backend/cuda/nccl.rs opens libnccl.so.2 by path). Device memory is host memory; kernels run on the emulator
 // (kernels/emu) when the stream they were queued on is synchronized.
 //
 // This header declares the subset of the CUDA 12.8 driver and cuBLAS ABI the stand-in implements (the
@@ -100,30 +100,54 @@ struct PtxModule {
 // a message naming the line on anything it cannot read.
 bool parse_ptx(const char* text, PtxModule* out, std::string* error);
 
-// ---- what libcuda.so exports for libcublas.so ------------------------------------------------------------
-// Work queued by libcublas.so: returns 0, or nonzero with a message in err.
+// ---- what libcuda.so exports for libcublas.so and libnccl.so.2 ------------------------------------------
+// Work queued by libcublas.so or libnccl.so.2, run when its stream runs. It returns
+//   - 0: done;
+//   - ROTADAM_STANDIN_NOT_READY (2): not ready yet, try again — an NCCL collective whose peers have not
+//     reached it. The item stays at the front of its stream (nothing after it runs) and the call that ran it
+//     (a synchronization) runs the other streams' queued collectives, or waits briefly with the stand-in's
+//     lock released, and calls it again; it must keep its own progress in `payload` and bound its own wait
+//     (fail after a timeout), since nothing else does. A query (cuStreamQuery, cuEventQuery) that meets it
+//     returns CUDA_ERROR_NOT_READY instead of waiting;
+//   - anything else: failed, with a message in err (the context then fails, sticky, as after a GPU fault).
 typedef int (*rotadam_standin_work_fn)(void* payload, char* err, uint64_t err_len);
+#define ROTADAM_STANDIN_NOT_READY 2
+// rotadam_standin_enqueue_on's flags: the work is a collective (it may return ROTADAM_STANDIN_NOT_READY, and
+// runs early, with what precedes it on its stream, while another collective waits for its peers).
+#define ROTADAM_STANDIN_WORK_COLLECTIVE 1u
 
-// The two checks record nothing: on failure they return a CUresult and write the reason into `why`, and
-// the caller (libcublas.so) reports it with its own status. rotadam_standin_enqueue reports its own
-// failures (a dead stream; a failed context only sets the last error). `run` is called with the
-// stand-in's lock held: it must not call back into libcuda.so.
+// The checks record nothing: on failure they return a CUresult and write the reason into `why`, and the
+// caller (libcublas.so, libnccl.so.2) reports it with its own status. The enqueue functions report their own
+// failures (a dead stream; a failed context only sets the last error). `run` and `release` are called with
+// the stand-in's lock held: they must not call back into libcuda.so. The *_on forms name a device (its
+// primary context, which must be active) instead of the calling thread's current context.
 //
 // 0 when [ptr, ptr + bytes) lies inside one live device allocation of the current context (`what` names
 // the operand in the reason); else the CUresult a faulting kernel would raise (CUDA_ERROR_ILLEGAL_ADDRESS).
 STANDIN_API unsigned int rotadam_standin_check_device_range(uint64_t ptr, uint64_t bytes, const char* what,
                                                             char* why, uint64_t why_len);
+STANDIN_API unsigned int rotadam_standin_check_device_range_on(int device, uint64_t ptr, uint64_t bytes,
+                                                               const char* what, char* why, uint64_t why_len);
 // 0 when `stream` is a usable stream handle of the current context; else a CUresult and the reason.
 STANDIN_API unsigned int rotadam_standin_check_stream(CUstream stream, char* why, uint64_t why_len);
+STANDIN_API unsigned int rotadam_standin_check_stream_on(int device, CUstream stream, char* why, uint64_t why_len);
+// 0 and the device of the calling thread's current context (active, not failed); else a CUresult and why.
+STANDIN_API unsigned int rotadam_standin_current_device(int* device, char* why, uint64_t why_len);
 // Queues `run(payload)` on `stream` (ordered like a kernel launch; `what` names it in messages, e.g.
 // "cublasSgemm_v2"); `release(payload)` is called once the work ran or was discarded, or at once if nothing
 // was queued. Returns 0 or a CUresult with the reason in why (the context's sticky error, a bad stream).
 STANDIN_API unsigned int rotadam_standin_enqueue(CUstream stream, const char* what, rotadam_standin_work_fn run,
                                                  void (*release)(void*), void* payload, char* why,
                                                  uint64_t why_len);
+// The same on `stream` of device `device`, with ROTADAM_STANDIN_WORK_COLLECTIVE or 0 in `flags`.
+STANDIN_API unsigned int rotadam_standin_enqueue_on(int device, CUstream stream, const char* what, unsigned int flags,
+                                                    rotadam_standin_work_fn run, void (*release)(void*),
+                                                    void* payload, char* why, uint64_t why_len);
 // Records one detected misuse: the error report, stderr once, and this thread's last error.
 STANDIN_API void rotadam_standin_report(const char* message);
 // Marks the current context failed as a GPU fault would (sticky `code`), recording `message`.
 STANDIN_API void rotadam_standin_fault(unsigned int code, const char* message);
-// Driver functions libcublas.so calls.
+// Driver functions libcublas.so and libnccl.so.2 call.
 STANDIN_API CUresult cuCtxGetCurrent(CUcontext* pctx);
+STANDIN_API CUresult cuInit(unsigned int flags);
+STANDIN_API CUresult cuDeviceGetCount(int* count);

@@ -1,8 +1,9 @@
 // streams.cpp: the driver stand-in's streams (the legacy default stream, per-thread default streams, created
-// ones), the per-stream queue of work (launches, copies, memsets, cuBLAS calls) with the legacy stream's
-// implicit synchronization, running that work where a GPU would guarantee completion to the host (stream,
-// event and context synchronization, queries), and events (record, wait, elapsed time). driver.h has the
-// overview of the stand-in.
+// ones), the per-stream queue of work (launches, copies, memsets, cuBLAS calls, NCCL collectives) with the
+// legacy stream's implicit synchronization, running that work where a GPU would guarantee completion to the
+// host (stream, event and context synchronization, queries) — waiting, with the lock released, for
+// collectives whose peers have not reached them (driver.h) — and events (record, wait, elapsed time).
+// driver.h has the overview of the stand-in.
 #include "driver.h"
 
 #include <algorithm>
@@ -21,7 +22,7 @@ std::shared_ptr<Stream> new_stream(State& s, Context* c, Stream::Kind kind, unsi
   return st;
 }
 
-CUresult resolve_stream(Api& a, Context* c, CUstream h, std::shared_ptr<Stream>* out) {
+CUresult resolve_stream(Api& a, Context* c, CUstream h, std::shared_ptr<Stream>* out, bool current) {
   if (h == nullptr || h == STANDIN_STREAM_LEGACY) {
     *out = c->legacy;
     return CUDA_SUCCESS;
@@ -37,20 +38,17 @@ CUresult resolve_stream(Api& a, Context* c, CUstream h, std::shared_ptr<Stream>*
     return a.fail(CUDA_ERROR_INVALID_HANDLE, "stream handle " + hex(reinterpret_cast<uint64_t>(h)) +
                                                  " is not a live stream (never created, or destroyed)");
   if (it->second->ctx != c)
-    return a.fail(CUDA_ERROR_INVALID_HANDLE,
-                  it->second->name() + " belongs to " + it->second->ctx->name() + ", not to the current context");
+    return a.fail(CUDA_ERROR_INVALID_HANDLE, it->second->name() + " belongs to " + it->second->ctx->name() +
+                                                 ", not to " + (current ? "the current context" : c->name()));
   *out = it->second;
   return CUDA_SUCCESS;
 }
 
-uint64_t enqueue(State& s, const std::shared_ptr<Stream>& st, std::string what, std::function<std::string()> run,
-                 std::vector<Dep> deps, HostRange host) {
-  Work w;
+namespace {
+
+// Queues `w` on `st` (enqueue, enqueue_status), after the legacy stream's implicit synchronization.
+uint64_t push_work(State& s, const std::shared_ptr<Stream>& st, Work w) {
   w.seq = s.next_seq++;
-  w.what = std::move(what);
-  w.run = std::move(run);
-  w.deps = std::move(deps);
-  w.host = host;
   Context* c = st->ctx;
   if (st->kind == Stream::LEGACY) {
     for (const auto& o : c->streams)
@@ -61,28 +59,97 @@ uint64_t enqueue(State& s, const std::shared_ptr<Stream>& st, std::string what, 
   st->last_seq = w.seq;
   const uint64_t seq = w.seq;
   st->queue.push_back(std::move(w));
+  s.cv.notify_all();  // a thread waiting for a collective may now be able to run it
   return seq;
+}
+
+}  // namespace
+
+uint64_t enqueue(State& s, const std::shared_ptr<Stream>& st, std::string what, std::function<std::string()> run,
+                 std::vector<Dep> deps, HostRange host) {
+  Work w;
+  w.what = std::move(what);
+  w.run = [run = std::move(run)](std::string* err) {
+    *err = run();
+    return err->empty() ? kWorkDone : kWorkFailed;
+  };
+  w.deps = std::move(deps);
+  w.host = host;
+  return push_work(s, st, std::move(w));
+}
+
+uint64_t enqueue_status(State& s, const std::shared_ptr<Stream>& st, std::string what,
+                        std::function<int(std::string*)> run, bool collective) {
+  Work w;
+  w.what = std::move(what);
+  w.run = std::move(run);
+  w.collective = collective;
+  return push_work(s, st, std::move(w));
 }
 
 namespace {
 
-// Runs the work queued on `st` with sequence numbers up to `upto`, each after what it waits for. A failure
-// makes the context sticky; a failed context discards what is left (a GPU runs nothing more in it).
-void run_until(State& s, const char* call, Stream& st, uint64_t upto) {
+// Runs the work queued on `st` with sequence numbers up to `upto`, each after what it waits for, and never
+// waits: returns false when an item (or what it waits for) is not ready yet, which then stays at the front of
+// its queue. A failure makes the context sticky; a failed context discards what is left (a GPU runs nothing
+// more in it).
+bool run_until(Api& a, Stream& st, uint64_t upto) {
   while (!st.queue.empty() && st.queue.front().seq <= upto) {
+    // What it waits for runs first, while it stays at the front of its queue (those are earlier items of
+    // other streams: nothing in there touches this queue's front).
+    const std::vector<Dep> deps = st.queue.front().deps;
+    for (const Dep& d : deps)
+      if (!run_until(a, *d.stream, d.seq)) return false;
     Work w = std::move(st.queue.front());
     st.queue.pop_front();
-    for (const Dep& d : w.deps) run_until(s, call, *d.stream, d.seq);
     Context* c = st.ctx;
     if (c->sticky != CUDA_SUCCESS) continue;
-    install_fault_handler(s);
+    install_fault_handler(a.s);
     t_running = w.what.c_str();
-    std::string err = w.run();
+    std::string err;
+    const int status = w.run(&err);
     t_running = nullptr;
-    if (!err.empty())
-      make_sticky(s, c, CUDA_ERROR_LAUNCH_FAILED,
-                  std::string(call) + ": " + w.what + " failed: " + err + " [" +
+    if (status == kWorkNotReady) {
+      st.queue.push_front(std::move(w));
+      return false;
+    }
+    if (w.collective) a.s.cv.notify_all();  // its peers in this process may be waiting for it
+    if (status != kWorkDone)
+      make_sticky(a.s, c, CUDA_ERROR_LAUNCH_FAILED,
+                  std::string(a.name) + ": " + w.what + " failed: " + (err.empty() ? "failed" : err) + " [" +
                       error_name(CUDA_ERROR_LAUNCH_FAILED) + "]");
+  }
+  return true;
+}
+
+// Runs, on every stream of every active context, the work up to its first queued collective (that one
+// included): while one collective waits for its peers, theirs (queued on other devices, perhaps by this very
+// thread inside ncclGroupStart/ncclGroupEnd) can then reach it. Returns whether any work item ran to an end.
+bool run_other_collectives(Api& a) {
+  bool progress = false;
+  for (const auto& c : a.s.contexts) {
+    if (c->refcount == 0) continue;
+    std::vector<std::shared_ptr<Stream>> all = c->streams;
+    for (const auto& st : all) {
+      const auto it = std::find_if(st->queue.begin(), st->queue.end(), [](const Work& w) { return w.collective; });
+      if (it == st->queue.end()) continue;
+      const uint64_t first = st->queue.front().seq, upto = it->seq;
+      run_until(a, *st, upto);
+      progress |= st->queue.empty() || st->queue.front().seq != first;
+    }
+  }
+  return progress;
+}
+
+// Runs `attempt` (which runs queued work without waiting and says whether all it asked for ran) until it
+// succeeds; while it does not: the other collectives run, and if that makes no progress either the call
+// waits (the lock released, driver.h) — or, without `wait`, gives up and returns false.
+bool drive(Api& a, const std::function<bool()>& attempt, bool wait) {
+  for (;;) {
+    if (attempt()) return true;
+    if (run_other_collectives(a)) continue;
+    if (!wait) return false;
+    a.s.cv.wait_for(a.lock, kNotReadyPoll);
   }
 }
 
@@ -97,29 +164,47 @@ void collect_streams(Context* c) {
 }  // namespace
 
 CUresult sync_context(Api& a, Context* c) {
-  std::vector<std::shared_ptr<Stream>> all = c->streams;
-  for (const auto& st : all) run_until(a.s, a.name, *st, st->last_seq);
+  drive(
+      a,
+      [&a, c] {
+        bool done = true;
+        std::vector<std::shared_ptr<Stream>> all = c->streams;
+        for (const auto& st : all) done &= run_until(a, *st, st->last_seq);
+        return done;
+      },
+      true);
   collect_streams(c);
   return c->sticky;
 }
 
 void run_host_users(Api& a, uint64_t p, uint64_t n) {
-  for (const auto& c : a.s.contexts) {
-    if (c->refcount == 0) continue;  // an inactive context has no queued work
-    std::vector<std::shared_ptr<Stream>> all = c->streams;
-    for (const auto& st : all) {
-      uint64_t upto = 0;  // the last queued item on st that touches the range (queues are in seq order)
-      for (const Work& w : st->queue)
-        if (w.host.overlaps(p, n)) upto = w.seq;
-      if (upto != 0) run_until(a.s, a.name, *st, upto);
-    }
-    collect_streams(c.get());
-  }
+  drive(
+      a,
+      [&a, p, n] {
+        bool done = true;
+        for (const auto& c : a.s.contexts) {
+          if (c->refcount == 0) continue;  // an inactive context has no queued work
+          std::vector<std::shared_ptr<Stream>> all = c->streams;
+          for (const auto& st : all) {
+            uint64_t upto = 0;  // the last queued item on st that touches the range (queues are in seq order)
+            for (const Work& w : st->queue)
+              if (w.host.overlaps(p, n)) upto = w.seq;
+            if (upto != 0) done &= run_until(a, *st, upto);
+          }
+          collect_streams(c.get());
+        }
+        return done;
+      },
+      true);
 }
 
 CUresult sync_stream(Api& a, const std::shared_ptr<Stream>& st, uint64_t upto) {
-  run_until(a.s, a.name, *st, upto);
+  drive(a, [&a, &st, upto] { return run_until(a, *st, upto); }, true);
   return st->ctx->sticky;
+}
+
+bool try_stream(Api& a, const std::shared_ptr<Stream>& st, uint64_t upto) {
+  return drive(a, [&a, &st, upto] { return run_until(a, *st, upto); }, false);
 }
 
 CUresult after_run(Api& a, Context* c) {
@@ -176,7 +261,8 @@ STANDIN_API CUresult cuStreamQuery(CUstream h) {
   if (CUresult r = current(a, &c)) return r;
   std::shared_ptr<Stream> st;
   if (CUresult r = resolve_stream(a, c, h, &st)) return r;
-  sync_stream(a, st, st->last_seq);  // the stand-in finishes what is asked about
+  // the stand-in finishes what is asked about, unless a collective in it waits for its peers
+  if (!try_stream(a, st, st->last_seq) && c->sticky == CUDA_SUCCESS) return CUDA_ERROR_NOT_READY;
   return after_run(a, c);
 }
 
@@ -272,7 +358,9 @@ STANDIN_API CUresult cuEventQuery(CUevent e) {
   if (CUresult r = current(a, &c)) return r;
   std::shared_ptr<Event> ev;
   if (CUresult r = event_of(a, e, &ev)) return r;
-  if (ev->recorded) sync_stream(a, ev->stream, ev->seq);  // the stand-in finishes what is asked about
+  // the stand-in finishes what is asked about, unless a collective in it waits for its peers
+  if (ev->recorded && !try_stream(a, ev->stream, ev->seq) && ev->ctx->sticky == CUDA_SUCCESS)
+    return CUDA_ERROR_NOT_READY;
   return after_run(a, ev->ctx);
 }
 

@@ -1,6 +1,7 @@
 //! The CUDA driver + cuBLAS stand-in (`kernels/standin`, built with the crate into
 //! `ROTADAM_STANDIN_DIR`; `docs/cuda.md`). With `ROTADAM_CUDA_STANDIN=1` — or the path of a directory
-//! holding the two libraries — its `libcuda.so` and `libcublas.so` are loaded before cudarc's first call.
+//! holding the two libraries — its `libcuda.so` and `libcublas.so` are loaded before cudarc's first call
+//! (and its `libnccl.so.2`, beside them, by [`super::nccl`] when that is first used).
 //! Their SONAMEs are exactly `libcuda.so` and `libcublas.so`, so cudarc's own `dlopen` of those names
 //! finds the loaded stand-ins instead of NVIDIA's libraries, and the CUDA backend's host code runs
 //! unchanged with the kernels executed by the emulator.
@@ -70,6 +71,15 @@ pub fn activate() -> Result<Option<PathBuf>> {
 /// Whether the stand-in is loaded in this process.
 pub fn active() -> bool {
     matches!(LOADED.get(), Some(Ok(Some(_))))
+}
+
+/// The directory of the loaded stand-in's libraries (its `libnccl.so.2` too: `super::nccl` opens it from
+/// there), when it is loaded.
+pub fn dir() -> Option<PathBuf> {
+    match LOADED.get() {
+        Some(Ok(Some(l))) => Some(l.dir.clone()),
+        _ => None,
+    }
 }
 
 fn driver() -> Result<&'static libloading::Library> {
