@@ -20,6 +20,10 @@ pub trait Collective<BK: Backend>: Send {
     fn world(&self) -> usize;
     /// x ← Σ_r x_r elementwise over the ranks' `x` (all of the same length); every rank gets the same bits.
     fn all_reduce_sum(&self, be: &BK, x: &mut BK::Buf) -> Result<()>;
+    /// x[r·part .. (r+1)·part] ← Σ_q x_q[r·part .. (r+1)·part] on rank r (in place; `x` has at least
+    /// W·part elements, and the rest of it is left as it was). Every rank gets its part of the sum with
+    /// the bits all_reduce_sum would give it.
+    fn reduce_scatter_sum(&self, be: &BK, x: &mut BK::Buf, part: usize) -> Result<()>;
     /// out ← the ranks' `inp` one after another in rank order: `out` has W × len(inp) elements, and every
     /// rank's `inp` has the same length.
     fn all_gather(&self, be: &BK, out: &mut BK::Buf, inp: &BK::Buf) -> Result<()>;
@@ -181,6 +185,28 @@ impl<BK: Backend> Collective<BK> for LocalGroup {
         }
         debug_assert_eq!(sum.len(), n);
         be.upload(x, &sum)
+    }
+    fn reduce_scatter_sum(&self, be: &BK, x: &mut BK::Buf, part: usize) -> Result<()> {
+        let mut host = be.download(x)?;
+        let world = <Self as Collective<BK>>::world(self);
+        assert!(
+            host.len() >= world * part,
+            "reduce_scatter_sum: {} elements, fewer than W × {part}",
+            host.len()
+        );
+        let flat: Vec<f64> = host[..world * part].iter().map(|v| v.to_f64()).collect();
+        let parts = self.exchange(flat)?;
+        same_lengths(&parts, "reduce_scatter_sum")?;
+        let mine = self.rank * part..(self.rank + 1) * part;
+        // in the backend's type, rank by rank (as all_reduce_sum)
+        for (i, h) in mine.clone().zip(host[mine].iter_mut()) {
+            let mut sum = <BK::T as Scalar>::from_f64(parts[0][i]);
+            for p in &parts[1..] {
+                sum += <BK::T as Scalar>::from_f64(p[i]);
+            }
+            *h = sum;
+        }
+        be.upload(x, &host)
     }
     fn all_gather(&self, be: &BK, out: &mut BK::Buf, inp: &BK::Buf) -> Result<()> {
         let host: Vec<f64> = be.download(inp)?.into_iter().map(Scalar::to_f64).collect();

@@ -307,6 +307,12 @@ impl<BK: Backend> Optimizer<BK> {
         Self::build(be, train.optimizer, chain, basis, table, split)
     }
 
+    /// The length of each rank's part of the gradient when the ranks reduce-scatter it (a sharded AdamW
+    /// without a rotation: [`shard::Sharded::gradient_part`]); the gradient buffer then holds W parts.
+    pub fn gradient_part(&self) -> Option<usize> {
+        self.shard.as_ref().and_then(|s| s.gradient_part())
+    }
+
     /// This rank's range of the optimizer's layout when its state is sharded ([`shard`]).
     pub fn shard_range(&self) -> Option<std::ops::Range<usize>> {
         self.shard.as_ref().map(|s| s.mine())

@@ -10,7 +10,9 @@
 //! no buffer of all of them) — its blocks' parameter values in layout order (a gather with 1×1 blocks
 //! holding 1), scattered on arrival to the standard indices of q's range. Without a rotation the layout is
 //! the standard one, a range is any contiguous run of parameters, the rank runs `adamw_step` on its part
-//! of each tensor, and the broadcasts go straight into the parameters.
+//! of each tensor, and the broadcasts go straight into the parameters; the ranges are then equal parts
+//! (the last shorter), so the gradient is reduce-scattered into them rather than all-reduced (half the
+//! traffic: the step needs only its range, and the global norm is the sum of the ranges' squares).
 //!
 //! Every block and every element is computed by the same op with the same inputs as in the unsharded step,
 //! so the parameters after a step, and the state gathered from the ranks, equal the unsharded
@@ -108,9 +110,18 @@ impl<BK: Backend> Sharded<BK> {
         let d = table.total;
         let ranges = match rotation {
             Some(rot) => ranges(d, world, &rot.block_starts())?,
+            // equal parts (the last one shorter), so the gradient can be reduce-scattered into them
             None => {
-                let all: Vec<usize> = (0..=d).collect();
-                ranges(d, world, &all)?
+                let part = d.div_ceil(world);
+                if part * (world - 1) >= d {
+                    return Err(Error::config(
+                        "devices",
+                        format!("{world} ranks cannot share {d} parameters in equal parts"),
+                    ));
+                }
+                (0..world)
+                    .map(|r| r * part..((r + 1) * part).min(d))
+                    .collect()
             }
         };
         let mine = ranges[rank].clone();
@@ -148,6 +159,17 @@ impl<BK: Backend> Sharded<BK> {
     /// This rank's range of the layout.
     pub fn mine(&self) -> Range<usize> {
         self.ranges[self.rank].clone()
+    }
+
+    /// Without a rotation, the length of every rank's part of the gradient (the last rank's range is
+    /// shorter, the rest of its part is padding): each rank needs only its range of the summed gradient,
+    /// so the ranks reduce-scatter it. None under a rotation, whose blocks gather gradient entries from
+    /// the whole model.
+    pub fn gradient_part(&self) -> Option<usize> {
+        match self.rotated {
+            None => Some(self.ranges[0].len()),
+            Some(_) => None,
+        }
     }
 
     /// One AdamW step of this rank's range, then the exchange that gives every rank every parameter.

@@ -103,6 +103,7 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
         let data = Dataset::open(&data_dir, m.vocab_size, m.seq_len)?;
         let model = Gpt2::new(be, m, tr.seed)?;
         let basis = Basis::new(be, &cfg.rotation, &model.table)?;
+        let mut model = model;
         let opt = match &comm {
             None => Optimizer::for_run(be, tr, basis, &model.table)?,
             Some(c) => Optimizer::for_rank(
@@ -115,6 +116,12 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
                 !cfg.parallel.replicate_optimizer && tr.log_update_cv == 0,
             )?,
         };
+        // the gradient is reduce-scattered into W equal parts: room for the last part's padding
+        if let (Some(part), Some(c)) = (opt.gradient_part(), &comm) {
+            if part * c.world() > model.table.total {
+                model.grads = be.alloc(part * c.world())?;
+            }
+        }
         // The same val windows for every run, whatever its seed, so val curves are comparable across runs.
         let eval = fixed_batches(
             &data.val,
@@ -214,8 +221,29 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
                 );
             }
         }
+        let norm = match (&self.comm, self.opt.gradient_part()) {
+            (None, _) => grad_norm(be, &self.model.grads)?,
+            (Some(c), None) => {
+                c.all_reduce_sum(be, &mut self.model.grads)?;
+                grad_norm(be, &self.model.grads)?
+            }
+            // a sharded AdamW without a rotation needs only its range of the sum: the norm is the
+            // sum of the ranges' squares, in rank order
+            (Some(c), Some(part)) => {
+                c.reduce_scatter_sum(be, &mut self.model.grads, part)?;
+                let mine = self
+                    .opt
+                    .shard_range()
+                    .expect("a sharded optimizer has a range");
+                let own = be.sum_squares(be.view(&self.model.grads, mine))?;
+                let mut sum = 0.0;
+                for s in c.all_gather_host(be, &[own])? {
+                    sum += s;
+                }
+                sum.sqrt()
+            }
+        };
         if let Some(c) = &self.comm {
-            c.all_reduce_sum(be, &mut self.model.grads)?;
             losses = c.all_gather_host(be, &losses)?;
         }
         // summed in micro-batch order, as one rank sums them
@@ -224,7 +252,6 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
             loss += l;
         }
         loss /= tr.grad_accum as f64;
-        let norm = grad_norm(be, &self.model.grads)?;
         let bad = if !loss.is_finite() {
             Some(("train loss", loss))
         } else if !norm.is_finite() {
