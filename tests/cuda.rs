@@ -11,12 +11,16 @@
 //!   the driver + cuBLAS stand-in otherwise;
 //! - `standin`: the CUDA host path end to end on the stand-in (`docs/cuda.md`): training from the command
 //!   line against the CPU, resume, `--device auto`, the kernel benchmark, the diagnostics' kernels, and
-//!   planted misuses the stand-in must report.
+//!   planted misuses the stand-in must report;
+//! - `nccl`: NCCL's collectives on the stand-in's `libnccl.so.2` between threads and processes (rank-order
+//!   reductions bit for bit, group calls), and planted misuses it must report.
 
 mod device;
 mod emu;
 mod emu_optim;
+mod nccl;
 mod nvrtc;
+mod parallel;
 mod race;
 mod standin;
 pub mod step;

@@ -102,7 +102,7 @@ fn losses(dir: &Path) -> Vec<(f64, Option<f64>)> {
 
 /// A config file of the tiny test run (synthetic data, 4 steps) under `rotation` in `precision`, with
 /// `optimizer`.
-fn tiny_run(
+pub(crate) fn tiny_run(
     root: &Path,
     rotation: &str,
     precision: Precision,

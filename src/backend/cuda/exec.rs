@@ -75,6 +75,20 @@ impl CudaExec {
         Ok(2.0 * clock_khz as f64 * 1e3 * (bus_bits as f64 / 8.0) / 1e9)
     }
 
+    /// The raw handle of the executor's one stream (for NCCL's calls, queued on it).
+    pub fn raw_stream(&self) -> cudarc::driver::sys::CUstream {
+        self.rt.stream().cu_stream()
+    }
+
+    /// Makes the device's context current on the calling thread (a thread driving this device calls
+    /// NCCL or the driver directly).
+    pub fn bind(&self) -> Result<()> {
+        self.rt
+            .context()
+            .bind_to_thread()
+            .map_err(|e| failed(e, "binding the device's context to this thread".into()))
+    }
+
     /// Waits for every queued operation.
     pub fn synchronize(&self) -> Result<()> {
         self.rt.stream().synchronize().map_err(|e| {

@@ -5,13 +5,19 @@
 //! - [`runtime`]: a context, a stream and the kernel modules loaded on it (nvcc's PTX or NVRTC's);
 //! - [`standin`]: the driver + cuBLAS stand-in that runs all of this without a GPU
 //!   (`ROTADAM_CUDA_STANDIN=1`, `docs/cuda.md`);
+//! - [`nccl`]: NCCL's collectives (all-reduce, all-gather, reduce-scatter, broadcast) between devices,
+//!   threads or processes, bound at run time to `libnccl.so.2` (the stand-in's with the stand-in);
+//! - [`collective`]: data-parallel ranks on devices — the `Collective` over NCCL, and how ranks meet
+//!   (one NCCL group in a process, or a rendezvous directory across processes);
 //! - [`probe`]: whether a CUDA device is usable, without ever panicking (cudarc panics when libcuda is
 //!   missing unless guarded).
 //!
 //! `crate::device::self_check` compares the CUDA backend with the CPU backend on a tiny model before
 //! `--device auto` uses it.
 
+pub mod collective;
 pub mod exec;
+pub mod nccl;
 pub mod nvrtc;
 pub mod runtime;
 pub mod standin;
