@@ -39,6 +39,18 @@ pub fn train_observed(
     on_step: &mut (dyn FnMut(&StepMetrics) + Send),
 ) -> Result<RunOutcome> {
     cfg.validate()?;
+    // a process of a multi-process run other than rank 0's trains silently (rank 0 speaks for the run)
+    let silent;
+    let cfg = match &cfg.parallel.processes {
+        Some(p) if p.rank != 0 && !cfg.quiet => {
+            silent = RunConfig {
+                quiet: true,
+                ..cfg.clone()
+            };
+            &silent
+        }
+        _ => cfg,
+    };
     for w in cfg.train.warnings() {
         say(cfg, format!("warning: {w}"));
     }

@@ -12,9 +12,38 @@ use crate::error::{Error, Result};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// One rank's NCCL communicator, for the backend on its device.
+/// One rank's NCCL communicator, for the backend on its device. Dropped before [`Collective::finish`]
+/// (its rank failed), it aborts the communicator (`ncclCommAbort`), so that the other ranks' pending and
+/// later collectives fail instead of waiting for it (the stand-in fails them; NCCL reports the abort to
+/// peers where its version and transport can).
 pub struct NcclRank {
-    comm: Comm,
+    comm: Option<Comm>,
+    finished: bool,
+}
+
+impl NcclRank {
+    fn new(comm: Comm) -> Self {
+        NcclRank {
+            comm: Some(comm),
+            finished: false,
+        }
+    }
+
+    fn comm(&self) -> &Comm {
+        self.comm
+            .as_ref()
+            .expect("the communicator lives until drop")
+    }
+}
+
+impl Drop for NcclRank {
+    fn drop(&mut self) {
+        if let Some(comm) = self.comm.take() {
+            if !self.finished {
+                let _ = comm.abort();
+            }
+        }
+    }
 }
 
 impl NcclRank {
@@ -29,10 +58,10 @@ impl NcclRank {
 
 impl Collective<CudaBackend> for NcclRank {
     fn rank(&self) -> usize {
-        self.comm.rank()
+        self.comm().rank()
     }
     fn world(&self) -> usize {
-        self.comm.world()
+        self.comm().world()
     }
     fn all_reduce_sum(&self, be: &CudaBackend, x: &mut Mem<CudaExec, f32>) -> Result<()> {
         let n = x.len();
@@ -45,7 +74,7 @@ impl Collective<CudaBackend> for NcclRank {
             // the reduction is queued on the backend's one stream, ordered after the kernels that wrote
             // `x` and before any that read it (every op of the backend runs on that stream).
             unsafe {
-                self.comm
+                self.comm()
                     .all_reduce(p, p, n, DataType::F32, ReduceOp::Sum, e.raw_stream())
             }
         })
@@ -73,7 +102,7 @@ impl Collective<CudaBackend> for NcclRank {
             // mutably; NCCL's in-place form (recv = send + rank·part); queued on the backend's stream
             // as all_reduce_sum says.
             unsafe {
-                self.comm.reduce_scatter(
+                self.comm().reduce_scatter(
                     base,
                     recv,
                     part,
@@ -105,7 +134,7 @@ impl Collective<CudaBackend> for NcclRank {
             // SAFETY: `inp` (n f32) and `out` (W·n f32) are live, distinct buffers of this rank's device,
             // `out` borrowed mutably; queued on the backend's stream as all_reduce_sum says.
             unsafe {
-                self.comm
+                self.comm()
                     .all_gather(src, dst, n, DataType::F32, e.raw_stream())
             }
         })
@@ -130,7 +159,7 @@ impl Collective<CudaBackend> for NcclRank {
             // SAFETY: [p, p + 4·len) lies inside `x`, a live buffer of this rank's device borrowed
             // mutably; in place (send = recv), queued on the backend's stream as all_reduce_sum says.
             unsafe {
-                self.comm
+                self.comm()
                     .broadcast(p, p, range.len(), DataType::F32, root, e.raw_stream())
             }
         })
@@ -146,7 +175,7 @@ impl Collective<CudaBackend> for NcclRank {
             // SAFETY: both buffers are live on this rank's device for the call and the download below,
             // which synchronizes the stream before they are freed; `recv` holds W·len(x) f64.
             unsafe {
-                self.comm
+                self.comm()
                     .all_gather(src, dst, x.len(), DataType::F64, e.raw_stream())?
             };
             recv.download(e)
@@ -156,8 +185,11 @@ impl Collective<CudaBackend> for NcclRank {
         format!(
             "NCCL {}, {} ranks",
             nccl::version().map_or("?".into(), |v| v.to_string()),
-            self.comm.world()
+            self.comm().world()
         )
+    }
+    fn finish(&mut self) {
+        self.finished = true;
     }
 }
 
@@ -195,7 +227,7 @@ pub fn connect(backends: &[CudaBackend], parallel: &Parallel) -> Result<Vec<Nccl
                 })
                 .collect::<Result<Vec<_>>>()
         })?;
-        return Ok(comms.into_iter().map(|comm| NcclRank { comm }).collect());
+        return Ok(comms.into_iter().map(NcclRank::new).collect());
     };
     let [be] = backends else {
         return Err(Error::config(
@@ -205,9 +237,7 @@ pub fn connect(backends: &[CudaBackend], parallel: &Parallel) -> Result<Vec<Nccl
     };
     let id = rendezvous(&p.rendezvous, p.rank, p.world_size)?;
     be.exec().bind()?;
-    let rank = NcclRank {
-        comm: Comm::init_rank(p.world_size, &id, p.rank)?,
-    };
+    let rank = NcclRank::new(Comm::init_rank(p.world_size, &id, p.rank)?);
     // once every rank has answered, the id has been read by all: rank 0 removes it
     rank.all_gather_host(be, &[p.rank as f64])?;
     if p.rank == 0 {
