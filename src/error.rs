@@ -49,6 +49,9 @@ pub enum Error {
     SafeTensors { path: PathBuf, msg: String },
     #[error("device: {0}")]
     Device(String),
+    /// A data-parallel rank stopped because another rank failed (that rank's error says why).
+    #[error("{0}")]
+    PeerFailed(String),
     /// A CUDA driver call failed.
     #[error("CUDA driver: {0}")]
     Driver(#[from] cudarc::driver::DriverError),
@@ -83,6 +86,14 @@ impl Error {
         Error::Context {
             what: what.into(),
             inner: Box::new(self),
+        }
+    }
+    /// Whether this error only reports that another data-parallel rank failed.
+    pub fn is_peer_failure(&self) -> bool {
+        match self {
+            Error::PeerFailed(_) => true,
+            Error::Context { inner, .. } => inner.is_peer_failure(),
+            _ => false,
         }
     }
     pub fn config(field: impl Into<String>, msg: impl Into<String>) -> Self {

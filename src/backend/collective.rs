@@ -41,6 +41,10 @@ pub trait Collective<BK: Backend>: Send {
     fn describe(&self) -> String;
     /// This rank's work ended well: leaving no longer stops the other ranks.
     fn finish(&mut self) {}
+    /// Called first on the thread that runs this rank (a CUDA rank makes its device current there).
+    fn enter(&self, _be: &BK) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What the ranks of a [`LocalGroup`] share: one exchange round at a time.
@@ -100,7 +104,7 @@ impl LocalGroup {
         let (lock, cv) = &*self.shared;
         let broken = |ex: &Exchange| {
             ex.broken.as_ref().map(|why| {
-                Error::Device(format!(
+                Error::PeerFailed(format!(
                     "data-parallel rank {} stopped waiting for the other ranks: {why}",
                     self.rank
                 ))
@@ -138,8 +142,12 @@ impl LocalGroup {
 }
 
 impl Drop for LocalGroup {
+    /// A rank that leaves breaks the group for the collectives after it: an error of this rank, or a
+    /// rank that finished while another still calls (the ranks' calls then disagree).
     fn drop(&mut self) {
-        if !self.finished {
+        if self.finished {
+            self.abort(&format!("rank {} has finished", self.rank));
+        } else {
             self.abort(&format!("rank {} ended with an error", self.rank));
         }
     }

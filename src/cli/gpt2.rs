@@ -288,6 +288,12 @@ impl Gpt2Args {
             if self.devices.is_none() && !self.replicate_optimizer {
                 return Ok(None);
             }
+            if self.devices.as_ref().is_none_or(|d| d.len() < 2) {
+                return Err(Error::config(
+                    "replicate-optimizer",
+                    "is for several devices (--devices with more than one, or --rendezvous)",
+                ));
+            }
             return Ok(Some(Parallel {
                 devices: self.devices.clone().unwrap_or_default(),
                 processes: None,
@@ -318,9 +324,12 @@ impl Gpt2Args {
                 )
             })?,
         };
-        let devices = match &self.devices {
-            Some(d) => d.clone(),
-            None => vec![env_number(&LOCAL_VARS)?.unwrap_or(0)],
+        let (devices, local_rank) = match &self.devices {
+            Some(d) => (d.clone(), None),
+            None => {
+                let local = env_number(&LOCAL_VARS)?.unwrap_or(0);
+                (vec![local], Some(local))
+            }
         };
         Ok(Some(Parallel {
             devices,
@@ -328,6 +337,7 @@ impl Gpt2Args {
                 rank,
                 world_size,
                 rendezvous: dir.clone(),
+                local_rank,
             }),
             replicate_optimizer: self.replicate_optimizer,
         }))

@@ -537,8 +537,10 @@ pub struct RunConfig {
     /// machine has available).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_memory: Option<u64>,
-    /// Data parallelism: the devices and ranks the run is spread over (one device when empty).
-    #[serde(default, skip_serializing_if = "Parallel::is_single")]
+    /// Data parallelism: the devices and ranks the run is spread over (one device when empty). Given
+    /// anew by every command (not kept in config.json: a resumed run is on one device unless told;
+    /// history.jsonl records each command's).
+    #[serde(skip)]
     pub parallel: Parallel,
 }
 
@@ -568,6 +570,11 @@ pub struct Processes {
     pub rank: usize,
     pub world_size: usize,
     pub rendezvous: PathBuf,
+    /// The rank on its node when the device was not named (`--devices`): the device is then this rank
+    /// modulo the devices the process sees (a launcher that gives each process one GPU makes it device
+    /// 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_rank: Option<usize>,
 }
 
 impl Parallel {

@@ -313,13 +313,20 @@ impl<BK: Backend> Optimizer<BK> {
         self.shard.as_ref().and_then(|s| s.gradient_part())
     }
 
-    /// This rank's range of the optimizer's layout when its state is sharded ([`shard`]).
+    /// This rank's range of the optimizer's layout when its state is sharded ([`shard`]), and the
+    /// layout's whole length.
     pub fn shard_range(&self) -> Option<std::ops::Range<usize>> {
         self.shard.as_ref().map(|s| s.mine())
     }
 
+    /// The length of the whole layout a sharded optimizer's ranges cut (d).
+    pub fn shard_layout_len(&self) -> Option<usize> {
+        self.shard.as_ref().map(|s| s.len)
+    }
+
     /// The state tensors of [`Optimizer::state_tensors`] whole, on the host: a sharded optimizer gathers
-    /// every rank's range (a collective: every rank calls it), a whole one downloads its own.
+    /// every rank's range (a collective: every rank calls it; only rank 0 gets the values, the others
+    /// empty vectors), a whole one downloads its own.
     pub fn state_host(
         &mut self,
         be: &BK,
@@ -488,8 +495,8 @@ impl<BK: Backend> Optimizer<BK> {
         self.step_ranked(be, table, params, grads, lr, None)
     }
 
-    /// [`Optimizer::step`] of one data-parallel rank: a sharded optimizer updates its range and
-    /// all-gathers the parameters through `comm`; a whole one steps as on one device.
+    /// [`Optimizer::step`] of one data-parallel rank: a sharded optimizer updates its range and exchanges
+    /// the updated parameters through `comm` ([`shard`]); a whole one steps as on one device.
     pub fn step_ranked(
         &mut self,
         be: &BK,
@@ -499,7 +506,6 @@ impl<BK: Backend> Optimizer<BK> {
         lr: f64,
         comm: Option<&dyn Collective<BK>>,
     ) -> Result<()> {
-        self.step += 1;
         if self.shard.is_some() {
             let Some(comm) = comm else {
                 return Err(Error::config(
@@ -507,6 +513,7 @@ impl<BK: Backend> Optimizer<BK> {
                     "a sharded optimizer steps with its ranks: pass their collective",
                 ));
             };
+            self.step += 1;
             let (beta1, beta2, eps) = self.adam_link().expect("a sharded chain has an Adam link");
             let weight_decay = self.weight_decay();
             let hp = AdamStep::new(self.step, lr, beta1, beta2, eps, 0.0);
@@ -522,6 +529,7 @@ impl<BK: Backend> Optimizer<BK> {
             };
             return sh.step(be, table, params, grads, m, v, hp, weight_decay, comm);
         }
+        self.step += 1;
         match self.plan {
             Plan::FusedAdamW | Plan::FusedSgd => self.fused_step(be, table, params, grads, lr),
             Plan::FusedRotatedAdamW => self.fused_rotated_adamw(be, table, params, grads, lr),

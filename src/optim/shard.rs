@@ -272,8 +272,8 @@ impl<BK: Backend> Sharded<BK> {
         Ok(())
     }
 
-    /// Every rank's `local` state vector (this rank's range) gathered into the whole layout, on the host:
-    /// rank q's range broadcast from q, in rank order.
+    /// Every rank's `local` state vector (this rank's range) gathered into the whole layout on rank 0's
+    /// host (the other ranks get an empty vector): rank q's range broadcast from q, in rank order.
     pub fn gather_state(
         &mut self,
         be: &BK,
@@ -287,8 +287,10 @@ impl<BK: Backend> Sharded<BK> {
                 copy(be, &mut self.staging, 0..n, be.view(local, 0..n))?;
             }
             comm.broadcast(be, &mut self.staging, 0..n, q)?;
-            let host = be.download(&self.staging)?;
-            out.extend(host[..n].iter().map(|x| x.to_f64()));
+            if comm.rank() == 0 {
+                let host = be.download(&self.staging)?;
+                out.extend(host[..n].iter().map(|x| x.to_f64()));
+            }
         }
         Ok(out)
     }

@@ -276,7 +276,7 @@ pub fn load_optimizer<BK: Backend>(
     let moments = tensors::read(&op)?;
     let kind = opt.kind.name();
     // a data-parallel rank with a sharded optimizer keeps its range of the whole state
-    let part = opt.shard_range();
+    let (part, layout) = (opt.shard_range(), opt.shard_layout_len());
     for (name, buf) in opt.state_tensors_mut() {
         let Some((shape, values)) = moments.get(name) else {
             return Err(Error::bad_file(
@@ -285,15 +285,19 @@ pub fn load_optimizer<BK: Backend>(
                 format!("missing: the {kind} optimizer needs it"),
             ));
         };
-        let n = part.as_ref().map_or(be.buf_len(buf), |_| {
-            shape.first().copied().unwrap_or(0).max(be.buf_len(buf))
-        });
+        let n = layout.unwrap_or_else(|| be.buf_len(buf));
         let whole = part.as_ref().map_or(0..n, |r| r.clone());
-        if shape.as_slice() != [n] || whole.end > n {
+        if shape.as_slice() != [n] {
+            let rank = part
+                .as_ref()
+                .map(|r| format!(" (this data-parallel rank loads {r:?} of it)"))
+                .unwrap_or_default();
             return Err(Error::bad_file(
                 &op,
                 name,
-                format!("shape {shape:?}, but the {kind} optimizer of this model keeps [{n}]"),
+                format!(
+                    "shape {shape:?}, but the {kind} optimizer of this model keeps [{n}]{rank}"
+                ),
             ));
         }
         let v: Vec<BK::T> = values[whole]

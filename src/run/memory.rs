@@ -137,6 +137,7 @@ pub fn estimate(cfg: &RunConfig) -> MemoryEstimate {
         && tr.log_update_cv == 0
         && tr.optimizer == OptimizerKind::Adamw
         && matches!(cfg.rotation.kind, RotationKind::Scope(_));
+    let whole_moments = moments;
     let (moments, shard_index) = if sharded {
         let part = p.div_ceil(world);
         if rotated {
@@ -210,7 +211,8 @@ pub fn estimate(cfg: &RunConfig) -> MemoryEstimate {
         optimizer: elem * moments,
         activations: elem * activation_elements(&cfg.model, tr.batch_size, cfg.model.seq_len),
         rotation: rotation + block_order + shard_index,
-        checkpoint: (16 + elem) * p + elem * moments,
+        // rank 0 gathers a sharded optimizer's state whole
+        checkpoint: (16 + elem) * p + elem * whole_moments,
     }
 }
 

@@ -78,14 +78,44 @@ pub fn train_observed(
     let est = super::memory::estimate(cfg);
     say(cfg, format!("memory: about {}", est.describe()));
     let host = (device != crate::device::Resolved::Cuda).then(super::memory::available);
-    super::memory::check(&est, cfg.max_memory.map(u128::from), host.flatten())?;
+    if device != crate::device::Resolved::Cuda && !cfg.parallel.is_single() {
+        // the CPU ranks share this process's memory
+        let ranks = cfg.parallel.world() as u128;
+        say(
+            cfg,
+            format!("memory: {ranks} ranks on the host, each about the above"),
+        );
+        let all = crate::run::memory::MemoryEstimate {
+            params: est.params * ranks,
+            grads: est.grads * ranks,
+            optimizer: est.optimizer * ranks,
+            activations: est.activations * ranks,
+            rotation: est.rotation * ranks,
+            checkpoint: est.checkpoint,
+        };
+        super::memory::check(&all, cfg.max_memory.map(u128::from), host.flatten())?;
+    } else {
+        super::memory::check(&est, cfg.max_memory.map(u128::from), host.flatten())?;
+    }
     if device == crate::device::Resolved::Cuda {
         use crate::backend::cuda::{collective, CudaBackend};
         let tk = crate::backend::cuda::nvrtc::Toolkit::find();
         let bf16 = cfg.precision == Precision::Bf16;
-        let ordinals = match cfg.parallel.devices.as_slice() {
-            [] => vec![0],
-            d => d.to_vec(),
+        let ordinals = match (&cfg.parallel.processes, cfg.parallel.devices.as_slice()) {
+            // the rank on its node, among the devices this process sees
+            (
+                Some(crate::config::Processes {
+                    local_rank: Some(local),
+                    ..
+                }),
+                _,
+            ) => {
+                let count = cudarc::driver::CudaContext::device_count()
+                    .map_err(|e| Error::Device(format!("counting the CUDA devices: {e:?}")))?;
+                vec![local % (count.max(1) as usize)]
+            }
+            (_, []) => vec![0],
+            (_, d) => d.to_vec(),
         };
         let bes = ordinals
             .iter()
@@ -225,6 +255,7 @@ fn record_run(cfg: &RunConfig, entry: Entry, start: usize) -> Result<()> {
         "from_step": start,
         "to_step": cfg.train.steps,
         "lr_decay_steps": cfg.train.decay_steps(),
+        "ranks": cfg.parallel.world(),
         "version": env!("CARGO_PKG_VERSION"),
     });
     let path = dir.join("history.jsonl");
@@ -248,8 +279,11 @@ fn train_on<BK: Backend>(
 
 /// Trains with this process's ranks: rank 0 of the run (if it is here) on this thread, writing what a
 /// run writes (config, history, metrics, checkpoints) and printing; every other rank in a thread of its
-/// own, writing nothing. An error of any rank stops them all (their collectives fail); the first rank
-/// that failed for a reason of its own is the one reported.
+/// own, writing nothing (its backend's parallel loops on rayon's global pool: a thread of the run's
+/// pool blocked in a collective would starve the ranks waiting for a worker). The ranks agree before
+/// the first step (the same step and config, rank 0's run directory ready) and stop together when one
+/// fails; the error reported is the first rank's own (not a rank's report that another failed), rank
+/// 0's first.
 pub fn train_ranks<BK: Backend>(
     mut ranks: Vec<LocalRank<'_, BK>>,
     cfg: &RunConfig,
@@ -265,44 +299,74 @@ pub fn train_ranks<BK: Backend>(
         .iter()
         .position(|r| r.rank() == 0)
         .map(|i| ranks.remove(i));
+    // rank 0's checks of the run directory, before any other rank starts
+    let lock = match lead {
+        Some(_) => {
+            if entry == Entry::Fresh {
+                check_fresh(cfg)?;
+            }
+            // One writer per run directory, from here until the run ends (`run::lock`).
+            let lock = super::lock::DirLock::acquire(&cfg.out, "rotadam gpt2")?;
+            if entry == Entry::Fresh {
+                check_fresh(cfg)?; // again under the lock: another process may have started it
+            }
+            Some(lock)
+        }
+        None => None,
+    };
     std::thread::scope(|s| {
         let followers: Vec<_> = ranks
             .into_iter()
             .map(|r| {
                 let rank = r.rank();
-                let handle = s.spawn(move || -> Result<super::trainer::RunLosses> {
+                let body = move || -> Result<super::trainer::RunLosses> {
+                    if let Some(c) = &r.comm {
+                        c.enter(r.be)?;
+                    }
                     let mut t = match entry {
                         Entry::Resume => Trainer::resume_rank(r.be, cfg, r.comm)?,
                         Entry::Fresh | Entry::Restart => Trainer::new_rank(r.be, cfg, r.comm)?,
                     };
+                    t.agree(Ok(()))?;
                     let losses = t.run(&mut [])?;
                     t.finish();
                     Ok(losses)
-                });
+                };
+                let handle = s.spawn(body);
                 (rank, handle)
             })
             .collect();
         let led = lead.map(|r| lead_rank(r, entry, cfg, on_step));
-        let mut failed = None;
+        drop(lock);
+        let mut errors = Vec::new();
         let mut outcome = None;
+        let led = match led {
+            Some(Ok(out)) => Some(out),
+            Some(Err(e)) => {
+                errors.push(e);
+                None
+            }
+            None => None,
+        };
         for (rank, h) in followers {
             match h.join() {
                 Ok(Ok(losses)) => outcome = outcome.or(Some(losses)),
-                Ok(Err(e)) => {
-                    failed = failed.or(Some(e.context(format!("data-parallel rank {rank}"))))
-                }
+                Ok(Err(e)) => errors.push(e.context(format!("data-parallel rank {rank}"))),
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         }
-        match (led, failed) {
-            (Some(Ok(out)), None) => Ok(out),
-            // a follower's own error explains the leader's failed collective
-            (Some(Err(_)), Some(e)) | (None, Some(e)) => Err(e),
-            (Some(Err(e)), None) => Err(e),
-            (Some(Ok(_)), Some(e)) => Err(e),
-            (None, None) => {
+        // a rank's own error explains the others' reports that it failed
+        if let Some(i) = errors.iter().position(|e| !e.is_peer_failure()) {
+            return Err(errors.swap_remove(i));
+        }
+        if let Some(e) = errors.into_iter().next() {
+            return Err(e);
+        }
+        Ok(match led {
+            Some(out) => out,
+            None => {
                 let losses = outcome.expect("a process runs at least one rank");
-                Ok(RunOutcome {
+                RunOutcome {
                     run_dir: cfg.out.clone(),
                     start_step: 0,
                     steps: cfg.train.steps,
@@ -310,13 +374,14 @@ pub fn train_ranks<BK: Backend>(
                     final_train_loss: losses.final_train,
                     final_val_loss: losses.final_val,
                     seconds: 0.0,
-                })
+                }
             }
-        }
+        })
     })
 }
 
-/// Rank 0: the run as one device runs it, with its link to the other ranks.
+/// Rank 0: the run as one device runs it, with its link to the other ranks (the run directory is
+/// checked and locked by the caller).
 fn lead_rank<BK: Backend>(
     rank: LocalRank<'_, BK>,
     entry: Entry,
@@ -324,20 +389,15 @@ fn lead_rank<BK: Backend>(
     on_step: &mut (dyn FnMut(&StepMetrics) + Send),
 ) -> Result<RunOutcome> {
     let LocalRank { be, comm } = rank;
+    if let Some(c) = &comm {
+        c.enter(be)?;
+    }
     let t0 = Instant::now();
     let (m, tr) = (&cfg.model, &cfg.train);
-    if entry == Entry::Fresh {
-        check_fresh(cfg)?;
-    }
     let mut trainer = match entry {
         Entry::Resume => Trainer::resume_rank(be, cfg, comm)?,
         Entry::Fresh | Entry::Restart => Trainer::new_rank(be, cfg, comm)?,
     };
-    // One writer per run directory, from here until the run ends (`run::lock`).
-    let _lock = super::lock::DirLock::acquire(&cfg.out, "rotadam gpt2")?;
-    if entry == Entry::Fresh {
-        check_fresh(cfg)?; // again under the lock: another process may have started it meanwhile
-    }
     match (entry, &trainer.last_checkpoint) {
         (Entry::Resume, Some(dir)) => say(
             cfg,
@@ -370,11 +430,18 @@ fn lead_rank<BK: Backend>(
         }
     }
     let start = trainer.steps_done();
-    record_run(cfg, entry, start)?;
-    let mut metrics = MetricsWriter::open(
-        &cfg.out.join("metrics.jsonl"),
-        (entry != Entry::Fresh).then_some(start),
-    )?;
+    let opened = record_run(cfg, entry, start).and_then(|()| {
+        MetricsWriter::open(
+            &cfg.out.join("metrics.jsonl"),
+            (entry != Entry::Fresh).then_some(start),
+        )
+    });
+    let (opened, ready) = match opened {
+        Ok(m) => (Some(m), Ok(())),
+        Err(e) => (None, Err(e)),
+    };
+    trainer.agree(ready)?;
+    let mut metrics = opened.expect("agree returns this rank's own error first");
     if let Some(torn) = &metrics.torn {
         say(
             cfg,

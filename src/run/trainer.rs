@@ -310,6 +310,81 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
         Ok(sum / n as f64)
     }
 
+    /// With several ranks: every rank's `outcome` of something that may fail on one rank alone, shared (a
+    /// collective). Returns this rank's own error, else an error naming a rank that failed, else Ok.
+    pub fn settle(&mut self, outcome: Result<()>, what: &str) -> Result<()> {
+        let Some(c) = &self.comm else {
+            return outcome;
+        };
+        let oks = c.all_gather_host(self.be, &[f64::from(u8::from(outcome.is_ok()))]);
+        outcome?;
+        match oks?.iter().position(|&ok| ok == 0.0) {
+            Some(rank) => Err(Error::PeerFailed(format!(
+                "data-parallel rank {rank} failed in {what}; this rank stopped with it"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// With several ranks, before the first step: the ranks must start from the same step with the same
+    /// computation (the config without its runtime fields; a process given other options, or reading
+    /// another run directory, would otherwise train differently or make other collectives). `ready` is
+    /// this rank's preparation (rank 0's run directory), shared as [`Trainer::settle`] does.
+    pub fn agree(&mut self, ready: Result<()>) -> Result<()> {
+        let Some(c) = &self.comm else {
+            return ready;
+        };
+        let mut plain = self.cfg.clone();
+        plain.out = PathBuf::new();
+        plain.threads = 1;
+        plain.device = crate::config::DeviceKind::Auto;
+        plain.quiet = false;
+        plain.max_memory = None;
+        plain.parallel = Default::default();
+        let text = serde_json::to_string(&plain).expect("a config serialises");
+        // FNV-1a, as two exact halves
+        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        let mine = [
+            f64::from(u8::from(ready.is_ok())),
+            self.steps_done() as f64,
+            (hash >> 32) as f64,
+            (hash & 0xffff_ffff) as f64,
+        ];
+        let all = c.all_gather_host(self.be, &mine);
+        ready?;
+        let all = all?;
+        let rows: Vec<&[f64]> = all.chunks(4).collect();
+        if let Some(rank) = rows.iter().position(|r| r[0] == 0.0) {
+            return Err(Error::PeerFailed(format!(
+                "data-parallel rank {rank} failed before training; this rank stopped with it"
+            )));
+        }
+        for (rank, r) in rows.iter().enumerate() {
+            if r[1] != rows[0][1] {
+                return Err(Error::config(
+                    "resume",
+                    format!(
+                        "data-parallel rank {rank} starts at step {} where rank 0 starts at step {}: \
+                         every rank must read the same run directory (--out)",
+                        r[1], rows[0][1]
+                    ),
+                ));
+            }
+            if r[2..] != rows[0][2..] {
+                return Err(Error::config(
+                    "config",
+                    format!(
+                        "data-parallel rank {rank} was given another config than rank 0 (model, \
+                         training or rotation options differ): every process must get the same options"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// This rank (0 with one rank) and the number of ranks.
     pub fn rank(&self) -> (usize, usize) {
         self.comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world()))
@@ -406,11 +481,19 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
                 update_cv: None,
                 svd_refresh: self.opt.basis.refreshed_at(s.step),
             };
+            // what only rank 0 does (its observers, writing the checkpoint) can fail there alone: the
+            // ranks settle each before their next collective, so that they stop together
+            let mut watched = Ok(());
             for o in observers.iter_mut() {
-                o.on_step(self, &mut row)?;
+                watched = o.on_step(self, &mut row);
+                if watched.is_err() {
+                    break;
+                }
             }
+            self.settle(watched, "its observers")?;
             if s.step.is_multiple_of(tr.checkpoint_every) || s.step == tr.steps {
-                self.checkpoint(s.loss, losses.final_val)?;
+                let written = self.checkpoint(s.loss, losses.final_val).map(|_| ());
+                self.settle(written, "writing the checkpoint")?;
             }
         }
         Ok(losses)
