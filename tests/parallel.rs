@@ -112,7 +112,7 @@ fn data_parallel_ranks_match_one_rank_with_accumulation() {
                 )
                 .unwrap();
                 let (a, b) = (metrics(&one), metrics(&many));
-                assert_eq!(a.len(), 6, "{label}");
+                assert_eq!((a.len(), b.len()), (6, 6), "{label}");
                 for (s, (x, y)) in a.iter().zip(&b).enumerate() {
                     assert!(
                         relative(x.0, y.0) <= tol,
@@ -165,15 +165,18 @@ fn sharded_optimizer_equals_the_whole_one_bit_for_bit() {
             let mut a = config(&data, &sharded, 4, scope, ranks, ranks, Precision::Fp32);
             a.train.checkpoint_every = 2;
             // without a rotation the sharded ranks reduce-scatter the gradient and sum its norm from
-            // their ranges, which rounds the norm (not the gradient) differently: no clipping here,
-            // so the norm does not reach the parameters
-            a.train.clip = 0.0;
+            // their ranges, which rounds the norm (not the gradient) differently: no clipping there,
+            // so the norm does not reach the parameters (under global, clipping as configured)
+            if scope == Scope::None {
+                a.train.clip = 0.0;
+            }
             let mut b = a.clone();
             b.out = whole.clone();
             b.parallel.replicate_optimizer = true;
             train(&a, false).unwrap();
             train(&b, false).unwrap();
             let (x, y) = (metrics(&sharded), metrics(&whole));
+            assert_eq!((x.len(), y.len()), (4, 4), "{label}");
             for (p, q) in x.iter().zip(&y) {
                 assert_eq!((p.0, p.1), (q.0, q.1), "{label}: losses");
                 assert!(
@@ -245,6 +248,7 @@ fn data_parallel_resume_is_bit_identical_and_works_on_another_number_of_ranks() 
     )
     .unwrap();
     let (a, b) = (metrics(&one), metrics(&moved));
+    assert_eq!((a.len(), b.len()), (6, 6));
     for (x, y) in a.iter().zip(&b) {
         assert!(relative(x.0, y.0) <= 1e-12, "{x:?} vs {y:?}");
     }
@@ -257,7 +261,8 @@ fn data_parallel_resume_is_bit_identical_and_works_on_another_number_of_ranks() 
 }
 
 /// What cannot be split is refused before anything runs, naming the setting: micro-batches not a
-/// multiple of the ranks, a device listed twice, several processes on the CPU (they need NCCL); more
+/// multiple of the ranks, a device listed twice, several processes on the CPU (they need NCCL), a run
+/// directory that holds a run (rank 0's message is the one reported); more
 /// ranks than rotation blocks: `shard_ranges_cover_the_layout_at_block_starts`.
 #[test]
 fn data_parallel_settings_that_cannot_work_are_refused() {
@@ -281,6 +286,7 @@ fn data_parallel_settings_that_cannot_work_are_refused() {
         rank: 0,
         world_size: 2,
         rendezvous: root.join("rv"),
+        local_rank: None,
     });
     let e = err(c);
     assert!(e.contains("NCCL") && e.contains("--device cuda"), "{e}");
@@ -288,6 +294,12 @@ fn data_parallel_settings_that_cannot_work_are_refused() {
         !out.join("config.json").exists(),
         "a refused run wrote its directory"
     );
+    // a run directory that already holds a run: rank 0's own message, not another rank's report that
+    // rank 0 stopped
+    let c = config(&data, &out, 1, Scope::None, 1, 2, Precision::Fp32);
+    train(&c, false).unwrap();
+    let e = err(config(&data, &out, 1, Scope::None, 2, 2, Precision::Fp32));
+    assert!(e.contains("already a run directory"), "{e}");
     let _ = std::fs::remove_dir_all(&root);
 }
 

@@ -54,7 +54,14 @@ pub fn in_standin_with(test: &str, planted: bool, env: &[(&str, &str)], body: im
     }
     toolkit(); // the NVRTC wheels, fetched once for every process
     let out = Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        // --include-ignored: an ignored test run with --ignored runs its body in the child too
+        .args([
+            test,
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "--include-ignored",
+        ])
         .env(standin::ENV, "1")
         .env(CHILD, test)
         .envs(env.iter().copied())

@@ -13,9 +13,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// One rank's NCCL communicator, for the backend on its device. Dropped before [`Collective::finish`]
-/// (its rank failed), it aborts the communicator (`ncclCommAbort`), so that the other ranks' pending and
-/// later collectives fail instead of waiting for it (the stand-in fails them; NCCL reports the abort to
-/// peers where its version and transport can).
+/// (its rank failed), it aborts the communicator (`ncclCommAbort`) rather than waiting to destroy it. The
+/// stand-in then fails the peers' collectives; NCCL does not promise that, so the trainer also makes the
+/// ranks agree after the work only rank 0 does (`Trainer::settle`), where a failure of one rank alone is
+/// likeliest.
 pub struct NcclRank {
     comm: Option<Comm>,
     finished: bool,
@@ -191,6 +192,9 @@ impl Collective<CudaBackend> for NcclRank {
     fn finish(&mut self) {
         self.finished = true;
     }
+    fn enter(&self, be: &CudaBackend) -> Result<()> {
+        be.exec().bind()
+    }
 }
 
 /// How long a rank other than 0 waits for rank 0's id in the rendezvous directory.
@@ -214,19 +218,10 @@ pub fn connect(backends: &[CudaBackend], parallel: &Parallel) -> Result<Vec<Nccl
         )));
     }
     let Some(p) = &parallel.processes else {
-        let id = UniqueId::new()?;
-        let world = backends.len();
-        // one thread initializes every rank: inside a group, as NCCL requires
-        let comms = nccl::group(|| {
-            backends
-                .iter()
-                .enumerate()
-                .map(|(rank, be)| {
-                    be.exec().bind()?;
-                    Comm::init_rank(world, &id, rank)
-                })
-                .collect::<Result<Vec<_>>>()
-        })?;
+        // ncclCommInitAll: one communicator per device, made together (a communicator made inside a
+        // group cannot be queried before the group ends)
+        let ordinals: Vec<usize> = backends.iter().map(|be| be.exec().ordinal()).collect();
+        let comms = Comm::init_all(&ordinals)?;
         return Ok(comms.into_iter().map(NcclRank::new).collect());
     };
     let [be] = backends else {
@@ -236,14 +231,23 @@ pub fn connect(backends: &[CudaBackend], parallel: &Parallel) -> Result<Vec<Nccl
         ));
     };
     let id = rendezvous(&p.rendezvous, p.rank, p.world_size)?;
-    be.exec().bind()?;
-    let rank = NcclRank::new(Comm::init_rank(p.world_size, &id, p.rank)?);
-    // once every rank has answered, the id has been read by all: rank 0 removes it
-    rank.all_gather_host(be, &[p.rank as f64])?;
+    let joined = (|| -> Result<NcclRank> {
+        be.exec().bind()?;
+        let rank = NcclRank::new(Comm::init_rank(p.world_size, &id, p.rank)?);
+        // once every rank has answered, every rank has read the id
+        rank.all_gather_host(be, &[p.rank as f64])?;
+        Ok(rank)
+    })();
+    // rank 0 removes the id, whether the ranks joined or not (a later launch must not find it)
     if p.rank == 0 {
         let file = p.rendezvous.join(ID_FILE);
-        std::fs::remove_file(&file).map_err(|e| Error::io(&file, e))?;
+        if let Err(e) = std::fs::remove_file(&file) {
+            if joined.is_ok() {
+                return Err(Error::io(&file, e));
+            }
+        }
     }
+    let rank = joined?;
     Ok(vec![rank])
 }
 
@@ -263,7 +267,22 @@ fn rendezvous(dir: &Path, rank: usize, world: usize) -> Result<UniqueId> {
         }
         let id = UniqueId::new()?;
         let text = format!("{world} {}\n", id.to_hex());
-        crate::files::write_atomic(&path, text.as_bytes())?;
+        // written aside, then linked into place: the link fails if another launch's id appeared
+        // meanwhile, and a reader never sees a partial file
+        let tmp = dir.join(format!(".{ID_FILE}.{}", std::process::id()));
+        std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        linked.map_err(|e| {
+            Error::bad_file(
+                &path,
+                "rendezvous",
+                format!(
+                    "cannot create the NCCL id ({e}): another launch's id may be there; give every \
+                     launch a fresh --rendezvous directory"
+                ),
+            )
+        })?;
         return Ok(id);
     }
     let start = Instant::now();

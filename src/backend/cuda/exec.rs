@@ -75,6 +75,11 @@ impl CudaExec {
         Ok(2.0 * clock_khz as f64 * 1e3 * (bus_bits as f64 / 8.0) / 1e9)
     }
 
+    /// The device's ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.rt.context().ordinal()
+    }
+
     /// The raw handle of the executor's one stream (for NCCL's calls, queued on it).
     pub fn raw_stream(&self) -> cudarc::driver::sys::CUstream {
         self.rt.stream().cu_stream()

@@ -337,9 +337,10 @@ unsafe impl Send for Comm {}
 
 impl Comm {
     /// This rank's communicator; the calling thread must have `device`'s context current (cudarc's
-    /// CudaContext::bind_to_thread). Returns once every rank of `world` has joined with `id` (as NCCL does),
-    /// except inside [`group`], where the group's end waits for them: one thread initializing several ranks
-    /// must use a group (or [`Comm::init_all`]).
+    /// CudaContext::bind_to_thread). Returns once every rank of `world` has joined with `id` (as NCCL
+    /// does). Not for use inside [`group`]: it queries the new communicator (rank, size, device), which
+    /// NCCL refuses before the group ends; one thread initializing several ranks uses
+    /// [`Comm::init_all`].
     pub fn init_rank(world: usize, id: &UniqueId, rank: usize) -> Result<Comm> {
         let api = api()?;
         // (a rank or world NCCL refuses is its error, reported by the stand-in)
