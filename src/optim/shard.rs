@@ -16,7 +16,8 @@
 //!
 //! Every block and every element is computed by the same op with the same inputs as in the unsharded step,
 //! so the parameters after a step, and the state gathered from the ranks, equal the unsharded
-//! optimizer's (tested). Memory per rank: m, v (and under a rotation the direction) for its range, ≈ 2d/W
+//! optimizer's (tested) — given the same clipping coefficient: without a rotation the norm is summed from
+//! the parts, which rounds it differently, so with clipping the two agree to rounding. Memory per rank: m, v (and under a rotation the direction) for its range, ≈ 2d/W
 //! or 3d/W elements, and one range in transit; under a rotation also its blocks' index list (d/W) and
 //! every rank's placement (d u32: each rank scatters every other rank's values), and the rotation's own
 //! index lists stay whole on every rank.
@@ -99,7 +100,7 @@ fn copy<BK: Backend>(
 
 impl<BK: Backend> Sharded<BK> {
     /// Rank `rank` of `world` over `table`'s parameters, with the rotation `rotation` (None: the standard
-    /// basis). Returns the part and the length of its state vectors.
+    /// basis).
     pub fn new(
         be: &BK,
         table: &ParamTable,

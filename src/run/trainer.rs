@@ -101,9 +101,8 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
         let (m, tr) = (&cfg.model, &cfg.train);
         let data_dir = crate::data::resolve(&cfg.data, cfg.quiet)?;
         let data = Dataset::open(&data_dir, m.vocab_size, m.seq_len)?;
-        let model = Gpt2::new(be, m, tr.seed)?;
+        let mut model = Gpt2::new(be, m, tr.seed)?;
         let basis = Basis::new(be, &cfg.rotation, &model.table)?;
-        let mut model = model;
         let opt = match &comm {
             None => Optimizer::for_run(be, tr, basis, &model.table)?,
             Some(c) => Optimizer::for_rank(

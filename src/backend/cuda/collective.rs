@@ -1,7 +1,8 @@
 //! Data-parallel ranks on CUDA devices: the [`Collective`] of the kernel backend over NCCL
 //! ([`super::nccl`]), queued on each device's stream like its kernels, and the way the ranks meet
-//! ([`connect`]): the devices of one process in one NCCL group, or one rank per process through a
-//! rendezvous directory where rank 0 leaves NCCL's unique id (`docs/usage.md`, "Several devices").
+//! ([`connect`]): the devices of one process together (`ncclCommInitAll`), or one rank per process
+//! through a rendezvous directory where rank 0 leaves NCCL's unique id (`docs/usage.md`, "Several
+//! devices").
 
 use super::exec::{CudaBackend, CudaExec};
 use super::nccl::{self, Comm, DataType, ReduceOp, UniqueId};
@@ -204,7 +205,7 @@ pub const RENDEZVOUS_WAIT: Duration = Duration::from_secs(600);
 pub const ID_FILE: &str = "rotadam-nccl-id";
 
 /// The ranks of `backends` (this process's devices, in the order of `parallel.devices`) joined into
-/// one NCCL communicator: all of them through one group when this process holds every rank, else this
+/// one NCCL communicator: all of them by `ncclCommInitAll` when this process holds every rank, else this
 /// process's one rank through `parallel`'s rendezvous directory.
 pub fn connect(backends: &[CudaBackend], parallel: &Parallel) -> Result<Vec<NcclRank>> {
     if !nccl::available() {
