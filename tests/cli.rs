@@ -113,3 +113,56 @@ fn json_of_a_non_utf8_path_is_an_error() {
     assert!(e.contains("UTF-8"), "{e}");
     assert!(rotadam::cli::to_json(&vec![1, 2]).unwrap().contains('1'));
 }
+
+/// The data-parallel flags: `--devices` alone picks devices (one: that device, no ranks), several make
+/// ranks; `--rank`/`--world-size` need `--rendezvous`, which needs `--out`; `--replicate-optimizer` is
+/// for several devices. Planted: refusing `--replicate-optimizer` whenever `--devices` has one entry (a
+/// bug of this change) made `--devices 1` fail.
+#[test]
+fn data_parallel_flags_parse_and_refuse_what_cannot_work() {
+    let parallel = |args: &[&str]| {
+        let cli = Cli::try_parse_from([&["rotadam", "gpt2"][..], args].concat()).unwrap();
+        let Command::Gpt2(a) = cli.command else {
+            panic!("not gpt2")
+        };
+        a.parallel().map_err(|e| e.to_string())
+    };
+    let one = parallel(&["--devices", "1"]).unwrap().unwrap();
+    assert_eq!((one.devices.clone(), one.world()), (vec![1], 1));
+    let four = parallel(&["--devices", "0,1,2,3"]).unwrap().unwrap();
+    assert_eq!(four.world(), 4);
+    assert!(parallel(&[]).unwrap().is_none());
+    let e = parallel(&["--replicate-optimizer"]).unwrap_err();
+    assert!(e.contains("replicate-optimizer"), "{e}");
+    let e = parallel(&[
+        "--rendezvous",
+        "/tmp/rv",
+        "--rank",
+        "0",
+        "--world-size",
+        "2",
+    ])
+    .unwrap_err();
+    assert!(e.contains("--out"), "{e}");
+    let p = parallel(&[
+        "--rendezvous",
+        "/tmp/rv",
+        "--rank",
+        "1",
+        "--world-size",
+        "2",
+        "--out",
+        "/tmp/x",
+        "--devices",
+        "3",
+    ])
+    .unwrap()
+    .unwrap();
+    let procs = p.processes.clone().unwrap();
+    assert_eq!(
+        (procs.rank, procs.world_size, procs.local_rank),
+        (1, 2, None)
+    );
+    assert_eq!((p.devices.clone(), p.world()), (vec![3], 2));
+    assert!(Cli::try_parse_from(["rotadam", "gpt2", "--rank", "0"]).is_err());
+}

@@ -169,8 +169,8 @@ pub struct Gpt2Args {
     /// Several processes (one rank and one GPU each, through NCCL): the shared directory where rank 0
     /// leaves the NCCL id for the others. With it, --rank and --world-size, or the variables of the
     /// launcher (RANK/WORLD_SIZE/LOCAL_RANK, Slurm's SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, Open MPI's
-    /// OMPI_COMM_WORLD_RANK/…_SIZE/…_LOCAL_RANK), say which rank this process is; its device is
-    /// --devices, else the local rank.
+    /// OMPI_COMM_WORLD_RANK/…_SIZE/…_LOCAL_RANK, PMI_RANK/PMI_SIZE), say which rank this process is; its
+    /// device is --devices, else the local rank modulo the devices it sees. Needs --out.
     #[arg(long)]
     pub rendezvous: Option<PathBuf>,
     /// This process's rank (with --rendezvous).
@@ -288,7 +288,7 @@ impl Gpt2Args {
             if self.devices.is_none() && !self.replicate_optimizer {
                 return Ok(None);
             }
-            if self.devices.as_ref().is_none_or(|d| d.len() < 2) {
+            if self.replicate_optimizer && self.devices.as_ref().is_none_or(|d| d.len() < 2) {
                 return Err(Error::config(
                     "replicate-optimizer",
                     "is for several devices (--devices with more than one, or --rendezvous)",
