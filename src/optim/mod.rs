@@ -334,28 +334,19 @@ impl<BK: Backend> Optimizer<BK> {
     ) -> Result<Vec<(&'static str, Vec<f64>)>> {
         let mut out = Vec::new();
         let Optimizer { states, shard, .. } = self;
-        for s in states.iter() {
-            let named: Vec<(&'static str, &BK::Buf)> = match s {
-                State::Adam { m, v } | State::BlockAdam { m, v, .. } => vec![("m", m), ("v", v)],
-                State::Momentum { buf } => vec![("sgd.momentum", buf)],
-                State::Muon { buf, m, v, .. } => {
-                    vec![("muon.momentum", buf), ("m", m), ("v", v)]
+        for (name, buf) in Self::named(states) {
+            let values = match (shard.as_mut(), comm) {
+                (Some(sh), Some(c)) => sh.gather_state(be, buf, c)?,
+                (Some(_), None) => {
+                    return Err(Error::config(
+                        "optimizer",
+                        "a sharded optimizer's state is gathered from its ranks: pass their \
+                         collective",
+                    ))
                 }
-                State::Stateless => vec![],
+                (None, _) => be.download(buf)?.into_iter().map(Scalar::to_f64).collect(),
             };
-            for (name, buf) in named {
-                let values =
-                    match (shard.as_mut(), comm) {
-                        (Some(sh), Some(c)) => sh.gather_state(be, buf, c)?,
-                        (Some(_), None) => return Err(Error::config(
-                            "optimizer",
-                            "a sharded optimizer's state is gathered from its ranks: pass their \
-                             collective",
-                        )),
-                        (None, _) => be.download(buf)?.into_iter().map(Scalar::to_f64).collect(),
-                    };
-                out.push((name, values));
-            }
+            out.push((name, values));
         }
         Ok(out)
     }
@@ -430,8 +421,13 @@ impl<BK: Backend> Optimizer<BK> {
     /// written so far: `m`, `v` for the Adam family, `sgd.momentum` for SGD. Blockwise Adam's are in its
     /// block order ([`blocks`]).
     pub fn state_tensors(&self) -> Vec<(&'static str, &BK::Buf)> {
+        Self::named(&self.states)
+    }
+
+    /// The state tensors of `states` with their checkpoint names ([`Optimizer::state_tensors`]).
+    fn named(states: &[State<BK>]) -> Vec<(&'static str, &BK::Buf)> {
         let mut out = Vec::new();
-        for s in &self.states {
+        for s in states {
             match s {
                 State::Adam { m, v } | State::BlockAdam { m, v, .. } => {
                     out.extend([("m", m), ("v", v)])
@@ -537,15 +533,6 @@ impl<BK: Backend> Optimizer<BK> {
         }
     }
 
-    /// λ for a tensor of the decay group (`decayed`), 0 for the others.
-    fn decay_of(weight_decay: f64, decayed: bool) -> f64 {
-        if decayed {
-            weight_decay
-        } else {
-            0.0
-        }
-    }
-
     /// The one-pass AdamW / SGD ops per tensor.
     fn fused_step(
         &mut self,
@@ -560,29 +547,37 @@ impl<BK: Backend> Optimizer<BK> {
             Transform::Momentum { momentum } => Some(momentum),
             _ => None,
         });
-        for e in &table.entries {
-            let wd = Self::decay_of(weight_decay, e.decay);
-            let r = e.range();
-            match (&mut self.states[0], adam, momentum) {
-                (State::Adam { m, v }, Some((beta1, beta2, eps)), _) => be.adamw_step(
-                    be.view_mut(params, r.clone()),
-                    be.view_mut(m, r.clone()),
-                    be.view_mut(v, r.clone()),
-                    be.view(grads, r),
-                    AdamStep::new(t, lr, beta1, beta2, eps, wd),
-                )?,
-                (State::Momentum { buf }, _, Some(mu)) => be.sgd_step(
-                    be.view_mut(params, r.clone()),
-                    be.view_mut(buf, r.clone()),
-                    be.view(grads, r),
-                    lr,
-                    mu,
-                    wd,
-                )?,
-                _ => unreachable!("the fused plans are chosen from the chain's links"),
+        match (&mut self.states[0], adam, momentum) {
+            (State::Adam { m, v }, Some((beta1, beta2, eps)), _) => {
+                let hp = AdamStep::new(t, lr, beta1, beta2, eps, 0.0);
+                adamw_span(
+                    be,
+                    table,
+                    0..table.total,
+                    params,
+                    m,
+                    v,
+                    grads,
+                    hp,
+                    weight_decay,
+                )
             }
+            (State::Momentum { buf }, _, Some(mu)) => {
+                for e in &table.entries {
+                    let r = e.range();
+                    be.sgd_step(
+                        be.view_mut(params, r.clone()),
+                        be.view_mut(buf, r.clone()),
+                        be.view(grads, r),
+                        lr,
+                        mu,
+                        decay_of(weight_decay, e.decay),
+                    )?;
+                }
+                Ok(())
+            }
+            _ => unreachable!("the fused plans are chosen from the chain's links"),
         }
-        Ok(())
     }
 
     /// Rotated AdamW in two fused passes (module docs).
@@ -595,25 +590,26 @@ impl<BK: Backend> Optimizer<BK> {
         lr: f64,
     ) -> Result<()> {
         let (beta1, beta2, eps) = self.adam_link().expect("the fused plan has an Adam link");
-        // the direction does not use λ: the decay is applied in the standard basis below
         let hp = AdamStep::new(self.step, lr, beta1, beta2, eps, 0.0);
-        let decay = decoupled_decay(lr, self.weight_decay());
+        let weight_decay = self.weight_decay();
         if self.work.is_empty() {
             self.work.push(be.alloc(table.total)?);
         }
         let (Basis::Block(rot), State::Adam { m, v }) = (&self.basis, &mut self.states[1]) else {
             unreachable!("the fused rotated plan is chosen for a block rotation and an Adam link")
         };
-        let u = &mut self.work[0];
-        rot.rotate_adam_direction(be, u, m, v, grads, hp)?;
-        // p·(1 − lr·λ) per decayed tensor, then p −= lr·Rᵀũ: the step link's arithmetic, in two passes
-        if decay != 1.0 {
-            let s = <BK::T as Scalar>::from_f64(decay);
-            for e in table.entries.iter().filter(|e| e.decay) {
-                be.scale(be.view_mut(params, e.range()), s)?;
-            }
-        }
-        rot.unrotate_apply_update(be, params, u, lr)
+        rotated_adamw(
+            be,
+            rot,
+            table,
+            params,
+            grads,
+            &mut self.work[0],
+            m,
+            v,
+            hp,
+            weight_decay,
+        )
     }
 
     /// The chain, link by link: each link reads the previous one's vector (the gradient first) and writes
@@ -660,7 +656,7 @@ impl<BK: Backend> Optimizer<BK> {
                 *last_direction = cur;
                 let u = cur.map_or(grads, |i| &work[i]);
                 for e in &table.entries {
-                    let wd = Self::decay_of(weight_decay, e.decay);
+                    let wd = decay_of(weight_decay, e.decay);
                     be.apply_update(
                         be.view_mut(params, e.range()),
                         be.view(u, e.range()),
@@ -912,13 +908,92 @@ impl<BK: Backend> Optimizer<BK> {
         let weight_decay = self.weight_decay();
         let mut prev = vec![0.0; w.len()];
         for e in &table.entries {
-            let decay = decoupled_decay(lr, Self::decay_of(weight_decay, e.decay));
+            let decay = decoupled_decay(lr, decay_of(weight_decay, e.decay));
             for i in e.range() {
                 prev[i] = (w[i] + lr * u[i]) / decay;
             }
         }
         prev
     }
+}
+
+/// λ for a tensor of the decay group (`decayed`), 0 for the others.
+fn decay_of(weight_decay: f64, decayed: bool) -> f64 {
+    if decayed {
+        weight_decay
+    } else {
+        0.0
+    }
+}
+
+/// AdamW in one pass per tensor (`adamw_step`) over the parameters in `span` of the standard layout, whose
+/// moments `m` and `v` hold `span` from their index 0; λ = `weight_decay` on the decay group
+/// (`hp.weight_decay` is not read). The fused AdamW plan runs it over every parameter, a sharded rank
+/// over its range (`shard`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn adamw_span<BK: Backend>(
+    be: &BK,
+    table: &ParamTable,
+    span: std::ops::Range<usize>,
+    params: &mut BK::Buf,
+    m: &mut BK::Buf,
+    v: &mut BK::Buf,
+    grads: &BK::Buf,
+    hp: AdamStep,
+    weight_decay: f64,
+) -> Result<()> {
+    let a = span.start;
+    for e in &table.entries {
+        let r = e.range();
+        let (lo, hi) = (r.start.max(span.start), r.end.min(span.end));
+        if lo >= hi {
+            continue;
+        }
+        be.adamw_step(
+            be.view_mut(params, lo..hi),
+            be.view_mut(m, lo - a..hi - a),
+            be.view_mut(v, lo - a..hi - a),
+            be.view(grads, lo..hi),
+            AdamStep {
+                weight_decay: decay_of(weight_decay, e.decay),
+                ..hp
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Rotated AdamW in two fused passes under the block rotation `rot` (a whole rotation, or a sharded rank's
+/// blocks: `Rotation::restrict`): the moments and the direction `u` in `rot`'s layout
+/// (`rotate_adam_direction`, with `hp`'s λ unused), p·(1 − lr·λ) per decayed tensor, then p −= lr·Rᵀu at
+/// `rot`'s indices (`unrotate_apply_update`): the step link's arithmetic.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rotated_adamw<BK: Backend>(
+    be: &BK,
+    rot: &crate::rotation::Rotation<BK>,
+    table: &ParamTable,
+    params: &mut BK::Buf,
+    grads: &BK::Buf,
+    u: &mut BK::Buf,
+    m: &mut BK::Buf,
+    v: &mut BK::Buf,
+    hp: AdamStep,
+    weight_decay: f64,
+) -> Result<()> {
+    // the direction does not use λ: the decay is applied in the standard basis
+    let direction = AdamStep {
+        weight_decay: 0.0,
+        ..hp
+    };
+    rot.rotate_adam_direction(be, u, m, v, grads, direction)?;
+    let decay = decoupled_decay(hp.lr, weight_decay);
+    if decay != 1.0 {
+        let s = <BK::T as Scalar>::from_f64(decay);
+        for e in table.entries.iter().filter(|e| e.decay) {
+            be.scale(be.view_mut(params, e.range()), s)?;
+        }
+    }
+    rot.unrotate_apply_update(be, params, u, hp.lr)
 }
 
 /// The global L2 norm of the gradient (rotation-invariant, so clipping commutes with every rotation).

@@ -22,7 +22,7 @@
 //! every rank's placement (d u32: each rank scatters every other rank's values), and the rotation's own
 //! index lists stay whole on every rank.
 
-use crate::backend::{decoupled_decay, AdamStep, Backend, Collective, Scalar};
+use crate::backend::{AdamStep, Backend, Collective, Scalar};
 use crate::error::{Error, Result};
 use crate::model::ParamTable;
 use crate::rotation::Rotation;
@@ -187,47 +187,30 @@ impl<BK: Backend> Sharded<BK> {
         weight_decay: f64,
         comm: &dyn Collective<BK>,
     ) -> Result<()> {
-        let mine = self.mine();
-        let a = mine.start;
         match &mut self.rotated {
-            None => {
-                for e in &table.entries {
-                    let r = e.range();
-                    let (lo, hi) = (r.start.max(mine.start), r.end.min(mine.end));
-                    if lo >= hi {
-                        continue;
-                    }
-                    let wd = if e.decay { weight_decay } else { 0.0 };
-                    be.adamw_step(
-                        be.view_mut(params, lo..hi),
-                        be.view_mut(m, lo - a..hi - a),
-                        be.view_mut(v, lo - a..hi - a),
-                        be.view(grads, lo..hi),
-                        AdamStep {
-                            weight_decay: wd,
-                            ..hp
-                        },
-                    )?;
-                }
-            }
-            Some(part) => {
-                let dir = AdamStep {
-                    weight_decay: 0.0,
-                    ..hp
-                };
-                part.blocks
-                    .rotate_adam_direction(be, &mut part.u, m, v, grads, dir)?;
-                // the decay of every decayed tensor (cheap, the same on every rank), then this rank's blocks
-                let decay = decoupled_decay(hp.lr, weight_decay);
-                if decay != 1.0 {
-                    let s = <BK::T as Scalar>::from_f64(decay);
-                    for e in table.entries.iter().filter(|e| e.decay) {
-                        be.scale(be.view_mut(params, e.range()), s)?;
-                    }
-                }
-                part.blocks
-                    .unrotate_apply_update(be, params, &part.u, hp.lr)?;
-            }
+            None => super::adamw_span(
+                be,
+                table,
+                self.mine(),
+                params,
+                m,
+                v,
+                grads,
+                hp,
+                weight_decay,
+            )?,
+            Some(part) => super::rotated_adamw(
+                be,
+                &part.blocks,
+                table,
+                params,
+                grads,
+                &mut part.u,
+                m,
+                v,
+                hp,
+                weight_decay,
+            )?,
         }
         self.exchange_params(be, params, comm)
     }
