@@ -346,7 +346,8 @@ fn a_failed_rank_stops_the_others() {
 }
 
 /// The host collectives: the sum in rank order in the backend's type (f32 here: the order matters for
-/// these values), the gathers in rank order, a broadcast of a range from its root, a reduce-scatter.
+/// these values), a gather in rank order by broadcasts of each rank's range and of host values, a
+/// broadcast of a range from its root, a reduce-scatter.
 #[test]
 fn local_group_collectives_follow_rank_order() {
     let be = CpuBackend::<f32>::new(1, false);
@@ -362,8 +363,15 @@ fn local_group_collectives_follow_rank_order() {
                     let mut x = be.alloc(2).unwrap();
                     be.upload(&mut x, &v).unwrap();
                     let c: &dyn Collective<CpuBackend<f32>> = g;
+                    // every rank's pair into its slot, then each slot broadcast from its rank (the
+                    // sharded optimizer's exchange): the pairs in rank order on every rank
                     let mut all = be.alloc(6).unwrap();
-                    c.all_gather(be, &mut all, &x).unwrap();
+                    let mut mine = vec![0.0f32; 6];
+                    mine[2 * c.rank()..2 * c.rank() + 2].copy_from_slice(&v);
+                    be.upload(&mut all, &mine).unwrap();
+                    for q in 0..3 {
+                        c.broadcast(be, &mut all, 2 * q..2 * q + 2, q).unwrap();
+                    }
                     c.all_reduce_sum(be, &mut x).unwrap();
                     // rank 2's second element to everyone (rank 2 holds 1 + 3 + −4 = 0 there now)
                     let mut y = be.alloc(2).unwrap();

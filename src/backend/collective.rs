@@ -24,9 +24,6 @@ pub trait Collective<BK: Backend>: Send {
     /// W·part elements, and the rest of it is left as it was). Every rank gets its part of the sum with
     /// the bits all_reduce_sum would give it.
     fn reduce_scatter_sum(&self, be: &BK, x: &mut BK::Buf, part: usize) -> Result<()>;
-    /// out ← the ranks' `inp` one after another in rank order: `out` has W × len(inp) elements, and every
-    /// rank's `inp` has the same length.
-    fn all_gather(&self, be: &BK, out: &mut BK::Buf, inp: &BK::Buf) -> Result<()>;
     /// x[range] ← rank `root`'s x[range], in place (the same range on every rank).
     fn broadcast(
         &self,
@@ -37,8 +34,6 @@ pub trait Collective<BK: Backend>: Send {
     ) -> Result<()>;
     /// The ranks' host values one after another in rank order (each rank passes as many).
     fn all_gather_host(&self, be: &BK, x: &[f64]) -> Result<Vec<f64>>;
-    /// e.g. "2 ranks as threads of this process (host memory)".
-    fn describe(&self) -> String;
     /// This rank's work ended well: leaving no longer stops the other ranks.
     fn finish(&mut self) {}
     /// Called first on the thread that runs this rank (a CUDA rank makes its device current there).
@@ -63,6 +58,7 @@ struct Exchange {
 /// Ranks that are threads of one process, exchanging through host memory (module docs).
 pub struct LocalGroup {
     rank: usize,
+    world: usize,
     shared: Arc<(Mutex<Exchange>, Condvar)>,
     /// Set once this rank's thread returns normally; a rank dropped before that breaks the group so
     /// that the others fail instead of waiting forever.
@@ -85,6 +81,7 @@ impl LocalGroup {
         (0..world)
             .map(|rank| LocalGroup {
                 rank,
+                world,
                 shared: shared.clone(),
                 finished: false,
             })
@@ -153,6 +150,16 @@ impl Drop for LocalGroup {
     }
 }
 
+/// Element `i` of the ranks' `parts` summed in the backend's type, rank by rank (what the NCCL stand-in
+/// does), so that every rank gets the same bits.
+fn rank_order_sum<T: Scalar>(parts: &[Vec<f64>], i: usize) -> T {
+    let mut sum = <T as Scalar>::from_f64(parts[0][i]);
+    for p in &parts[1..] {
+        sum += <T as Scalar>::from_f64(p[i]);
+    }
+    sum
+}
+
 /// A length check: a collective's buffers must agree across ranks.
 fn same_lengths(parts: &[Vec<f64>], what: &str) -> Result<usize> {
     let n = parts[0].len();
@@ -181,22 +188,12 @@ impl<BK: Backend> Collective<BK> for LocalGroup {
         let host: Vec<f64> = be.download(x)?.into_iter().map(Scalar::to_f64).collect();
         let parts = self.exchange(host)?;
         let n = same_lengths(&parts, "all_reduce_sum")?;
-        // in the backend's type, rank by rank (what the NCCL stand-in does)
-        let mut sum: Vec<BK::T> = parts[0]
-            .iter()
-            .map(|&v| <BK::T as Scalar>::from_f64(v))
-            .collect();
-        for p in &parts[1..] {
-            for (s, &v) in sum.iter_mut().zip(p) {
-                *s += <BK::T as Scalar>::from_f64(v);
-            }
-        }
-        debug_assert_eq!(sum.len(), n);
+        let sum: Vec<BK::T> = (0..n).map(|i| rank_order_sum(&parts, i)).collect();
         be.upload(x, &sum)
     }
     fn reduce_scatter_sum(&self, be: &BK, x: &mut BK::Buf, part: usize) -> Result<()> {
         let mut host = be.download(x)?;
-        let world = <Self as Collective<BK>>::world(self);
+        let world = self.world;
         assert!(
             host.len() >= world * part,
             "reduce_scatter_sum: {} elements, fewer than W × {part}",
@@ -206,32 +203,10 @@ impl<BK: Backend> Collective<BK> for LocalGroup {
         let parts = self.exchange(flat)?;
         same_lengths(&parts, "reduce_scatter_sum")?;
         let mine = self.rank * part..(self.rank + 1) * part;
-        // in the backend's type, rank by rank (as all_reduce_sum)
         for (i, h) in mine.clone().zip(host[mine].iter_mut()) {
-            let mut sum = <BK::T as Scalar>::from_f64(parts[0][i]);
-            for p in &parts[1..] {
-                sum += <BK::T as Scalar>::from_f64(p[i]);
-            }
-            *h = sum;
+            *h = rank_order_sum(&parts, i);
         }
         be.upload(x, &host)
-    }
-    fn all_gather(&self, be: &BK, out: &mut BK::Buf, inp: &BK::Buf) -> Result<()> {
-        let host: Vec<f64> = be.download(inp)?.into_iter().map(Scalar::to_f64).collect();
-        let parts = self.exchange(host)?;
-        let n = same_lengths(&parts, "all_gather")?;
-        let want = be.buf_len(out);
-        assert_eq!(
-            want,
-            n * parts.len(),
-            "all_gather: out has {want} elements, expected W × {n}"
-        );
-        let all: Vec<BK::T> = parts
-            .iter()
-            .flatten()
-            .map(|&v| <BK::T as Scalar>::from_f64(v))
-            .collect();
-        be.upload(out, &all)
     }
     fn broadcast(
         &self,
@@ -267,12 +242,6 @@ impl<BK: Backend> Collective<BK> for LocalGroup {
         let parts = self.exchange(x.to_vec())?;
         same_lengths(&parts, "all_gather_host")?;
         Ok(parts.concat())
-    }
-    fn describe(&self) -> String {
-        format!(
-            "{} ranks as threads of this process (host memory)",
-            <Self as Collective<BK>>::world(self)
-        )
     }
     fn finish(&mut self) {
         self.finished = true;

@@ -718,28 +718,32 @@ impl RunConfig {
         Ok(())
     }
 
+    /// What this config computes, as JSON: without the [`RUNTIME_FIELDS`] and the `train_runtime` fields
+    /// of `train`, with the schedule's decay length and the rotation in their normal forms (Null when a
+    /// path is not UTF-8). Two configs with the same value train the same run.
+    pub fn computing(&self, train_runtime: &[&str]) -> serde_json::Value {
+        let mut c = self.clone();
+        c.train.lr_decay_steps = Some(c.train.decay_steps());
+        c.rotation = c.rotation.normalized();
+        let mut v = serde_json::to_value(&c).unwrap_or(serde_json::Value::Null);
+        if let Some(o) = v.as_object_mut() {
+            for f in RUNTIME_FIELDS {
+                o.remove(f);
+            }
+            if let Some(t) = o.get_mut("train").and_then(|t| t.as_object_mut()) {
+                for f in train_runtime {
+                    t.remove(*f);
+                }
+            }
+        }
+        v
+    }
+
     /// The first field (a dotted path such as `train.lr`) in which two configs differ, leaving out the
     /// [`RUNTIME_FIELDS`] and the `train` fields named in `train_runtime`. A schedule written before the
     /// decay step was recorded (`lr_decay_steps: null`) ends at `steps`, and is compared as such.
     pub fn difference(&self, other: &RunConfig, train_runtime: &[&str]) -> Option<String> {
-        let strip = |c: &RunConfig| {
-            let mut c = c.clone();
-            c.train.lr_decay_steps = Some(c.train.decay_steps());
-            c.rotation = c.rotation.normalized();
-            // a path that is not UTF-8 is left to the `!=` below
-            let mut v = serde_json::to_value(&c).unwrap_or(serde_json::Value::Null);
-            if let Some(o) = v.as_object_mut() {
-                for f in RUNTIME_FIELDS {
-                    o.remove(f);
-                }
-                if let Some(t) = o.get_mut("train").and_then(|t| t.as_object_mut()) {
-                    for f in train_runtime {
-                        t.remove(*f);
-                    }
-                }
-            }
-            v
-        };
+        let strip = |c: &RunConfig| c.computing(train_runtime);
         fn first_diff(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> Option<String> {
             match (a.as_object(), b.as_object()) {
                 (Some(x), Some(y)) => {

@@ -207,7 +207,7 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
         self.model.zero_grads(be)?;
         // Rank r of W takes micro-batches r·A/W .. (r+1)·A/W of the step's A; every rank draws all A
         // from the same sampler, so W ranks see exactly the tokens one rank sees.
-        let (rank, world) = self.comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world()));
+        let (rank, world) = self.rank();
         let share = tr.grad_accum / world;
         let mine = rank * share..(rank + 1) * share;
         let mut losses = Vec::with_capacity(share);
@@ -293,7 +293,7 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
     /// in batch order, as one rank does.
     pub fn evaluate(&mut self) -> Result<f64> {
         let n = self.eval.len();
-        let (rank, world) = self.comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world()));
+        let (rank, world) = self.rank();
         let chunk = n.div_ceil(world);
         let mut losses = vec![0.0; chunk];
         for (i, b) in self.eval.iter().enumerate().skip(rank * chunk).take(chunk) {
@@ -333,14 +333,7 @@ impl<'a, BK: Backend> Trainer<'a, BK> {
         let Some(c) = &self.comm else {
             return ready;
         };
-        let mut plain = self.cfg.clone();
-        plain.out = PathBuf::new();
-        plain.threads = 1;
-        plain.device = crate::config::DeviceKind::Auto;
-        plain.quiet = false;
-        plain.max_memory = None;
-        plain.parallel = Default::default();
-        let text = serde_json::to_string(&plain).expect("a config serialises");
+        let text = self.cfg.computing(&[]).to_string();
         // FNV-1a, as two exact halves
         let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)

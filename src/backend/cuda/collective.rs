@@ -115,32 +115,6 @@ impl Collective<CudaBackend> for NcclRank {
             }
         })
     }
-    fn all_gather(
-        &self,
-        be: &CudaBackend,
-        out: &mut Mem<CudaExec, f32>,
-        inp: &Mem<CudaExec, f32>,
-    ) -> Result<()> {
-        let n = inp.len();
-        assert_eq!(
-            out.len(),
-            n * self.world(),
-            "all_gather: out has {} elements, expected W × {n}",
-            out.len()
-        );
-        if n == 0 {
-            return Ok(());
-        }
-        self.on(be, |e| {
-            let (src, dst) = (inp.dev().addr(), out.dev_mut().addr());
-            // SAFETY: `inp` (n f32) and `out` (W·n f32) are live, distinct buffers of this rank's device,
-            // `out` borrowed mutably; queued on the backend's stream as all_reduce_sum says.
-            unsafe {
-                self.comm()
-                    .all_gather(src, dst, n, DataType::F32, e.raw_stream())
-            }
-        })
-    }
     fn broadcast(
         &self,
         be: &CudaBackend,
@@ -182,13 +156,6 @@ impl Collective<CudaBackend> for NcclRank {
             };
             recv.download(e)
         })
-    }
-    fn describe(&self) -> String {
-        format!(
-            "NCCL {}, {} ranks",
-            nccl::version().map_or("?".into(), |v| v.to_string()),
-            self.comm().world()
-        )
     }
     fn finish(&mut self) {
         self.finished = true;
